@@ -1,0 +1,310 @@
+//! Generation: reuse the cached prefix, read the new prompt tokens in chunks,
+//! then sample token by token, streaming text and honouring stop strings,
+//! end-of-generation tokens, the token limit, the context and cancellation.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crate::model::sampler::{Sampler, SamplingParams};
+use crate::model::transformer::{LogitsFor, Transformer};
+use crate::weights::tokenizer::TextStream;
+
+use super::{Engine, EngineError, PROMPT_CHUNK};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateParams {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation stops before any of these strings; they are not returned.
+    pub stop: Vec<String>,
+    /// Keep going past end-of-generation tokens (benchmarks, parity checks).
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        GenerateParams {
+            max_tokens: 512,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model ended its turn.
+    EndOfGeneration,
+    /// A stop string appeared.
+    Stop,
+    /// `max_tokens` were generated.
+    Length,
+    /// The context is full.
+    ContextFull,
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::EndOfGeneration => "eos",
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ContextFull => "context_full",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub prompt_tokens: Vec<u32>,
+    /// Prompt tokens served from the KV cache of earlier turns.
+    pub reused_tokens: usize,
+    pub generated_tokens: Vec<u32>,
+    pub text: String,
+    pub finish: FinishReason,
+    pub prompt_secs: f64,
+    pub decode_secs: f64,
+}
+
+impl Generation {
+    /// Prompt tokens actually computed per second.
+    pub fn prompt_tokens_per_sec(&self) -> f64 {
+        rate(self.prompt_tokens.len() - self.reused_tokens, self.prompt_secs)
+    }
+
+    /// Tokens per second after the first (each needs one forward pass).
+    pub fn decode_tokens_per_sec(&self) -> f64 {
+        rate(self.generated_tokens.len().saturating_sub(1), self.decode_secs)
+    }
+}
+
+fn rate(n: usize, secs: f64) -> f64 {
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// Holds back text that might be the start of a stop string.
+struct StopFilter<'a> {
+    stops: &'a [String],
+    text: String,
+    emitted: usize,
+}
+
+impl StopFilter<'_> {
+    /// Appends `piece`; returns the text safe to show now and whether a stop
+    /// string was found (the text is then cut before it).
+    fn push(&mut self, piece: &str) -> (String, bool) {
+        let search_from = self.emitted.saturating_sub(self.max_stop_len());
+        self.text.push_str(piece);
+        let hit = self
+            .stops
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| self.text[search_from..].find(s.as_str()).map(|i| search_from + i))
+            .min();
+        if let Some(at) = hit {
+            self.text.truncate(at);
+            return (self.take(at.max(self.emitted)), true);
+        }
+        // Keep back the longest tail that could still grow into a stop string.
+        let mut safe = self.text.len();
+        for s in self.stops {
+            for (i, _) in s.char_indices().skip(1) {
+                if self.text.ends_with(&s[..i]) {
+                    safe = safe.min(self.text.len() - i);
+                }
+            }
+        }
+        (self.take(safe.max(self.emitted)), false)
+    }
+
+    fn take(&mut self, upto: usize) -> String {
+        let out = self.text[self.emitted..upto].to_string();
+        self.emitted = upto;
+        out
+    }
+
+    fn flush(&mut self) -> String {
+        self.take(self.text.len())
+    }
+
+    fn max_stop_len(&self) -> usize {
+        self.stops.iter().map(String::len).max().unwrap_or(0)
+    }
+}
+
+impl Engine {
+    /// Runs `tokens` at the end of the cache in chunks and returns the last
+    /// position's logits. Cancellation is checked between chunks.
+    pub fn feed(&mut self, tokens: &[u32], cancel: &AtomicBool) -> Result<Option<Vec<f32>>, EngineError> {
+        let mut last = None;
+        for chunk in tokens.chunks(PROMPT_CHUNK) {
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            let pos = self.cached.len();
+            let logits = self
+                .model
+                .forward(&self.store, &mut self.kv, chunk, pos, LogitsFor::Last)?;
+            self.cached.extend_from_slice(chunk);
+            last = Some(Transformer::last_row(&logits)?);
+        }
+        Ok(last)
+    }
+
+    /// Generates a reply to `prompt` (the whole conversation as tokens). The
+    /// longest prefix already in the KV cache is reused, so a new turn only
+    /// computes its new tokens. `on_text` receives text as it is decoded.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation, EngineError> {
+        let context = self.context_length();
+        if prompt.is_empty() {
+            return Err(EngineError::Invalid("the prompt is empty".into()));
+        }
+        if prompt.len() >= context {
+            return Err(EngineError::ContextExceeded {
+                prompt_tokens: prompt.len(),
+                context,
+            });
+        }
+        // Reuse the shared prefix, but always recompute the last prompt token:
+        // its logits start the reply.
+        let shared = self
+            .cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len() - 1);
+        self.kv.truncate(shared);
+        self.cached.truncate(shared);
+
+        let started = Instant::now();
+        let mut result = Generation {
+            prompt_tokens: prompt.to_vec(),
+            reused_tokens: shared,
+            generated_tokens: Vec::new(),
+            text: String::new(),
+            finish: FinishReason::Cancelled,
+            prompt_secs: 0.0,
+            decode_secs: 0.0,
+        };
+        let Some(mut logits) = self.feed(&prompt[shared..], cancel)? else {
+            result.prompt_secs = started.elapsed().as_secs_f64();
+            return Ok(result);
+        };
+        result.prompt_secs = started.elapsed().as_secs_f64();
+
+        let decode_start = Instant::now();
+        let mut sampler = Sampler::new(params.sampling.clone());
+        let tokenizer = &self.tokenizer;
+        let mut stream = TextStream::new(tokenizer);
+        let mut filter = StopFilter {
+            stops: &params.stop,
+            text: String::new(),
+            emitted: 0,
+        };
+        let finish = loop {
+            if cancel.load(Ordering::Relaxed) {
+                break FinishReason::Cancelled;
+            }
+            if result.generated_tokens.len() >= params.max_tokens {
+                break FinishReason::Length;
+            }
+            let token = sampler.sample(&mut logits, &self.cached);
+            if !params.ignore_eos && tokenizer.is_end_of_generation(token) {
+                break FinishReason::EndOfGeneration;
+            }
+            result.generated_tokens.push(token);
+            let piece = stream.push(token)?;
+            let (shown, stopped) = filter.push(&piece);
+            if !shown.is_empty() {
+                on_text(&shown);
+            }
+            if stopped {
+                break FinishReason::Stop;
+            }
+            if result.generated_tokens.len() >= params.max_tokens {
+                break FinishReason::Length;
+            }
+            if self.cached.len() + 1 >= context {
+                break FinishReason::ContextFull;
+            }
+            let pos = self.cached.len();
+            let out = self
+                .model
+                .forward(&self.store, &mut self.kv, &[token], pos, LogitsFor::Last)?;
+            self.cached.push(token);
+            logits = Transformer::last_row(&out)?;
+        };
+        if finish != FinishReason::Stop {
+            let rest = filter.flush();
+            if !rest.is_empty() {
+                on_text(&rest);
+            }
+        }
+        result.text = filter.text;
+        result.finish = finish;
+        result.decode_secs = decode_start.elapsed().as_secs_f64();
+        Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stops: &[&str], pieces: &[&str]) -> (Vec<String>, String, bool) {
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut f = StopFilter {
+            stops: &stops,
+            text: String::new(),
+            emitted: 0,
+        };
+        let mut out = Vec::new();
+        for p in pieces {
+            let (shown, stop) = f.push(p);
+            out.push(shown);
+            if stop {
+                return (out, f.text, true);
+            }
+        }
+        out.push(f.flush());
+        (out, f.text, false)
+    }
+
+    #[test]
+    fn stop_string_split_across_tokens_is_held_back_and_cut() {
+        let (shown, text, stopped) = run(&["\nUser:"], &["Hello", "\nUs", "er:", " more"]);
+        assert!(stopped);
+        assert_eq!(text, "Hello");
+        assert_eq!(shown.concat(), "Hello");
+        assert_eq!(shown[1], "", "the partial stop must not be shown");
+    }
+
+    #[test]
+    fn near_miss_is_released() {
+        let (shown, text, stopped) = run(&["END"], &["the E", "NDS", " x"]);
+        assert!(!stopped);
+        assert_eq!(text, "the ENDS x");
+        assert_eq!(shown.concat(), "the ENDS x");
+    }
+
+    #[test]
+    fn multibyte_text_is_safe() {
+        let (_, text, stopped) = run(&["é!"], &["café", "é", "!"]);
+        assert!(stopped);
+        assert_eq!(text, "café");
+    }
+}

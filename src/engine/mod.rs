@@ -1,0 +1,289 @@
+//! The inference engine: loads a model into its tiers, turns conversations
+//! into tokens, generates with a KV cache kept across turns, and measures
+//! perplexity. The headless commands call it directly; the desktop app will
+//! run it on its worker thread behind the protocol channel.
+//!
+//! The engine owns the model outright. It never draws and never blocks on
+//! anything but its own computation; cancellation is an atomic flag checked
+//! between tokens and between prompt chunks.
+
+mod generate;
+mod perplexity;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::chat::{ChatTemplate, Message, TemplateError};
+use crate::model::hparams::HParams;
+use crate::model::kv_cache::KvCache;
+use crate::model::transformer::Transformer;
+use crate::model::ModelError;
+use crate::placement::store::DiskSource;
+use crate::placement::{LayerStore, Tier};
+use crate::weights::gguf::{GgufError, GgufFile};
+use crate::weights::read::read_qtensor;
+use crate::weights::tokenizer::{TextTokenizer, TokenizerError};
+
+pub use generate::{FinishReason, GenerateParams, Generation};
+pub use perplexity::Perplexity;
+
+/// Tokens per forward pass while reading a prompt: bounds the attention
+/// scratch (heads × chunk × context floats) without slowing long prompts.
+pub const PROMPT_CHUNK: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("the prompt is {prompt_tokens} tokens but the context holds {context} (room is needed for at least one reply token); shorten the conversation or raise --ctx")]
+    ContextExceeded { prompt_tokens: usize, context: usize },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// How many layers live on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskLayers {
+    #[default]
+    None,
+    Count(usize),
+    All,
+}
+
+impl FromStr for DiskLayers {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "all" => Ok(DiskLayers::All),
+            "0" | "none" => Ok(DiskLayers::None),
+            n => n
+                .parse()
+                .map(DiskLayers::Count)
+                .map_err(|_| format!("'{n}' is not a layer count or 'all'")),
+        }
+    }
+}
+
+impl DiskLayers {
+    /// The tier of each of `n_layer` layers: the last ones go to disk, so
+    /// each tier holds one contiguous range.
+    pub fn tiers(self, n_layer: usize) -> Vec<Tier> {
+        let on_disk = match self {
+            DiskLayers::None => 0,
+            DiskLayers::Count(n) => n.min(n_layer),
+            DiskLayers::All => n_layer,
+        };
+        (0..n_layer)
+            .map(|i| if i + on_disk >= n_layer { Tier::Disk } else { Tier::Ram })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub model_path: PathBuf,
+    pub disk_layers: DiskLayers,
+    pub disk_source: DiskSource,
+    /// Context length in tokens; `None` uses the model's own.
+    pub context_length: Option<usize>,
+}
+
+impl LoadOptions {
+    pub fn new(model_path: impl Into<PathBuf>) -> Self {
+        LoadOptions {
+            model_path: model_path.into(),
+            disk_layers: DiskLayers::None,
+            disk_source: DiskSource::ModelFile,
+            context_length: None,
+        }
+    }
+}
+
+/// Loading stages, reported with progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadStage {
+    Reading,
+    Layers { done: usize, total: usize },
+}
+
+pub struct Engine {
+    pub gguf: GgufFile,
+    model: Transformer,
+    store: LayerStore,
+    tokenizer: TextTokenizer,
+    template: Option<ChatTemplate>,
+    kv: KvCache,
+    /// The tokens whose keys and values are in `kv`, in order.
+    cached: Vec<u32>,
+}
+
+/// Finds the model file: a GGUF path, or a folder holding exactly one GGUF.
+fn resolve_model_path(path: &Path) -> Result<PathBuf, EngineError> {
+    if path.is_dir() {
+        let mut ggufs: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| EngineError::Invalid(format!("cannot read {}: {e}", path.display())))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf")))
+            .collect();
+        ggufs.sort();
+        return match ggufs.len() {
+            1 => Ok(ggufs.remove(0)),
+            0 => Err(EngineError::Invalid(format!(
+                "{} holds no .gguf file (Hugging Face folders come with the checkpoints work)",
+                path.display()
+            ))),
+            n => Err(EngineError::Invalid(format!(
+                "{} holds {n} .gguf files; name one",
+                path.display()
+            ))),
+        };
+    }
+    if !path.exists() {
+        return Err(EngineError::Invalid(format!("model file {} does not exist", path.display())));
+    }
+    Ok(path.to_path_buf())
+}
+
+impl Engine {
+    pub fn load(
+        opts: &LoadOptions,
+        progress: &mut dyn FnMut(LoadStage),
+    ) -> Result<Self, EngineError> {
+        progress(LoadStage::Reading);
+        let path = resolve_model_path(&opts.model_path)?;
+        let gguf = GgufFile::open(&path)?;
+        let hp = HParams::from_gguf(&gguf)?;
+        let tokenizer = load_tokenizer(&gguf, &path, &hp)?;
+        let template = match &tokenizer.chat_template {
+            Some(src) => Some(ChatTemplate::new(
+                src,
+                tokenizer.special.bos.as_ref().map_or("", |b| b.1.as_str()),
+                tokenizer.special.eos.as_ref().map_or("", |e| e.1.as_str()),
+            )?),
+            None => None,
+        };
+        let context = match opts.context_length {
+            Some(0) => return Err(EngineError::Invalid("the context length must be positive".into())),
+            Some(n) => n,
+            None => hp.context_length,
+        };
+        let file = std::fs::File::open(&path)
+            .map_err(|e| EngineError::Invalid(format!("cannot open {}: {e}", path.display())))?;
+        let tensor = |name: &str| {
+            gguf.tensor(name)
+                .ok_or_else(|| ModelError::Format(format!("tensor {name} is missing")))
+        };
+        let token_embd = read_qtensor(&file, tensor("token_embd.weight")?).map_err(ModelError::from)?;
+        let norm_info = tensor("output_norm.weight")?;
+        let output_norm = read_qtensor(&file, norm_info)
+            .map_err(ModelError::from)?
+            .dequantize(&candle_core::Device::Cpu)
+            .map_err(ModelError::from)?;
+        let output = match gguf.tensor("output.weight") {
+            Some(info) => Some(read_qtensor(&file, info).map_err(ModelError::from)?),
+            None => None,
+        };
+        let model = Transformer::new(hp.clone(), token_embd, output_norm, output, context)?;
+        let tiers = opts.disk_layers.tiers(hp.n_layer);
+        let store = LayerStore::load(&gguf, &hp, &tiers, opts.disk_source.clone(), &mut |done, total| {
+            progress(LoadStage::Layers { done, total })
+        })?;
+        Ok(Engine {
+            kv: KvCache::new(hp.n_layer, hp.n_head_kv, hp.head_dim, context),
+            gguf,
+            model,
+            store,
+            tokenizer,
+            template,
+            cached: Vec::new(),
+        })
+    }
+
+    pub fn hparams(&self) -> &HParams {
+        &self.model.hp
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    pub fn store(&self) -> &LayerStore {
+        &self.store
+    }
+
+    /// Moves layer `i` to `tier` without touching the conversation.
+    pub fn set_tier(&mut self, i: usize, tier: Tier) -> Result<(), EngineError> {
+        Ok(self.store.set_tier(i, tier)?)
+    }
+
+    /// The context length in use, in tokens.
+    pub fn context_length(&self) -> usize {
+        self.kv.capacity()
+    }
+
+    /// Tokens whose keys and values are cached (the conversation so far).
+    pub fn cached_tokens(&self) -> &[u32] {
+        &self.cached
+    }
+
+    /// Bytes of the weights outside the blocks (embeddings, final norm,
+    /// output head), from the tensor table.
+    pub fn non_layer_bytes(&self) -> u64 {
+        self.gguf
+            .tensors
+            .iter()
+            .filter(|t| !t.name.starts_with("blk."))
+            .map(|t| t.size_bytes)
+            .sum()
+    }
+
+    /// Bytes of the KV cache for `tokens` tokens.
+    pub fn kv_bytes(&self, tokens: usize) -> u64 {
+        self.model.hp.kv_bytes_per_token().saturating_mul(tokens as u64)
+    }
+
+    /// Renders `messages` with the model's chat template and tokenizes the
+    /// result. Templates write BOS themselves, so none is added.
+    pub fn chat_tokens(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, EngineError> {
+        let template = self.template.as_ref().ok_or(TemplateError::Missing)?;
+        let text = template.render(messages, add_generation_prompt)?;
+        Ok(self.tokenizer.encode(&text, false)?)
+    }
+
+    /// Tokenizes plain text, with BOS when the model wants it.
+    pub fn text_tokens(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        Ok(self.tokenizer.encode(text, true)?)
+    }
+
+    /// Forgets the cached conversation.
+    pub fn reset(&mut self) {
+        self.kv.truncate(0);
+        self.cached.clear();
+    }
+}
+
+/// The tokenizer of a GGUF: a `tokenizer.json` beside the file wins when its
+/// vocabulary fits the model (it is the authoritative Hugging Face form),
+/// otherwise the GGUF's own metadata.
+fn load_tokenizer(gguf: &GgufFile, path: &Path, hp: &HParams) -> Result<TextTokenizer, EngineError> {
+    if let Some(dir) = path.parent() {
+        if dir.join("tokenizer.json").is_file() {
+            let tok = TextTokenizer::from_hf_dir(dir)?;
+            if tok.vocab_size() <= hp.n_vocab {
+                return Ok(tok);
+            }
+        }
+    }
+    Ok(TextTokenizer::from_gguf(gguf)?)
+}

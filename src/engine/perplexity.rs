@@ -1,0 +1,98 @@
+//! Perplexity the way llama.cpp's `llama-perplexity` computes it, so the two
+//! figures compare directly: the text is tokenized once (with BOS when the
+//! model adds one), cut into non-overlapping chunks of `ctx` tokens whose
+//! first token becomes BOS, and only the second half of each chunk is scored.
+
+use std::sync::atomic::AtomicBool;
+
+use crate::model::transformer::{log_softmax_at, LogitsFor};
+
+use super::{Engine, EngineError, PROMPT_CHUNK};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Perplexity {
+    pub ppl: f64,
+    pub chunks: usize,
+    pub scored_tokens: usize,
+    pub ctx: usize,
+    /// Running perplexity after each chunk.
+    pub per_chunk: Vec<f64>,
+}
+
+impl Engine {
+    /// `chunks = None` scores every whole chunk of the text.
+    pub fn perplexity(
+        &mut self,
+        text: &str,
+        ctx: usize,
+        chunks: Option<usize>,
+        cancel: &AtomicBool,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Perplexity, EngineError> {
+        if ctx < 4 {
+            return Err(EngineError::Invalid(format!("--ctx {ctx} is too small (at least 4)")));
+        }
+        if ctx > self.context_length() {
+            return Err(EngineError::ContextExceeded {
+                prompt_tokens: ctx,
+                context: self.context_length(),
+            });
+        }
+        let tokens = self.text_tokens(text)?;
+        let available = tokens.len() / ctx;
+        let n_chunks = chunks.map_or(available, |c| c.min(available));
+        if n_chunks == 0 {
+            return Err(EngineError::Invalid(format!(
+                "the text has {} tokens, fewer than one chunk of {ctx}",
+                tokens.len()
+            )));
+        }
+        let bos = self
+            .tokenizer
+            .special
+            .add_bos
+            .then(|| self.tokenizer.special.bos.as_ref().map(|b| b.0))
+            .flatten();
+        let first = ctx / 2;
+        let mut nll = 0.0f64;
+        let mut count = 0usize;
+        let mut per_chunk = Vec::with_capacity(n_chunks);
+        self.reset();
+        for c in 0..n_chunks {
+            let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
+            if let Some(b) = bos {
+                chunk[0] = b;
+            }
+            self.reset();
+            for (b, batch) in chunk.chunks(PROMPT_CHUNK).enumerate() {
+                if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                    self.reset();
+                    return Err(EngineError::Invalid("cancelled".into()));
+                }
+                let pos = b * PROMPT_CHUNK;
+                let logits = self
+                    .model
+                    .forward(&self.store, &mut self.kv, batch, pos, LogitsFor::All)?;
+                self.cached.extend_from_slice(batch);
+                let rows = crate::model::transformer::logits_rows(&logits)?;
+                for (j, row) in rows.iter().enumerate() {
+                    let p = pos + j;
+                    if p >= first && p + 1 < ctx {
+                        nll -= log_softmax_at(row, chunk[p + 1] as usize);
+                        count += 1;
+                    }
+                }
+            }
+            per_chunk.push((nll / count as f64).exp());
+            progress(c + 1, n_chunks);
+        }
+        self.reset();
+        Ok(Perplexity {
+            ppl: (nll / count as f64).exp(),
+            chunks: n_chunks,
+            scored_tokens: count,
+            ctx,
+            per_chunk,
+        })
+    }
+}

@@ -1,0 +1,11 @@
+//! Spillway: local chat with quantized language models whose every layer is
+//! placed in VRAM, RAM or on disk. See `docs/ARCHITECTURE.md` for the map.
+
+pub mod chat;
+pub mod cli;
+pub mod engine;
+pub mod model;
+pub mod placement;
+pub mod telemetry;
+pub mod weights;
+pub mod kernels;

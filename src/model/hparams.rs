@@ -1,0 +1,163 @@
+//! Typed hyper-parameters read from GGUF metadata, with the architecture
+//! check. Nothing past this point reads metadata keys as strings.
+
+use std::fmt;
+
+use crate::weights::gguf::{GgufFile, Value};
+
+use super::ModelError;
+
+/// Architectures whose forward pass Spillway implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// Llama, Mistral, SmolLM and other `llama`-tagged GGUFs.
+    Llama,
+    Qwen2,
+}
+
+impl Arch {
+    pub const SUPPORTED: &'static str = "llama (Llama, Mistral, SmolLM), mistral, qwen2";
+
+    fn from_gguf_name(name: &str) -> Option<Self> {
+        match name {
+            "llama" | "mistral" => Some(Arch::Llama),
+            "qwen2" => Some(Arch::Qwen2),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+        })
+    }
+}
+
+/// How rotary embeddings pair up dimensions. llama.cpp's converter permutes
+/// the Q/K rows of llama-family models so that adjacent pairs rotate together
+/// (GPT-J style); Qwen2 keeps Hugging Face's halves (GPT-NeoX style).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    Interleaved,
+    Halves,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HParams {
+    pub arch: Arch,
+    /// The architecture string as the file spells it.
+    pub arch_name: String,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_vocab: usize,
+    /// The context the model was trained for.
+    pub context_length: usize,
+    pub rope_freq_base: f32,
+    pub rope_style: RopeStyle,
+    pub rms_eps: f32,
+    pub has_qkv_bias: bool,
+    /// The output head shares the token embedding.
+    pub tied_embeddings: bool,
+}
+
+impl HParams {
+    pub fn from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
+        let arch_name = g
+            .architecture()
+            .ok_or_else(|| ModelError::Format("metadata has no general.architecture".into()))?
+            .to_string();
+        let arch = Arch::from_gguf_name(&arch_name).ok_or_else(|| ModelError::Unsupported {
+            arch: arch_name.clone(),
+        })?;
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let req = |k: &str| -> Result<usize, ModelError> {
+            let full = key(k);
+            let v = g
+                .get(&full)
+                .ok_or_else(|| ModelError::Format(format!("metadata key {full} is missing")))?;
+            v.as_u64()
+                .and_then(|v| usize::try_from(v).ok())
+                .filter(|&v| v > 0 && v < (1 << 31))
+                .ok_or_else(|| ModelError::Format(format!("metadata {full} = {v:?} is not a size")))
+        };
+        let opt_f32 = |k: &str, default: f32| -> f32 {
+            g.get(&key(k))
+                .and_then(Value::as_f64)
+                .map(|v| v as f32)
+                .unwrap_or(default)
+        };
+        let n_layer = req("block_count")?;
+        let n_embd = req("embedding_length")?;
+        let n_ff = req("feed_forward_length")?;
+        let n_head = req("attention.head_count")?;
+        let n_head_kv = if g.get(&key("attention.head_count_kv")).is_some() {
+            req("attention.head_count_kv")?
+        } else {
+            n_head
+        };
+        let head_dim = if g.get(&key("attention.key_length")).is_some() {
+            req("attention.key_length")?
+        } else {
+            n_embd / n_head
+        };
+        if n_head % n_head_kv != 0 {
+            return Err(ModelError::Format(format!(
+                "{n_head} attention heads are not a multiple of {n_head_kv} KV heads"
+            )));
+        }
+        if head_dim % 2 != 0 {
+            return Err(ModelError::Format(format!("head size {head_dim} is odd")));
+        }
+        if let Some(rope_dim) = g.get(&key("rope.dimension_count")).and_then(Value::as_u64) {
+            if rope_dim as usize != head_dim {
+                return Err(ModelError::Format(format!(
+                    "partial rotary embeddings ({rope_dim} of {head_dim} dims) are not supported"
+                )));
+            }
+        }
+        let context_length = req("context_length")?;
+        let embd = g
+            .tensor("token_embd.weight")
+            .ok_or_else(|| ModelError::Format("tensor token_embd.weight is missing".into()))?;
+        let n_vocab = match embd.shape.as_slice() {
+            [v, d] if *d == n_embd => *v,
+            other => {
+                return Err(ModelError::Format(format!(
+                    "token_embd.weight has shape {other:?}, expected [vocab, {n_embd}]"
+                )))
+            }
+        };
+        Ok(HParams {
+            arch,
+            n_layer,
+            n_embd,
+            n_ff,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_vocab,
+            context_length,
+            rope_freq_base: opt_f32("rope.freq_base", 10_000.0),
+            rope_style: match arch {
+                Arch::Llama => RopeStyle::Interleaved,
+                Arch::Qwen2 => RopeStyle::Halves,
+            },
+            rms_eps: opt_f32("attention.layer_norm_rms_epsilon", 1e-5),
+            has_qkv_bias: g.tensor("blk.0.attn_q.bias").is_some(),
+            tied_embeddings: g.tensor("output.weight").is_none(),
+            arch_name,
+        })
+    }
+
+    /// Bytes of K and V for one token across all layers, at f32.
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        (2 * self.n_layer * self.n_head_kv * self.head_dim * 4) as u64
+    }
+}

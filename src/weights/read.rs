@@ -1,0 +1,152 @@
+//! Reading tensor bytes from a file region straight into candle storage.
+//!
+//! Bytes go from the file into the final typed block vector with one
+//! positioned read: no staging copy, no memory map. That matters for the disk
+//! tier, whose bytes must leave resident memory when the layer is released:
+//! a mapped file would keep them in the process's resident set until the
+//! kernel chose to drop them.
+
+use std::fs::File;
+use std::io;
+
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8K, BlockQ8_0, BlockQ8_1,
+};
+use candle_core::quantized::{GgmlType as CandleBlock, QStorage, QTensor, QuantizedType};
+use candle_core::{Device, Tensor};
+
+use super::gguf::TensorInfo;
+use super::GgmlType;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read tensor '{name}': {source}")]
+    Io {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("tensor '{name}': {source}")]
+    Candle {
+        name: String,
+        #[source]
+        source: candle_core::Error,
+    },
+}
+
+/// Positioned read of exactly `buf.len()` bytes, on every platform.
+pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let n = std::os::windows::fs::FileExt::seek_read(
+                file,
+                &mut buf[done..],
+                offset + done as u64,
+            )?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// A zero-initialised vector of `n` blocks. Zero is a valid value of every
+/// GGML block type (they are plain integers and floats), and `alloc_zeroed`
+/// hands back untouched pages for large sizes, so nothing is written twice.
+fn zeroed_blocks<T: CandleBlock>(n: usize) -> Vec<T> {
+    let mut v: Vec<T> = Vec::new();
+    v.resize_with(n, T::zeros);
+    v
+}
+
+fn read_blocks<T: CandleBlock + 'static>(
+    file: &File,
+    offset: u64,
+    size_bytes: usize,
+) -> io::Result<Box<dyn QuantizedType>> {
+    let block = std::mem::size_of::<T>();
+    if block == 0 || size_bytes % block != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "size is not a whole number of blocks",
+        ));
+    }
+    let mut v = zeroed_blocks::<T>(size_bytes / block);
+    // SAFETY: the block types are `repr(C)` plain data with no padding
+    // invariants; any byte pattern is a valid value, and the slice covers
+    // exactly the vector's initialised elements.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), size_bytes) };
+    read_exact_at(file, bytes, offset)?;
+    Ok(Box::new(v))
+}
+
+/// Reads one tensor, described by `info` (offset relative to `file`), into a
+/// CPU [`QTensor`] of its stored type.
+pub fn read_qtensor(file: &File, info: &TensorInfo) -> Result<QTensor, ReadError> {
+    let io_err = |source| ReadError::Io {
+        name: info.name.clone(),
+        source,
+    };
+    let size = usize::try_from(info.size_bytes)
+        .map_err(|_| io_err(io::Error::new(io::ErrorKind::InvalidData, "tensor too large")))?;
+    let off = info.file_offset;
+    let storage = match info.ggml_type {
+        GgmlType::F32 => read_blocks::<f32>(file, off, size),
+        GgmlType::F16 => read_blocks::<half::f16>(file, off, size),
+        GgmlType::BF16 => read_blocks::<half::bf16>(file, off, size),
+        GgmlType::Q4_0 => read_blocks::<BlockQ4_0>(file, off, size),
+        GgmlType::Q4_1 => read_blocks::<BlockQ4_1>(file, off, size),
+        GgmlType::Q5_0 => read_blocks::<BlockQ5_0>(file, off, size),
+        GgmlType::Q5_1 => read_blocks::<BlockQ5_1>(file, off, size),
+        GgmlType::Q8_0 => read_blocks::<BlockQ8_0>(file, off, size),
+        GgmlType::Q8_1 => read_blocks::<BlockQ8_1>(file, off, size),
+        GgmlType::Q2K => read_blocks::<BlockQ2K>(file, off, size),
+        GgmlType::Q3K => read_blocks::<BlockQ3K>(file, off, size),
+        GgmlType::Q4K => read_blocks::<BlockQ4K>(file, off, size),
+        GgmlType::Q5K => read_blocks::<BlockQ5K>(file, off, size),
+        GgmlType::Q6K => read_blocks::<BlockQ6K>(file, off, size),
+        GgmlType::Q8K => read_blocks::<BlockQ8K>(file, off, size),
+    }
+    .map_err(io_err)?;
+    QTensor::new(QStorage::Cpu(storage), info.shape.clone()).map_err(|source| ReadError::Candle {
+        name: info.name.clone(),
+        source,
+    })
+}
+
+/// Reads a small tensor (norm weights, biases) as an f32 [`Tensor`].
+pub fn read_f32_tensor(file: &File, info: &TensorInfo) -> Result<Tensor, ReadError> {
+    let q = read_qtensor(file, info)?;
+    q.dequantize(&Device::Cpu).map_err(|source| ReadError::Candle {
+        name: info.name.clone(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::gguf::{tests::write_gguf, GgufFile};
+
+    #[test]
+    fn reads_f32_values_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.gguf");
+        let vals: Vec<f32> = (0..12).map(|i| i as f32 * 0.5).collect();
+        write_gguf(&p, &[], &[("w", vec![3, 4], vals.clone())]);
+        let g = GgufFile::open(&p).unwrap();
+        let f = File::open(&p).unwrap();
+        let t = read_f32_tensor(&f, g.tensor("w").unwrap()).unwrap();
+        assert_eq!(t.dims(), &[3, 4]);
+        assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vals);
+    }
+}

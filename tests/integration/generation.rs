@@ -1,0 +1,79 @@
+//! The command-line contract on a real model: answers, tier identity,
+//! memory bound, perplexity.
+
+use crate::common::{ids, path_str, smollm2, spillway_json};
+
+#[test]
+fn smollm2_knows_the_capital_of_france() {
+    let m = smollm2();
+    let out = spillway_json(&[
+        "generate", "--model", path_str(&m), "--prompt", "What is the capital of France?",
+        "--greedy", "--max-tokens", "24", "--json",
+    ]);
+    let text = out["text"].as_str().unwrap();
+    assert!(text.contains("Paris"), "reply: {text:?}");
+    assert!(!ids(&out["prompt_tokens"]).is_empty());
+    assert!(out["decode_tokens_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(out["peak_rss_bytes"].as_u64().unwrap() > 0);
+}
+
+/// All layers on disk (read from the model file, or from the offload
+/// folder) give exactly the tokens of all layers in RAM; with every layer on
+/// disk, resident memory stays within non-layer weights + two layers + KV
+/// cache + 150 MB.
+#[test]
+fn disk_tier_is_token_identical_and_bounded() {
+    let m = smollm2();
+    let offload = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "generate", "--model", path_str(&m), "--prompt",
+            "Write a short poem about the sea.", "--greedy", "--max-tokens", "24",
+            "--ignore-eos", "--json",
+        ];
+        args.extend_from_slice(extra);
+        spillway_json(&args)
+    };
+    let ram = run(&[]);
+    let disk = run(&["--disk-layers", "all"]);
+    let half = run(&["--disk-layers", "15", "--offload-dir", path_str(offload.path())]);
+    let expected = ids(&ram["generated_tokens"]);
+    assert_eq!(expected.len(), 24);
+    assert_eq!(ids(&disk["generated_tokens"]), expected, "all on disk differs from RAM");
+    assert_eq!(ids(&half["generated_tokens"]), expected, "offload-folder layers differ");
+    assert_eq!(disk["text"], ram["text"]);
+
+    let mem = &disk["memory"];
+    assert_eq!(mem["ram_layer_bytes"].as_u64(), Some(0));
+    let bound = mem["non_layer_bytes"].as_u64().unwrap()
+        + 2 * mem["max_layer_bytes"].as_u64().unwrap()
+        + mem["kv_cache_bytes"].as_u64().unwrap()
+        + 150 * 1024 * 1024;
+    let peak = disk["generation_peak_rss_bytes"].as_u64().unwrap();
+    assert!(peak < bound, "peak RSS {peak} exceeds the bound {bound}");
+    let ram_peak = ram["generation_peak_rss_bytes"].as_u64().unwrap();
+    assert!(peak < ram_peak, "disk tier ({peak}) should hold less than RAM tier ({ram_peak})");
+
+    // The offload session is gone once the process has exited.
+    let left: Vec<_> = std::fs::read_dir(offload.path()).unwrap().flatten().collect();
+    assert!(left.is_empty(), "offload files left behind: {left:?}");
+    assert_eq!(half["memory"]["offload_folder_bytes"].as_u64().map(|b| b > 0), Some(true));
+}
+
+/// llama.cpp's figure for SmolLM2-135M-Instruct Q4_1 on ../shared/ppl.txt
+/// at ctx 256 is 25.517 (docs/BENCHMARKS.md); Spillway must be within 1%.
+#[test]
+fn smollm2_perplexity_matches_llama_cpp() {
+    let m = smollm2();
+    let text = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ppl.txt");
+    let out = spillway_json(&[
+        "perplexity", "--model", path_str(&m), "--file", text, "--ctx", "256", "--json",
+    ]);
+    let ppl = out["ppl"].as_f64().unwrap();
+    assert_eq!(out["chunks"].as_u64(), Some(16));
+    let reference = 25.517;
+    assert!(
+        (ppl - reference).abs() / reference < 0.01,
+        "perplexity {ppl} is not within 1% of llama.cpp's {reference}"
+    );
+}

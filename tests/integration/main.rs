@@ -1,0 +1,9 @@
+//! Integration tests, compiled as one binary. They run the real engine on
+//! real small models fetched by `tests/fetch-models.sh` (the test command
+//! in the README runs it first).
+
+mod common;
+mod engine;
+mod errors;
+mod generation;
+mod tokenizer;
