@@ -295,7 +295,7 @@ mod tests {
 
     #[test]
     fn near_miss_is_released() {
-        let (shown, text, stopped) = run(&["END"], &["the E", "NDS", " x"]);
+        let (shown, text, stopped) = run(&["END!"], &["the E", "ND", "S x"]);
         assert!(!stopped);
         assert_eq!(text, "the ENDS x");
         assert_eq!(shown.concat(), "the ENDS x");

@@ -1,11 +1,12 @@
-//! Spillway's own CPU matmul kernels, used where candle's are slow or
-//! numerically off. Each kernel computes `y = x · Wᵀ` for a weight kept in
-//! its GGML block type, quantizing the activations on the fly the way
-//! llama.cpp does, so results track the reference implementation.
+//! Spillway's own CPU matmul kernels, behind [`crate::model::linear::Linear`].
 //!
-//! Today: Q4_1 and Q5_1 against Q8_1 activations. candle 0.11's Q8_1
-//! quantizer rounds the block sum to f16 before scaling it (llama.cpp scales
-//! in f32 and rounds once); on small models that shifts greedy choices. The
-//! CPU-kernels work adds the other types and SIMD paths behind this module.
+//! Today one path serves every GGML type and every batch size: weight rows
+//! are dequantized a tile at a time straight from their stored blocks and
+//! multiplied in f32 against f32 activations. Keeping activations in f32
+//! (rather than quantizing them to 8 bits as llama.cpp does) is more precise;
+//! on SmolLM2-135M it is the difference between answering "Paris" and
+//! "L'Étoile" to "What is the capital of France?", a choice llama.cpp gets
+//! wrong. The CPU-kernels work adds fused SIMD dot products behind this
+//! module, measured against this path for accuracy.
 
-pub mod q8_1;
+pub mod dequant_gemm;
