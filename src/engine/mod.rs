@@ -157,10 +157,14 @@ impl Engine {
         progress: &mut dyn FnMut(LoadStage),
     ) -> Result<Self, EngineError> {
         progress(LoadStage::Reading);
+        crate::placement::alloc::configure();
         let path = resolve_model_path(&opts.model_path)?;
-        let gguf = GgufFile::open(&path)?;
+        let mut gguf = GgufFile::open(&path)?;
         let hp = HParams::from_gguf(&gguf)?;
         let tokenizer = load_tokenizer(&gguf, &path, &hp)?;
+        // The vocabulary now lives in the tokenizer; its metadata copy (tens
+        // of MB for a 150k vocabulary) is not needed again.
+        gguf.metadata.retain(|_, v| v.as_array().is_none_or(|a| a.len() < 1024));
         let template = match &tokenizer.chat_template {
             Some(src) => Some(ChatTemplate::new(
                 src,
@@ -195,6 +199,7 @@ impl Engine {
         let store = LayerStore::load(&gguf, &hp, &tiers, opts.disk_source.clone(), &mut |done, total| {
             progress(LoadStage::Layers { done, total })
         })?;
+        crate::placement::alloc::release_free_memory();
         Ok(Engine {
             kv: KvCache::new(hp.n_layer, hp.n_head_kv, hp.head_dim, context),
             gguf,

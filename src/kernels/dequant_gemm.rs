@@ -11,7 +11,7 @@ use candle_core::quantized::k_quants::{
     BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
 use candle_core::quantized::{GgmlDType, GgmlType as CandleBlock, QTensor};
-use candle_core::{Device, Result, Tensor};
+use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
 /// Rows of weight dequantized per tile: 256 rows × 4096 inputs × 4 bytes is
@@ -54,30 +54,80 @@ pub fn dequantize_rows(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) -> Resul
     }
 }
 
-/// `x (m × k) · Wᵀ` for a weight `W (n × k)`; returns `(m, n)`.
-pub fn matmul(w: &QTensor, x: &Tensor) -> Result<Tensor> {
+thread_local! {
+    /// Each compute thread's dequantized tile, reused across calls so the
+    /// hot path allocates nothing.
+    static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The output buffer, shared by tile tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct DstPtr(*mut f32);
+// SAFETY: every task writes only its own column range of the buffer.
+unsafe impl Send for DstPtr {}
+unsafe impl Sync for DstPtr {}
+
+/// `dst (m × n) = x (m × k) · Wᵀ` for a weight `W (n × k)`, all row-major.
+pub fn matmul_into(w: &QTensor, x: &[f32], m: usize, dst: &mut [f32]) -> Result<()> {
     let (n, k) = w.shape().dims2()?;
-    let (_, xk) = x.dims2()?;
-    if xk != k {
-        candle_core::bail!("matmul: input has {xk} features, weight expects {k}")
+    if x.len() != m * k || dst.len() != m * n {
+        candle_core::bail!("matmul: input {} / output {} do not fit {m}×{k}·{k}×{n}", x.len(), dst.len())
     }
     let dtype = w.dtype();
     let row_bytes = k / dtype.block_size() * dtype.type_size();
     let bytes = w.data()?;
-    let tiles: Vec<(usize, usize)> = (0..n)
-        .step_by(TILE_ROWS)
-        .map(|r0| (r0, (r0 + TILE_ROWS).min(n)))
-        .collect();
-    let parts: Vec<Tensor> = tiles
-        .par_iter()
-        .map(|&(r0, r1)| -> Result<Tensor> {
-            let mut tile = vec![0f32; (r1 - r0) * k];
+    let out = DstPtr(dst.as_mut_ptr());
+    (0..n.div_ceil(TILE_ROWS)).into_par_iter().try_for_each(|t| -> Result<()> {
+        let (r0, r1) = (t * TILE_ROWS, ((t + 1) * TILE_ROWS).min(n));
+        let rows = r1 - r0;
+        TILE.with(|cell| -> Result<()> {
+            let mut tile = cell.borrow_mut();
+            tile.resize(rows * k, 0.0);
             dequantize_rows(dtype, &bytes[r0 * row_bytes..r1 * row_bytes], &mut tile)?;
-            let tile = Tensor::from_vec(tile, (r1 - r0, k), &Device::Cpu)?;
-            x.matmul(&tile.t()?)
+            let out = out;
+            // SAFETY: lhs is m×k row-major (x), rhs is the tile read as its
+            // transpose (k×rows), dst is columns r0..r1 of the m×n output;
+            // all three lie inside their buffers, and no other task writes
+            // these columns.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    rows,
+                    k,
+                    out.0.add(r0),
+                    1,
+                    n as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    tile.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            Ok(())
         })
-        .collect::<Result<_>>()?;
-    Tensor::cat(&parts, 1)
+    })
+}
+
+/// `x (m × k) · Wᵀ` for a weight `W (n × k)`; returns `(m, n)`.
+pub fn matmul(w: &QTensor, x: &Tensor) -> Result<Tensor> {
+    let (n, k) = w.shape().dims2()?;
+    let (m, xk) = x.dims2()?;
+    if xk != k {
+        candle_core::bail!("matmul: input has {xk} features, weight expects {k}")
+    }
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let mut dst = vec![0f32; m * n];
+    matmul_into(w, &xs, m, &mut dst)?;
+    Tensor::from_vec(dst, (m, n), x.device())
 }
 
 #[cfg(test)]
@@ -88,7 +138,7 @@ mod tests {
     /// kernel equals an f32 matmul against candle's own dequantization.
     #[test]
     fn matches_dequantized_reference_for_every_type() {
-        let dev = Device::Cpu;
+        let dev = candle_core::Device::Cpu;
         let (n, k) = (TILE_ROWS + 37, 512);
         let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
         for dtype in [
@@ -128,7 +178,7 @@ mod tests {
 
     #[test]
     fn rejects_mismatched_input() {
-        let dev = Device::Cpu;
+        let dev = candle_core::Device::Cpu;
         let w = Tensor::zeros((4, 64), candle_core::DType::F32, &dev).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
         let x = Tensor::zeros((2, 32), candle_core::DType::F32, &dev).unwrap();

@@ -5,6 +5,7 @@
 //! store already treats a layer's tier as data (`Tier`), never as a separate
 //! code path through the model.
 
+pub mod alloc;
 pub mod offload;
 pub mod store;
 

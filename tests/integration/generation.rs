@@ -77,3 +77,43 @@ fn smollm2_perplexity_matches_llama_cpp() {
         "perplexity {ppl} is not within 1% of llama.cpp's {reference}"
     );
 }
+
+/// llama.cpp's figure for Qwen2.5-Coder-0.5B-Instruct Q4_K_M is 40.916.
+#[test]
+fn qwen05_perplexity_matches_llama_cpp() {
+    let m = crate::common::qwen05();
+    let text = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ppl.txt");
+    let out = spillway_json(&[
+        "perplexity", "--model", path_str(&m), "--file", text, "--ctx", "256", "--json",
+    ]);
+    let ppl = out["ppl"].as_f64().unwrap();
+    let reference = 40.916;
+    assert!(
+        (ppl - reference).abs() / reference < 0.01,
+        "perplexity {ppl} is not within 1% of llama.cpp's {reference}"
+    );
+}
+
+/// Qwen2 (biases, Q4_K/Q5_0/Q6_K/Q8_0 mix, untied head): disk layers give
+/// the RAM tokens, within the memory bound.
+#[test]
+fn qwen05_disk_tier_is_token_identical_and_bounded() {
+    let m = crate::common::qwen05();
+    let run = |disk: &str| {
+        spillway_json(&[
+            "generate", "--model", path_str(&m), "--prompt", "Write a Python function that adds two numbers.",
+            "--greedy", "--max-tokens", "12", "--ignore-eos", "--ctx", "2048", "--disk-layers", disk,
+            "--json",
+        ])
+    };
+    let ram = run("0");
+    let disk = run("all");
+    assert_eq!(ids(&ram["generated_tokens"]), ids(&disk["generated_tokens"]));
+    let mem = &disk["memory"];
+    let bound = mem["non_layer_bytes"].as_u64().unwrap()
+        + 2 * mem["max_layer_bytes"].as_u64().unwrap()
+        + mem["kv_cache_bytes"].as_u64().unwrap()
+        + 150 * 1024 * 1024;
+    let peak = disk["generation_peak_rss_bytes"].as_u64().unwrap();
+    assert!(peak < bound, "peak RSS {peak} exceeds the bound {bound}");
+}
