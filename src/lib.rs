@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod model;
 pub mod placement;

@@ -14,6 +14,7 @@ use crate::placement::Tier;
 use crate::telemetry;
 
 use super::ModelArgs;
+use crate::config::Config;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -85,11 +86,11 @@ fn timed(engine: &mut Engine, n: usize, f: impl FnOnce(&mut Engine) -> anyhow::R
     })
 }
 
-pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
+pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
     if a.repetitions == 0 {
         anyhow::bail!("--repetitions must be at least 1");
     }
-    let mut engine = a.model.load()?;
+    let mut engine = a.model.load(config)?;
     let path = engine.gguf.path.clone();
     let vocab = engine.hparams().n_vocab;
     let never = AtomicBool::new(false);

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::chat::Message;
+use crate::config::Config;
 use crate::engine::GenerateParams;
 use crate::model::sampler::SamplingParams;
 use crate::telemetry;
@@ -30,24 +31,25 @@ pub struct GenerateArgs {
     /// Send --prompt as plain text, without the chat template.
     #[arg(long, requires = "prompt")]
     raw: bool,
-    #[arg(long, value_name = "N", default_value_t = 256)]
-    max_tokens: usize,
+    /// Sampling and length options default to the config's `generation`.
+    #[arg(long, value_name = "N")]
+    max_tokens: Option<usize>,
     /// Always take the most likely token.
     #[arg(long, conflicts_with_all = ["temperature", "top_p", "top_k", "min_p", "seed"])]
     greedy: bool,
-    #[arg(long, value_name = "T", default_value_t = 0.7)]
-    temperature: f32,
-    #[arg(long, value_name = "P", default_value_t = 0.95)]
-    top_p: f32,
-    #[arg(long, value_name = "K", default_value_t = 40)]
-    top_k: usize,
-    #[arg(long, value_name = "P", default_value_t = 0.05)]
-    min_p: f32,
+    #[arg(long, value_name = "T")]
+    temperature: Option<f32>,
+    #[arg(long, value_name = "P")]
+    top_p: Option<f32>,
+    #[arg(long, value_name = "K")]
+    top_k: Option<usize>,
+    #[arg(long, value_name = "P")]
+    min_p: Option<f32>,
     /// 1.0 turns it off.
-    #[arg(long, value_name = "R", default_value_t = 1.0)]
-    repeat_penalty: f32,
-    #[arg(long, value_name = "S", default_value_t = 42)]
-    seed: u64,
+    #[arg(long, value_name = "R")]
+    repeat_penalty: Option<f32>,
+    #[arg(long, value_name = "S")]
+    seed: Option<u64>,
     /// Stop before this string (repeatable).
     #[arg(long, value_name = "TEXT")]
     stop: Vec<String>,
@@ -60,28 +62,34 @@ pub struct GenerateArgs {
 }
 
 impl GenerateArgs {
-    fn sampling(&self) -> anyhow::Result<SamplingParams> {
+    fn sampling(&self, config: &Config) -> anyhow::Result<SamplingParams> {
+        let g = &config.generation;
+        let repetition_penalty = self.repeat_penalty.unwrap_or(g.repetition_penalty);
+        if !(repetition_penalty > 0.0 && repetition_penalty.is_finite()) {
+            anyhow::bail!("--repeat-penalty must be positive");
+        }
         if self.greedy {
             return Ok(SamplingParams {
-                repetition_penalty: self.repeat_penalty,
+                repetition_penalty,
                 ..SamplingParams::greedy()
             });
         }
-        if !(self.temperature >= 0.0) || !(0.0..=1.0).contains(&self.top_p) || !(0.0..=1.0).contains(&self.min_p) {
+        let p = SamplingParams {
+            temperature: self.temperature.unwrap_or(g.temperature),
+            top_k: self.top_k.unwrap_or(g.top_k),
+            top_p: self.top_p.unwrap_or(g.top_p),
+            min_p: self.min_p.unwrap_or(g.min_p),
+            repetition_penalty,
+            repetition_window: 64,
+            seed: self.seed.unwrap_or(g.seed),
+        };
+        if !(p.temperature >= 0.0 && p.temperature.is_finite())
+            || !(0.0..=1.0).contains(&p.top_p)
+            || !(0.0..=1.0).contains(&p.min_p)
+        {
             anyhow::bail!("--temperature must be >= 0, --top-p and --min-p within 0..1");
         }
-        if !(self.repeat_penalty > 0.0) {
-            anyhow::bail!("--repeat-penalty must be positive");
-        }
-        Ok(SamplingParams {
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
-            repetition_penalty: self.repeat_penalty,
-            repetition_window: 64,
-            seed: self.seed,
-        })
+        Ok(p)
     }
 
     fn messages(&self) -> anyhow::Result<Vec<Message>> {
@@ -110,16 +118,16 @@ impl GenerateArgs {
     }
 }
 
-pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
+pub fn run(a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let params = GenerateParams {
-        max_tokens: a.max_tokens,
-        sampling: a.sampling()?,
+        max_tokens: a.max_tokens.unwrap_or(config.generation.max_new_tokens),
+        sampling: a.sampling(config)?,
         stop: a.stop.clone(),
         ignore_eos: a.ignore_eos,
     };
     // Validate inputs before the (slow) load.
     let messages = if a.raw { Vec::new() } else { a.messages()? };
-    let mut engine = a.model.load()?;
+    let mut engine = a.model.load(config)?;
     let prompt = if a.raw {
         engine.text_tokens(a.prompt.as_deref().unwrap_or_default())?
     } else {

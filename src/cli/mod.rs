@@ -15,7 +15,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::config::Config;
 use crate::engine::{DiskLayers, Engine, LoadOptions, LoadStage};
+use crate::placement::offload;
 use crate::placement::store::DiskSource;
 
 #[derive(Parser, Debug)]
@@ -29,6 +31,9 @@ use crate::placement::store::DiskSource;
                   desktop app is in progress); until then it prints this help."
 )]
 pub struct Cli {
+    /// A YAML file overriding the built-in defaults (config/config.yaml).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -58,32 +63,35 @@ pub struct ModelArgs {
     /// (for a model on slow or removable storage).
     #[arg(long, value_name = "DIR")]
     offload_dir: Option<PathBuf>,
-    /// Context length in tokens (default: the model's own).
+    /// Context length in tokens (default: the config's, else the model's own).
     #[arg(long, value_name = "N")]
     ctx: Option<usize>,
-    /// Compute threads (default: all cores).
+    /// Compute threads (default: the config's, else all cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
 }
 
 impl ModelArgs {
-    fn load_options(&self) -> LoadOptions {
+    fn load_options(&self, config: &Config) -> LoadOptions {
         LoadOptions {
             model_path: self.model.clone(),
             disk_layers: self.disk_layers,
             disk_source: match &self.offload_dir {
                 Some(dir) => DiskSource::OffloadFolder(dir.clone()),
+                None if config.copy_disk_layers => {
+                    DiskSource::OffloadFolder(config.offload_folder.clone())
+                }
                 None => DiskSource::ModelFile,
             },
-            context_length: self.ctx,
+            context_length: self.ctx.or(config.context_length),
         }
     }
 
     /// Sets the compute threads, then loads the model with a progress bar.
-    fn load(&self) -> anyhow::Result<Engine> {
-        set_threads(self.threads)?;
+    fn load(&self, config: &Config) -> anyhow::Result<Engine> {
+        set_threads(self.threads.or(config.threads))?;
         let bar = progress_bar("loading");
-        let engine = Engine::load(&self.load_options(), &mut |stage| match stage {
+        let engine = Engine::load(&self.load_options(config), &mut |stage| match stage {
             LoadStage::Reading => bar.set_message("reading"),
             LoadStage::Layers { done, total } => {
                 bar.set_length(total as u64);
@@ -140,6 +148,12 @@ fn cancel_flag() -> Arc<AtomicBool> {
 
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    let config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::defaults()?,
+    };
+    // Offload sessions of processes that died are removed at every start.
+    let _ = offload::clean_stale(&config.offload_folder);
     match cli.command {
         None => {
             use clap::CommandFactory;
@@ -147,9 +161,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
             println!();
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Generate(a)) => generate::run(a),
-        Some(Command::Perplexity(a)) => perplexity::run(a),
-        Some(Command::Bench(a)) => bench::run(a),
+        Some(Command::Generate(a)) => generate::run(a, &config),
+        Some(Command::Perplexity(a)) => perplexity::run(a, &config),
+        Some(Command::Bench(a)) => bench::run(a, &config),
         Some(Command::Inspect(a)) => inspect::run(a),
     }
 }

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::{cancel_flag, progress_bar, ModelArgs};
+use crate::config::Config;
 
 #[derive(Args, Debug)]
 pub struct PerplexityArgs {
@@ -23,14 +24,14 @@ pub struct PerplexityArgs {
     json: bool,
 }
 
-pub fn run(a: PerplexityArgs) -> anyhow::Result<ExitCode> {
+pub fn run(a: PerplexityArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("cannot read {}", a.file.display()))?;
     let ctx = a.model.ctx.unwrap_or(512);
     let mut model = a.model.clone();
     // The cache only ever holds one chunk.
     model.ctx = Some(ctx);
-    let mut engine = model.load()?;
+    let mut engine = model.load(config)?;
     let cancel = cancel_flag();
     let bar = progress_bar("perplexity");
     let started = std::time::Instant::now();

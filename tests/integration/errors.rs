@@ -124,3 +124,18 @@ fn missing_offload_folder_is_created_and_bad_one_reported() {
         "offload folder",
     );
 }
+
+#[test]
+fn bad_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("config.yaml");
+    std::fs::write(&p, "generation:\n  temprature: 2\n").unwrap();
+    assert_clean_failure(
+        &["--config", path_str(&p), "generate", "--model", path_str(&smollm2()), "--prompt", "hi"],
+        "unknown field `temprature`",
+    );
+    assert_clean_failure(
+        &["--config", path_str(&dir.path().join("absent.yaml")), "inspect", "--model", "x"],
+        "cannot read config",
+    );
+}
