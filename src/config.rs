@@ -55,10 +55,20 @@ struct RawConfig {
     runtime: RawRuntime,
 }
 
+/// Tells an explicit `null` (Some(None): back to the default) from an absent
+/// key (None: keep the earlier layer's value).
+fn explicit<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawModel {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "explicit")]
     context_length: Option<Option<usize>>,
 }
 
@@ -84,7 +94,7 @@ struct RawOffload {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRuntime {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "explicit")]
     threads: Option<Option<usize>>,
 }
 
