@@ -160,3 +160,34 @@ fn sentencepiece_vocabulary_from_gguf_matches_hugging_face() {
     }
     assert_eq!(spm.encode("hi", true).unwrap()[0], 1, "BOS first");
 }
+
+/// A `tokenizer.json` and `tokenizer_config.json` beside a GGUF take over
+/// from the GGUF's own tokenizer and template.
+#[test]
+fn tokenizer_files_beside_the_model_are_used() {
+    use spillway::chat::Message;
+    use spillway::engine::{Engine, LoadOptions};
+    let fixture = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mistral_tiny"));
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.gguf");
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(smollm2(), &model).unwrap();
+    #[cfg(not(unix))]
+    std::fs::copy(smollm2(), &model).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture.join(f), dir.path().join(f)).unwrap();
+    }
+    let mut opts = LoadOptions::new(&model);
+    opts.context_length = Some(256);
+    let e = Engine::load(&opts, &mut |_| {}).unwrap();
+    let hf = TextTokenizer::from_hf_dir(&fixture).unwrap();
+    assert_eq!(e.tokenizer().vocab_size(), hf.vocab_size());
+    // BOS from tokenizer_config.json, then the fixture's ids.
+    let mut want = vec![1];
+    want.extend(hf.encode("the keeper", false).unwrap());
+    assert_eq!(e.text_tokens("the keeper").unwrap(), want);
+    // The Mistral [INST] template from tokenizer_config.json.
+    let chat = e.chat_tokens(&[Message::new("user", "hi")], true).unwrap();
+    let text = e.tokenizer().decode(&chat, false).unwrap();
+    assert!(text.starts_with("<s>") && text.contains("[INST]"), "{text:?}");
+}
