@@ -29,8 +29,8 @@ pub struct BenchArgs {
     /// Runs of each test; the median is reported.
     #[arg(long, value_name = "N", default_value_t = 3)]
     repetitions: usize,
-    /// Drop the model file from the page cache before each run, so disk
-    /// layers are read from the device (Linux).
+    /// Drop the model file from the page cache before each run and each
+    /// decode step, so every disk-layer read comes from the device (Linux).
     #[arg(long)]
     cold: bool,
     /// Print one JSON object.
@@ -123,10 +123,14 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
             }
             let first = synthetic_tokens(1, vocab);
             let n = a.gen_tokens;
+            let cold = a.cold;
             let r = timed(&mut engine, n, |e| {
                 let mut logits = e.feed(&first, &never)?.unwrap_or_default();
                 for _ in 1..n {
                     let t = argmax(&logits);
+                    if cold {
+                        drop_page_cache(&path);
+                    }
                     logits = e.feed(&[t], &never)?.unwrap_or_default();
                 }
                 Ok(())

@@ -62,10 +62,25 @@ pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()>
 /// A zero-initialised vector of `n` blocks. Zero is a valid value of every
 /// GGML block type (they are plain integers and floats), and `alloc_zeroed`
 /// hands back untouched pages for large sizes, so nothing is written twice.
-fn zeroed_blocks<T: CandleBlock>(n: usize) -> Vec<T> {
-    let mut v: Vec<T> = Vec::new();
-    v.resize_with(n, T::zeros);
-    v
+fn zeroed_blocks<T: CandleBlock>(n: usize) -> io::Result<Vec<T>> {
+    if n == 0 || std::mem::size_of::<T>() == 0 {
+        return Ok(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<T>(n)
+        .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "tensor too large"))?;
+    // SAFETY: the layout has non-zero size; all-zero bytes are a valid `T`
+    // (see above); `Vec::from_raw_parts` gets the global allocator's pointer
+    // with the same layout, length and capacity `n`.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout).cast::<T>();
+        if ptr.is_null() {
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!("cannot allocate {} bytes", layout.size()),
+            ));
+        }
+        Ok(Vec::from_raw_parts(ptr, n, n))
+    }
 }
 
 fn read_blocks<T: CandleBlock + 'static>(
@@ -80,7 +95,7 @@ fn read_blocks<T: CandleBlock + 'static>(
             "size is not a whole number of blocks",
         ));
     }
-    let mut v = zeroed_blocks::<T>(size_bytes / block);
+    let mut v = zeroed_blocks::<T>(size_bytes / block)?;
     // SAFETY: the block types are `repr(C)` plain data with no padding
     // invariants; any byte pattern is a valid value, and the slice covers
     // exactly the vector's initialised elements.
