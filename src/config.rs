@@ -120,7 +120,10 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_layers(&[(DEFAULTS_YAML, "defaults"), (&text, &path.display().to_string())])
+        Self::from_layers(&[
+            (DEFAULTS_YAML, "defaults"),
+            (&text, &path.display().to_string()),
+        ])
     }
 
     /// Merges YAML documents, later ones winning, and validates the result.
@@ -151,7 +154,10 @@ impl Config {
             g.top_p = raw.generation.top_p.unwrap_or(g.top_p);
             g.top_k = raw.generation.top_k.unwrap_or(g.top_k);
             g.min_p = raw.generation.min_p.unwrap_or(g.min_p);
-            g.repetition_penalty = raw.generation.repetition_penalty.unwrap_or(g.repetition_penalty);
+            g.repetition_penalty = raw
+                .generation
+                .repetition_penalty
+                .unwrap_or(g.repetition_penalty);
             g.seed = raw.generation.seed.unwrap_or(g.seed);
             if let Some(f) = raw.offload.folder {
                 cfg.offload_folder = f;
@@ -172,7 +178,10 @@ impl Config {
         };
         let g = &self.generation;
         if !(g.temperature >= 0.0 && g.temperature.is_finite()) {
-            return Err(bad(format!("generation.temperature {} must be >= 0", g.temperature)));
+            return Err(bad(format!(
+                "generation.temperature {} must be >= 0",
+                g.temperature
+            )));
         }
         if !(0.0..=1.0).contains(&g.top_p) || !(0.0..=1.0).contains(&g.min_p) {
             return Err(bad("generation.top_p and min_p must lie within 0..1".into()));
@@ -181,7 +190,9 @@ impl Config {
             return Err(bad("generation.repetition_penalty must be positive".into()));
         }
         if self.context_length == Some(0) || self.threads == Some(0) {
-            return Err(bad("model.context_length and runtime.threads must be positive".into()));
+            return Err(bad(
+                "model.context_length and runtime.threads must be positive".into(),
+            ));
         }
         if self.offload_folder.as_os_str().is_empty() {
             return Err(bad("offload.folder is empty".into()));
@@ -206,7 +217,10 @@ mod tests {
     fn a_user_file_overrides_only_its_keys() {
         let c = Config::from_layers(&[
             (DEFAULTS_YAML, "defaults"),
-            ("generation:\n  temperature: 0.2\nmodel:\n  context_length: 4096\n", "user"),
+            (
+                "generation:\n  temperature: 0.2\nmodel:\n  context_length: 4096\n",
+                "user",
+            ),
         ])
         .unwrap();
         assert_eq!(c.generation.temperature, 0.2);

@@ -76,8 +76,18 @@ fn strftime_now(fmt: String) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September",
-        "October", "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
     let name = MONTHS[(month - 1) as usize];
     let mut out = String::new();
@@ -114,9 +124,12 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         minijinja_contrib::add_to_environment(&mut env);
-        env.add_function("raise_exception", |msg: String| -> Result<String, JinjaError> {
-            Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, JinjaError> {
+                Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_function("strftime_now", strftime_now);
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| TemplateError::Syntax(e.to_string()))?;
@@ -165,7 +178,13 @@ mod tests {
     fn renders_chatml_with_generation_prompt() {
         let t = ChatTemplate::new(CHATML, "", "<|im_end|>").unwrap();
         let out = t
-            .render(&[Message::new("system", "Be brief."), Message::new("user", "Hi")], true)
+            .render(
+                &[
+                    Message::new("system", "Be brief."),
+                    Message::new("user", "Hi"),
+                ],
+                true,
+            )
             .unwrap();
         assert_eq!(
             out,
@@ -178,7 +197,13 @@ mod tests {
         let src = "{{ bos_token }}{% for m in messages %}\n  {% if m.role == 'user' %}\n[INST] {{ m.content.strip() }} [/INST]\n  {% else %}\n{{ m['content'] }}{{ eos_token }}\n  {% endif %}\n{% endfor %}";
         let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
         let out = t
-            .render(&[Message::new("user", "  hello  "), Message::new("assistant", "yo")], false)
+            .render(
+                &[
+                    Message::new("user", "  hello  "),
+                    Message::new("assistant", "yo"),
+                ],
+                false,
+            )
             .unwrap();
         assert_eq!(out, "<s>[INST] hello [/INST]\nyo</s>\n");
     }
@@ -187,8 +212,14 @@ mod tests {
     fn raise_exception_becomes_a_render_error() {
         let src = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation must start with user') }}{% endif %}ok";
         let t = ChatTemplate::new(src, "", "").unwrap();
-        let err = t.render(&[Message::new("assistant", "x")], true).unwrap_err();
-        assert!(err.to_string().contains("Conversation must start with user"), "{err}");
+        let err = t
+            .render(&[Message::new("assistant", "x")], true)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("Conversation must start with user"),
+            "{err}"
+        );
         assert_eq!(t.render(&[Message::new("user", "x")], true).unwrap(), "ok");
     }
 

@@ -72,9 +72,16 @@ struct Timed {
     disk_bytes: u64,
 }
 
-fn timed(engine: &mut Engine, n: usize, f: impl FnOnce(&mut Engine) -> anyhow::Result<()>) -> anyhow::Result<Timed> {
+fn timed(
+    engine: &mut Engine,
+    n: usize,
+    f: impl FnOnce(&mut Engine) -> anyhow::Result<()>,
+) -> anyhow::Result<Timed> {
     let stats = &engine.store().stats;
-    let (w0, b0) = (stats.wait_nanos.load(Ordering::Relaxed), stats.bytes_read.load(Ordering::Relaxed));
+    let (w0, b0) = (
+        stats.wait_nanos.load(Ordering::Relaxed),
+        stats.bytes_read.load(Ordering::Relaxed),
+    );
     let t = Instant::now();
     f(engine)?;
     let secs = t.elapsed().as_secs_f64();

@@ -83,10 +83,11 @@ impl GenerateArgs {
             repetition_window: 64,
             seed: self.seed.unwrap_or(g.seed),
         };
-        if !(p.temperature >= 0.0 && p.temperature.is_finite())
-            || !(0.0..=1.0).contains(&p.top_p)
-            || !(0.0..=1.0).contains(&p.min_p)
-        {
+        let valid = p.temperature >= 0.0
+            && p.temperature.is_finite()
+            && (0.0..=1.0).contains(&p.top_p)
+            && (0.0..=1.0).contains(&p.min_p);
+        if !valid {
             anyhow::bail!("--temperature must be >= 0, --top-p and --min-p within 0..1");
         }
         Ok(p)
@@ -147,7 +148,10 @@ pub fn run(a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let rss = telemetry::rss();
     if json {
         let store = engine.store();
-        let max_layer = (0..store.n_layers()).map(|i| store.layer_bytes(i)).max().unwrap_or(0);
+        let max_layer = (0..store.n_layers())
+            .map(|i| store.layer_bytes(i))
+            .max()
+            .unwrap_or(0);
         let out = serde_json::json!({
             "prompt_tokens": gen.prompt_tokens,
             "generated_tokens": gen.generated_tokens,

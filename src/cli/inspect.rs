@@ -69,7 +69,14 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
         Ok(h) => {
             println!(
                 "layers {}  embd {}  ff {}  heads {}/{} kv  head_dim {}  vocab {}  context {}",
-                h.n_layer, h.n_embd, h.n_ff, h.n_head, h.n_head_kv, h.head_dim, h.n_vocab, h.context_length
+                h.n_layer,
+                h.n_embd,
+                h.n_ff,
+                h.n_head,
+                h.n_head_kv,
+                h.head_dim,
+                h.n_vocab,
+                h.context_length
             );
             println!(
                 "rope base {}  rms eps {:e}  qkv bias {}  tied embeddings {}",
@@ -78,14 +85,22 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => println!("(not loadable: {e})"),
     }
-    for key in ["general.name", "tokenizer.ggml.model", "tokenizer.ggml.pre", "general.file_type"] {
+    for key in [
+        "general.name",
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.pre",
+        "general.file_type",
+    ] {
         if let Some(v) = g.get(key) {
             println!("{key:<22}{}", v.summary());
         }
     }
     println!();
     if a.tensors {
-        println!("{:<40} {:>6} {:>22} {:>12}", "tensor", "type", "shape", "bytes");
+        println!(
+            "{:<40} {:>6} {:>22} {:>12}",
+            "tensor", "type", "shape", "bytes"
+        );
         for t in &g.tensors {
             println!(
                 "{:<40} {:>6} {:>22} {:>12}",

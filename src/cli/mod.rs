@@ -116,7 +116,9 @@ fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
     // other thread exists.
     // SAFETY (edition 2021: safe call): single-threaded at this point.
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
     Ok(())
 }
 

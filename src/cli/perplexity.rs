@@ -53,7 +53,10 @@ pub fn run(a: PerplexityArgs, config: &Config) -> anyhow::Result<ExitCode> {
     } else {
         println!("ppl {:.4}", r.ppl);
         println!("chunks {}", r.chunks);
-        println!("ctx {} scored_tokens {} seconds {secs:.1}", r.ctx, r.scored_tokens);
+        println!(
+            "ctx {} scored_tokens {} seconds {secs:.1}",
+            r.ctx, r.scored_tokens
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

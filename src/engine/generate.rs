@@ -72,12 +72,18 @@ pub struct Generation {
 impl Generation {
     /// Prompt tokens actually computed per second.
     pub fn prompt_tokens_per_sec(&self) -> f64 {
-        rate(self.prompt_tokens.len() - self.reused_tokens, self.prompt_secs)
+        rate(
+            self.prompt_tokens.len() - self.reused_tokens,
+            self.prompt_secs,
+        )
     }
 
     /// Tokens per second after the first (each needs one forward pass).
     pub fn decode_tokens_per_sec(&self) -> f64 {
-        rate(self.generated_tokens.len().saturating_sub(1), self.decode_secs)
+        rate(
+            self.generated_tokens.len().saturating_sub(1),
+            self.decode_secs,
+        )
     }
 }
 
@@ -106,7 +112,11 @@ impl StopFilter<'_> {
             .stops
             .iter()
             .filter(|s| !s.is_empty())
-            .filter_map(|s| self.text[search_from..].find(s.as_str()).map(|i| search_from + i))
+            .filter_map(|s| {
+                self.text[search_from..]
+                    .find(s.as_str())
+                    .map(|i| search_from + i)
+            })
             .min();
         if let Some(at) = hit {
             self.text.truncate(at);
@@ -142,16 +152,20 @@ impl StopFilter<'_> {
 impl Engine {
     /// Runs `tokens` at the end of the cache in chunks and returns the last
     /// position's logits. Cancellation is checked between chunks.
-    pub fn feed(&mut self, tokens: &[u32], cancel: &AtomicBool) -> Result<Option<Vec<f32>>, EngineError> {
+    pub fn feed(
+        &mut self,
+        tokens: &[u32],
+        cancel: &AtomicBool,
+    ) -> Result<Option<Vec<f32>>, EngineError> {
         let mut last = None;
         for chunk in tokens.chunks(PROMPT_CHUNK) {
             if cancel.load(Ordering::Relaxed) {
                 return Ok(None);
             }
             let pos = self.cached.len();
-            let logits = self
-                .model
-                .forward(&self.store, &mut self.kv, chunk, pos, LogitsFor::Last)?;
+            let logits =
+                self.model
+                    .forward(&self.store, &mut self.kv, chunk, pos, LogitsFor::Last)?;
             self.cached.extend_from_slice(chunk);
             last = Some(Transformer::last_row(&logits)?);
         }
@@ -242,9 +256,9 @@ impl Engine {
                 break FinishReason::ContextFull;
             }
             let pos = self.cached.len();
-            let out = self
-                .model
-                .forward(&self.store, &mut self.kv, &[token], pos, LogitsFor::Last)?;
+            let out =
+                self.model
+                    .forward(&self.store, &mut self.kv, &[token], pos, LogitsFor::Last)?;
             self.cached.push(token);
             logits = Transformer::last_row(&out)?;
         };

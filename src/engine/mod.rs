@@ -42,7 +42,10 @@ pub enum EngineError {
     #[error(transparent)]
     Template(#[from] TemplateError),
     #[error("the prompt is {prompt_tokens} tokens but the context holds {context} (room is needed for at least one reply token); shorten the conversation or raise --ctx")]
-    ContextExceeded { prompt_tokens: usize, context: usize },
+    ContextExceeded {
+        prompt_tokens: usize,
+        context: usize,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -80,7 +83,13 @@ impl DiskLayers {
             DiskLayers::All => n_layer,
         };
         (0..n_layer)
-            .map(|i| if i + on_disk >= n_layer { Tier::Disk } else { Tier::Ram })
+            .map(|i| {
+                if i + on_disk >= n_layer {
+                    Tier::Disk
+                } else {
+                    Tier::Ram
+                }
+            })
             .collect()
     }
 }
@@ -130,7 +139,10 @@ fn resolve_model_path(path: &Path) -> Result<PathBuf, EngineError> {
             .map_err(|e| EngineError::Invalid(format!("cannot read {}: {e}", path.display())))?
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf")))
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
+            })
             .collect();
         ggufs.sort();
         return match ggufs.len() {
@@ -146,7 +158,10 @@ fn resolve_model_path(path: &Path) -> Result<PathBuf, EngineError> {
         };
     }
     if !path.exists() {
-        return Err(EngineError::Invalid(format!("model file {} does not exist", path.display())));
+        return Err(EngineError::Invalid(format!(
+            "model file {} does not exist",
+            path.display()
+        )));
     }
     Ok(path.to_path_buf())
 }
@@ -164,7 +179,8 @@ impl Engine {
         let tokenizer = load_tokenizer(&gguf, &path, &hp)?;
         // The vocabulary now lives in the tokenizer; its metadata copy (tens
         // of MB for a 150k vocabulary) is not needed again.
-        gguf.metadata.retain(|_, v| v.as_array().is_none_or(|a| a.len() < 1024));
+        gguf.metadata
+            .retain(|_, v| v.as_array().is_none_or(|a| a.len() < 1024));
         let template = match &tokenizer.chat_template {
             Some(src) => Some(ChatTemplate::new(
                 src,
@@ -174,7 +190,11 @@ impl Engine {
             None => None,
         };
         let context = match opts.context_length {
-            Some(0) => return Err(EngineError::Invalid("the context length must be positive".into())),
+            Some(0) => {
+                return Err(EngineError::Invalid(
+                    "the context length must be positive".into(),
+                ))
+            }
             Some(n) => n,
             None => hp.context_length,
         };
@@ -184,7 +204,8 @@ impl Engine {
             gguf.tensor(name)
                 .ok_or_else(|| ModelError::Format(format!("tensor {name} is missing")))
         };
-        let token_embd = read_qtensor(&file, tensor("token_embd.weight")?).map_err(ModelError::from)?;
+        let token_embd =
+            read_qtensor(&file, tensor("token_embd.weight")?).map_err(ModelError::from)?;
         let norm_info = tensor("output_norm.weight")?;
         let output_norm = read_qtensor(&file, norm_info)
             .map_err(ModelError::from)?
@@ -196,9 +217,13 @@ impl Engine {
         };
         let model = Transformer::new(hp.clone(), token_embd, output_norm, output, context)?;
         let tiers = opts.disk_layers.tiers(hp.n_layer);
-        let store = LayerStore::load(&gguf, &hp, &tiers, opts.disk_source.clone(), &mut |done, total| {
-            progress(LoadStage::Layers { done, total })
-        })?;
+        let store = LayerStore::load(
+            &gguf,
+            &hp,
+            &tiers,
+            opts.disk_source.clone(),
+            &mut |done, total| progress(LoadStage::Layers { done, total }),
+        )?;
         crate::placement::alloc::release_free_memory();
         Ok(Engine {
             kv: KvCache::new(hp.n_layer, hp.n_head_kv, hp.head_dim, context),
@@ -251,7 +276,10 @@ impl Engine {
 
     /// Bytes of the KV cache for `tokens` tokens.
     pub fn kv_bytes(&self, tokens: usize) -> u64 {
-        self.model.hp.kv_bytes_per_token().saturating_mul(tokens as u64)
+        self.model
+            .hp
+            .kv_bytes_per_token()
+            .saturating_mul(tokens as u64)
     }
 
     /// Renders `messages` with the model's chat template and tokenizes the
@@ -281,7 +309,11 @@ impl Engine {
 /// The tokenizer of a GGUF: a `tokenizer.json` beside the file wins when its
 /// vocabulary fits the model (it is the authoritative Hugging Face form),
 /// otherwise the GGUF's own metadata.
-fn load_tokenizer(gguf: &GgufFile, path: &Path, hp: &HParams) -> Result<TextTokenizer, EngineError> {
+fn load_tokenizer(
+    gguf: &GgufFile,
+    path: &Path,
+    hp: &HParams,
+) -> Result<TextTokenizer, EngineError> {
     if let Some(dir) = path.parent() {
         if dir.join("tokenizer.json").is_file() {
             let tok = TextTokenizer::from_hf_dir(dir)?;

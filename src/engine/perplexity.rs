@@ -30,7 +30,9 @@ impl Engine {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Perplexity, EngineError> {
         if ctx < 4 {
-            return Err(EngineError::Invalid(format!("--ctx {ctx} is too small (at least 4)")));
+            return Err(EngineError::Invalid(format!(
+                "--ctx {ctx} is too small (at least 4)"
+            )));
         }
         if ctx > self.context_length() {
             return Err(EngineError::ContextExceeded {
@@ -70,9 +72,9 @@ impl Engine {
                     return Err(EngineError::Invalid("cancelled".into()));
                 }
                 let pos = b * PROMPT_CHUNK;
-                let logits = self
-                    .model
-                    .forward(&self.store, &mut self.kv, batch, pos, LogitsFor::All)?;
+                let logits =
+                    self.model
+                        .forward(&self.store, &mut self.kv, batch, pos, LogitsFor::All)?;
                 self.cached.extend_from_slice(batch);
                 let rows = crate::model::transformer::logits_rows(&logits)?;
                 for (j, row) in rows.iter().enumerate() {

@@ -20,12 +20,15 @@ const TILE_ROWS: usize = 256;
 
 fn to_float<T: CandleBlock>(bytes: &[u8], out: &mut [f32]) -> Result<()> {
     let size = std::mem::size_of::<T>();
-    if bytes.len() % size != 0 || (bytes.as_ptr() as usize) % std::mem::align_of::<T>() != 0 {
+    if !bytes.len().is_multiple_of(size)
+        || !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+    {
         candle_core::bail!("weight bytes are not whole, aligned blocks")
     }
     // SAFETY: GGML blocks are repr(C) plain data valid for any bytes; length
     // and alignment checked above.
-    let blocks = unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) };
+    let blocks =
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) };
     if blocks.len() * T::BLCK_SIZE != out.len() {
         candle_core::bail!("dequantize size mismatch")
     }
@@ -67,54 +70,67 @@ struct DstPtr(*mut f32);
 unsafe impl Send for DstPtr {}
 unsafe impl Sync for DstPtr {}
 
+impl DstPtr {
+    /// Through a method, so closures capture the `Send` wrapper, not the
+    /// raw pointer field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `dst (m × n) = x (m × k) · Wᵀ` for a weight `W (n × k)`, all row-major.
 pub fn matmul_into(w: &QTensor, x: &[f32], m: usize, dst: &mut [f32]) -> Result<()> {
     let (n, k) = w.shape().dims2()?;
     if x.len() != m * k || dst.len() != m * n {
-        candle_core::bail!("matmul: input {} / output {} do not fit {m}×{k}·{k}×{n}", x.len(), dst.len())
+        candle_core::bail!(
+            "matmul: input {} / output {} do not fit {m}×{k}·{k}×{n}",
+            x.len(),
+            dst.len()
+        )
     }
     let dtype = w.dtype();
     let row_bytes = k / dtype.block_size() * dtype.type_size();
     let bytes = w.data()?;
     let out = DstPtr(dst.as_mut_ptr());
-    (0..n.div_ceil(TILE_ROWS)).into_par_iter().try_for_each(|t| -> Result<()> {
-        let (r0, r1) = (t * TILE_ROWS, ((t + 1) * TILE_ROWS).min(n));
-        let rows = r1 - r0;
-        TILE.with(|cell| -> Result<()> {
-            let mut tile = cell.borrow_mut();
-            tile.resize(rows * k, 0.0);
-            dequantize_rows(dtype, &bytes[r0 * row_bytes..r1 * row_bytes], &mut tile)?;
-            let out = out;
-            // SAFETY: lhs is m×k row-major (x), rhs is the tile read as its
-            // transpose (k×rows), dst is columns r0..r1 of the m×n output;
-            // all three lie inside their buffers, and no other task writes
-            // these columns.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    rows,
-                    k,
-                    out.0.add(r0),
-                    1,
-                    n as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    tile.as_ptr(),
-                    k as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-            Ok(())
+    (0..n.div_ceil(TILE_ROWS))
+        .into_par_iter()
+        .try_for_each(|t| -> Result<()> {
+            let (r0, r1) = (t * TILE_ROWS, ((t + 1) * TILE_ROWS).min(n));
+            let rows = r1 - r0;
+            TILE.with(|cell| -> Result<()> {
+                let mut tile = cell.borrow_mut();
+                tile.resize(rows * k, 0.0);
+                dequantize_rows(dtype, &bytes[r0 * row_bytes..r1 * row_bytes], &mut tile)?;
+                // SAFETY: lhs is m×k row-major (x), rhs is the tile read as its
+                // transpose (k×rows), dst is columns r0..r1 of the m×n output;
+                // all three lie inside their buffers, and no other task writes
+                // these columns.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        rows,
+                        k,
+                        out.get().add(r0),
+                        1,
+                        n as isize,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        tile.as_ptr(),
+                        k as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                Ok(())
+            })
         })
-    })
 }
 
 /// `x (m × k) · Wᵀ` for a weight `W (n × k)`; returns `(m, n)`.

@@ -22,7 +22,10 @@ impl Linear {
     pub fn new(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
         let (out_features, in_features) = weight.shape().dims2()?;
         if in_features % weight.dtype().block_size() != 0 {
-            candle_core::bail!("{in_features} inputs are not whole {:?} blocks", weight.dtype())
+            candle_core::bail!(
+                "{in_features} inputs are not whole {:?} blocks",
+                weight.dtype()
+            )
         }
         if let Some(b) = &bias {
             if b.dims1()? != out_features {

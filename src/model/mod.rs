@@ -13,7 +13,10 @@ use crate::weights::read::ReadError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("unsupported architecture '{arch}' (Spillway runs {})", hparams::Arch::SUPPORTED)]
+    #[error(
+        "unsupported architecture '{arch}' (Spillway runs {})",
+        hparams::Arch::SUPPORTED
+    )]
     Unsupported { arch: String },
     #[error("malformed model: {0}")]
     Format(String),

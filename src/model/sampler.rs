@@ -101,8 +101,12 @@ impl Sampler {
         }
         let inv_t = 1.0 / p.temperature;
         self.candidates.clear();
-        self.candidates
-            .extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l * inv_t)));
+        self.candidates.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, l * inv_t)),
+        );
         let c = &mut self.candidates;
         if p.top_k > 0 && p.top_k < c.len() {
             c.select_nth_unstable_by(p.top_k - 1, |a, b| b.1.total_cmp(&a.1));
@@ -220,7 +224,9 @@ mod tests {
                 temperature: 1.0,
                 ..SamplingParams::default()
             });
-            (0..30).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+            (0..30)
+                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         let distinct: std::collections::HashSet<_> = run(7).into_iter().collect();

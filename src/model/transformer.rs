@@ -151,7 +151,9 @@ impl Transformer {
             )));
         }
         if output_norm.dims() != [hp.n_embd] {
-            return Err(ModelError::Format("output_norm.weight has the wrong shape".into()));
+            return Err(ModelError::Format(
+                "output_norm.weight has the wrong shape".into(),
+            ));
         }
         let half = hp.head_dim / 2;
         let inv_freq: Vec<f32> = (0..half)
@@ -203,13 +205,19 @@ impl Transformer {
             });
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.hp.n_vocab) {
-            return Err(ModelError::Format(format!("token id {bad} is outside the vocabulary")));
+            return Err(ModelError::Format(format!(
+                "token id {bad} is outside the vocabulary"
+            )));
         }
         let ids = Tensor::new(tokens, &Device::Cpu)?;
         let mut x = self.token_embd.embedding(&ids)?.unsqueeze(0)?; // (1, n, d)
         let cos = self.cos.narrow(0, pos, n)?;
         let sin = self.sin.narrow(0, pos, n)?;
-        let mask = if n > 1 { Some(self.causal_mask(n, pos)?) } else { None };
+        let mask = if n > 1 {
+            Some(self.causal_mask(n, pos)?)
+        } else {
+            None
+        };
         layers.for_each_layer(&mut |i, w| {
             x = self.block(w, &x, i, pos, kv, &cos, &sin, mask.as_ref())?;
             Ok(())
@@ -263,9 +271,20 @@ impl Transformer {
         let n_rep = n_head / n_kv;
 
         let h = candle_nn::ops::rms_norm(x, &w.attn_norm, hp.rms_eps)?;
-        let q = w.wq.forward(&h)?.reshape((1, n, n_head, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = w.wk.forward(&h)?.reshape((1, n, n_kv, hd))?.transpose(1, 2)?.contiguous()?;
-        let v = w.wv.forward(&h)?.reshape((1, n, n_kv, hd))?.transpose(1, 2)?;
+        let q =
+            w.wq.forward(&h)?
+                .reshape((1, n, n_head, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+        let k =
+            w.wk.forward(&h)?
+                .reshape((1, n, n_kv, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+        let v =
+            w.wv.forward(&h)?
+                .reshape((1, n, n_kv, hd))?
+                .transpose(1, 2)?;
         let q = self.rope(&q, cos, sin)?;
         let k = self.rope(&k, cos, sin)?;
         let (k_all, v_all) = kv.append(layer, pos, &k, &v)?;
@@ -316,4 +335,3 @@ pub fn log_softmax_at(row: &[f32], index: usize) -> f64 {
 pub fn logits_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>, ModelError> {
     Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?)
 }
-

@@ -23,7 +23,9 @@ pub enum OffloadError {
         #[source]
         source: io::Error,
     },
-    #[error("offload folder {path} has {free_bytes} bytes free but the disk layers need {needed_bytes}")]
+    #[error(
+        "offload folder {path} has {free_bytes} bytes free but the disk layers need {needed_bytes}"
+    )]
     NoSpace {
         path: PathBuf,
         needed_bytes: u64,

@@ -73,7 +73,7 @@ struct DiskLayer {
 }
 
 enum Slot {
-    Resident(LayerWeights),
+    Resident(Box<LayerWeights>),
     Disk(DiskLayer),
 }
 
@@ -137,9 +137,8 @@ impl LayerStore {
                 hp.n_layer
             )));
         }
-        let file = File::open(&gguf.path).map_err(|e| {
-            ModelError::Format(format!("cannot open {}: {e}", gguf.path.display()))
-        })?;
+        let file = File::open(&gguf.path)
+            .map_err(|e| ModelError::Format(format!("cannot open {}: {e}", gguf.path.display())))?;
         let expected = LayerWeights::expected_shapes(hp);
         let mut layer_tensors = Vec::with_capacity(hp.n_layer);
         for i in 0..hp.n_layer {
@@ -182,14 +181,14 @@ impl LayerStore {
 
     fn make_slot(&mut self, i: usize, tier: Tier) -> Result<Slot, ModelError> {
         Ok(match tier {
-            Tier::Ram => Slot::Resident(LayerWeights::load(
+            Tier::Ram => Slot::Resident(Box::new(LayerWeights::load(
                 &self.hp,
                 &mut FileTensors {
                     file: &self.model_file,
                     tensors: &self.layer_tensors[i],
                     layer: i,
                 },
-            )?),
+            )?)),
             Tier::Disk => Slot::Disk(self.disk_layer(i)?),
         })
     }
@@ -223,9 +222,8 @@ impl LayerStore {
             write_all_at_end(&mut file, &path, &vec![0u8; pad as usize]).map_err(offload_err)?;
             offset += pad;
             buf.resize(t.size_bytes as usize, 0);
-            read_exact_at(&self.model_file, &mut buf, t.file_offset).map_err(|e| {
-                ModelError::Format(format!("cannot read tensor {}: {e}", t.name))
-            })?;
+            read_exact_at(&self.model_file, &mut buf, t.file_offset)
+                .map_err(|e| ModelError::Format(format!("cannot read tensor {}: {e}", t.name)))?;
             write_all_at_end(&mut file, &path, &buf).map_err(offload_err)?;
             tensors.push(TensorInfo {
                 file_offset: offset,

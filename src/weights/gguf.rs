@@ -116,7 +116,11 @@ impl Value {
     pub fn summary(&self) -> String {
         match self {
             Value::String(s) if s.chars().count() > 80 => {
-                format!("{:?}… ({} bytes)", s.chars().take(60).collect::<String>(), s.len())
+                format!(
+                    "{:?}… ({} bytes)",
+                    s.chars().take(60).collect::<String>(),
+                    s.len()
+                )
             }
             Value::String(s) => format!("{s:?}"),
             Value::Array(a) => format!("[{} items]", a.len()),
@@ -178,10 +182,12 @@ impl<R: Read> Cursor<R> {
         if self.remaining() < N as u64 {
             return Err(self.corrupt(format!("file ends at byte {} inside the header", self.len)));
         }
-        self.inner.read_exact(&mut buf).map_err(|source| GgufError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        self.inner
+            .read_exact(&mut buf)
+            .map_err(|source| GgufError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
         self.pos += N as u64;
         Ok(buf)
     }
@@ -206,10 +212,12 @@ impl<R: Read> Cursor<R> {
             )));
         }
         let mut buf = vec![0u8; len as usize];
-        self.inner.read_exact(&mut buf).map_err(|source| GgufError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        self.inner
+            .read_exact(&mut buf)
+            .map_err(|source| GgufError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
         self.pos += len;
         // Lossy: a few real vocabularies hold invalid UTF-8 pieces; they must
         // not make the whole file unreadable.
@@ -322,11 +330,12 @@ impl GgufFile {
         let data_start = cur.pos.div_ceil(alignment) * alignment;
         let mut tensors = Vec::with_capacity(raw_tensors.len());
         for (name, dims, type_id, offset) in raw_tensors {
-            let ggml_type = GgmlType::from_id(type_id).map_err(|kind| GgufError::UnsupportedType {
-                path: path.clone(),
-                name: name.clone(),
-                kind,
-            })?;
+            let ggml_type =
+                GgmlType::from_id(type_id).map_err(|kind| GgufError::UnsupportedType {
+                    path: path.clone(),
+                    name: name.clone(),
+                    kind,
+                })?;
             let mut shape: Vec<usize> = Vec::with_capacity(dims.len());
             let mut elems: u64 = 1;
             for &d in dims.iter().rev() {
@@ -461,7 +470,10 @@ pub(crate) mod tests {
                 ("general.architecture", Value::String("llama".into())),
                 ("llama.block_count", Value::U32(2)),
             ],
-            &[("a", vec![2, 3], vec![1.0; 6]), ("b", vec![4], vec![2.0; 4])],
+            &[
+                ("a", vec![2, 3], vec![1.0; 6]),
+                ("b", vec![4], vec![2.0; 4]),
+            ],
         );
         let g = GgufFile::open(&p).unwrap();
         assert_eq!(g.architecture(), Some("llama"));

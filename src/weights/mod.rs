@@ -137,7 +137,7 @@ impl GgmlType {
     /// number of blocks (or the product overflows).
     pub fn bytes_for(self, elems: u64) -> Option<u64> {
         let be = self.block_elems();
-        if elems % be != 0 {
+        if !elems.is_multiple_of(be) {
             return None;
         }
         (elems / be).checked_mul(self.block_bytes())

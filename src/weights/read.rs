@@ -89,7 +89,7 @@ fn read_blocks<T: CandleBlock + 'static>(
     size_bytes: usize,
 ) -> io::Result<Box<dyn QuantizedType>> {
     let block = std::mem::size_of::<T>();
-    if block == 0 || size_bytes % block != 0 {
+    if block == 0 || !size_bytes.is_multiple_of(block) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "size is not a whole number of blocks",
@@ -111,8 +111,12 @@ pub fn read_qtensor(file: &File, info: &TensorInfo) -> Result<QTensor, ReadError
         name: info.name.clone(),
         source,
     };
-    let size = usize::try_from(info.size_bytes)
-        .map_err(|_| io_err(io::Error::new(io::ErrorKind::InvalidData, "tensor too large")))?;
+    let size = usize::try_from(info.size_bytes).map_err(|_| {
+        io_err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "tensor too large",
+        ))
+    })?;
     let off = info.file_offset;
     let storage = match info.ggml_type {
         GgmlType::F32 => read_blocks::<f32>(file, off, size),
@@ -141,10 +145,11 @@ pub fn read_qtensor(file: &File, info: &TensorInfo) -> Result<QTensor, ReadError
 /// Reads a small tensor (norm weights, biases) as an f32 [`Tensor`].
 pub fn read_f32_tensor(file: &File, info: &TensorInfo) -> Result<Tensor, ReadError> {
     let q = read_qtensor(file, info)?;
-    q.dequantize(&Device::Cpu).map_err(|source| ReadError::Candle {
-        name: info.name.clone(),
-        source,
-    })
+    q.dequantize(&Device::Cpu)
+        .map_err(|source| ReadError::Candle {
+            name: info.name.clone(),
+            source,
+        })
 }
 
 #[cfg(test)]

@@ -182,7 +182,9 @@ impl TextTokenizer {
             .map(|(i, t)| (t.to_string(), json!(i)))
             .collect();
         if vocab.len() != n_vocab {
-            return Err(TokenizerError::Malformed("the vocabulary repeats a token".into()));
+            return Err(TokenizerError::Malformed(
+                "the vocabulary repeats a token".into(),
+            ));
         }
         let add_bos_default;
         let doc = match model {
@@ -257,26 +259,37 @@ impl TextTokenizer {
                 end.push(i as u32);
             }
         }
-        end.sort_unstable();
-        end.dedup();
         let add_bos = g
             .get("tokenizer.ggml.add_bos_token")
             .and_then(Value::as_bool)
-            .unwrap_or(add_bos_default)
-            && bos.is_some();
-        Ok(TextTokenizer {
+            .unwrap_or(add_bos_default);
+        let chat_template = g
+            .get("tokenizer.chat_template")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Ok(Self::assemble(inner, bos, eos, end, add_bos, chat_template))
+    }
+
+    fn assemble(
+        inner: Tokenizer,
+        bos: Option<(u32, String)>,
+        eos: Option<(u32, String)>,
+        mut end_of_generation: Vec<u32>,
+        add_bos: bool,
+        chat_template: Option<String>,
+    ) -> Self {
+        end_of_generation.sort_unstable();
+        end_of_generation.dedup();
+        TextTokenizer {
             inner,
             special: SpecialTokens {
+                add_bos: add_bos && bos.is_some(),
                 bos,
                 eos,
-                end_of_generation: end,
-                add_bos,
+                end_of_generation,
             },
-            chat_template: g
-                .get("tokenizer.chat_template")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-        })
+            chat_template,
+        }
     }
 
     /// Reads `tokenizer.json` in `dir`, with `tokenizer_config.json` and
@@ -314,23 +327,11 @@ impl TextTokenizer {
         for name in END_OF_TURN_NAMES {
             end.extend(inner.token_to_id(name));
         }
-        end.sort_unstable();
-        end.dedup();
         let add_bos = config
             .get("add_bos_token")
             .and_then(Json::as_bool)
-            .unwrap_or(false)
-            && bos.is_some();
-        Ok(TextTokenizer {
-            inner,
-            special: SpecialTokens {
-                bos,
-                eos,
-                end_of_generation: end,
-                add_bos,
-            },
-            chat_template,
-        })
+            .unwrap_or(false);
+        Ok(Self::assemble(inner, bos, eos, end, add_bos, chat_template))
     }
 
     pub fn vocab_size(&self) -> usize {

@@ -4,7 +4,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use spillway::chat::Message;
-use spillway::engine::{DiskLayers, Engine, EngineError, FinishReason, GenerateParams, LoadOptions};
+use spillway::engine::{
+    DiskLayers, Engine, EngineError, FinishReason, GenerateParams, LoadOptions,
+};
 use spillway::model::sampler::SamplingParams;
 use spillway::placement::Tier;
 
@@ -41,11 +43,18 @@ fn second_turn_reuses_the_cache_and_matches_a_fresh_run() {
     // Everything up to the first reply's end is served from the cache.
     let shared = p1.iter().zip(&p2).take_while(|(a, b)| a == b).count();
     assert!(shared >= p1.len(), "turn 2 does not extend turn 1");
-    assert!(r2.reused_tokens >= p1.len(), "reused {} of {}", r2.reused_tokens, p2.len());
+    assert!(
+        r2.reused_tokens >= p1.len(),
+        "reused {} of {}",
+        r2.reused_tokens,
+        p2.len()
+    );
     assert!(r2.reused_tokens < p2.len());
 
     let mut fresh = load(DiskLayers::None);
-    let r2_fresh = fresh.generate(&p2, &greedy(12), &never, &mut |_| {}).unwrap();
+    let r2_fresh = fresh
+        .generate(&p2, &greedy(12), &never, &mut |_| {})
+        .unwrap();
     assert_eq!(r2.generated_tokens, r2_fresh.generated_tokens);
 }
 
@@ -53,7 +62,9 @@ fn second_turn_reuses_the_cache_and_matches_a_fresh_run() {
 fn cancellation_stops_between_tokens() {
     let cancel = AtomicBool::new(false);
     let mut e = load(DiskLayers::Count(10));
-    let prompt = e.chat_tokens(&[Message::new("user", "Count from one to fifty.")], true).unwrap();
+    let prompt = e
+        .chat_tokens(&[Message::new("user", "Count from one to fifty.")], true)
+        .unwrap();
     let mut pieces = 0;
     let mut params = greedy(200);
     params.ignore_eos = true;
@@ -66,10 +77,16 @@ fn cancellation_stops_between_tokens() {
         })
         .unwrap();
     assert_eq!(r.finish, FinishReason::Cancelled);
-    assert!(r.generated_tokens.len() < 10, "{} tokens after cancel", r.generated_tokens.len());
+    assert!(
+        r.generated_tokens.len() < 10,
+        "{} tokens after cancel",
+        r.generated_tokens.len()
+    );
     // The engine is usable afterwards.
     cancel.store(false, Ordering::Relaxed);
-    let again = e.generate(&prompt, &greedy(4), &cancel, &mut |_| {}).unwrap();
+    let again = e
+        .generate(&prompt, &greedy(4), &cancel, &mut |_| {})
+        .unwrap();
     assert_eq!(again.generated_tokens.len(), 4);
 }
 
@@ -78,9 +95,14 @@ fn stop_string_ends_the_reply_before_it() {
     let never = AtomicBool::new(false);
     let mut e = load(DiskLayers::None);
     let prompt = e
-        .chat_tokens(&[Message::new("user", "What is the capital of France?")], true)
+        .chat_tokens(
+            &[Message::new("user", "What is the capital of France?")],
+            true,
+        )
         .unwrap();
-    let full = e.generate(&prompt, &greedy(24), &never, &mut |_| {}).unwrap();
+    let full = e
+        .generate(&prompt, &greedy(24), &never, &mut |_| {})
+        .unwrap();
     let word = full
         .text
         .split_whitespace()
@@ -90,9 +112,15 @@ fn stop_string_ends_the_reply_before_it() {
     let mut params = greedy(24);
     params.stop = vec![word.clone()];
     let mut streamed = String::new();
-    let cut = e.generate(&prompt, &params, &never, &mut |p| streamed.push_str(p)).unwrap();
+    let cut = e
+        .generate(&prompt, &params, &never, &mut |p| streamed.push_str(p))
+        .unwrap();
     assert_eq!(cut.finish, FinishReason::Stop);
-    assert!(!cut.text.contains(&word), "{:?} still holds {word:?}", cut.text);
+    assert!(
+        !cut.text.contains(&word),
+        "{:?} still holds {word:?}",
+        cut.text
+    );
     assert!(full.text.starts_with(&cut.text));
     assert_eq!(streamed, cut.text);
 }
@@ -103,7 +131,9 @@ fn max_tokens_and_context_limits() {
     let mut opts = LoadOptions::new(smollm2());
     opts.context_length = Some(48);
     let mut e = Engine::load(&opts, &mut |_| {}).unwrap();
-    let prompt = e.chat_tokens(&[Message::new("user", "Hello!")], true).unwrap();
+    let prompt = e
+        .chat_tokens(&[Message::new("user", "Hello!")], true)
+        .unwrap();
     assert!(prompt.len() < 40);
     let mut params = greedy(500);
     params.ignore_eos = true;
@@ -113,7 +143,10 @@ fn max_tokens_and_context_limits() {
     let long: Vec<u32> = vec![100; 48];
     assert!(matches!(
         e.generate(&long, &greedy(1), &never, &mut |_| {}),
-        Err(EngineError::ContextExceeded { prompt_tokens: 48, context: 48 })
+        Err(EngineError::ContextExceeded {
+            prompt_tokens: 48,
+            context: 48
+        })
     ));
 }
 
@@ -121,7 +154,9 @@ fn max_tokens_and_context_limits() {
 fn layers_move_between_tiers_mid_conversation() {
     let never = AtomicBool::new(false);
     let mut e = load(DiskLayers::None);
-    let prompt = e.chat_tokens(&[Message::new("user", "Tell me about owls.")], true).unwrap();
+    let prompt = e
+        .chat_tokens(&[Message::new("user", "Tell me about owls.")], true)
+        .unwrap();
     let mut params = greedy(8);
     params.ignore_eos = true;
     let before = e.generate(&prompt, &params, &never, &mut |_| {}).unwrap();

@@ -12,10 +12,16 @@ fn assert_clean_failure(args: &[&str], expect_in_message: &str) {
     assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
     assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{args:?} printed more than one line: {stderr}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "{args:?} printed more than one line: {stderr}"
+    );
     assert!(lines[0].starts_with("error: "), "{stderr}");
     assert!(
-        lines[0].to_lowercase().contains(&expect_in_message.to_lowercase()),
+        lines[0]
+            .to_lowercase()
+            .contains(&expect_in_message.to_lowercase()),
         "{args:?}: expected '{expect_in_message}' in: {stderr}"
     );
 }
@@ -39,7 +45,13 @@ fn gguf_with_arch(arch: &str) -> Vec<u8> {
 #[test]
 fn missing_file() {
     assert_clean_failure(
-        &["generate", "--model", "/nonexistent/model.gguf", "--prompt", "hi"],
+        &[
+            "generate",
+            "--model",
+            "/nonexistent/model.gguf",
+            "--prompt",
+            "hi",
+        ],
         "does not exist",
     );
 }
@@ -49,7 +61,10 @@ fn not_a_gguf_file() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("model.gguf");
     std::fs::write(&p, b"<html>404 not found</html>").unwrap();
-    assert_clean_failure(&["generate", "--model", path_str(&p), "--prompt", "hi"], "not a GGUF file");
+    assert_clean_failure(
+        &["generate", "--model", path_str(&p), "--prompt", "hi"],
+        "not a GGUF file",
+    );
 }
 
 #[test]
@@ -62,7 +77,10 @@ fn corrupt_header() {
     bytes.extend(u64::MAX.to_le_bytes());
     bytes.extend([0xAB; 100]);
     std::fs::write(&p, bytes).unwrap();
-    assert_clean_failure(&["generate", "--model", path_str(&p), "--prompt", "hi"], "corrupt");
+    assert_clean_failure(
+        &["generate", "--model", path_str(&p), "--prompt", "hi"],
+        "corrupt",
+    );
     assert_clean_failure(&["inspect", "--model", path_str(&p)], "corrupt");
 }
 
@@ -72,7 +90,10 @@ fn truncated_real_model() {
     let dir = tempfile::tempdir().unwrap();
     for keep in [src.len() / 2, 3000, 100] {
         let p = dir.path().join(format!("cut-{keep}.gguf"));
-        std::fs::File::create(&p).unwrap().write_all(&src[..keep]).unwrap();
+        std::fs::File::create(&p)
+            .unwrap()
+            .write_all(&src[..keep])
+            .unwrap();
         assert_clean_failure(
             &["generate", "--model", path_str(&p), "--prompt", "hi"],
             "truncated or corrupt",
@@ -95,7 +116,15 @@ fn unsupported_architecture() {
 fn prompt_longer_than_context() {
     let long = "word ".repeat(200);
     assert_clean_failure(
-        &["generate", "--model", path_str(&smollm2()), "--ctx", "64", "--prompt", &long],
+        &[
+            "generate",
+            "--model",
+            path_str(&smollm2()),
+            "--ctx",
+            "64",
+            "--prompt",
+            &long,
+        ],
         "the context holds 64",
     );
 }
@@ -106,7 +135,13 @@ fn bad_chat_file() {
     let p = dir.path().join("chat.json");
     std::fs::write(&p, b"{\"role\": \"user\"}").unwrap();
     assert_clean_failure(
-        &["generate", "--model", path_str(&smollm2()), "--chat", path_str(&p)],
+        &[
+            "generate",
+            "--model",
+            path_str(&smollm2()),
+            "--chat",
+            path_str(&p),
+        ],
         "not a JSON array",
     );
 }
@@ -118,8 +153,15 @@ fn missing_offload_folder_is_created_and_bad_one_reported() {
     std::fs::write(&file, b"x").unwrap();
     assert_clean_failure(
         &[
-            "generate", "--model", path_str(&smollm2()), "--prompt", "hi",
-            "--disk-layers", "2", "--offload-dir", path_str(&file.join("sub")),
+            "generate",
+            "--model",
+            path_str(&smollm2()),
+            "--prompt",
+            "hi",
+            "--disk-layers",
+            "2",
+            "--offload-dir",
+            path_str(&file.join("sub")),
         ],
         "offload folder",
     );
@@ -131,11 +173,25 @@ fn bad_config_file() {
     let p = dir.path().join("config.yaml");
     std::fs::write(&p, "generation:\n  temprature: 2\n").unwrap();
     assert_clean_failure(
-        &["--config", path_str(&p), "generate", "--model", path_str(&smollm2()), "--prompt", "hi"],
+        &[
+            "--config",
+            path_str(&p),
+            "generate",
+            "--model",
+            path_str(&smollm2()),
+            "--prompt",
+            "hi",
+        ],
         "unknown field `temprature`",
     );
     assert_clean_failure(
-        &["--config", path_str(&dir.path().join("absent.yaml")), "inspect", "--model", "x"],
+        &[
+            "--config",
+            path_str(&dir.path().join("absent.yaml")),
+            "inspect",
+            "--model",
+            "x",
+        ],
         "cannot read config",
     );
 }

@@ -7,8 +7,15 @@ use crate::common::{ids, path_str, smollm2, spillway_json};
 fn smollm2_knows_the_capital_of_france() {
     let m = smollm2();
     let out = spillway_json(&[
-        "generate", "--model", path_str(&m), "--prompt", "What is the capital of France?",
-        "--greedy", "--max-tokens", "24", "--json",
+        "generate",
+        "--model",
+        path_str(&m),
+        "--prompt",
+        "What is the capital of France?",
+        "--greedy",
+        "--max-tokens",
+        "24",
+        "--json",
     ]);
     let text = out["text"].as_str().unwrap();
     assert!(text.contains("Paris"), "reply: {text:?}");
@@ -27,71 +34,107 @@ fn disk_tier_is_token_identical_and_bounded() {
     let offload = tempfile::tempdir().unwrap();
     let run = |extra: &[&str]| {
         let mut args = vec![
-            "generate", "--model", path_str(&m), "--prompt",
-            "Write a short poem about the sea.", "--greedy", "--max-tokens", "24",
-            "--ignore-eos", "--json",
+            "generate",
+            "--model",
+            path_str(&m),
+            "--prompt",
+            "Write a short poem about the sea.",
+            "--greedy",
+            "--max-tokens",
+            "24",
+            "--ignore-eos",
+            "--json",
         ];
         args.extend_from_slice(extra);
         spillway_json(&args)
     };
     let ram = run(&[]);
     let disk = run(&["--disk-layers", "all"]);
-    let half = run(&["--disk-layers", "15", "--offload-dir", path_str(offload.path())]);
+    let half = run(&[
+        "--disk-layers",
+        "15",
+        "--offload-dir",
+        path_str(offload.path()),
+    ]);
     let expected = ids(&ram["generated_tokens"]);
     assert_eq!(expected.len(), 24);
-    assert_eq!(ids(&disk["generated_tokens"]), expected, "all on disk differs from RAM");
-    assert_eq!(ids(&half["generated_tokens"]), expected, "offload-folder layers differ");
+    assert_eq!(
+        ids(&disk["generated_tokens"]),
+        expected,
+        "all on disk differs from RAM"
+    );
+    assert_eq!(
+        ids(&half["generated_tokens"]),
+        expected,
+        "offload-folder layers differ"
+    );
     assert_eq!(disk["text"], ram["text"]);
 
-    let mem = &disk["memory"];
+    assert_within_disk_bound(&disk);
+    let peak = disk["generation_peak_rss_bytes"].as_u64().unwrap();
+    let ram_peak = ram["generation_peak_rss_bytes"].as_u64().unwrap();
+    assert!(
+        peak < ram_peak,
+        "disk tier ({peak}) should hold less than RAM tier ({ram_peak})"
+    );
+
+    // The offload session is gone once the process has exited.
+    let left: Vec<_> = std::fs::read_dir(offload.path())
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "offload files left behind: {left:?}");
+    assert_eq!(
+        half["memory"]["offload_folder_bytes"]
+            .as_u64()
+            .map(|b| b > 0),
+        Some(true)
+    );
+}
+
+/// Perplexity of tests/fixtures/ppl.txt at ctx 256 (16 chunks) must be
+/// within 1% of llama.cpp's figure (docs/BENCHMARKS.md).
+fn assert_perplexity_near(model: &std::path::Path, reference: f64) {
+    let text = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ppl.txt");
+    let out = spillway_json(&[
+        "perplexity",
+        "--model",
+        path_str(model),
+        "--file",
+        text,
+        "--ctx",
+        "256",
+        "--json",
+    ]);
+    let ppl = out["ppl"].as_f64().unwrap();
+    assert_eq!(out["chunks"].as_u64(), Some(16));
+    assert!(
+        (ppl - reference).abs() / reference < 0.01,
+        "perplexity {ppl} is not within 1% of llama.cpp's {reference}"
+    );
+}
+
+/// With every layer on disk, resident memory stays within non-layer weights
+/// + two layers + KV cache + 150 MB, from `generate --json`'s own figures.
+fn assert_within_disk_bound(out: &serde_json::Value) {
+    let mem = &out["memory"];
     assert_eq!(mem["ram_layer_bytes"].as_u64(), Some(0));
     let bound = mem["non_layer_bytes"].as_u64().unwrap()
         + 2 * mem["max_layer_bytes"].as_u64().unwrap()
         + mem["kv_cache_bytes"].as_u64().unwrap()
         + 150 * 1024 * 1024;
-    let peak = disk["generation_peak_rss_bytes"].as_u64().unwrap();
+    let peak = out["generation_peak_rss_bytes"].as_u64().unwrap();
     assert!(peak < bound, "peak RSS {peak} exceeds the bound {bound}");
-    let ram_peak = ram["generation_peak_rss_bytes"].as_u64().unwrap();
-    assert!(peak < ram_peak, "disk tier ({peak}) should hold less than RAM tier ({ram_peak})");
-
-    // The offload session is gone once the process has exited.
-    let left: Vec<_> = std::fs::read_dir(offload.path()).unwrap().flatten().collect();
-    assert!(left.is_empty(), "offload files left behind: {left:?}");
-    assert_eq!(half["memory"]["offload_folder_bytes"].as_u64().map(|b| b > 0), Some(true));
 }
 
-/// llama.cpp's figure for SmolLM2-135M-Instruct Q4_1 on ../shared/ppl.txt
-/// at ctx 256 is 25.517 (docs/BENCHMARKS.md); Spillway must be within 1%.
 #[test]
 fn smollm2_perplexity_matches_llama_cpp() {
-    let m = smollm2();
-    let text = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ppl.txt");
-    let out = spillway_json(&[
-        "perplexity", "--model", path_str(&m), "--file", text, "--ctx", "256", "--json",
-    ]);
-    let ppl = out["ppl"].as_f64().unwrap();
-    assert_eq!(out["chunks"].as_u64(), Some(16));
-    let reference = 25.517;
-    assert!(
-        (ppl - reference).abs() / reference < 0.01,
-        "perplexity {ppl} is not within 1% of llama.cpp's {reference}"
-    );
+    assert_perplexity_near(&smollm2(), 25.517);
 }
 
-/// llama.cpp's figure for Qwen2.5-Coder-0.5B-Instruct Q4_K_M is 40.916.
 #[test]
 fn qwen05_perplexity_matches_llama_cpp() {
-    let m = crate::common::qwen05();
-    let text = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ppl.txt");
-    let out = spillway_json(&[
-        "perplexity", "--model", path_str(&m), "--file", text, "--ctx", "256", "--json",
-    ]);
-    let ppl = out["ppl"].as_f64().unwrap();
-    let reference = 40.916;
-    assert!(
-        (ppl - reference).abs() / reference < 0.01,
-        "perplexity {ppl} is not within 1% of llama.cpp's {reference}"
-    );
+    assert_perplexity_near(&crate::common::qwen05(), 40.916);
 }
 
 /// Qwen2 (biases, Q4_K/Q5_0/Q6_K/Q8_0 mix, untied head): disk layers give
@@ -101,19 +144,27 @@ fn qwen05_disk_tier_is_token_identical_and_bounded() {
     let m = crate::common::qwen05();
     let run = |disk: &str| {
         spillway_json(&[
-            "generate", "--model", path_str(&m), "--prompt", "Write a Python function that adds two numbers.",
-            "--greedy", "--max-tokens", "12", "--ignore-eos", "--ctx", "2048", "--disk-layers", disk,
+            "generate",
+            "--model",
+            path_str(&m),
+            "--prompt",
+            "Write a Python function that adds two numbers.",
+            "--greedy",
+            "--max-tokens",
+            "12",
+            "--ignore-eos",
+            "--ctx",
+            "2048",
+            "--disk-layers",
+            disk,
             "--json",
         ])
     };
     let ram = run("0");
     let disk = run("all");
-    assert_eq!(ids(&ram["generated_tokens"]), ids(&disk["generated_tokens"]));
-    let mem = &disk["memory"];
-    let bound = mem["non_layer_bytes"].as_u64().unwrap()
-        + 2 * mem["max_layer_bytes"].as_u64().unwrap()
-        + mem["kv_cache_bytes"].as_u64().unwrap()
-        + 150 * 1024 * 1024;
-    let peak = disk["generation_peak_rss_bytes"].as_u64().unwrap();
-    assert!(peak < bound, "peak RSS {peak} exceeds the bound {bound}");
+    assert_eq!(
+        ids(&ram["generated_tokens"]),
+        ids(&disk["generated_tokens"])
+    );
+    assert_within_disk_bound(&disk);
 }

@@ -58,10 +58,8 @@ fn qwen2_round_trips_hard_text() {
 /// (see docs/BENCHMARKS.md for how they were produced).
 #[test]
 fn ids_match_llama_cpp() {
-    let reference: serde_json::Value = serde_json::from_str(include_str!(
-        "../fixtures/llama_cpp_tokens.json"
-    ))
-    .unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/llama_cpp_tokens.json")).unwrap();
     for (model, path) in [("smollm2", smollm2()), ("qwen05", qwen05())] {
         let tok = gguf_tokenizer(path);
         let cases = reference[model].as_array().expect("cases per model");
@@ -85,7 +83,10 @@ fn ids_match_llama_cpp() {
 /// its merge order, as SentencePiece's do.
 #[test]
 fn sentencepiece_vocabulary_from_gguf_matches_hugging_face() {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mistral_tiny"));
+    let dir = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/mistral_tiny"
+    ));
     let hf = TextTokenizer::from_hf_dir(&dir).unwrap();
     let doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("tokenizer.json")).unwrap()).unwrap();
@@ -95,9 +96,17 @@ fn sentencepiece_vocabulary_from_gguf_matches_hugging_face() {
         tokens[id.as_u64().unwrap() as usize] = piece.clone();
     }
     let mut scores = vec![0f32; tokens.len()];
-    for (rank, m) in doc["model"]["merges"].as_array().unwrap().iter().enumerate() {
+    for (rank, m) in doc["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         let (l, r) = match m {
-            serde_json::Value::Array(p) => (p[0].as_str().unwrap().to_string(), p[1].as_str().unwrap().to_string()),
+            serde_json::Value::Array(p) => (
+                p[0].as_str().unwrap().to_string(),
+                p[1].as_str().unwrap().to_string(),
+            ),
             serde_json::Value::String(s) => {
                 let (l, r) = s.split_once(' ').unwrap();
                 (l.to_string(), r.to_string())
@@ -118,7 +127,11 @@ fn sentencepiece_vocabulary_from_gguf_matches_hugging_face() {
         .enumerate()
         .map(|(i, t)| {
             Value::I32(if specials.contains(&(i as u64)) {
-                if i == 0 { 2 } else { 3 }
+                if i == 0 {
+                    2
+                } else {
+                    3
+                }
             } else if t.starts_with("<0x") && t.len() == 6 {
                 6
             } else {
@@ -132,7 +145,10 @@ fn sentencepiece_vocabulary_from_gguf_matches_hugging_face() {
         "tokenizer.ggml.tokens".into(),
         Value::Array(tokens.iter().cloned().map(Value::String).collect()),
     );
-    metadata.insert("tokenizer.ggml.scores".into(), Value::Array(scores.into_iter().map(Value::F32).collect()));
+    metadata.insert(
+        "tokenizer.ggml.scores".into(),
+        Value::Array(scores.into_iter().map(Value::F32).collect()),
+    );
     metadata.insert("tokenizer.ggml.token_type".into(), Value::Array(types));
     metadata.insert("tokenizer.ggml.bos_token_id".into(), Value::U32(1));
     metadata.insert("tokenizer.ggml.eos_token_id".into(), Value::U32(2));
@@ -156,7 +172,10 @@ fn sentencepiece_vocabulary_from_gguf_matches_hugging_face() {
         let a = spm.encode(text, false).unwrap();
         let b = hf.encode(text, false).unwrap();
         assert_eq!(a, b, "{text:?}");
-        assert_eq!(spm.decode(&a, false).unwrap(), hf.decode(&b, false).unwrap());
+        assert_eq!(
+            spm.decode(&a, false).unwrap(),
+            hf.decode(&b, false).unwrap()
+        );
     }
     assert_eq!(spm.encode("hi", true).unwrap()[0], 1, "BOS first");
 }
@@ -167,7 +186,10 @@ fn sentencepiece_vocabulary_from_gguf_matches_hugging_face() {
 fn tokenizer_files_beside_the_model_are_used() {
     use spillway::chat::Message;
     use spillway::engine::{Engine, LoadOptions};
-    let fixture = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mistral_tiny"));
+    let fixture = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/mistral_tiny"
+    ));
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model.gguf");
     #[cfg(unix)]
@@ -189,5 +211,8 @@ fn tokenizer_files_beside_the_model_are_used() {
     // The Mistral [INST] template from tokenizer_config.json.
     let chat = e.chat_tokens(&[Message::new("user", "hi")], true).unwrap();
     let text = e.tokenizer().decode(&chat, false).unwrap();
-    assert!(text.starts_with("<s>") && text.contains("[INST]"), "{text:?}");
+    assert!(
+        text.starts_with("<s>") && text.contains("[INST]"),
+        "{text:?}"
+    );
 }
