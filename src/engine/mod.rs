@@ -195,6 +195,12 @@ impl Engine {
                     "the context length must be positive".into(),
                 ))
             }
+            Some(n) if n > hp.context_length => {
+                return Err(EngineError::Invalid(format!(
+                    "a context of {n} tokens exceeds the {} this model was trained for",
+                    hp.context_length
+                )))
+            }
             Some(n) => n,
             None => hp.context_length,
         };

@@ -195,3 +195,19 @@ fn bad_config_file() {
         "cannot read config",
     );
 }
+
+#[test]
+fn context_beyond_the_model() {
+    assert_clean_failure(
+        &[
+            "generate",
+            "--model",
+            path_str(&smollm2()),
+            "--ctx",
+            "1000000000",
+            "--prompt",
+            "hi",
+        ],
+        "exceeds the 8192 this model was trained for",
+    );
+}
