@@ -177,18 +177,21 @@ impl<R: Read> Cursor<R> {
     fn remaining(&self) -> u64 {
         self.len.saturating_sub(self.pos)
     }
+    /// Fills `buf` from the file (the caller checked that enough remains).
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), GgufError> {
+        self.inner.read_exact(buf).map_err(|source| GgufError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.pos += buf.len() as u64;
+        Ok(())
+    }
     fn bytes<const N: usize>(&mut self) -> Result<[u8; N], GgufError> {
         let mut buf = [0u8; N];
         if self.remaining() < N as u64 {
             return Err(self.corrupt(format!("file ends at byte {} inside the header", self.len)));
         }
-        self.inner
-            .read_exact(&mut buf)
-            .map_err(|source| GgufError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        self.pos += N as u64;
+        self.fill(&mut buf)?;
         Ok(buf)
     }
     fn u8(&mut self) -> Result<u8, GgufError> {
@@ -212,13 +215,7 @@ impl<R: Read> Cursor<R> {
             )));
         }
         let mut buf = vec![0u8; len as usize];
-        self.inner
-            .read_exact(&mut buf)
-            .map_err(|source| GgufError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        self.pos += len;
+        self.fill(&mut buf)?;
         // Lossy: a few real vocabularies hold invalid UTF-8 pieces; they must
         // not make the whole file unreadable.
         Ok(match String::from_utf8(buf) {
