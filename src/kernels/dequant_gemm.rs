@@ -1,4 +1,5 @@
-//! Prompt-sized matmuls: dequantize the weight a tile of rows at a time
+//! The fallback for weight types without integer kernels (Q2_K, Q3_K) and
+//! for F16/BF16/F32 prompts: dequantize the weight a tile of rows at a time
 //! (tiles in parallel, straight from the stored blocks, no copy), then one
 //! f32 GEMM per tile against every prompt row.
 //!
@@ -12,7 +13,7 @@ use candle_core::quantized::k_quants::{
 };
 use candle_core::quantized::{GgmlDType, GgmlType as CandleBlock, QTensor};
 use candle_core::{Result, Tensor};
-use rayon::prelude::*;
+use super::pool::{self, Tasks};
 
 /// Rows of weight dequantized per tile: 256 rows × 4096 inputs × 4 bytes is
 /// 4 MiB, small enough to stay in cache while the GEMM reuses it.
@@ -78,26 +79,36 @@ impl DstPtr {
     }
 }
 
-/// `dst (m × n) = x (m × k) · Wᵀ` for a weight `W (n × k)`, all row-major.
-pub fn matmul_into(w: &QTensor, x: &[f32], m: usize, dst: &mut [f32]) -> Result<()> {
-    let (n, k) = w.shape().dims2()?;
-    if x.len() != m * k || dst.len() != m * n {
+/// `dst (m × n) = x (m × k) · Wᵀ` for a weight `W (n × k)` of type `dtype`
+/// stored as `bytes`, all row-major.
+pub fn matmul_into(
+    dtype: GgmlDType,
+    bytes: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    dst: &mut [f32],
+) -> Result<()> {
+    if x.len() != m * k || dst.len() != m * n || k % dtype.block_size() != 0 {
         candle_core::bail!(
             "matmul: input {} / output {} do not fit {m}×{k}·{k}×{n}",
             x.len(),
             dst.len()
         )
     }
-    let dtype = w.dtype();
     let row_bytes = k / dtype.block_size() * dtype.type_size();
-    let bytes = w.data()?;
+    if bytes.len() != n * row_bytes {
+        candle_core::bail!("matmul: weight is {} bytes, expected {}", bytes.len(), n * row_bytes)
+    }
     let out = DstPtr(dst.as_mut_ptr());
-    (0..n.div_ceil(TILE_ROWS))
-        .into_par_iter()
-        .try_for_each(|t| -> Result<()> {
+    let tasks = Tasks::new(n.div_ceil(TILE_ROWS));
+    let failed = std::sync::Mutex::new(None);
+    pool::run(&|_| {
+        while let Some(t) = tasks.next() {
             let (r0, r1) = (t * TILE_ROWS, ((t + 1) * TILE_ROWS).min(n));
             let rows = r1 - r0;
-            TILE.with(|cell| -> Result<()> {
+            let r = TILE.with(|cell| -> Result<()> {
                 let mut tile = cell.borrow_mut();
                 tile.resize(rows * k, 0.0);
                 dequantize_rows(dtype, &bytes[r0 * row_bytes..r1 * row_bytes], &mut tile)?;
@@ -129,8 +140,16 @@ pub fn matmul_into(w: &QTensor, x: &[f32], m: usize, dst: &mut [f32]) -> Result<
                     );
                 }
                 Ok(())
-            })
-        })
+            });
+            if let Err(e) = r {
+                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            }
+        }
+    });
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// `x (m × k) · Wᵀ` for a weight `W (n × k)`; returns `(m, n)`.
@@ -142,7 +161,7 @@ pub fn matmul(w: &QTensor, x: &Tensor) -> Result<Tensor> {
     }
     let xs = x.flatten_all()?.to_vec1::<f32>()?;
     let mut dst = vec![0f32; m * n];
-    matmul_into(w, &xs, m, &mut dst)?;
+    matmul_into(w.dtype(), &w.data()?, n, k, &xs, m, &mut dst)?;
     Tensor::from_vec(dst, (m, n), x.device())
 }
 

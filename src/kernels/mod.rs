@@ -1,12 +1,19 @@
-//! Spillway's own CPU matmul kernels, behind [`crate::model::linear::Linear`].
+//! Spillway's own CPU kernels, behind [`crate::model::linear::Linear`].
 //!
-//! Today one path serves every GGML type and every batch size: weight rows
-//! are dequantized a tile at a time straight from their stored blocks and
-//! multiplied in f32 against f32 activations. Keeping activations in f32
-//! (rather than quantizing them to 8 bits as llama.cpp does) is more precise;
-//! on SmolLM2-135M it is the difference between answering "Paris" and
-//! "L'Étoile" to "What is the capital of France?", a choice llama.cpp gets
-//! wrong. The CPU-kernels work adds fused SIMD dot products behind this
-//! module, measured against this path for accuracy.
+//! - [`matmul`]: the front door: picks a kernel per weight type and batch
+//!   size and splits work over the [`pool`].
+//! - [`formats`]: the integer formats in one common group form, the 8-bit
+//!   activations, and the scalar reference kernels.
+//! - `x86`: AVX2 and AVX-512 VNNI builds of the same generic kernels.
+//! - [`ops`]: the rest of the decode step (dots, softmax exp, SiLU, norms).
+//! - [`isa`]: runtime CPU feature detection.
+//! - [`dequant_gemm`]: the f32 fallback for types without integer kernels.
 
 pub mod dequant_gemm;
+pub mod formats;
+pub mod isa;
+pub mod matmul;
+pub mod ops;
+pub mod pool;
+#[cfg(target_arch = "x86_64")]
+mod x86;

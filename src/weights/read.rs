@@ -17,6 +17,7 @@ use candle_core::quantized::{GgmlType as CandleBlock, QStorage, QTensor, Quantiz
 use candle_core::{Device, Tensor};
 
 use super::gguf::TensorInfo;
+use crate::placement::alloc::{zeroed_vec, ZeroValid};
 use super::GgmlType;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,31 +60,20 @@ pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()>
     }
 }
 
-/// A zero-initialised vector of `n` blocks. Zero is a valid value of every
-/// GGML block type (they are plain integers and floats), and `alloc_zeroed`
-/// hands back untouched pages for large sizes, so nothing is written twice.
-fn zeroed_blocks<T: CandleBlock>(n: usize) -> io::Result<Vec<T>> {
-    if n == 0 || std::mem::size_of::<T>() == 0 {
-        return Ok(Vec::new());
-    }
-    let layout = std::alloc::Layout::array::<T>(n)
-        .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "tensor too large"))?;
-    // SAFETY: the layout has non-zero size; all-zero bytes are a valid `T`
-    // (see above); `Vec::from_raw_parts` gets the global allocator's pointer
-    // with the same layout, length and capacity `n`.
-    unsafe {
-        let ptr = std::alloc::alloc_zeroed(layout).cast::<T>();
-        if ptr.is_null() {
-            return Err(io::Error::new(
-                io::ErrorKind::OutOfMemory,
-                format!("cannot allocate {} bytes", layout.size()),
-            ));
-        }
-        Ok(Vec::from_raw_parts(ptr, n, n))
-    }
+/// Zero is a valid value of every GGML block type: they are plain integers
+/// and floats.
+macro_rules! zero_valid {
+    ($($t:ty),*) => { $(
+        // SAFETY: see above.
+        unsafe impl ZeroValid for $t {}
+    )* };
 }
+zero_valid!(
+    half::f16, half::bf16, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K
+);
 
-fn read_blocks<T: CandleBlock + 'static>(
+fn read_blocks<T: CandleBlock + ZeroValid + 'static>(
     file: &File,
     offset: u64,
     size_bytes: usize,
@@ -95,7 +85,7 @@ fn read_blocks<T: CandleBlock + 'static>(
             "size is not a whole number of blocks",
         ));
     }
-    let mut v = zeroed_blocks::<T>(size_bytes / block)?;
+    let mut v = zeroed_vec::<T>(size_bytes / block)?;
     // SAFETY: the block types are `repr(C)` plain data with no padding
     // invariants; any byte pattern is a valid value, and the slice covers
     // exactly the vector's initialised elements.

@@ -1,0 +1,177 @@
+//! Vector operations of the decode step besides the matmuls (dot products
+//! and sums for attention, exp for softmax and SiLU), each with a scalar
+//! version and SIMD versions chosen by [`super::isa::active`].
+
+use super::isa::{self, Isa};
+
+#[inline]
+pub fn half_to_f32(bits: u16, bf16: bool) -> f32 {
+    if bf16 {
+        half::bf16::from_bits(bits).to_f32()
+    } else {
+        half::f16::from_bits(bits).to_f32()
+    }
+}
+
+#[inline]
+pub fn exp_scalar(x: f32) -> f32 {
+    x.clamp(-87.0, 88.0).exp()
+}
+
+#[inline]
+pub fn silu_scalar(x: f32) -> f32 {
+    x / (1.0 + exp_scalar(-x))
+}
+
+/// Whether the x86 SIMD helpers may run for `isa`.
+#[inline(always)]
+fn simd(isa: Isa) -> bool {
+    cfg!(target_arch = "x86_64") && isa != Isa::Scalar
+}
+
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_with(isa::active(), a, b)
+}
+
+pub fn dot_with(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd(isa) {
+        // SAFETY: `isa` is supported (only supported levels are active or
+        // passed in by tests that check), bounds are the slices'.
+        return unsafe { super::x86::dot_f32(a, b) };
+    }
+    let _ = isa;
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `y += alpha · x`
+pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
+    axpy_with(isa::active(), y, alpha, x)
+}
+
+pub fn axpy_with(isa: Isa, y: &mut [f32], alpha: f32, x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd(isa) {
+        // SAFETY: as in `dot_with`.
+        return unsafe { super::x86::axpy(y, alpha, x) };
+    }
+    let _ = isa;
+    for (o, v) in y.iter_mut().zip(x) {
+        *o += alpha * v;
+    }
+}
+
+/// `x[i] = e^(x[i] - shift)`; returns the sum (softmax).
+pub fn exp_sum(x: &mut [f32], shift: f32) -> f32 {
+    exp_sum_with(isa::active(), x, shift)
+}
+
+pub fn exp_sum_with(isa: Isa, x: &mut [f32], shift: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd(isa) {
+        // SAFETY: as in `dot_with`.
+        return unsafe { super::x86::exp_sum(x, shift) };
+    }
+    let _ = isa;
+    let mut s = 0f32;
+    for v in x.iter_mut() {
+        *v = exp_scalar(*v - shift);
+        s += *v;
+    }
+    s
+}
+
+/// `g[i] = silu(g[i]) · u[i]` (the SwiGLU gate).
+pub fn silu_mul(g: &mut [f32], u: &[f32]) {
+    silu_mul_with(isa::active(), g, u)
+}
+
+pub fn silu_mul_with(isa: Isa, g: &mut [f32], u: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd(isa) {
+        // SAFETY: as in `dot_with`.
+        return unsafe { super::x86::silu_mul(g, u) };
+    }
+    let _ = isa;
+    for (o, v) in g.iter_mut().zip(u) {
+        *o = silu_scalar(*o) * v;
+    }
+}
+
+/// RMSNorm of each `w.len()`-wide row of `x` into `out`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ms = dot(xr, xr) / d as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((o, v), g) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * inv * g;
+        }
+    }
+}
+
+/// `y += x`
+pub fn add(y: &mut [f32], x: &[f32]) {
+    for (o, v) in y.iter_mut().zip(x) {
+        *o += v;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 16777216.0 - 0.5) * 20.0)
+            .collect()
+    }
+
+    /// Every SIMD level agrees with the scalar one, including tails.
+    #[test]
+    fn simd_ops_match_scalar() {
+        for isa in Isa::available() {
+            for n in [1usize, 7, 8, 15, 16, 17, 64, 131] {
+                let (a, b) = (data(n, 1), data(n, 2));
+                let (d0, d1) = (dot_with(Isa::Scalar, &a, &b), dot_with(isa, &a, &b));
+                assert!((d0 - d1).abs() <= 1e-4 * d0.abs().max(1.0), "{isa:?} dot {n}");
+
+                let (mut y0, mut y1) = (a.clone(), a.clone());
+                axpy_with(Isa::Scalar, &mut y0, 0.3, &b);
+                axpy_with(isa, &mut y1, 0.3, &b);
+                assert!(y0.iter().zip(&y1).all(|(p, q)| (p - q).abs() <= 1e-5 * p.abs().max(1.0)));
+
+                let (mut e0, mut e1) = (a.clone(), a.clone());
+                let s0 = exp_sum_with(Isa::Scalar, &mut e0, 3.0);
+                let s1 = exp_sum_with(isa, &mut e1, 3.0);
+                assert!((s0 - s1).abs() <= 1e-6 * s0, "{isa:?} exp sum {n}");
+                assert!(e0.iter().zip(&e1).all(|(p, q)| (p - q).abs() <= 1e-6 * p.abs().max(1e-30)));
+
+                let (mut g0, mut g1) = (a.clone(), a.clone());
+                silu_mul_with(Isa::Scalar, &mut g0, &b);
+                silu_mul_with(isa, &mut g1, &b);
+                assert!(g0.iter().zip(&g1).all(|(p, q)| (p - q).abs() <= 1e-5 * p.abs().max(1.0)), "{isa:?} silu {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn exp_is_accurate_over_the_softmax_range() {
+        for isa in Isa::available() {
+            let mut x: Vec<f32> = (0..2000).map(|i| -80.0 + i as f32 * 0.045).collect();
+            let want: Vec<f64> = x.iter().map(|&v| (v as f64).exp()).collect();
+            exp_sum_with(isa, &mut x, 0.0);
+            for (g, w) in x.iter().zip(&want) {
+                assert!(((*g as f64) - w).abs() <= 3e-7 * w, "{isa:?}: {g} vs {w}");
+            }
+        }
+    }
+}

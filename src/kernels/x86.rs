@@ -1,0 +1,596 @@
+//! x86-64 SIMD kernels. One generic body per kernel, built twice: for AVX2
+//! (`vpmaddubsw` + `vpmaddwd`) and for AVX-512 VNNI (`vpdpbusd` on 256-bit
+//! registers). The entry points carry `#[target_feature]`; everything they
+//! call is `#[inline(always)]`, so each build is specialised as a whole.
+//!
+//! Safety contract of every entry point: the caller has checked that the
+//! CPU supports the features ([`super::isa::Isa::supported`]) and that the
+//! ranges lie inside the buffers (see `super::matmul`).
+
+#![allow(clippy::missing_safety_doc)]
+
+use std::arch::x86_64::*;
+
+use super::formats::{k_scale_min, Format, QActs, GROUP};
+
+// ---------------------------------------------------------------------------
+// The integer dot step: the only place the two builds differ.
+
+trait Dot {
+    /// Sums of 4 adjacent `x[i] (u8) · y[i] (i8)` products as 8 i32 lanes.
+    unsafe fn dot(x: __m256i, y: __m256i) -> __m256i;
+}
+
+struct Avx2;
+struct Vnni;
+
+impl Dot for Avx2 {
+    #[inline(always)]
+    unsafe fn dot(x: __m256i, y: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
+    }
+}
+
+impl Dot for Vnni {
+    #[inline(always)]
+    unsafe fn dot(x: __m256i, y: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), x, y)
+    }
+}
+
+/// Lanes 0..4 of the i32 result cover values 0..16, lanes 4..8 values 16..32;
+/// with sub-scales each half is weighted in i16 before widening.
+#[inline(always)]
+unsafe fn dot_scaled(x: __m256i, y: __m256i, isc: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), isc)
+}
+
+// ---------------------------------------------------------------------------
+// Formats, unpacked one 32-value group at a time into registers.
+
+struct G {
+    v: __m256i,
+    isc: __m256i,
+    d: f32,
+    bias: f32,
+}
+
+trait Fmt {
+    const GROUPS: usize;
+    const BYTES: usize;
+    /// `v` is signed (symmetric formats); the dot uses |v| and sign(a, v).
+    const SIGNED: bool;
+    /// The affine formats' per-group bias.
+    const BIAS: bool;
+    /// Two integer sub-scales per group (Q6_K).
+    const ISC: bool;
+    unsafe fn group(b: *const u8, g: usize) -> G;
+}
+
+#[inline(always)]
+unsafe fn f16(p: *const u8) -> f32 {
+    let bits = std::ptr::read_unaligned(p.cast::<u16>());
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// 16 bytes of packed nibbles: low nibbles are values 0..16, high 16..32.
+#[inline(always)]
+unsafe fn nibbles16(p: *const u8) -> __m256i {
+    let x = _mm_loadu_si128(p.cast());
+    let m = _mm_set1_epi8(0xF);
+    let lo = _mm_and_si128(x, m);
+    let hi = _mm_and_si128(_mm_srli_epi16(x, 4), m);
+    _mm256_set_m128i(hi, lo)
+}
+
+/// Byte `i` is 0x10 where bit `i` of `qh` is set.
+#[inline(always)]
+unsafe fn bits32(qh: u32) -> __m256i {
+    let x = _mm256_set1_epi32(qh as i32);
+    let shuf = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+        2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+    );
+    let y = _mm256_shuffle_epi8(x, shuf);
+    let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(y, mask), mask);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+#[inline(always)]
+unsafe fn one_isc() -> __m256i {
+    _mm256_set1_epi16(1)
+}
+
+struct Q4_0;
+struct Q4_1;
+struct Q5_0;
+struct Q5_1;
+struct Q8_0;
+struct Q4K;
+struct Q5K;
+struct Q6K;
+
+impl Fmt for Q4_0 {
+    const GROUPS: usize = 1;
+    const BYTES: usize = Format::Q4_0.block_bytes();
+    const SIGNED: bool = true;
+    const BIAS: bool = false;
+    const ISC: bool = false;
+    #[inline(always)]
+    unsafe fn group(b: *const u8, _: usize) -> G {
+        let v = _mm256_sub_epi8(nibbles16(b.add(2)), _mm256_set1_epi8(8));
+        G { v, isc: one_isc(), d: f16(b), bias: 0.0 }
+    }
+}
+
+impl Fmt for Q4_1 {
+    const GROUPS: usize = 1;
+    const BYTES: usize = Format::Q4_1.block_bytes();
+    const SIGNED: bool = false;
+    const BIAS: bool = true;
+    const ISC: bool = false;
+    #[inline(always)]
+    unsafe fn group(b: *const u8, _: usize) -> G {
+        G { v: nibbles16(b.add(4)), isc: one_isc(), d: f16(b), bias: f16(b.add(2)) }
+    }
+}
+
+impl Fmt for Q5_0 {
+    const GROUPS: usize = 1;
+    const BYTES: usize = Format::Q5_0.block_bytes();
+    const SIGNED: bool = true;
+    const BIAS: bool = false;
+    const ISC: bool = false;
+    #[inline(always)]
+    unsafe fn group(b: *const u8, _: usize) -> G {
+        let qh = std::ptr::read_unaligned(b.add(2).cast::<u32>());
+        let v = _mm256_or_si256(nibbles16(b.add(6)), bits32(u32::from_le(qh)));
+        let v = _mm256_sub_epi8(v, _mm256_set1_epi8(16));
+        G { v, isc: one_isc(), d: f16(b), bias: 0.0 }
+    }
+}
+
+impl Fmt for Q5_1 {
+    const GROUPS: usize = 1;
+    const BYTES: usize = Format::Q5_1.block_bytes();
+    const SIGNED: bool = false;
+    const BIAS: bool = true;
+    const ISC: bool = false;
+    #[inline(always)]
+    unsafe fn group(b: *const u8, _: usize) -> G {
+        let qh = std::ptr::read_unaligned(b.add(4).cast::<u32>());
+        let v = _mm256_or_si256(nibbles16(b.add(8)), bits32(u32::from_le(qh)));
+        G { v, isc: one_isc(), d: f16(b), bias: f16(b.add(2)) }
+    }
+}
+
+impl Fmt for Q8_0 {
+    const GROUPS: usize = 1;
+    const BYTES: usize = Format::Q8_0.block_bytes();
+    const SIGNED: bool = true;
+    const BIAS: bool = false;
+    const ISC: bool = false;
+    #[inline(always)]
+    unsafe fn group(b: *const u8, _: usize) -> G {
+        G { v: _mm256_loadu_si256(b.add(2).cast()), isc: one_isc(), d: f16(b), bias: 0.0 }
+    }
+}
+
+/// Values of Q4_K/Q5_K group `g` from its 32-byte chunk of nibbles.
+#[inline(always)]
+unsafe fn k_nibbles(qs: *const u8, g: usize) -> __m256i {
+    let chunk = _mm256_loadu_si256(qs.add(32 * (g / 2)).cast());
+    let chunk = if g & 1 == 0 { chunk } else { _mm256_srli_epi16(chunk, 4) };
+    _mm256_and_si256(chunk, _mm256_set1_epi8(0xF))
+}
+
+#[inline(always)]
+unsafe fn k_group(b: *const u8, g: usize, v: __m256i) -> G {
+    let (sc, m) = k_scale_min(std::slice::from_raw_parts(b.add(4), 12), g);
+    G { v, isc: one_isc(), d: f16(b) * sc as f32, bias: -f16(b.add(2)) * m as f32 }
+}
+
+impl Fmt for Q4K {
+    const GROUPS: usize = 8;
+    const BYTES: usize = Format::Q4K.block_bytes();
+    const SIGNED: bool = false;
+    const BIAS: bool = true;
+    const ISC: bool = false;
+    #[inline(always)]
+    unsafe fn group(b: *const u8, g: usize) -> G {
+        k_group(b, g, k_nibbles(b.add(16), g))
+    }
+}
+
+impl Fmt for Q5K {
+    const GROUPS: usize = 8;
+    const BYTES: usize = Format::Q5K.block_bytes();
+    const SIGNED: bool = false;
+    const BIAS: bool = true;
+    const ISC: bool = false;
+    #[inline(always)]
+    unsafe fn group(b: *const u8, g: usize) -> G {
+        let qh = _mm256_loadu_si256(b.add(16).cast());
+        let hb = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(g as i32)), _mm256_set1_epi8(1));
+        let v = _mm256_or_si256(k_nibbles(b.add(48), g), _mm256_slli_epi16(hb, 4));
+        k_group(b, g, v)
+    }
+}
+
+impl Fmt for Q6K {
+    const GROUPS: usize = 8;
+    const BYTES: usize = Format::Q6K.block_bytes();
+    const SIGNED: bool = true;
+    const BIAS: bool = false;
+    const ISC: bool = true;
+    #[inline(always)]
+    unsafe fn group(b: *const u8, g: usize) -> G {
+        let (h, k) = (g / 4, g % 4);
+        let ql = _mm256_loadu_si256(b.add(64 * h + 32 * (k & 1)).cast());
+        let ql = if k < 2 { ql } else { _mm256_srli_epi16(ql, 4) };
+        let lo = _mm256_and_si256(ql, _mm256_set1_epi8(0xF));
+        let qh = _mm256_loadu_si256(b.add(128 + 32 * h).cast());
+        let hi = _mm256_and_si256(
+            _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)),
+            _mm256_set1_epi8(3),
+        );
+        let v = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), _mm256_set1_epi8(32));
+        let sc = b.add(192 + 8 * h + 2 * k).cast::<i8>();
+        let isc = _mm256_set_m128i(_mm_set1_epi16(*sc.add(1) as i16), _mm_set1_epi16(*sc as i16));
+        G { v, isc, d: f16(b.add(208)), bias: 0.0 }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The microkernel: RM weight rows × RN activation columns, each weight group
+// unpacked once and reused for every column.
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Where a tile reads and writes.
+#[derive(Clone, Copy)]
+pub struct TileArgs {
+    pub w: *const u8,
+    pub row_bytes: usize,
+    pub aq: *const i8,
+    pub ad: *const f32,
+    pub asum: *const f32,
+    /// Values (and i8 bytes) per activation row.
+    pub k: usize,
+    pub out: *mut f32,
+    /// Output row stride (the weight's row count).
+    pub n: usize,
+}
+
+// SAFETY: the pointers are read-only inputs and an output whose elements
+// each task writes disjointly; the caller keeps the buffers alive until
+// every task is done (the pool joins before returning).
+unsafe impl Send for TileArgs {}
+unsafe impl Sync for TileArgs {}
+
+#[inline(always)]
+unsafe fn tile<F: Fmt, D: Dot, const RM: usize, const RN: usize>(t: &TileArgs, r0: usize, c0: usize) {
+    let gpr = t.k / GROUP;
+    let blocks = t.k / (F::GROUPS * GROUP);
+    let mut acc = [[_mm256_setzero_ps(); RN]; RM];
+    let mut bacc = [[0f32; RN]; RM];
+    for b in 0..blocks {
+        for g in 0..F::GROUPS {
+            let gi = b * F::GROUPS + g;
+            let mut a = [_mm256_setzero_si256(); RN];
+            let mut da = [_mm256_setzero_ps(); RN];
+            let mut sa = [0f32; RN];
+            for c in 0..RN {
+                let col = c0 + c;
+                a[c] = _mm256_loadu_si256(t.aq.add(col * t.k + gi * GROUP).cast());
+                da[c] = _mm256_set1_ps(*t.ad.add(col * gpr + gi));
+                if F::BIAS {
+                    sa[c] = *t.asum.add(col * gpr + gi);
+                }
+            }
+            for r in 0..RM {
+                let grp = F::group(t.w.add((r0 + r) * t.row_bytes + b * F::BYTES), g);
+                let d = _mm256_set1_ps(grp.d);
+                let x = if F::SIGNED { _mm256_sign_epi8(grp.v, grp.v) } else { grp.v };
+                for c in 0..RN {
+                    let y = if F::SIGNED { _mm256_sign_epi8(a[c], grp.v) } else { a[c] };
+                    let p = if F::ISC { dot_scaled(x, y, grp.isc) } else { D::dot(x, y) };
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(p), da[c]), d, acc[r][c]);
+                    if F::BIAS {
+                        bacc[r][c] += grp.bias * sa[c];
+                    }
+                }
+            }
+        }
+    }
+    for r in 0..RM {
+        for c in 0..RN {
+            *t.out.add((c0 + c) * t.n + r0 + r) = hsum(acc[r][c]) + bacc[r][c];
+        }
+    }
+}
+
+/// Rows `rows` × columns `cols` in full tiles, then the ragged edges.
+#[inline(always)]
+unsafe fn region<F: Fmt, D: Dot, const RM: usize, const RN: usize>(
+    t: &TileArgs,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) {
+    let full_r = rows.start + (rows.len() / RM) * RM;
+    let full_c = cols.start + (cols.len() / RN) * RN;
+    let mut c = cols.start;
+    while c < full_c {
+        let mut r = rows.start;
+        while r < full_r {
+            tile::<F, D, RM, RN>(t, r, c);
+            r += RM;
+        }
+        for r in full_r..rows.end {
+            tile::<F, D, 1, RN>(t, r, c);
+        }
+        c += RN;
+    }
+    for c in full_c..cols.end {
+        let mut r = rows.start;
+        while r < full_r {
+            tile::<F, D, RM, 1>(t, r, c);
+            r += RM;
+        }
+        for r in full_r..rows.end {
+            tile::<F, D, 1, 1>(t, r, c);
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn dispatch<D: Dot>(
+    fmt: Format,
+    t: &TileArgs,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) {
+    macro_rules! go {
+        ($f:ty) => {
+            if cols.len() == 1 {
+                region::<$f, D, 4, 1>(t, rows, cols)
+            } else {
+                region::<$f, D, 4, 2>(t, rows, cols)
+            }
+        };
+    }
+    match fmt {
+        Format::Q4_0 => go!(Q4_0),
+        Format::Q4_1 => go!(Q4_1),
+        Format::Q5_0 => go!(Q5_0),
+        Format::Q5_1 => go!(Q5_1),
+        Format::Q8_0 => go!(Q8_0),
+        Format::Q4K => go!(Q4K),
+        Format::Q5K => go!(Q5K),
+        Format::Q6K => go!(Q6K),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn matmul_avx2(
+    fmt: Format,
+    t: &TileArgs,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) {
+    dispatch::<Avx2>(fmt, t, rows, cols)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn matmul_vnni(
+    fmt: Format,
+    t: &TileArgs,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) {
+    dispatch::<Vnni>(fmt, t, rows, cols)
+}
+
+// ---------------------------------------------------------------------------
+// Activation quantization.
+
+/// Quantizes rows `rows` of `x` (`k` values each) into `a`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_avx2(x: &[f32], a: &mut QActs, rows: std::ops::Range<usize>) {
+    let k = a.k;
+    let gpr = k / GROUP;
+    let sign_mask = _mm256_set1_ps(-0.0);
+    let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for r in rows {
+        for g in 0..gpr {
+            let p = x.as_ptr().add(r * k + g * GROUP);
+            let v = [
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            ];
+            let mut m = _mm256_andnot_ps(sign_mask, v[0]);
+            for vi in &v[1..] {
+                m = _mm256_max_ps(m, _mm256_andnot_ps(sign_mask, *vi));
+            }
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+            let amax = _mm_cvtss_f32(m);
+            let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+            let idv = _mm256_set1_ps(id);
+            let q = [
+                _mm256_cvtps_epi32(_mm256_mul_ps(v[0], idv)),
+                _mm256_cvtps_epi32(_mm256_mul_ps(v[1], idv)),
+                _mm256_cvtps_epi32(_mm256_mul_ps(v[2], idv)),
+                _mm256_cvtps_epi32(_mm256_mul_ps(v[3], idv)),
+            ];
+            let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let s = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+            let s = _mm_hadd_epi32(s, s);
+            let s = _mm_hadd_epi32(s, s);
+            let isum = _mm_cvtsi128_si32(s);
+            let w16a = _mm256_packs_epi32(q[0], q[1]);
+            let w16b = _mm256_packs_epi32(q[2], q[3]);
+            let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w16a, w16b), perm);
+            _mm256_storeu_si256(a.q.as_mut_ptr().add(r * k + g * GROUP).cast(), bytes);
+            let d = amax / 127.0;
+            a.d[r * gpr + g] = d;
+            a.s[r * gpr + g] = d * isum as f32;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// f32 helpers for the rest of the decode step, built with AVX2 + FMA.
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut i = 0;
+    while i + 16 <= n {
+        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc[0]);
+        acc[1] = _mm256_fmadd_ps(
+            _mm256_loadu_ps(a.as_ptr().add(i + 8)),
+            _mm256_loadu_ps(b.as_ptr().add(i + 8)),
+            acc[1],
+        );
+        i += 16;
+    }
+    let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
+    while i < n {
+        s += a[i] * b[i];
+        i += 1;
+    }
+    s
+}
+
+/// `y += alpha · x`
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
+    let n = y.len().min(x.len());
+    let av = _mm256_set1_ps(alpha);
+    let mut i = 0;
+    while i + 8 <= n {
+        let p = y.as_mut_ptr().add(i);
+        _mm256_storeu_ps(p, _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(p)));
+        i += 8;
+    }
+    while i < n {
+        y[i] += alpha * x[i];
+        i += 1;
+    }
+}
+
+#[inline(always)]
+unsafe fn load_half(p: *const u16, bf16: bool) -> __m256 {
+    let h = _mm_loadu_si128(p.cast());
+    if bf16 {
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+    } else {
+        _mm256_cvtph_ps(h)
+    }
+}
+
+/// Dot products of `x` with rows `rows` of an f16 or bf16 matrix (`k`
+/// values per row) into `out[r]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn half_rows(
+    w: &[u16],
+    bf16: bool,
+    k: usize,
+    x: &[f32],
+    rows: std::ops::Range<usize>,
+    out: *mut f32,
+) {
+    for r in rows {
+        let row = w.as_ptr().add(r * k);
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut i = 0;
+        while i + 16 <= k {
+            acc[0] = _mm256_fmadd_ps(load_half(row.add(i), bf16), _mm256_loadu_ps(x.as_ptr().add(i)), acc[0]);
+            acc[1] = _mm256_fmadd_ps(
+                load_half(row.add(i + 8), bf16),
+                _mm256_loadu_ps(x.as_ptr().add(i + 8)),
+                acc[1],
+            );
+            i += 16;
+        }
+        let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
+        while i < k {
+            s += super::ops::half_to_f32(*row.add(i), bf16) * x[i];
+            i += 1;
+        }
+        *out.add(r) = s;
+    }
+}
+
+/// e^x for 8 lanes: x = n·ln2 + r with |r| ≤ ln2/2, e^r by its Taylor
+/// series to degree 6 (relative error below 2e-7), 2^n through the
+/// exponent bits. Inputs are clamped to the finite range.
+#[inline(always)]
+unsafe fn exp8(x: __m256) -> __m256 {
+    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
+    let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    // ln 2 split in two so n·ln2 is exact in its high part.
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+    let mut p = _mm256_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    _mm256_mul_ps(p, _mm256_castsi256_ps(pow2))
+}
+
+/// `x[i] = e^(x[i] - shift)`; returns the sum.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn exp_sum(x: &mut [f32], shift: f32) -> f32 {
+    let sv = _mm256_set1_ps(shift);
+    let mut acc = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= x.len() {
+        let p = x.as_mut_ptr().add(i);
+        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p), sv));
+        _mm256_storeu_ps(p, e);
+        acc = _mm256_add_ps(acc, e);
+        i += 8;
+    }
+    let mut s = hsum(acc);
+    while i < x.len() {
+        x[i] = super::ops::exp_scalar(x[i] - shift);
+        s += x[i];
+        i += 1;
+    }
+    s
+}
+
+/// `g[i] = silu(g[i]) · u[i]`
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
+    let n = g.len().min(u.len());
+    let one = _mm256_set1_ps(1.0);
+    let neg = _mm256_set1_ps(-0.0);
+    let mut i = 0;
+    while i + 8 <= n {
+        let p = g.as_mut_ptr().add(i);
+        let x = _mm256_loadu_ps(p);
+        let e = exp8(_mm256_xor_ps(x, neg));
+        let y = _mm256_div_ps(x, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(p, _mm256_mul_ps(y, _mm256_loadu_ps(u.as_ptr().add(i))));
+        i += 8;
+    }
+    while i < n {
+        g[i] = super::ops::silu_scalar(g[i]) * u[i];
+        i += 1;
+    }
+}
