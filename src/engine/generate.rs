@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::model::sampler::{Sampler, SamplingParams};
-use crate::model::transformer::{LogitsFor, Transformer};
+use crate::model::transformer::LogitsFor;
 use crate::weights::tokenizer::TextStream;
 
 use super::{Engine, EngineError, PROMPT_CHUNK};
@@ -163,11 +163,16 @@ impl Engine {
                 return Ok(None);
             }
             let pos = self.cached.len();
-            let logits =
-                self.model
-                    .forward(&self.store, &mut self.kv, chunk, pos, LogitsFor::Last)?;
+            let logits = self.model.forward(
+                &self.store,
+                &mut self.kv,
+                &mut self.scratch,
+                chunk,
+                pos,
+                LogitsFor::Last,
+            )?;
+            last = Some(logits.to_vec());
             self.cached.extend_from_slice(chunk);
-            last = Some(Transformer::last_row(&logits)?);
         }
         Ok(last)
     }
@@ -256,11 +261,16 @@ impl Engine {
                 break FinishReason::ContextFull;
             }
             let pos = self.cached.len();
-            let out =
-                self.model
-                    .forward(&self.store, &mut self.kv, &[token], pos, LogitsFor::Last)?;
+            let out = self.model.forward(
+                &self.store,
+                &mut self.kv,
+                &mut self.scratch,
+                &[token],
+                pos,
+                LogitsFor::Last,
+            )?;
+            logits.copy_from_slice(out);
             self.cached.push(token);
-            logits = Transformer::last_row(&out)?;
         };
         if finish != FinishReason::Stop {
             let rest = filter.flush();

@@ -16,6 +16,7 @@ use std::str::FromStr;
 use crate::chat::{ChatTemplate, Message, TemplateError};
 use crate::model::hparams::HParams;
 use crate::model::kv_cache::KvCache;
+use crate::model::transformer::Scratch;
 use crate::model::transformer::Transformer;
 use crate::model::ModelError;
 use crate::placement::store::DiskSource;
@@ -128,6 +129,8 @@ pub struct Engine {
     tokenizer: TextTokenizer,
     template: Option<ChatTemplate>,
     kv: KvCache,
+    /// The forward pass's reusable buffers.
+    scratch: Scratch,
     /// The tokens whose keys and values are in `kv`, in order.
     cached: Vec<u32>,
 }
@@ -213,10 +216,9 @@ impl Engine {
         let token_embd =
             read_qtensor(&file, tensor("token_embd.weight")?).map_err(ModelError::from)?;
         let norm_info = tensor("output_norm.weight")?;
-        let output_norm = read_qtensor(&file, norm_info)
-            .map_err(ModelError::from)?
-            .dequantize(&candle_core::Device::Cpu)
-            .map_err(ModelError::from)?;
+        let output_norm = crate::model::transformer::to_f32_vec(
+            &read_qtensor(&file, norm_info).map_err(ModelError::from)?,
+        )?;
         let output = match gguf.tensor("output.weight") {
             Some(info) => Some(read_qtensor(&file, info).map_err(ModelError::from)?),
             None => None,
@@ -233,6 +235,7 @@ impl Engine {
         crate::placement::alloc::release_free_memory();
         Ok(Engine {
             kv: KvCache::new(hp.n_layer, hp.n_head_kv, hp.head_dim, context),
+            scratch: Scratch::default(),
             gguf,
             model,
             store,

@@ -72,18 +72,23 @@ impl Engine {
                     return Err(EngineError::Invalid("cancelled".into()));
                 }
                 let pos = b * PROMPT_CHUNK;
-                let logits =
-                    self.model
-                        .forward(&self.store, &mut self.kv, batch, pos, LogitsFor::All)?;
-                self.cached.extend_from_slice(batch);
-                let rows = crate::model::transformer::logits_rows(&logits)?;
-                for (j, row) in rows.iter().enumerate() {
+                let logits = self.model.forward(
+                    &self.store,
+                    &mut self.kv,
+                    &mut self.scratch,
+                    batch,
+                    pos,
+                    LogitsFor::All,
+                )?;
+                let vocab = self.model.hp.n_vocab;
+                for (j, row) in logits.chunks_exact(vocab).enumerate() {
                     let p = pos + j;
                     if p >= first && p + 1 < ctx {
                         nll -= log_softmax_at(row, chunk[p + 1] as usize);
                         count += 1;
                     }
                 }
+                self.cached.extend_from_slice(batch);
             }
             per_chunk.push((nll / count as f64).exp());
             progress(c + 1, n_chunks);

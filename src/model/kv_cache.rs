@@ -1,19 +1,37 @@
-//! The key/value cache: one preallocated buffer per layer, written in place.
+//! The key/value cache: one preallocated f32 buffer per layer for keys and
+//! one for values, laid out `[kv head][position][head_dim]` so attention
+//! reads each head's keys contiguously, in place, never copied.
 //!
-//! Buffers are allocated zeroed for the whole context at first use; the
-//! operating system backs such pages lazily, so resident memory grows with
-//! the tokens actually cached, not with the context length. Attention reads
-//! a narrowed view of the buffer, so no token copies the cache.
+//! Buffers are allocated zeroed for the whole context at a layer's first
+//! use; the operating system backs such pages lazily, so resident memory
+//! grows with the tokens actually cached, not with the context length.
 
-use candle_core::{DType, Device, Result, Tensor};
+use super::ModelError;
 
 #[derive(Debug)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<(Vec<f32>, Vec<f32>)>>,
     n_head_kv: usize,
     head_dim: usize,
     capacity: usize,
     len: usize,
+}
+
+/// One layer's keys and values, read-only.
+#[derive(Clone, Copy)]
+pub struct LayerKv<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub capacity: usize,
+    pub head_dim: usize,
+}
+
+impl LayerKv<'_> {
+    /// Offset of `(kv head, position)` in `k` and `v`.
+    #[inline]
+    pub fn at(&self, head: usize, pos: usize) -> usize {
+        (head * self.capacity + pos) * self.head_dim
+    }
 }
 
 impl KvCache {
@@ -40,6 +58,11 @@ impl KvCache {
         self.capacity
     }
 
+    /// Bytes the cache takes once every layer is in use and full.
+    pub fn full_bytes(&self) -> usize {
+        self.layers.len() * 2 * self.n_head_kv * self.capacity * self.head_dim * 4
+    }
+
     /// Forgets everything after the first `len` tokens (a shared prefix kept
     /// across turns, or a rollback after a cancelled step).
     pub fn truncate(&mut self, len: usize) {
@@ -51,36 +74,59 @@ impl KvCache {
         self.len = len.min(self.capacity);
     }
 
-    /// Writes `k`, `v` (`(1, n_head_kv, n, head_dim)`) at token `pos` of
-    /// `layer` and returns views of the keys and values `0..pos + n`.
-    pub fn append(
-        &mut self,
-        layer: usize,
-        pos: usize,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
-        let n = k.dim(2)?;
-        if pos + n > self.capacity {
-            candle_core::bail!("KV cache full: {} + {n} > {}", pos, self.capacity)
+    /// Writes `n` tokens' keys and values (`n × n_head_kv·head_dim`, token
+    /// major, as the projections produce them) at `pos` of `layer`.
+    pub fn write(&mut self, layer: usize, pos: usize, n: usize, k: &[f32], v: &[f32]) -> Result<(), ModelError> {
+        let (kvh, hd, cap) = (self.n_head_kv, self.head_dim, self.capacity);
+        if pos + n > cap {
+            return Err(ModelError::ContextFull {
+                needed: pos + n,
+                context: cap,
+            });
         }
-        let (n_head_kv, head_dim, capacity) = (self.n_head_kv, self.head_dim, self.capacity);
+        let width = kvh * hd;
+        if k.len() < n * width || v.len() < n * width {
+            return Err(ModelError::Format("key/value rows are too short".into()));
+        }
         let slot = self
             .layers
             .get_mut(layer)
-            .ok_or_else(|| candle_core::Error::Msg(format!("no KV slot for layer {layer}")))?;
+            .ok_or_else(|| ModelError::Format(format!("no KV slot for layer {layer}")))?;
         if slot.is_none() {
-            let shape = (1, n_head_kv, capacity, head_dim);
-            *slot = Some((
-                Tensor::zeros(shape, DType::F32, &Device::Cpu)?,
-                Tensor::zeros(shape, DType::F32, &Device::Cpu)?,
-            ));
+            let size = kvh * cap * hd;
+            *slot = Some((zeroed(size)?, zeroed(size)?));
         }
-        let Some((kc, vc)) = slot.as_ref() else {
+        let Some((kc, vc)) = slot.as_mut() else {
             unreachable!("slot filled above")
         };
-        kc.slice_set(&k.contiguous()?, 2, pos)?;
-        vc.slice_set(&v.contiguous()?, 2, pos)?;
-        Ok((kc.narrow(2, 0, pos + n)?, vc.narrow(2, 0, pos + n)?))
+        for t in 0..n {
+            for h in 0..kvh {
+                let dst = (h * cap + pos + t) * hd;
+                let src = t * width + h * hd;
+                kc[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
+                vc[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+            }
+        }
+        Ok(())
     }
+
+    /// The cached keys and values of `layer`.
+    pub fn layer(&self, layer: usize) -> Result<LayerKv<'_>, ModelError> {
+        match self.layers.get(layer) {
+            Some(Some((k, v))) => Ok(LayerKv {
+                k,
+                v,
+                capacity: self.capacity,
+                head_dim: self.head_dim,
+            }),
+            _ => Err(ModelError::Format(format!("layer {layer} has no KV cache yet"))),
+        }
+    }
+}
+
+/// A zeroed f32 buffer whose pages the system provides on first touch; an
+/// allocation failure is an error, not an abort.
+fn zeroed(n: usize) -> Result<Vec<f32>, ModelError> {
+    crate::placement::alloc::zeroed_vec::<f32>(n)
+        .map_err(|e| ModelError::Format(format!("cannot allocate the KV cache: {e}")))
 }

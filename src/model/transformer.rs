@@ -10,22 +10,26 @@
 use std::sync::Arc;
 
 use candle_core::quantized::QTensor;
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 
 use super::hparams::{HParams, RopeStyle};
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, LayerKv};
 use super::linear::Linear;
 use super::ModelError;
+use crate::kernels::formats::QActs;
+use crate::kernels::matmul::Out;
+use crate::kernels::pool::{self, Tasks};
+use crate::kernels::{dequant_gemm, ops};
 
 /// One transformer block's weights.
 #[derive(Debug)]
 pub struct LayerWeights {
-    pub attn_norm: Tensor,
+    pub attn_norm: Vec<f32>,
     pub wq: Linear,
     pub wk: Linear,
     pub wv: Linear,
     pub wo: Linear,
-    pub ffn_norm: Tensor,
+    pub ffn_norm: Vec<f32>,
     pub w_gate: Linear,
     pub w_up: Linear,
     pub w_down: Linear,
@@ -34,6 +38,11 @@ pub struct LayerWeights {
 /// Where a layer's named tensors come from while it is being built.
 pub trait TensorSource {
     fn qtensor(&mut self, suffix: &str) -> Result<QTensor, ModelError>;
+}
+
+/// A small tensor (norm weights, biases) as f32 values.
+pub fn to_f32_vec(t: &QTensor) -> Result<Vec<f32>, ModelError> {
+    Ok(t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
 impl LayerWeights {
@@ -65,9 +74,7 @@ impl LayerWeights {
 
     /// Builds a block from its (already shape-checked) tensors.
     pub fn load(hp: &HParams, src: &mut dyn TensorSource) -> Result<Self, ModelError> {
-        let mut vector = |name: &str| -> Result<Tensor, ModelError> {
-            Ok(src.qtensor(name)?.dequantize(&Device::Cpu)?)
-        };
+        let mut vector = |name: &str| -> Result<Vec<f32>, ModelError> { to_f32_vec(&src.qtensor(name)?) };
         let (bq, bk, bv) = if hp.has_qkv_bias {
             (
                 Some(vector("attn_q.bias")?),
@@ -79,8 +86,8 @@ impl LayerWeights {
         };
         let attn_norm = vector("attn_norm.weight")?;
         let ffn_norm = vector("ffn_norm.weight")?;
-        let mut matrix = |name: &str, bias: Option<Tensor>| -> Result<Linear, ModelError> {
-            Ok(Linear::new(Arc::new(src.qtensor(name)?), bias)?)
+        let mut matrix = |name: &str, bias: Option<Vec<f32>>| -> Result<Linear, ModelError> {
+            Linear::new(Arc::new(src.qtensor(name)?), bias)
         };
         Ok(LayerWeights {
             attn_norm,
@@ -116,15 +123,48 @@ pub enum LogitsFor {
     All,
 }
 
+/// Working buffers of a forward pass, kept across calls so the decode step
+/// allocates nothing once they have grown to the largest batch.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// The residual stream, `n × n_embd`.
+    x: Vec<f32>,
+    /// Normed input of the next projection; also the attention and MLP
+    /// outputs before they join the residual stream.
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Attention output, `n × n_head·head_dim`.
+    att: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    acts: QActs,
+    logits: Vec<f32>,
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+}
+
+thread_local! {
+    /// Each compute thread's attention scores for one query.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Everything outside the blocks: embeddings, final norm, output head, and the
 /// rotary tables.
 pub struct Transformer {
     pub hp: HParams,
     token_embd: Arc<QTensor>,
-    output_norm: Tensor,
+    output_norm: Vec<f32>,
     output: Linear,
-    cos: Tensor,
-    sin: Tensor,
+    /// `max_positions × head_dim/2` cosines and sines.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    max_positions: usize,
 }
 
 impl Transformer {
@@ -132,7 +172,7 @@ impl Transformer {
     pub fn new(
         hp: HParams,
         token_embd: QTensor,
-        output_norm: Tensor,
+        output_norm: Vec<f32>,
         output: Option<QTensor>,
         max_positions: usize,
     ) -> Result<Self, ModelError> {
@@ -150,23 +190,31 @@ impl Transformer {
                 hp.n_embd
             )));
         }
-        if output_norm.dims() != [hp.n_embd] {
+        if output_norm.len() != hp.n_embd {
             return Err(ModelError::Format(
                 "output_norm.weight has the wrong shape".into(),
             ));
+        }
+        if token_embd.shape().dims2()? != (hp.n_vocab, hp.n_embd) {
+            return Err(ModelError::Format("token_embd.weight has the wrong shape".into()));
         }
         let half = hp.head_dim / 2;
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| 1.0 / hp.rope_freq_base.powf(2.0 * i as f32 / hp.head_dim as f32))
             .collect();
-        let inv_freq = Tensor::from_vec(inv_freq, (1, half), &Device::Cpu)?;
-        let positions = Tensor::arange(0u32, max_positions as u32, &Device::Cpu)?
-            .to_dtype(DType::F32)?
-            .reshape((max_positions, 1))?;
-        let freqs = positions.broadcast_mul(&inv_freq)?;
+        let mut cos = Vec::with_capacity(max_positions * half);
+        let mut sin = Vec::with_capacity(max_positions * half);
+        for p in 0..max_positions {
+            for f in &inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
         Ok(Transformer {
-            cos: freqs.cos()?,
-            sin: freqs.sin()?,
+            cos,
+            sin,
+            max_positions,
             hp,
             token_embd,
             output_norm,
@@ -174,26 +222,33 @@ impl Transformer {
         })
     }
 
-    /// The last row of a logits tensor `(n, vocab)`.
-    pub fn last_row(logits: &Tensor) -> Result<Vec<f32>, ModelError> {
-        let n = logits.dim(0)?;
-        Ok(logits.get(n - 1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
     }
 
-    pub fn max_positions(&self) -> usize {
-        self.cos.dims()[0]
+    /// Bytes of the rotary tables and the per-call scratch at `n` tokens
+    /// (for the memory footprint).
+    pub fn scratch_bytes(&self, n: usize) -> usize {
+        let hp = &self.hp;
+        let (qd, kvd) = (hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim);
+        let floats = n * (2 * hp.n_embd + qd + 2 * kvd + qd + 2 * hp.n_ff) + n * hp.n_vocab;
+        let acts = n * hp.n_ff.max(qd) * (1 + 8 / 32);
+        (floats + self.cos.len() + self.sin.len()) * 4 + acts
     }
 
     /// Runs `tokens` at positions `pos..`, writing their keys and values into
-    /// `kv`, and returns logits `(n, vocab)` for the positions `want` names.
-    pub fn forward(
+    /// `kv`, and returns logits (`rows × vocab`, row-major) for the
+    /// positions `want` names.
+    pub fn forward<'s>(
         &self,
         layers: &dyn LayerProvider,
         kv: &mut KvCache,
+        s: &'s mut Scratch,
         tokens: &[u32],
         pos: usize,
         want: LogitsFor,
-    ) -> Result<Tensor, ModelError> {
+    ) -> Result<&'s [f32], ModelError> {
+        let hp = &self.hp;
         let n = tokens.len();
         if n == 0 {
             return Err(ModelError::Format("forward called with no tokens".into()));
@@ -204,112 +259,176 @@ impl Transformer {
                 context: self.max_positions().min(kv.capacity()),
             });
         }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.hp.n_vocab) {
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= hp.n_vocab) {
             return Err(ModelError::Format(format!(
                 "token id {bad} is outside the vocabulary"
             )));
         }
-        let ids = Tensor::new(tokens, &Device::Cpu)?;
-        let mut x = self.token_embd.embedding(&ids)?.unsqueeze(0)?; // (1, n, d)
-        let cos = self.cos.narrow(0, pos, n)?;
-        let sin = self.sin.narrow(0, pos, n)?;
-        let mask = if n > 1 {
-            Some(self.causal_mask(n, pos)?)
-        } else {
-            None
-        };
-        layers.for_each_layer(&mut |i, w| {
-            x = self.block(w, &x, i, pos, kv, &cos, &sin, mask.as_ref())?;
-            Ok(())
-        })?;
+        let (d, qd, kvd) = (hp.n_embd, hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim);
+        grow(&mut s.x, n * d);
+        grow(&mut s.h, n * d);
+        grow(&mut s.q, n * qd);
+        grow(&mut s.k, n * kvd);
+        grow(&mut s.v, n * kvd);
+        grow(&mut s.att, n * qd);
+        grow(&mut s.gate, n * hp.n_ff);
+        grow(&mut s.up, n * hp.n_ff);
+
+        let et = self.token_embd.dtype();
+        let row_bytes = d / et.block_size() * et.type_size();
+        let embd = self.token_embd.data()?;
+        for (i, &t) in tokens.iter().enumerate() {
+            let t = t as usize;
+            dequant_gemm::dequantize_rows(et, &embd[t * row_bytes..(t + 1) * row_bytes], &mut s.x[i * d..(i + 1) * d])?;
+        }
+        layers.for_each_layer(&mut |i, w| self.block(w, i, pos, n, kv, s))?;
         kv.set_len(pos + n);
-        let x = match want {
-            LogitsFor::Last => x.narrow(1, n - 1, 1)?,
-            LogitsFor::All => x,
+
+        let first = match want {
+            LogitsFor::Last => n - 1,
+            LogitsFor::All => 0,
         };
-        let x = candle_nn::ops::rms_norm(&x.contiguous()?, &self.output_norm, self.hp.rms_eps)?;
-        let logits = self.output.forward(&x)?;
-        Ok(logits.squeeze(0)?)
+        let m = n - first;
+        ops::rms_norm(&s.x[first * d..n * d], &self.output_norm, hp.rms_eps, &mut s.h[..m * d]);
+        self.project(&self.output, m, d, |s| (&s.h, &mut s.logits), s)?;
+        Ok(&s.logits[..m * hp.n_vocab])
     }
 
-    /// `(n_rep * n, pos + n)`: 0 where token `i` may attend key `j`, -inf
-    /// after it. Rows repeat for the query heads sharing a KV head.
-    fn causal_mask(&self, n: usize, pos: usize) -> Result<Tensor, ModelError> {
-        let total = pos + n;
-        let n_rep = self.hp.n_head / self.hp.n_head_kv;
-        let mut m = Vec::with_capacity(n_rep * n * total);
-        for _ in 0..n_rep {
-            for i in 0..n {
-                m.extend((0..total).map(|j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }));
+    /// Runs `linear` on the first `m` rows of the input `io` picks, into the
+    /// output it picks (grown to fit), quantizing the input first.
+    fn project(
+        &self,
+        linear: &Linear,
+        m: usize,
+        k: usize,
+        io: impl FnOnce(&mut Scratch) -> (&Vec<f32>, &mut Vec<f32>),
+        s: &mut Scratch,
+    ) -> Result<(), ModelError> {
+        let mut acts = std::mem::take(&mut s.acts);
+        let (x, out) = io(s);
+        grow(out, m * linear.out_features());
+        let r = (|| {
+            if linear.wants_qacts() {
+                acts.quantize(&x[..m * k], m, k).map_err(|e| ModelError::Format(e.to_string()))?;
+            }
+            linear.forward(&x[..m * k], m, &acts, out)
+        })();
+        s.acts = acts;
+        r
+    }
+
+    /// Rotates each `head_dim` slice of `x` (`n` tokens × `heads` heads) to
+    /// its position.
+    fn rope(&self, x: &mut [f32], n: usize, heads: usize, pos: usize) {
+        let hd = self.hp.head_dim;
+        let half = hd / 2;
+        for t in 0..n {
+            let base = (pos + t) * half;
+            let (cos, sin) = (&self.cos[base..base + half], &self.sin[base..base + half]);
+            for h in 0..heads {
+                let v = &mut x[(t * heads + h) * hd..(t * heads + h + 1) * hd];
+                match self.hp.rope_style {
+                    RopeStyle::Interleaved => {
+                        for (j, pair) in v.chunks_exact_mut(2).enumerate() {
+                            let (a, b) = (pair[0], pair[1]);
+                            pair[0] = a * cos[j] - b * sin[j];
+                            pair[1] = a * sin[j] + b * cos[j];
+                        }
+                    }
+                    RopeStyle::Halves => {
+                        let (lo, hi) = v.split_at_mut(half);
+                        for j in 0..half {
+                            let (a, b) = (lo[j], hi[j]);
+                            lo[j] = a * cos[j] - b * sin[j];
+                            hi[j] = a * sin[j] + b * cos[j];
+                        }
+                    }
+                }
             }
         }
-        Ok(Tensor::from_vec(m, (n_rep * n, total), &Device::Cpu)?)
     }
 
-    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-        match self.hp.rope_style {
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin),
-            RopeStyle::Halves => candle_nn::rotary_emb::rope(x, cos, sin),
-        }
+    /// Causal attention of `n` queries at positions `pos..` over the layer's
+    /// cached keys `0..pos + n`, in parallel over heads and query chunks.
+    fn attention(&self, kv: LayerKv<'_>, q: &[f32], n: usize, pos: usize, out: &mut [f32]) {
+        let hp = &self.hp;
+        let (hd, nh) = (hp.head_dim, hp.n_head);
+        let n_rep = nh / hp.n_head_kv;
+        let qd = nh * hd;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let chunk = n.div_ceil(8).max(1);
+        let q_chunks = n.div_ceil(chunk);
+        let tasks = Tasks::new(nh * q_chunks);
+        let dst = Out(out.as_mut_ptr());
+        pool::run(&|_| {
+            SCORES.with(|cell| {
+                let mut scores = cell.borrow_mut();
+                while let Some(t) = tasks.next() {
+                    let (head, qc) = (t / q_chunks, t % q_chunks);
+                    let g = head / n_rep;
+                    for i in qc * chunk..((qc + 1) * chunk).min(n) {
+                        let len = pos + i + 1;
+                        if scores.len() < len {
+                            scores.resize(len, 0.0);
+                        }
+                        let sc = &mut scores[..len];
+                        let qv = &q[i * qd + head * hd..i * qd + (head + 1) * hd];
+                        let mut max = f32::NEG_INFINITY;
+                        for (j, o) in sc.iter_mut().enumerate() {
+                            let at = kv.at(g, j);
+                            *o = ops::dot(qv, &kv.k[at..at + hd]) * scale;
+                            max = max.max(*o);
+                        }
+                        let inv = 1.0 / ops::exp_sum(sc, max);
+                        // SAFETY: this task alone writes head `head` of query
+                        // `i`; the slice lies inside `out` (n × qd).
+                        let o = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(i * qd + head * hd), hd) };
+                        o.fill(0.0);
+                        for (j, &p) in sc.iter().enumerate() {
+                            let at = kv.at(g, j);
+                            ops::axpy(o, p * inv, &kv.v[at..at + hd]);
+                        }
+                    }
+                }
+            })
+        });
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
         w: &LayerWeights,
-        x: &Tensor,
         layer: usize,
         pos: usize,
+        n: usize,
         kv: &mut KvCache,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-    ) -> Result<Tensor, ModelError> {
+        s: &mut Scratch,
+    ) -> Result<(), ModelError> {
         let hp = &self.hp;
-        let (_, n, _) = x.dims3()?;
-        let (hd, n_head, n_kv) = (hp.head_dim, hp.n_head, hp.n_head_kv);
-        let n_rep = n_head / n_kv;
+        let (d, qd, kvd, ff) = (
+            hp.n_embd,
+            hp.n_head * hp.head_dim,
+            hp.n_head_kv * hp.head_dim,
+            hp.n_ff,
+        );
+        ops::rms_norm(&s.x[..n * d], &w.attn_norm, hp.rms_eps, &mut s.h[..n * d]);
+        self.project(&w.wq, n, d, |s| (&s.h, &mut s.q), s)?;
+        // k and v read the same quantized input as q.
+        w.wk.forward(&s.h[..n * d], n, &s.acts, &mut s.k)?;
+        w.wv.forward(&s.h[..n * d], n, &s.acts, &mut s.v)?;
+        self.rope(&mut s.q[..n * qd], n, hp.n_head, pos);
+        self.rope(&mut s.k[..n * kvd], n, hp.n_head_kv, pos);
+        kv.write(layer, pos, n, &s.k, &s.v)?;
+        self.attention(kv.layer(layer)?, &s.q, n, pos, &mut s.att[..n * qd]);
+        self.project(&w.wo, n, qd, |s| (&s.att, &mut s.h), s)?;
+        ops::add(&mut s.x[..n * d], &s.h[..n * d]);
 
-        let h = candle_nn::ops::rms_norm(x, &w.attn_norm, hp.rms_eps)?;
-        let q =
-            w.wq.forward(&h)?
-                .reshape((1, n, n_head, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-        let k =
-            w.wk.forward(&h)?
-                .reshape((1, n, n_kv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-        let v =
-            w.wv.forward(&h)?
-                .reshape((1, n, n_kv, hd))?
-                .transpose(1, 2)?;
-        let q = self.rope(&q, cos, sin)?;
-        let k = self.rope(&k, cos, sin)?;
-        let (k_all, v_all) = kv.append(layer, pos, &k, &v)?;
-
-        // Query heads that share a KV head are stacked along the row axis, so
-        // the cached keys are used as they are, never repeated or copied.
-        let q = q.reshape((1, n_kv, n_rep * n, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let mut att = (q.matmul(&k_all.t()?)? * scale)?;
-        if let Some(m) = mask {
-            att = att.broadcast_add(m)?;
-        }
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v_all)?; // (1, n_kv, n_rep*n, hd)
-        let y = y
-            .reshape((1, n_head, n, hd))?
-            .transpose(1, 2)?
-            .reshape((1, n, n_head * hd))?;
-        let x = (x + w.wo.forward(&y)?)?;
-
-        let h = candle_nn::ops::rms_norm(&x, &w.ffn_norm, hp.rms_eps)?;
-        let gate = candle_nn::ops::silu(&w.w_gate.forward(&h)?)?;
-        let up = w.w_up.forward(&h)?;
-        let ff = w.w_down.forward(&(gate * up)?)?;
-        Ok((x + ff)?)
+        ops::rms_norm(&s.x[..n * d], &w.ffn_norm, hp.rms_eps, &mut s.h[..n * d]);
+        self.project(&w.w_gate, n, d, |s| (&s.h, &mut s.gate), s)?;
+        w.w_up.forward(&s.h[..n * d], n, &s.acts, &mut s.up)?;
+        ops::silu_mul(&mut s.gate[..n * ff], &s.up[..n * ff]);
+        self.project(&w.w_down, n, ff, |s| (&s.gate, &mut s.h), s)?;
+        ops::add(&mut s.x[..n * d], &s.h[..n * d]);
+        Ok(())
     }
 }
 
@@ -329,9 +448,4 @@ pub fn log_softmax_at(row: &[f32], index: usize) -> f64 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let sum: f64 = row.iter().map(|&v| ((v as f64) - max).exp()).sum();
     (row[index] as f64 - max) - sum.ln()
-}
-
-/// Converts a logits tensor `(n, vocab)` to rows.
-pub fn logits_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>, ModelError> {
-    Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?)
 }
