@@ -159,13 +159,15 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
             })
             .collect()
     };
-    let threads = rayon::current_num_threads();
+    let threads = crate::kernels::pool::threads();
+    let isa = crate::kernels::isa::active().name();
     if a.json {
         println!(
             "{}",
             serde_json::json!({
                 "model": path.display().to_string(),
                 "threads": threads,
+                "isa": isa,
                 "disk_layers": disk_layers,
                 "cold": a.cold,
                 "prompt_tokens": a.prompt_tokens,
@@ -179,7 +181,7 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
         );
     } else {
         println!(
-            "{} | threads {threads} | disk layers {disk_layers}/{}{}",
+            "{} | threads {threads} ({isa}) | disk layers {disk_layers}/{}{}",
             path.display(),
             store.n_layers(),
             if a.cold { " (cold cache)" } else { "" }

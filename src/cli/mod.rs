@@ -66,7 +66,8 @@ pub struct ModelArgs {
     /// Context length in tokens (default: the config's, else the model's own).
     #[arg(long, value_name = "N")]
     ctx: Option<usize>,
-    /// Compute threads (default: the config's, else all cores).
+    /// Compute threads (default: the config's, else every core, leaving one
+    /// for the desktop from six cores up).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
 }
@@ -110,10 +111,11 @@ fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
     let n = match threads {
         Some(0) => anyhow::bail!("--threads must be at least 1"),
         Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        None => crate::kernels::pool::default_threads(),
     };
-    // candle sizes its matmul parallelism from this variable. Set before any
-    // other thread exists.
+    crate::kernels::pool::set_threads(n);
+    // candle (used for loading, not the hot path) sizes its parallelism from
+    // this variable. Set before any other thread exists.
     // SAFETY (edition 2021: safe call): single-threaded at this point.
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     let _ = rayon::ThreadPoolBuilder::new()

@@ -3,6 +3,9 @@
 
 use crate::common::{ids, path_str, smollm2, spillway_json};
 
+/// The phrasing matters for a 135M model: "What is the capital of France?"
+/// gets "L'Étoile…" from llama.cpp too (int8 activations, as here); this
+/// one gets "The capital of France is Paris." from both.
 #[test]
 fn smollm2_knows_the_capital_of_france() {
     let m = smollm2();
@@ -11,7 +14,7 @@ fn smollm2_knows_the_capital_of_france() {
         "--model",
         path_str(&m),
         "--prompt",
-        "What is the capital of France?",
+        "Name the capital of France.",
         "--greedy",
         "--max-tokens",
         "24",
