@@ -101,14 +101,22 @@ impl QActs {
 
 /// Row and column ranges of one task.
 fn task_shape(n: usize, m: usize, threads: usize) -> (usize, usize) {
-    if m == 1 {
-        // Decode: about eight tasks per thread, in multiples of the 4-row tile.
+    if m < GEMM_MIN_COLS {
+        // Decode: about eight tasks per thread, in multiples of 4 rows.
         let rows = n.div_ceil(threads * 8).div_ceil(4) * 4;
-        (rows.clamp(4, 512), 1)
+        (rows.clamp(4, 512), m)
     } else {
-        (32, 64)
+        // Prompts: a panel of 32 unpacked rows serves 128 columns.
+        (32, 128)
     }
 }
+
+/// Batches of at least this many columns unpack weight rows into panels
+/// (the prompt GEMM); smaller ones read the stored blocks directly.
+const GEMM_MIN_COLS: usize = 8;
+
+/// Numbers matmul calls, so per-thread panels are never reused across calls.
+static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// `out (m × n) = acts (m × k) · Wᵀ` for an integer-format weight `w`
 /// (`n` rows of `k` values, whole blocks).
@@ -164,18 +172,24 @@ pub fn int8_matmul_with(
         out: dst.ptr(),
         n,
     };
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let gemm = m >= GEMM_MIN_COLS;
     pool.run(&|_| {
         #[cfg(target_arch = "x86_64")]
         let args = args;
         while let Some(t) = tasks.next() {
-            // Column chunk outermost: a thread keeps one chunk of activations
-            // hot while it walks weight rows.
-            let (ct, rt) = (t / row_tasks, t % row_tasks);
+            // Row block outermost: consecutive tasks share a row block, so a
+            // thread usually reuses its unpacked panel.
+            let (rt, ct) = (t / col_tasks, t % col_tasks);
             let rows = rt * tr..((rt + 1) * tr).min(n);
             let cols = ct * tc..((ct + 1) * tc).min(m);
             match isa {
                 // SAFETY: sizes checked above; the level is supported; tasks
                 // write disjoint (row, column) elements.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 if gemm => unsafe { super::x86::gemm_avx2(fmt, &args, call, rows, cols) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512Vnni if gemm => unsafe { super::x86::gemm_vnni(fmt, &args, call, rows, cols) },
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { super::x86::matmul_avx2(fmt, &args, rows, cols) },
                 #[cfg(target_arch = "x86_64")]

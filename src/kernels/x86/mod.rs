@@ -13,6 +13,12 @@ use std::arch::x86_64::*;
 
 use super::formats::{k_scale_min, Format, QActs, GROUP};
 
+mod float;
+mod panel;
+
+pub use float::{axpy, dot_f32, exp_sum, half_rows, silu_mul};
+pub use panel::{gemm_avx2, gemm_vnni};
+
 // ---------------------------------------------------------------------------
 // The integer dot step: the only place the two builds differ.
 
@@ -48,6 +54,20 @@ unsafe fn dot_scaled(x: __m256i, y: __m256i, isc: __m256i) -> __m256i {
 // ---------------------------------------------------------------------------
 // Formats, unpacked one 32-value group at a time into registers.
 
+/// How the prompt GEMM feeds a format's values to the unsigned × signed
+/// byte product (see `panel`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// Values are small and unsigned (≤ 63): `v · a`, plus the group bias
+    /// times the activation sum.
+    Unsigned,
+    /// Values are signed and small (|v| ≤ 32): activations shifted to
+    /// unsigned, `(a + 128) · v`, minus `128 · Σv` times the scale.
+    ShiftActs,
+    /// Full-range signed values (Q8_0): `|v| · sign(a, v)`.
+    Sign,
+}
+
 struct G {
     v: __m256i,
     isc: __m256i,
@@ -64,6 +84,8 @@ trait Fmt {
     const BIAS: bool;
     /// Two integer sub-scales per group (Q6_K).
     const ISC: bool;
+    /// How the prompt GEMM multiplies the unpacked values.
+    const FORM: Form;
     unsafe fn group(b: *const u8, g: usize) -> G;
 }
 
@@ -114,13 +136,14 @@ struct Q6K;
 impl Fmt for Q4_0 {
     const GROUPS: usize = 1;
     const BYTES: usize = Format::Q4_0.block_bytes();
-    const SIGNED: bool = true;
-    const BIAS: bool = false;
+    const SIGNED: bool = false;
+    const BIAS: bool = true;
     const ISC: bool = false;
+    const FORM: Form = Form::Unsigned;
     #[inline(always)]
     unsafe fn group(b: *const u8, _: usize) -> G {
-        let v = _mm256_sub_epi8(nibbles16(b.add(2)), _mm256_set1_epi8(8));
-        G { v, isc: one_isc(), d: f16(b), bias: 0.0 }
+        let d = f16(b);
+        G { v: nibbles16(b.add(2)), isc: one_isc(), d, bias: -8.0 * d }
     }
 }
 
@@ -130,6 +153,7 @@ impl Fmt for Q4_1 {
     const SIGNED: bool = false;
     const BIAS: bool = true;
     const ISC: bool = false;
+    const FORM: Form = Form::Unsigned;
     #[inline(always)]
     unsafe fn group(b: *const u8, _: usize) -> G {
         G { v: nibbles16(b.add(4)), isc: one_isc(), d: f16(b), bias: f16(b.add(2)) }
@@ -139,15 +163,16 @@ impl Fmt for Q4_1 {
 impl Fmt for Q5_0 {
     const GROUPS: usize = 1;
     const BYTES: usize = Format::Q5_0.block_bytes();
-    const SIGNED: bool = true;
-    const BIAS: bool = false;
+    const SIGNED: bool = false;
+    const BIAS: bool = true;
     const ISC: bool = false;
+    const FORM: Form = Form::Unsigned;
     #[inline(always)]
     unsafe fn group(b: *const u8, _: usize) -> G {
         let qh = std::ptr::read_unaligned(b.add(2).cast::<u32>());
         let v = _mm256_or_si256(nibbles16(b.add(6)), bits32(u32::from_le(qh)));
-        let v = _mm256_sub_epi8(v, _mm256_set1_epi8(16));
-        G { v, isc: one_isc(), d: f16(b), bias: 0.0 }
+        let d = f16(b);
+        G { v, isc: one_isc(), d, bias: -16.0 * d }
     }
 }
 
@@ -157,6 +182,7 @@ impl Fmt for Q5_1 {
     const SIGNED: bool = false;
     const BIAS: bool = true;
     const ISC: bool = false;
+    const FORM: Form = Form::Unsigned;
     #[inline(always)]
     unsafe fn group(b: *const u8, _: usize) -> G {
         let qh = std::ptr::read_unaligned(b.add(4).cast::<u32>());
@@ -171,6 +197,7 @@ impl Fmt for Q8_0 {
     const SIGNED: bool = true;
     const BIAS: bool = false;
     const ISC: bool = false;
+    const FORM: Form = Form::Sign;
     #[inline(always)]
     unsafe fn group(b: *const u8, _: usize) -> G {
         G { v: _mm256_loadu_si256(b.add(2).cast()), isc: one_isc(), d: f16(b), bias: 0.0 }
@@ -197,6 +224,7 @@ impl Fmt for Q4K {
     const SIGNED: bool = false;
     const BIAS: bool = true;
     const ISC: bool = false;
+    const FORM: Form = Form::Unsigned;
     #[inline(always)]
     unsafe fn group(b: *const u8, g: usize) -> G {
         k_group(b, g, k_nibbles(b.add(16), g))
@@ -209,6 +237,7 @@ impl Fmt for Q5K {
     const SIGNED: bool = false;
     const BIAS: bool = true;
     const ISC: bool = false;
+    const FORM: Form = Form::Unsigned;
     #[inline(always)]
     unsafe fn group(b: *const u8, g: usize) -> G {
         let qh = _mm256_loadu_si256(b.add(16).cast());
@@ -224,6 +253,7 @@ impl Fmt for Q6K {
     const SIGNED: bool = true;
     const BIAS: bool = false;
     const ISC: bool = true;
+    const FORM: Form = Form::ShiftActs;
     #[inline(always)]
     unsafe fn group(b: *const u8, g: usize) -> G {
         let (h, k) = (g / 4, g % 4);
@@ -247,7 +277,7 @@ impl Fmt for Q6K {
 // unpacked once and reused for every column.
 
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(super) unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -275,6 +305,8 @@ pub struct TileArgs {
 unsafe impl Send for TileArgs {}
 unsafe impl Sync for TileArgs {}
 
+const PF: usize = 512;
+
 #[inline(always)]
 unsafe fn tile<F: Fmt, D: Dot, const RM: usize, const RN: usize>(t: &TileArgs, r0: usize, c0: usize) {
     let gpr = t.k / GROUP;
@@ -282,6 +314,11 @@ unsafe fn tile<F: Fmt, D: Dot, const RM: usize, const RN: usize>(t: &TileArgs, r
     let mut acc = [[_mm256_setzero_ps(); RN]; RM];
     let mut bacc = [[0f32; RN]; RM];
     for b in 0..blocks {
+        if PF > 0 {
+            for r in 0..RM {
+                _mm_prefetch::<_MM_HINT_T0>(t.w.add((r0 + r) * t.row_bytes + b * F::BYTES + PF).cast());
+            }
+        }
         for g in 0..F::GROUPS {
             let gi = b * F::GROUPS + g;
             let mut a = [_mm256_setzero_si256(); RN];
@@ -360,7 +397,7 @@ unsafe fn dispatch<D: Dot>(
     macro_rules! go {
         ($f:ty) => {
             if cols.len() == 1 {
-                region::<$f, D, 4, 1>(t, rows, cols)
+                region::<$f, D, 1, 1>(t, rows, cols)
             } else {
                 region::<$f, D, 4, 2>(t, rows, cols)
             }
@@ -449,148 +486,3 @@ pub unsafe fn quantize_avx2(x: &[f32], a: &mut QActs, rows: std::ops::Range<usiz
     }
 }
 
-// ---------------------------------------------------------------------------
-// f32 helpers for the rest of the decode step, built with AVX2 + FMA.
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let mut acc = [_mm256_setzero_ps(); 2];
-    let mut i = 0;
-    while i + 16 <= n {
-        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc[0]);
-        acc[1] = _mm256_fmadd_ps(
-            _mm256_loadu_ps(a.as_ptr().add(i + 8)),
-            _mm256_loadu_ps(b.as_ptr().add(i + 8)),
-            acc[1],
-        );
-        i += 16;
-    }
-    let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
-    while i < n {
-        s += a[i] * b[i];
-        i += 1;
-    }
-    s
-}
-
-/// `y += alpha · x`
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
-    let n = y.len().min(x.len());
-    let av = _mm256_set1_ps(alpha);
-    let mut i = 0;
-    while i + 8 <= n {
-        let p = y.as_mut_ptr().add(i);
-        _mm256_storeu_ps(p, _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(p)));
-        i += 8;
-    }
-    while i < n {
-        y[i] += alpha * x[i];
-        i += 1;
-    }
-}
-
-#[inline(always)]
-unsafe fn load_half(p: *const u16, bf16: bool) -> __m256 {
-    let h = _mm_loadu_si128(p.cast());
-    if bf16 {
-        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
-    } else {
-        _mm256_cvtph_ps(h)
-    }
-}
-
-/// Dot products of `x` with rows `rows` of an f16 or bf16 matrix (`k`
-/// values per row) into `out[r]`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn half_rows(
-    w: &[u16],
-    bf16: bool,
-    k: usize,
-    x: &[f32],
-    rows: std::ops::Range<usize>,
-    out: *mut f32,
-) {
-    for r in rows {
-        let row = w.as_ptr().add(r * k);
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut i = 0;
-        while i + 16 <= k {
-            acc[0] = _mm256_fmadd_ps(load_half(row.add(i), bf16), _mm256_loadu_ps(x.as_ptr().add(i)), acc[0]);
-            acc[1] = _mm256_fmadd_ps(
-                load_half(row.add(i + 8), bf16),
-                _mm256_loadu_ps(x.as_ptr().add(i + 8)),
-                acc[1],
-            );
-            i += 16;
-        }
-        let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
-        while i < k {
-            s += super::ops::half_to_f32(*row.add(i), bf16) * x[i];
-            i += 1;
-        }
-        *out.add(r) = s;
-    }
-}
-
-/// e^x for 8 lanes: x = n·ln2 + r with |r| ≤ ln2/2, e^r by its Taylor
-/// series to degree 6 (relative error below 2e-7), 2^n through the
-/// exponent bits. Inputs are clamped to the finite range.
-#[inline(always)]
-unsafe fn exp8(x: __m256) -> __m256 {
-    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
-    let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    // ln 2 split in two so n·ln2 is exact in its high part.
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
-    let mut p = _mm256_set1_ps(1.0 / 720.0);
-    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-    }
-    let pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    _mm256_mul_ps(p, _mm256_castsi256_ps(pow2))
-}
-
-/// `x[i] = e^(x[i] - shift)`; returns the sum.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn exp_sum(x: &mut [f32], shift: f32) -> f32 {
-    let sv = _mm256_set1_ps(shift);
-    let mut acc = _mm256_setzero_ps();
-    let mut i = 0;
-    while i + 8 <= x.len() {
-        let p = x.as_mut_ptr().add(i);
-        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p), sv));
-        _mm256_storeu_ps(p, e);
-        acc = _mm256_add_ps(acc, e);
-        i += 8;
-    }
-    let mut s = hsum(acc);
-    while i < x.len() {
-        x[i] = super::ops::exp_scalar(x[i] - shift);
-        s += x[i];
-        i += 1;
-    }
-    s
-}
-
-/// `g[i] = silu(g[i]) · u[i]`
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
-    let n = g.len().min(u.len());
-    let one = _mm256_set1_ps(1.0);
-    let neg = _mm256_set1_ps(-0.0);
-    let mut i = 0;
-    while i + 8 <= n {
-        let p = g.as_mut_ptr().add(i);
-        let x = _mm256_loadu_ps(p);
-        let e = exp8(_mm256_xor_ps(x, neg));
-        let y = _mm256_div_ps(x, _mm256_add_ps(one, e));
-        _mm256_storeu_ps(p, _mm256_mul_ps(y, _mm256_loadu_ps(u.as_ptr().add(i))));
-        i += 8;
-    }
-    while i < n {
-        g[i] = super::ops::silu_scalar(g[i]) * u[i];
-        i += 1;
-    }
-}
