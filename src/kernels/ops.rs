@@ -106,6 +106,44 @@ pub fn silu_mul_with(isa: Isa, g: &mut [f32], u: &[f32]) {
     }
 }
 
+/// Attention of one query row over one KV head's cached rows:
+/// `out = softmax(scale · K q) · V` over `scores.len()` positions, `k` and
+/// `v` holding `hd`-float rows from position 0. `scores` is scratch.
+pub fn attend(q: &[f32], k: &[f32], v: &[f32], hd: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    attend_with(isa::active(), q, k, v, hd, scale, scores, out)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn attend_with(
+    isa: Isa,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    hd: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let len = scores.len();
+    assert!(q.len() >= hd && out.len() >= hd && k.len() >= len * hd && v.len() >= len * hd);
+    #[cfg(target_arch = "x86_64")]
+    if simd(isa) && hd % 8 == 0 {
+        // SAFETY: as in `dot_with`; sizes asserted above.
+        return unsafe { super::x86::attend(q, k, v, hd, scale, scores, out) };
+    }
+    let mut max = f32::NEG_INFINITY;
+    for (j, o) in scores.iter_mut().enumerate() {
+        *o = dot_with(isa, &q[..hd], &k[j * hd..(j + 1) * hd]) * scale;
+        max = max.max(*o);
+    }
+    let inv = 1.0 / exp_sum_with(isa, scores, max);
+    let out = &mut out[..hd];
+    out.fill(0.0);
+    for (j, &p) in scores.iter().enumerate() {
+        axpy_with(isa, out, p * inv, &v[j * hd..(j + 1) * hd]);
+    }
+}
+
 /// RMSNorm of each `w.len()`-wide row of `x` into `out`.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
@@ -159,6 +197,29 @@ mod tests {
                 silu_mul_with(Isa::Scalar, &mut g0, &b);
                 silu_mul_with(isa, &mut g1, &b);
                 assert!(g0.iter().zip(&g1).all(|(p, q)| (p - q).abs() <= 1e-5 * p.abs().max(1.0)), "{isa:?} silu {n}");
+            }
+        }
+    }
+
+    /// The fused attention kernel equals the plain one, for head sizes
+    /// with and without full 64-wide chunks and key counts off the 4-key
+    /// step.
+    #[test]
+    fn attention_matches_scalar() {
+        for isa in Isa::available() {
+            for hd in [8usize, 24, 64, 72, 128] {
+                for len in [1usize, 3, 4, 9, 130] {
+                    let q = data(hd, 3);
+                    let (k, v) = (data(len * hd, 4), data(len * hd, 5));
+                    let scale = 1.0 / (hd as f32).sqrt() * 0.05;
+                    let (mut s0, mut s1) = (vec![0f32; len], vec![0f32; len]);
+                    let (mut o0, mut o1) = (vec![0f32; hd], vec![0f32; hd]);
+                    attend_with(Isa::Scalar, &q, &k, &v, hd, scale, &mut s0, &mut o0);
+                    attend_with(isa, &q, &k, &v, hd, scale, &mut s1, &mut o1);
+                    for (a, b) in o0.iter().zip(&o1) {
+                        assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{isa:?} hd {hd} len {len}: {a} vs {b}");
+                    }
+                }
             }
         }
     }

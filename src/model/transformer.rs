@@ -371,23 +371,12 @@ impl Transformer {
                         if scores.len() < len {
                             scores.resize(len, 0.0);
                         }
-                        let sc = &mut scores[..len];
                         let qv = &q[i * qd + head * hd..i * qd + (head + 1) * hd];
-                        let mut max = f32::NEG_INFINITY;
-                        for (j, o) in sc.iter_mut().enumerate() {
-                            let at = kv.at(g, j);
-                            *o = ops::dot(qv, &kv.k[at..at + hd]) * scale;
-                            max = max.max(*o);
-                        }
-                        let inv = 1.0 / ops::exp_sum(sc, max);
+                        let rows = kv.at(g, 0)..kv.at(g, len);
                         // SAFETY: this task alone writes head `head` of query
                         // `i`; the slice lies inside `out` (n × qd).
                         let o = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(i * qd + head * hd), hd) };
-                        o.fill(0.0);
-                        for (j, &p) in sc.iter().enumerate() {
-                            let at = kv.at(g, j);
-                            ops::axpy(o, p * inv, &kv.v[at..at + hd]);
-                        }
+                        ops::attend(qv, &kv.k[rows.clone()], &kv.v[rows], hd, scale, &mut scores[..len], o);
                     }
                 }
             })

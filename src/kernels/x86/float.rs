@@ -151,3 +151,79 @@ pub unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
         i += 1;
     }
 }
+
+/// `W` vectors (8·W dims, from `d0`) of `Σ_j p[j] · v[j]`, rows `hd` apart.
+#[inline(always)]
+unsafe fn pv_chunk<const W: usize>(p: &[f32], v: *const f32, hd: usize, d0: usize, out: *mut f32, inv: f32) {
+    let mut o = [_mm256_setzero_ps(); W];
+    for (j, &pj) in p.iter().enumerate() {
+        let pv = _mm256_set1_ps(pj);
+        let row = v.add(j * hd + d0);
+        for (w, ow) in o.iter_mut().enumerate() {
+            *ow = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row.add(8 * w)), *ow);
+        }
+    }
+    let iv = _mm256_set1_ps(inv);
+    for (w, ow) in o.iter().enumerate() {
+        _mm256_storeu_ps(out.add(d0 + 8 * w), _mm256_mul_ps(*ow, iv));
+    }
+}
+
+/// Attention of one query row over `scores.len()` cached positions of one
+/// KV head: `out = softmax(scale · K q) · V`, with `k` and `v` holding the
+/// head's rows (`hd` floats each, `hd` a multiple of 8) from position 0.
+/// Scores are computed four keys at a time and the output stays in
+/// registers while the values stream past.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn attend(q: &[f32], k: &[f32], v: &[f32], hd: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    let len = scores.len();
+    debug_assert!(hd % 8 == 0 && q.len() >= hd && out.len() >= hd);
+    debug_assert!(k.len() >= len * hd && v.len() >= len * hd);
+    let (qp, kp) = (q.as_ptr(), k.as_ptr());
+    let mut max = f32::NEG_INFINITY;
+    let mut j = 0;
+    while j + 4 <= len {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for i in (0..hd).step_by(8) {
+            let qv = _mm256_loadu_ps(qp.add(i));
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp.add((j + r) * hd + i)), *a);
+            }
+        }
+        let h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+        let s = _mm_mul_ps(
+            _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)),
+            _mm_set1_ps(scale),
+        );
+        _mm_storeu_ps(scores.as_mut_ptr().add(j), s);
+        let m = _mm_max_ps(s, _mm_movehl_ps(s, s));
+        max = max.max(_mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m))));
+        j += 4;
+    }
+    while j < len {
+        let mut acc = _mm256_setzero_ps();
+        for i in (0..hd).step_by(8) {
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_loadu_ps(kp.add(j * hd + i)), acc);
+        }
+        scores[j] = hsum(acc) * scale;
+        max = max.max(scores[j]);
+        j += 1;
+    }
+    let inv = 1.0 / exp_sum(scores, max);
+    let (vp, op) = (v.as_ptr(), out.as_mut_ptr());
+    let mut d0 = 0;
+    while d0 + 64 <= hd {
+        pv_chunk::<8>(scores, vp, hd, d0, op, inv);
+        d0 += 64;
+    }
+    match (hd - d0) / 8 {
+        1 => pv_chunk::<1>(scores, vp, hd, d0, op, inv),
+        2 => pv_chunk::<2>(scores, vp, hd, d0, op, inv),
+        3 => pv_chunk::<3>(scores, vp, hd, d0, op, inv),
+        4 => pv_chunk::<4>(scores, vp, hd, d0, op, inv),
+        5 => pv_chunk::<5>(scores, vp, hd, d0, op, inv),
+        6 => pv_chunk::<6>(scores, vp, hd, d0, op, inv),
+        7 => pv_chunk::<7>(scores, vp, hd, d0, op, inv),
+        _ => {}
+    }
+}

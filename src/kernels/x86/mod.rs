@@ -16,7 +16,7 @@ use super::formats::{k_scale_min, Format, QActs, GROUP};
 mod float;
 mod panel;
 
-pub use float::{axpy, dot_f32, exp_sum, half_rows, silu_mul};
+pub use float::{attend, axpy, dot_f32, exp_sum, half_rows, silu_mul};
 pub use panel::{gemm_avx2, gemm_vnni};
 
 // ---------------------------------------------------------------------------
