@@ -68,6 +68,7 @@ enum Form {
     Sign,
 }
 
+#[derive(Clone, Copy)]
 struct G {
     v: __m256i,
     isc: __m256i,
@@ -354,6 +355,70 @@ unsafe fn tile<F: Fmt, D: Dot, const RM: usize, const RN: usize>(t: &TileArgs, r
     }
 }
 
+/// The integer product of one group with activations `a`, as 8 i32 lanes.
+#[inline(always)]
+unsafe fn group_product<F: Fmt, D: Dot>(grp: &G, a: __m256i) -> __m256i {
+    let x = if F::SIGNED { _mm256_sign_epi8(grp.v, grp.v) } else { grp.v };
+    let y = if F::SIGNED { _mm256_sign_epi8(a, grp.v) } else { a };
+    if F::ISC {
+        dot_scaled(x, y, grp.isc)
+    } else {
+        D::dot(x, y)
+    }
+}
+
+/// One weight row · one activation column, for decode: the row is read
+/// front to back (one stream for the prefetcher), and four groups' integer
+/// sums are gathered into one vector before the float work, which is then
+/// done once per four groups.
+#[inline(always)]
+unsafe fn row_dot<F: Fmt, D: Dot>(t: &TileArgs, r: usize, c: usize) -> f32 {
+    let gpr = t.k / GROUP;
+    let w = t.w.add(r * t.row_bytes);
+    let aq = t.aq.add(c * t.k);
+    let ad = t.ad.add(c * gpr);
+    let asum = t.asum.add(c * gpr);
+    let mut acc = _mm_setzero_ps();
+    let mut bacc = _mm_setzero_ps();
+    let mut g = 0;
+    while g + 4 <= gpr {
+        if PF > 0 {
+            _mm_prefetch::<_MM_HINT_T0>(w.add(g / F::GROUPS * F::BYTES + PF).cast());
+        }
+        // Plain loops, not closures: closures would not inherit the
+        // caller's target features.
+        let mut grp = [G { v: _mm256_setzero_si256(), isc: one_isc(), d: 0.0, bias: 0.0 }; 4];
+        let mut p = [_mm256_setzero_si256(); 4];
+        for u in 0..4 {
+            grp[u] = F::group(w.add((g + u) / F::GROUPS * F::BYTES), (g + u) % F::GROUPS);
+            p[u] = group_product::<F, D>(&grp[u], _mm256_loadu_si256(aq.add((g + u) * GROUP).cast()));
+        }
+        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+        let sum = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+        let d = _mm_setr_ps(grp[0].d, grp[1].d, grp[2].d, grp[3].d);
+        acc = _mm_fmadd_ps(_mm_mul_ps(_mm_cvtepi32_ps(sum), _mm_loadu_ps(ad.add(g))), d, acc);
+        if F::BIAS {
+            let b = _mm_setr_ps(grp[0].bias, grp[1].bias, grp[2].bias, grp[3].bias);
+            bacc = _mm_fmadd_ps(b, _mm_loadu_ps(asum.add(g)), bacc);
+        }
+        g += 4;
+    }
+    let s = _mm_add_ps(acc, bacc);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let mut total = _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+    while g < gpr {
+        let grp = F::group(w.add(g / F::GROUPS * F::BYTES), g % F::GROUPS);
+        let p = group_product::<F, D>(&grp, _mm256_loadu_si256(aq.add(g * GROUP).cast()));
+        let v = _mm256_cvtepi32_ps(p);
+        total += hsum(v) * grp.d * *ad.add(g);
+        if F::BIAS {
+            total += grp.bias * *asum.add(g);
+        }
+        g += 1;
+    }
+    total
+}
+
 /// Rows `rows` × columns `cols` in full tiles, then the ragged edges.
 #[inline(always)]
 unsafe fn region<F: Fmt, D: Dot, const RM: usize, const RN: usize>(
@@ -397,7 +462,9 @@ unsafe fn dispatch<D: Dot>(
     macro_rules! go {
         ($f:ty) => {
             if cols.len() == 1 {
-                region::<$f, D, 1, 1>(t, rows, cols)
+                for r in rows {
+                    *t.out.add(cols.start * t.n + r) = row_dot::<$f, D>(t, r, cols.start);
+                }
             } else {
                 region::<$f, D, 4, 2>(t, rows, cols)
             }
