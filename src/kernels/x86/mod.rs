@@ -88,6 +88,28 @@ trait Fmt {
     /// How the prompt GEMM multiplies the unpacked values.
     const FORM: Form;
     unsafe fn group(b: *const u8, g: usize) -> G;
+    /// K-quants only: `d` and `bias` of all 8 groups of block `b` at once
+    /// (what `group` gives one group at a time).
+    #[inline(always)]
+    unsafe fn block_scales(_b: *const u8) -> (__m256, __m256) {
+        (_mm256_setzero_ps(), _mm256_setzero_ps())
+    }
+}
+
+/// Q4_K/Q5_K: the 8 six-bit scales and mins, unpacked four at a time from
+/// the 12 packed bytes, times the block's `d` and `−dmin`.
+#[inline(always)]
+unsafe fn k_block_scales(b: *const u8) -> (__m256, __m256) {
+    let w = |i: usize| u32::from_le(std::ptr::read_unaligned(b.add(4 + 4 * i).cast::<u32>()));
+    let (u0, u1, u2) = (w(0), w(1), w(2));
+    let sc_lo = u0 & 0x3f3f_3f3f;
+    let m_lo = u1 & 0x3f3f_3f3f;
+    let sc_hi = (u2 & 0x0f0f_0f0f) | (((u0 >> 6) & 0x0303_0303) << 4);
+    let m_hi = ((u2 >> 4) & 0x0f0f_0f0f) | (((u1 >> 6) & 0x0303_0303) << 4);
+    let to_f = |lo: u32, hi: u32| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, hi as i32, lo as i32)));
+    let d = _mm256_mul_ps(to_f(sc_lo, sc_hi), _mm256_set1_ps(f16(b)));
+    let bias = _mm256_mul_ps(to_f(m_lo, m_hi), _mm256_set1_ps(-f16(b.add(2))));
+    (d, bias)
 }
 
 #[inline(always)]
@@ -230,6 +252,10 @@ impl Fmt for Q4K {
     unsafe fn group(b: *const u8, g: usize) -> G {
         k_group(b, g, k_nibbles(b.add(16), g))
     }
+    #[inline(always)]
+    unsafe fn block_scales(b: *const u8) -> (__m256, __m256) {
+        k_block_scales(b)
+    }
 }
 
 impl Fmt for Q5K {
@@ -245,6 +271,10 @@ impl Fmt for Q5K {
         let hb = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(g as i32)), _mm256_set1_epi8(1));
         let v = _mm256_or_si256(k_nibbles(b.add(48), g), _mm256_slli_epi16(hb, 4));
         k_group(b, g, v)
+    }
+    #[inline(always)]
+    unsafe fn block_scales(b: *const u8) -> (__m256, __m256) {
+        k_block_scales(b)
     }
 }
 
@@ -270,6 +300,10 @@ impl Fmt for Q6K {
         let sc = b.add(192 + 8 * h + 2 * k).cast::<i8>();
         let isc = _mm256_set_m128i(_mm_set1_epi16(*sc.add(1) as i16), _mm_set1_epi16(*sc as i16));
         G { v, isc, d: f16(b.add(208)), bias: 0.0 }
+    }
+    #[inline(always)]
+    unsafe fn block_scales(b: *const u8) -> (__m256, __m256) {
+        (_mm256_set1_ps(f16(b.add(208))), _mm256_setzero_ps())
     }
 }
 
@@ -378,6 +412,9 @@ unsafe fn row_dot<F: Fmt, D: Dot>(t: &TileArgs, r: usize, c: usize) -> f32 {
     let aq = t.aq.add(c * t.k);
     let ad = t.ad.add(c * gpr);
     let asum = t.asum.add(c * gpr);
+    if F::GROUPS == 8 {
+        return block_row_dot::<F, D>(w, aq, ad, asum, gpr / 8);
+    }
     let mut acc = _mm_setzero_ps();
     let mut bacc = _mm_setzero_ps();
     let mut g = 0;
@@ -417,6 +454,43 @@ unsafe fn row_dot<F: Fmt, D: Dot>(t: &TileArgs, r: usize, c: usize) -> f32 {
         g += 1;
     }
     total
+}
+
+/// [`row_dot`] for the K-quants: a block's 8 integer sums are reduced into
+/// one vector and its scales unpacked together.
+#[inline(always)]
+unsafe fn block_row_dot<F: Fmt, D: Dot>(
+    w: *const u8,
+    aq: *const i8,
+    ad: *const f32,
+    asum: *const f32,
+    blocks: usize,
+) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut bacc = _mm256_setzero_ps();
+    for b in 0..blocks {
+        let blk = w.add(b * F::BYTES);
+        if PF > 0 {
+            _mm_prefetch::<_MM_HINT_T0>(blk.add(PF).cast());
+        }
+        let mut p = [_mm256_setzero_si256(); 8];
+        for (g, pg) in p.iter_mut().enumerate() {
+            let grp = F::group(blk, g);
+            *pg = group_product::<F, D>(&grp, _mm256_loadu_si256(aq.add((8 * b + g) * GROUP).cast()));
+        }
+        let h01 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+        let h23 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
+        let sum = _mm256_add_epi32(
+            _mm256_permute2x128_si256(h01, h23, 0x20),
+            _mm256_permute2x128_si256(h01, h23, 0x31),
+        );
+        let (d, bias) = F::block_scales(blk);
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_loadu_ps(ad.add(8 * b))), d, acc);
+        if F::BIAS {
+            bacc = _mm256_fmadd_ps(bias, _mm256_loadu_ps(asum.add(8 * b)), bacc);
+        }
+    }
+    hsum(_mm256_add_ps(acc, bacc))
 }
 
 /// Rows `rows` × columns `cols` in full tiles, then the ragged edges.
