@@ -1,12 +1,16 @@
 //! `spillway bench`: prompt (pp) and decode (tg) speed as llama-bench
-//! measures them, the median of repeated runs, optionally with a cold page
-//! cache for the disk tier.
+//! measures them, the median of repeated runs; optionally with a cold page
+//! cache for the disk tier, the disk tier's bound (token time against
+//! compute time and disk bytes over the disk's measured bandwidth), and
+//! llama.cpp's llama-bench run alternately on the same model for ratios.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use clap::Args;
+use serde_json::{json, Value};
 
 use crate::engine::Engine;
 use crate::model::transformer::argmax;
@@ -33,12 +37,22 @@ pub struct BenchArgs {
     /// decode step, so every disk-layer read comes from the device (Linux).
     #[arg(long)]
     cold: bool,
+    /// With disk layers: before each decode run, measure the decode with the
+    /// disk layers in RAM (compute time) and the disk's sequential read
+    /// bandwidth, and report token time / max(compute, disk bytes / bandwidth).
+    #[arg(long)]
+    disk_bound: bool,
+    /// Run this llama-bench (llama.cpp) after each round, same model, threads
+    /// and sizes, and report Spillway / llama.cpp ratios.
+    #[arg(long, value_name = "LLAMA_BENCH")]
+    compare_llama: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
 }
 
-fn median(v: &mut [f64]) -> f64 {
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => 0.0,
@@ -48,7 +62,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// Asks the kernel to forget the file's cached pages.
-fn drop_page_cache(path: &std::path::Path) {
+fn drop_page_cache(path: &Path) {
     #[cfg(target_os = "linux")]
     if let Ok(f) = std::fs::File::open(path) {
         use std::os::fd::AsRawFd;
@@ -72,10 +86,118 @@ struct Timed {
     disk_bytes: u64,
 }
 
-fn timed(
+impl Timed {
+    fn json(&self) -> Value {
+        json!({"tokens_per_sec": self.tokens_per_sec,
+            "disk_wait_secs": self.disk_wait_secs, "disk_bytes": self.disk_bytes})
+    }
+}
+
+/// The disk tier's bound for one decode run.
+struct Bound {
+    token_secs: f64,
+    compute_secs: f64,
+    disk_bytes_per_token: f64,
+    bandwidth: f64,
+}
+
+impl Bound {
+    fn limit_secs(&self) -> f64 {
+        self.compute_secs
+            .max(self.disk_bytes_per_token / self.bandwidth)
+    }
+
+    fn ratio(&self) -> f64 {
+        self.token_secs / self.limit_secs()
+    }
+
+    fn json(&self) -> Value {
+        json!({"token_secs": self.token_secs, "compute_secs": self.compute_secs,
+            "disk_bytes_per_token": self.disk_bytes_per_token,
+            "disk_bandwidth_bytes_per_sec": self.bandwidth,
+            "bound_secs": self.limit_secs(), "ratio": self.ratio()})
+    }
+}
+
+struct Bench<'a> {
+    engine: Engine,
+    args: &'a BenchArgs,
+    path: PathBuf,
+    vocab: usize,
+    never: AtomicBool,
+}
+
+impl Bench<'_> {
+    fn prompt(&mut self) -> anyhow::Result<Timed> {
+        self.engine.reset();
+        if self.args.cold {
+            drop_page_cache(&self.path);
+        }
+        let tokens = synthetic_tokens(self.args.prompt_tokens, self.vocab);
+        let never = &self.never;
+        let mut run = |e: &mut Engine| -> anyhow::Result<()> {
+            e.feed(&tokens, never)?;
+            Ok(())
+        };
+        let (n, engine) = (self.args.prompt_tokens, &mut self.engine);
+        timed_on(engine, n, &mut run)
+    }
+
+    fn decode(&mut self, cold: bool) -> anyhow::Result<Timed> {
+        self.engine.reset();
+        if cold {
+            drop_page_cache(&self.path);
+        }
+        let first = synthetic_tokens(1, self.vocab);
+        let (n, path, never) = (self.args.gen_tokens, self.path.clone(), &self.never);
+        let mut run = |e: &mut Engine| -> anyhow::Result<()> {
+            let mut logits = e.feed(&first, never)?.unwrap_or_default();
+            for _ in 1..n {
+                let t = argmax(&logits);
+                if cold {
+                    drop_page_cache(&path);
+                }
+                logits = e.feed(&[t], never)?.unwrap_or_default();
+            }
+            Ok(())
+        };
+        timed_on(&mut self.engine, n, &mut run)
+    }
+
+    /// Compute time per token (disk layers moved to RAM for the run), the
+    /// disk's bandwidth, then the cold disk-tier decode itself.
+    fn bounded_decode(&mut self) -> anyhow::Result<(Timed, Bound)> {
+        let disk: Vec<usize> = (0..self.engine.store().n_layers())
+            .filter(|&i| self.engine.store().tier(i) == Tier::Disk)
+            .collect();
+        for &i in &disk {
+            self.engine.set_tier(i, Tier::Ram)?;
+        }
+        let compute = self.decode(false);
+        for &i in &disk {
+            self.engine.set_tier(i, Tier::Disk)?;
+        }
+        let compute_secs = 1.0 / compute?.tokens_per_sec;
+        drop_page_cache(&self.path);
+        let (bytes, secs) = self.engine.store().measure_disk_bandwidth()?;
+        if bytes == 0 {
+            anyhow::bail!("--disk-bound: the disk layers cannot be read with direct I/O here, so the disk cannot be measured");
+        }
+        let run = self.decode(true)?;
+        let bound = Bound {
+            token_secs: 1.0 / run.tokens_per_sec,
+            compute_secs,
+            disk_bytes_per_token: run.disk_bytes as f64 / self.args.gen_tokens as f64,
+            bandwidth: bytes as f64 / secs,
+        };
+        Ok((run, bound))
+    }
+}
+
+fn timed_on(
     engine: &mut Engine,
     n: usize,
-    f: impl FnOnce(&mut Engine) -> anyhow::Result<()>,
+    f: &mut dyn FnMut(&mut Engine) -> anyhow::Result<()>,
 ) -> anyhow::Result<Timed> {
     let stats = &engine.store().stats;
     let (w0, b0) = (
@@ -93,105 +215,180 @@ fn timed(
     })
 }
 
+/// One llama-bench run: (pp, tg) tokens/s, `None` for a skipped test.
+fn llama_bench(
+    exe: &Path,
+    model: &Path,
+    threads: usize,
+    pp: usize,
+    tg: usize,
+) -> anyhow::Result<(Option<f64>, Option<f64>)> {
+    let out = std::process::Command::new(exe)
+        .args([
+            "-m",
+            &model.display().to_string(),
+            "-t",
+            &threads.to_string(),
+        ])
+        .args([
+            "-p",
+            &pp.to_string(),
+            "-n",
+            &tg.to_string(),
+            "-r",
+            "1",
+            "-o",
+            "json",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", exe.display()))?;
+    if !out.status.success() {
+        anyhow::bail!("{} failed ({})", exe.display(), out.status);
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| anyhow::anyhow!("{} printed no JSON: {e}", exe.display()))?;
+    let pick = |key: &str| -> Option<f64> {
+        v.as_array()?
+            .iter()
+            .find(|r| r[key].as_u64().is_some_and(|n| n > 0))
+            .and_then(|r| r["avg_ts"].as_f64())
+    };
+    Ok((pick("n_prompt"), pick("n_gen")))
+}
+
 pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
     if a.repetitions == 0 {
         anyhow::bail!("--repetitions must be at least 1");
     }
-    let mut engine = a.model.load(config)?;
+    let engine = a.model.load(config)?;
     let path = engine.gguf.path.clone();
     let vocab = engine.hparams().n_vocab;
-    let never = AtomicBool::new(false);
     let ctx = engine.context_length();
     if a.prompt_tokens >= ctx || a.gen_tokens + 1 >= ctx {
         anyhow::bail!("the test lengths exceed the context ({ctx} tokens); raise --ctx");
     }
-    let mut pp = Vec::new();
-    let mut tg = Vec::new();
-    let mut pp_runs = Vec::new();
-    let mut tg_runs = Vec::new();
-    for _ in 0..a.repetitions {
-        if a.prompt_tokens > 0 {
-            engine.reset();
-            if a.cold {
-                drop_page_cache(&path);
-            }
-            let tokens = synthetic_tokens(a.prompt_tokens, vocab);
-            let r = timed(&mut engine, a.prompt_tokens, |e| {
-                e.feed(&tokens, &never)?;
-                Ok(())
-            })?;
-            pp.push(r.tokens_per_sec);
-            pp_runs.push(r);
-        }
-        if a.gen_tokens > 0 {
-            engine.reset();
-            if a.cold {
-                drop_page_cache(&path);
-            }
-            let first = synthetic_tokens(1, vocab);
-            let n = a.gen_tokens;
-            let cold = a.cold;
-            let r = timed(&mut engine, n, |e| {
-                let mut logits = e.feed(&first, &never)?.unwrap_or_default();
-                for _ in 1..n {
-                    let t = argmax(&logits);
-                    if cold {
-                        drop_page_cache(&path);
-                    }
-                    logits = e.feed(&[t], &never)?.unwrap_or_default();
-                }
-                Ok(())
-            })?;
-            tg.push(r.tokens_per_sec);
-            tg_runs.push(r);
-        }
+    let disk_layers = engine
+        .store()
+        .tiers()
+        .iter()
+        .filter(|t| **t == Tier::Disk)
+        .count();
+    if a.disk_bound && (disk_layers == 0 || a.gen_tokens == 0) {
+        anyhow::bail!(
+            "--disk-bound needs disk layers (--disk-layers) and a decode test (--gen-tokens)"
+        );
     }
-    engine.reset();
-    let store = engine.store();
-    let disk_layers = store.tiers().iter().filter(|t| **t == Tier::Disk).count();
-    let pp_med = median(&mut pp);
-    let tg_med = median(&mut tg);
-    let runs = |v: &[Timed]| -> Vec<serde_json::Value> {
-        v.iter()
-            .map(|r| {
-                serde_json::json!({"tokens_per_sec": r.tokens_per_sec,
-                    "disk_wait_secs": r.disk_wait_secs, "disk_bytes": r.disk_bytes})
-            })
-            .collect()
-    };
     let threads = crate::kernels::pool::threads();
     let isa = crate::kernels::isa::active().name();
-    if a.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "model": path.display().to_string(),
-                "threads": threads,
-                "isa": isa,
-                "disk_layers": disk_layers,
-                "cold": a.cold,
-                "prompt_tokens": a.prompt_tokens,
-                "gen_tokens": a.gen_tokens,
-                "pp_tokens_per_sec": pp_med,
-                "tg_tokens_per_sec": tg_med,
-                "pp_runs": runs(&pp_runs),
-                "tg_runs": runs(&tg_runs),
-                "peak_rss_bytes": telemetry::rss().map(|r| r.peak),
-            })
-        );
-    } else {
-        println!(
-            "{} | threads {threads} ({isa}) | disk layers {disk_layers}/{}{}",
-            path.display(),
-            store.n_layers(),
-            if a.cold { " (cold cache)" } else { "" }
-        );
+    let n_layers = engine.store().n_layers();
+    let mut b = Bench {
+        engine,
+        args: &a,
+        path: path.clone(),
+        vocab,
+        never: AtomicBool::new(false),
+    };
+    let (mut pp_runs, mut tg_runs, mut bounds) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut l_pp, mut l_tg) = (Vec::new(), Vec::new());
+    for round in 1..=a.repetitions {
         if a.prompt_tokens > 0 {
-            println!("pp{:<5} {pp_med:8.2} t/s", a.prompt_tokens);
+            pp_runs.push(b.prompt()?);
         }
         if a.gen_tokens > 0 {
-            println!("tg{:<5} {tg_med:8.2} t/s", a.gen_tokens);
+            if a.disk_bound {
+                let (run, bound) = b.bounded_decode()?;
+                tg_runs.push(run);
+                bounds.push(bound);
+            } else {
+                tg_runs.push(b.decode(a.cold)?);
+            }
         }
+        if let Some(exe) = &a.compare_llama {
+            let (p, t) = llama_bench(exe, &path, threads, a.prompt_tokens, a.gen_tokens)?;
+            l_pp.extend(p);
+            l_tg.extend(t);
+            if !a.json {
+                let s = |v: &[Timed]| v.last().map_or(0.0, |r| r.tokens_per_sec);
+                eprintln!(
+                    "round {round}: spillway pp {:.1} tg {:.1} | llama.cpp pp {:.1} tg {:.1}",
+                    s(&pp_runs),
+                    s(&tg_runs),
+                    p.unwrap_or(0.0),
+                    t.unwrap_or(0.0)
+                );
+            }
+        }
+    }
+    b.engine.reset();
+    let speeds = |v: &[Timed]| v.iter().map(|r| r.tokens_per_sec).collect::<Vec<_>>();
+    let (pp, tg) = (speeds(&pp_runs), speeds(&tg_runs));
+    // Ratios per round (each pair ran side by side), then their median.
+    let ratio = |s: &[f64], l: &[f64]| -> Option<f64> {
+        (!l.is_empty() && l.len() == s.len())
+            .then(|| median(&s.iter().zip(l).map(|(a, b)| a / b).collect::<Vec<_>>()))
+    };
+    let (pp_ratio, tg_ratio) = (ratio(&pp, &l_pp), ratio(&tg, &l_tg));
+    let bound_ratio =
+        (!bounds.is_empty()).then(|| median(&bounds.iter().map(Bound::ratio).collect::<Vec<_>>()));
+    if a.json {
+        let runs = |v: &[Timed]| v.iter().map(Timed::json).collect::<Vec<_>>();
+        let mut out = json!({
+            "model": path.display().to_string(),
+            "threads": threads,
+            "isa": isa,
+            "disk_layers": disk_layers,
+            "cold": a.cold,
+            "prompt_tokens": a.prompt_tokens,
+            "gen_tokens": a.gen_tokens,
+            "pp_tokens_per_sec": median(&pp),
+            "tg_tokens_per_sec": median(&tg),
+            "pp_runs": runs(&pp_runs),
+            "tg_runs": runs(&tg_runs),
+            "peak_rss_bytes": telemetry::rss().map(|r| r.peak),
+        });
+        if a.disk_bound {
+            out["disk_bound"] = json!({
+                "ratio": bound_ratio,
+                "runs": bounds.iter().map(Bound::json).collect::<Vec<_>>(),
+            });
+        }
+        if a.compare_llama.is_some() {
+            out["llama_cpp"] = json!({
+                "pp_tokens_per_sec": median(&l_pp), "tg_tokens_per_sec": median(&l_tg),
+                "pp_runs": l_pp, "tg_runs": l_tg,
+                "pp_ratio": pp_ratio, "tg_ratio": tg_ratio,
+            });
+        }
+        println!("{out}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} | threads {threads} ({isa}) | disk layers {disk_layers}/{n_layers}{}",
+        path.display(),
+        if a.cold { " (cold cache)" } else { "" }
+    );
+    let line = |name: String, s: &[f64], l: &[f64], r: Option<f64>| {
+        let peer = r.map_or(String::new(), |r| {
+            format!("   llama.cpp {:8.2} t/s   ratio {r:.3}x", median(l))
+        });
+        println!("{name:<8} {:8.2} t/s{peer}", median(s));
+    };
+    if a.prompt_tokens > 0 {
+        line(format!("pp{}", a.prompt_tokens), &pp, &l_pp, pp_ratio);
+    }
+    if a.gen_tokens > 0 {
+        line(format!("tg{}", a.gen_tokens), &tg, &l_tg, tg_ratio);
+    }
+    if let (Some(r), Some(last)) = (bound_ratio, bounds.last()) {
+        println!(
+            "disk bound: token {:.1} ms, compute {:.1} ms, {:.1} MB / {:.0} MB/s = {:.1} ms; token / bound = {r:.3} (median)",
+            last.token_secs * 1e3,
+            last.compute_secs * 1e3,
+            last.disk_bytes_per_token / 1e6,
+            last.bandwidth / 1e6,
+            last.disk_bytes_per_token / last.bandwidth * 1e3
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

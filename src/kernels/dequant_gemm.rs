@@ -7,13 +7,13 @@
 //! `m` rows, so for prompts the cost is the GEMM's. Activations stay f32,
 //! which is also more precise than quantizing them to 8 bits.
 
+use super::pool::{self, Tasks};
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
     BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
 use candle_core::quantized::{GgmlDType, GgmlType as CandleBlock, QTensor};
 use candle_core::{Result, Tensor};
-use super::pool::{self, Tasks};
 
 /// Rows of weight dequantized per tile: 256 rows × 4096 inputs × 4 bytes is
 /// 4 MiB, small enough to stay in cache while the GEMM reuses it.
@@ -99,7 +99,11 @@ pub fn matmul_into(
     }
     let row_bytes = k / dtype.block_size() * dtype.type_size();
     if bytes.len() != n * row_bytes {
-        candle_core::bail!("matmul: weight is {} bytes, expected {}", bytes.len(), n * row_bytes)
+        candle_core::bail!(
+            "matmul: weight is {} bytes, expected {}",
+            bytes.len(),
+            n * row_bytes
+        )
     }
     let out = DstPtr(dst.as_mut_ptr());
     let tasks = Tasks::new(n.div_ceil(TILE_ROWS));

@@ -136,14 +136,27 @@ pub fn group(fmt: Format, b: &[u8], g: usize) -> Group {
     let bit = |qh: u32, i: usize| -> u8 { (((qh >> i) & 1) as u8) << 4 };
     match fmt {
         Format::Q4_0 | Format::Q4_1 => {
-            let qs = if fmt == Format::Q4_0 { &b[2..18] } else { &b[4..20] };
+            let qs = if fmt == Format::Q4_0 {
+                &b[2..18]
+            } else {
+                &b[4..20]
+            };
             let off = if fmt == Format::Q4_0 { 8 } else { 0 };
             for (i, x) in v.iter_mut().enumerate() {
                 *x = nib(qs, i) as i8 - off;
             }
             let d = f16_at(b, 0);
-            let bias = if fmt == Format::Q4_1 { f16_at(b, 2) } else { 0.0 };
-            Group { v, isc: [1, 1], d, bias }
+            let bias = if fmt == Format::Q4_1 {
+                f16_at(b, 2)
+            } else {
+                0.0
+            };
+            Group {
+                v,
+                isc: [1, 1],
+                d,
+                bias,
+            }
         }
         Format::Q5_0 | Format::Q5_1 => {
             let at = if fmt == Format::Q5_0 { 2 } else { 4 };
@@ -154,14 +167,28 @@ pub fn group(fmt: Format, b: &[u8], g: usize) -> Group {
                 *x = (nib(qs, i) | bit(qh, i)) as i8 - off;
             }
             let d = f16_at(b, 0);
-            let bias = if fmt == Format::Q5_1 { f16_at(b, 2) } else { 0.0 };
-            Group { v, isc: [1, 1], d, bias }
+            let bias = if fmt == Format::Q5_1 {
+                f16_at(b, 2)
+            } else {
+                0.0
+            };
+            Group {
+                v,
+                isc: [1, 1],
+                d,
+                bias,
+            }
         }
         Format::Q8_0 => {
             for (i, x) in v.iter_mut().enumerate() {
                 *x = b[2 + i] as i8;
             }
-            Group { v, isc: [1, 1], d: f16_at(b, 0), bias: 0.0 }
+            Group {
+                v,
+                isc: [1, 1],
+                d: f16_at(b, 0),
+                bias: 0.0,
+            }
         }
         Format::Q4K | Format::Q5K => {
             let (sc, m) = k_scale_min(&b[4..16], g);
@@ -191,7 +218,12 @@ pub fn group(fmt: Format, b: &[u8], g: usize) -> Group {
                 *x = (lo | (hi << 4)) as i8 - 32;
             }
             let sc = |j: usize| b[192 + 8 * h + 2 * k + j] as i8 as i16;
-            Group { v, isc: [sc(0), sc(1)], d: f16_at(b, 208), bias: 0.0 }
+            Group {
+                v,
+                isc: [sc(0), sc(1)],
+                d: f16_at(b, 208),
+                bias: 0.0,
+            }
         }
     }
 }

@@ -83,7 +83,11 @@ static ACTIVE: OnceLock<Isa> = OnceLock::new();
 pub fn active() -> Isa {
     *ACTIVE.get_or_init(|| {
         let best = Isa::best();
-        match std::env::var("SPILLWAY_ISA").ok().as_deref().and_then(Isa::parse) {
+        match std::env::var("SPILLWAY_ISA")
+            .ok()
+            .as_deref()
+            .and_then(Isa::parse)
+        {
             Some(wanted) => wanted.min(best),
             None => best,
         }

@@ -70,7 +70,13 @@ impl QActs {
         self.quantize_with(isa::active(), x, m, k)
     }
 
-    pub fn quantize_with(&mut self, isa: Isa, x: &[f32], m: usize, k: usize) -> Result<(), MatmulError> {
+    pub fn quantize_with(
+        &mut self,
+        isa: Isa,
+        x: &[f32],
+        m: usize,
+        k: usize,
+    ) -> Result<(), MatmulError> {
         if k % GROUP != 0 || x.len() < m * k {
             return Err(MatmulError::Shape(format!(
                 "cannot quantize {m}×{k} activations from {} values",
@@ -90,7 +96,8 @@ impl QActs {
         for r in 0..m {
             for g in 0..gpr {
                 let at = r * k + g * GROUP;
-                let (d, sum) = formats::quantize_group(&x[at..at + GROUP], &mut self.q[at..at + GROUP]);
+                let (d, sum) =
+                    formats::quantize_group(&x[at..at + GROUP], &mut self.q[at..at + GROUP]);
                 self.d[r * gpr + g] = d;
                 self.s[r * gpr + g] = d * sum as f32;
             }
@@ -120,7 +127,13 @@ static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0
 
 /// `out (m × n) = acts (m × k) · Wᵀ` for an integer-format weight `w`
 /// (`n` rows of `k` values, whole blocks).
-pub fn int8_matmul(fmt: Format, w: &[u8], n: usize, acts: &QActs, out: &mut [f32]) -> Result<(), MatmulError> {
+pub fn int8_matmul(
+    fmt: Format,
+    w: &[u8],
+    n: usize,
+    acts: &QActs,
+    out: &mut [f32],
+) -> Result<(), MatmulError> {
     int8_matmul_with(isa::active(), fmt, w, n, acts, out)
 }
 
@@ -189,7 +202,9 @@ pub fn int8_matmul_with(
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 if gemm => unsafe { super::x86::gemm_avx2(fmt, &args, call, rows, cols) },
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512Vnni if gemm => unsafe { super::x86::gemm_vnni(fmt, &args, call, rows, cols) },
+                Isa::Avx512Vnni if gemm => unsafe {
+                    super::x86::gemm_vnni(fmt, &args, call, rows, cols)
+                },
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { super::x86::matmul_avx2(fmt, &args, rows, cols) },
                 #[cfg(target_arch = "x86_64")]
@@ -197,7 +212,12 @@ pub fn int8_matmul_with(
                 _ => {
                     for c in cols {
                         for r in rows.clone() {
-                            let v = formats::dot_row(fmt, &w[r * row_bytes..(r + 1) * row_bytes], acts, c);
+                            let v = formats::dot_row(
+                                fmt,
+                                &w[r * row_bytes..(r + 1) * row_bytes],
+                                acts,
+                                c,
+                            );
                             // SAFETY: (c, r) is inside the m×n output and
                             // written by this task only.
                             unsafe { *dst.ptr().add(c * n + r) = v };
@@ -211,7 +231,15 @@ pub fn int8_matmul_with(
 }
 
 /// `out (m × n) = x (m × k) · Wᵀ` for an F16/BF16/F32 weight, small `m`.
-fn float_dot_matmul(t: GgmlDType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, out: &mut [f32]) {
+fn float_dot_matmul(
+    t: GgmlDType,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    out: &mut [f32],
+) {
     let isa = isa::active();
     let pool = pool::global();
     let tr = n.div_ceil(pool.threads() * 8).clamp(8, 512);
@@ -230,7 +258,8 @@ fn float_dot_matmul(t: GgmlDType, w: &[u8], n: usize, k: usize, x: &[f32], m: us
                         let row = &w[r * k * 4..(r + 1) * k * 4];
                         // SAFETY: f32 weight bytes are 4-byte aligned (the
                         // reader's block storage) and `row` holds k values.
-                        let row = unsafe { std::slice::from_raw_parts(row.as_ptr().cast::<f32>(), k) };
+                        let row =
+                            unsafe { std::slice::from_raw_parts(row.as_ptr().cast::<f32>(), k) };
                         unsafe { *o.add(r) = ops::dot_with(isa, row, xc) };
                     }
                     continue;
@@ -246,7 +275,11 @@ fn float_dot_matmul(t: GgmlDType, w: &[u8], n: usize, k: usize, x: &[f32], m: us
                 }
                 for r in rows.clone() {
                     let row = &halves[r * k..(r + 1) * k];
-                    let s: f32 = row.iter().zip(xc).map(|(&h, v)| ops::half_to_f32(h, bf16) * v).sum();
+                    let s: f32 = row
+                        .iter()
+                        .zip(xc)
+                        .map(|(&h, v)| ops::half_to_f32(h, bf16) * v)
+                        .sum();
                     unsafe { *o.add(r) = s };
                 }
             }
@@ -287,13 +320,18 @@ pub fn matmul(
         Kernel::Float(t) if m <= FLOAT_DOT_MAX_ROWS => {
             let elem = if t == GgmlDType::F32 { 4 } else { 2 };
             if w.len() != n * k * elem {
-                return Err(MatmulError::Shape(format!("weight is {} bytes for {n}×{k} {t:?}", w.len())));
+                return Err(MatmulError::Shape(format!(
+                    "weight is {} bytes for {n}×{k} {t:?}",
+                    w.len()
+                )));
             }
             float_dot_matmul(t, w, n, k, x, m, out);
             Ok(())
         }
-        Kernel::Float(t) | Kernel::Dequant(t) => dequant_gemm::matmul_into(t, w, n, k, &x[..m * k], m, &mut out[..m * n])
-            .map_err(|e| MatmulError::Shape(e.to_string())),
+        Kernel::Float(t) | Kernel::Dequant(t) => {
+            dequant_gemm::matmul_into(t, w, n, k, &x[..m * k], m, &mut out[..m * n])
+                .map_err(|e| MatmulError::Shape(e.to_string()))
+        }
     }
 }
 
@@ -304,10 +342,14 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / 16777216.0 - 0.5) * 4.0
             })
             .collect()
@@ -321,7 +363,11 @@ mod tests {
     fn every_isa_matches_scalar_for_every_format() {
         let dev = Device::Cpu;
         for fmt in Format::ALL {
-            for (n, k) in [(37usize, fmt.block_values() * 3), (5, fmt.block_values()), (130, 512)] {
+            for (n, k) in [
+                (37usize, fmt.block_values() * 3),
+                (5, fmt.block_values()),
+                (130, 512),
+            ] {
                 let w = Tensor::from_vec(rand_vec(n * k, n as u64), (n, k), &dev).unwrap();
                 let q = QTensor::quantize(&w, fmt.ggml()).unwrap();
                 let wq = q.dequantize(&dev).unwrap().to_vec2::<f32>().unwrap();
@@ -336,13 +382,18 @@ mod tests {
                         for r in 0..n {
                             let exact: f64 = (0..k)
                                 .map(|i| {
-                                    let a = acts.d[(c * k + i) / GROUP] as f64 * acts.q[c * k + i] as f64;
+                                    let a = acts.d[(c * k + i) / GROUP] as f64
+                                        * acts.q[c * k + i] as f64;
                                     wq[r][i] as f64 * a
                                 })
                                 .sum();
-                            let mag: f64 = (0..k).map(|i| (wq[r][i] * x[c * k + i]).abs() as f64).sum();
+                            let mag: f64 =
+                                (0..k).map(|i| (wq[r][i] * x[c * k + i]).abs() as f64).sum();
                             let got = want[c * n + r] as f64;
-                            assert!((got - exact).abs() <= 1e-5 * mag.max(1.0), "{fmt:?} scalar {got} vs {exact}");
+                            assert!(
+                                (got - exact).abs() <= 1e-5 * mag.max(1.0),
+                                "{fmt:?} scalar {got} vs {exact}"
+                            );
                         }
                     }
                     for isa in Isa::available() {
@@ -369,18 +420,33 @@ mod tests {
         let dev = Device::Cpu;
         let (n, k) = (45usize, 256usize);
         let w = Tensor::from_vec(rand_vec(n * k, 3), (n, k), &dev).unwrap();
-        for t in [GgmlDType::F32, GgmlDType::F16, GgmlDType::BF16, GgmlDType::Q2K, GgmlDType::Q3K] {
+        for t in [
+            GgmlDType::F32,
+            GgmlDType::F16,
+            GgmlDType::BF16,
+            GgmlDType::Q2K,
+            GgmlDType::Q3K,
+        ] {
             let q = QTensor::quantize(&w, t).unwrap();
             let wd = q.dequantize(&dev).unwrap();
             let bytes = q.data().unwrap();
             for m in [1usize, 3, 9] {
                 let x = rand_vec(m * k, 11);
                 let xt = Tensor::from_vec(x.clone(), (m, k), &dev).unwrap();
-                let want = xt.matmul(&wd.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let want = xt
+                    .matmul(&wd.t().unwrap())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
                 let mut got = vec![0f32; m * n];
                 matmul(t, &bytes, n, k, &x, m, &QActs::default(), &mut got).unwrap();
                 for (g, e) in got.iter().zip(&want) {
-                    assert!((g - e).abs() <= 1e-3 * e.abs().max(1.0), "{t:?} m={m}: {g} vs {e}");
+                    assert!(
+                        (g - e).abs() <= 1e-3 * e.abs().max(1.0),
+                        "{t:?} m={m}: {g} vs {e}"
+                    );
                 }
             }
         }

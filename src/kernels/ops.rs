@@ -43,7 +43,12 @@ pub fn dot_with(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     let _ = isa;
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for l in 0..8 {
             acc[l] += x[l] * y[l];
@@ -109,7 +114,15 @@ pub fn silu_mul_with(isa: Isa, g: &mut [f32], u: &[f32]) {
 /// Attention of one query row over one KV head's cached rows:
 /// `out = softmax(scale · K q) · V` over `scores.len()` positions, `k` and
 /// `v` holding `hd`-float rows from position 0. `scores` is scratch.
-pub fn attend(q: &[f32], k: &[f32], v: &[f32], hd: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+pub fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    hd: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     attend_with(isa::active(), q, k, v, hd, scale, scores, out)
 }
 
@@ -169,7 +182,11 @@ mod tests {
 
     fn data(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
-            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 16777216.0 - 0.5) * 20.0)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 16777216.0
+                    - 0.5)
+                    * 20.0
+            })
             .collect()
     }
 
@@ -180,23 +197,37 @@ mod tests {
             for n in [1usize, 7, 8, 15, 16, 17, 64, 131] {
                 let (a, b) = (data(n, 1), data(n, 2));
                 let (d0, d1) = (dot_with(Isa::Scalar, &a, &b), dot_with(isa, &a, &b));
-                assert!((d0 - d1).abs() <= 1e-4 * d0.abs().max(1.0), "{isa:?} dot {n}");
+                assert!(
+                    (d0 - d1).abs() <= 1e-4 * d0.abs().max(1.0),
+                    "{isa:?} dot {n}"
+                );
 
                 let (mut y0, mut y1) = (a.clone(), a.clone());
                 axpy_with(Isa::Scalar, &mut y0, 0.3, &b);
                 axpy_with(isa, &mut y1, 0.3, &b);
-                assert!(y0.iter().zip(&y1).all(|(p, q)| (p - q).abs() <= 1e-5 * p.abs().max(1.0)));
+                assert!(y0
+                    .iter()
+                    .zip(&y1)
+                    .all(|(p, q)| (p - q).abs() <= 1e-5 * p.abs().max(1.0)));
 
                 let (mut e0, mut e1) = (a.clone(), a.clone());
                 let s0 = exp_sum_with(Isa::Scalar, &mut e0, 3.0);
                 let s1 = exp_sum_with(isa, &mut e1, 3.0);
                 assert!((s0 - s1).abs() <= 1e-6 * s0, "{isa:?} exp sum {n}");
-                assert!(e0.iter().zip(&e1).all(|(p, q)| (p - q).abs() <= 1e-6 * p.abs().max(1e-30)));
+                assert!(e0
+                    .iter()
+                    .zip(&e1)
+                    .all(|(p, q)| (p - q).abs() <= 1e-6 * p.abs().max(1e-30)));
 
                 let (mut g0, mut g1) = (a.clone(), a.clone());
                 silu_mul_with(Isa::Scalar, &mut g0, &b);
                 silu_mul_with(isa, &mut g1, &b);
-                assert!(g0.iter().zip(&g1).all(|(p, q)| (p - q).abs() <= 1e-5 * p.abs().max(1.0)), "{isa:?} silu {n}");
+                assert!(
+                    g0.iter()
+                        .zip(&g1)
+                        .all(|(p, q)| (p - q).abs() <= 1e-5 * p.abs().max(1.0)),
+                    "{isa:?} silu {n}"
+                );
             }
         }
     }
@@ -217,7 +248,10 @@ mod tests {
                     attend_with(Isa::Scalar, &q, &k, &v, hd, scale, &mut s0, &mut o0);
                     attend_with(isa, &q, &k, &v, hd, scale, &mut s1, &mut o1);
                     for (a, b) in o0.iter().zip(&o1) {
-                        assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{isa:?} hd {hd} len {len}: {a} vs {b}");
+                        assert!(
+                            (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                            "{isa:?} hd {hd} len {len}: {a} vs {b}"
+                        );
                     }
                 }
             }

@@ -91,7 +91,8 @@ impl Pool {
         let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the lifetime is erased only for the duration of this call;
         // we wait below until every worker is done with the pointer.
-        let ptr: *const Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f) };
+        let ptr: *const Job =
+            unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f) };
         // SAFETY: no worker reads `job` while pending == 0 (see `Shared`).
         unsafe { *s.job.get() = Some(ptr) };
         s.pending.store(self.threads - 1, Ordering::SeqCst);

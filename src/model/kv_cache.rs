@@ -76,7 +76,14 @@ impl KvCache {
 
     /// Writes `n` tokens' keys and values (`n × n_head_kv·head_dim`, token
     /// major, as the projections produce them) at `pos` of `layer`.
-    pub fn write(&mut self, layer: usize, pos: usize, n: usize, k: &[f32], v: &[f32]) -> Result<(), ModelError> {
+    pub fn write(
+        &mut self,
+        layer: usize,
+        pos: usize,
+        n: usize,
+        k: &[f32],
+        v: &[f32],
+    ) -> Result<(), ModelError> {
         let (kvh, hd, cap) = (self.n_head_kv, self.head_dim, self.capacity);
         if pos + n > cap {
             return Err(ModelError::ContextFull {
@@ -119,7 +126,9 @@ impl KvCache {
                 capacity: self.capacity,
                 head_dim: self.head_dim,
             }),
-            _ => Err(ModelError::Format(format!("layer {layer} has no KV cache yet"))),
+            _ => Err(ModelError::Format(format!(
+                "layer {layer} has no KV cache yet"
+            ))),
         }
     }
 }

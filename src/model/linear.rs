@@ -1,19 +1,37 @@
 //! The matmul seam. Every projection in every model goes through [`Linear`],
 //! so faster kernels and other devices replace one type, not the model code.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{GgmlDType, QTensor};
+
+use crate::placement::alloc::AlignedBytes;
 
 use crate::kernels::formats::QActs;
 use crate::kernels::matmul::{self, Kernel};
 
 use super::ModelError;
 
+/// Where a weight's stored blocks live.
+#[derive(Debug, Clone)]
+enum Weight {
+    /// A tensor of its own (RAM-tier and non-layer weights).
+    Tensor(Arc<QTensor>),
+    /// A range of a disk layer's read buffer, shared by the layer's
+    /// projections and reused for the next disk layer once they are dropped.
+    Shared {
+        buf: Arc<AlignedBytes>,
+        at: usize,
+        len: usize,
+        dtype: GgmlDType,
+    },
+}
+
 /// `y = x · Wᵀ (+ b)` with `W` kept in its stored GGML type.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Arc<QTensor>,
+    weight: Weight,
     bias: Option<Vec<f32>>,
     out_features: usize,
     in_features: usize,
@@ -23,10 +41,54 @@ pub struct Linear {
 impl Linear {
     pub fn new(weight: Arc<QTensor>, bias: Option<Vec<f32>>) -> Result<Self, ModelError> {
         let (out_features, in_features) = weight.shape().dims2()?;
-        if in_features % weight.dtype().block_size() != 0 {
+        let dtype = weight.dtype();
+        Self::checked(
+            Weight::Tensor(weight),
+            dtype,
+            out_features,
+            in_features,
+            bias,
+        )
+    }
+
+    /// A weight of `dtype` and shape `(out, in)` stored at `buf[at..at + len]`.
+    pub fn shared(
+        buf: Arc<AlignedBytes>,
+        at: usize,
+        len: usize,
+        dtype: GgmlDType,
+        (out_features, in_features): (usize, usize),
+        bias: Option<Vec<f32>>,
+    ) -> Result<Self, ModelError> {
+        let expected = (out_features * in_features)
+            .checked_div(dtype.block_size())
+            .map(|blocks| blocks * dtype.type_size());
+        if at.checked_add(len).is_none_or(|end| end > buf.len()) || expected != Some(len) {
             return Err(ModelError::Format(format!(
-                "{in_features} inputs are not whole {:?} blocks",
-                weight.dtype()
+                "weight of {out_features}×{in_features} {dtype:?} does not fit bytes {at}..{} of a {}-byte buffer",
+                at.saturating_add(len),
+                buf.len()
+            )));
+        }
+        let weight = Weight::Shared {
+            buf,
+            at,
+            len,
+            dtype,
+        };
+        Self::checked(weight, dtype, out_features, in_features, bias)
+    }
+
+    fn checked(
+        weight: Weight,
+        dtype: GgmlDType,
+        out_features: usize,
+        in_features: usize,
+        bias: Option<Vec<f32>>,
+    ) -> Result<Self, ModelError> {
+        if in_features % dtype.block_size() != 0 {
+            return Err(ModelError::Format(format!(
+                "{in_features} inputs are not whole {dtype:?} blocks"
             )));
         }
         if let Some(b) = &bias {
@@ -38,11 +100,25 @@ impl Linear {
             }
         }
         Ok(Linear {
-            kernel: Kernel::for_type(weight.dtype()),
+            kernel: Kernel::for_type(dtype),
             weight,
             bias,
             out_features,
             in_features,
+        })
+    }
+
+    fn dtype(&self) -> GgmlDType {
+        match &self.weight {
+            Weight::Tensor(t) => t.dtype(),
+            Weight::Shared { dtype, .. } => *dtype,
+        }
+    }
+
+    fn bytes(&self) -> Result<Cow<'_, [u8]>, ModelError> {
+        Ok(match &self.weight {
+            Weight::Tensor(t) => t.data()?,
+            Weight::Shared { buf, at, len, .. } => Cow::Borrowed(&buf.as_slice()[*at..*at + *len]),
         })
     }
 
@@ -54,10 +130,6 @@ impl Linear {
         self.in_features
     }
 
-    pub fn weight(&self) -> &QTensor {
-        &self.weight
-    }
-
     /// Whether [`Linear::forward`] reads the quantized activations.
     pub fn wants_qacts(&self) -> bool {
         self.kernel.wants_qacts()
@@ -66,13 +138,19 @@ impl Linear {
     /// `out (m × out_features) = x (m × in_features) · Wᵀ (+ b)`. `acts` holds
     /// `x` quantized ([`QActs::quantize`]) when [`Linear::wants_qacts`];
     /// several projections of one input share it.
-    pub fn forward(&self, x: &[f32], m: usize, acts: &QActs, out: &mut [f32]) -> Result<(), ModelError> {
+    pub fn forward(
+        &self,
+        x: &[f32],
+        m: usize,
+        acts: &QActs,
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
         let (n, k) = (self.out_features, self.in_features);
-        let bytes = self.weight.data()?;
+        let bytes = self.bytes()?;
         let out = out
             .get_mut(..m * n)
             .ok_or_else(|| ModelError::Format(format!("output buffer too small for {m}×{n}")))?;
-        matmul::matmul(self.weight.dtype(), &bytes, n, k, x, m, acts, out)
+        matmul::matmul(self.dtype(), &bytes, n, k, x, m, acts, out)
             .map_err(|e| ModelError::Format(e.to_string()))?;
         if let Some(b) = &self.bias {
             for row in out.chunks_exact_mut(n) {

@@ -38,11 +38,19 @@ pub struct LayerWeights {
 /// Where a layer's named tensors come from while it is being built.
 pub trait TensorSource {
     fn qtensor(&mut self, suffix: &str) -> Result<QTensor, ModelError>;
+
+    /// A projection over the named weight; sources that hold a layer's
+    /// bytes already (the disk tier's read buffer) share them instead.
+    fn linear(&mut self, suffix: &str, bias: Option<Vec<f32>>) -> Result<Linear, ModelError> {
+        Linear::new(Arc::new(self.qtensor(suffix)?), bias)
+    }
 }
 
 /// A small tensor (norm weights, biases) as f32 values.
 pub fn to_f32_vec(t: &QTensor) -> Result<Vec<f32>, ModelError> {
-    Ok(t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
+    Ok(t.dequantize(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
 }
 
 impl LayerWeights {
@@ -74,7 +82,8 @@ impl LayerWeights {
 
     /// Builds a block from its (already shape-checked) tensors.
     pub fn load(hp: &HParams, src: &mut dyn TensorSource) -> Result<Self, ModelError> {
-        let mut vector = |name: &str| -> Result<Vec<f32>, ModelError> { to_f32_vec(&src.qtensor(name)?) };
+        let mut vector =
+            |name: &str| -> Result<Vec<f32>, ModelError> { to_f32_vec(&src.qtensor(name)?) };
         let (bq, bk, bv) = if hp.has_qkv_bias {
             (
                 Some(vector("attn_q.bias")?),
@@ -86,9 +95,7 @@ impl LayerWeights {
         };
         let attn_norm = vector("attn_norm.weight")?;
         let ffn_norm = vector("ffn_norm.weight")?;
-        let mut matrix = |name: &str, bias: Option<Vec<f32>>| -> Result<Linear, ModelError> {
-            Linear::new(Arc::new(src.qtensor(name)?), bias)
-        };
+        let mut matrix = |name: &str, bias: Option<Vec<f32>>| src.linear(name, bias);
         Ok(LayerWeights {
             attn_norm,
             wq: matrix("attn_q.weight", bq)?,
@@ -196,7 +203,9 @@ impl Transformer {
             ));
         }
         if token_embd.shape().dims2()? != (hp.n_vocab, hp.n_embd) {
-            return Err(ModelError::Format("token_embd.weight has the wrong shape".into()));
+            return Err(ModelError::Format(
+                "token_embd.weight has the wrong shape".into(),
+            ));
         }
         let half = hp.head_dim / 2;
         let inv_freq: Vec<f32> = (0..half)
@@ -264,7 +273,11 @@ impl Transformer {
                 "token id {bad} is outside the vocabulary"
             )));
         }
-        let (d, qd, kvd) = (hp.n_embd, hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim);
+        let (d, qd, kvd) = (
+            hp.n_embd,
+            hp.n_head * hp.head_dim,
+            hp.n_head_kv * hp.head_dim,
+        );
         grow(&mut s.x, n * d);
         grow(&mut s.h, n * d);
         grow(&mut s.q, n * qd);
@@ -279,7 +292,11 @@ impl Transformer {
         let embd = self.token_embd.data()?;
         for (i, &t) in tokens.iter().enumerate() {
             let t = t as usize;
-            dequant_gemm::dequantize_rows(et, &embd[t * row_bytes..(t + 1) * row_bytes], &mut s.x[i * d..(i + 1) * d])?;
+            dequant_gemm::dequantize_rows(
+                et,
+                &embd[t * row_bytes..(t + 1) * row_bytes],
+                &mut s.x[i * d..(i + 1) * d],
+            )?;
         }
         layers.for_each_layer(&mut |i, w| self.block(w, i, pos, n, kv, s))?;
         kv.set_len(pos + n);
@@ -289,7 +306,12 @@ impl Transformer {
             LogitsFor::All => 0,
         };
         let m = n - first;
-        ops::rms_norm(&s.x[first * d..n * d], &self.output_norm, hp.rms_eps, &mut s.h[..m * d]);
+        ops::rms_norm(
+            &s.x[first * d..n * d],
+            &self.output_norm,
+            hp.rms_eps,
+            &mut s.h[..m * d],
+        );
         self.project(&self.output, m, d, |s| (&s.h, &mut s.logits), s)?;
         Ok(&s.logits[..m * hp.n_vocab])
     }
@@ -309,7 +331,8 @@ impl Transformer {
         grow(out, m * linear.out_features());
         let r = (|| {
             if linear.wants_qacts() {
-                acts.quantize(&x[..m * k], m, k).map_err(|e| ModelError::Format(e.to_string()))?;
+                acts.quantize(&x[..m * k], m, k)
+                    .map_err(|e| ModelError::Format(e.to_string()))?;
             }
             linear.forward(&x[..m * k], m, &acts, out)
         })();
@@ -375,8 +398,18 @@ impl Transformer {
                         let rows = kv.at(g, 0)..kv.at(g, len);
                         // SAFETY: this task alone writes head `head` of query
                         // `i`; the slice lies inside `out` (n × qd).
-                        let o = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(i * qd + head * hd), hd) };
-                        ops::attend(qv, &kv.k[rows.clone()], &kv.v[rows], hd, scale, &mut scores[..len], o);
+                        let o = unsafe {
+                            std::slice::from_raw_parts_mut(dst.ptr().add(i * qd + head * hd), hd)
+                        };
+                        ops::attend(
+                            qv,
+                            &kv.k[rows.clone()],
+                            &kv.v[rows],
+                            hd,
+                            scale,
+                            &mut scores[..len],
+                            o,
+                        );
                     }
                 }
             })

@@ -63,3 +63,73 @@ pub fn zeroed_vec<T: ZeroValid>(n: usize) -> std::io::Result<Vec<T>> {
         Ok(Vec::from_raw_parts(ptr, n, n))
     }
 }
+
+/// A zeroed byte buffer aligned for direct I/O (4096 bytes), reused across
+/// tokens by the disk tier. Failure to allocate is an error.
+pub struct AlignedBytes {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+/// Alignment of [`AlignedBytes`]: the largest logical block size of common
+/// devices, as `O_DIRECT` requires for buffers, offsets and lengths.
+pub const DIRECT_ALIGN: usize = 4096;
+
+// SAFETY: a uniquely owned heap buffer, like `Vec<u8>`.
+unsafe impl Send for AlignedBytes {}
+unsafe impl Sync for AlignedBytes {}
+
+impl AlignedBytes {
+    /// `len` rounded up to [`DIRECT_ALIGN`].
+    pub fn new(len: usize) -> std::io::Result<Self> {
+        use std::io;
+        let len = len.max(1).next_multiple_of(DIRECT_ALIGN);
+        let layout = std::alloc::Layout::from_size_align(len, DIRECT_ALIGN)
+            .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "allocation too large"))?;
+        // SAFETY: non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = std::ptr::NonNull::new(ptr).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!("cannot allocate {len} bytes"),
+            )
+        })?;
+        Ok(AlignedBytes { ptr, len })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `len` initialised (zeroed, then written) bytes we own.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBytes {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this size and alignment.
+        unsafe {
+            std::alloc::dealloc(
+                self.ptr.as_ptr(),
+                std::alloc::Layout::from_size_align_unchecked(self.len, DIRECT_ALIGN),
+            )
+        }
+    }
+}
+
+impl std::fmt::Debug for AlignedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AlignedBytes({} bytes)", self.len)
+    }
+}

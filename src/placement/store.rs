@@ -2,30 +2,38 @@
 //! disk, and the model receives each one in order through
 //! [`LayerProvider`].
 //!
-//! A disk layer is read by a prefetch thread into freshly allocated storage
-//! while the layer before it computes, handed over through a rendezvous
-//! channel, used once and dropped. So at most two disk layers exist at any
-//! time (the one computing and the one waiting), and their bytes leave the
-//! process when dropped; the page cache may keep the file warm, but that is
-//! the kernel's memory, not ours. Reads come straight from the GGUF when it
-//! is the final format, or from a copy in the offload folder.
+//! A disk layer is read by a prefetch thread while the layer before it
+//! computes, handed over through a rendezvous channel, used once and given
+//! back. Its bytes are one contiguous span of the file, read with one
+//! direct (`O_DIRECT`, page-cache-bypassing) positioned read into one of two
+//! aligned buffers that are reused token after token; the layer's
+//! projections point into the buffer rather than copying it. So at most two
+//! disk layers exist at any time (the one computing and the one being read),
+//! nothing is allocated or faulted in per token, and no CPU time goes to
+//! page-cache copies. Where direct I/O is refused (tmpfs, some network file
+//! systems) the same reads go through the page cache. Reads come straight
+//! from the GGUF when it is the final format, or from a copy in the offload
+//! folder.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::fs::File;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use candle_core::quantized::QTensor;
 
 use crate::model::hparams::HParams;
+use crate::model::linear::Linear;
 use crate::model::transformer::{LayerProvider, LayerWeights, TensorSource};
 use crate::model::ModelError;
 use crate::weights::gguf::{GgufFile, TensorInfo};
-use crate::weights::read::{read_exact_at, read_qtensor};
+use crate::weights::read::{qtensor_from_bytes, read_exact_at, read_qtensor};
 
+use super::alloc::{AlignedBytes, DIRECT_ALIGN};
 use super::offload::{write_all_at_end, OffloadError, OffloadSession};
 
 /// The memory tier a layer's weights live in.
@@ -66,10 +74,131 @@ pub enum DiskSource {
 }
 
 /// A layer on disk: which file, and where each of its tensors lies in it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct DiskLayer {
     file: Arc<File>,
+    /// The same file opened for direct I/O, where the system allows it.
+    direct: Option<Arc<File>>,
     tensors: Vec<TensorInfo>,
+    /// The aligned file span holding every tensor, when they lie together
+    /// (as in every GGUF writer's output); otherwise tensors are read one by
+    /// one.
+    span: Option<Span>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    /// File offset, a multiple of [`DIRECT_ALIGN`].
+    start: u64,
+    /// Bytes from `start` to the end of the last tensor.
+    len: usize,
+}
+
+impl Span {
+    /// The span of `tensors` when they lie together, allowing for alignment
+    /// padding between them.
+    fn of(tensors: &[TensorInfo]) -> Option<Span> {
+        let lo = tensors.iter().map(|t| t.file_offset).min()?;
+        let hi = tensors.iter().map(|t| t.file_offset + t.size_bytes).max()?;
+        let sum: u64 = tensors.iter().map(|t| t.size_bytes).sum();
+        if hi - lo > sum + sum / 8 + 65536 {
+            return None;
+        }
+        let start = lo / DIRECT_ALIGN as u64 * DIRECT_ALIGN as u64;
+        Some(Span {
+            start,
+            len: usize::try_from(hi - start).ok()?,
+        })
+    }
+
+    /// Buffer bytes a direct read needs: whole aligned blocks.
+    fn buffer_len(self) -> usize {
+        self.len.next_multiple_of(DIRECT_ALIGN)
+    }
+}
+
+/// Opens `path` for direct I/O (Linux), or `None` where that is refused.
+fn open_direct(path: &std::path::Path) -> Option<Arc<File>> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok()
+            .map(Arc::new)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Concurrent requests per direct read: devices (NVMe, virtual disks)
+/// reach their bandwidth only with several requests in flight.
+const READ_QUEUE: usize = 4;
+
+/// Smallest piece worth its own request.
+const MIN_PIECE: usize = 256 << 10;
+
+/// [`read_one`] split into up to [`READ_QUEUE`] aligned pieces read at once.
+fn read_direct(file: &File, buf: &mut [u8], span: Span) -> std::io::Result<()> {
+    let pieces = (span.len / MIN_PIECE).clamp(1, READ_QUEUE);
+    if pieces == 1 {
+        return read_one(file, buf, span);
+    }
+    let piece = span.len.div_ceil(pieces).next_multiple_of(DIRECT_ALIGN);
+    std::thread::scope(|s| {
+        let mut handles = Vec::with_capacity(pieces);
+        let mut rest = &mut buf[..span.buffer_len()];
+        let mut at = 0;
+        while at < span.len {
+            let len = piece.min(span.len - at);
+            let (head, tail) =
+                rest.split_at_mut(len.next_multiple_of(DIRECT_ALIGN).min(rest.len()));
+            rest = tail;
+            let part = Span {
+                start: span.start + at as u64,
+                len,
+            };
+            handles.push(s.spawn(move || read_one(file, head, part)));
+            at += len;
+        }
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("a read thread panicked")))
+            })
+            .collect::<std::io::Result<Vec<()>>>()
+            .map(drop)
+    })
+}
+
+/// Reads `span` into `buf` with direct I/O: whole aligned blocks from an
+/// aligned offset (the last read may stop short at the end of the file).
+fn read_one(file: &File, buf: &mut [u8], span: Span) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        let mut done = 0;
+        while done < span.len {
+            let end = span.buffer_len().min(buf.len());
+            let n = file.read_at(&mut buf[done..end], span.start + done as u64)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            done += n;
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, buf, span);
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
 }
 
 enum Slot {
@@ -97,6 +226,72 @@ impl TensorSource for FileTensors<'_> {
     }
 }
 
+/// A disk layer's tensors inside its read buffer.
+struct BufferTensors<'a> {
+    buf: &'a Arc<AlignedBytes>,
+    start: u64,
+    tensors: &'a [TensorInfo],
+    layer: usize,
+}
+
+impl BufferTensors<'_> {
+    fn find(&self, suffix: &str) -> Result<(&TensorInfo, usize, usize), ModelError> {
+        let info = self
+            .tensors
+            .iter()
+            .find(|t| t.name == suffix)
+            .ok_or_else(|| {
+                ModelError::Format(format!("tensor blk.{}.{suffix} is missing", self.layer))
+            })?;
+        let at = (info.file_offset - self.start) as usize;
+        Ok((info, at, info.size_bytes as usize))
+    }
+}
+
+impl TensorSource for BufferTensors<'_> {
+    fn qtensor(&mut self, suffix: &str) -> Result<QTensor, ModelError> {
+        let (info, at, len) = self.find(suffix)?;
+        Ok(qtensor_from_bytes(
+            info,
+            &self.buf.as_slice()[at..at + len],
+        )?)
+    }
+
+    fn linear(&mut self, suffix: &str, bias: Option<Vec<f32>>) -> Result<Linear, ModelError> {
+        let (info, at, len) = self.find(suffix)?;
+        let [out, inp] = info.shape[..] else {
+            return Err(ModelError::Format(format!(
+                "tensor blk.{}.{suffix} is not a matrix",
+                self.layer
+            )));
+        };
+        Linear::shared(
+            self.buf.clone(),
+            at,
+            len,
+            info.ggml_type.to_candle(),
+            (out, inp),
+            bias,
+        )
+    }
+}
+
+/// A disk layer as the prefetcher hands it over: the weights, and the read
+/// buffer they point into (to be given back once they are dropped).
+type Fetched = (LayerWeights, Option<Arc<AlignedBytes>>);
+
+/// A read started after one forward pass for the next.
+struct ReadAhead {
+    layer: usize,
+    handle: std::thread::JoinHandle<(Result<Fetched, ModelError>, u64)>,
+}
+
+/// Read buffers in flight: at least two (the layer computing and the one
+/// being read); small layers get more, up to this many bytes in all, so the
+/// disk always has several layers' requests queued.
+const READ_AHEAD_BYTES: usize = 32 << 20;
+const MAX_READ_BUFFERS: usize = 16;
+
 /// Counters the prefetch path updates; read for telemetry and benchmarks.
 #[derive(Debug, Default)]
 pub struct DiskStats {
@@ -117,6 +312,12 @@ pub struct LayerStore {
     slots: Vec<Slot>,
     disk_source: DiskSource,
     offload: Option<OffloadSession>,
+    /// The model file opened for direct I/O, where allowed.
+    model_direct: Option<Arc<File>>,
+    /// Disk-layer read buffers, reused across forward passes.
+    buffers: Mutex<Vec<AlignedBytes>>,
+    /// The next pass's first disk layer, being read.
+    read_ahead: Mutex<Option<ReadAhead>>,
     pub stats: DiskStats,
 }
 
@@ -169,6 +370,9 @@ impl LayerStore {
             layer_tensors,
             disk_source,
             offload: None,
+            model_direct: open_direct(&gguf.path),
+            buffers: Mutex::new(Vec::new()),
+            read_ahead: Mutex::new(None),
             stats: DiskStats::default(),
         };
         for (i, &tier) in tiers.iter().enumerate() {
@@ -198,6 +402,8 @@ impl LayerStore {
             DiskSource::ModelFile => {
                 return Ok(DiskLayer {
                     file: self.model_file.clone(),
+                    direct: self.model_direct.clone(),
+                    span: Span::of(&self.layer_tensors[i]),
                     tensors: self.layer_tensors[i].clone(),
                 })
             }
@@ -233,6 +439,8 @@ impl LayerStore {
         }
         Ok(DiskLayer {
             file: Arc::new(file),
+            direct: open_direct(&path),
+            span: Span::of(&tensors),
             tensors,
         })
     }
@@ -243,6 +451,12 @@ impl LayerStore {
             return Err(ModelError::Format(format!("no layer {i}")));
         }
         if self.tier(i) != tier {
+            // A read-ahead may be for a layer that moves; let it finish
+            // unseen (it owns what it reads).
+            self.read_ahead
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
             self.slots[i] = self.make_slot(i, tier)?;
         }
         Ok(())
@@ -281,23 +495,174 @@ impl LayerStore {
         self.offload.as_ref().map_or(0, OffloadSession::bytes_used)
     }
 
-    fn read_disk_layer(&self, i: usize, d: &DiskLayer) -> Result<LayerWeights, ModelError> {
+    /// How many disk-layer read buffers may exist (see [`READ_AHEAD_BYTES`]).
+    fn read_buffers(&self) -> usize {
+        let largest = self
+            .slots
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Disk(d) => Some(d.span.map_or(usize::MAX, Span::buffer_len)),
+                Slot::Resident(_) => None,
+            })
+            .max()
+            .unwrap_or(usize::MAX);
+        (READ_AHEAD_BYTES / largest.max(1)).clamp(2, MAX_READ_BUFFERS)
+    }
+
+    /// Layers read at once: enough for about 8 MiB of requests in flight
+    /// (small layers alone leave the device idle between requests), fewer
+    /// than the buffers so one stays with the compute thread.
+    fn reads_in_flight(&self, n_buffers: usize) -> usize {
+        let largest = self
+            .slots
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Disk(d) => Some(d.span.map_or(usize::MAX, Span::buffer_len)),
+                Slot::Resident(_) => None,
+            })
+            .max()
+            .unwrap_or(usize::MAX);
+        ((8 << 20) / largest.max(1)).clamp(1, n_buffers - 1)
+    }
+
+    /// [`fetch`] with the read counted in the stats.
+    fn read_disk_layer(
+        &self,
+        i: usize,
+        d: &DiskLayer,
+        buf: Option<AlignedBytes>,
+    ) -> Result<Fetched, ModelError> {
         let start = Instant::now();
-        let w = LayerWeights::load(
-            &self.hp,
-            &mut FileTensors {
-                file: &d.file,
-                tensors: &d.tensors,
-                layer: i,
-            },
-        )?;
+        let fetched = fetch(&self.hp, i, d, buf)?;
+        self.count_read(d, start.elapsed().as_nanos() as u64);
+        Ok(fetched)
+    }
+
+    fn count_read(&self, d: &DiskLayer, nanos: u64) {
         let bytes: u64 = d.tensors.iter().map(|t| t.size_bytes).sum();
         self.stats.bytes_read.fetch_add(bytes, Ordering::Relaxed);
-        self.stats
-            .read_nanos
-            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        Ok(w)
+        self.stats.read_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
+
+    /// After a forward pass: starts reading the first disk layer of the
+    /// next one into a free buffer, so the disk keeps working while the
+    /// output head and the sampler run.
+    fn start_read_ahead(&self) {
+        let Some((i, Slot::Disk(d))) = self
+            .slots
+            .iter()
+            .enumerate()
+            .find(|(_, s)| matches!(s, Slot::Disk(_)))
+        else {
+            return;
+        };
+        let buf = self.buffers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let (hp, d) = (self.hp.clone(), d.clone());
+        let handle = std::thread::Builder::new()
+            .name("spillway-read-ahead".into())
+            .spawn(move || {
+                let start = Instant::now();
+                let r = fetch(&hp, i, &d, buf);
+                (r, start.elapsed().as_nanos() as u64)
+            });
+        if let Ok(handle) = handle {
+            *self.read_ahead.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(ReadAhead { layer: i, handle });
+        }
+    }
+
+    /// Reads the disk layers' spans front to back with direct I/O, in large
+    /// pieces with several requests in flight, as fast as the device allows,
+    /// and returns (bytes, seconds): the sequential read bandwidth the disk
+    /// tier is bounded by. Small models are read over several passes, at
+    /// least 256 MiB in all, so that one hiccup does not decide the figure.
+    /// Layers without a span or without direct I/O are skipped.
+    pub fn measure_disk_bandwidth(&self) -> Result<(u64, f64), ModelError> {
+        const CHUNK: usize = 8 << 20;
+        const AT_LEAST: u64 = 256 << 20;
+        let mut buf = AlignedBytes::new(CHUNK).map_err(|e| ModelError::Format(e.to_string()))?;
+        let (mut bytes, start) = (0u64, Instant::now());
+        let spans: Vec<(&File, Span)> = self
+            .slots
+            .iter()
+            .filter_map(|slot| match slot {
+                Slot::Disk(DiskLayer {
+                    direct: Some(f),
+                    span: Some(span),
+                    ..
+                }) => Some((&**f, *span)),
+                _ => None,
+            })
+            .collect();
+        while !spans.is_empty() && bytes < AT_LEAST {
+            for &(f, span) in &spans {
+                let mut at = 0;
+                while at < span.len {
+                    let len = (span.len - at).min(CHUNK);
+                    let part = Span {
+                        start: span.start + at as u64,
+                        len,
+                    };
+                    read_direct(f, buf.as_mut_slice(), part)
+                        .map_err(|e| ModelError::Format(format!("cannot measure the disk: {e}")))?;
+                    at += len;
+                    bytes += len as u64;
+                }
+            }
+        }
+        Ok((bytes, start.elapsed().as_secs_f64()))
+    }
+}
+
+/// Reads disk layer `i`: its span into `buf` (grown if too small) when it
+/// has one, else tensor by tensor into storage of their own.
+fn fetch(
+    hp: &HParams,
+    i: usize,
+    d: &DiskLayer,
+    buf: Option<AlignedBytes>,
+) -> Result<Fetched, ModelError> {
+    Ok(match d.span {
+        Some(span) => {
+            let mut buf = match buf {
+                Some(b) if b.len() >= span.buffer_len() => b,
+                _ => AlignedBytes::new(span.buffer_len())
+                    .map_err(|e| ModelError::Format(format!("disk layer {i}: {e}")))?,
+            };
+            let direct = d
+                .direct
+                .as_ref()
+                .map(|f| read_direct(f, buf.as_mut_slice(), span));
+            if !matches!(direct, Some(Ok(()))) {
+                // Direct I/O refused or failed: the same span through the
+                // page cache (a real read error surfaces here).
+                read_exact_at(&d.file, &mut buf.as_mut_slice()[..span.len], span.start)
+                    .map_err(|e| ModelError::Format(format!("cannot read disk layer {i}: {e}")))?;
+            }
+            let buf = Arc::new(buf);
+            let w = LayerWeights::load(
+                hp,
+                &mut BufferTensors {
+                    buf: &buf,
+                    start: span.start,
+                    tensors: &d.tensors,
+                    layer: i,
+                },
+            )?;
+            (w, Some(buf))
+        }
+        None => {
+            let w = LayerWeights::load(
+                hp,
+                &mut FileTensors {
+                    file: &d.file,
+                    tensors: &d.tensors,
+                    layer: i,
+                },
+            )?;
+            (w, None)
+        }
+    })
 }
 
 impl LayerProvider for LayerStore {
@@ -316,17 +681,90 @@ impl LayerProvider for LayerStore {
             }
             return Ok(());
         }
-        std::thread::scope(|s| {
-            // Rendezvous: the prefetcher holds at most one finished layer
-            // while the compute thread uses another.
-            let (tx, rx) = crossbeam_channel::bounded::<Result<LayerWeights, ModelError>>(0);
+        let n_buffers = self.read_buffers();
+        let pool: Vec<AlignedBytes> =
+            std::mem::take(&mut *self.buffers.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut pending = self
+            .read_ahead
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let (free_tx, free_rx) = crossbeam_channel::unbounded::<AlignedBytes>();
+        for b in pool {
+            let _ = free_tx.send(b);
+        }
+        let result = std::thread::scope(|s| {
+            // Owned here, so that leaving early (an error) lets a prefetcher
+            // waiting for a buffer stop.
+            let free_tx = free_tx;
+            // The free buffers bound how far the prefetcher runs ahead.
+            let (tx, rx) = crossbeam_channel::bounded::<Result<Fetched, ModelError>>(n_buffers);
             let slots = &self.slots;
+            let free = free_rx.clone();
+            let pending = &mut pending;
+            let window = self.reads_in_flight(n_buffers);
             s.spawn(move || {
+                let mut made = free.len() + usize::from(pending.is_some());
+                // Reads in flight, oldest first; each is handed over in
+                // layer order once done.
+                let mut inflight: VecDeque<
+                    std::thread::ScopedJoinHandle<'_, Result<Fetched, ModelError>>,
+                > = VecDeque::new();
+                let hand_over =
+                    |h: std::thread::ScopedJoinHandle<'_, Result<Fetched, ModelError>>| -> bool {
+                        let r = h.join().unwrap_or(Err(ModelError::PrefetchLost));
+                        let failed = r.is_err();
+                        tx.send(r).is_ok() && !failed
+                    };
                 for i in disk {
                     let Slot::Disk(d) = &slots[i] else { continue };
-                    let r = self.read_disk_layer(i, d);
-                    let failed = r.is_err();
-                    if tx.send(r).is_err() || failed {
+                    if let Some(ahead) = pending.take_if(|p| p.layer == i) {
+                        let r = match ahead.handle.join() {
+                            Ok((r, nanos)) => {
+                                self.count_read(d, nanos);
+                                r
+                            }
+                            Err(_) => Err(ModelError::PrefetchLost),
+                        };
+                        let failed = r.is_err();
+                        if tx.send(r).is_err() || failed {
+                            return;
+                        }
+                        continue;
+                    }
+                    // A free buffer, a new one while fewer than allowed
+                    // exist, else hand over finished reads until the compute
+                    // thread gives one back.
+                    let buf = loop {
+                        match free.try_recv() {
+                            Ok(b) => break Some(b),
+                            Err(_) if made < n_buffers => {
+                                made += 1;
+                                break None;
+                            }
+                            Err(_) => match inflight.pop_front() {
+                                Some(h) => {
+                                    if !hand_over(h) {
+                                        return;
+                                    }
+                                }
+                                None => match free.recv() {
+                                    Ok(b) => break Some(b),
+                                    Err(_) => return,
+                                },
+                            },
+                        }
+                    };
+                    inflight.push_back(s.spawn(move || self.read_disk_layer(i, d, buf)));
+                    while inflight.len() >= window {
+                        let Some(h) = inflight.pop_front() else { break };
+                        if !hand_over(h) {
+                            return;
+                        }
+                    }
+                }
+                while let Some(h) = inflight.pop_front() {
+                    if !hand_over(h) {
                         return;
                     }
                 }
@@ -336,15 +774,28 @@ impl LayerProvider for LayerStore {
                     Slot::Resident(w) => f(i, w)?,
                     Slot::Disk(_) => {
                         let waited = Instant::now();
-                        let w = rx.recv().map_err(|_| ModelError::PrefetchLost)??;
+                        let (w, buf) = rx.recv().map_err(|_| ModelError::PrefetchLost)??;
                         self.stats
                             .wait_nanos
                             .fetch_add(waited.elapsed().as_nanos() as u64, Ordering::Relaxed);
                         f(i, &w)?;
+                        drop(w);
+                        // The weights are gone, so the buffer is ours again.
+                        if let Some(b) = buf.and_then(|b| Arc::try_unwrap(b).ok()) {
+                            let _ = free_tx.send(b);
+                        }
                     }
                 }
             }
             Ok(())
-        })
+        });
+        self.buffers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(free_rx.try_iter().take(n_buffers));
+        if result.is_ok() {
+            self.start_read_ahead();
+        }
+        result
     }
 }

@@ -17,8 +17,8 @@ use candle_core::quantized::{GgmlType as CandleBlock, QStorage, QTensor, Quantiz
 use candle_core::{Device, Tensor};
 
 use super::gguf::TensorInfo;
-use crate::placement::alloc::{zeroed_vec, ZeroValid};
 use super::GgmlType;
+use crate::placement::alloc::{zeroed_vec, ZeroValid};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -69,14 +69,25 @@ macro_rules! zero_valid {
     )* };
 }
 zero_valid!(
-    half::f16, half::bf16, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1,
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K
+    half::f16,
+    half::bf16,
+    BlockQ4_0,
+    BlockQ4_1,
+    BlockQ5_0,
+    BlockQ5_1,
+    BlockQ8_0,
+    BlockQ8_1,
+    BlockQ2K,
+    BlockQ3K,
+    BlockQ4K,
+    BlockQ5K,
+    BlockQ6K,
+    BlockQ8K
 );
 
-fn read_blocks<T: CandleBlock + ZeroValid + 'static>(
-    file: &File,
-    offset: u64,
+fn blocks<T: CandleBlock + ZeroValid + 'static>(
     size_bytes: usize,
+    fill: &mut dyn FnMut(&mut [u8]) -> io::Result<()>,
 ) -> io::Result<Box<dyn QuantizedType>> {
     let block = std::mem::size_of::<T>();
     if block == 0 || !size_bytes.is_multiple_of(block) {
@@ -90,13 +101,15 @@ fn read_blocks<T: CandleBlock + ZeroValid + 'static>(
     // invariants; any byte pattern is a valid value, and the slice covers
     // exactly the vector's initialised elements.
     let bytes = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), size_bytes) };
-    read_exact_at(file, bytes, offset)?;
+    fill(bytes)?;
     Ok(Box::new(v))
 }
 
-/// Reads one tensor, described by `info` (offset relative to `file`), into a
-/// CPU [`QTensor`] of its stored type.
-pub fn read_qtensor(file: &File, info: &TensorInfo) -> Result<QTensor, ReadError> {
+/// A CPU [`QTensor`] of `info`'s type and shape whose bytes `fill` writes.
+fn qtensor_filled(
+    info: &TensorInfo,
+    fill: &mut dyn FnMut(&mut [u8]) -> io::Result<()>,
+) -> Result<QTensor, ReadError> {
     let io_err = |source| ReadError::Io {
         name: info.name.clone(),
         source,
@@ -107,28 +120,47 @@ pub fn read_qtensor(file: &File, info: &TensorInfo) -> Result<QTensor, ReadError
             "tensor too large",
         ))
     })?;
-    let off = info.file_offset;
     let storage = match info.ggml_type {
-        GgmlType::F32 => read_blocks::<f32>(file, off, size),
-        GgmlType::F16 => read_blocks::<half::f16>(file, off, size),
-        GgmlType::BF16 => read_blocks::<half::bf16>(file, off, size),
-        GgmlType::Q4_0 => read_blocks::<BlockQ4_0>(file, off, size),
-        GgmlType::Q4_1 => read_blocks::<BlockQ4_1>(file, off, size),
-        GgmlType::Q5_0 => read_blocks::<BlockQ5_0>(file, off, size),
-        GgmlType::Q5_1 => read_blocks::<BlockQ5_1>(file, off, size),
-        GgmlType::Q8_0 => read_blocks::<BlockQ8_0>(file, off, size),
-        GgmlType::Q8_1 => read_blocks::<BlockQ8_1>(file, off, size),
-        GgmlType::Q2K => read_blocks::<BlockQ2K>(file, off, size),
-        GgmlType::Q3K => read_blocks::<BlockQ3K>(file, off, size),
-        GgmlType::Q4K => read_blocks::<BlockQ4K>(file, off, size),
-        GgmlType::Q5K => read_blocks::<BlockQ5K>(file, off, size),
-        GgmlType::Q6K => read_blocks::<BlockQ6K>(file, off, size),
-        GgmlType::Q8K => read_blocks::<BlockQ8K>(file, off, size),
+        GgmlType::F32 => blocks::<f32>(size, fill),
+        GgmlType::F16 => blocks::<half::f16>(size, fill),
+        GgmlType::BF16 => blocks::<half::bf16>(size, fill),
+        GgmlType::Q4_0 => blocks::<BlockQ4_0>(size, fill),
+        GgmlType::Q4_1 => blocks::<BlockQ4_1>(size, fill),
+        GgmlType::Q5_0 => blocks::<BlockQ5_0>(size, fill),
+        GgmlType::Q5_1 => blocks::<BlockQ5_1>(size, fill),
+        GgmlType::Q8_0 => blocks::<BlockQ8_0>(size, fill),
+        GgmlType::Q8_1 => blocks::<BlockQ8_1>(size, fill),
+        GgmlType::Q2K => blocks::<BlockQ2K>(size, fill),
+        GgmlType::Q3K => blocks::<BlockQ3K>(size, fill),
+        GgmlType::Q4K => blocks::<BlockQ4K>(size, fill),
+        GgmlType::Q5K => blocks::<BlockQ5K>(size, fill),
+        GgmlType::Q6K => blocks::<BlockQ6K>(size, fill),
+        GgmlType::Q8K => blocks::<BlockQ8K>(size, fill),
     }
     .map_err(io_err)?;
     QTensor::new(QStorage::Cpu(storage), info.shape.clone()).map_err(|source| ReadError::Candle {
         name: info.name.clone(),
         source,
+    })
+}
+
+/// Reads one tensor, described by `info` (offset relative to `file`), into a
+/// CPU [`QTensor`] of its stored type.
+pub fn read_qtensor(file: &File, info: &TensorInfo) -> Result<QTensor, ReadError> {
+    qtensor_filled(info, &mut |b| read_exact_at(file, b, info.file_offset))
+}
+
+/// A CPU [`QTensor`] of `info`'s type and shape holding a copy of `bytes`.
+pub fn qtensor_from_bytes(info: &TensorInfo, bytes: &[u8]) -> Result<QTensor, ReadError> {
+    qtensor_filled(info, &mut |b| {
+        if b.len() != bytes.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "byte count does not match the shape",
+            ));
+        }
+        b.copy_from_slice(bytes);
+        Ok(())
     })
 }
 

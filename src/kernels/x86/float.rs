@@ -8,14 +8,17 @@ use std::arch::x86_64::*;
 
 use super::hsum;
 
-
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let mut acc = [_mm256_setzero_ps(); 2];
     let mut i = 0;
     while i + 16 <= n {
-        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc[0]);
+        acc[0] = _mm256_fmadd_ps(
+            _mm256_loadu_ps(a.as_ptr().add(i)),
+            _mm256_loadu_ps(b.as_ptr().add(i)),
+            acc[0],
+        );
         acc[1] = _mm256_fmadd_ps(
             _mm256_loadu_ps(a.as_ptr().add(i + 8)),
             _mm256_loadu_ps(b.as_ptr().add(i + 8)),
@@ -39,7 +42,10 @@ pub unsafe fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
     let mut i = 0;
     while i + 8 <= n {
         let p = y.as_mut_ptr().add(i);
-        _mm256_storeu_ps(p, _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(p)));
+        _mm256_storeu_ps(
+            p,
+            _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(p)),
+        );
         i += 8;
     }
     while i < n {
@@ -74,7 +80,11 @@ pub unsafe fn half_rows(
         let mut acc = [_mm256_setzero_ps(); 2];
         let mut i = 0;
         while i + 16 <= k {
-            acc[0] = _mm256_fmadd_ps(load_half(row.add(i), bf16), _mm256_loadu_ps(x.as_ptr().add(i)), acc[0]);
+            acc[0] = _mm256_fmadd_ps(
+                load_half(row.add(i), bf16),
+                _mm256_loadu_ps(x.as_ptr().add(i)),
+                acc[0],
+            );
             acc[1] = _mm256_fmadd_ps(
                 load_half(row.add(i + 8), bf16),
                 _mm256_loadu_ps(x.as_ptr().add(i + 8)),
@@ -96,8 +106,14 @@ pub unsafe fn half_rows(
 /// exponent bits. Inputs are clamped to the finite range.
 #[inline(always)]
 unsafe fn exp8(x: __m256) -> __m256 {
-    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
-    let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    let x = _mm256_min_ps(
+        _mm256_max_ps(x, _mm256_set1_ps(-87.0)),
+        _mm256_set1_ps(88.0),
+    );
+    let n = _mm256_round_ps(
+        _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    );
     // ln 2 split in two so n·ln2 is exact in its high part.
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
@@ -105,7 +121,10 @@ unsafe fn exp8(x: __m256) -> __m256 {
     for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
     }
-    let pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    let pow2 = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+        23,
+    );
     _mm256_mul_ps(p, _mm256_castsi256_ps(pow2))
 }
 
@@ -154,7 +173,14 @@ pub unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
 
 /// `W` vectors (8·W dims, from `d0`) of `Σ_j p[j] · v[j]`, rows `hd` apart.
 #[inline(always)]
-unsafe fn pv_chunk<const W: usize>(p: &[f32], v: *const f32, hd: usize, d0: usize, out: *mut f32, inv: f32) {
+unsafe fn pv_chunk<const W: usize>(
+    p: &[f32],
+    v: *const f32,
+    hd: usize,
+    d0: usize,
+    out: *mut f32,
+    inv: f32,
+) {
     let mut o = [_mm256_setzero_ps(); W];
     for (j, &pj) in p.iter().enumerate() {
         let pv = _mm256_set1_ps(pj);
@@ -175,7 +201,15 @@ unsafe fn pv_chunk<const W: usize>(p: &[f32], v: *const f32, hd: usize, d0: usiz
 /// Scores are computed four keys at a time and the output stays in
 /// registers while the values stream past.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn attend(q: &[f32], k: &[f32], v: &[f32], hd: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+pub unsafe fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    hd: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     let len = scores.len();
     debug_assert!(hd % 8 == 0 && q.len() >= hd && out.len() >= hd);
     debug_assert!(k.len() >= len * hd && v.len() >= len * hd);
@@ -190,7 +224,10 @@ pub unsafe fn attend(q: &[f32], k: &[f32], v: &[f32], hd: usize, scale: f32, sco
                 *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp.add((j + r) * hd + i)), *a);
             }
         }
-        let h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+        let h = _mm256_hadd_ps(
+            _mm256_hadd_ps(acc[0], acc[1]),
+            _mm256_hadd_ps(acc[2], acc[3]),
+        );
         let s = _mm_mul_ps(
             _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)),
             _mm_set1_ps(scale),
@@ -203,7 +240,11 @@ pub unsafe fn attend(q: &[f32], k: &[f32], v: &[f32], hd: usize, scale: f32, sco
     while j < len {
         let mut acc = _mm256_setzero_ps();
         for i in (0..hd).step_by(8) {
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_loadu_ps(kp.add(j * hd + i)), acc);
+            acc = _mm256_fmadd_ps(
+                _mm256_loadu_ps(qp.add(i)),
+                _mm256_loadu_ps(kp.add(j * hd + i)),
+                acc,
+            );
         }
         scores[j] = hsum(acc) * scale;
         max = max.max(scores[j]);

@@ -106,7 +106,11 @@ unsafe fn k_block_scales(b: *const u8) -> (__m256, __m256) {
     let m_lo = u1 & 0x3f3f_3f3f;
     let sc_hi = (u2 & 0x0f0f_0f0f) | (((u0 >> 6) & 0x0303_0303) << 4);
     let m_hi = ((u2 >> 4) & 0x0f0f_0f0f) | (((u1 >> 6) & 0x0303_0303) << 4);
-    let to_f = |lo: u32, hi: u32| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, hi as i32, lo as i32)));
+    let to_f = |lo: u32, hi: u32| {
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(
+            0, 0, hi as i32, lo as i32,
+        )))
+    };
     let d = _mm256_mul_ps(to_f(sc_lo, sc_hi), _mm256_set1_ps(f16(b)));
     let bias = _mm256_mul_ps(to_f(m_lo, m_hi), _mm256_set1_ps(-f16(b.add(2))));
     (d, bias)
@@ -166,7 +170,12 @@ impl Fmt for Q4_0 {
     #[inline(always)]
     unsafe fn group(b: *const u8, _: usize) -> G {
         let d = f16(b);
-        G { v: nibbles16(b.add(2)), isc: one_isc(), d, bias: -8.0 * d }
+        G {
+            v: nibbles16(b.add(2)),
+            isc: one_isc(),
+            d,
+            bias: -8.0 * d,
+        }
     }
 }
 
@@ -179,7 +188,12 @@ impl Fmt for Q4_1 {
     const FORM: Form = Form::Unsigned;
     #[inline(always)]
     unsafe fn group(b: *const u8, _: usize) -> G {
-        G { v: nibbles16(b.add(4)), isc: one_isc(), d: f16(b), bias: f16(b.add(2)) }
+        G {
+            v: nibbles16(b.add(4)),
+            isc: one_isc(),
+            d: f16(b),
+            bias: f16(b.add(2)),
+        }
     }
 }
 
@@ -195,7 +209,12 @@ impl Fmt for Q5_0 {
         let qh = std::ptr::read_unaligned(b.add(2).cast::<u32>());
         let v = _mm256_or_si256(nibbles16(b.add(6)), bits32(u32::from_le(qh)));
         let d = f16(b);
-        G { v, isc: one_isc(), d, bias: -16.0 * d }
+        G {
+            v,
+            isc: one_isc(),
+            d,
+            bias: -16.0 * d,
+        }
     }
 }
 
@@ -210,7 +229,12 @@ impl Fmt for Q5_1 {
     unsafe fn group(b: *const u8, _: usize) -> G {
         let qh = std::ptr::read_unaligned(b.add(4).cast::<u32>());
         let v = _mm256_or_si256(nibbles16(b.add(8)), bits32(u32::from_le(qh)));
-        G { v, isc: one_isc(), d: f16(b), bias: f16(b.add(2)) }
+        G {
+            v,
+            isc: one_isc(),
+            d: f16(b),
+            bias: f16(b.add(2)),
+        }
     }
 }
 
@@ -223,7 +247,12 @@ impl Fmt for Q8_0 {
     const FORM: Form = Form::Sign;
     #[inline(always)]
     unsafe fn group(b: *const u8, _: usize) -> G {
-        G { v: _mm256_loadu_si256(b.add(2).cast()), isc: one_isc(), d: f16(b), bias: 0.0 }
+        G {
+            v: _mm256_loadu_si256(b.add(2).cast()),
+            isc: one_isc(),
+            d: f16(b),
+            bias: 0.0,
+        }
     }
 }
 
@@ -231,14 +260,23 @@ impl Fmt for Q8_0 {
 #[inline(always)]
 unsafe fn k_nibbles(qs: *const u8, g: usize) -> __m256i {
     let chunk = _mm256_loadu_si256(qs.add(32 * (g / 2)).cast());
-    let chunk = if g & 1 == 0 { chunk } else { _mm256_srli_epi16(chunk, 4) };
+    let chunk = if g & 1 == 0 {
+        chunk
+    } else {
+        _mm256_srli_epi16(chunk, 4)
+    };
     _mm256_and_si256(chunk, _mm256_set1_epi8(0xF))
 }
 
 #[inline(always)]
 unsafe fn k_group(b: *const u8, g: usize, v: __m256i) -> G {
     let (sc, m) = k_scale_min(std::slice::from_raw_parts(b.add(4), 12), g);
-    G { v, isc: one_isc(), d: f16(b) * sc as f32, bias: -f16(b.add(2)) * m as f32 }
+    G {
+        v,
+        isc: one_isc(),
+        d: f16(b) * sc as f32,
+        bias: -f16(b.add(2)) * m as f32,
+    }
 }
 
 impl Fmt for Q4K {
@@ -268,7 +306,10 @@ impl Fmt for Q5K {
     #[inline(always)]
     unsafe fn group(b: *const u8, g: usize) -> G {
         let qh = _mm256_loadu_si256(b.add(16).cast());
-        let hb = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(g as i32)), _mm256_set1_epi8(1));
+        let hb = _mm256_and_si256(
+            _mm256_srl_epi16(qh, _mm_cvtsi32_si128(g as i32)),
+            _mm256_set1_epi8(1),
+        );
         let v = _mm256_or_si256(k_nibbles(b.add(48), g), _mm256_slli_epi16(hb, 4));
         k_group(b, g, v)
     }
@@ -296,10 +337,21 @@ impl Fmt for Q6K {
             _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)),
             _mm256_set1_epi8(3),
         );
-        let v = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), _mm256_set1_epi8(32));
+        let v = _mm256_sub_epi8(
+            _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)),
+            _mm256_set1_epi8(32),
+        );
         let sc = b.add(192 + 8 * h + 2 * k).cast::<i8>();
-        let isc = _mm256_set_m128i(_mm_set1_epi16(*sc.add(1) as i16), _mm_set1_epi16(*sc as i16));
-        G { v, isc, d: f16(b.add(208)), bias: 0.0 }
+        let isc = _mm256_set_m128i(
+            _mm_set1_epi16(*sc.add(1) as i16),
+            _mm_set1_epi16(*sc as i16),
+        );
+        G {
+            v,
+            isc,
+            d: f16(b.add(208)),
+            bias: 0.0,
+        }
     }
     #[inline(always)]
     unsafe fn block_scales(b: *const u8) -> (__m256, __m256) {
@@ -343,7 +395,11 @@ unsafe impl Sync for TileArgs {}
 const PF: usize = 512;
 
 #[inline(always)]
-unsafe fn tile<F: Fmt, D: Dot, const RM: usize, const RN: usize>(t: &TileArgs, r0: usize, c0: usize) {
+unsafe fn tile<F: Fmt, D: Dot, const RM: usize, const RN: usize>(
+    t: &TileArgs,
+    r0: usize,
+    c0: usize,
+) {
     let gpr = t.k / GROUP;
     let blocks = t.k / (F::GROUPS * GROUP);
     let mut acc = [[_mm256_setzero_ps(); RN]; RM];
@@ -351,7 +407,9 @@ unsafe fn tile<F: Fmt, D: Dot, const RM: usize, const RN: usize>(t: &TileArgs, r
     for b in 0..blocks {
         if PF > 0 {
             for r in 0..RM {
-                _mm_prefetch::<_MM_HINT_T0>(t.w.add((r0 + r) * t.row_bytes + b * F::BYTES + PF).cast());
+                _mm_prefetch::<_MM_HINT_T0>(
+                    t.w.add((r0 + r) * t.row_bytes + b * F::BYTES + PF).cast(),
+                );
             }
         }
         for g in 0..F::GROUPS {
@@ -370,11 +428,24 @@ unsafe fn tile<F: Fmt, D: Dot, const RM: usize, const RN: usize>(t: &TileArgs, r
             for r in 0..RM {
                 let grp = F::group(t.w.add((r0 + r) * t.row_bytes + b * F::BYTES), g);
                 let d = _mm256_set1_ps(grp.d);
-                let x = if F::SIGNED { _mm256_sign_epi8(grp.v, grp.v) } else { grp.v };
+                let x = if F::SIGNED {
+                    _mm256_sign_epi8(grp.v, grp.v)
+                } else {
+                    grp.v
+                };
                 for c in 0..RN {
-                    let y = if F::SIGNED { _mm256_sign_epi8(a[c], grp.v) } else { a[c] };
-                    let p = if F::ISC { dot_scaled(x, y, grp.isc) } else { D::dot(x, y) };
-                    acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(p), da[c]), d, acc[r][c]);
+                    let y = if F::SIGNED {
+                        _mm256_sign_epi8(a[c], grp.v)
+                    } else {
+                        a[c]
+                    };
+                    let p = if F::ISC {
+                        dot_scaled(x, y, grp.isc)
+                    } else {
+                        D::dot(x, y)
+                    };
+                    acc[r][c] =
+                        _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(p), da[c]), d, acc[r][c]);
                     if F::BIAS {
                         bacc[r][c] += grp.bias * sa[c];
                     }
@@ -392,8 +463,16 @@ unsafe fn tile<F: Fmt, D: Dot, const RM: usize, const RN: usize>(t: &TileArgs, r
 /// The integer product of one group with activations `a`, as 8 i32 lanes.
 #[inline(always)]
 unsafe fn group_product<F: Fmt, D: Dot>(grp: &G, a: __m256i) -> __m256i {
-    let x = if F::SIGNED { _mm256_sign_epi8(grp.v, grp.v) } else { grp.v };
-    let y = if F::SIGNED { _mm256_sign_epi8(a, grp.v) } else { a };
+    let x = if F::SIGNED {
+        _mm256_sign_epi8(grp.v, grp.v)
+    } else {
+        grp.v
+    };
+    let y = if F::SIGNED {
+        _mm256_sign_epi8(a, grp.v)
+    } else {
+        a
+    };
     if F::ISC {
         dot_scaled(x, y, grp.isc)
     } else {
@@ -424,16 +503,26 @@ unsafe fn row_dot<F: Fmt, D: Dot>(t: &TileArgs, r: usize, c: usize) -> f32 {
         }
         // Plain loops, not closures: closures would not inherit the
         // caller's target features.
-        let mut grp = [G { v: _mm256_setzero_si256(), isc: one_isc(), d: 0.0, bias: 0.0 }; 4];
+        let mut grp = [G {
+            v: _mm256_setzero_si256(),
+            isc: one_isc(),
+            d: 0.0,
+            bias: 0.0,
+        }; 4];
         let mut p = [_mm256_setzero_si256(); 4];
         for u in 0..4 {
             grp[u] = F::group(w.add((g + u) / F::GROUPS * F::BYTES), (g + u) % F::GROUPS);
-            p[u] = group_product::<F, D>(&grp[u], _mm256_loadu_si256(aq.add((g + u) * GROUP).cast()));
+            p[u] =
+                group_product::<F, D>(&grp[u], _mm256_loadu_si256(aq.add((g + u) * GROUP).cast()));
         }
         let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
         let sum = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
         let d = _mm_setr_ps(grp[0].d, grp[1].d, grp[2].d, grp[3].d);
-        acc = _mm_fmadd_ps(_mm_mul_ps(_mm_cvtepi32_ps(sum), _mm_loadu_ps(ad.add(g))), d, acc);
+        acc = _mm_fmadd_ps(
+            _mm_mul_ps(_mm_cvtepi32_ps(sum), _mm_loadu_ps(ad.add(g))),
+            d,
+            acc,
+        );
         if F::BIAS {
             let b = _mm_setr_ps(grp[0].bias, grp[1].bias, grp[2].bias, grp[3].bias);
             bacc = _mm_fmadd_ps(b, _mm_loadu_ps(asum.add(g)), bacc);
@@ -476,7 +565,8 @@ unsafe fn block_row_dot<F: Fmt, D: Dot>(
         let mut p = [_mm256_setzero_si256(); 8];
         for (g, pg) in p.iter_mut().enumerate() {
             let grp = F::group(blk, g);
-            *pg = group_product::<F, D>(&grp, _mm256_loadu_si256(aq.add((8 * b + g) * GROUP).cast()));
+            *pg =
+                group_product::<F, D>(&grp, _mm256_loadu_si256(aq.add((8 * b + g) * GROUP).cast()));
         }
         let h01 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
         let h23 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
@@ -485,7 +575,11 @@ unsafe fn block_row_dot<F: Fmt, D: Dot>(
             _mm256_permute2x128_si256(h01, h23, 0x31),
         );
         let (d, bias) = F::block_scales(blk);
-        acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_loadu_ps(ad.add(8 * b))), d, acc);
+        acc = _mm256_fmadd_ps(
+            _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_loadu_ps(ad.add(8 * b))),
+            d,
+            acc,
+        );
         if F::BIAS {
             bacc = _mm256_fmadd_ps(bias, _mm256_loadu_ps(asum.add(8 * b)), bacc);
         }
@@ -612,7 +706,10 @@ pub unsafe fn quantize_avx2(x: &[f32], a: &mut QActs, rows: std::ops::Range<usiz
                 _mm256_cvtps_epi32(_mm256_mul_ps(v[3], idv)),
             ];
             let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-            let s = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+            let s = _mm_add_epi32(
+                _mm256_castsi256_si128(sum),
+                _mm256_extracti128_si256(sum, 1),
+            );
             let s = _mm_hadd_epi32(s, s);
             let s = _mm_hadd_epi32(s, s);
             let isum = _mm_cvtsi128_si32(s);
@@ -626,4 +723,3 @@ pub unsafe fn quantize_avx2(x: &[f32], a: &mut QActs, rows: std::ops::Range<usiz
         }
     }
 }
-

@@ -74,8 +74,12 @@ impl Panel {
                             *self.v.get_unchecked_mut(at) = grp.v;
                             *self.aux.get_unchecked_mut(at) = grp.isc;
                             // Σ isc·v, for the −128·Σ isc·v correction.
-                            let sum = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), grp.v), grp.isc);
-                            *self.bias.get_unchecked_mut(at) = -128.0 * grp.d * hsum_i32(sum) as f32;
+                            let sum = _mm256_madd_epi16(
+                                _mm256_maddubs_epi16(_mm256_set1_epi8(1), grp.v),
+                                grp.isc,
+                            );
+                            *self.bias.get_unchecked_mut(at) =
+                                -128.0 * grp.d * hsum_i32(sum) as f32;
                         }
                     }
                 }
@@ -143,7 +147,8 @@ unsafe fn tile<F: Fmt, D: Dot, const R: usize, const C: usize>(
                     }
                     Form::ShiftActs => D::dot(a[c], v),
                 };
-                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(prod), da[c]), d, acc[r][c]);
+                acc[r][c] =
+                    _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(prod), da[c]), d, acc[r][c]);
             }
         }
     }
@@ -205,7 +210,13 @@ unsafe fn gemm<F: Fmt, D: Dot>(t: &TileArgs, call: u64, rows: Range<usize>, cols
 }
 
 #[inline(always)]
-unsafe fn dispatch<D: Dot>(fmt: Format, t: &TileArgs, call: u64, rows: Range<usize>, cols: Range<usize>) {
+unsafe fn dispatch<D: Dot>(
+    fmt: Format,
+    t: &TileArgs,
+    call: u64,
+    rows: Range<usize>,
+    cols: Range<usize>,
+) {
     match fmt {
         Format::Q4_0 => gemm::<Q4_0, D>(t, call, rows, cols),
         Format::Q4_1 => gemm::<Q4_1, D>(t, call, rows, cols),
@@ -219,11 +230,23 @@ unsafe fn dispatch<D: Dot>(fmt: Format, t: &TileArgs, call: u64, rows: Range<usi
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gemm_avx2(fmt: Format, t: &TileArgs, call: u64, rows: Range<usize>, cols: Range<usize>) {
+pub unsafe fn gemm_avx2(
+    fmt: Format,
+    t: &TileArgs,
+    call: u64,
+    rows: Range<usize>,
+    cols: Range<usize>,
+) {
     dispatch::<Avx2>(fmt, t, call, rows, cols)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn gemm_vnni(fmt: Format, t: &TileArgs, call: u64, rows: Range<usize>, cols: Range<usize>) {
+pub unsafe fn gemm_vnni(
+    fmt: Format,
+    t: &TileArgs,
+    call: u64,
+    rows: Range<usize>,
+    cols: Range<usize>,
+) {
     dispatch::<Vnni>(fmt, t, call, rows, cols)
 }
