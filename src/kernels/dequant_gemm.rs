@@ -90,7 +90,7 @@ pub fn matmul_into(
     m: usize,
     dst: &mut [f32],
 ) -> Result<()> {
-    if x.len() != m * k || dst.len() != m * n || k % dtype.block_size() != 0 {
+    if x.len() != m * k || dst.len() != m * n || !k.is_multiple_of(dtype.block_size()) {
         candle_core::bail!(
             "matmul: input {} / output {} do not fit {m}×{k}·{k}×{n}",
             x.len(),

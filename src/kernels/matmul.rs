@@ -77,7 +77,7 @@ impl QActs {
         m: usize,
         k: usize,
     ) -> Result<(), MatmulError> {
-        if k % GROUP != 0 || x.len() < m * k {
+        if !k.is_multiple_of(GROUP) || x.len() < m * k {
             return Err(MatmulError::Shape(format!(
                 "cannot quantize {m}×{k} activations from {} values",
                 x.len()
@@ -188,8 +188,6 @@ pub fn int8_matmul_with(
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let gemm = m >= GEMM_MIN_COLS;
     pool.run(&|_| {
-        #[cfg(target_arch = "x86_64")]
-        let args = args;
         while let Some(t) = tasks.next() {
             // Row block outermost: consecutive tasks share a row block, so a
             // thread usually reuses its unpacked panel.

@@ -140,7 +140,7 @@ pub fn attend_with(
     let len = scores.len();
     assert!(q.len() >= hd && out.len() >= hd && k.len() >= len * hd && v.len() >= len * hd);
     #[cfg(target_arch = "x86_64")]
-    if simd(isa) && hd % 8 == 0 {
+    if simd(isa) && hd.is_multiple_of(8) {
         // SAFETY: as in `dot_with`; sizes asserted above.
         return unsafe { super::x86::attend(q, k, v, hd, scale, scores, out) };
     }

@@ -86,7 +86,7 @@ impl Linear {
         in_features: usize,
         bias: Option<Vec<f32>>,
     ) -> Result<Self, ModelError> {
-        if in_features % dtype.block_size() != 0 {
+        if !in_features.is_multiple_of(dtype.block_size()) {
             return Err(ModelError::Format(format!(
                 "{in_features} inputs are not whole {dtype:?} blocks"
             )));

@@ -241,7 +241,7 @@ impl Transformer {
         let hp = &self.hp;
         let (qd, kvd) = (hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim);
         let floats = n * (2 * hp.n_embd + qd + 2 * kvd + qd + 2 * hp.n_ff) + n * hp.n_vocab;
-        let acts = n * hp.n_ff.max(qd) * (1 + 8 / 32);
+        let acts = n * hp.n_ff.max(qd);
         (floats + self.cos.len() + self.sin.len()) * 4 + acts
     }
 

@@ -211,7 +211,7 @@ pub unsafe fn attend(
     out: &mut [f32],
 ) {
     let len = scores.len();
-    debug_assert!(hd % 8 == 0 && q.len() >= hd && out.len() >= hd);
+    debug_assert!(hd.is_multiple_of(8) && q.len() >= hd && out.len() >= hd);
     debug_assert!(k.len() >= len * hd && v.len() >= len * hd);
     let (qp, kp) = (q.as_ptr(), k.as_ptr());
     let mut max = f32::NEG_INFINITY;

@@ -9,6 +9,8 @@
 //! Same safety contract as the parent module.
 
 #![allow(clippy::missing_safety_doc)]
+// Tiles index rows and columns of several register arrays at once.
+#![allow(clippy::needless_range_loop)]
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
