@@ -135,47 +135,29 @@ pub fn group(fmt: Format, b: &[u8], g: usize) -> Group {
     };
     let bit = |qh: u32, i: usize| -> u8 { (((qh >> i) & 1) as u8) << 4 };
     match fmt {
-        Format::Q4_0 | Format::Q4_1 => {
-            let qs = if fmt == Format::Q4_0 {
-                &b[2..18]
-            } else {
-                &b[4..20]
-            };
-            let off = if fmt == Format::Q4_0 { 8 } else { 0 };
-            for (i, x) in v.iter_mut().enumerate() {
-                *x = nib(qs, i) as i8 - off;
+        Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 => {
+            // d, [min,] [32 high bits,] 16 bytes of nibbles.
+            let affine = matches!(fmt, Format::Q4_1 | Format::Q5_1);
+            let mut at = if affine { 4 } else { 2 };
+            let mut qh = 0;
+            if matches!(fmt, Format::Q5_0 | Format::Q5_1) {
+                qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+                at += 4;
             }
-            let d = f16_at(b, 0);
-            let bias = if fmt == Format::Q4_1 {
-                f16_at(b, 2)
-            } else {
-                0.0
+            let qs = &b[at..at + 16];
+            let off = match fmt {
+                Format::Q4_0 => 8,
+                Format::Q5_0 => 16,
+                _ => 0,
             };
-            Group {
-                v,
-                isc: [1, 1],
-                d,
-                bias,
-            }
-        }
-        Format::Q5_0 | Format::Q5_1 => {
-            let at = if fmt == Format::Q5_0 { 2 } else { 4 };
-            let qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-            let qs = &b[at + 4..at + 20];
-            let off = if fmt == Format::Q5_0 { 16 } else { 0 };
             for (i, x) in v.iter_mut().enumerate() {
                 *x = (nib(qs, i) | bit(qh, i)) as i8 - off;
             }
-            let d = f16_at(b, 0);
-            let bias = if fmt == Format::Q5_1 {
-                f16_at(b, 2)
-            } else {
-                0.0
-            };
+            let bias = if affine { f16_at(b, 2) } else { 0.0 };
             Group {
                 v,
                 isc: [1, 1],
-                d,
+                d: f16_at(b, 0),
                 bias,
             }
         }

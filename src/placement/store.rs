@@ -495,34 +495,30 @@ impl LayerStore {
         self.offload.as_ref().map_or(0, OffloadSession::bytes_used)
     }
 
-    /// How many disk-layer read buffers may exist (see [`READ_AHEAD_BYTES`]).
-    fn read_buffers(&self) -> usize {
-        let largest = self
-            .slots
+    /// Buffer bytes of the largest disk layer (`usize::MAX` for a layer read
+    /// tensor by tensor, or when no layer is on disk).
+    fn largest_disk_span(&self) -> usize {
+        self.slots
             .iter()
             .filter_map(|s| match s {
                 Slot::Disk(d) => Some(d.span.map_or(usize::MAX, Span::buffer_len)),
                 Slot::Resident(_) => None,
             })
             .max()
-            .unwrap_or(usize::MAX);
-        (READ_AHEAD_BYTES / largest.max(1)).clamp(2, MAX_READ_BUFFERS)
+            .unwrap_or(usize::MAX)
+            .max(1)
+    }
+
+    /// How many disk-layer read buffers may exist (see [`READ_AHEAD_BYTES`]).
+    fn read_buffers(&self) -> usize {
+        (READ_AHEAD_BYTES / self.largest_disk_span()).clamp(2, MAX_READ_BUFFERS)
     }
 
     /// Layers read at once: enough for about 8 MiB of requests in flight
     /// (small layers alone leave the device idle between requests), fewer
     /// than the buffers so one stays with the compute thread.
     fn reads_in_flight(&self, n_buffers: usize) -> usize {
-        let largest = self
-            .slots
-            .iter()
-            .filter_map(|s| match s {
-                Slot::Disk(d) => Some(d.span.map_or(usize::MAX, Span::buffer_len)),
-                Slot::Resident(_) => None,
-            })
-            .max()
-            .unwrap_or(usize::MAX);
-        ((8 << 20) / largest.max(1)).clamp(1, n_buffers - 1)
+        ((8 << 20) / self.largest_disk_span()).clamp(1, n_buffers - 1)
     }
 
     /// [`fetch`] with the read counted in the stats.
@@ -710,24 +706,29 @@ impl LayerProvider for LayerStore {
                 let mut inflight: VecDeque<
                     std::thread::ScopedJoinHandle<'_, Result<Fetched, ModelError>>,
                 > = VecDeque::new();
+                // Whether to go on: the compute thread took it and it was
+                // not an error.
+                let send = |r: Result<Fetched, ModelError>| -> bool {
+                    let failed = r.is_err();
+                    tx.send(r).is_ok() && !failed
+                };
                 let hand_over =
                     |h: std::thread::ScopedJoinHandle<'_, Result<Fetched, ModelError>>| -> bool {
-                        let r = h.join().unwrap_or(Err(ModelError::PrefetchLost));
-                        let failed = r.is_err();
-                        tx.send(r).is_ok() && !failed
+                        send(h.join().unwrap_or(Err(ModelError::PrefetchLost)))
                     };
                 for i in disk {
                     let Slot::Disk(d) = &slots[i] else { continue };
+                    // The read-ahead is always the first disk layer, so no
+                    // read is in flight before it.
                     if let Some(ahead) = pending.take_if(|p| p.layer == i) {
-                        let r = match ahead.handle.join() {
-                            Ok((r, nanos)) => {
+                        let r = ahead.handle.join().map_or(
+                            Err(ModelError::PrefetchLost),
+                            |(r, nanos)| {
                                 self.count_read(d, nanos);
                                 r
-                            }
-                            Err(_) => Err(ModelError::PrefetchLost),
-                        };
-                        let failed = r.is_err();
-                        if tx.send(r).is_err() || failed {
+                            },
+                        );
+                        if !send(r) {
                             return;
                         }
                         continue;

@@ -79,10 +79,11 @@ struct G {
 trait Fmt {
     const GROUPS: usize;
     const BYTES: usize;
-    /// `v` is signed (symmetric formats); the dot uses |v| and sign(a, v).
-    const SIGNED: bool;
-    /// The affine formats' per-group bias.
-    const BIAS: bool;
+    /// `v` is signed (every form but `Unsigned`); the direct kernels use
+    /// |v| and sign(a, v).
+    const SIGNED: bool = !matches!(Self::FORM, Form::Unsigned);
+    /// Unsigned values carry a per-group bias.
+    const BIAS: bool = matches!(Self::FORM, Form::Unsigned);
     /// Two integer sub-scales per group (Q6_K).
     const ISC: bool;
     /// How the prompt GEMM multiplies the unpacked values.
@@ -163,8 +164,6 @@ struct Q6K;
 impl Fmt for Q4_0 {
     const GROUPS: usize = 1;
     const BYTES: usize = Format::Q4_0.block_bytes();
-    const SIGNED: bool = false;
-    const BIAS: bool = true;
     const ISC: bool = false;
     const FORM: Form = Form::Unsigned;
     #[inline(always)]
@@ -182,8 +181,6 @@ impl Fmt for Q4_0 {
 impl Fmt for Q4_1 {
     const GROUPS: usize = 1;
     const BYTES: usize = Format::Q4_1.block_bytes();
-    const SIGNED: bool = false;
-    const BIAS: bool = true;
     const ISC: bool = false;
     const FORM: Form = Form::Unsigned;
     #[inline(always)]
@@ -200,8 +197,6 @@ impl Fmt for Q4_1 {
 impl Fmt for Q5_0 {
     const GROUPS: usize = 1;
     const BYTES: usize = Format::Q5_0.block_bytes();
-    const SIGNED: bool = false;
-    const BIAS: bool = true;
     const ISC: bool = false;
     const FORM: Form = Form::Unsigned;
     #[inline(always)]
@@ -221,8 +216,6 @@ impl Fmt for Q5_0 {
 impl Fmt for Q5_1 {
     const GROUPS: usize = 1;
     const BYTES: usize = Format::Q5_1.block_bytes();
-    const SIGNED: bool = false;
-    const BIAS: bool = true;
     const ISC: bool = false;
     const FORM: Form = Form::Unsigned;
     #[inline(always)]
@@ -241,8 +234,6 @@ impl Fmt for Q5_1 {
 impl Fmt for Q8_0 {
     const GROUPS: usize = 1;
     const BYTES: usize = Format::Q8_0.block_bytes();
-    const SIGNED: bool = true;
-    const BIAS: bool = false;
     const ISC: bool = false;
     const FORM: Form = Form::Sign;
     #[inline(always)]
@@ -282,8 +273,6 @@ unsafe fn k_group(b: *const u8, g: usize, v: __m256i) -> G {
 impl Fmt for Q4K {
     const GROUPS: usize = 8;
     const BYTES: usize = Format::Q4K.block_bytes();
-    const SIGNED: bool = false;
-    const BIAS: bool = true;
     const ISC: bool = false;
     const FORM: Form = Form::Unsigned;
     #[inline(always)]
@@ -299,8 +288,6 @@ impl Fmt for Q4K {
 impl Fmt for Q5K {
     const GROUPS: usize = 8;
     const BYTES: usize = Format::Q5K.block_bytes();
-    const SIGNED: bool = false;
-    const BIAS: bool = true;
     const ISC: bool = false;
     const FORM: Form = Form::Unsigned;
     #[inline(always)]
@@ -322,8 +309,6 @@ impl Fmt for Q5K {
 impl Fmt for Q6K {
     const GROUPS: usize = 8;
     const BYTES: usize = Format::Q6K.block_bytes();
-    const SIGNED: bool = true;
-    const BIAS: bool = false;
     const ISC: bool = true;
     const FORM: Form = Form::ShiftActs;
     #[inline(always)]
@@ -428,22 +413,8 @@ unsafe fn tile<F: Fmt, D: Dot, const RM: usize, const RN: usize>(
             for r in 0..RM {
                 let grp = F::group(t.w.add((r0 + r) * t.row_bytes + b * F::BYTES), g);
                 let d = _mm256_set1_ps(grp.d);
-                let x = if F::SIGNED {
-                    _mm256_sign_epi8(grp.v, grp.v)
-                } else {
-                    grp.v
-                };
                 for c in 0..RN {
-                    let y = if F::SIGNED {
-                        _mm256_sign_epi8(a[c], grp.v)
-                    } else {
-                        a[c]
-                    };
-                    let p = if F::ISC {
-                        dot_scaled(x, y, grp.isc)
-                    } else {
-                        D::dot(x, y)
-                    };
+                    let p = group_product::<F, D>(&grp, a[c]);
                     acc[r][c] =
                         _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(p), da[c]), d, acc[r][c]);
                     if F::BIAS {
