@@ -5,6 +5,7 @@ mod bench;
 mod generate;
 mod inspect;
 mod perplexity;
+mod plan;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,9 +17,10 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::Config;
-use crate::engine::{DiskLayers, Engine, LoadOptions, LoadStage};
+use crate::engine::{DiskLayers, Engine, LoadOptions, LoadStage, PlacementRequest};
 use crate::placement::offload;
 use crate::placement::store::DiskSource;
+use crate::placement::{planner, BudgetOptions, Mode};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,6 +50,47 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Architecture, hyper-parameters and the tensor table of a model.
     Inspect(inspect::InspectArgs),
+    /// Where each layer would go (VRAM, RAM, disk) and the predicted speed,
+    /// from a GGUF's tensor table or a config.json, without loading weights.
+    Plan(plan::PlanArgs),
+}
+
+/// Placement options every command that places a model shares.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PlacementArgs {
+    /// auto, full-gpu, cpu-offload, disk-offload or cpu-only.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    mode: Mode,
+    /// Put exactly this many layers (the last ones) on the GPU.
+    #[arg(long, value_name = "N", conflicts_with = "mode")]
+    gpu_layers: Option<usize>,
+    /// VRAM Spillway may use, e.g. 6GiB. Without an NVIDIA GPU this
+    /// simulates a GPU tier of that size (CPU-backed).
+    #[arg(long, value_name = "SIZE", value_parser = planner::parse_bytes)]
+    vram: Option<u64>,
+    /// RAM Spillway may use, e.g. 16GiB (`plan`: as if the machine had it).
+    #[arg(long, value_name = "SIZE", value_parser = planner::parse_bytes)]
+    ram: Option<u64>,
+    /// Manual override: the first N layers that are not on the GPU go to
+    /// disk (`all`: every one).
+    #[arg(long, value_name = "N|all")]
+    disk_layers: Option<DiskLayers>,
+}
+
+impl PlacementArgs {
+    fn request(&self, offload_dir: PathBuf, ram_as_given: bool) -> PlacementRequest {
+        PlacementRequest {
+            mode: self.gpu_layers.map_or(self.mode, Mode::GpuLayers),
+            budget: BudgetOptions {
+                vram_bytes: self.vram,
+                ram_bytes: self.ram,
+                ram_as_given,
+            },
+            disk_layers: self.disk_layers,
+            offload_dir,
+            fail_gpu_alloc: None,
+        }
+    }
 }
 
 /// Options every command that loads a model shares.
@@ -56,9 +99,8 @@ pub struct ModelArgs {
     /// A GGUF file, or a folder holding one.
     #[arg(long, value_name = "PATH")]
     model: PathBuf,
-    /// How many layers live on disk (the last ones), or `all`.
-    #[arg(long, value_name = "N|all", default_value = "0")]
-    disk_layers: DiskLayers,
+    #[command(flatten)]
+    placement: PlacementArgs,
     /// Read disk layers from copies in this folder instead of the model file
     /// (for a model on slow or removable storage).
     #[arg(long, value_name = "DIR")]
@@ -76,7 +118,12 @@ impl ModelArgs {
     fn load_options(&self, config: &Config) -> LoadOptions {
         LoadOptions {
             model_path: self.model.clone(),
-            disk_layers: self.disk_layers,
+            placement: self.placement.request(
+                self.offload_dir
+                    .clone()
+                    .unwrap_or_else(|| config.offload_folder.clone()),
+                false,
+            ),
             disk_source: match &self.offload_dir {
                 Some(dir) => DiskSource::OffloadFolder(dir.clone()),
                 None if config.copy_disk_layers => {
@@ -94,6 +141,7 @@ impl ModelArgs {
         let bar = progress_bar("loading");
         let engine = Engine::load(&self.load_options(config), &mut |stage| match stage {
             LoadStage::Reading => bar.set_message("reading"),
+            LoadStage::Planned => bar.set_message("placing"),
             LoadStage::Layers { done, total } => {
                 bar.set_length(total as u64);
                 bar.set_position(done as u64);
@@ -102,7 +150,17 @@ impl ModelArgs {
         })
         .with_context(|| format!("cannot load {}", self.model.display()));
         bar.finish_and_clear();
-        engine
+        let mut engine = engine?;
+        report_notices(&mut engine);
+        Ok(engine)
+    }
+}
+
+/// Prints what happened to placement (notes on budgets, re-plans after an
+/// out-of-memory) on stderr.
+fn report_notices(engine: &mut Engine) {
+    for n in engine.take_notices() {
+        eprintln!("note: {}", n.0);
     }
 }
 
@@ -169,5 +227,6 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Perplexity(a)) => perplexity::run(a, &config),
         Some(Command::Bench(a)) => bench::run(a, &config),
         Some(Command::Inspect(a)) => inspect::run(a),
+        Some(Command::Plan(a)) => plan::run(a, &config),
     }
 }

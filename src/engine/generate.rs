@@ -163,14 +163,7 @@ impl Engine {
                 return Ok(None);
             }
             let pos = self.cached.len();
-            let logits = self.model.forward(
-                &self.store,
-                &mut self.kv,
-                &mut self.scratch,
-                chunk,
-                pos,
-                LogitsFor::Last,
-            )?;
+            let logits = self.step(chunk, pos, LogitsFor::Last)?;
             last = Some(logits.to_vec());
             self.cached.extend_from_slice(chunk);
         }
@@ -227,7 +220,8 @@ impl Engine {
 
         let decode_start = Instant::now();
         let mut sampler = Sampler::new(params.sampling.clone());
-        let tokenizer = &self.tokenizer;
+        let tokenizer = self.tokenizer.clone();
+        let tokenizer = &*tokenizer;
         let mut stream = TextStream::new(tokenizer);
         let mut filter = StopFilter {
             stops: &params.stop,
@@ -261,14 +255,7 @@ impl Engine {
                 break FinishReason::ContextFull;
             }
             let pos = self.cached.len();
-            let out = self.model.forward(
-                &self.store,
-                &mut self.kv,
-                &mut self.scratch,
-                &[token],
-                pos,
-                LogitsFor::Last,
-            )?;
+            let out = self.step(&[token], pos, LogitsFor::Last)?;
             logits.copy_from_slice(out);
             self.cached.push(token);
         };

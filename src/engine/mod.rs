@@ -9,6 +9,7 @@
 
 mod generate;
 mod perplexity;
+mod placing;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -16,17 +17,19 @@ use std::str::FromStr;
 use crate::chat::{ChatTemplate, Message, TemplateError};
 use crate::model::hparams::HParams;
 use crate::model::kv_cache::KvCache;
-use crate::model::transformer::Scratch;
-use crate::model::transformer::Transformer;
+use crate::model::transformer::{LogitsFor, Scratch, Transformer};
 use crate::model::ModelError;
+use crate::placement::budget::Held;
 use crate::placement::store::DiskSource;
-use crate::placement::{LayerStore, Tier};
+use crate::placement::{calibrate, Footprint, LayerStore, Tier};
+use crate::telemetry::machine::Machine;
 use crate::weights::gguf::{GgufError, GgufFile};
 use crate::weights::read::read_qtensor;
 use crate::weights::tokenizer::{TextTokenizer, TokenizerError};
 
 pub use generate::{FinishReason, GenerateParams, Generation};
 pub use perplexity::Perplexity;
+pub use placing::{plan_for, Notice, PlacementRequest};
 
 /// Tokens per forward pass while reading a prompt: bounds the attention
 /// scratch (heads × chunk × context floats) without slowing long prompts.
@@ -47,6 +50,8 @@ pub enum EngineError {
         prompt_tokens: usize,
         context: usize,
     },
+    #[error(transparent)]
+    Placement(#[from] crate::placement::PlacementError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -74,31 +79,12 @@ impl FromStr for DiskLayers {
     }
 }
 
-impl DiskLayers {
-    /// The tier of each of `n_layer` layers: the last ones go to disk, so
-    /// each tier holds one contiguous range.
-    pub fn tiers(self, n_layer: usize) -> Vec<Tier> {
-        let on_disk = match self {
-            DiskLayers::None => 0,
-            DiskLayers::Count(n) => n.min(n_layer),
-            DiskLayers::All => n_layer,
-        };
-        (0..n_layer)
-            .map(|i| {
-                if i + on_disk >= n_layer {
-                    Tier::Disk
-                } else {
-                    Tier::Ram
-                }
-            })
-            .collect()
-    }
-}
+impl DiskLayers {}
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub model_path: PathBuf,
-    pub disk_layers: DiskLayers,
+    pub placement: PlacementRequest,
     pub disk_source: DiskSource,
     /// Context length in tokens; `None` uses the model's own.
     pub context_length: Option<usize>,
@@ -108,7 +94,10 @@ impl LoadOptions {
     pub fn new(model_path: impl Into<PathBuf>) -> Self {
         LoadOptions {
             model_path: model_path.into(),
-            disk_layers: DiskLayers::None,
+            placement: PlacementRequest {
+                offload_dir: PathBuf::from("offload"),
+                ..PlacementRequest::default()
+            },
             disk_source: DiskSource::ModelFile,
             context_length: None,
         }
@@ -119,24 +108,31 @@ impl LoadOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoadStage {
     Reading,
-    Layers { done: usize, total: usize },
+    /// The plan is made; layers are being placed.
+    Planned,
+    Layers {
+        done: usize,
+        total: usize,
+    },
 }
 
 pub struct Engine {
     pub gguf: GgufFile,
     model: Transformer,
     store: LayerStore,
-    tokenizer: TextTokenizer,
+    /// Shared so a generation can stream text while the engine re-plans.
+    tokenizer: std::sync::Arc<TextTokenizer>,
     template: Option<ChatTemplate>,
     kv: KvCache,
     /// The forward pass's reusable buffers.
     scratch: Scratch,
     /// The tokens whose keys and values are in `kv`, in order.
     cached: Vec<u32>,
+    placing: placing::Placing,
 }
 
 /// Finds the model file: a GGUF path, or a folder holding exactly one GGUF.
-fn resolve_model_path(path: &Path) -> Result<PathBuf, EngineError> {
+pub fn resolve_model_path(path: &Path) -> Result<PathBuf, EngineError> {
     if path.is_dir() {
         let mut ggufs: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|e| EngineError::Invalid(format!("cannot read {}: {e}", path.display())))?
@@ -224,25 +220,75 @@ impl Engine {
             None => None,
         };
         let model = Transformer::new(hp.clone(), token_embd, output_norm, output, context)?;
-        let tiers = opts.disk_layers.tiers(hp.n_layer);
-        let store = LayerStore::load(
-            &gguf,
-            &hp,
-            &tiers,
-            opts.disk_source.clone(),
-            &mut |done, total| progress(LoadStage::Layers { done, total }),
-        )?;
-        crate::placement::alloc::release_free_memory();
-        Ok(Engine {
+        let mut footprint = Footprint::from_gguf(&gguf, &hp, context, PROMPT_CHUNK);
+        footprint.disk_copy = matches!(opts.disk_source, DiskSource::OffloadFolder(_));
+        let request = opts.placement.clone();
+        let mut machine = Machine::new();
+        let budgets = placing::probe(&mut machine, &request, Held::default());
+        let rates = calibrate::rates(
+            &request.offload_dir,
+            machine.gpus().first(),
+            budgets.gpu_simulated,
+        );
+        let placement = placing::plan_for(&footprint, &budgets, &request, &rates)?;
+        let notices = budgets.notes.iter().map(|n| Notice(n.clone())).collect();
+        let gpu = placing::gpu_tier(&budgets, &request, &footprint);
+        let store = LayerStore::new(&gguf, &hp, opts.disk_source.clone(), gpu)?;
+        progress(LoadStage::Planned);
+        let mut engine = Engine {
             kv: KvCache::new(hp.n_layer, hp.n_head_kv, hp.head_dim, context),
             scratch: Scratch::default(),
             gguf,
             model,
             store,
-            tokenizer,
+            tokenizer: std::sync::Arc::new(tokenizer),
             template,
             cached: Vec::new(),
-        })
+            placing: placing::Placing {
+                footprint,
+                rates,
+                budgets,
+                request,
+                placement: placement.clone(),
+                machine,
+                notices,
+                gpu_base_bytes: 0,
+                last_moved: 0,
+            },
+        };
+        engine.apply_placement(placement, &mut |done, total| {
+            progress(LoadStage::Layers { done, total })
+        })?;
+        crate::placement::alloc::release_free_memory();
+        Ok(engine)
+    }
+
+    /// One forward pass; a GPU out-of-memory re-plans with less VRAM and
+    /// runs the pass again, so the caller never sees it.
+    fn step(&mut self, tokens: &[u32], pos: usize, want: LogitsFor) -> Result<&[f32], EngineError> {
+        let mut retries = self.model.hp.n_layer + 2;
+        loop {
+            let r = self
+                .model
+                .forward(
+                    &self.store,
+                    &mut self.kv,
+                    &mut self.scratch,
+                    tokens,
+                    pos,
+                    want,
+                )
+                .map(<[f32]>::len);
+            match r {
+                Ok(len) => return Ok(&self.scratch.logits()[..len]),
+                Err(e) if retries > 0 && e.is_out_of_memory() => {
+                    retries -= 1;
+                    self.kv.truncate(pos);
+                    self.recover(e)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     pub fn hparams(&self) -> &HParams {

@@ -72,15 +72,8 @@ impl Engine {
                     return Err(EngineError::Invalid("cancelled".into()));
                 }
                 let pos = b * PROMPT_CHUNK;
-                let logits = self.model.forward(
-                    &self.store,
-                    &mut self.kv,
-                    &mut self.scratch,
-                    batch,
-                    pos,
-                    LogitsFor::All,
-                )?;
                 let vocab = self.model.hp.n_vocab;
+                let logits = self.step(batch, pos, LogitsFor::All)?;
                 for (j, row) in logits.chunks_exact(vocab).enumerate() {
                     let p = pos + j;
                     if p >= first && p + 1 < ctx {

@@ -156,6 +156,81 @@ impl HParams {
         })
     }
 
+    /// Hyper-parameters from a Hugging Face `config.json` (flat, or with the
+    /// language model under `text_config` as multimodal models write it).
+    /// Architectures are named by `model_type`: `llama`, `mistral`, `qwen2`,
+    /// and the text half of `qwen2_5_vl`.
+    pub fn from_hf_config(config: &serde_json::Value) -> Result<Self, ModelError> {
+        let top = config;
+        let text = config.get("text_config").unwrap_or(config);
+        let model_type = top
+            .get("model_type")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| ModelError::Format("config.json has no model_type".into()))?;
+        let arch = match model_type {
+            "llama" | "mistral" => Arch::Llama,
+            "qwen2" | "qwen2_5_vl" => Arch::Qwen2,
+            other => {
+                return Err(ModelError::Unsupported {
+                    arch: other.to_string(),
+                })
+            }
+        };
+        // A key of the text model, falling back to the top level (re-saved
+        // configs move keys between the two).
+        let get = |k: &str| text.get(k).or_else(|| top.get(k));
+        let size = |k: &str| -> Result<usize, ModelError> {
+            get(k)
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|v| usize::try_from(v).ok())
+                .filter(|&v| v > 0 && v < (1 << 31))
+                .ok_or_else(|| {
+                    ModelError::Format(format!("config.json: {k} is missing or not a size"))
+                })
+        };
+        let float = |k: &str, default: f64| {
+            get(k)
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(default)
+        };
+        let n_embd = size("hidden_size")?;
+        let n_head = size("num_attention_heads")?;
+        let n_head_kv = if get("num_key_value_heads").is_some_and(|v| !v.is_null()) {
+            size("num_key_value_heads")?
+        } else {
+            n_head
+        };
+        let head_dim = if get("head_dim").is_some_and(|v| !v.is_null()) {
+            size("head_dim")?
+        } else {
+            n_embd / n_head
+        };
+        if n_head % n_head_kv != 0 || head_dim % 2 != 0 {
+            return Err(ModelError::Format(format!(
+                "config.json: {n_head} heads, {n_head_kv} KV heads and head size {head_dim} do not fit together"
+            )));
+        }
+        Ok(HParams {
+            arch,
+            arch_name: model_type.to_string(),
+            n_layer: size("num_hidden_layers")?,
+            n_embd,
+            n_ff: size("intermediate_size")?,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_vocab: size("vocab_size")?,
+            context_length: size("max_position_embeddings")?,
+            rope_freq_base: float("rope_theta", 10_000.0) as f32,
+            rope_style: RopeStyle::Halves,
+            rms_eps: float("rms_norm_eps", 1e-6) as f32,
+            has_qkv_bias: arch == Arch::Qwen2,
+            tied_embeddings: get("tie_word_embeddings")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false),
+        })
+    }
+
     /// Bytes of K and V for one token across all layers, at f32.
     pub fn kv_bytes_per_token(&self) -> u64 {
         (2 * self.n_layer * self.n_head_kv * self.head_dim * 4) as u64

@@ -28,4 +28,28 @@ pub enum ModelError {
     Candle(#[from] candle_core::Error),
     #[error("the layer prefetch thread stopped unexpectedly")]
     PrefetchLost,
+    #[error("the GPU ran out of memory allocating {what} ({} MiB; {} MiB of {} MiB in use)", needed >> 20, used >> 20, budget >> 20)]
+    OutOfMemory {
+        what: String,
+        needed: u64,
+        /// Bytes the GPU tier held when the allocation failed.
+        used: u64,
+        budget: u64,
+    },
+}
+
+impl ModelError {
+    /// Whether this is a GPU allocation failure, which the engine recovers
+    /// from by re-planning with less VRAM.
+    pub fn is_out_of_memory(&self) -> bool {
+        match self {
+            ModelError::OutOfMemory { .. } => true,
+            // The CUDA backend reports CUDA_ERROR_OUT_OF_MEMORY in its text.
+            ModelError::Candle(e) => {
+                let s = e.to_string();
+                s.contains("OUT_OF_MEMORY") || s.contains("out of memory")
+            }
+            _ => false,
+        }
+    }
 }

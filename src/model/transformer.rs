@@ -150,6 +150,13 @@ pub struct Scratch {
     logits: Vec<f32>,
 }
 
+impl Scratch {
+    /// The logits of the last forward pass (as many as it returned).
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+}
+
 fn grow(v: &mut Vec<f32>, n: usize) {
     if v.len() < n {
         v.resize(n, 0.0);

@@ -34,11 +34,14 @@ use crate::weights::gguf::{GgufFile, TensorInfo};
 use crate::weights::read::{qtensor_from_bytes, read_exact_at, read_qtensor};
 
 use super::alloc::{AlignedBytes, DIRECT_ALIGN};
+use super::gpu::GpuTier;
 use super::offload::{write_all_at_end, OffloadError, OffloadSession};
 
 /// The memory tier a layer's weights live in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Tier {
+    /// VRAM of the GPU tier (a real GPU, or the CPU-backed stand-in).
+    Gpu,
     Ram,
     Disk,
 }
@@ -46,6 +49,7 @@ pub enum Tier {
 impl fmt::Display for Tier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Tier::Gpu => "gpu",
             Tier::Ram => "ram",
             Tier::Disk => "disk",
         })
@@ -56,9 +60,10 @@ impl FromStr for Tier {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
+            "gpu" | "vram" | "cuda" => Ok(Tier::Gpu),
             "ram" | "cpu" => Ok(Tier::Ram),
             "disk" => Ok(Tier::Disk),
-            other => Err(format!("unknown tier '{other}' (ram, disk)")),
+            other => Err(format!("unknown tier '{other}' (gpu, ram, disk)")),
         }
     }
 }
@@ -204,6 +209,9 @@ fn read_one(file: &File, buf: &mut [u8], span: Span) -> std::io::Result<()> {
 enum Slot {
     Resident(Box<LayerWeights>),
     Disk(DiskLayer),
+    /// A layer of the GPU tier, and the bytes charged for it (weights and
+    /// KV cache) on the device.
+    Gpu(Box<LayerWeights>, u64),
 }
 
 /// Reads named tensors of one layer from a file.
@@ -292,6 +300,11 @@ struct ReadAhead {
 const READ_AHEAD_BYTES: usize = 32 << 20;
 const MAX_READ_BUFFERS: usize = 16;
 
+/// Read buffers the disk tier keeps for layers of `span_bytes` each.
+pub fn staging_buffers(span_bytes: usize) -> usize {
+    (READ_AHEAD_BYTES / span_bytes.max(1)).clamp(2, MAX_READ_BUFFERS)
+}
+
 /// Counters the prefetch path updates; read for telemetry and benchmarks.
 #[derive(Debug, Default)]
 pub struct DiskStats {
@@ -319,6 +332,17 @@ pub struct LayerStore {
     /// The next pass's first disk layer, being read.
     read_ahead: Mutex<Option<ReadAhead>>,
     pub stats: DiskStats,
+    gpu: Option<GpuCharges>,
+}
+
+/// The GPU tier a store charges, and what it charges besides weights.
+#[derive(Debug, Clone)]
+pub struct GpuCharges {
+    pub tier: Arc<GpuTier>,
+    /// A GPU layer's KV cache for the whole context.
+    pub kv_bytes_per_layer: u64,
+    /// A forward pass's activations on the device.
+    pub activation_bytes: u64,
 }
 
 impl LayerStore {
@@ -331,13 +355,19 @@ impl LayerStore {
         disk_source: DiskSource,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, ModelError> {
-        if tiers.len() != hp.n_layer {
-            return Err(ModelError::Format(format!(
-                "{} tiers given for {} layers",
-                tiers.len(),
-                hp.n_layer
-            )));
-        }
+        let mut store = Self::new(gguf, hp, disk_source, None)?;
+        let _ = store.apply(tiers, progress)?;
+        Ok(store)
+    }
+
+    /// Checks every block's tensor table; no layer is loaded yet (see
+    /// [`LayerStore::apply`]).
+    pub fn new(
+        gguf: &GgufFile,
+        hp: &HParams,
+        disk_source: DiskSource,
+        gpu: Option<GpuCharges>,
+    ) -> Result<Self, ModelError> {
         let file = File::open(&gguf.path)
             .map_err(|e| ModelError::Format(format!("cannot open {}: {e}", gguf.path.display())))?;
         let expected = LayerWeights::expected_shapes(hp);
@@ -363,7 +393,7 @@ impl LayerStore {
             }
             layer_tensors.push(tensors);
         }
-        let mut store = LayerStore {
+        let store = LayerStore {
             hp: hp.clone(),
             model_file: Arc::new(file),
             slots: Vec::with_capacity(hp.n_layer),
@@ -374,13 +404,70 @@ impl LayerStore {
             buffers: Mutex::new(Vec::new()),
             read_ahead: Mutex::new(None),
             stats: DiskStats::default(),
+            gpu,
         };
-        for (i, &tier) in tiers.iter().enumerate() {
-            let slot = store.make_slot(i, tier)?;
-            store.slots.push(slot);
-            progress(i + 1, hp.n_layer);
-        }
         Ok(store)
+    }
+
+    /// Gives the store a GPU tier (or takes it away) while no layer is on it.
+    pub fn set_gpu(&mut self, gpu: Option<GpuCharges>) -> Result<(), ModelError> {
+        if self.slots.iter().any(|s| matches!(s, Slot::Gpu(..))) {
+            return Err(ModelError::Format("the GPU tier still holds layers".into()));
+        }
+        self.gpu = gpu;
+        Ok(())
+    }
+
+    /// The GPU tier this store charges, if any.
+    pub fn gpu(&self) -> Option<&Arc<GpuTier>> {
+        self.gpu.as_ref().map(|g| &g.tier)
+    }
+
+    /// Puts layer `i` in `tiers[i]` for every layer: loads the layers not
+    /// yet loaded and moves only those whose tier changes. Layers leaving a
+    /// faster tier move first, so memory is freed before it is taken.
+    /// `progress(done, total)` counts the layers loaded or moved; so does
+    /// the result. On an error the layers placed so far stay placed, so a
+    /// re-planned call can carry on from there.
+    pub fn apply(
+        &mut self,
+        tiers: &[Tier],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<usize, ModelError> {
+        let n = self.hp.n_layer;
+        if tiers.len() != n {
+            return Err(ModelError::Format(format!(
+                "{} tiers given for {n} layers",
+                tiers.len()
+            )));
+        }
+        if tiers.contains(&Tier::Gpu) && self.gpu.is_none() {
+            return Err(ModelError::Format("no GPU tier to place layers on".into()));
+        }
+        let rank = |t: Tier| match t {
+            Tier::Gpu => 0,
+            Tier::Ram => 1,
+            Tier::Disk => 2,
+        };
+        let loaded = self.slots.len();
+        let moving: Vec<usize> = (0..loaded).filter(|&i| self.tier(i) != tiers[i]).collect();
+        let total = moving.len() + (n - loaded);
+        let mut done = 0;
+        let (down, up): (Vec<usize>, Vec<usize>) = moving
+            .into_iter()
+            .partition(|&i| rank(tiers[i]) > rank(self.tier(i)));
+        for i in down.into_iter().chain(up) {
+            self.set_tier(i, tiers[i])?;
+            done += 1;
+            progress(done, total);
+        }
+        for (i, &tier) in tiers.iter().enumerate().skip(loaded) {
+            let slot = self.make_slot(i, tier)?;
+            self.slots.push(slot);
+            done += 1;
+            progress(done, total);
+        }
+        Ok(done)
     }
 
     fn make_slot(&mut self, i: usize, tier: Tier) -> Result<Slot, ModelError> {
@@ -394,6 +481,28 @@ impl LayerStore {
                 },
             )?)),
             Tier::Disk => Slot::Disk(self.disk_layer(i)?),
+            Tier::Gpu => {
+                let Some(g) = self.gpu.clone() else {
+                    return Err(ModelError::Format("no GPU tier to place layers on".into()));
+                };
+                let bytes = self.layer_bytes(i) + g.kv_bytes_per_layer;
+                g.tier.alloc(bytes, || format!("layer {i}"))?;
+                let w = LayerWeights::load(
+                    &self.hp,
+                    &mut FileTensors {
+                        file: &self.model_file,
+                        tensors: &self.layer_tensors[i],
+                        layer: i,
+                    },
+                );
+                match w {
+                    Ok(w) => Slot::Gpu(Box::new(w), bytes),
+                    Err(e) => {
+                        g.tier.free(bytes);
+                        return Err(e);
+                    }
+                }
+            }
         })
     }
 
@@ -457,9 +566,21 @@ impl LayerStore {
                 .get_mut()
                 .unwrap_or_else(|e| e.into_inner())
                 .take();
-            self.slots[i] = self.make_slot(i, tier)?;
+            // The new copy is made before the old one goes, so a failure
+            // leaves the layer where it was; the two are in different tiers,
+            // so neither tier holds both.
+            let new = self.make_slot(i, tier)?;
+            let old = std::mem::replace(&mut self.slots[i], new);
+            self.release(old);
         }
         Ok(())
+    }
+
+    /// Gives back what a dropped slot charged the GPU tier.
+    fn release(&self, slot: Slot) {
+        if let (Slot::Gpu(_, bytes), Some(g)) = (&slot, &self.gpu) {
+            g.tier.free(*bytes);
+        }
     }
 
     pub fn n_layers(&self) -> usize {
@@ -470,6 +591,7 @@ impl LayerStore {
         match self.slots[i] {
             Slot::Resident(_) => Tier::Ram,
             Slot::Disk(_) => Tier::Disk,
+            Slot::Gpu(..) => Tier::Gpu,
         }
     }
 
@@ -502,7 +624,7 @@ impl LayerStore {
             .iter()
             .filter_map(|s| match s {
                 Slot::Disk(d) => Some(d.span.map_or(usize::MAX, Span::buffer_len)),
-                Slot::Resident(_) => None,
+                Slot::Resident(_) | Slot::Gpu(..) => None,
             })
             .max()
             .unwrap_or(usize::MAX)
@@ -511,7 +633,7 @@ impl LayerStore {
 
     /// How many disk-layer read buffers may exist (see [`READ_AHEAD_BYTES`]).
     fn read_buffers(&self) -> usize {
-        (READ_AHEAD_BYTES / self.largest_disk_span()).clamp(2, MAX_READ_BUFFERS)
+        staging_buffers(self.largest_disk_span())
     }
 
     /// Layers read at once: enough for about 8 MiB of requests in flight
@@ -661,8 +783,45 @@ fn fetch(
     })
 }
 
+impl Drop for LayerStore {
+    fn drop(&mut self) {
+        for slot in std::mem::take(&mut self.slots) {
+            self.release(slot);
+        }
+    }
+}
+
 impl LayerProvider for LayerStore {
     fn for_each_layer(
+        &self,
+        f: &mut dyn FnMut(usize, &LayerWeights) -> Result<(), ModelError>,
+    ) -> Result<(), ModelError> {
+        if self.slots.len() != self.hp.n_layer {
+            return Err(ModelError::Format(format!(
+                "only {} of {} layers are loaded",
+                self.slots.len(),
+                self.hp.n_layer
+            )));
+        }
+        // A pass with GPU layers allocates its activations on the device
+        // (where an out-of-memory during generation shows up).
+        let charged = match &self.gpu {
+            Some(g) if self.slots.iter().any(|s| matches!(s, Slot::Gpu(..))) => {
+                g.tier.alloc(g.activation_bytes, || "activations".into())?;
+                Some(g)
+            }
+            _ => None,
+        };
+        let result = self.run_layers(f);
+        if let Some(g) = charged {
+            g.tier.free(g.activation_bytes);
+        }
+        result
+    }
+}
+
+impl LayerStore {
+    fn run_layers(
         &self,
         f: &mut dyn FnMut(usize, &LayerWeights) -> Result<(), ModelError>,
     ) -> Result<(), ModelError> {
@@ -671,7 +830,7 @@ impl LayerProvider for LayerStore {
             .collect();
         if disk.is_empty() {
             for (i, slot) in self.slots.iter().enumerate() {
-                if let Slot::Resident(w) = slot {
+                if let Slot::Resident(w) | Slot::Gpu(w, _) = slot {
                     f(i, w)?;
                 }
             }
@@ -772,7 +931,7 @@ impl LayerProvider for LayerStore {
             });
             for (i, slot) in self.slots.iter().enumerate() {
                 match slot {
-                    Slot::Resident(w) => f(i, w)?,
+                    Slot::Resident(w) | Slot::Gpu(w, _) => f(i, w)?,
                     Slot::Disk(_) => {
                         let waited = Instant::now();
                         let (w, buf) = rx.recv().map_err(|_| ModelError::PrefetchLost)??;

@@ -1,6 +1,9 @@
 //! Readings of the machine and the process: resident memory now and at its
-//! peak. NVML, disk and tokens/s readings join this module with the
-//! placement work. Every reading may be unavailable; none may fail.
+//! peak, GPU memory (NVML), RAM, disk (`machine`), and the snapshot the
+//! engine sends a few times a second (`snapshot`). Every reading may be
+//! unavailable; none may fail.
+
+pub mod machine;
 
 /// Resident-set readings of this process, in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

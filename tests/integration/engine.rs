@@ -14,7 +14,7 @@ use crate::common::smollm2;
 
 fn load(disk: DiskLayers) -> Engine {
     let mut opts = LoadOptions::new(smollm2());
-    opts.disk_layers = disk;
+    opts.placement.disk_layers = Some(disk);
     opts.context_length = Some(1024);
     Engine::load(&opts, &mut |_| {}).expect("SmolLM2 loads")
 }

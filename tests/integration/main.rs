@@ -6,4 +6,5 @@ mod common;
 mod engine;
 mod errors;
 mod generation;
+mod placement;
 mod tokenizer;

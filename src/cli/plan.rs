@@ -1,0 +1,228 @@
+//! `spillway plan`: the placement of a model and its predicted speed, from a
+//! GGUF's tensor table or a Hugging Face config.json plus a quantization
+//! scheme, without reading any weights. `--vram` and `--ram` plan for a
+//! machine other than this one.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::PlacementArgs;
+use crate::config::Config;
+use crate::engine::PROMPT_CHUNK;
+use crate::model::hparams::HParams;
+use crate::placement::budget::Held;
+use crate::placement::planner::{human, TierBytes};
+use crate::placement::{calibrate, Budgets, Footprint, Placement, Quant, Tier};
+use crate::telemetry::machine::Machine;
+use crate::weights::gguf::GgufFile;
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// A GGUF file, a config.json, or a folder holding either.
+    #[arg(long, value_name = "PATH|CONFIG.json")]
+    model: PathBuf,
+    /// Quantization the weights of a config.json would get (q4_k_m, q8_0,
+    /// f16, bf16, none); a GGUF is planned as stored.
+    #[arg(long, value_name = "SCHEME")]
+    quant: Option<Quant>,
+    #[command(flatten)]
+    placement: PlacementArgs,
+    /// Context length in tokens (default: the config's, else the model's own).
+    #[arg(long, value_name = "N")]
+    ctx: Option<usize>,
+    /// Offload folder whose free disk is the disk budget.
+    #[arg(long, value_name = "DIR")]
+    offload_dir: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A config.json to plan from: the path itself, or one in the folder when
+/// the folder has no GGUF.
+fn config_path(path: &Path) -> Option<PathBuf> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    {
+        return Some(path.to_path_buf());
+    }
+    if path.is_dir() {
+        let has_gguf = std::fs::read_dir(path).ok()?.flatten().any(|e| {
+            e.path()
+                .extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
+        });
+        let config = path.join("config.json");
+        if !has_gguf && config.is_file() {
+            return Some(config);
+        }
+    }
+    None
+}
+
+fn footprint(a: &PlanArgs, config: &Config) -> anyhow::Result<(Footprint, String)> {
+    let ctx_for = |trained: usize| -> anyhow::Result<usize> {
+        match a.ctx.or(config.context_length) {
+            Some(0) => anyhow::bail!("the context length must be positive"),
+            Some(n) => Ok(n),
+            None => Ok(trained),
+        }
+    };
+    if let Some(path) = config_path(&a.model) {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let quant = a.quant.unwrap_or(Quant::Q4KM);
+        let hp = HParams::from_hf_config(&json)?;
+        let name = path.parent().and_then(|p| p.file_name()).map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let fp = Footprint::from_hf_config(
+            name,
+            &json,
+            quant,
+            ctx_for(hp.context_length)?,
+            PROMPT_CHUNK,
+        )?;
+        return Ok((fp, format!("config.json, {quant}")));
+    }
+    if a.quant.is_some_and(|q| q != Quant::AsStored) {
+        anyhow::bail!("a GGUF is planned as stored; --quant applies to a config.json or a Hugging Face folder");
+    }
+    let path = crate::engine::resolve_model_path(&a.model)?;
+    let gguf = GgufFile::open(&path)?;
+    let hp = HParams::from_gguf(&gguf)?;
+    let fp = Footprint::from_gguf(&gguf, &hp, ctx_for(hp.context_length)?, PROMPT_CHUNK);
+    Ok((fp, "GGUF, as stored".into()))
+}
+
+pub fn run(a: PlanArgs, config: &Config) -> anyhow::Result<ExitCode> {
+    let (fp, source) = footprint(&a, config)?;
+    let offload_dir = a
+        .offload_dir
+        .clone()
+        .unwrap_or_else(|| config.offload_folder.clone());
+    let request = a.placement.request(offload_dir.clone(), true);
+    let mut machine = Machine::new();
+    let budgets = Budgets::probe(&mut machine, &request.budget, &offload_dir, Held::default());
+    let rates = calibrate::rates(&offload_dir, machine.gpus().first(), budgets.gpu_simulated);
+    let placement = crate::engine::plan_for(&fp, &budgets, &request, &rates)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&to_json(&fp, &budgets, &placement))?
+        );
+    } else {
+        print_text(&fp, &source, &budgets, &placement);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tier_json(p: &Placement, tier: Tier) -> serde_json::Value {
+    serde_json::json!({
+        "layers": p.count(tier),
+        "weights_bytes": p.weights.get(tier),
+        "kv_cache_bytes": p.kv.get(tier),
+        "peak_bytes": p.peak.get(tier),
+    })
+}
+
+fn to_json(fp: &Footprint, b: &Budgets, p: &Placement) -> serde_json::Value {
+    serde_json::json!({
+        "model": fp.name,
+        "context": fp.context,
+        "mode": p.mode.to_string(),
+        "weights_bytes": fp.weights_bytes(),
+        "kv_cache_bytes": fp.kv_cache_bytes(),
+        "tiers": {
+            "gpu": tier_json(p, Tier::Gpu),
+            "ram": tier_json(p, Tier::Ram),
+            "disk": tier_json(p, Tier::Disk),
+        },
+        "layers": p.layers.iter().enumerate().map(|(i, t)| serde_json::json!({
+            "index": i,
+            "tier": t.to_string(),
+            "bytes": fp.layer_bytes[i],
+        })).collect::<Vec<_>>(),
+        "head": { "tier": p.head.to_string(), "bytes": fp.head_bytes },
+        "embeddings": { "tier": "ram", "bytes": fp.embeddings_bytes },
+        "vision": p.vision.map(|t| serde_json::json!({ "tier": t.to_string(), "bytes": fp.vision_bytes })),
+        "budgets": {
+            "vram_bytes": b.vram_bytes,
+            "ram_bytes": b.ram_bytes,
+            "disk_bytes": b.disk_bytes,
+            "gpu": b.gpu_name,
+            "gpu_simulated": b.gpu_simulated,
+        },
+        "predicted_prompt_tokens_per_sec": p.predicted_prompt_tokens_per_sec,
+        "predicted_decode_tokens_per_sec": p.predicted_decode_tokens_per_sec,
+        "notes": b.notes,
+    })
+}
+
+fn print_text(fp: &Footprint, source: &str, b: &Budgets, p: &Placement) {
+    println!(
+        "{} ({source}) · {} of weights · context {} ({} of KV cache) · mode {}",
+        fp.name,
+        human(fp.weights_bytes()),
+        fp.context,
+        human(fp.kv_cache_bytes()),
+        p.mode
+    );
+    let gpu = match (&b.gpu_name, b.gpu_simulated) {
+        (Some(_), true) => " (simulated)".to_string(),
+        (Some(n), false) => format!(" ({n})"),
+        (None, _) => String::new(),
+    };
+    println!(
+        "budgets: VRAM {}{gpu} · RAM {} · disk {} free",
+        human(b.vram_bytes),
+        human(b.ram_bytes),
+        human(b.disk_bytes)
+    );
+    println!();
+    for (i, t) in p.layers.iter().enumerate() {
+        println!("  layer {i:>3}  {t:<4}  {:>9}", human(fp.layer_bytes[i]));
+    }
+    println!(
+        "  head       {:<4}  {:>9}",
+        p.head.to_string(),
+        human(fp.head_bytes)
+    );
+    println!("  embeddings ram   {:>9}", human(fp.embeddings_bytes));
+    if let Some(t) = p.vision {
+        println!(
+            "  vision     {:<4}  {:>9}",
+            t.to_string(),
+            human(fp.vision_bytes)
+        );
+    }
+    println!();
+    println!("  tier  layers    weights   KV cache       peak");
+    let row = |name: &str, tier: Tier, t: &TierBytes| {
+        println!(
+            "  {name:<4}  {:>6}  {:>9}  {:>9}  {:>9}",
+            p.count(tier),
+            human(p.weights.get(tier)),
+            human(p.kv.get(tier)),
+            human(t.get(tier))
+        );
+    };
+    row("gpu", Tier::Gpu, &p.peak);
+    row("ram", Tier::Ram, &p.peak);
+    row("disk", Tier::Disk, &p.peak);
+    println!();
+    println!(
+        "predicted: prompt {:.1} tokens/s, decode {:.2} tokens/s",
+        p.predicted_prompt_tokens_per_sec, p.predicted_decode_tokens_per_sec
+    );
+    for n in &b.notes {
+        println!("note: {n}");
+    }
+}

@@ -1,0 +1,288 @@
+//! The engine's side of placement: plan at load, apply a plan to the tier
+//! store, recover from a GPU out-of-memory by re-planning with less VRAM,
+//! and re-place live when the user changes mode or caps — moving only the
+//! layers whose tier changes, keeping the conversation (the KV cache and
+//! the cached tokens) untouched.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{DiskLayers, Engine, EngineError};
+use crate::model::ModelError;
+use crate::placement::budget::Held;
+use crate::placement::footprint::Footprint;
+use crate::placement::gpu::GpuTier;
+use crate::placement::planner::{self, human};
+use crate::placement::store::GpuCharges;
+use crate::placement::{BudgetOptions, Budgets, Mode, Placement, Rates, Tier};
+use crate::telemetry::machine::Machine;
+
+/// What the user asks of placement: a mode, budgets, and optional manual
+/// overrides.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlacementRequest {
+    pub mode: Mode,
+    pub budget: BudgetOptions,
+    /// Manual override after planning: the first layers that are not on the
+    /// GPU go to disk (benchmarks of the disk tier).
+    pub disk_layers: Option<DiskLayers>,
+    /// Where disk-tier copies, the calibration probe and the free-disk
+    /// reading go.
+    pub offload_dir: PathBuf,
+    /// Fault injection for the simulated GPU tier: its Nth allocation fails.
+    pub fail_gpu_alloc: Option<u64>,
+}
+
+/// What happened to placement, for the user (re-plans after an
+/// out-of-memory, budgets that could not be read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice(pub String);
+
+/// Placement state the engine keeps.
+pub(super) struct Placing {
+    pub footprint: Footprint,
+    pub rates: Rates,
+    pub budgets: Budgets,
+    pub request: PlacementRequest,
+    pub placement: Placement,
+    pub machine: Machine,
+    pub notices: Vec<Notice>,
+    /// Bytes charged to the GPU tier outside the layers: runtime reserve
+    /// and the head when it is there.
+    pub gpu_base_bytes: u64,
+    /// Layers loaded or moved by the last placement change.
+    pub last_moved: usize,
+}
+
+/// Probes the budgets for `request`. A real GPU needs the CUDA tier; a
+/// build without it plans with a GPU budget of zero, and says so.
+pub(super) fn probe(machine: &mut Machine, request: &PlacementRequest, held: Held) -> Budgets {
+    let mut b = Budgets::probe(machine, &request.budget, &request.offload_dir, held);
+    if b.vram_bytes > 0 && !b.gpu_simulated {
+        b.notes.push(format!(
+            "{} found, but this build has no GPU tier for it (build with --features cuda); planning for the CPU",
+            b.gpu_name.as_deref().unwrap_or("a GPU")
+        ));
+        b.vram_bytes = 0;
+    }
+    b
+}
+
+/// Plans `fp` for `request` within `budgets`, with the manual disk override.
+pub fn plan_for(
+    fp: &Footprint,
+    budgets: &Budgets,
+    request: &PlacementRequest,
+    rates: &Rates,
+) -> Result<Placement, EngineError> {
+    let mut p = planner::plan(fp, budgets, request.mode, rates)?;
+    if let Some(disk) = request.disk_layers {
+        let n = p.layers.len();
+        let off_gpu = p.layers.iter().filter(|&&t| t != Tier::Gpu).count();
+        let want = match disk {
+            DiskLayers::None => 0,
+            DiskLayers::Count(k) => k.min(off_gpu),
+            DiskLayers::All => off_gpu,
+        };
+        let layers: Vec<Tier> = (0..n)
+            .map(|i| match p.layers[i] {
+                Tier::Gpu => Tier::Gpu,
+                _ if i < want => Tier::Disk,
+                _ => Tier::Ram,
+            })
+            .collect();
+        p = planner::describe(fp, &layers, p.head, request.mode, rates);
+    }
+    Ok(p)
+}
+
+/// The GPU tier a plan needs, when it uses one.
+pub(super) fn gpu_tier(
+    budgets: &Budgets,
+    request: &PlacementRequest,
+    fp: &Footprint,
+) -> Option<GpuCharges> {
+    (budgets.gpu_simulated && budgets.vram_bytes > 0).then(|| GpuCharges {
+        tier: Arc::new(GpuTier::simulated(
+            budgets.vram_bytes,
+            request.fail_gpu_alloc,
+        )),
+        kv_bytes_per_layer: fp.kv_bytes_per_layer,
+        activation_bytes: fp.gpu_scratch_bytes,
+    })
+}
+
+impl Engine {
+    /// The placement in force.
+    pub fn placement(&self) -> &Placement {
+        &self.placing.placement
+    }
+
+    pub fn footprint(&self) -> &Footprint {
+        &self.placing.footprint
+    }
+
+    pub fn budgets(&self) -> &Budgets {
+        &self.placing.budgets
+    }
+
+    pub fn rates(&self) -> &Rates {
+        &self.placing.rates
+    }
+
+    /// Layers loaded or moved by the last placement change (load, re-plan,
+    /// [`Engine::replace`]).
+    pub fn last_moved(&self) -> usize {
+        self.placing.last_moved
+    }
+
+    /// Takes what happened to placement since the last call.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.placing.notices)
+    }
+
+    /// Puts every layer where `p` says, moving only those that change; on a
+    /// GPU out-of-memory re-plans with what the device held and tries again.
+    pub(super) fn apply_placement(
+        &mut self,
+        mut p: Placement,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<(), EngineError> {
+        for _ in 0..=self.placing.footprint.n_layer() + 1 {
+            let result = self.charge_gpu_base(&p).and_then(|()| {
+                self.store
+                    .apply(&p.layers, progress)
+                    .map_err(EngineError::from)
+            });
+            match result {
+                Ok(moved) => {
+                    self.placing.last_moved = moved;
+                    self.placing.placement = p;
+                    return Ok(());
+                }
+                Err(EngineError::Model(e)) if e.is_out_of_memory() => {
+                    p = self.replan_after_oom(&e)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(EngineError::Invalid(
+            "the GPU kept running out of memory while re-planning".into(),
+        ))
+    }
+
+    /// Charges the GPU tier's runtime reserve, and the head when the plan
+    /// puts it there.
+    fn charge_gpu_base(&mut self, p: &Placement) -> Result<(), EngineError> {
+        let Some(gpu) = self.store.gpu().cloned() else {
+            return Ok(());
+        };
+        let fp = &self.placing.footprint;
+        let uses_gpu = p.layers.contains(&Tier::Gpu) || p.head == Tier::Gpu;
+        let want = if uses_gpu {
+            fp.gpu_runtime_bytes
+                + if p.head == Tier::Gpu {
+                    fp.head_bytes
+                } else {
+                    0
+                }
+        } else {
+            0
+        };
+        if want != self.placing.gpu_base_bytes {
+            gpu.free(self.placing.gpu_base_bytes);
+            self.placing.gpu_base_bytes = 0;
+            if want > 0 {
+                gpu.alloc(want, || "the runtime and output head".into())?;
+                self.placing.gpu_base_bytes = want;
+            }
+        }
+        Ok(())
+    }
+
+    /// After an out-of-memory: the device holds no more than it held when
+    /// the allocation failed; plan again within that (auto when the chosen
+    /// mode no longer fits) and say so.
+    fn replan_after_oom(&mut self, e: &ModelError) -> Result<Placement, EngineError> {
+        let Some(gpu) = self.store.gpu().cloned() else {
+            return Err(EngineError::Invalid(e.to_string()));
+        };
+        let held = gpu.used_bytes();
+        let before = self.placing.placement.count(Tier::Gpu);
+        gpu.shrink_budget(held);
+        let pl = &mut self.placing;
+        pl.budgets.vram_bytes = pl.budgets.vram_bytes.min(held);
+        let p = match plan_for(&pl.footprint, &pl.budgets, &pl.request, &pl.rates) {
+            Ok(p) => p,
+            Err(_) => {
+                let auto = PlacementRequest {
+                    mode: Mode::Auto,
+                    ..pl.request.clone()
+                };
+                plan_for(&pl.footprint, &pl.budgets, &auto, &pl.rates)?
+            }
+        };
+        pl.notices.push(Notice(format!(
+            "{e}. Re-planned for {} of VRAM: {} GPU layers (was {before}), {} in RAM, {} on disk; continuing.",
+            human(pl.budgets.vram_bytes),
+            p.count(Tier::Gpu),
+            p.count(Tier::Ram),
+            p.count(Tier::Disk),
+        )));
+        Ok(p)
+    }
+
+    /// A forward pass error during generation: an out-of-memory re-plans and
+    /// moves layers (the KV cache stays valid: the failed step wrote nothing
+    /// it counts), anything else is returned.
+    pub(super) fn recover(&mut self, e: ModelError) -> Result<(), EngineError> {
+        if !e.is_out_of_memory() || self.store.gpu().is_none() {
+            return Err(e.into());
+        }
+        let p = self.replan_after_oom(&e)?;
+        self.apply_placement(p, &mut |_, _| {})
+    }
+
+    /// Re-places the loaded model as `request` asks (mode, GPU layers, caps)
+    /// without reloading it or losing the conversation. Returns the new
+    /// placement; on an error the old one stays in force.
+    pub fn replace(&mut self, request: PlacementRequest) -> Result<&Placement, EngineError> {
+        let p = self.preview(&request)?;
+        let wants_gpu = p.layers.contains(&Tier::Gpu) || p.head == Tier::Gpu;
+        let held = self.held();
+        let budgets = probe(&mut self.placing.machine, &request, held);
+        if wants_gpu && self.store.gpu().is_none() {
+            let gpu = gpu_tier(&budgets, &request, &self.placing.footprint);
+            self.store.set_gpu(gpu)?;
+        } else if let Some(g) = self.store.gpu() {
+            // A new cap applies to the device from now on.
+            g.set_budget(budgets.vram_bytes.max(g.used_bytes()));
+        }
+        self.placing.request = request;
+        self.placing.budgets = budgets;
+        self.apply_placement(p, &mut |_, _| {})?;
+        Ok(&self.placing.placement)
+    }
+
+    /// The plan `request` would give, with its predicted speed, without
+    /// applying it (the settings pane's "what if").
+    pub fn preview(&mut self, request: &PlacementRequest) -> Result<Placement, EngineError> {
+        let held = self.held();
+        let budgets = probe(&mut self.placing.machine, request, held);
+        plan_for(
+            &self.placing.footprint,
+            &budgets,
+            request,
+            &self.placing.rates,
+        )
+    }
+
+    /// What the model holds now, counted back into budgets when re-planning.
+    fn held(&self) -> Held {
+        let p = &self.placing.placement;
+        Held {
+            vram_bytes: self.store.gpu().map_or(0, |g| g.used_bytes()),
+            ram_bytes: p.peak.ram,
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! The footprint: exact bytes of every tensor in its final type, summed per
+//! layer, plus the KV cache for the chosen context, activation scratch, the
+//! vision tower and each device's runtime reserve — everything the planner
+//! weighs against the budgets.
+//!
+//! Two sources give the same table: a GGUF's tensor table (the weights are at
+//! hand), or a Hugging Face `config.json` with a quantization scheme (so a
+//! user can ask whether a model fits before downloading it); the latter lists
+//! the tensors a converter would write, with the types llama.cpp's scheme of
+//! that name gives them. It never guesses a size by formula when the tensor
+//! table is known.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::model::hparams::HParams;
+use crate::weights::gguf::GgufFile;
+use crate::weights::GgmlType;
+
+/// Quantization scheme of weights converted at load (or planned from a
+/// config.json).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quant {
+    /// 4-bit K-quants with llama.cpp's Q4_K_M mix: Q6_K for half of the
+    /// `attn_v` / `ffn_down` tensors and for the output head.
+    Q4KM,
+    Q8_0,
+    F16,
+    BF16,
+    /// As stored (config.json's `torch_dtype`).
+    AsStored,
+}
+
+impl fmt::Display for Quant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Quant::Q4KM => "q4_k_m",
+            Quant::Q8_0 => "q8_0",
+            Quant::F16 => "f16",
+            Quant::BF16 => "bf16",
+            Quant::AsStored => "none",
+        })
+    }
+}
+
+impl FromStr for Quant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "q4_k_m" | "q4" | "4bit" | "4-bit" => Quant::Q4KM,
+            "q8_0" | "q8" | "8bit" | "8-bit" => Quant::Q8_0,
+            "f16" | "16bit" | "16-bit" => Quant::F16,
+            "bf16" => Quant::BF16,
+            "none" | "as-stored" => Quant::AsStored,
+            other => {
+                return Err(format!(
+                    "unknown quantization '{other}' (q4_k_m, q8_0, f16, bf16, none)"
+                ))
+            }
+        })
+    }
+}
+
+/// llama.cpp's choice of layers that get more bits in its `_M` mixes: the
+/// first and last eighth, and every third layer between.
+fn more_bits(layer: usize, n_layer: usize) -> bool {
+    layer < n_layer / 8
+        || layer >= 7 * n_layer / 8
+        || (layer >= n_layer / 8 && (layer - n_layer / 8) % 3 == 2)
+}
+
+impl Quant {
+    /// The type tensor `name` (of layer `layer`, with `row` values per row)
+    /// gets under this scheme; `stored` is the checkpoint's own type. Vectors
+    /// (norms, biases) stay f32, as every GGUF writer keeps them.
+    pub fn tensor_type(
+        self,
+        name: &str,
+        layer: Option<usize>,
+        n_layer: usize,
+        row: usize,
+        is_vector: bool,
+        stored: GgmlType,
+    ) -> GgmlType {
+        if is_vector {
+            return GgmlType::F32;
+        }
+        let want = match self {
+            Quant::AsStored => stored,
+            Quant::F16 => GgmlType::F16,
+            Quant::BF16 => GgmlType::BF16,
+            Quant::Q8_0 => GgmlType::Q8_0,
+            Quant::Q4KM => {
+                let mixed = name.contains("attn_v") || name.contains("ffn_down");
+                if name.starts_with("output.")
+                    || (mixed && layer.is_some_and(|i| more_bits(i, n_layer)))
+                {
+                    GgmlType::Q6K
+                } else {
+                    GgmlType::Q4K
+                }
+            }
+        };
+        // Rows that are not whole blocks fall back as llama.cpp does.
+        if row as u64 % want.block_elems() != 0 {
+            return match want {
+                GgmlType::Q4K => GgmlType::Q5_0,
+                GgmlType::Q6K => GgmlType::Q8_0,
+                _ if row % 32 == 0 => GgmlType::Q8_0,
+                _ => GgmlType::F16,
+            };
+        }
+        want
+    }
+}
+
+/// One tensor's final size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorBytes {
+    pub name: String,
+    /// The block it belongs to; `None` for embeddings, final norm and head.
+    pub layer: Option<usize>,
+    pub ggml_type: GgmlType,
+    pub elems: u64,
+    pub bytes: u64,
+}
+
+/// Runtime reserve of a GPU: the CUDA context, cuBLAS workspace and the
+/// loaded kernel modules, measured at ~300–450 MiB on recent drivers.
+pub const GPU_RUNTIME_BYTES: u64 = 512 << 20;
+
+/// Memory the process itself takes besides the model (code, libraries,
+/// thread stacks), measured as the resident set before loading.
+pub const CPU_RUNTIME_BYTES: u64 = 24 << 20;
+
+/// Tokenizer memory per vocabulary entry (the token string, its id maps,
+/// merges), measured on the test models' tokenizers.
+pub const TOKENIZER_BYTES_PER_ENTRY: u64 = 200;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Footprint {
+    /// What the footprint is of (a file name or repo).
+    pub name: String,
+    pub hp: HParams,
+    /// The context length the KV cache is sized for, in tokens.
+    pub context: usize,
+    /// Prompt tokens per forward pass (bounds the activation scratch).
+    pub prompt_chunk: usize,
+    pub tensors: Vec<TensorBytes>,
+    /// Weight bytes of each block, from `tensors`.
+    pub layer_bytes: Vec<u64>,
+    /// Weight values of each block (for compute-time predictions).
+    pub layer_elems: Vec<u64>,
+    /// Token embedding table (only the rows of a prompt's tokens are read,
+    /// so it stays in RAM).
+    pub embeddings_bytes: u64,
+    /// Output head and final norm: read every token. With tied embeddings
+    /// this is the table again (a GPU needs its own copy).
+    pub head_bytes: u64,
+    pub head_elems: u64,
+    pub head_tied: bool,
+    /// Keys and values of one layer for `context` tokens (f32).
+    pub kv_bytes_per_layer: u64,
+    /// Activations of a prompt chunk on the CPU (residual stream, q/k/v,
+    /// MLP, logits, rotary tables, 8-bit activations).
+    pub cpu_scratch_bytes: u64,
+    /// The same on a GPU, with one KV head group's attention scores.
+    pub gpu_scratch_bytes: u64,
+    /// The vision tower's weights (0 for text models).
+    pub vision_bytes: u64,
+    pub gpu_runtime_bytes: u64,
+    /// Process and tokenizer.
+    pub cpu_runtime_bytes: u64,
+    /// Disk-tier layers are copies written to the offload folder (weights
+    /// converted at load, or `offload.copy_disk_layers`), so they need free
+    /// disk; otherwise they are read from the model file in place.
+    pub disk_copy: bool,
+}
+
+impl Footprint {
+    /// From a GGUF's tensor table, exactly as stored.
+    pub fn from_gguf(g: &GgufFile, hp: &HParams, context: usize, prompt_chunk: usize) -> Self {
+        let tensors = g
+            .tensors
+            .iter()
+            .map(|t| TensorBytes {
+                layer: layer_of(&t.name),
+                name: t.name.clone(),
+                ggml_type: t.ggml_type,
+                elems: t.elem_count() as u64,
+                bytes: t.size_bytes,
+            })
+            .collect();
+        let name = g.path.file_name().map_or_else(
+            || g.path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        Self::from_tensors(name, hp.clone(), tensors, context, prompt_chunk, 0)
+    }
+
+    /// From a Hugging Face `config.json` and the scheme the weights would be
+    /// quantized with: the tensors a converter writes, each in its type.
+    pub fn from_hf_config(
+        name: String,
+        config: &serde_json::Value,
+        quant: Quant,
+        context: usize,
+        prompt_chunk: usize,
+    ) -> Result<Self, crate::model::ModelError> {
+        let hp = HParams::from_hf_config(config)?;
+        let stored = match config
+            .get("text_config")
+            .and_then(|t| t.get("torch_dtype").or_else(|| t.get("dtype")))
+            .or_else(|| config.get("torch_dtype").or_else(|| config.get("dtype")))
+            .and_then(serde_json::Value::as_str)
+        {
+            Some("float32") => GgmlType::F32,
+            Some("float16") => GgmlType::F16,
+            _ => GgmlType::BF16,
+        };
+        let (d, hd, ff) = (hp.n_embd, hp.head_dim, hp.n_ff);
+        let (qd, kvd) = (hp.n_head * hd, hp.n_head_kv * hd);
+        let mut shapes: Vec<(String, Option<usize>, Vec<usize>)> = vec![
+            ("token_embd.weight".into(), None, vec![hp.n_vocab, d]),
+            ("output_norm.weight".into(), None, vec![d]),
+        ];
+        if !hp.tied_embeddings {
+            shapes.push(("output.weight".into(), None, vec![hp.n_vocab, d]));
+        }
+        for i in 0..hp.n_layer {
+            let block: [(&str, Vec<usize>); 9] = [
+                ("attn_norm.weight", vec![d]),
+                ("attn_q.weight", vec![qd, d]),
+                ("attn_k.weight", vec![kvd, d]),
+                ("attn_v.weight", vec![kvd, d]),
+                ("attn_output.weight", vec![d, qd]),
+                ("ffn_norm.weight", vec![d]),
+                ("ffn_gate.weight", vec![ff, d]),
+                ("ffn_up.weight", vec![ff, d]),
+                ("ffn_down.weight", vec![d, ff]),
+            ];
+            for (n, s) in block {
+                shapes.push((format!("blk.{i}.{n}"), Some(i), s));
+            }
+            if hp.has_qkv_bias {
+                for (n, w) in [
+                    ("attn_q.bias", qd),
+                    ("attn_k.bias", kvd),
+                    ("attn_v.bias", kvd),
+                ] {
+                    shapes.push((format!("blk.{i}.{n}"), Some(i), vec![w]));
+                }
+            }
+        }
+        let mut tensors = Vec::with_capacity(shapes.len());
+        for (name, layer, shape) in shapes {
+            let elems = shape.iter().map(|&x| x as u64).product::<u64>();
+            let row = *shape.last().unwrap_or(&1);
+            let t = quant.tensor_type(&name, layer, hp.n_layer, row, shape.len() == 1, stored);
+            let bytes = t.bytes_for(elems).ok_or_else(|| {
+                crate::model::ModelError::Format(format!(
+                    "{name}: {elems} values are not whole {t} blocks"
+                ))
+            })?;
+            tensors.push(TensorBytes {
+                name,
+                layer,
+                ggml_type: t,
+                elems,
+                bytes,
+            });
+        }
+        let vision = vision_bytes(config);
+        let mut fp = Self::from_tensors(name, hp, tensors, context, prompt_chunk, vision);
+        // Converted weights are read back from the quantized cache on disk.
+        fp.disk_copy = true;
+        Ok(fp)
+    }
+
+    fn from_tensors(
+        name: String,
+        hp: HParams,
+        tensors: Vec<TensorBytes>,
+        context: usize,
+        prompt_chunk: usize,
+        vision_bytes: u64,
+    ) -> Self {
+        let mut layer_bytes = vec![0u64; hp.n_layer];
+        let mut layer_elems = vec![0u64; hp.n_layer];
+        let (mut embeddings_bytes, mut head_bytes, mut head_elems) = (0u64, 0u64, 0u64);
+        for t in &tensors {
+            match t.layer {
+                Some(i) if i < hp.n_layer => {
+                    layer_bytes[i] = layer_bytes[i].saturating_add(t.bytes);
+                    layer_elems[i] = layer_elems[i].saturating_add(t.elems);
+                }
+                Some(_) => {}
+                None if t.name == "token_embd.weight" => embeddings_bytes = t.bytes,
+                None if t.name.starts_with("output") => {
+                    head_bytes = head_bytes.saturating_add(t.bytes);
+                    head_elems = head_elems.saturating_add(t.elems);
+                }
+                None => {}
+            }
+        }
+        let head_tied = !tensors.iter().any(|t| t.name == "output.weight");
+        if head_tied {
+            head_bytes = head_bytes.saturating_add(embeddings_bytes);
+            head_elems = head_elems.saturating_add((hp.n_vocab * hp.n_embd) as u64);
+        }
+        let kv_bytes_per_layer = (2 * hp.n_head_kv * hp.head_dim * 4) as u64 * context as u64;
+        let n = prompt_chunk as u64;
+        let (d, qd, kvd, ff) = (
+            hp.n_embd as u64,
+            (hp.n_head * hp.head_dim) as u64,
+            (hp.n_head_kv * hp.head_dim) as u64,
+            hp.n_ff as u64,
+        );
+        // The forward pass's buffers (see model::transformer::Scratch), the
+        // rotary tables, and one score row per compute thread.
+        let activations = n * (2 * d + 2 * qd + 2 * kvd + 2 * ff) * 4 + n * ff.max(qd) * 2;
+        let rotary = context as u64 * hp.head_dim as u64 * 4;
+        let cpu_scratch_bytes =
+            activations + rotary + hp.n_vocab as u64 * 4 + 64 * context as u64 * 4;
+        let group = (hp.n_head / hp.n_head_kv) as u64;
+        let gpu_scratch_bytes =
+            activations * 2 + group * n * context as u64 * 4 * 2 + hp.n_vocab as u64 * 4;
+        Footprint {
+            name,
+            context,
+            prompt_chunk,
+            tensors,
+            layer_bytes,
+            layer_elems,
+            embeddings_bytes,
+            head_bytes,
+            head_elems,
+            head_tied,
+            kv_bytes_per_layer,
+            cpu_scratch_bytes,
+            gpu_scratch_bytes,
+            vision_bytes,
+            gpu_runtime_bytes: GPU_RUNTIME_BYTES,
+            cpu_runtime_bytes: CPU_RUNTIME_BYTES + hp.n_vocab as u64 * TOKENIZER_BYTES_PER_ENTRY,
+            disk_copy: false,
+            hp,
+        }
+    }
+
+    pub fn n_layer(&self) -> usize {
+        self.layer_bytes.len()
+    }
+
+    /// Bytes of every weight (the model file's payload).
+    pub fn weights_bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.bytes).sum::<u64>() + self.vision_bytes
+    }
+
+    /// KV cache bytes of every layer for the context.
+    pub fn kv_cache_bytes(&self) -> u64 {
+        self.kv_bytes_per_layer
+            .saturating_mul(self.n_layer() as u64)
+    }
+
+    /// RAM the disk tier's read buffers take with `disk_layers` layers on
+    /// disk (see [`super::store::staging_buffers`]).
+    pub fn disk_staging_bytes(&self, disk_layers: impl Iterator<Item = usize>) -> u64 {
+        let largest = disk_layers.map(|i| self.layer_bytes[i]).max().unwrap_or(0);
+        if largest == 0 {
+            return 0;
+        }
+        let span = largest.next_multiple_of(super::alloc::DIRECT_ALIGN as u64)
+            + super::alloc::DIRECT_ALIGN as u64;
+        span * super::store::staging_buffers(span as usize) as u64
+    }
+}
+
+/// The block index of a GGUF tensor name (`blk.N.…`).
+fn layer_of(name: &str) -> Option<usize> {
+    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
+}
+
+/// Bytes of a Qwen2.5-VL vision tower at f16 (as vision towers are kept),
+/// from `vision_config`: patch embedding, `depth` blocks (qkv, projection,
+/// SwiGLU MLP, two norms) and the 2×2 patch merger.
+fn vision_bytes(config: &serde_json::Value) -> u64 {
+    let Some(v) = config.get("vision_config") else {
+        return 0;
+    };
+    let g = |k: &str, default: u64| {
+        v.get(k)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(default)
+    };
+    let (h, inter, depth) = (
+        g("hidden_size", 1280),
+        g("intermediate_size", 3420),
+        g("depth", 32),
+    );
+    let patch = g("in_chans", 3) * g("temporal_patch_size", 2) * g("patch_size", 14).pow(2);
+    let out = g("out_hidden_size", 2048);
+    let merge = g("spatial_merge_size", 2).pow(2) * h;
+    let block = 3 * h * h + 3 * h + h * h + h + 3 * h * inter + 2 * inter + h + 2 * h;
+    let merger = h + merge * merge + merge + merge * out + out;
+    (patch * h + depth * block + merger) * 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn more_bits_matches_llama_cpp_for_32_layers() {
+        let picked: Vec<usize> = (0..32).filter(|&i| more_bits(i, 32)).collect();
+        assert_eq!(
+            picked,
+            [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
+        );
+    }
+
+    #[test]
+    fn quant_names_round_trip() {
+        for q in [
+            Quant::Q4KM,
+            Quant::Q8_0,
+            Quant::F16,
+            Quant::BF16,
+            Quant::AsStored,
+        ] {
+            assert_eq!(q.to_string().parse::<Quant>().unwrap(), q);
+        }
+        assert!("q3".parse::<Quant>().unwrap_err().contains("q4_k_m"));
+    }
+
+    #[test]
+    fn layer_numbers_from_names() {
+        assert_eq!(layer_of("blk.12.attn_q.weight"), Some(12));
+        assert_eq!(layer_of("output.weight"), None);
+    }
+}

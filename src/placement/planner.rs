@@ -1,0 +1,543 @@
+//! The planner: `plan(footprint, budgets, mode, rates)` is a pure function
+//! that puts every layer in VRAM, RAM or on disk, or says why it cannot.
+//!
+//! Every block is read once per token, so what matters is how many bytes sit
+//! in each tier: the GPU takes as many layers as fit, RAM the next, disk the
+//! rest. Tier ranges are contiguous — disk layers first, then RAM, then GPU
+//! layers next to the output head — so the hidden state crosses to the GPU
+//! once per pass and the logits come back once. The token embedding stays in
+//! RAM (only a prompt's rows are read); the head goes where the last layers
+//! are when it fits. KV cache follows the layer that computes it: GPU
+//! layers' in VRAM, the others' in RAM (disk layers too).
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::budget::Budgets;
+use super::footprint::Footprint;
+use super::store::Tier;
+
+/// How the user wants the model placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// GPU first, then RAM, then disk: the fastest placement that fits.
+    #[default]
+    Auto,
+    /// Everything in VRAM, or an error naming the shortfall.
+    FullGpu,
+    /// As many layers in VRAM as fit, the rest in RAM; never disk.
+    CpuOffload,
+    /// As many layers in VRAM as fit, the rest on disk (RAM keeps only the
+    /// KV cache, embeddings and read buffers).
+    DiskOffload,
+    /// No GPU: RAM, then disk when RAM runs out.
+    CpuOnly,
+    /// This many layers in VRAM (the last ones), the rest RAM then disk.
+    GpuLayers(usize),
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mode::Auto => f.write_str("auto"),
+            Mode::FullGpu => f.write_str("full-gpu"),
+            Mode::CpuOffload => f.write_str("cpu-offload"),
+            Mode::DiskOffload => f.write_str("disk-offload"),
+            Mode::CpuOnly => f.write_str("cpu-only"),
+            Mode::GpuLayers(n) => write!(f, "{n} GPU layers"),
+        }
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "auto" => Mode::Auto,
+            "full-gpu" | "gpu" | "cuda" => Mode::FullGpu,
+            "cpu-offload" | "balanced" => Mode::CpuOffload,
+            "disk-offload" | "disk" => Mode::DiskOffload,
+            "cpu-only" | "cpu" => Mode::CpuOnly,
+            n => n.parse().map(Mode::GpuLayers).map_err(|_| {
+                format!("unknown mode '{s}' (auto, full-gpu, cpu-offload, disk-offload, cpu-only, or a GPU layer count)")
+            })?,
+        })
+    }
+}
+
+/// Throughput of each tier, from the calibration (see `calibrate`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Rates {
+    /// Weight bytes per second the GPU's matmuls stream in decode.
+    pub gpu_bytes_per_sec: f64,
+    /// Multiply-adds ×2 per second of the GPU's prompt matmuls.
+    pub gpu_flops: f64,
+    /// Weight bytes per second the CPU's decode kernels stream.
+    pub ram_bytes_per_sec: f64,
+    /// Multiply-adds ×2 per second of the CPU's prompt GEMM.
+    pub cpu_flops: f64,
+    /// Sequential read bandwidth under the offload folder.
+    pub disk_bytes_per_sec: f64,
+}
+
+/// Bytes per tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TierBytes {
+    pub gpu: u64,
+    pub ram: u64,
+    pub disk: u64,
+}
+
+impl TierBytes {
+    pub fn get(&self, tier: Tier) -> u64 {
+        match tier {
+            Tier::Gpu => self.gpu,
+            Tier::Ram => self.ram,
+            Tier::Disk => self.disk,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    pub mode: Mode,
+    /// The tier of each block.
+    pub layers: Vec<Tier>,
+    /// The output head's tier (GPU or RAM).
+    pub head: Tier,
+    /// The vision tower's tier, when there is one.
+    pub vision: Option<Tier>,
+    /// Weight bytes per tier (embeddings and head included).
+    pub weights: TierBytes,
+    /// KV cache bytes per tier.
+    pub kv: TierBytes,
+    /// Predicted peak bytes per tier: weights, KV cache, scratch, read
+    /// buffers, runtime.
+    pub peak: TierBytes,
+    pub predicted_prompt_tokens_per_sec: f64,
+    pub predicted_decode_tokens_per_sec: f64,
+}
+
+impl Placement {
+    pub fn count(&self, tier: Tier) -> usize {
+        self.layers.iter().filter(|&&t| t == tier).count()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlacementError {
+    #[error("{mode} needs {} of {tier} but {} is free ({} MiB short); {suggestion}", human(*needed), human(*free), needed.saturating_sub(*free).div_ceil(1 << 20))]
+    DoesNotFit {
+        mode: Mode,
+        tier: &'static str,
+        needed: u64,
+        free: u64,
+        suggestion: String,
+    },
+}
+
+impl PlacementError {
+    /// MiB missing in the tier that failed.
+    pub fn shortfall_mib(&self) -> u64 {
+        let PlacementError::DoesNotFit { needed, free, .. } = self;
+        needed.saturating_sub(*free).div_ceil(1 << 20)
+    }
+}
+
+/// `bytes` as "4.07 GiB" / "612 MiB".
+pub fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", b / (1u64 << 30) as f64)
+    } else if b >= (1u64 << 20) as f64 {
+        format!("{:.0} MiB", b / (1u64 << 20) as f64)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+/// Parses "6GiB", "6G", "6 GB", "512MiB", "1.5GiB" or plain bytes. Decimal
+/// units (GB) are powers of ten, binary ones (GiB, G) powers of two.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 6GiB, 512MiB)"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "kb" => 1e3,
+        "m" | "mib" => (1u64 << 20) as f64,
+        "mb" => 1e6,
+        "g" | "gib" => (1u64 << 30) as f64,
+        "gb" => 1e9,
+        "t" | "tib" => (1u64 << 40) as f64,
+        "tb" => 1e12,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{s}' (B, MiB, GiB, MB, GB)"
+            ))
+        }
+    };
+    let bytes = value * scale;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("'{s}' is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+/// A layout: the first `disk` layers on disk, the last `gpu` in VRAM.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    gpu: usize,
+    disk: usize,
+    head_gpu: bool,
+    vision_gpu: bool,
+}
+
+impl Layout {
+    fn tier(&self, i: usize, n: usize) -> Tier {
+        if i >= n - self.gpu {
+            Tier::Gpu
+        } else if i < self.disk {
+            Tier::Disk
+        } else {
+            Tier::Ram
+        }
+    }
+}
+
+/// Bytes per tier of a layout: (weights, kv, peak).
+fn usage(fp: &Footprint, l: Layout) -> (TierBytes, TierBytes, TierBytes) {
+    let n = fp.n_layer();
+    let mut w = TierBytes::default();
+    let mut kv = TierBytes::default();
+    for (i, &b) in fp.layer_bytes.iter().enumerate() {
+        match l.tier(i, n) {
+            Tier::Gpu => {
+                w.gpu += b;
+                kv.gpu += fp.kv_bytes_per_layer;
+            }
+            t => {
+                if t == Tier::Disk {
+                    w.disk += b;
+                } else {
+                    w.ram += b;
+                }
+                kv.ram += fp.kv_bytes_per_layer;
+            }
+        }
+    }
+    w.ram += fp.embeddings_bytes;
+    if l.head_gpu {
+        w.gpu += fp.head_bytes;
+    } else if !fp.head_tied {
+        w.ram += fp.head_bytes;
+    }
+    if l.vision_gpu {
+        w.gpu += fp.vision_bytes;
+    } else {
+        w.ram += fp.vision_bytes;
+    }
+    let uses_gpu = w.gpu > 0;
+    let peak = TierBytes {
+        gpu: if uses_gpu {
+            w.gpu + kv.gpu + fp.gpu_scratch_bytes + fp.gpu_runtime_bytes
+        } else {
+            0
+        },
+        ram: w.ram
+            + kv.ram
+            + fp.cpu_scratch_bytes
+            + fp.cpu_runtime_bytes
+            + fp.disk_staging_bytes(0..l.disk),
+        disk: w.disk,
+    };
+    (w, kv, peak)
+}
+
+/// Predicted (prompt, decode) tokens per second: each tier's bytes over its
+/// bandwidth in decode, its multiply-adds over its throughput in prompts;
+/// disk reads overlap compute (the prefetch thread), so a pass takes the
+/// longer of the two.
+fn predict(fp: &Footprint, l: Layout, rates: &Rates) -> (f64, f64) {
+    let n = fp.n_layer();
+    let (mut gpu_b, mut cpu_b, mut disk_b, mut gpu_e, mut cpu_e) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    for i in 0..n {
+        let (b, e) = (fp.layer_bytes[i] as f64, fp.layer_elems[i] as f64);
+        match l.tier(i, n) {
+            Tier::Gpu => {
+                gpu_b += b;
+                gpu_e += e;
+            }
+            t => {
+                cpu_b += b;
+                cpu_e += e;
+                if t == Tier::Disk {
+                    disk_b += b;
+                }
+            }
+        }
+    }
+    let head = fp.head_bytes as f64;
+    if l.head_gpu {
+        gpu_b += head;
+    } else {
+        cpu_b += head;
+    }
+    // The hidden state crosses at each tier boundary: a few microseconds.
+    let crossings = if l.gpu > 0 && l.gpu < n { 2e-5 } else { 0.0 };
+    let decode = (gpu_b / rates.gpu_bytes_per_sec + cpu_b / rates.ram_bytes_per_sec + crossings)
+        .max(disk_b / rates.disk_bytes_per_sec);
+    let chunk = fp.prompt_chunk.max(1) as f64;
+    let head_flops = 2.0 * fp.head_elems as f64;
+    let head_secs = if l.head_gpu {
+        head_flops / rates.gpu_flops
+    } else {
+        head_flops / rates.cpu_flops
+    };
+    let prompt =
+        (2.0 * chunk * (gpu_e / rates.gpu_flops + cpu_e / rates.cpu_flops) + head_secs + crossings)
+            .max(disk_b / rates.disk_bytes_per_sec);
+    (chunk / prompt.max(1e-12), 1.0 / decode.max(1e-12))
+}
+
+fn placement(fp: &Footprint, l: Layout, mode: Mode, rates: &Rates) -> Placement {
+    let n = fp.n_layer();
+    let (weights, kv, peak) = usage(fp, l);
+    let (prompt, decode) = predict(fp, l, rates);
+    Placement {
+        mode,
+        layers: (0..n).map(|i| l.tier(i, n)).collect(),
+        head: if l.head_gpu { Tier::Gpu } else { Tier::Ram },
+        vision: (fp.vision_bytes > 0).then_some(if l.vision_gpu { Tier::Gpu } else { Tier::Ram }),
+        weights,
+        kv,
+        peak,
+        predicted_prompt_tokens_per_sec: prompt,
+        predicted_decode_tokens_per_sec: decode,
+    }
+}
+
+/// The most GPU layers (with the head and vision tower when they fit too)
+/// that `vram` holds, at most `limit`.
+fn fill_gpu(fp: &Footprint, vram: u64, limit: usize) -> Layout {
+    let base = Layout {
+        gpu: 0,
+        disk: 0,
+        head_gpu: false,
+        vision_gpu: false,
+    };
+    let fits = |l: Layout| usage(fp, l).2.gpu <= vram;
+    let Some(gpu) = (0..=limit).rev().find(|&g| fits(Layout { gpu: g, ..base })) else {
+        return base;
+    };
+    let mut l = Layout { gpu, ..base };
+    // The head is read every token, like a layer; it joins the last layers
+    // on the GPU when it fits.
+    if fits(Layout {
+        head_gpu: true,
+        ..l
+    }) {
+        l.head_gpu = true;
+    }
+    if fp.vision_bytes > 0
+        && fits(Layout {
+            vision_gpu: true,
+            ..l
+        })
+    {
+        l.vision_gpu = true;
+    }
+    l
+}
+
+/// The fewest disk layers that let RAM hold the rest, or `None`.
+fn fill_ram(fp: &Footprint, ram: u64, l: Layout) -> Option<Layout> {
+    let n = fp.n_layer();
+    (0..=n - l.gpu)
+        .map(|disk| Layout { disk, ..l })
+        .find(|&c| usage(fp, c).2.ram <= ram)
+}
+
+/// The first layout that fits, trying each GPU layer count of `gpu_counts`
+/// in turn, the head on the GPU before RAM, the fewest disk layers.
+fn search(
+    fp: &Footprint,
+    vram: u64,
+    ram: u64,
+    gpu_counts: impl Iterator<Item = usize>,
+) -> Option<Layout> {
+    for gpu in gpu_counts {
+        let l = fill_gpu(fp, vram, gpu);
+        if l.gpu != gpu {
+            continue;
+        }
+        let heads = [
+            l,
+            Layout {
+                head_gpu: false,
+                vision_gpu: false,
+                ..l
+            },
+        ];
+        for h in heads.into_iter().filter(|h| usage(fp, *h).2.gpu <= vram) {
+            if let Some(found) = fill_ram(fp, ram, h) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+/// Places `fp` within `budgets` as `mode` asks.
+pub fn plan(
+    fp: &Footprint,
+    budgets: &Budgets,
+    mode: Mode,
+    rates: &Rates,
+) -> Result<Placement, PlacementError> {
+    let n = fp.n_layer();
+    let (vram, ram) = (budgets.vram_bytes, budgets.ram_bytes);
+    let ram_error = |l: Layout, mode: Mode, suggestion: String| {
+        let needed = usage(fp, l).2.ram;
+        PlacementError::DoesNotFit {
+            mode,
+            tier: "RAM",
+            needed,
+            free: ram,
+            suggestion,
+        }
+    };
+    let layout = match mode {
+        Mode::Auto | Mode::CpuOnly => {
+            let vram = if mode == Mode::Auto { vram } else { 0 };
+            let most = fill_gpu(fp, vram, n).gpu;
+            // Fastest first: the most GPU layers, the head on the GPU when it
+            // fits there, the fewest disk layers. Fewer GPU layers only help
+            // when RAM cannot hold what the GPU left (never, in practice),
+            // but trying them makes "auto fails" mean "nothing fits".
+            search(fp, vram, ram, (0..=most).rev()).ok_or_else(|| {
+                let all_disk = Layout {
+                    disk: n - most,
+                    ..fill_gpu(fp, vram, most)
+                };
+                ram_error(
+                    all_disk,
+                    mode,
+                    "even with every layer on disk, the KV cache, embeddings and read buffers do not fit: lower the context length (--ctx) or raise the RAM cap".into(),
+                )
+            })?
+        }
+        Mode::FullGpu | Mode::GpuLayers(_) => {
+            let want = match mode {
+                Mode::GpuLayers(g) => g.min(n),
+                _ => n,
+            };
+            let full = Layout {
+                gpu: want,
+                disk: 0,
+                head_gpu: want == n,
+                vision_gpu: want == n && fp.vision_bytes > 0,
+            };
+            let needed = usage(fp, full).2.gpu;
+            if needed > vram {
+                let fits = fill_gpu(fp, vram, n).gpu;
+                let suggestion = if fits > 0 {
+                    format!("{fits} of {n} layers fit: choose cpu-offload, auto, or --gpu-layers {fits}")
+                } else {
+                    "not even one layer fits: choose cpu-only or auto".to_string()
+                };
+                return Err(PlacementError::DoesNotFit {
+                    mode,
+                    tier: "VRAM",
+                    needed,
+                    free: vram,
+                    suggestion,
+                });
+            }
+            let mut l = fill_gpu(fp, vram, want);
+            l.gpu = want;
+            if mode == Mode::FullGpu {
+                l
+            } else {
+                search(fp, vram, ram, std::iter::once(want)).ok_or_else(|| {
+                    ram_error(
+                        Layout {
+                            disk: n - want,
+                            ..l
+                        },
+                        mode,
+                        "lower the context length or place more layers on the GPU".into(),
+                    )
+                })?
+            }
+        }
+        Mode::CpuOffload => {
+            let l = fill_gpu(fp, vram, n);
+            if usage(fp, l).2.ram > ram {
+                let suggestion = match fill_ram(fp, ram, l) {
+                    Some(d) => format!("disk-offload or auto fit (with {} layers on disk)", d.disk),
+                    None => "lower the context length (--ctx)".to_string(),
+                };
+                return Err(ram_error(l, mode, suggestion));
+            }
+            l
+        }
+        Mode::DiskOffload => {
+            let mut l = fill_gpu(fp, vram, n);
+            l.disk = n - l.gpu;
+            if usage(fp, l).2.ram > ram {
+                return Err(ram_error(
+                    l,
+                    mode,
+                    "lower the context length (--ctx) or raise the RAM cap".into(),
+                ));
+            }
+            l
+        }
+    };
+    let (_, _, peak) = usage(fp, layout);
+    if peak.disk > 0 && fp.disk_copy && peak.disk > budgets.disk_bytes {
+        return Err(PlacementError::DoesNotFit {
+            mode,
+            tier: "disk",
+            needed: peak.disk,
+            free: budgets.disk_bytes,
+            suggestion: "free disk space under the offload folder or choose another one".into(),
+        });
+    }
+    Ok(placement(fp, layout, mode, rates))
+}
+
+/// A placement given layer by layer (a manual override such as
+/// `--disk-layers`), with its totals and predictions computed as the
+/// planner's own.
+pub fn describe(
+    fp: &Footprint,
+    layers: &[Tier],
+    head: Tier,
+    mode: Mode,
+    rates: &Rates,
+) -> Placement {
+    let n = fp.n_layer();
+    let gpu = layers.iter().filter(|&&t| t == Tier::Gpu).count();
+    let disk = layers.iter().filter(|&&t| t == Tier::Disk).count();
+    let l = Layout {
+        gpu: gpu.min(n),
+        disk: disk.min(n - gpu.min(n)),
+        head_gpu: head == Tier::Gpu,
+        vision_gpu: false,
+    };
+    let mut p = placement(fp, l, mode, rates);
+    p.layers = layers.to_vec();
+    p
+}
+
+#[cfg(test)]
+#[path = "planner_tests.rs"]
+mod tests;
