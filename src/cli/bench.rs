@@ -329,6 +329,12 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
             .then(|| median(&s.iter().zip(l).map(|(a, b)| a / b).collect::<Vec<_>>()))
     };
     let (pp_ratio, tg_ratio) = (ratio(&pp, &l_pp), ratio(&tg, &l_tg));
+    // Predicted peak memory per tier against what was measured: the RAM
+    // tier's against the resident set's peak, the disk tier's against the
+    // offload folder (when layers are copied there).
+    let peak = b.engine.placement().peak;
+    let measured_ram = telemetry::rss().map(|r| r.peak);
+    let offload_bytes = b.engine.store().offload_bytes();
     let bound_ratio =
         (!bounds.is_empty()).then(|| median(&bounds.iter().map(Bound::ratio).collect::<Vec<_>>()));
     if a.json {
@@ -345,7 +351,10 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
             "tg_tokens_per_sec": median(&tg),
             "pp_runs": runs(&pp_runs),
             "tg_runs": runs(&tg_runs),
-            "peak_rss_bytes": telemetry::rss().map(|r| r.peak),
+            "peak_rss_bytes": measured_ram,
+            "predicted_peak_ram_bytes": peak.ram,
+            "predicted_peak_disk_bytes": peak.disk,
+            "offload_folder_bytes": offload_bytes,
         });
         if a.disk_bound {
             out["disk_bound"] = json!({
@@ -379,6 +388,20 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
     }
     if a.gen_tokens > 0 {
         line(format!("tg{}", a.gen_tokens), &tg, &l_tg, tg_ratio);
+    }
+    if let Some(m) = measured_ram {
+        println!(
+            "memory: RAM peak {:.1} MiB measured, {:.1} MiB predicted ({:+.1}%); disk tier {:.1} MiB predicted{}",
+            m as f64 / 1048576.0,
+            peak.ram as f64 / 1048576.0,
+            (peak.ram as f64 / m as f64 - 1.0) * 100.0,
+            peak.disk as f64 / 1048576.0,
+            if offload_bytes > 0 {
+                format!(", {:.1} MiB in the offload folder", offload_bytes as f64 / 1048576.0)
+            } else {
+                String::new()
+            }
+        );
     }
     if let (Some(r), Some(last)) = (bound_ratio, bounds.last()) {
         println!(

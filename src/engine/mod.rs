@@ -180,6 +180,11 @@ impl Engine {
         // of MB for a 150k vocabulary) is not needed again.
         gguf.metadata
             .retain(|_, v| v.as_array().is_none_or(|a| a.len() < 1024));
+        // What is resident before any weight (the process, the tokenizer,
+        // the tensor table) is measured rather than estimated where the
+        // system says.
+        crate::placement::alloc::release_free_memory();
+        let baseline = crate::telemetry::rss().map(|r| r.current);
         let template = match &tokenizer.chat_template {
             Some(src) => Some(ChatTemplate::new(
                 src,
@@ -221,6 +226,9 @@ impl Engine {
         };
         let model = Transformer::new(hp.clone(), token_embd, output_norm, output, context)?;
         let mut footprint = Footprint::from_gguf(&gguf, &hp, context, PROMPT_CHUNK);
+        if let Some(b) = baseline {
+            footprint.cpu_runtime_bytes = b;
+        }
         footprint.disk_copy = matches!(opts.disk_source, DiskSource::OffloadFolder(_));
         let request = opts.placement.clone();
         let mut machine = Machine::new();
