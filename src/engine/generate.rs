@@ -217,6 +217,7 @@ impl Engine {
             return Ok(result);
         };
         result.prompt_secs = started.elapsed().as_secs_f64();
+        self.speeds.prompt_tokens_per_sec = result.prompt_tokens_per_sec();
 
         let decode_start = Instant::now();
         let mut sampler = Sampler::new(params.sampling.clone());
@@ -258,6 +259,8 @@ impl Engine {
             let out = self.step(&[token], pos, LogitsFor::Last)?;
             logits.copy_from_slice(out);
             self.cached.push(token);
+            let steps = result.generated_tokens.len();
+            self.speeds.decode_tokens_per_sec = rate(steps, decode_start.elapsed().as_secs_f64());
         };
         if finish != FinishReason::Stop {
             let rest = filter.flush();

@@ -10,6 +10,7 @@
 mod generate;
 mod perplexity;
 mod placing;
+mod report;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -129,6 +130,9 @@ pub struct Engine {
     /// The tokens whose keys and values are in `kv`, in order.
     cached: Vec<u32>,
     placing: placing::Placing,
+    sink: Option<crate::telemetry::Sink>,
+    speeds: report::Speeds,
+    layer_ms_per_token: Vec<f64>,
 }
 
 /// Finds the model file: a GGUF path, or a folder holding exactly one GGUF.
@@ -252,6 +256,9 @@ impl Engine {
             tokenizer: std::sync::Arc::new(tokenizer),
             template,
             cached: Vec::new(),
+            sink: None,
+            speeds: report::Speeds::default(),
+            layer_ms_per_token: Vec::new(),
             placing: placing::Placing {
                 footprint,
                 rates,
@@ -288,7 +295,10 @@ impl Engine {
                 )
                 .map(<[f32]>::len);
             match r {
-                Ok(len) => return Ok(&self.scratch.logits()[..len]),
+                Ok(len) => {
+                    self.after_pass(tokens.len());
+                    return Ok(&self.scratch.logits()[..len]);
+                }
                 Err(e) if retries > 0 && e.is_out_of_memory() => {
                     retries -= 1;
                     self.kv.truncate(pos);

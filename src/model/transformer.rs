@@ -148,6 +148,9 @@ pub struct Scratch {
     up: Vec<f32>,
     acts: QActs,
     logits: Vec<f32>,
+    /// Seconds each layer took in the last pass (including waiting for a
+    /// disk layer), for telemetry.
+    pub layer_secs: Vec<f64>,
 }
 
 impl Scratch {
@@ -305,7 +308,17 @@ impl Transformer {
                 &mut s.x[i * d..(i + 1) * d],
             )?;
         }
-        layers.for_each_layer(&mut |i, w| self.block(w, i, pos, n, kv, s))?;
+        s.layer_secs.resize(hp.n_layer, 0.0);
+        let mut mark = std::time::Instant::now();
+        layers.for_each_layer(&mut |i, w| {
+            self.block(w, i, pos, n, kv, s)?;
+            let now = std::time::Instant::now();
+            if let Some(t) = s.layer_secs.get_mut(i) {
+                *t = (now - mark).as_secs_f64();
+            }
+            mark = now;
+            Ok(())
+        })?;
         kv.set_len(pos + n);
 
         let first = match want {

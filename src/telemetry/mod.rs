@@ -4,6 +4,9 @@
 //! unavailable; none may fail.
 
 pub mod machine;
+pub mod snapshot;
+
+pub use snapshot::{Sink, Snapshot};
 
 /// Resident-set readings of this process, in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

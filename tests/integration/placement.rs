@@ -3,11 +3,14 @@
 //! switching between tiers mid-conversation, and `spillway plan`.
 
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use spillway::chat::Message;
 use spillway::engine::{DiskLayers, Engine, GenerateParams, LoadOptions, PlacementRequest};
 use spillway::model::sampler::SamplingParams;
 use spillway::placement::{BudgetOptions, Mode, Tier};
+use spillway::telemetry::{Sink, Snapshot};
 
 use crate::common::{smollm2, spillway, spillway_json};
 
@@ -63,7 +66,24 @@ fn full_gpu_on_a_simulated_gpu_matches_the_cpu() {
     let predicted = gpu.placement().peak.gpu - fp.gpu_scratch_bytes;
     assert_eq!(used, predicted);
     let mut cpu = load(request(Mode::CpuOnly, None, None));
+    // Telemetry while generating: every pass (no interval) for the test.
+    let seen = Arc::new(Mutex::new(Vec::<Snapshot>::new()));
+    let into = seen.clone();
+    gpu.set_telemetry_sink(Some(Sink::new(
+        Duration::ZERO,
+        Box::new(move |s| into.lock().unwrap().push(s)),
+    )));
     assert_eq!(reply(&mut gpu, &question()), reply(&mut cpu, &question()));
+    let seen = seen.lock().unwrap();
+    assert!(seen.len() >= 16, "{} snapshots", seen.len());
+    let last = seen.last().unwrap();
+    assert_eq!(last.gpu_tier_bytes, used);
+    assert!(last.gpu_weight_bytes > 50 * MIB && last.ram_weight_bytes > 0);
+    assert_eq!(last.disk_weight_bytes, 0);
+    assert_eq!(last.layer_ms_per_token.len(), 30);
+    assert!(last.layer_ms_per_token.iter().all(|&ms| ms > 0.0));
+    assert!(last.decode_tokens_per_sec > 0.0 && last.prompt_tokens_per_sec > 0.0);
+    assert!(last.process_ram_bytes > 0 && last.ram_total_bytes > 0);
     // Too little VRAM for full-gpu: a clear error with the shortfall.
     let mut opts = LoadOptions::new(smollm2());
     opts.placement = request(Mode::FullGpu, Some(64 * MIB), None);
