@@ -243,7 +243,9 @@ impl Engine {
             budgets.gpu_simulated,
         );
         let placement = placing::plan_for(&footprint, &budgets, &request, &rates)?;
-        let notices = budgets.notes.iter().map(|n| Notice(n.clone())).collect();
+        // Budget notes ("no NVIDIA GPU", a simulated tier) stay with the
+        // budgets for whoever shows them; notices are for what happened.
+        let notices = Vec::new();
         let gpu = placing::gpu_tier(&budgets, &request, &footprint);
         let store = LayerStore::new(&gguf, &hp, opts.disk_source.clone(), gpu)?;
         progress(LoadStage::Planned);

@@ -54,13 +54,14 @@ pub(super) struct Placing {
     pub last_moved: usize,
 }
 
-/// Probes the budgets for `request`. A real GPU needs the CUDA tier; a
-/// build without it plans with a GPU budget of zero, and says so.
+/// Probes the budgets for `request`. A real GPU needs the CUDA tier, which
+/// is not written yet: until it is, a real GPU's budget is zero, and the
+/// note says so.
 pub(super) fn probe(machine: &mut Machine, request: &PlacementRequest, held: Held) -> Budgets {
     let mut b = Budgets::probe(machine, &request.budget, &request.offload_dir, held);
     if b.vram_bytes > 0 && !b.gpu_simulated {
         b.notes.push(format!(
-            "{} found, but this build has no GPU tier for it (build with --features cuda); planning for the CPU",
+            "{} found, but Spillway's CUDA tier is not written yet; planning for the CPU (`--vram` plans for a GPU)",
             b.gpu_name.as_deref().unwrap_or("a GPU")
         ));
         b.vram_bytes = 0;

@@ -64,9 +64,8 @@ impl FromStr for Quant {
 /// llama.cpp's choice of layers that get more bits in its `_M` mixes: the
 /// first and last eighth, and every third layer between.
 fn more_bits(layer: usize, n_layer: usize) -> bool {
-    layer < n_layer / 8
-        || layer >= 7 * n_layer / 8
-        || (layer >= n_layer / 8 && (layer - n_layer / 8) % 3 == 2)
+    let eighth = n_layer / 8;
+    layer < eighth || layer >= 7 * n_layer / 8 || (layer - eighth) % 3 == 2
 }
 
 impl Quant {
@@ -102,11 +101,11 @@ impl Quant {
             }
         };
         // Rows that are not whole blocks fall back as llama.cpp does.
-        if row as u64 % want.block_elems() != 0 {
+        if !(row as u64).is_multiple_of(want.block_elems()) {
             return match want {
                 GgmlType::Q4K => GgmlType::Q5_0,
                 GgmlType::Q6K => GgmlType::Q8_0,
-                _ if row % 32 == 0 => GgmlType::Q8_0,
+                _ if row.is_multiple_of(32) => GgmlType::Q8_0,
                 _ => GgmlType::F16,
             };
         }
