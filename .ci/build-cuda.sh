@@ -15,12 +15,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${CUDA_CACHE:-$HOME/.cache/cuda13-pypi}
 mkdir -p "$CACHE"
-[ -x "$CACHE/venv/bin/python" ] || python3 -m venv "$CACHE/venv" || {
-  # Debian splits venv out of python3.
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv
-  python3 -m venv "$CACHE/venv"
-}
+# A venv with pip: Debian splits venv out of python3, and a failed attempt
+# leaves a venv without pip behind.
+if [ ! -x "$CACHE/venv/bin/pip" ]; then
+  rm -rf "$CACHE/venv"
+  if ! python3 -m venv "$CACHE/venv"; then
+    rm -rf "$CACHE/venv"
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv
+    python3 -m venv "$CACHE/venv"
+  fi
+fi
 # Every wheel pinned to 13.0 without dependencies: newer nvvm/crt wheels emit
 # PTX a CUDA 13.0 driver cannot load, and cudarc 0.19 accepts nvcc <= 13.4.
 if [ ! -x "$CACHE/cuda/bin/nvcc" ]; then

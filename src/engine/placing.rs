@@ -248,10 +248,15 @@ impl Engine {
     /// without reloading it or losing the conversation. Returns the new
     /// placement; on an error the old one stays in force.
     pub fn replace(&mut self, request: PlacementRequest) -> Result<&Placement, EngineError> {
-        let p = self.preview(&request)?;
-        let wants_gpu = p.layers.contains(&Tier::Gpu) || p.head == Tier::Gpu;
         let held = self.held();
         let budgets = probe(&mut self.placing.machine, &request, held);
+        let p = plan_for(
+            &self.placing.footprint,
+            &budgets,
+            &request,
+            &self.placing.rates,
+        )?;
+        let wants_gpu = p.layers.contains(&Tier::Gpu) || p.head == Tier::Gpu;
         if wants_gpu && self.store.gpu().is_none() {
             let gpu = gpu_tier(&budgets, &request, &self.placing.footprint);
             self.store.set_gpu(gpu)?;

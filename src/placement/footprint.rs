@@ -14,6 +14,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::model::hparams::HParams;
+use crate::model::transformer::LayerWeights;
 use crate::weights::gguf::GgufFile;
 use crate::weights::GgmlType;
 
@@ -217,8 +218,7 @@ impl Footprint {
             Some("float16") => GgmlType::F16,
             _ => GgmlType::BF16,
         };
-        let (d, hd, ff) = (hp.n_embd, hp.head_dim, hp.n_ff);
-        let (qd, kvd) = (hp.n_head * hd, hp.n_head_kv * hd);
+        let d = hp.n_embd;
         let mut shapes: Vec<(String, Option<usize>, Vec<usize>)> = vec![
             ("token_embd.weight".into(), None, vec![hp.n_vocab, d]),
             ("output_norm.weight".into(), None, vec![d]),
@@ -226,29 +226,11 @@ impl Footprint {
         if !hp.tied_embeddings {
             shapes.push(("output.weight".into(), None, vec![hp.n_vocab, d]));
         }
+        // The blocks hold exactly the tensors the model loads.
+        let block = LayerWeights::expected_shapes(&hp);
         for i in 0..hp.n_layer {
-            let block: [(&str, Vec<usize>); 9] = [
-                ("attn_norm.weight", vec![d]),
-                ("attn_q.weight", vec![qd, d]),
-                ("attn_k.weight", vec![kvd, d]),
-                ("attn_v.weight", vec![kvd, d]),
-                ("attn_output.weight", vec![d, qd]),
-                ("ffn_norm.weight", vec![d]),
-                ("ffn_gate.weight", vec![ff, d]),
-                ("ffn_up.weight", vec![ff, d]),
-                ("ffn_down.weight", vec![d, ff]),
-            ];
-            for (n, s) in block {
-                shapes.push((format!("blk.{i}.{n}"), Some(i), s));
-            }
-            if hp.has_qkv_bias {
-                for (n, w) in [
-                    ("attn_q.bias", qd),
-                    ("attn_k.bias", kvd),
-                    ("attn_v.bias", kvd),
-                ] {
-                    shapes.push((format!("blk.{i}.{n}"), Some(i), vec![w]));
-                }
+            for (n, s) in &block {
+                shapes.push((format!("blk.{i}.{n}"), Some(i), s.clone()));
             }
         }
         let mut tensors = Vec::with_capacity(shapes.len());

@@ -214,6 +214,18 @@ enum Slot {
     Gpu(Box<LayerWeights>, u64),
 }
 
+/// Layer `layer`'s tensor named `suffix` (the name after `blk.N.`).
+fn find_tensor<'t>(
+    tensors: &'t [TensorInfo],
+    suffix: &str,
+    layer: usize,
+) -> Result<&'t TensorInfo, ModelError> {
+    tensors
+        .iter()
+        .find(|t| t.name == suffix)
+        .ok_or_else(|| ModelError::Format(format!("tensor blk.{layer}.{suffix} is missing")))
+}
+
 /// Reads named tensors of one layer from a file.
 struct FileTensors<'a> {
     file: &'a File,
@@ -223,14 +235,10 @@ struct FileTensors<'a> {
 
 impl TensorSource for FileTensors<'_> {
     fn qtensor(&mut self, suffix: &str) -> Result<QTensor, ModelError> {
-        let info = self
-            .tensors
-            .iter()
-            .find(|t| t.name == suffix)
-            .ok_or_else(|| {
-                ModelError::Format(format!("tensor blk.{}.{suffix} is missing", self.layer))
-            })?;
-        Ok(read_qtensor(self.file, info)?)
+        Ok(read_qtensor(
+            self.file,
+            find_tensor(self.tensors, suffix, self.layer)?,
+        )?)
     }
 }
 
@@ -244,13 +252,7 @@ struct BufferTensors<'a> {
 
 impl BufferTensors<'_> {
     fn find(&self, suffix: &str) -> Result<(&TensorInfo, usize, usize), ModelError> {
-        let info = self
-            .tensors
-            .iter()
-            .find(|t| t.name == suffix)
-            .ok_or_else(|| {
-                ModelError::Format(format!("tensor blk.{}.{suffix} is missing", self.layer))
-            })?;
+        let info = find_tensor(self.tensors, suffix, self.layer)?;
         let at = (info.file_offset - self.start) as usize;
         Ok((info, at, info.size_bytes as usize))
     }
