@@ -75,6 +75,10 @@ pub struct PlacementArgs {
     /// disk (`all`: every one).
     #[arg(long, value_name = "N|all")]
     disk_layers: Option<DiskLayers>,
+    /// Run a simulated GPU tier (`--vram` without a GPU) as candle blocks on
+    /// the CPU device, the code path of a real GPU (for testing it).
+    #[arg(long, hide = true)]
+    simulate_with_candle: bool,
 }
 
 impl PlacementArgs {
@@ -89,6 +93,7 @@ impl PlacementArgs {
             disk_layers: self.disk_layers,
             offload_dir,
             fail_gpu_alloc: None,
+            simulate_with_candle: self.simulate_with_candle,
         }
     }
 }

@@ -236,7 +236,8 @@ impl Engine {
         footprint.disk_copy = matches!(opts.disk_source, DiskSource::OffloadFolder(_));
         let request = opts.placement.clone();
         let mut machine = Machine::new();
-        let budgets = placing::probe(&mut machine, &request, Held::default());
+        let mut budgets = placing::probe(&mut machine, &request, Held::default());
+        let gpu = placing::gpu_tier(&mut budgets, &request, &footprint);
         let rates = calibrate::rates(
             &request.offload_dir,
             machine.gpus().first(),
@@ -246,7 +247,6 @@ impl Engine {
         // Budget notes ("no NVIDIA GPU", a simulated tier) stay with the
         // budgets for whoever shows them; notices are for what happened.
         let notices = Vec::new();
-        let gpu = placing::gpu_tier(&budgets, &request, &footprint);
         let store = LayerStore::new(&gguf, &hp, opts.disk_source.clone(), gpu)?;
         progress(LoadStage::Planned);
         let mut engine = Engine {
@@ -325,7 +325,7 @@ impl Engine {
 
     /// Moves layer `i` to `tier` without touching the conversation.
     pub fn set_tier(&mut self, i: usize, tier: Tier) -> Result<(), EngineError> {
-        Ok(self.store.set_tier(i, tier)?)
+        Ok(self.store.set_tier(i, tier, &mut self.kv)?)
     }
 
     /// The context length in use, in tokens.

@@ -31,6 +31,9 @@ pub struct PlacementRequest {
     pub offload_dir: PathBuf,
     /// Fault injection for the simulated GPU tier: its Nth allocation fails.
     pub fail_gpu_alloc: Option<u64>,
+    /// The simulated GPU tier runs its layers as candle blocks on the CPU
+    /// device (the code path of a real GPU) instead of the host kernels.
+    pub simulate_with_candle: bool,
 }
 
 /// What happened to placement, for the user (re-plans after an
@@ -54,14 +57,13 @@ pub(super) struct Placing {
     pub last_moved: usize,
 }
 
-/// Probes the budgets for `request`. A real GPU needs the CUDA tier, which
-/// is not written yet: until it is, a real GPU's budget is zero, and the
-/// note says so.
+/// Probes the budgets for `request`. A real GPU counts only in a build with
+/// the CUDA backend; otherwise its budget is zero and the note says why.
 pub(super) fn probe(machine: &mut Machine, request: &PlacementRequest, held: Held) -> Budgets {
     let mut b = Budgets::probe(machine, &request.budget, &request.offload_dir, held);
-    if b.vram_bytes > 0 && !b.gpu_simulated {
+    if b.vram_bytes > 0 && !b.gpu_simulated && !cfg!(feature = "cuda") {
         b.notes.push(format!(
-            "{} found, but Spillway's CUDA tier is not written yet; planning for the CPU (`--vram` plans for a GPU)",
+            "{} found, but this build of Spillway has no CUDA backend (build with `--features cuda`, see the README); planning for the CPU",
             b.gpu_name.as_deref().unwrap_or("a GPU")
         ));
         b.vram_bytes = 0;
@@ -97,26 +99,66 @@ pub fn plan_for(
     Ok(p)
 }
 
-/// The GPU tier a plan needs, when it uses one.
+/// The GPU tier the budgets allow: the simulated one, or the first CUDA
+/// device. A device that cannot be opened leaves the budget at zero and says
+/// why in the budget notes.
 pub(super) fn gpu_tier(
-    budgets: &Budgets,
+    budgets: &mut Budgets,
     request: &PlacementRequest,
     fp: &Footprint,
 ) -> Option<GpuCharges> {
-    (budgets.gpu_simulated && budgets.vram_bytes > 0).then(|| GpuCharges {
-        tier: Arc::new(GpuTier::simulated(
-            budgets.vram_bytes,
-            request.fail_gpu_alloc,
-        )),
+    if budgets.vram_bytes == 0 {
+        return None;
+    }
+    let tier = if budgets.gpu_simulated {
+        let budget = budgets.vram_bytes;
+        if request.simulate_with_candle {
+            let name = "simulated GPU (candle CPU device)".to_string();
+            let device = candle_core::Device::Cpu;
+            GpuTier::on_device(name, device, budget, request.fail_gpu_alloc)
+        } else {
+            GpuTier::simulated(budget, request.fail_gpu_alloc)
+        }
+    } else {
+        match open_cuda(budgets) {
+            Ok(t) => t,
+            Err(why) => {
+                budgets.notes.push(why);
+                budgets.vram_bytes = 0;
+                return None;
+            }
+        }
+    };
+    Some(GpuCharges {
+        tier: Arc::new(tier),
         kv_bytes_per_layer: fp.kv_bytes_per_layer,
         activation_bytes: fp.gpu_scratch_bytes,
+        capacity: fp.context,
     })
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda(budgets: &Budgets) -> Result<GpuTier, String> {
+    let name = budgets.gpu_name.clone().unwrap_or_else(|| "GPU 0".into());
+    GpuTier::cuda(0, name.clone(), budgets.vram_bytes).map_err(|e| {
+        format!("{name} found, but CUDA could not be opened ({e}); planning for the CPU")
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(_budgets: &Budgets) -> Result<GpuTier, String> {
+    Err("this build has no CUDA backend; planning for the CPU".into())
 }
 
 impl Engine {
     /// The placement in force.
     pub fn placement(&self) -> &Placement {
         &self.placing.placement
+    }
+
+    /// Whether the final norm and output head run on the GPU tier's device.
+    pub fn head_on_device(&self) -> bool {
+        self.model.head_on_device()
     }
 
     pub fn footprint(&self) -> &Footprint {
@@ -151,9 +193,15 @@ impl Engine {
     ) -> Result<(), EngineError> {
         for _ in 0..=self.placing.footprint.n_layer() + 1 {
             let result = self.charge_gpu_base(&p).and_then(|()| {
-                self.store
-                    .apply(&p.layers, progress)
-                    .map_err(EngineError::from)
+                let moved = self.store.apply(&p.layers, &mut self.kv, progress)?;
+                // The head runs on the device when the plan puts it there
+                // and the tier has one (the host-kernel simulation has not).
+                let device = match p.head {
+                    Tier::Gpu => self.store.gpu().and_then(|g| g.device.clone()),
+                    _ => None,
+                };
+                self.model.set_device_head(device.as_ref())?;
+                Ok(moved)
             });
             match result {
                 Ok(moved) => {
@@ -249,18 +297,22 @@ impl Engine {
     /// placement; on an error the old one stays in force.
     pub fn replace(&mut self, request: PlacementRequest) -> Result<&Placement, EngineError> {
         let held = self.held();
-        let budgets = probe(&mut self.placing.machine, &request, held);
+        let mut budgets = probe(&mut self.placing.machine, &request, held);
+        if self.store.gpu().is_none() && budgets.vram_bytes > 0 {
+            // Open the device before planning, so a device that cannot be
+            // opened is planned without.
+            let gpu = gpu_tier(&mut budgets, &request, &self.placing.footprint);
+            if gpu.is_some() {
+                self.store.set_gpu(gpu)?;
+            }
+        }
         let p = plan_for(
             &self.placing.footprint,
             &budgets,
             &request,
             &self.placing.rates,
         )?;
-        let wants_gpu = p.layers.contains(&Tier::Gpu) || p.head == Tier::Gpu;
-        if wants_gpu && self.store.gpu().is_none() {
-            let gpu = gpu_tier(&budgets, &request, &self.placing.footprint);
-            self.store.set_gpu(gpu)?;
-        } else if let Some(g) = self.store.gpu() {
+        if let Some(g) = self.store.gpu() {
             // A new cap applies to the device from now on.
             g.set_budget(budgets.vram_bytes.max(g.used_bytes()));
         }

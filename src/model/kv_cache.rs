@@ -117,6 +117,36 @@ impl KvCache {
         Ok(())
     }
 
+    /// Frees `layer`'s buffers (its keys and values now live elsewhere,
+    /// e.g. on the GPU).
+    pub fn release(&mut self, layer: usize) {
+        if let Some(slot) = self.layers.get_mut(layer) {
+            *slot = None;
+        }
+    }
+
+    /// The first `len` positions of `layer`, token major (`len × n_head_kv·
+    /// head_dim` keys, then values), as [`KvCache::write`] takes them; `None`
+    /// when the layer has no buffers.
+    pub fn rows(&self, layer: usize, len: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        let Some(Some((k, v))) = self.layers.get(layer) else {
+            return None;
+        };
+        let (kvh, hd, cap) = (self.n_head_kv, self.head_dim, self.capacity);
+        let len = len.min(cap);
+        let gather = |src: &[f32]| -> Vec<f32> {
+            let mut out = Vec::with_capacity(len * kvh * hd);
+            for t in 0..len {
+                for h in 0..kvh {
+                    let at = (h * cap + t) * hd;
+                    out.extend_from_slice(&src[at..at + hd]);
+                }
+            }
+            out
+        };
+        Some((gather(k), gather(v)))
+    }
+
     /// The cached keys and values of `layer`.
     pub fn layer(&self, layer: usize) -> Result<LayerKv<'_>, ModelError> {
         match self.layers.get(layer) {

@@ -3,6 +3,7 @@
 //! [`transformer::TensorSource`] and layers through
 //! [`transformer::LayerProvider`].
 
+pub mod device_block;
 pub mod hparams;
 pub mod kv_cache;
 pub mod linear;

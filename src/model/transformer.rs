@@ -10,8 +10,9 @@
 use std::sync::Arc;
 
 use candle_core::quantized::QTensor;
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 
+use super::device_block::{DeviceBlock, DeviceHead, DeviceRope};
 use super::hparams::{HParams, RopeStyle};
 use super::kv_cache::{KvCache, LayerKv};
 use super::linear::Linear;
@@ -110,6 +111,17 @@ impl LayerWeights {
     }
 }
 
+/// A layer as the provider hands it over: weights for the host kernels, or
+/// a block that runs on a candle device (the GPU tier).
+#[derive(Clone, Copy)]
+pub enum Block<'a> {
+    Host(&'a LayerWeights),
+    Device {
+        block: &'a DeviceBlock,
+        rope: &'a DeviceRope,
+    },
+}
+
 /// Hands the transformer its layers in order. Implemented by the tier store,
 /// which may fetch a layer from disk just before it is needed.
 pub trait LayerProvider {
@@ -117,8 +129,37 @@ pub trait LayerProvider {
     /// error.
     fn for_each_layer(
         &self,
-        f: &mut dyn FnMut(usize, &LayerWeights) -> Result<(), ModelError>,
+        f: &mut dyn FnMut(usize, Block<'_>) -> Result<(), ModelError>,
     ) -> Result<(), ModelError>;
+}
+
+/// The rotary tables for positions `0..max_positions`: `max_positions ×
+/// head_dim/2` cosines, then sines.
+pub(crate) fn rope_tables(hp: &HParams, max_positions: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = hp.head_dim / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / hp.rope_freq_base.powf(2.0 * i as f32 / hp.head_dim as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(max_positions * half);
+    let mut sin = Vec::with_capacity(max_positions * half);
+    for p in 0..max_positions {
+        for f in &inv_freq {
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    (cos, sin)
+}
+
+/// Copies a device hidden state (`n × n_embd`) back into host memory.
+fn download(x: &Tensor, dst: &mut [f32]) -> Result<(), ModelError> {
+    let v = x.flatten_all()?.to_vec1::<f32>()?;
+    if v.len() != dst.len() {
+        return Err(ModelError::Format("hidden state has the wrong size".into()));
+    }
+    dst.copy_from_slice(&v);
+    Ok(())
 }
 
 /// Which positions need logits.
@@ -178,6 +219,11 @@ pub struct Transformer {
     token_embd: Arc<QTensor>,
     output_norm: Vec<f32>,
     output: Linear,
+    /// The head's weight (the token embedding when tied), kept to put a copy
+    /// on the GPU tier.
+    output_weight: Arc<QTensor>,
+    /// The final norm and head on the GPU tier's device, when placed there.
+    device_head: Option<DeviceHead>,
     /// `max_positions × head_dim/2` cosines and sines.
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -194,10 +240,11 @@ impl Transformer {
         max_positions: usize,
     ) -> Result<Self, ModelError> {
         let token_embd = Arc::new(token_embd);
-        let output = match output {
-            Some(w) => Linear::new(Arc::new(w), None)?,
-            None => Linear::new(token_embd.clone(), None)?,
+        let output_weight = match output {
+            Some(w) => Arc::new(w),
+            None => token_embd.clone(),
         };
+        let output = Linear::new(output_weight.clone(), None)?;
         if output.in_features() != hp.n_embd || output.out_features() != hp.n_vocab {
             return Err(ModelError::Format(format!(
                 "output head is {}x{}, expected {}x{}",
@@ -217,19 +264,7 @@ impl Transformer {
                 "token_embd.weight has the wrong shape".into(),
             ));
         }
-        let half = hp.head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / hp.rope_freq_base.powf(2.0 * i as f32 / hp.head_dim as f32))
-            .collect();
-        let mut cos = Vec::with_capacity(max_positions * half);
-        let mut sin = Vec::with_capacity(max_positions * half);
-        for p in 0..max_positions {
-            for f in &inv_freq {
-                let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
+        let (cos, sin) = rope_tables(&hp, max_positions);
         Ok(Transformer {
             cos,
             sin,
@@ -238,7 +273,37 @@ impl Transformer {
             token_embd,
             output_norm,
             output,
+            output_weight,
+            device_head: None,
         })
+    }
+
+    /// Runs the final norm and output head on `device` (the plan put the
+    /// head on the GPU tier), or on the host again with `None`.
+    pub fn set_device_head(&mut self, device: Option<&Device>) -> Result<(), ModelError> {
+        self.device_head = match device {
+            Some(d)
+                if self
+                    .device_head
+                    .as_ref()
+                    .is_some_and(|h| h.device().same_device(d)) =>
+            {
+                return Ok(())
+            }
+            Some(d) => Some(DeviceHead::new(
+                &self.output_norm,
+                &self.output_weight,
+                self.hp.rms_eps,
+                d,
+            )?),
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// Whether the head runs on a device.
+    pub fn head_on_device(&self) -> bool {
+        self.device_head.is_some()
     }
 
     pub fn max_positions(&self) -> usize {
@@ -310,8 +375,26 @@ impl Transformer {
         }
         s.layer_secs.resize(hp.n_layer, 0.0);
         let mut mark = std::time::Instant::now();
-        layers.for_each_layer(&mut |i, w| {
-            self.block(w, i, pos, n, kv, s)?;
+        // The hidden state while it is on a device: it crosses only where
+        // the pass enters or leaves the GPU tier.
+        let mut on_device: Option<Tensor> = None;
+        layers.for_each_layer(&mut |i, layer| {
+            match layer {
+                Block::Host(w) => {
+                    if let Some(x) = on_device.take() {
+                        download(&x, &mut s.x[..n * d])?;
+                    }
+                    self.block(w, i, pos, n, kv, s)?;
+                }
+                Block::Device { block, rope } => {
+                    let x = match on_device.take() {
+                        Some(x) if x.device().same_device(block.device()) => x,
+                        Some(x) => x.to_device(block.device())?,
+                        None => Tensor::from_slice(&s.x[..n * d], (n, d), block.device())?,
+                    };
+                    on_device = Some(block.forward(&x, pos, rope)?);
+                }
+            }
             let now = std::time::Instant::now();
             if let Some(t) = s.layer_secs.get_mut(i) {
                 *t = (now - mark).as_secs_f64();
@@ -320,12 +403,23 @@ impl Transformer {
             Ok(())
         })?;
         kv.set_len(pos + n);
-
         let first = match want {
             LogitsFor::Last => n - 1,
             LogitsFor::All => 0,
         };
         let m = n - first;
+        if let Some(head) = &self.device_head {
+            let x = match on_device.take() {
+                Some(x) => x.narrow(0, first, m)?.to_device(head.device())?,
+                None => Tensor::from_slice(&s.x[first * d..n * d], (m, d), head.device())?,
+            };
+            grow(&mut s.logits, m * hp.n_vocab);
+            download(&head.logits(&x)?, &mut s.logits[..m * hp.n_vocab])?;
+            return Ok(&s.logits[..m * hp.n_vocab]);
+        }
+        if let Some(x) = on_device.take() {
+            download(&x, &mut s.x[..n * d])?;
+        }
         ops::rms_norm(
             &s.x[first * d..n * d],
             &self.output_norm,

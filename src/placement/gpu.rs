@@ -11,12 +11,18 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use candle_core::Device;
+
 use crate::model::ModelError;
 
 #[derive(Debug)]
 pub struct GpuTier {
     /// The device's name, for messages.
     pub name: String,
+    /// The candle device the tier's layers run on (their weights and KV
+    /// cache live there); `None` for the simulated tier that runs the host
+    /// kernels.
+    pub device: Option<Device>,
     budget_bytes: AtomicU64,
     used_bytes: AtomicU64,
     allocations: AtomicU64,
@@ -25,15 +31,39 @@ pub struct GpuTier {
 }
 
 impl GpuTier {
-    /// A CPU-backed stand-in holding at most `budget_bytes`.
+    /// A CPU-backed stand-in holding at most `budget_bytes`, running the
+    /// host kernels (bit-identical to RAM layers).
     pub fn simulated(budget_bytes: u64, fail_at: Option<u64>) -> Self {
         GpuTier {
             name: "simulated GPU".into(),
+            device: None,
             budget_bytes: AtomicU64::new(budget_bytes),
             used_bytes: AtomicU64::new(0),
             allocations: AtomicU64::new(0),
             fail_at,
         }
+    }
+
+    /// A tier whose layers run as candle blocks on `device` (a CUDA GPU; the
+    /// CPU device for tests of that path), holding at most `budget_bytes`.
+    pub fn on_device(
+        name: String,
+        device: Device,
+        budget_bytes: u64,
+        fail_at: Option<u64>,
+    ) -> Self {
+        GpuTier {
+            device: Some(device),
+            name,
+            ..Self::simulated(budget_bytes, fail_at)
+        }
+    }
+
+    /// Opens CUDA device `ordinal` as a tier of `budget_bytes`.
+    #[cfg(feature = "cuda")]
+    pub fn cuda(ordinal: usize, name: String, budget_bytes: u64) -> Result<Self, ModelError> {
+        let device = Device::new_cuda(ordinal)?;
+        Ok(Self::on_device(name, device, budget_bytes, None))
     }
 
     /// Charges `bytes` for `what`, or fails as a full device does.

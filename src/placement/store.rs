@@ -26,9 +26,11 @@ use std::time::Instant;
 
 use candle_core::quantized::QTensor;
 
+use crate::model::device_block::{DeviceBlock, DeviceRope};
 use crate::model::hparams::HParams;
+use crate::model::kv_cache::KvCache;
 use crate::model::linear::Linear;
-use crate::model::transformer::{LayerProvider, LayerWeights, TensorSource};
+use crate::model::transformer::{Block, LayerProvider, LayerWeights, TensorSource};
 use crate::model::ModelError;
 use crate::weights::gguf::{GgufFile, TensorInfo};
 use crate::weights::read::{qtensor_from_bytes, read_exact_at, read_qtensor};
@@ -211,7 +213,14 @@ enum Slot {
     Disk(DiskLayer),
     /// A layer of the GPU tier, and the bytes charged for it (weights and
     /// KV cache) on the device.
-    Gpu(Box<LayerWeights>, u64),
+    Gpu(GpuLayer, u64),
+}
+
+enum GpuLayer {
+    /// The simulated tier: host weights, host kernels.
+    Host(Box<LayerWeights>),
+    /// Weights and KV cache on the tier's candle device.
+    Device(Box<DeviceBlock>),
 }
 
 /// Layer `layer`'s tensor named `suffix` (the name after `blk.N.`).
@@ -335,6 +344,8 @@ pub struct LayerStore {
     read_ahead: Mutex<Option<ReadAhead>>,
     pub stats: DiskStats,
     gpu: Option<GpuCharges>,
+    /// The rotary tables on the GPU tier's device, when it has one.
+    rope: Option<DeviceRope>,
 }
 
 /// The GPU tier a store charges, and what it charges besides weights.
@@ -345,6 +356,8 @@ pub struct GpuCharges {
     pub kv_bytes_per_layer: u64,
     /// A forward pass's activations on the device.
     pub activation_bytes: u64,
+    /// Positions a GPU layer's KV cache holds (the context length).
+    pub capacity: usize,
 }
 
 impl LayerStore {
@@ -358,7 +371,8 @@ impl LayerStore {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, ModelError> {
         let mut store = Self::new(gguf, hp, disk_source, None)?;
-        let _ = store.apply(tiers, progress)?;
+        let mut no_kv = KvCache::new(hp.n_layer, hp.n_head_kv, hp.head_dim, 0);
+        let _ = store.apply(tiers, &mut no_kv, progress)?;
         Ok(store)
     }
 
@@ -395,7 +409,7 @@ impl LayerStore {
             }
             layer_tensors.push(tensors);
         }
-        let store = LayerStore {
+        let mut store = LayerStore {
             hp: hp.clone(),
             model_file: Arc::new(file),
             slots: Vec::with_capacity(hp.n_layer),
@@ -406,8 +420,10 @@ impl LayerStore {
             buffers: Mutex::new(Vec::new()),
             read_ahead: Mutex::new(None),
             stats: DiskStats::default(),
-            gpu,
+            gpu: None,
+            rope: None,
         };
+        store.set_gpu(gpu)?;
         Ok(store)
     }
 
@@ -416,6 +432,13 @@ impl LayerStore {
         if self.slots.iter().any(|s| matches!(s, Slot::Gpu(..))) {
             return Err(ModelError::Format("the GPU tier still holds layers".into()));
         }
+        self.rope = match gpu
+            .as_ref()
+            .and_then(|g| g.tier.device.as_ref().map(|d| (g, d)))
+        {
+            Some((g, device)) => Some(DeviceRope::new(&self.hp, g.capacity, device)?),
+            None => None,
+        };
         self.gpu = gpu;
         Ok(())
     }
@@ -434,6 +457,7 @@ impl LayerStore {
     pub fn apply(
         &mut self,
         tiers: &[Tier],
+        kv: &mut KvCache,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<usize, ModelError> {
         let n = self.hp.n_layer;
@@ -459,7 +483,7 @@ impl LayerStore {
             .into_iter()
             .partition(|&i| rank(tiers[i]) > rank(self.tier(i)));
         for i in down.into_iter().chain(up) {
-            self.set_tier(i, tiers[i])?;
+            self.set_tier(i, tiers[i], kv)?;
             done += 1;
             progress(done, total);
         }
@@ -489,16 +513,20 @@ impl LayerStore {
                 };
                 let bytes = self.layer_bytes(i) + g.kv_bytes_per_layer;
                 g.tier.alloc(bytes, || format!("layer {i}"))?;
-                let w = LayerWeights::load(
-                    &self.hp,
-                    &mut FileTensors {
-                        file: &self.model_file,
-                        tensors: &self.layer_tensors[i],
-                        layer: i,
-                    },
-                );
-                match w {
-                    Ok(w) => Slot::Gpu(Box::new(w), bytes),
+                let mut src = FileTensors {
+                    file: &self.model_file,
+                    tensors: &self.layer_tensors[i],
+                    layer: i,
+                };
+                let layer = match &g.tier.device {
+                    Some(device) => DeviceBlock::load(&self.hp, &mut src, device, g.capacity)
+                        .map(|b| GpuLayer::Device(Box::new(b))),
+                    None => {
+                        LayerWeights::load(&self.hp, &mut src).map(|w| GpuLayer::Host(Box::new(w)))
+                    }
+                };
+                match layer {
+                    Ok(layer) => Slot::Gpu(layer, bytes),
                     Err(e) => {
                         g.tier.free(bytes);
                         return Err(e);
@@ -556,8 +584,10 @@ impl LayerStore {
         })
     }
 
-    /// Moves layer `i` to `tier`; a no-op when it is there already.
-    pub fn set_tier(&mut self, i: usize, tier: Tier) -> Result<(), ModelError> {
+    /// Moves layer `i` to `tier`; a no-op when it is there already. The
+    /// layer's cached keys and values (the first `kv.len()` positions) move
+    /// with it between host memory and a GPU device.
+    pub fn set_tier(&mut self, i: usize, tier: Tier, kv: &mut KvCache) -> Result<(), ModelError> {
         if i >= self.slots.len() {
             return Err(ModelError::Format(format!("no layer {i}")));
         }
@@ -572,6 +602,24 @@ impl LayerStore {
             // leaves the layer where it was; the two are in different tiers,
             // so neither tier holds both.
             let new = self.make_slot(i, tier)?;
+            let len = kv.len();
+            if let Slot::Gpu(GpuLayer::Device(block), _) = &new {
+                if let Some((k, v)) = kv.rows(i, len) {
+                    if let Err(e) = block.import_kv(&k, &v, len) {
+                        self.release(new);
+                        return Err(e);
+                    }
+                }
+            }
+            if let Slot::Gpu(GpuLayer::Device(block), _) = &self.slots[i] {
+                if len > 0 {
+                    let (k, v) = block.export_kv(len)?;
+                    kv.write(i, 0, len, &k, &v)?;
+                }
+            }
+            if matches!(new, Slot::Gpu(GpuLayer::Device(_), _)) {
+                kv.release(i);
+            }
             let old = std::mem::replace(&mut self.slots[i], new);
             self.release(old);
         }
@@ -796,7 +844,7 @@ impl Drop for LayerStore {
 impl LayerProvider for LayerStore {
     fn for_each_layer(
         &self,
-        f: &mut dyn FnMut(usize, &LayerWeights) -> Result<(), ModelError>,
+        f: &mut dyn FnMut(usize, Block<'_>) -> Result<(), ModelError>,
     ) -> Result<(), ModelError> {
         if self.slots.len() != self.hp.n_layer {
             return Err(ModelError::Format(format!(
@@ -823,18 +871,29 @@ impl LayerProvider for LayerStore {
 }
 
 impl LayerStore {
+    /// Layer `i` as the model runs it, for a layer in RAM or on the GPU.
+    fn resident(&self, i: usize) -> Option<Block<'_>> {
+        match &self.slots[i] {
+            Slot::Resident(w) | Slot::Gpu(GpuLayer::Host(w), _) => Some(Block::Host(w)),
+            Slot::Gpu(GpuLayer::Device(block), _) => Some(Block::Device {
+                block,
+                rope: self.rope.as_ref()?,
+            }),
+            Slot::Disk(_) => None,
+        }
+    }
+
     fn run_layers(
         &self,
-        f: &mut dyn FnMut(usize, &LayerWeights) -> Result<(), ModelError>,
+        f: &mut dyn FnMut(usize, Block<'_>) -> Result<(), ModelError>,
     ) -> Result<(), ModelError> {
         let disk: Vec<usize> = (0..self.slots.len())
             .filter(|&i| matches!(self.slots[i], Slot::Disk(_)))
             .collect();
+        let no_rope = || ModelError::Format("the GPU tier has no rotary tables".into());
         if disk.is_empty() {
-            for (i, slot) in self.slots.iter().enumerate() {
-                if let Slot::Resident(w) | Slot::Gpu(w, _) = slot {
-                    f(i, w)?;
-                }
+            for i in 0..self.slots.len() {
+                f(i, self.resident(i).ok_or_else(no_rope)?)?;
             }
             return Ok(());
         }
@@ -933,14 +992,16 @@ impl LayerStore {
             });
             for (i, slot) in self.slots.iter().enumerate() {
                 match slot {
-                    Slot::Resident(w) | Slot::Gpu(w, _) => f(i, w)?,
+                    Slot::Resident(_) | Slot::Gpu(..) => {
+                        f(i, self.resident(i).ok_or_else(no_rope)?)?
+                    }
                     Slot::Disk(_) => {
                         let waited = Instant::now();
                         let (w, buf) = rx.recv().map_err(|_| ModelError::PrefetchLost)??;
                         self.stats
                             .wait_nanos
                             .fetch_add(waited.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                        f(i, &w)?;
+                        f(i, Block::Host(&w))?;
                         drop(w);
                         // The weights are gone, so the buffer is ours again.
                         if let Some(b) = buf.and_then(|b| Arc::try_unwrap(b).ok()) {

@@ -1,0 +1,434 @@
+//! A transformer block on a candle device — the GPU tier's compute.
+//!
+//! The weights keep their stored GGML type in device memory (candle's
+//! `QMatMul`: its CUDA backend runs quantized matrix-vector kernels while
+//! decoding and dequantize-then-GEMM for prompt chunks); norms, rotary
+//! embedding, attention and the MLP run as candle ops on the same device.
+//! Each block owns its KV cache in device memory, preallocated for the whole
+//! context (the planner budgets exactly that), so nothing but the hidden
+//! state crosses between devices, and only where a pass enters or leaves
+//! the GPU tier.
+//!
+//! The same code runs on candle's CPU device, which is how it is tested on
+//! machines without a GPU: its results match the host kernels' within
+//! rounding (the two quantize activations differently).
+//!
+//! Attention never materialises scores for a whole long prompt at once:
+//! queries go in chunks so that one chunk's scores stay under
+//! [`SCORES_BYTES`], and grouped KV heads are handled by folding each
+//! group's query heads together rather than copying keys.
+
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+use super::hparams::{HParams, RopeStyle};
+use super::transformer::{rope_tables, to_f32_vec, TensorSource};
+use super::ModelError;
+
+/// At most this many bytes of attention scores per query chunk.
+pub const SCORES_BYTES: usize = 64 << 20;
+
+/// The rotary tables on a device, shared by its blocks.
+#[derive(Debug)]
+pub struct DeviceRope {
+    /// `max_positions × head_dim/2`.
+    cos: Tensor,
+    sin: Tensor,
+    style: RopeStyle,
+}
+
+impl DeviceRope {
+    pub fn new(hp: &HParams, max_positions: usize, device: &Device) -> Result<Self, ModelError> {
+        let (cos, sin) = rope_tables(hp, max_positions);
+        let half = hp.head_dim / 2;
+        Ok(DeviceRope {
+            cos: Tensor::from_vec(cos, (max_positions, half), device)?,
+            sin: Tensor::from_vec(sin, (max_positions, half), device)?,
+            style: hp.rope_style,
+        })
+    }
+
+    /// Bytes the tables take on the device.
+    pub fn bytes(&self) -> u64 {
+        2 * self.cos.elem_count() as u64 * 4
+    }
+
+    /// Rotates `x` (`heads × n × head_dim`) to positions `pos..pos + n`.
+    fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor, ModelError> {
+        let n = x.dim(1)?;
+        let cos = self.cos.narrow(0, pos, n)?.contiguous()?;
+        let sin = self.sin.narrow(0, pos, n)?.contiguous()?;
+        let x = x.unsqueeze(0)?.contiguous()?;
+        let y = match self.style {
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?,
+            RopeStyle::Halves => candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
+        };
+        Ok(y.squeeze(0)?)
+    }
+}
+
+/// `y = x · Wᵀ (+ b)` on the device.
+#[derive(Debug)]
+struct Projection {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Projection {
+    fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let y = self.weight.forward(x)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// One transformer block's weights and KV cache on a device.
+#[derive(Debug)]
+pub struct DeviceBlock {
+    attn_norm: Tensor,
+    wq: Projection,
+    wk: Projection,
+    wv: Projection,
+    wo: Projection,
+    ffn_norm: Tensor,
+    w_gate: Projection,
+    w_up: Projection,
+    w_down: Projection,
+    /// `n_head_kv × capacity × head_dim` each.
+    k_cache: Tensor,
+    v_cache: Tensor,
+    n_head: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+    rms_eps: f32,
+    device: Device,
+    /// At most this many bytes of attention scores per query chunk.
+    scores_bytes: usize,
+}
+
+/// A host tensor moved to `device` in its stored type.
+fn to_device(t: QTensor, device: &Device) -> Result<QTensor, ModelError> {
+    if device.is_cpu() {
+        return Ok(t);
+    }
+    let dims = t.shape().dims().to_vec();
+    Ok(qtensor_from_ggml(t.dtype(), &t.data()?, dims, device)?)
+}
+
+impl DeviceBlock {
+    /// Builds a block on `device` from its (already shape-checked) tensors,
+    /// with a KV cache for `capacity` positions.
+    pub fn load(
+        hp: &HParams,
+        src: &mut dyn TensorSource,
+        device: &Device,
+        capacity: usize,
+    ) -> Result<Self, ModelError> {
+        let mut vector = |name: &str| -> Result<Tensor, ModelError> {
+            let v = to_f32_vec(&src.qtensor(name)?)?;
+            let n = v.len();
+            Ok(Tensor::from_vec(v, n, device)?)
+        };
+        let (bq, bk, bv) = if hp.has_qkv_bias {
+            (
+                Some(vector("attn_q.bias")?),
+                Some(vector("attn_k.bias")?),
+                Some(vector("attn_v.bias")?),
+            )
+        } else {
+            (None, None, None)
+        };
+        let attn_norm = vector("attn_norm.weight")?;
+        let ffn_norm = vector("ffn_norm.weight")?;
+        let mut matrix = |name: &str, bias: Option<Tensor>| -> Result<Projection, ModelError> {
+            let t = to_device(src.qtensor(name)?, device)?;
+            Ok(Projection {
+                weight: QMatMul::from_qtensor(t)?,
+                bias,
+            })
+        };
+        let kv_shape = (hp.n_head_kv, capacity, hp.head_dim);
+        Ok(DeviceBlock {
+            attn_norm,
+            wq: matrix("attn_q.weight", bq)?,
+            wk: matrix("attn_k.weight", bk)?,
+            wv: matrix("attn_v.weight", bv)?,
+            wo: matrix("attn_output.weight", None)?,
+            ffn_norm,
+            w_gate: matrix("ffn_gate.weight", None)?,
+            w_up: matrix("ffn_up.weight", None)?,
+            w_down: matrix("ffn_down.weight", None)?,
+            k_cache: Tensor::zeros(kv_shape, DType::F32, device)?,
+            v_cache: Tensor::zeros(kv_shape, DType::F32, device)?,
+            n_head: hp.n_head,
+            n_head_kv: hp.n_head_kv,
+            head_dim: hp.head_dim,
+            rms_eps: hp.rms_eps,
+            device: device.clone(),
+            scores_bytes: SCORES_BYTES,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn capacity(&self) -> usize {
+        self.k_cache.dims()[1]
+    }
+
+    /// Runs the block on `x` (`n × n_embd`, on this device) for positions
+    /// `pos..pos + n`, writing their keys and values into the block's cache.
+    pub fn forward(&self, x: &Tensor, pos: usize, rope: &DeviceRope) -> Result<Tensor, ModelError> {
+        let n = x.dim(0)?;
+        if pos + n > self.capacity() {
+            return Err(ModelError::ContextFull {
+                needed: pos + n,
+                context: self.capacity(),
+            });
+        }
+        let (nh, nkv, hd) = (self.n_head, self.n_head_kv, self.head_dim);
+        let h = candle_nn::ops::rms_norm(x, &self.attn_norm, self.rms_eps)?;
+        // heads × n × head_dim
+        let heads = |t: Tensor, count: usize| -> Result<Tensor, ModelError> {
+            Ok(t.reshape((n, count, hd))?.transpose(0, 1)?.contiguous()?)
+        };
+        let q = rope.apply(&heads(self.wq.forward(&h)?, nh)?, pos)?;
+        let k = rope.apply(&heads(self.wk.forward(&h)?, nkv)?, pos)?;
+        let v = heads(self.wv.forward(&h)?, nkv)?;
+        self.k_cache.slice_set(&k.contiguous()?, 1, pos)?;
+        self.v_cache.slice_set(&v, 1, pos)?;
+        let att = self.attention(&q, pos)?;
+        let x = (x + self.wo.forward(&att)?)?;
+
+        let h = candle_nn::ops::rms_norm(&x, &self.ffn_norm, self.rms_eps)?;
+        let gate = self.w_gate.forward(&h)?.silu()?;
+        let up = self.w_up.forward(&h)?;
+        Ok((&x + self.w_down.forward(&(gate * up)?)?)?)
+    }
+
+    /// Causal attention of `q` (`n_head × n × head_dim`, at positions
+    /// `pos..`) over the cached keys `0..pos + n`; `n × n_head·head_dim`.
+    fn attention(&self, q: &Tensor, pos: usize) -> Result<Tensor, ModelError> {
+        let (nh, nkv, hd) = (self.n_head, self.n_head_kv, self.head_dim);
+        let rep = nh / nkv;
+        let n = q.dim(1)?;
+        let len = pos + n;
+        // The query heads of one KV group share its keys: fold them into the
+        // query rows (heads are grouped consecutively).
+        let q = q.reshape((nkv, rep, n, hd))?;
+        let keys_t = self.k_cache.narrow(1, 0, len)?.t()?;
+        let values = self.v_cache.narrow(1, 0, len)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let per_query = nh * len * 4;
+        let chunk = (self.scores_bytes / per_query.max(1)).clamp(1, n);
+        let mut outs = Vec::with_capacity(n.div_ceil(chunk));
+        for start in (0..n).step_by(chunk) {
+            let c = chunk.min(n - start);
+            let qc = q
+                .narrow(2, start, c)?
+                .contiguous()?
+                .reshape((nkv, rep * c, hd))?;
+            let scores = (qc.matmul(&keys_t)? * scale)?.reshape((nkv, rep, c, len))?;
+            let scores = if pos + start + c < len || c > 1 {
+                scores.broadcast_add(&self.causal_mask(pos + start, c, len)?)?
+            } else {
+                scores
+            };
+            let probs = candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?;
+            let o = probs.reshape((nkv, rep * c, len))?.matmul(&values)?;
+            outs.push(o.reshape((nh, c, hd))?);
+        }
+        let o = Tensor::cat(&outs, 1)?;
+        Ok(o.transpose(0, 1)?.contiguous()?.reshape((n, nh * hd))?)
+    }
+
+    /// `c × len`: zero where query `i` (at position `first + i`) may see key
+    /// `j`, minus infinity after it.
+    fn causal_mask(&self, first: usize, c: usize, len: usize) -> Result<Tensor, ModelError> {
+        let mask: Vec<f32> = (0..c)
+            .flat_map(|i| {
+                (0..len).map(move |j| {
+                    if j <= first + i {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect();
+        Ok(Tensor::from_vec(mask, (c, len), &self.device)?)
+    }
+
+    /// The first `len` cached positions, token major (`len × n_head_kv·
+    /// head_dim` keys, then values), as the host KV cache takes them.
+    pub fn export_kv(&self, len: usize) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
+        let rows = |t: &Tensor| -> Result<Vec<f32>, ModelError> {
+            Ok(t.narrow(1, 0, len)?
+                .transpose(0, 1)?
+                .contiguous()?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        };
+        Ok((rows(&self.k_cache)?, rows(&self.v_cache)?))
+    }
+
+    /// Writes `len` positions (token major, as [`DeviceBlock::export_kv`]
+    /// gives them) at the start of the cache.
+    pub fn import_kv(&self, k: &[f32], v: &[f32], len: usize) -> Result<(), ModelError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let (nkv, hd) = (self.n_head_kv, self.head_dim);
+        let put = |cache: &Tensor, rows: &[f32]| -> Result<(), ModelError> {
+            let t = Tensor::from_slice(&rows[..len * nkv * hd], (len, nkv, hd), &self.device)?
+                .transpose(0, 1)?
+                .contiguous()?;
+            Ok(cache.slice_set(&t, 1, 0)?)
+        };
+        put(&self.k_cache, k)?;
+        put(&self.v_cache, v)
+    }
+}
+
+/// The final norm and output head on a device.
+#[derive(Debug)]
+pub struct DeviceHead {
+    norm: Tensor,
+    weight: QMatMul,
+    rms_eps: f32,
+}
+
+impl DeviceHead {
+    pub fn new(
+        norm: &[f32],
+        weight: &QTensor,
+        rms_eps: f32,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let dims = weight.shape().dims().to_vec();
+        // A copy in the stored type (candle's QTensor is not Clone).
+        let weight = qtensor_from_ggml(weight.dtype(), &weight.data()?, dims, device)?;
+        Ok(DeviceHead {
+            norm: Tensor::from_slice(norm, norm.len(), device)?,
+            weight: QMatMul::from_qtensor(weight)?,
+            rms_eps,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.norm.device()
+    }
+
+    /// Logits (`rows × vocab`) of hidden states `x` (`rows × n_embd`).
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let h = candle_nn::ops::rms_norm(&x.contiguous()?, &self.norm, self.rms_eps)?;
+        Ok(self.weight.forward(&h)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::hparams::Arch;
+
+    fn hparams(rope_style: RopeStyle) -> HParams {
+        HParams {
+            arch: Arch::Llama,
+            arch_name: "llama".into(),
+            n_layer: 1,
+            n_embd: 32,
+            n_ff: 48,
+            n_head: 4,
+            n_head_kv: 2,
+            head_dim: 8,
+            n_vocab: 16,
+            context_length: 64,
+            rope_freq_base: 10000.0,
+            rope_style,
+            rms_eps: 1e-5,
+            has_qkv_bias: true,
+            tied_embeddings: true,
+        }
+    }
+
+    /// Random f32 tensors of the shapes a block expects.
+    struct Random(u64, HParams);
+
+    impl TensorSource for Random {
+        fn qtensor(&mut self, suffix: &str) -> Result<QTensor, ModelError> {
+            let shape = LayerWeights::expected_shapes(&self.1)
+                .into_iter()
+                .find(|(n, _)| *n == suffix)
+                .map(|(_, s)| s)
+                .ok_or_else(|| ModelError::Format(suffix.into()))?;
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n)
+                .map(|_| {
+                    self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    ((self.0 >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 0.5
+                })
+                .collect();
+            let t = Tensor::from_vec(v, shape, &Device::Cpu)?;
+            Ok(QTensor::quantize(
+                &t,
+                candle_core::quantized::GgmlDType::F32,
+            )?)
+        }
+    }
+
+    use super::super::transformer::LayerWeights;
+
+    /// A prompt in one pass, the same prompt split in two passes, and with
+    /// attention forced into one-query chunks, all agree; and the cache
+    /// moves out and back unchanged.
+    #[test]
+    fn chunked_and_split_passes_agree() {
+        for style in [RopeStyle::Interleaved, RopeStyle::Halves] {
+            let hp = hparams(style);
+            let dev = Device::Cpu;
+            let rope = DeviceRope::new(&hp, 64, &dev).unwrap();
+            let mut block = DeviceBlock::load(&hp, &mut Random(7, hp.clone()), &dev, 64).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (20, 32), &dev).unwrap();
+            let whole = block.forward(&x, 0, &rope).unwrap();
+            let (k, v) = block.export_kv(20).unwrap();
+            block.scores_bytes = 1;
+            let chunked = block.forward(&x, 0, &rope).unwrap();
+            let a = block
+                .forward(&x.narrow(0, 0, 12).unwrap(), 0, &rope)
+                .unwrap();
+            let b = block
+                .forward(&x.narrow(0, 12, 8).unwrap(), 12, &rope)
+                .unwrap();
+            let split = Tensor::cat(&[a, b], 0).unwrap();
+            let diff = |p: &Tensor, q: &Tensor| -> f32 {
+                (p - q)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar()
+                    .unwrap()
+            };
+            assert!(diff(&whole, &chunked) < 1e-5);
+            assert!(diff(&whole, &split) < 1e-5);
+            // A later position sees the earlier ones: the rows differ from a
+            // pass that starts there.
+            let alone = block
+                .forward(&x.narrow(0, 12, 8).unwrap(), 0, &rope)
+                .unwrap();
+            assert!(diff(&alone, &whole.narrow(0, 12, 8).unwrap()) > 1e-3);
+            let other = DeviceBlock::load(&hp, &mut Random(7, hp.clone()), &dev, 64).unwrap();
+            other.import_kv(&k, &v, 20).unwrap();
+            assert_eq!(other.export_kv(20).unwrap(), (k, v));
+            // Past the context: an error, not a panic.
+            assert!(matches!(
+                block.forward(&x, 50, &rope),
+                Err(ModelError::ContextFull { .. })
+            ));
+        }
+    }
+}
