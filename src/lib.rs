@@ -8,5 +8,7 @@ pub mod engine;
 pub mod kernels;
 pub mod model;
 pub mod placement;
+pub mod protocol;
 pub mod telemetry;
+pub mod ui;
 pub mod weights;

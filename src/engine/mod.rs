@@ -11,6 +11,7 @@ mod generate;
 mod perplexity;
 mod placing;
 mod report;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

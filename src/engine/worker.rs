@@ -1,0 +1,369 @@
+//! The inference thread behind the window: it owns the [`Engine`] outright,
+//! takes [`Command`]s from a channel and answers with [`Event`]s, waking the
+//! window after each. Nothing here blocks the caller; a reply is stopped
+//! through the link's stop mark, checked between tokens, and always ends
+//! with `Finished`. A panic inside the engine ends the thread with a
+//! `Stopped` event carrying its message, so the window can offer a restart.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::{Engine, EngineError, GenerateParams, LoadOptions, LoadStage};
+use crate::model::ModelError;
+use crate::placement::store::DiskSource;
+use crate::placement::PlacementError;
+use crate::protocol::{
+    Command, ErrorInfo, ErrorKind, Event, Finish, LoadProgress, LoadRequest, ModelInfo,
+    ReplyRequest, ReplyStats, ReqId,
+};
+use crate::telemetry::Sink;
+
+/// Telemetry snapshots at most this often while generating.
+const TELEMETRY_EVERY: Duration = Duration::from_millis(250);
+
+/// The window's end of the worker: send commands, drain events, stop a
+/// reply. Built by [`spawn`], or by a test around its own channel ends.
+pub struct EngineLink {
+    pub commands: Sender<Command>,
+    pub events: Receiver<Event>,
+    /// Replies with an id below this are stopped.
+    pub stop_below: Arc<AtomicU64>,
+}
+
+impl EngineLink {
+    /// Sends `cmd`; false when the worker is gone.
+    pub fn send(&self, cmd: Command) -> bool {
+        self.commands.send(cmd).is_ok()
+    }
+
+    /// Stops reply `req_id` (and any earlier one) at the next token.
+    pub fn stop(&self, req_id: ReqId) {
+        self.stop_below.fetch_max(req_id + 1, Ordering::SeqCst);
+    }
+}
+
+/// The worker's ends, for a fake engine in tests: it reads commands and
+/// sends events as the real worker would.
+pub struct WorkerEnds {
+    pub commands: Receiver<Command>,
+    pub events: Sender<Event>,
+    pub stop_below: Arc<AtomicU64>,
+}
+
+/// A link and the worker ends it talks to, not yet attached to a thread.
+pub fn channel() -> (EngineLink, WorkerEnds) {
+    let (ctx, crx) = crossbeam_channel::unbounded();
+    let (etx, erx) = crossbeam_channel::unbounded();
+    let stop = Arc::new(AtomicU64::new(0));
+    (
+        EngineLink {
+            commands: ctx,
+            events: erx,
+            stop_below: stop.clone(),
+        },
+        WorkerEnds {
+            commands: crx,
+            events: etx,
+            stop_below: stop,
+        },
+    )
+}
+
+/// Starts the inference thread; `wake` is called after every event (the
+/// window's repaint request).
+pub fn spawn(wake: Arc<dyn Fn() + Send + Sync>) -> EngineLink {
+    let (link, ends) = channel();
+    let spawned = std::thread::Builder::new()
+        .name("spillway-engine".into())
+        .spawn(move || run(ends, wake));
+    if let Err(e) = spawned {
+        // The link's event end stays open only through `ends`, which the
+        // failed spawn dropped: the window sees the worker as stopped.
+        eprintln!("cannot start the engine thread: {e}");
+    }
+    link
+}
+
+/// The worker loop; returns when `Shutdown` arrives or the window is gone.
+pub fn run(ends: WorkerEnds, wake: Arc<dyn Fn() + Send + Sync>) {
+    let events = ends.events.clone();
+    let waker = wake.clone();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Worker {
+            engine: None,
+            ends,
+            wake,
+        }
+        .serve()
+    }));
+    let error = outcome.err().map(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown failure".into());
+        format!("the engine stopped unexpectedly: {msg}")
+    });
+    let _ = events.send(Event::Stopped { error });
+    waker();
+}
+
+struct Worker {
+    engine: Option<Engine>,
+    ends: WorkerEnds,
+    wake: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Worker {
+    fn send(&self, e: Event) {
+        let _ = self.ends.events.send(e);
+        (self.wake)();
+    }
+
+    fn serve(&mut self) {
+        while let Ok(cmd) = self.ends.commands.recv() {
+            match cmd {
+                Command::Load(req) => self.load(&req),
+                Command::CancelLoad => {}
+                Command::Unload => {
+                    self.engine = None;
+                    self.send(Event::Unloaded);
+                }
+                Command::Generate(req) => self.reply(req),
+                Command::Preview(req) => {
+                    let r = match self.engine.as_mut() {
+                        Some(e) => e.preview(&req).map_err(|e| error_info(&e)),
+                        None => Err(no_model()),
+                    };
+                    self.send(Event::Preview(r));
+                }
+                Command::Apply(req) => {
+                    let r = match self.engine.as_mut() {
+                        Some(e) => e.replace(req).cloned().map_err(|e| error_info(&e)),
+                        None => Err(no_model()),
+                    };
+                    match r {
+                        Ok(p) => self.send(Event::Placed(p)),
+                        Err(e) => self.send(Event::Notice(format!(
+                            "The new placement was not applied: {}",
+                            e.message
+                        ))),
+                    }
+                    self.notices();
+                }
+                Command::Shutdown => return,
+            }
+        }
+    }
+
+    fn load(&mut self, req: &LoadRequest) {
+        // The old model goes first: two models need not fit together.
+        self.engine = None;
+        if let Some(n) = req.threads {
+            crate::kernels::pool::set_threads(n.max(1));
+        }
+        let opts = LoadOptions {
+            model_path: req.model_path.clone(),
+            placement: req.placement.clone(),
+            disk_source: DiskSource::ModelFile,
+            context_length: req.context_length,
+        };
+        let events = self.ends.events.clone();
+        let wake = self.wake.clone();
+        let mut last = Instant::now() - Duration::from_secs(1);
+        let mut progress = |stage: LoadStage| {
+            let p = match stage {
+                LoadStage::Reading => LoadProgress::Reading,
+                LoadStage::Planned => LoadProgress::Placing,
+                LoadStage::Layers { done, total } => {
+                    // A few updates a second are enough for a bar.
+                    if done < total && last.elapsed() < Duration::from_millis(50) {
+                        return;
+                    }
+                    LoadProgress::Layers { done, total }
+                }
+            };
+            last = Instant::now();
+            let _ = events.send(Event::LoadProgress(p));
+            wake();
+        };
+        match Engine::load(&opts, &mut progress) {
+            Ok(mut engine) => {
+                let events = self.ends.events.clone();
+                let wake = self.wake.clone();
+                engine.set_telemetry_sink(Some(Sink::new(
+                    TELEMETRY_EVERY,
+                    Box::new(move |s| {
+                        let _ = events.send(Event::Telemetry(Box::new(s)));
+                        wake();
+                    }),
+                )));
+                let info = model_info(&mut engine, req);
+                let snapshot = engine.telemetry();
+                self.engine = Some(engine);
+                self.send(Event::Loaded(info));
+                self.send(Event::Telemetry(Box::new(snapshot)));
+                self.notices();
+            }
+            Err(e) => {
+                let mut info = error_info(&e);
+                if info.kind == ErrorKind::Other {
+                    info.kind = ErrorKind::BadModel;
+                }
+                self.send(Event::LoadFailed(info));
+            }
+        }
+    }
+
+    fn reply(&mut self, req: ReplyRequest) {
+        let id = req.req_id;
+        let stop_below = self.ends.stop_below.clone();
+        let stopped = move || stop_below.load(Ordering::SeqCst) > id;
+        let Some(engine) = self.engine.as_mut() else {
+            self.send(Event::ReplyFailed {
+                req_id: id,
+                error: no_model(),
+            });
+            self.finish(id, Finish::Failed, ReplyStats::default());
+            return;
+        };
+        if stopped() {
+            self.finish(id, Finish::Cancelled, ReplyStats::default());
+            return;
+        }
+        let before = engine.placement().clone();
+        let prompt = match engine.chat_tokens(&req.messages, true) {
+            Ok(p) => p,
+            Err(e) => {
+                self.fail(id, &e);
+                return;
+            }
+        };
+        let params = GenerateParams {
+            max_tokens: req.max_tokens,
+            sampling: req.sampling.clone(),
+            stop: Vec::new(),
+            ignore_eos: false,
+        };
+        let cancel = AtomicBool::new(stopped());
+        let started = Instant::now();
+        let mut first_token: Option<f64> = None;
+        let events = self.ends.events.clone();
+        let wake = self.wake.clone();
+        let result = engine.generate(&prompt, &params, &cancel, &mut |text| {
+            first_token.get_or_insert_with(|| started.elapsed().as_secs_f64());
+            if !text.is_empty() {
+                let _ = events.send(Event::Token {
+                    req_id: id,
+                    text: text.to_string(),
+                });
+                wake();
+            }
+            if stopped() {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        });
+        let placed = (engine.placement() != &before).then(|| engine.placement().clone());
+        match result {
+            Ok(g) => {
+                let stats = ReplyStats {
+                    time_to_first_token_secs: first_token.unwrap_or(g.prompt_secs + g.decode_secs),
+                    prompt_tokens: g.prompt_tokens.len(),
+                    generated_tokens: g.generated_tokens.len(),
+                    decode_tokens_per_sec: g.decode_tokens_per_sec(),
+                };
+                let finish = match g.finish {
+                    super::FinishReason::EndOfGeneration | super::FinishReason::Stop => {
+                        Finish::EndOfTurn
+                    }
+                    super::FinishReason::Length => Finish::Length,
+                    super::FinishReason::ContextFull => Finish::ContextFull,
+                    super::FinishReason::Cancelled => Finish::Cancelled,
+                };
+                if let Some(p) = placed {
+                    self.send(Event::Placed(p));
+                }
+                self.notices();
+                self.finish(id, finish, stats);
+            }
+            Err(e) => {
+                if let Some(p) = placed {
+                    self.send(Event::Placed(p));
+                }
+                self.notices();
+                self.fail(id, &e);
+            }
+        }
+    }
+
+    fn fail(&self, req_id: ReqId, e: &EngineError) {
+        self.send(Event::ReplyFailed {
+            req_id,
+            error: error_info(e),
+        });
+        self.finish(req_id, Finish::Failed, ReplyStats::default());
+    }
+
+    fn finish(&self, req_id: ReqId, finish: Finish, stats: ReplyStats) {
+        self.send(Event::Finished {
+            req_id,
+            finish,
+            stats,
+        });
+    }
+
+    /// Re-plans and budget notes the engine collected, for the window.
+    fn notices(&mut self) {
+        let Some(e) = self.engine.as_mut() else {
+            return;
+        };
+        for n in e.take_notices() {
+            self.send(Event::Notice(n.0));
+        }
+    }
+}
+
+fn no_model() -> ErrorInfo {
+    ErrorInfo::new(ErrorKind::NoModel, "no model is loaded")
+}
+
+fn model_info(engine: &mut Engine, req: &LoadRequest) -> ModelInfo {
+    let store = engine.store();
+    let layer_bytes = (0..store.n_layers())
+        .map(|i| store.layer_bytes(i))
+        .collect();
+    let name = req
+        .model_path
+        .file_stem()
+        .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+    ModelInfo {
+        name,
+        path: req.model_path.clone(),
+        n_layers: engine.hparams().n_layer,
+        context_length: engine.context_length(),
+        layer_bytes,
+        placement: engine.placement().clone(),
+        budget_notes: engine.budgets().notes.clone(),
+        gpu_name: engine.budgets().gpu_name.clone(),
+    }
+}
+
+/// An engine error as it crosses the channel.
+pub fn error_info(e: &EngineError) -> ErrorInfo {
+    let kind = match e {
+        EngineError::Placement(PlacementError::DoesNotFit { .. }) => ErrorKind::DoesNotFit,
+        EngineError::Model(m) if m.is_out_of_memory() => ErrorKind::OutOfMemory,
+        EngineError::Model(ModelError::ContextFull { .. })
+        | EngineError::ContextExceeded { .. } => ErrorKind::ContextFull,
+        EngineError::Gguf(_)
+        | EngineError::Tokenizer(_)
+        | EngineError::Model(ModelError::Format(_) | ModelError::Unsupported { .. }) => {
+            ErrorKind::BadModel
+        }
+        _ => ErrorKind::Other,
+    };
+    ErrorInfo::new(kind, e.to_string())
+}

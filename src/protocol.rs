@@ -1,0 +1,194 @@
+//! What the window and the inference thread say to each other: `Command`s
+//! go to the engine worker, `Event`s come back. Plain data only — no
+//! tensors, no egui — so either side can be replaced (the UI tests drive the
+//! window with a fake engine speaking this protocol).
+
+use std::path::PathBuf;
+
+use crate::chat::Message;
+use crate::engine::PlacementRequest;
+use crate::model::sampler::SamplingParams;
+use crate::placement::Placement;
+use crate::telemetry::Snapshot;
+
+/// Identifies one reply request, so late events of a stopped request are
+/// told from the next one's.
+pub type ReqId = u64;
+
+/// What to load, and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadRequest {
+    /// A GGUF file or a folder holding one.
+    pub model_path: PathBuf,
+    pub placement: PlacementRequest,
+    /// Context length in tokens; `None` uses the model's own.
+    pub context_length: Option<usize>,
+    pub threads: Option<usize>,
+}
+
+/// One reply to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplyRequest {
+    pub req_id: ReqId,
+    /// The whole conversation, system prompt first.
+    pub messages: Vec<Message>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Load(LoadRequest),
+    /// Stops a load in progress (between layers).
+    CancelLoad,
+    Unload,
+    Generate(ReplyRequest),
+    /// The plan a placement request would give, without applying it.
+    Preview(PlacementRequest),
+    /// Re-places the loaded model live (only the layers that move).
+    Apply(PlacementRequest),
+    Shutdown,
+}
+
+/// Where a load is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LoadProgress {
+    Reading,
+    Placing,
+    Layers { done: usize, total: usize },
+}
+
+impl LoadProgress {
+    /// 0..=1, for a progress bar.
+    pub fn fraction(self) -> f32 {
+        match self {
+            LoadProgress::Reading => 0.02,
+            LoadProgress::Placing => 0.05,
+            LoadProgress::Layers { done, total } => 0.05 + 0.95 * done as f32 / total.max(1) as f32,
+        }
+    }
+
+    pub fn label(self) -> String {
+        match self {
+            LoadProgress::Reading => "reading the model file".into(),
+            LoadProgress::Placing => "planning placement".into(),
+            LoadProgress::Layers { done, total } => format!("placing layers {done}/{total}"),
+        }
+    }
+}
+
+/// What the window shows about a loaded model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub name: String,
+    pub path: PathBuf,
+    pub n_layers: usize,
+    pub context_length: usize,
+    /// Weight bytes of each layer.
+    pub layer_bytes: Vec<u64>,
+    pub placement: Placement,
+    /// Notes about the budgets (no GPU found, a simulated tier, caps).
+    pub budget_notes: Vec<String>,
+    pub gpu_name: Option<String>,
+}
+
+/// Why a reply ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    EndOfTurn,
+    Length,
+    ContextFull,
+    Cancelled,
+    Failed,
+}
+
+/// Speed of one reply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReplyStats {
+    pub time_to_first_token_secs: f64,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub decode_tokens_per_sec: f64,
+}
+
+/// An error as it crosses the channel: what kind, and the message to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorInfo {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The model file or folder is unusable.
+    BadModel,
+    /// Placement found no layout that fits.
+    DoesNotFit,
+    OutOfMemory,
+    /// The conversation does not fit the context.
+    ContextFull,
+    /// A command that needs a model came without one.
+    NoModel,
+    Other,
+}
+
+impl ErrorInfo {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ErrorInfo {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// What the user can do about it.
+    pub fn advice(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::BadModel => "Choose another GGUF file or model folder in Settings.",
+            ErrorKind::DoesNotFit => {
+                "Choose auto or a mode with more offload in Settings, or raise the RAM cap."
+            }
+            ErrorKind::OutOfMemory => "Lower the VRAM cap or the GPU layers in Settings.",
+            ErrorKind::ContextFull => {
+                "Start a new conversation, or raise the context length in Settings."
+            }
+            ErrorKind::NoModel => "Open a model in Settings first.",
+            ErrorKind::Other => "",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    LoadProgress(LoadProgress),
+    Loaded(ModelInfo),
+    LoadFailed(ErrorInfo),
+    Unloaded,
+    /// Text of reply `req_id`, as it is decoded.
+    Token {
+        req_id: ReqId,
+        text: String,
+    },
+    Finished {
+        req_id: ReqId,
+        finish: Finish,
+        stats: ReplyStats,
+    },
+    /// A reply failed; `Finished { finish: Failed }` follows.
+    ReplyFailed {
+        req_id: ReqId,
+        error: ErrorInfo,
+    },
+    /// The plan a preview asked for.
+    Preview(Result<Placement, ErrorInfo>),
+    /// The placement in force changed (applied, or re-planned after an
+    /// out-of-memory).
+    Placed(Placement),
+    /// Something the user should know (a re-plan after an out-of-memory).
+    Notice(String),
+    Telemetry(Box<Snapshot>),
+    /// The worker stopped (after `Shutdown`, or because it failed); the
+    /// window offers a restart.
+    Stopped {
+        error: Option<String>,
+    },
+}
