@@ -28,11 +28,14 @@ use crate::placement::{planner, BudgetOptions, Mode};
     version,
     about = "Chat with quantized language models; every layer in VRAM, RAM or on disk",
     long_about = "Chat with quantized language models locally. Each transformer layer lives in \
-                  RAM or on disk (VRAM with the GPU build), so a model never fails to load because \
-                  memory is small.\n\nWith no subcommand Spillway will open its window (the \
-                  desktop app is in progress); until then it prints this help."
+                  VRAM (with the GPU build), RAM or on disk, so a model never fails to load \
+                  because memory is small.\n\nWith no subcommand Spillway opens its window \
+                  (`--model PATH` loads that model in it)."
 )]
 pub struct Cli {
+    /// Open the window with this GGUF file or model folder loaded.
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
     /// A YAML file overriding the built-in defaults (config/config.yaml).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -223,9 +226,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
     let _ = offload::clean_stale(&config.offload_folder);
     match cli.command {
         None => {
-            use clap::CommandFactory;
-            Cli::command().print_help()?;
-            println!();
+            crate::ui::run(config, cli.model)?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Generate(a)) => generate::run(a, &config),

@@ -8,3 +8,4 @@ mod errors;
 mod generation;
 mod placement;
 mod tokenizer;
+mod ui;

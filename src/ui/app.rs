@@ -1,0 +1,689 @@
+//! The window's state and its frame: drain the engine's events (under a
+//! small time budget), lay out the panels, apply the commands they return.
+//! Conversations are saved after every change that completes something (a
+//! sent message, a finished reply, a rename), never mid-stream.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use egui_commonmark::CommonMarkCache;
+
+use super::chat::{self, ChatAction};
+use super::placement::{self, PlacementAction};
+use super::settings::{self, Settings, SettingsAction};
+use crate::chat::history::{ChatMessage, Conversation, History};
+use crate::config::Config;
+use crate::engine::worker::EngineLink;
+use crate::placement::Placement;
+use crate::protocol::{
+    Command, ErrorInfo, Event, Finish, LoadProgress, LoadRequest, ModelInfo, ReplyRequest, ReqId,
+};
+use crate::telemetry::Snapshot;
+
+/// Events drained per frame stop after this long, so a burst of tokens
+/// never stalls drawing.
+const EVENT_BUDGET: Duration = Duration::from_millis(2);
+
+/// Which pane fills the middle of the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Chat,
+    Settings,
+}
+
+/// A reply being streamed.
+#[derive(Debug, Clone)]
+pub struct Streaming {
+    pub req_id: ReqId,
+    pub conv_id: String,
+}
+
+/// Something shown at the top of the window until dismissed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Banner {
+    pub title: String,
+    pub message: String,
+    pub advice: String,
+    pub is_error: bool,
+}
+
+/// Speeds over time, for the placement panel's plot.
+#[derive(Debug, Clone, Default)]
+pub struct SpeedHistory {
+    pub points: VecDeque<(f64, f64, f64)>,
+}
+
+/// How long the window's own work takes per frame.
+#[derive(Debug, Clone, Default)]
+pub struct FrameTimes {
+    recent_ms: VecDeque<f64>,
+    /// The slowest frame while a reply streamed.
+    pub max_streaming_ms: f64,
+    pub streaming_frames: usize,
+    /// Frame times while streaming (the first 10,000), for percentiles.
+    pub streaming_ms: Vec<f64>,
+}
+
+impl FrameTimes {
+    fn push(&mut self, ms: f64, streaming: bool) {
+        if self.recent_ms.len() == 120 {
+            self.recent_ms.pop_front();
+        }
+        self.recent_ms.push_back(ms);
+        if streaming {
+            self.max_streaming_ms = self.max_streaming_ms.max(ms);
+            self.streaming_frames += 1;
+            if self.streaming_ms.len() < 10_000 {
+                self.streaming_ms.push(ms);
+            }
+        }
+    }
+
+    /// The `q` quantile (0..=1) of frame times while streaming.
+    pub fn streaming_quantile_ms(&self, q: f64) -> f64 {
+        let mut v = self.streaming_ms.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    pub fn mean_ms(&self) -> f64 {
+        self.recent_ms.iter().sum::<f64>() / self.recent_ms.len().max(1) as f64
+    }
+}
+
+pub struct SpillwayApp {
+    pub link: EngineLink,
+    pub history: Option<History>,
+    pub conversations: Vec<Conversation>,
+    /// Index into `conversations`.
+    pub current: usize,
+    pub composer: String,
+    pub streaming: Option<Streaming>,
+    next_req: ReqId,
+    pub model: Option<ModelInfo>,
+    pub loading: Option<LoadProgress>,
+    pub banners: Vec<Banner>,
+    pub telemetry: Option<Snapshot>,
+    pub speeds: SpeedHistory,
+    pub settings: Settings,
+    settings_path: Option<PathBuf>,
+    pub preview: Option<Result<Placement, ErrorInfo>>,
+    pub view: View,
+    pub engine_stopped: Option<String>,
+    pub frame_times: FrameTimes,
+    pub show_frame_times: bool,
+    pub chat_state: chat::ChatState,
+    md_cache: CommonMarkCache,
+    started: Instant,
+}
+
+impl SpillwayApp {
+    /// The app over an engine link; `data_dir` holds the history,
+    /// `config_dir` the user's settings (none: nothing is saved).
+    pub fn new(
+        link: EngineLink,
+        config: &Config,
+        data_dir: Option<PathBuf>,
+        config_dir: Option<PathBuf>,
+    ) -> Self {
+        let mut banners = Vec::new();
+        let history = data_dir.and_then(|d| match History::open(d.join("conversations")) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                banners.push(Banner::error("History is not saved", &e.to_string(), ""));
+                None
+            }
+        });
+        let mut conversations = Vec::new();
+        if let Some(h) = &history {
+            let (convs, damaged) = h.load_all();
+            conversations = convs;
+            for d in damaged {
+                banners.push(Banner::error(
+                    "A saved conversation could not be read",
+                    &format!("{} was skipped: {}", d.path.display(), d.reason),
+                    "The file is left as it is; the other conversations are loaded.",
+                ));
+            }
+        }
+        let settings_path = config_dir.map(|d| d.join("settings.yaml"));
+        let settings = match settings_path.as_deref() {
+            Some(p) => match Settings::load(p, config) {
+                Ok(s) => s,
+                Err(e) => {
+                    banners.push(Banner::error(
+                        "Your settings could not be read",
+                        &e,
+                        "The defaults are in use; saving settings replaces the file.",
+                    ));
+                    Settings::from_config(config)
+                }
+            },
+            None => Settings::from_config(config),
+        };
+        if conversations.is_empty() {
+            conversations.push(Conversation::new(&settings.system_prompt));
+        }
+        SpillwayApp {
+            link,
+            history,
+            conversations,
+            current: 0,
+            composer: String::new(),
+            streaming: None,
+            next_req: 1,
+            model: None,
+            loading: None,
+            banners,
+            telemetry: None,
+            speeds: SpeedHistory::default(),
+            settings,
+            settings_path,
+            preview: None,
+            view: View::Chat,
+            engine_stopped: None,
+            frame_times: FrameTimes::default(),
+            show_frame_times: false,
+            chat_state: chat::ChatState::default(),
+            md_cache: CommonMarkCache::default(),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn current_conversation(&self) -> &Conversation {
+        &self.conversations[self.current]
+    }
+
+    /// Asks the engine to load `path` with the current settings.
+    pub fn load_model(&mut self, path: PathBuf) {
+        self.settings.remember_model(&path);
+        self.save_settings();
+        self.loading = Some(LoadProgress::Reading);
+        self.model = None;
+        let req = LoadRequest {
+            model_path: path,
+            placement: self.settings.placement_request(),
+            context_length: self.settings.context_length,
+            threads: self.settings.threads,
+        };
+        self.send(Command::Load(req));
+    }
+
+    fn send(&mut self, cmd: Command) {
+        if !self.link.send(cmd) && self.engine_stopped.is_none() {
+            self.engine_stopped = Some("the engine is not running".into());
+        }
+    }
+
+    /// Sends the composer's text as a new user message.
+    pub fn send_message(&mut self) {
+        let text = self.composer.trim().to_string();
+        if text.is_empty() || self.streaming.is_some() {
+            return;
+        }
+        self.composer.clear();
+        let conv = &mut self.conversations[self.current];
+        conv.messages.push(ChatMessage::user(&text));
+        conv.title_from_first_message();
+        self.request_reply();
+    }
+
+    /// Starts a reply to the current conversation as it stands.
+    fn request_reply(&mut self) {
+        if self.model.is_none() {
+            self.banners.push(Banner::error(
+                "No model is loaded",
+                "Spillway needs a model to reply.",
+                "Open a GGUF file or a model folder in Settings.",
+            ));
+            self.save_current();
+            return;
+        }
+        let req_id = self.next_req;
+        self.next_req += 1;
+        let conv = &mut self.conversations[self.current];
+        conv.messages.push(ChatMessage {
+            incomplete: true,
+            ..ChatMessage::assistant("")
+        });
+        let mut messages = conv.template_messages();
+        // The empty assistant message is the reply being written.
+        messages.pop();
+        self.streaming = Some(Streaming {
+            req_id,
+            conv_id: conv.id.clone(),
+        });
+        self.save_current();
+        let s = &self.settings;
+        let req = ReplyRequest {
+            req_id,
+            messages,
+            max_tokens: s.max_new_tokens,
+            sampling: s.sampling(),
+        };
+        self.send(Command::Generate(req));
+    }
+
+    /// Stops the reply being streamed.
+    pub fn stop(&mut self) {
+        if let Some(s) = &self.streaming {
+            self.link.stop(s.req_id);
+        }
+    }
+
+    /// Replaces the last reply with a new one.
+    pub fn regenerate(&mut self) {
+        if self.streaming.is_some() {
+            return;
+        }
+        let conv = &mut self.conversations[self.current];
+        if conv.messages.last().is_some_and(|m| m.role == "assistant") {
+            conv.messages.pop();
+        }
+        if conv.messages.last().is_some_and(|m| m.role == "user") {
+            self.request_reply();
+        }
+    }
+
+    /// Replaces user message `index` with `text`, drops what followed it,
+    /// and asks again.
+    pub fn edit_and_resend(&mut self, index: usize, text: &str) {
+        if self.streaming.is_some() {
+            return;
+        }
+        let conv = &mut self.conversations[self.current];
+        if conv.messages.get(index).is_none_or(|m| m.role != "user") {
+            return;
+        }
+        conv.messages.truncate(index);
+        conv.messages.push(ChatMessage::user(text));
+        self.request_reply();
+    }
+
+    pub fn new_conversation(&mut self) {
+        self.conversations
+            .insert(0, Conversation::new(&self.settings.system_prompt));
+        self.current = 0;
+    }
+
+    pub fn select_conversation(&mut self, index: usize) {
+        if index < self.conversations.len() {
+            self.current = index;
+        }
+    }
+
+    pub fn delete_conversation(&mut self, index: usize) {
+        if index >= self.conversations.len() {
+            return;
+        }
+        let conv = self.conversations.remove(index);
+        if self
+            .streaming
+            .as_ref()
+            .is_some_and(|s| s.conv_id == conv.id)
+        {
+            self.stop();
+        }
+        if let Some(h) = &self.history {
+            if let Err(e) = h.delete(&conv.id) {
+                self.banners
+                    .push(Banner::error("Not deleted", &e.to_string(), ""));
+            }
+        }
+        if self.conversations.is_empty() {
+            self.conversations
+                .push(Conversation::new(&self.settings.system_prompt));
+        }
+        self.current = self.current.min(self.conversations.len() - 1);
+    }
+
+    pub fn rename_conversation(&mut self, index: usize, title: &str) {
+        if let Some(c) = self.conversations.get_mut(index) {
+            c.title = title.trim().to_string();
+            let c = c.clone();
+            self.save(&c);
+        }
+    }
+
+    fn save_current(&mut self) {
+        let c = self.conversations[self.current].clone();
+        self.save(&c);
+    }
+
+    fn save(&mut self, conv: &Conversation) {
+        if conv.messages.is_empty() {
+            return;
+        }
+        let Some(h) = &self.history else { return };
+        let mut conv = conv.clone();
+        conv.updated_secs = crate::chat::history::now_secs();
+        if let Err(e) = h.save(&conv) {
+            self.banners.push(Banner::error(
+                "The conversation was not saved",
+                &e.to_string(),
+                "Free some disk space; Spillway saves again after the next message.",
+            ));
+        }
+    }
+
+    pub fn save_settings(&mut self) {
+        if let Some(p) = &self.settings_path {
+            if let Err(e) = self.settings.save(p) {
+                self.banners
+                    .push(Banner::error("Settings were not saved", &e, ""));
+            }
+        }
+    }
+
+    /// Applies every event waiting, within the frame's budget.
+    pub fn drain_events(&mut self) {
+        let start = Instant::now();
+        while start.elapsed() < EVENT_BUDGET {
+            match self.link.events.try_recv() {
+                Ok(e) => self.apply_event(e),
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    if self.engine_stopped.is_none() {
+                        self.engine_stopped = Some("the engine is not running".into());
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    fn conv_index(&self, id: &str) -> Option<usize> {
+        self.conversations.iter().position(|c| c.id == id)
+    }
+
+    pub fn apply_event(&mut self, e: Event) {
+        match e {
+            Event::LoadProgress(p) => self.loading = Some(p),
+            Event::Loaded(info) => {
+                self.loading = None;
+                self.preview = None;
+                self.model = Some(info);
+            }
+            Event::LoadFailed(err) => {
+                self.loading = None;
+                self.banners
+                    .push(Banner::from_error("The model did not load", &err));
+            }
+            Event::Unloaded => self.model = None,
+            Event::Token { req_id, text } => {
+                let Some(s) = self.streaming.as_ref().filter(|s| s.req_id == req_id) else {
+                    return;
+                };
+                if let Some(i) = self.conv_index(&s.conv_id) {
+                    if let Some(m) = self.conversations[i].messages.last_mut() {
+                        m.text.push_str(&text);
+                    }
+                }
+            }
+            Event::Finished {
+                req_id,
+                finish,
+                stats,
+            } => {
+                let Some(s) = self.streaming.take_if(|s| s.req_id == req_id) else {
+                    return;
+                };
+                if let Some(i) = self.conv_index(&s.conv_id) {
+                    let conv = &mut self.conversations[i];
+                    if let Some(m) = conv.messages.last_mut() {
+                        m.incomplete = !matches!(finish, Finish::EndOfTurn | Finish::Length);
+                        if finish != Finish::Failed {
+                            m.stats = Some(stats);
+                        }
+                    }
+                    if finish == Finish::Failed
+                        && conv.messages.last().is_some_and(|m| m.text.is_empty())
+                    {
+                        conv.messages.pop();
+                    }
+                    let c = conv.clone();
+                    self.save(&c);
+                }
+            }
+            Event::ReplyFailed { error, .. } => {
+                self.banners
+                    .push(Banner::from_error("The reply failed", &error));
+            }
+            Event::Preview(p) => self.preview = Some(p),
+            Event::Placed(p) => {
+                if let Some(m) = &mut self.model {
+                    m.placement = p;
+                }
+                self.preview = None;
+            }
+            Event::Notice(n) => self.banners.push(Banner::notice("Placement", &n)),
+            Event::Telemetry(s) => {
+                let t = self.started.elapsed().as_secs_f64();
+                if self.speeds.points.len() == 300 {
+                    self.speeds.points.pop_front();
+                }
+                self.speeds
+                    .points
+                    .push_back((t, s.prompt_tokens_per_sec, s.decode_tokens_per_sec));
+                self.telemetry = Some(*s);
+            }
+            Event::Stopped { error } => {
+                self.streaming = None;
+                self.loading = None;
+                self.engine_stopped =
+                    Some(error.unwrap_or_else(|| "the engine has stopped".into()));
+            }
+        }
+    }
+
+    /// Starts a fresh engine after the old one stopped, reloading the model.
+    pub fn restart_engine(&mut self, link: EngineLink) {
+        self.link = link;
+        self.engine_stopped = None;
+        self.model = None;
+        if let Some(p) = self.settings.last_model.clone() {
+            self.load_model(p);
+        }
+    }
+
+    /// Keyboard shortcuts that work anywhere: Esc stops generation.
+    fn shortcuts(&mut self, ctx: &egui::Context) {
+        if ctx.input(|i| i.key_pressed(egui::Key::Escape)) {
+            self.stop();
+        }
+        if ctx.input(|i| i.key_pressed(egui::Key::F12)) {
+            self.show_frame_times = !self.show_frame_times;
+        }
+    }
+
+    /// One frame: events in, panels drawn, their actions applied.
+    pub fn frame_ui(&mut self, ui: &mut egui::Ui) {
+        let start = Instant::now();
+        self.drain_events();
+        self.shortcuts(ui.ctx());
+        let mut chat_actions = Vec::new();
+        let mut settings_actions = Vec::new();
+        let mut placement_actions = Vec::new();
+
+        egui::Panel::top("top").show(ui, |ui| {
+            self.top_bar_ui(ui);
+        });
+        egui::Panel::left("conversations")
+            .default_size(230.0)
+            .show(ui, |ui| {
+                chat_actions.extend(chat::conversation_list_ui(ui, self));
+            });
+        egui::Panel::right("placement")
+            .default_size(320.0)
+            .show(ui, |ui| {
+                placement_actions.extend(placement::panel_ui(ui, self));
+            });
+        egui::CentralPanel::default_margins().show(ui, |ui| match self.view {
+            View::Chat => {
+                let mut cache = std::mem::take(&mut self.md_cache);
+                chat_actions.extend(chat::chat_ui(ui, self, &mut cache));
+                self.md_cache = cache;
+            }
+            View::Settings => {
+                settings_actions.extend(settings::settings_ui(ui, &mut self.settings))
+            }
+        });
+
+        for a in chat_actions {
+            self.apply_chat(a);
+        }
+        for a in settings_actions {
+            self.apply_settings(a);
+        }
+        for a in placement_actions {
+            self.apply_placement(a);
+        }
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        self.frame_times.push(ms, self.streaming.is_some());
+    }
+
+    fn top_bar_ui(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.selectable_value(&mut self.view, View::Chat, "Chat");
+            ui.selectable_value(&mut self.view, View::Settings, "Settings");
+            ui.separator();
+            match (&self.model, &self.loading) {
+                (_, Some(p)) => {
+                    ui.label(format!("Loading: {}", p.label()));
+                    ui.add(egui::ProgressBar::new(p.fraction()).desired_width(160.0));
+                    if ui.button("Cancel").clicked() {
+                        let _ = self.link.send(Command::CancelLoad);
+                        let _ = self.link.send(Command::Unload);
+                        self.loading = None;
+                    }
+                }
+                (Some(m), None) => {
+                    ui.label(format!("Model: {}", m.name));
+                }
+                (None, None) => {
+                    ui.label("No model loaded — open one in Settings");
+                }
+            }
+            if self.show_frame_times {
+                ui.separator();
+                ui.monospace(format!(
+                    "frame {:.2} ms (max while streaming {:.2} ms)",
+                    self.frame_times.mean_ms(),
+                    self.frame_times.max_streaming_ms
+                ));
+            }
+        });
+        if let Some(why) = self.engine_stopped.clone() {
+            ui.horizontal(|ui| {
+                ui.colored_label(
+                    ui.visuals().error_fg_color,
+                    format!("Engine stopped: {why}"),
+                );
+                if ui.button("Restart engine").clicked() {
+                    let ctx = ui.ctx().clone();
+                    let link = crate::engine::worker::spawn(std::sync::Arc::new(move || {
+                        ctx.request_repaint()
+                    }));
+                    self.restart_engine(link);
+                }
+            });
+        }
+        let mut dismissed = None;
+        for (i, b) in self.banners.iter().enumerate() {
+            ui.horizontal_wrapped(|ui| {
+                let color = if b.is_error {
+                    ui.visuals().error_fg_color
+                } else {
+                    ui.visuals().warn_fg_color
+                };
+                ui.colored_label(color, egui::RichText::new(&b.title).strong());
+                ui.label(&b.message);
+                if !b.advice.is_empty() {
+                    ui.label(egui::RichText::new(&b.advice).italics());
+                }
+                if ui.small_button("Dismiss").clicked() {
+                    dismissed = Some(i);
+                }
+            });
+        }
+        if let Some(i) = dismissed {
+            self.banners.remove(i);
+        }
+    }
+
+    fn apply_chat(&mut self, a: ChatAction) {
+        match a {
+            ChatAction::Send => self.send_message(),
+            ChatAction::Stop => self.stop(),
+            ChatAction::Regenerate => self.regenerate(),
+            ChatAction::EditResend { index, text } => self.edit_and_resend(index, &text),
+            ChatAction::New => self.new_conversation(),
+            ChatAction::Select(i) => self.select_conversation(i),
+            ChatAction::Delete(i) => self.delete_conversation(i),
+            ChatAction::Rename { index, title } => self.rename_conversation(index, &title),
+            ChatAction::SystemPrompt(text) => {
+                self.conversations[self.current].system_prompt = text;
+                self.save_current();
+            }
+        }
+    }
+
+    fn apply_settings(&mut self, a: SettingsAction) {
+        match a {
+            SettingsAction::Open(path) => self.load_model(path),
+            SettingsAction::Changed => self.save_settings(),
+            SettingsAction::PreviewPlacement => {
+                let req = self.settings.placement_request();
+                self.send(Command::Preview(req));
+            }
+            SettingsAction::ApplyPlacement => {
+                self.save_settings();
+                let req = self.settings.placement_request();
+                self.send(Command::Apply(req));
+            }
+        }
+    }
+
+    fn apply_placement(&mut self, a: PlacementAction) {
+        match a {
+            PlacementAction::Preview => self.apply_settings(SettingsAction::PreviewPlacement),
+            PlacementAction::Apply => self.apply_settings(SettingsAction::ApplyPlacement),
+        }
+    }
+}
+
+impl Banner {
+    pub fn error(title: &str, message: &str, advice: &str) -> Self {
+        Banner {
+            title: title.into(),
+            message: message.into(),
+            advice: advice.into(),
+            is_error: true,
+        }
+    }
+
+    pub fn notice(title: &str, message: &str) -> Self {
+        Banner {
+            is_error: false,
+            ..Self::error(title, message, "")
+        }
+    }
+
+    pub fn from_error(title: &str, e: &ErrorInfo) -> Self {
+        Self::error(title, &e.message, e.advice())
+    }
+}
+
+impl eframe::App for SpillwayApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.frame_ui(ui);
+    }
+
+    fn on_exit(&mut self) {
+        self.save_settings();
+        let _ = self.link.send(Command::Shutdown);
+    }
+}

@@ -1,0 +1,220 @@
+//! The chat panels: the conversation list (new, rename, delete, search by
+//! title) and the conversation itself (markdown messages with copyable
+//! code, the reply streaming in, stop / regenerate / edit-and-resend, speed
+//! under each reply, the system prompt), and the composer (Enter sends,
+//! Shift+Enter adds a line). They draw and return actions; the app applies
+//! them after the frame.
+
+use egui_commonmark::{CommonMarkCache, CommonMarkViewer};
+
+use super::app::SpillwayApp;
+
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub enum ChatAction {
+    Send,
+    Stop,
+    Regenerate,
+    EditResend { index: usize, text: String },
+    New,
+    Select(usize),
+    Delete(usize),
+    Rename { index: usize, title: String },
+    SystemPrompt(String),
+}
+
+/// Panel state that is not part of the conversation.
+#[derive(Debug, Clone, Default)]
+pub struct ChatState {
+    pub search: String,
+    /// The conversation being renamed, and the title typed so far.
+    pub renaming: Option<(usize, String)>,
+    /// The user message being edited, and its new text.
+    pub editing: Option<(usize, String)>,
+    pub show_system_prompt: bool,
+}
+
+pub fn conversation_list_ui(ui: &mut egui::Ui, app: &mut SpillwayApp) -> Vec<ChatAction> {
+    let mut actions = Vec::new();
+    ui.horizontal(|ui| {
+        ui.heading("Conversations");
+        if ui.button("New").on_hover_text("New conversation").clicked() {
+            actions.push(ChatAction::New);
+        }
+    });
+    ui.add(
+        egui::TextEdit::singleline(&mut app.chat_state.search)
+            .hint_text("Search titles")
+            .desired_width(f32::INFINITY),
+    );
+    ui.separator();
+    let needle = app.chat_state.search.to_lowercase();
+    egui::ScrollArea::vertical().show(ui, |ui| {
+        for (i, c) in app.conversations.iter().enumerate() {
+            if !needle.is_empty() && !c.title.to_lowercase().contains(&needle) {
+                continue;
+            }
+            if let Some((idx, title)) = &mut app.chat_state.renaming {
+                if *idx == i {
+                    let r = ui.text_edit_singleline(title);
+                    if r.lost_focus() {
+                        actions.push(ChatAction::Rename {
+                            index: i,
+                            title: title.clone(),
+                        });
+                        app.chat_state.renaming = None;
+                    }
+                    continue;
+                }
+            }
+            ui.horizontal(|ui| {
+                let r = ui.selectable_label(i == app.current, &c.title);
+                if r.clicked() {
+                    actions.push(ChatAction::Select(i));
+                }
+                r.context_menu(|ui| {
+                    if ui.button("Rename").clicked() {
+                        app.chat_state.renaming = Some((i, c.title.clone()));
+                        ui.close();
+                    }
+                    if ui.button("Delete").clicked() {
+                        actions.push(ChatAction::Delete(i));
+                        ui.close();
+                    }
+                });
+            });
+        }
+    });
+    actions
+}
+
+pub fn chat_ui(
+    ui: &mut egui::Ui,
+    app: &mut SpillwayApp,
+    md: &mut CommonMarkCache,
+) -> Vec<ChatAction> {
+    let mut actions = Vec::new();
+    let streaming = app.streaming.is_some();
+    let conv = &app.conversations[app.current];
+
+    ui.horizontal(|ui| {
+        ui.heading(&conv.title);
+        ui.toggle_value(&mut app.chat_state.show_system_prompt, "System prompt");
+    });
+    if app.chat_state.show_system_prompt {
+        let mut prompt = conv.system_prompt.clone();
+        let r = ui.add(
+            egui::TextEdit::multiline(&mut prompt)
+                .hint_text("Instructions for the model in this conversation")
+                .desired_rows(2)
+                .desired_width(f32::INFINITY),
+        );
+        if r.changed() {
+            actions.push(ChatAction::SystemPrompt(prompt));
+        }
+    }
+    ui.separator();
+
+    let composer_height = 90.0;
+    let n = conv.messages.len();
+    let last_reply = conv.messages.iter().rposition(|m| m.role == "assistant");
+    egui::ScrollArea::vertical()
+        .auto_shrink([false, false])
+        .max_height(ui.available_height() - composer_height)
+        .stick_to_bottom(true)
+        .show(ui, |ui| {
+            for (i, m) in conv.messages.iter().enumerate() {
+                let is_user = m.role == "user";
+                egui::Frame::group(ui.style()).show(ui, |ui| {
+                    ui.set_width(ui.available_width());
+                    ui.horizontal(|ui| {
+                        ui.strong(if is_user { "You" } else { "Spillway" });
+                        if ui.small_button("Copy").clicked() {
+                            ui.copy_text(m.text.clone());
+                        }
+                        if is_user && !streaming && ui.small_button("Edit").clicked() {
+                            app.chat_state.editing = Some((i, m.text.clone()));
+                        }
+                        if Some(i) == last_reply
+                            && !streaming
+                            && ui.small_button("Regenerate").clicked()
+                        {
+                            actions.push(ChatAction::Regenerate);
+                        }
+                    });
+                    match &mut app.chat_state.editing {
+                        Some((idx, text)) if *idx == i => {
+                            ui.add(egui::TextEdit::multiline(text).desired_width(f32::INFINITY));
+                            let (mut resend, mut cancel) = (false, false);
+                            ui.horizontal(|ui| {
+                                resend = ui.button("Save & resend").clicked();
+                                cancel = ui.button("Cancel").clicked();
+                            });
+                            if resend {
+                                actions.push(ChatAction::EditResend {
+                                    index: i,
+                                    text: text.clone(),
+                                });
+                            }
+                            if resend || cancel {
+                                app.chat_state.editing = None;
+                            }
+                        }
+                        _ if is_user => {
+                            ui.label(&m.text);
+                        }
+                        _ => {
+                            if m.text.is_empty() && streaming && i + 1 == n {
+                                ui.horizontal(|ui| {
+                                    ui.spinner();
+                                    ui.label("Reading the prompt…");
+                                });
+                            } else {
+                                CommonMarkViewer::new().show(ui, md, &m.text);
+                            }
+                            if let Some(s) = &m.stats {
+                                ui.small(format!(
+                                    "first token {:.2} s · {:.1} tokens/s · {} tokens",
+                                    s.time_to_first_token_secs,
+                                    s.decode_tokens_per_sec,
+                                    s.generated_tokens
+                                ));
+                            }
+                            if m.incomplete && !(streaming && i + 1 == n) {
+                                ui.small("(stopped)");
+                            }
+                        }
+                    }
+                });
+            }
+        });
+
+    ui.separator();
+    ui.horizontal(|ui| {
+        let edit = egui::TextEdit::multiline(&mut app.composer)
+            .hint_text("Message (Enter sends, Shift+Enter adds a line)")
+            .desired_rows(3)
+            .desired_width(ui.available_width() - 90.0)
+            .id_salt("composer");
+        let r = ui.add(edit);
+        // Enter sends; Shift+Enter is a new line (the text edit adds it).
+        let enter =
+            r.has_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter) && !i.modifiers.shift);
+        if enter {
+            // The text edit has already added the newline.
+            while app.composer.ends_with('\n') {
+                app.composer.pop();
+            }
+        }
+        ui.vertical(|ui| {
+            if streaming {
+                if ui.button("Stop").clicked() {
+                    actions.push(ChatAction::Stop);
+                }
+            } else if ui.button("Send").clicked() || enter {
+                actions.push(ChatAction::Send);
+            }
+        });
+    });
+    actions
+}

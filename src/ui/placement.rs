@@ -1,0 +1,226 @@
+//! The placement panel: the model as a strip of layers coloured by tier
+//! (bytes and time per token on hover), gauges for VRAM, RAM and disk, a
+//! plot of prompt and decode speed over time, and the what-if preview of the
+//! settings' placement with its predicted speed, applied live on request.
+
+use egui::{Color32, Sense, Stroke, Vec2};
+
+use super::app::SpillwayApp;
+use crate::placement::planner::human;
+use crate::placement::{Placement, Tier};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum PlacementAction {
+    Preview,
+    Apply,
+}
+
+pub const GPU_COLOR: Color32 = Color32::from_rgb(38, 166, 154);
+pub const RAM_COLOR: Color32 = Color32::from_rgb(66, 133, 244);
+pub const DISK_COLOR: Color32 = Color32::from_rgb(245, 166, 35);
+
+pub fn tier_color(t: Tier) -> Color32 {
+    match t {
+        Tier::Gpu => GPU_COLOR,
+        Tier::Ram => RAM_COLOR,
+        Tier::Disk => DISK_COLOR,
+    }
+}
+
+pub fn panel_ui(ui: &mut egui::Ui, app: &mut SpillwayApp) -> Vec<PlacementAction> {
+    let mut actions = Vec::new();
+    ui.heading("Placement");
+    let Some(model) = &app.model else {
+        ui.label("No model loaded.");
+        preview_ui(ui, app, &mut actions);
+        return actions;
+    };
+    if model.gpu_name.is_none() {
+        ui.label("No NVIDIA GPU found: layers live in RAM and on disk.");
+    }
+    for note in &model.budget_notes {
+        ui.small(note);
+    }
+    let p = &model.placement;
+    ui.label(format!(
+        "{}: {} GPU · {} RAM · {} disk layers",
+        p.mode,
+        p.count(Tier::Gpu),
+        p.count(Tier::Ram),
+        p.count(Tier::Disk)
+    ));
+    let ms = app
+        .telemetry
+        .as_ref()
+        .map(|t| t.layer_ms_per_token.clone())
+        .unwrap_or_default();
+    layer_strip_ui(ui, p, &model.layer_bytes, &ms);
+    ui.horizontal(|ui| {
+        for (t, name) in [
+            (Tier::Gpu, "VRAM"),
+            (Tier::Ram, "RAM"),
+            (Tier::Disk, "disk"),
+        ] {
+            let (r, _) = ui.allocate_exact_size(Vec2::splat(10.0), Sense::hover());
+            ui.painter().rect_filled(r, 2.0, tier_color(t));
+            ui.label(name);
+        }
+    });
+    ui.label(format!(
+        "predicted: {:.0} prompt · {:.1} decode tokens/s",
+        p.predicted_prompt_tokens_per_sec, p.predicted_decode_tokens_per_sec
+    ));
+
+    ui.separator();
+    gauges_ui(ui, app);
+    speed_plot_ui(ui, app);
+    ui.separator();
+    preview_ui(ui, app, &mut actions);
+    actions
+}
+
+/// One cell per layer, coloured by tier.
+pub fn layer_strip_ui(ui: &mut egui::Ui, p: &Placement, layer_bytes: &[u64], ms: &[f64]) {
+    let n = p.layers.len().max(1);
+    let width = ui.available_width();
+    let cell = (width / n as f32).clamp(2.0, 24.0);
+    let (rect, _) = ui.allocate_exact_size(Vec2::new(cell * n as f32, 28.0), Sense::hover());
+    for (i, &t) in p.layers.iter().enumerate() {
+        let r = egui::Rect::from_min_size(
+            rect.min + Vec2::new(i as f32 * cell, 0.0),
+            Vec2::new(cell, rect.height()),
+        );
+        ui.painter().rect_filled(r.shrink(0.5), 1.0, tier_color(t));
+        let id = ui.scope_id().with(("layer", i));
+        let resp = ui.interact(r, id, Sense::hover());
+        resp.on_hover_text(format!(
+            "layer {i}: {t}\n{}{}",
+            human(layer_bytes.get(i).copied().unwrap_or(0)),
+            ms.get(i)
+                .map(|m| format!("\n{m:.2} ms per token"))
+                .unwrap_or_default()
+        ));
+    }
+    ui.painter().rect_stroke(
+        rect,
+        1.0,
+        Stroke::new(1.0, ui.visuals().weak_text_color()),
+        egui::StrokeKind::Outside,
+    );
+}
+
+fn gauge(ui: &mut egui::Ui, label: &str, used: u64, total: u64) {
+    let frac = if total > 0 {
+        used as f32 / total as f32
+    } else {
+        0.0
+    };
+    ui.add(egui::ProgressBar::new(frac.clamp(0.0, 1.0)).text(format!(
+        "{label}: {} of {}",
+        human(used),
+        human(total)
+    )));
+}
+
+fn gauges_ui(ui: &mut egui::Ui, app: &SpillwayApp) {
+    let Some(t) = &app.telemetry else {
+        ui.small("Memory readings appear once the model runs.");
+        return;
+    };
+    if t.gpus.is_empty() {
+        ui.small("VRAM: no NVIDIA GPU");
+    }
+    for g in &t.gpus {
+        gauge(
+            ui,
+            &format!("VRAM ({})", g.name),
+            g.used_bytes,
+            g.total_bytes,
+        );
+        if let Some(mine) = g.process_bytes {
+            ui.small(format!("Spillway holds {}", human(mine)));
+        }
+    }
+    let used = t.ram_total_bytes.saturating_sub(t.ram_available_bytes);
+    gauge(ui, "RAM", used, t.ram_total_bytes);
+    ui.small(format!("Spillway holds {}", human(t.process_ram_bytes)));
+    match t.disk_free_bytes {
+        Some(free) => ui.small(format!(
+            "Offload folder {} · {} free",
+            human(t.offload_folder_bytes),
+            human(free)
+        )),
+        None => ui.small("Offload folder: free space unknown"),
+    };
+}
+
+fn speed_plot_ui(ui: &mut egui::Ui, app: &SpillwayApp) {
+    let pts = &app.speeds.points;
+    let Some(last) = pts.back() else { return };
+    ui.label(format!(
+        "prompt {:.0} tokens/s · decode {:.1} tokens/s",
+        last.1, last.2
+    ));
+    let (rect, _) = ui.allocate_exact_size(Vec2::new(ui.available_width(), 60.0), Sense::hover());
+    let painter = ui.painter_at(rect);
+    painter.rect_stroke(
+        rect,
+        2.0,
+        Stroke::new(1.0, ui.visuals().weak_text_color()),
+        egui::StrokeKind::Inside,
+    );
+    let t0 = pts.front().map_or(0.0, |p| p.0);
+    let t1 = last.0.max(t0 + 1.0);
+    let line = |pick: fn(&(f64, f64, f64)) -> f64, color: Color32| {
+        let max = pts.iter().map(pick).fold(1e-9, f64::max);
+        let points: Vec<egui::Pos2> = pts
+            .iter()
+            .map(|p| {
+                let x = rect.left() + ((p.0 - t0) / (t1 - t0)) as f32 * rect.width();
+                let y = rect.bottom() - (pick(p) / max) as f32 * (rect.height() - 4.0);
+                egui::pos2(x, y)
+            })
+            .collect();
+        painter.add(egui::Shape::line(points, Stroke::new(1.5, color)));
+    };
+    line(|p| p.1, RAM_COLOR);
+    line(|p| p.2, GPU_COLOR);
+}
+
+fn preview_ui(ui: &mut egui::Ui, app: &SpillwayApp, actions: &mut Vec<PlacementAction>) {
+    ui.horizontal(|ui| {
+        ui.label(format!("Settings: {}", app.settings.mode()));
+        if ui.button("Preview").clicked() {
+            actions.push(PlacementAction::Preview);
+        }
+        if app.model.is_some() && ui.button("Apply").clicked() {
+            actions.push(PlacementAction::Apply);
+        }
+    });
+    match &app.preview {
+        Some(Ok(p)) => {
+            ui.label(format!(
+                "Preview: {} GPU · {} RAM · {} disk layers; {:.0} prompt · {:.1} decode tokens/s",
+                p.count(Tier::Gpu),
+                p.count(Tier::Ram),
+                p.count(Tier::Disk),
+                p.predicted_prompt_tokens_per_sec,
+                p.predicted_decode_tokens_per_sec
+            ));
+            let bytes = app
+                .model
+                .as_ref()
+                .map(|m| m.layer_bytes.clone())
+                .unwrap_or_default();
+            layer_strip_ui(ui, p, &bytes, &[]);
+        }
+        Some(Err(e)) => {
+            ui.colored_label(
+                ui.visuals().error_fg_color,
+                format!("Does not fit: {}", e.message),
+            );
+        }
+        None => {}
+    }
+}

@@ -1,0 +1,373 @@
+//! The settings pane: the model (a native file dialog, recent models), the
+//! offload mode, GPU layers, VRAM and RAM caps, the offload folder, context
+//! length, sampling and threads. Settings start from the config defaults
+//! (embedded in the binary) and are kept in the platform config folder as
+//! YAML, written atomically; a file that cannot be read gives a message and
+//! the defaults.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::engine::PlacementRequest;
+use crate::model::sampler::SamplingParams;
+use crate::placement::{BudgetOptions, Mode};
+
+const GIB: f64 = (1u64 << 30) as f64;
+const RECENT_MODELS: usize = 8;
+
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub enum SettingsAction {
+    /// Load this model.
+    Open(PathBuf),
+    /// A value changed (saved at once).
+    Changed,
+    /// Show what the placement settings would give.
+    PreviewPlacement,
+    /// Re-place the loaded model with them.
+    ApplyPlacement,
+}
+
+/// The offload choices the pane offers (a GPU-layer count is its own
+/// setting).
+pub const MODES: [&str; 5] = [
+    "auto",
+    "full-gpu",
+    "cpu-offload",
+    "disk-offload",
+    "cpu-only",
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub last_model: Option<PathBuf>,
+    pub recent_models: Vec<PathBuf>,
+    /// One of [`MODES`].
+    pub mode: String,
+    /// Overrides the mode: exactly this many layers on the GPU.
+    pub gpu_layers: Option<usize>,
+    pub vram_cap_gib: Option<f64>,
+    pub ram_cap_gib: Option<f64>,
+    pub offload_folder: PathBuf,
+    pub context_length: Option<usize>,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: usize,
+    pub min_p: f32,
+    pub repetition_penalty: f32,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+    pub threads: Option<usize>,
+    pub system_prompt: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        match Config::defaults() {
+            Ok(c) => Self::from_config(&c),
+            // The embedded defaults always parse (a unit test checks); this
+            // only keeps a broken build from panicking.
+            Err(_) => Settings {
+                last_model: None,
+                recent_models: Vec::new(),
+                mode: "auto".into(),
+                gpu_layers: None,
+                vram_cap_gib: None,
+                ram_cap_gib: None,
+                offload_folder: "offload".into(),
+                context_length: None,
+                temperature: 0.7,
+                top_p: 0.95,
+                top_k: 40,
+                min_p: 0.05,
+                repetition_penalty: 1.0,
+                max_new_tokens: 512,
+                seed: 42,
+                threads: None,
+                system_prompt: String::new(),
+            },
+        }
+    }
+}
+
+impl Settings {
+    pub fn from_config(c: &Config) -> Self {
+        let g = &c.generation;
+        Settings {
+            last_model: None,
+            recent_models: Vec::new(),
+            mode: "auto".into(),
+            gpu_layers: None,
+            vram_cap_gib: None,
+            ram_cap_gib: None,
+            offload_folder: c.offload_folder.clone(),
+            context_length: c.context_length,
+            temperature: g.temperature,
+            top_p: g.top_p,
+            top_k: g.top_k,
+            min_p: g.min_p,
+            repetition_penalty: g.repetition_penalty,
+            max_new_tokens: g.max_new_tokens,
+            seed: g.seed,
+            threads: c.threads,
+            system_prompt: String::new(),
+        }
+    }
+
+    /// The user's settings file over `config`'s defaults; a missing file is
+    /// the defaults, a bad one an error message.
+    pub fn load(path: &Path, config: &Config) -> Result<Self, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self::from_config(config))
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let s: Settings =
+            yaml_serde::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        s.mode
+            .parse::<Mode>()
+            .map_err(|e| format!("{}: mode: {e}", path.display()))?;
+        Ok(s)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), String> {
+        let text = yaml_serde::to_string(self).map_err(|e| e.to_string())?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        crate::chat::history::write_atomic(path, text.as_bytes(), &mut || Ok(()))
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn remember_model(&mut self, path: &Path) {
+        self.recent_models.retain(|p| p != path);
+        self.recent_models.insert(0, path.to_path_buf());
+        self.recent_models.truncate(RECENT_MODELS);
+        self.last_model = Some(path.to_path_buf());
+    }
+
+    pub fn mode(&self) -> Mode {
+        match self.gpu_layers {
+            Some(n) => Mode::GpuLayers(n),
+            None => self.mode.parse().unwrap_or_default(),
+        }
+    }
+
+    pub fn placement_request(&self) -> PlacementRequest {
+        let bytes = |gib: Option<f64>| gib.map(|g| (g.max(0.0) * GIB) as u64);
+        PlacementRequest {
+            mode: self.mode(),
+            budget: BudgetOptions {
+                vram_bytes: bytes(self.vram_cap_gib),
+                ram_bytes: bytes(self.ram_cap_gib),
+                ram_as_given: false,
+            },
+            offload_dir: self.offload_folder.clone(),
+            ..PlacementRequest::default()
+        }
+    }
+
+    pub fn sampling(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            ..SamplingParams::default()
+        }
+    }
+}
+
+/// An optional number: a checkbox and, when checked, a drag value.
+fn optional<T: egui::emath::Numeric>(
+    ui: &mut egui::Ui,
+    label: &str,
+    value: &mut Option<T>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+    suffix: &str,
+) -> bool {
+    let mut changed = false;
+    ui.horizontal(|ui| {
+        let mut on = value.is_some();
+        let check = ui.checkbox(&mut on, label);
+        if check.changed() {
+            *value = on.then_some(default);
+            changed = true;
+        }
+        if let Some(v) = value {
+            changed |= ui
+                .add(egui::DragValue::new(v).range(range).suffix(suffix))
+                .labelled_by(check.id)
+                .changed();
+        }
+    });
+    changed
+}
+
+pub fn settings_ui(ui: &mut egui::Ui, s: &mut Settings) -> Vec<SettingsAction> {
+    let mut actions = Vec::new();
+    let mut changed = false;
+    egui::ScrollArea::vertical().show(ui, |ui| {
+        ui.heading("Model");
+        ui.horizontal(|ui| {
+            if ui.button("Open GGUF file…").clicked() {
+                if let Some(p) = rfd::FileDialog::new()
+                    .add_filter("GGUF model", &["gguf"])
+                    .pick_file()
+                {
+                    actions.push(SettingsAction::Open(p));
+                }
+            }
+            if ui.button("Open model folder…").clicked() {
+                if let Some(p) = rfd::FileDialog::new().pick_folder() {
+                    actions.push(SettingsAction::Open(p));
+                }
+            }
+        });
+        if !s.recent_models.is_empty() {
+            ui.label("Recent models:");
+            for p in s.recent_models.clone() {
+                if ui.link(p.display().to_string()).clicked() {
+                    actions.push(SettingsAction::Open(p));
+                }
+            }
+        }
+        ui.label(
+            "Quantization: as stored in the GGUF file (4/8/16-bit conversion at load comes with \
+             Hugging Face checkpoints).",
+        );
+
+        ui.separator();
+        ui.heading("Placement");
+        egui::ComboBox::from_label("Offload mode")
+            .selected_text(s.mode.clone())
+            .show_ui(ui, |ui| {
+                for m in MODES {
+                    changed |= ui.selectable_value(&mut s.mode, m.to_string(), m).changed();
+                }
+            });
+        changed |= optional(ui, "GPU layers", &mut s.gpu_layers, 0, 0..=512, "");
+        changed |= optional(
+            ui,
+            "VRAM cap",
+            &mut s.vram_cap_gib,
+            4.0,
+            0.0..=512.0,
+            " GiB",
+        );
+        changed |= optional(ui, "RAM cap", &mut s.ram_cap_gib, 8.0, 0.0..=4096.0, " GiB");
+        ui.horizontal(|ui| {
+            ui.label("Offload folder:");
+            ui.monospace(s.offload_folder.display().to_string());
+            if ui.button("Choose…").clicked() {
+                if let Some(p) = rfd::FileDialog::new().pick_folder() {
+                    s.offload_folder = p;
+                    changed = true;
+                }
+            }
+        });
+        ui.horizontal(|ui| {
+            if ui.button("Preview placement").clicked() {
+                actions.push(SettingsAction::PreviewPlacement);
+            }
+            if ui.button("Apply placement").clicked() {
+                actions.push(SettingsAction::ApplyPlacement);
+            }
+        });
+
+        ui.separator();
+        ui.heading("Generation");
+        changed |= optional(
+            ui,
+            "Context length",
+            &mut s.context_length,
+            4096,
+            64..=1 << 20,
+            " tokens",
+        );
+        egui::Grid::new("sampling").num_columns(2).show(ui, |ui| {
+            let l = ui.label("Temperature");
+            changed |= ui
+                .add(egui::Slider::new(&mut s.temperature, 0.0..=2.0))
+                .labelled_by(l.id)
+                .changed();
+            ui.end_row();
+            let l = ui.label("Top-p");
+            changed |= ui
+                .add(egui::Slider::new(&mut s.top_p, 0.0..=1.0))
+                .labelled_by(l.id)
+                .changed();
+            ui.end_row();
+            let l = ui.label("Top-k");
+            changed |= ui
+                .add(egui::Slider::new(&mut s.top_k, 0..=200))
+                .labelled_by(l.id)
+                .changed();
+            ui.end_row();
+            let l = ui.label("Repetition penalty");
+            changed |= ui
+                .add(egui::Slider::new(&mut s.repetition_penalty, 1.0..=2.0))
+                .labelled_by(l.id)
+                .changed();
+            ui.end_row();
+            let l = ui.label("Max new tokens");
+            changed |= ui
+                .add(egui::DragValue::new(&mut s.max_new_tokens).range(1..=32768))
+                .labelled_by(l.id)
+                .changed();
+            ui.end_row();
+            let l = ui.label("Seed");
+            changed |= ui
+                .add(egui::DragValue::new(&mut s.seed))
+                .labelled_by(l.id)
+                .changed();
+            ui.end_row();
+        });
+        changed |= optional(ui, "Threads", &mut s.threads, 4, 1..=256, "");
+        let l = ui.label("Default system prompt for new conversations:");
+        changed |= ui
+            .add(egui::TextEdit::multiline(&mut s.system_prompt).desired_width(f32::INFINITY))
+            .labelled_by(l.id)
+            .changed();
+    });
+    if changed {
+        actions.push(SettingsAction::Changed);
+    }
+    actions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("settings.yaml");
+        let config = Config::defaults().unwrap();
+        assert_eq!(
+            Settings::load(&path, &config).unwrap(),
+            Settings::from_config(&config)
+        );
+        let mut s = Settings::from_config(&config);
+        s.mode = "disk-offload".into();
+        s.vram_cap_gib = Some(6.0);
+        s.remember_model(Path::new("/m/a.gguf"));
+        s.save(&path).unwrap();
+        assert_eq!(Settings::load(&path, &config).unwrap(), s);
+        assert_eq!(s.placement_request().budget.vram_bytes, Some(6 << 30));
+        assert_eq!(s.placement_request().mode, Mode::DiskOffload);
+        std::fs::write(&path, "mode: sideways\n").unwrap();
+        assert!(Settings::load(&path, &config).unwrap_err().contains("mode"));
+        std::fs::write(&path, "temperature: [1, 2\n").unwrap();
+        assert!(Settings::load(&path, &config).is_err());
+    }
+}

@@ -1,0 +1,362 @@
+//! The window, driven through egui_kittest (no GPU, no display): against a
+//! fake engine that speaks the real protocol — the test holds the worker's
+//! channel ends, reads the commands the window sends and answers with
+//! events — and once end to end with the real engine and SmolLM2.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+
+use spillway::config::Config;
+use spillway::engine::worker::{self, WorkerEnds};
+use spillway::placement::planner::TierBytes;
+use spillway::placement::{Mode, Placement, Tier};
+use spillway::protocol::{Command, ErrorInfo, ErrorKind, Event, Finish, ModelInfo, ReplyStats};
+use spillway::ui::app::View;
+use spillway::ui::SpillwayApp;
+
+use crate::common::smollm2;
+
+fn placement(gpu: usize, ram: usize) -> Placement {
+    let mut layers = vec![Tier::Ram; ram];
+    layers.extend(vec![Tier::Gpu; gpu]);
+    Placement {
+        mode: Mode::Auto,
+        layers,
+        head: Tier::Ram,
+        vision: None,
+        weights: TierBytes::default(),
+        kv: TierBytes::default(),
+        peak: TierBytes::default(),
+        predicted_prompt_tokens_per_sec: 300.0,
+        predicted_decode_tokens_per_sec: 42.0,
+    }
+}
+
+fn model_info() -> ModelInfo {
+    ModelInfo {
+        name: "fake-model".into(),
+        path: PathBuf::from("/models/fake.gguf"),
+        n_layers: 4,
+        context_length: 2048,
+        layer_bytes: vec![1 << 20; 4],
+        placement: placement(0, 4),
+        budget_notes: vec![],
+        gpu_name: None,
+    }
+}
+
+struct Fixture {
+    harness: Harness<'static, SpillwayApp>,
+    engine: WorkerEnds,
+    _dirs: tempfile::TempDir,
+}
+
+/// The window over a fake engine, with its history and settings in a
+/// temporary folder, and a model already loaded.
+fn fixture() -> Fixture {
+    fixture_with(false)
+}
+
+/// `code_blocks`: allow the copy icon egui_commonmark draws on code blocks,
+/// which egui's built-in fonts lack (the window falls back to the system's
+/// fonts, or a box).
+fn fixture_with(code_blocks: bool) -> Fixture {
+    let dirs = tempfile::tempdir().unwrap();
+    let (link, engine) = worker::channel();
+    let app = SpillwayApp::new(
+        link,
+        &Config::defaults().unwrap(),
+        Some(dirs.path().join("data")),
+        Some(dirs.path().join("config")),
+    );
+    let mut builder = Harness::builder().with_size(egui::vec2(1200.0, 800.0));
+    if code_blocks {
+        builder = builder.allow_missing_glyphs();
+    }
+    let mut harness = builder.build_ui_state(|ui, app: &mut SpillwayApp| app.frame_ui(ui), app);
+    engine.events.send(Event::Loaded(model_info())).unwrap();
+    harness.run_steps(4);
+    Fixture {
+        harness,
+        engine,
+        _dirs: dirs,
+    }
+}
+
+impl Fixture {
+    /// The next command the window sent.
+    fn command(&mut self) -> Command {
+        self.harness.run_steps(4);
+        self.engine
+            .commands
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the window sent a command")
+    }
+
+    fn event(&mut self, e: Event) {
+        self.engine.events.send(e).unwrap();
+        self.harness.run_steps(4);
+    }
+
+    fn type_and_send(&mut self, text: &str) {
+        let composer = self
+            .harness
+            .get_by_role(egui::accesskit::Role::MultilineTextInput);
+        composer.focus();
+        self.harness.run_steps(4);
+        self.harness
+            .get_by_role(egui::accesskit::Role::MultilineTextInput)
+            .type_text(text);
+        self.harness.run_steps(4);
+        self.harness.get_by_label("Send").click();
+        self.harness.run_steps(4);
+    }
+
+    fn app(&self) -> &SpillwayApp {
+        self.harness.state()
+    }
+}
+
+fn reply_id(cmd: Command) -> (u64, Vec<spillway::chat::Message>) {
+    match cmd {
+        Command::Generate(r) => (r.req_id, r.messages),
+        other => panic!("expected Generate, got {other:?}"),
+    }
+}
+
+fn stream(f: &mut Fixture, req_id: u64, pieces: &[&str], finish: Finish) {
+    for p in pieces {
+        f.event(Event::Token {
+            req_id,
+            text: p.to_string(),
+        });
+    }
+    f.event(Event::Finished {
+        req_id,
+        finish,
+        stats: ReplyStats {
+            time_to_first_token_secs: 0.25,
+            prompt_tokens: 10,
+            generated_tokens: pieces.len(),
+            decode_tokens_per_sec: 12.5,
+        },
+    });
+}
+
+#[test]
+fn send_stream_stop_regenerate_edit_and_switch() {
+    let mut f = fixture();
+    f.type_and_send("What is a spillway?");
+    let (id, messages) = reply_id(f.command());
+    assert_eq!(messages.last().unwrap().content, "What is a spillway?");
+    f.event(Event::Token {
+        req_id: id,
+        text: "A channel that ".into(),
+    });
+    // Streamed text shows as it arrives.
+    f.harness.get_by_label_contains("A channel that");
+    // Stop: the link marks the request stopped; the engine answers.
+    f.harness.get_by_label("Stop").click();
+    f.harness.run_steps(4);
+    assert!(
+        f.engine
+            .stop_below
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > id
+    );
+    stream(&mut f, id, &["carries water"], Finish::Cancelled);
+    assert!(f.app().streaming.is_none());
+    f.harness.get_by_label_contains("(stopped)");
+
+    // Regenerate: the last reply is replaced by a new request.
+    f.harness.get_by_label("Regenerate").click();
+    let (id2, messages) = reply_id(f.command());
+    assert!(id2 > id);
+    assert_eq!(messages.len(), 1);
+    stream(
+        &mut f,
+        id2,
+        &["**Overflow** ", "for a dam."],
+        Finish::EndOfTurn,
+    );
+    f.harness.get_by_label_contains("12.5 tokens/s");
+    let conv = f.app().current_conversation().clone();
+    assert_eq!(conv.messages.len(), 2);
+    assert_eq!(conv.messages[1].text, "**Overflow** for a dam.");
+
+    // Edit the question and resend: what followed it is replaced.
+    f.harness.get_by_label("Edit").click();
+    f.harness.run_steps(4);
+    f.harness.get_by_label("Save & resend").click();
+    let (id3, messages) = reply_id(f.command());
+    assert!(id3 > id2);
+    assert_eq!(messages.len(), 1);
+    stream(&mut f, id3, &["Edited answer."], Finish::EndOfTurn);
+    assert_eq!(f.app().current_conversation().messages.len(), 2);
+
+    // A second conversation, then back to the first.
+    f.harness.get_by_label("New").click();
+    f.harness.run_steps(4);
+    assert_eq!(f.app().current_conversation().messages.len(), 0);
+    // The title in the list (the message below has the same text).
+    f.harness
+        .query_all_by_label("What is a spillway?")
+        .next()
+        .unwrap()
+        .click();
+    f.harness.run_steps(4);
+    assert_eq!(
+        f.app().current_conversation().messages[1].text,
+        "Edited answer."
+    );
+    // Saved: a new window over the same folder finds it.
+    let saved = f.app().history.as_ref().unwrap().load_all().0;
+    assert!(saved.iter().any(|c| c.title == "What is a spillway?"));
+}
+
+#[test]
+fn settings_change_mode_and_preview_and_errors_stay_in_the_window() {
+    let mut f = fixture();
+    // Change the mode in the settings pane and apply: the right command.
+    f.harness.state_mut().view = View::Settings;
+    f.harness.run_steps(4);
+    f.harness.get_by_label("Offload mode").click();
+    f.harness.run_steps(4);
+    f.harness.get_by_label("disk-offload").click();
+    f.harness.run_steps(4);
+    f.harness.get_by_label("Apply placement").click();
+    match f.command() {
+        Command::Apply(req) => assert_eq!(req.mode, Mode::DiskOffload),
+        other => panic!("expected Apply, got {other:?}"),
+    }
+    // Preview: the plan the engine answers is shown with its speed.
+    f.harness.get_by_label("Preview placement").click();
+    match f.command() {
+        Command::Preview(req) => assert_eq!(req.mode, Mode::DiskOffload),
+        other => panic!("expected Preview, got {other:?}"),
+    }
+    f.event(Event::Preview(Ok(placement(1, 3))));
+    f.harness
+        .get_by_label_contains("Preview: 1 GPU · 3 RAM · 0 disk layers");
+    // An error event is shown; the window stays, the conversation too.
+    f.event(Event::LoadFailed(ErrorInfo::new(
+        ErrorKind::BadModel,
+        "tensor blk.3.ffn_up.weight is missing",
+    )));
+    f.harness
+        .get_by_label_contains("blk.3.ffn_up.weight is missing");
+    f.harness.get_by_label_contains("Choose another GGUF file");
+    // The engine stopping is shown with a restart button.
+    f.event(Event::Stopped {
+        error: Some("boom".into()),
+    });
+    f.harness.get_by_label_contains("Engine stopped: boom");
+    f.harness.get_by_label("Restart engine");
+}
+
+#[test]
+fn a_damaged_history_file_is_reported_and_skipped() {
+    let dirs = tempfile::tempdir().unwrap();
+    let conv_dir = dirs.path().join("data/conversations");
+    std::fs::create_dir_all(&conv_dir).unwrap();
+    std::fs::write(conv_dir.join("cbad.json"), b"{ not json").unwrap();
+    let (link, _engine) = worker::channel();
+    let app = SpillwayApp::new(
+        link,
+        &Config::defaults().unwrap(),
+        Some(dirs.path().join("data")),
+        None,
+    );
+    assert_eq!(app.conversations.len(), 1);
+    assert!(app.banners.iter().any(|b| b.message.contains("cbad.json")));
+}
+
+/// The window's own work per frame while tokens stream (recorded in
+/// docs/BENCHMARKS.md): a long conversation, a token per frame.
+#[test]
+fn frame_time_while_streaming() {
+    let mut f = fixture_with(true);
+    f.type_and_send("Write a long answer with code.");
+    let (id, _) = reply_id(f.command());
+    let piece = "Some text with `code` and more words, ";
+    for i in 0..400 {
+        f.engine
+            .events
+            .send(Event::Token {
+                req_id: id,
+                text: if i % 40 == 0 {
+                    "\n\n```rust\nfn main() { println!(\"hi\"); }\n```\n\n".into()
+                } else {
+                    piece.into()
+                },
+            })
+            .unwrap();
+        f.harness.step();
+    }
+    let t = &f.app().frame_times;
+    assert!(t.streaming_frames >= 400);
+    let (p50, p99) = (t.streaming_quantile_ms(0.5), t.streaming_quantile_ms(0.99));
+    eprintln!(
+        "frame time while streaming: median {p50:.2} ms, p99 {p99:.2} ms, max {:.2} ms over {} frames",
+        t.max_streaming_ms, t.streaming_frames
+    );
+    assert!(p99 < 4.0, "p99 {p99:.2} ms");
+}
+
+/// End to end: the real engine and SmolLM2 behind the window.
+#[test]
+fn real_engine_replies_in_the_window() {
+    let dirs = tempfile::tempdir().unwrap();
+    let link = worker::spawn(std::sync::Arc::new(|| {}));
+    let mut config = Config::defaults().unwrap();
+    config.generation.max_new_tokens = 12;
+    config.generation.temperature = 0.0;
+    config.context_length = Some(512);
+    let app = SpillwayApp::new(link, &config, Some(dirs.path().join("data")), None);
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1200.0, 800.0))
+        .build_ui_state(|ui, app: &mut SpillwayApp| app.frame_ui(ui), app);
+    harness.state_mut().load_model(smollm2());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while harness.state().model.is_none() {
+        assert!(Instant::now() < deadline, "the model did not load");
+        assert!(
+            harness.state().banners.is_empty(),
+            "{:?}",
+            harness.state().banners
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        harness.step();
+    }
+    harness.run_steps(4);
+    let composer = harness.get_by_role(egui::accesskit::Role::MultilineTextInput);
+    composer.focus();
+    harness.run_steps(4);
+    harness
+        .get_by_role(egui::accesskit::Role::MultilineTextInput)
+        .type_text("What is the capital of France?");
+    harness.run_steps(4);
+    harness.get_by_label("Send").click();
+    harness.step();
+    assert!(harness.state().streaming.is_some());
+    while harness.state().streaming.is_some() {
+        assert!(Instant::now() < deadline, "the reply did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+        harness.step();
+    }
+    harness.run_steps(4);
+    let reply = harness.state().current_conversation().messages[1]
+        .text
+        .clone();
+    assert!(!reply.trim().is_empty());
+    assert!(
+        harness.state().banners.is_empty(),
+        "{:?}",
+        harness.state().banners
+    );
+    harness.get_by_label_contains(reply.trim().lines().next().unwrap());
+    let _ = harness.state().link.send(Command::Shutdown);
+}
