@@ -39,8 +39,6 @@ pub struct ReplyRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Load(LoadRequest),
-    /// Stops a load in progress (between layers).
-    CancelLoad,
     Unload,
     Generate(ReplyRequest),
     /// The plan a placement request would give, without applying it.

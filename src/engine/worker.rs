@@ -127,7 +127,6 @@ impl Worker {
         while let Ok(cmd) = self.ends.commands.recv() {
             match cmd {
                 Command::Load(req) => self.load(&req),
-                Command::CancelLoad => {}
                 Command::Unload => {
                     self.engine = None;
                     self.send(Event::Unloaded);

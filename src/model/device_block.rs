@@ -22,7 +22,7 @@ use candle_core::quantized::{ggml_file::qtensor_from_ggml, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::hparams::{HParams, RopeStyle};
-use super::transformer::{rope_tables, to_f32_vec, TensorSource};
+use super::transformer::{rope_tables, to_f32_vec, BlockTensors, TensorSource};
 use super::ModelError;
 
 /// At most this many bytes of attention scores per query chunk.
@@ -87,15 +87,7 @@ impl Projection {
 /// One transformer block's weights and KV cache on a device.
 #[derive(Debug)]
 pub struct DeviceBlock {
-    attn_norm: Tensor,
-    wq: Projection,
-    wk: Projection,
-    wv: Projection,
-    wo: Projection,
-    ffn_norm: Tensor,
-    w_gate: Projection,
-    w_up: Projection,
-    w_down: Projection,
+    w: BlockTensors<Tensor, Projection>,
     /// `n_head_kv × capacity × head_dim` each.
     k_cache: Tensor,
     v_cache: Tensor,
@@ -126,40 +118,25 @@ impl DeviceBlock {
         device: &Device,
         capacity: usize,
     ) -> Result<Self, ModelError> {
-        let mut vector = |name: &str| -> Result<Tensor, ModelError> {
-            let v = to_f32_vec(&src.qtensor(name)?)?;
-            let n = v.len();
-            Ok(Tensor::from_vec(v, n, device)?)
-        };
-        let (bq, bk, bv) = if hp.has_qkv_bias {
-            (
-                Some(vector("attn_q.bias")?),
-                Some(vector("attn_k.bias")?),
-                Some(vector("attn_v.bias")?),
-            )
-        } else {
-            (None, None, None)
-        };
-        let attn_norm = vector("attn_norm.weight")?;
-        let ffn_norm = vector("ffn_norm.weight")?;
-        let mut matrix = |name: &str, bias: Option<Tensor>| -> Result<Projection, ModelError> {
-            let t = to_device(src.qtensor(name)?, device)?;
-            Ok(Projection {
-                weight: QMatMul::from_qtensor(t)?,
-                bias,
-            })
-        };
+        let w = BlockTensors::read(
+            hp,
+            src,
+            |src, name| {
+                let v = to_f32_vec(&src.qtensor(name)?)?;
+                let n = v.len();
+                Ok(Tensor::from_vec(v, n, device)?)
+            },
+            |src, name, bias| {
+                let t = to_device(src.qtensor(name)?, device)?;
+                Ok(Projection {
+                    weight: QMatMul::from_qtensor(t)?,
+                    bias,
+                })
+            },
+        )?;
         let kv_shape = (hp.n_head_kv, capacity, hp.head_dim);
         Ok(DeviceBlock {
-            attn_norm,
-            wq: matrix("attn_q.weight", bq)?,
-            wk: matrix("attn_k.weight", bk)?,
-            wv: matrix("attn_v.weight", bv)?,
-            wo: matrix("attn_output.weight", None)?,
-            ffn_norm,
-            w_gate: matrix("ffn_gate.weight", None)?,
-            w_up: matrix("ffn_up.weight", None)?,
-            w_down: matrix("ffn_down.weight", None)?,
+            w,
             k_cache: Tensor::zeros(kv_shape, DType::F32, device)?,
             v_cache: Tensor::zeros(kv_shape, DType::F32, device)?,
             n_head: hp.n_head,
@@ -190,23 +167,23 @@ impl DeviceBlock {
             });
         }
         let (nh, nkv, hd) = (self.n_head, self.n_head_kv, self.head_dim);
-        let h = candle_nn::ops::rms_norm(x, &self.attn_norm, self.rms_eps)?;
+        let h = candle_nn::ops::rms_norm(x, &self.w.attn_norm, self.rms_eps)?;
         // heads × n × head_dim
         let heads = |t: Tensor, count: usize| -> Result<Tensor, ModelError> {
             Ok(t.reshape((n, count, hd))?.transpose(0, 1)?.contiguous()?)
         };
-        let q = rope.apply(&heads(self.wq.forward(&h)?, nh)?, pos)?;
-        let k = rope.apply(&heads(self.wk.forward(&h)?, nkv)?, pos)?;
-        let v = heads(self.wv.forward(&h)?, nkv)?;
+        let q = rope.apply(&heads(self.w.wq.forward(&h)?, nh)?, pos)?;
+        let k = rope.apply(&heads(self.w.wk.forward(&h)?, nkv)?, pos)?;
+        let v = heads(self.w.wv.forward(&h)?, nkv)?;
         self.k_cache.slice_set(&k.contiguous()?, 1, pos)?;
         self.v_cache.slice_set(&v, 1, pos)?;
         let att = self.attention(&q, pos)?;
-        let x = (x + self.wo.forward(&att)?)?;
+        let x = (x + self.w.wo.forward(&att)?)?;
 
-        let h = candle_nn::ops::rms_norm(&x, &self.ffn_norm, self.rms_eps)?;
-        let gate = self.w_gate.forward(&h)?.silu()?;
-        let up = self.w_up.forward(&h)?;
-        Ok((&x + self.w_down.forward(&(gate * up)?)?)?)
+        let h = candle_nn::ops::rms_norm(&x, &self.w.ffn_norm, self.rms_eps)?;
+        let gate = self.w.w_gate.forward(&h)?.silu()?;
+        let up = self.w.w_up.forward(&h)?;
+        Ok((&x + self.w.w_down.forward(&(gate * up)?)?)?)
     }
 
     /// Causal attention of `q` (`n_head × n × head_dim`, at positions
@@ -246,20 +223,15 @@ impl DeviceBlock {
     }
 
     /// `c × len`: zero where query `i` (at position `first + i`) may see key
-    /// `j`, minus infinity after it.
+    /// `j`, a huge negative number after it (whose exponential is exactly
+    /// zero, as minus infinity's). Built on the device from two position
+    /// ranges, so a long prompt uploads `c + len` numbers, not `c × len`.
     fn causal_mask(&self, first: usize, c: usize, len: usize) -> Result<Tensor, ModelError> {
-        let mask: Vec<f32> = (0..c)
-            .flat_map(|i| {
-                (0..len).map(move |j| {
-                    if j <= first + i {
-                        0.0
-                    } else {
-                        f32::NEG_INFINITY
-                    }
-                })
-            })
-            .collect();
-        Ok(Tensor::from_vec(mask, (c, len), &self.device)?)
+        let keys = Tensor::arange(0u32, len as u32, &self.device)?.unsqueeze(0)?;
+        let queries =
+            Tensor::arange(first as u32, (first + c) as u32, &self.device)?.unsqueeze(1)?;
+        let visible = keys.broadcast_le(&queries)?.to_dtype(DType::F32)?;
+        Ok(visible.affine(1e30, -1e30)?)
     }
 
     /// The first `len` cached positions, token major (`len × n_head_kv·

@@ -22,18 +22,57 @@ use crate::kernels::matmul::Out;
 use crate::kernels::pool::{self, Tasks};
 use crate::kernels::{dequant_gemm, ops};
 
-/// One transformer block's weights.
+/// One transformer block's tensors, in the form a backend keeps them: norm
+/// weights as `V`, projections (with their biases) as `P`.
 #[derive(Debug)]
-pub struct LayerWeights {
-    pub attn_norm: Vec<f32>,
-    pub wq: Linear,
-    pub wk: Linear,
-    pub wv: Linear,
-    pub wo: Linear,
-    pub ffn_norm: Vec<f32>,
-    pub w_gate: Linear,
-    pub w_up: Linear,
-    pub w_down: Linear,
+pub struct BlockTensors<V, P> {
+    pub attn_norm: V,
+    pub wq: P,
+    pub wk: P,
+    pub wv: P,
+    pub wo: P,
+    pub ffn_norm: V,
+    pub w_gate: P,
+    pub w_up: P,
+    pub w_down: P,
+}
+
+/// One transformer block's weights for the host kernels.
+pub type LayerWeights = BlockTensors<Vec<f32>, Linear>;
+
+impl<V, P> BlockTensors<V, P> {
+    /// Reads a block's (already shape-checked) tensors by name: `vector`
+    /// makes a norm weight or a bias, `matrix` a projection from its weight
+    /// and bias. The one place that knows which tensors a block has.
+    pub fn read(
+        hp: &HParams,
+        src: &mut dyn TensorSource,
+        mut vector: impl FnMut(&mut dyn TensorSource, &str) -> Result<V, ModelError>,
+        mut matrix: impl FnMut(&mut dyn TensorSource, &str, Option<V>) -> Result<P, ModelError>,
+    ) -> Result<Self, ModelError> {
+        let (bq, bk, bv) = if hp.has_qkv_bias {
+            (
+                Some(vector(src, "attn_q.bias")?),
+                Some(vector(src, "attn_k.bias")?),
+                Some(vector(src, "attn_v.bias")?),
+            )
+        } else {
+            (None, None, None)
+        };
+        let attn_norm = vector(src, "attn_norm.weight")?;
+        let ffn_norm = vector(src, "ffn_norm.weight")?;
+        Ok(BlockTensors {
+            attn_norm,
+            wq: matrix(src, "attn_q.weight", bq)?,
+            wk: matrix(src, "attn_k.weight", bk)?,
+            wv: matrix(src, "attn_v.weight", bv)?,
+            wo: matrix(src, "attn_output.weight", None)?,
+            ffn_norm,
+            w_gate: matrix(src, "ffn_gate.weight", None)?,
+            w_up: matrix(src, "ffn_up.weight", None)?,
+            w_down: matrix(src, "ffn_down.weight", None)?,
+        })
+    }
 }
 
 /// Where a layer's named tensors come from while it is being built.
@@ -83,31 +122,12 @@ impl LayerWeights {
 
     /// Builds a block from its (already shape-checked) tensors.
     pub fn load(hp: &HParams, src: &mut dyn TensorSource) -> Result<Self, ModelError> {
-        let mut vector =
-            |name: &str| -> Result<Vec<f32>, ModelError> { to_f32_vec(&src.qtensor(name)?) };
-        let (bq, bk, bv) = if hp.has_qkv_bias {
-            (
-                Some(vector("attn_q.bias")?),
-                Some(vector("attn_k.bias")?),
-                Some(vector("attn_v.bias")?),
-            )
-        } else {
-            (None, None, None)
-        };
-        let attn_norm = vector("attn_norm.weight")?;
-        let ffn_norm = vector("ffn_norm.weight")?;
-        let mut matrix = |name: &str, bias: Option<Vec<f32>>| src.linear(name, bias);
-        Ok(LayerWeights {
-            attn_norm,
-            wq: matrix("attn_q.weight", bq)?,
-            wk: matrix("attn_k.weight", bk)?,
-            wv: matrix("attn_v.weight", bv)?,
-            wo: matrix("attn_output.weight", None)?,
-            ffn_norm,
-            w_gate: matrix("ffn_gate.weight", None)?,
-            w_up: matrix("ffn_up.weight", None)?,
-            w_down: matrix("ffn_down.weight", None)?,
-        })
+        Self::read(
+            hp,
+            src,
+            |src, name| to_f32_vec(&src.qtensor(name)?),
+            |src, name, bias| src.linear(name, bias),
+        )
     }
 }
 

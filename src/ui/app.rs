@@ -343,24 +343,25 @@ impl SpillwayApp {
     pub fn rename_conversation(&mut self, index: usize, title: &str) {
         if let Some(c) = self.conversations.get_mut(index) {
             c.title = title.trim().to_string();
-            let c = c.clone();
-            self.save(&c);
+            self.save(index);
         }
     }
 
     fn save_current(&mut self) {
-        let c = self.conversations[self.current].clone();
-        self.save(&c);
+        self.save(self.current);
     }
 
-    fn save(&mut self, conv: &Conversation) {
+    /// Saves conversation `index` (not while it is still empty).
+    fn save(&mut self, index: usize) {
+        let Some(conv) = self.conversations.get_mut(index) else {
+            return;
+        };
+        let Some(h) = &self.history else { return };
         if conv.messages.is_empty() {
             return;
         }
-        let Some(h) = &self.history else { return };
-        let mut conv = conv.clone();
         conv.updated_secs = crate::chat::history::now_secs();
-        if let Err(e) = h.save(&conv) {
+        if let Err(e) = h.save(conv) {
             self.banners.push(Banner::error(
                 "The conversation was not saved",
                 &e.to_string(),
@@ -444,8 +445,7 @@ impl SpillwayApp {
                     {
                         conv.messages.pop();
                     }
-                    let c = conv.clone();
-                    self.save(&c);
+                    self.save(i);
                 }
             }
             Event::ReplyFailed { error, .. } => {
@@ -555,7 +555,8 @@ impl SpillwayApp {
                     ui.label(format!("Loading: {}", p.label()));
                     ui.add(egui::ProgressBar::new(p.fraction()).desired_width(160.0));
                     if ui.button("Cancel").clicked() {
-                        let _ = self.link.send(Command::CancelLoad);
+                        // The engine finishes the load under way, then
+                        // drops the model.
                         let _ = self.link.send(Command::Unload);
                         self.loading = None;
                     }

@@ -212,6 +212,14 @@ fn optional<T: egui::emath::Numeric>(
     changed
 }
 
+/// One labelled row of a grid; whether the value changed.
+fn grid_row(ui: &mut egui::Ui, label: &str, widget: impl egui::Widget) -> bool {
+    let l = ui.label(label);
+    let changed = ui.add(widget).labelled_by(l.id).changed();
+    ui.end_row();
+    changed
+}
+
 pub fn settings_ui(ui: &mut egui::Ui, s: &mut Settings) -> Vec<SettingsAction> {
     let mut actions = Vec::new();
     let mut changed = false;
@@ -294,42 +302,24 @@ pub fn settings_ui(ui: &mut egui::Ui, s: &mut Settings) -> Vec<SettingsAction> {
             " tokens",
         );
         egui::Grid::new("sampling").num_columns(2).show(ui, |ui| {
-            let l = ui.label("Temperature");
-            changed |= ui
-                .add(egui::Slider::new(&mut s.temperature, 0.0..=2.0))
-                .labelled_by(l.id)
-                .changed();
-            ui.end_row();
-            let l = ui.label("Top-p");
-            changed |= ui
-                .add(egui::Slider::new(&mut s.top_p, 0.0..=1.0))
-                .labelled_by(l.id)
-                .changed();
-            ui.end_row();
-            let l = ui.label("Top-k");
-            changed |= ui
-                .add(egui::Slider::new(&mut s.top_k, 0..=200))
-                .labelled_by(l.id)
-                .changed();
-            ui.end_row();
-            let l = ui.label("Repetition penalty");
-            changed |= ui
-                .add(egui::Slider::new(&mut s.repetition_penalty, 1.0..=2.0))
-                .labelled_by(l.id)
-                .changed();
-            ui.end_row();
-            let l = ui.label("Max new tokens");
-            changed |= ui
-                .add(egui::DragValue::new(&mut s.max_new_tokens).range(1..=32768))
-                .labelled_by(l.id)
-                .changed();
-            ui.end_row();
-            let l = ui.label("Seed");
-            changed |= ui
-                .add(egui::DragValue::new(&mut s.seed))
-                .labelled_by(l.id)
-                .changed();
-            ui.end_row();
+            changed |= grid_row(
+                ui,
+                "Temperature",
+                egui::Slider::new(&mut s.temperature, 0.0..=2.0),
+            );
+            changed |= grid_row(ui, "Top-p", egui::Slider::new(&mut s.top_p, 0.0..=1.0));
+            changed |= grid_row(ui, "Top-k", egui::Slider::new(&mut s.top_k, 0..=200));
+            changed |= grid_row(
+                ui,
+                "Repetition penalty",
+                egui::Slider::new(&mut s.repetition_penalty, 1.0..=2.0),
+            );
+            changed |= grid_row(
+                ui,
+                "Max new tokens",
+                egui::DragValue::new(&mut s.max_new_tokens).range(1..=32768),
+            );
+            changed |= grid_row(ui, "Seed", egui::DragValue::new(&mut s.seed));
         });
         changed |= optional(ui, "Threads", &mut s.threads, 4, 1..=256, "");
         let l = ui.label("Default system prompt for new conversations:");

@@ -50,6 +50,13 @@ fn reply(e: &mut Engine, conv: &[Message]) -> Vec<u32> {
         .generated_tokens
 }
 
+/// Adds the model's reply (`tokens`) and the user's next message.
+fn follow_up(e: &Engine, conv: &mut Vec<Message>, tokens: &[u32], next: &str) {
+    let text = e.tokenizer().decode(tokens, true).unwrap();
+    conv.push(Message::new("assistant", &text));
+    conv.push(Message::new("user", next));
+}
+
 fn question() -> Vec<Message> {
     vec![Message::new("user", "Give three tips for sleeping well.")]
 }
@@ -145,11 +152,7 @@ fn out_of_memory_while_generating_resumes_the_same_reply() {
     assert_eq!(tokens, reply(&mut fresh, &conv));
     // The conversation goes on.
     let mut conv2 = conv.clone();
-    conv2.push(Message::new(
-        "assistant",
-        &e.tokenizer().decode(&tokens, true).unwrap(),
-    ));
-    conv2.push(Message::new("user", "And one more?"));
+    follow_up(&e, &mut conv2, &tokens, "And one more?");
     assert_eq!(reply(&mut e, &conv2), reply(&mut fresh, &conv2));
 }
 
@@ -159,11 +162,7 @@ fn live_switching_moves_only_what_changes_and_keeps_the_conversation() {
     assert_eq!(e.placement().count(Tier::Ram), 30);
     let mut conv = question();
     let first = reply(&mut e, &conv);
-    conv.push(Message::new(
-        "assistant",
-        &e.tokenizer().decode(&first, true).unwrap(),
-    ));
-    conv.push(Message::new("user", "Which one matters most?"));
+    follow_up(&e, &mut conv, &first, "Which one matters most?");
 
     // Everything to disk, mid-conversation.
     e.replace(request(Mode::DiskOffload, None, None)).unwrap();
@@ -173,11 +172,7 @@ fn live_switching_moves_only_what_changes_and_keeps_the_conversation() {
     let cached = e.cached_tokens().len();
     let second = reply(&mut e, &conv);
     assert!(cached > 0, "the conversation's cache survived the switch");
-    conv.push(Message::new(
-        "assistant",
-        &e.tokenizer().decode(&second, true).unwrap(),
-    ));
-    conv.push(Message::new("user", "Thanks!"));
+    follow_up(&e, &mut conv, &second, "Thanks!");
 
     // And back; then onto a simulated GPU, two layers at a time.
     e.replace(request(Mode::CpuOnly, None, None)).unwrap();
@@ -312,11 +307,7 @@ fn device_blocks_match_the_host_kernels_and_carry_the_kv_cache() {
     let mut e = load(candle_request(Mode::CpuOnly));
     let mut conv = question();
     let first = reply(&mut e, &conv);
-    conv.push(Message::new(
-        "assistant",
-        &e.tokenizer().decode(&first, true).unwrap(),
-    ));
-    conv.push(Message::new("user", "Which one matters most?"));
+    follow_up(&e, &mut conv, &first, "Which one matters most?");
     e.replace(candle_request(Mode::FullGpu)).unwrap();
     assert_eq!(e.last_moved(), 30);
     e.replace(candle_request(Mode::CpuOnly)).unwrap();
