@@ -54,19 +54,43 @@ pub struct SpeedHistory {
     pub points: VecDeque<(f64, f64, f64)>,
 }
 
-/// How long the window's own work takes per frame.
+/// How long the window's own work takes per frame: wall time, and the CPU
+/// time of the UI thread, which is the app's own work without the time the
+/// OS gave to other threads and programs (on a busy 2-core machine the two
+/// differ by whole scheduler slices).
 #[derive(Debug, Clone, Default)]
 pub struct FrameTimes {
     recent_ms: VecDeque<f64>,
-    /// The slowest frame while a reply streamed.
+    /// The slowest frame (wall time) while a reply streamed.
     pub max_streaming_ms: f64,
     pub streaming_frames: usize,
-    /// Frame times while streaming (the first 10,000), for percentiles.
+    /// Wall times of frames while streaming (the first 10,000).
     pub streaming_ms: Vec<f64>,
+    /// UI-thread CPU times of the same frames (empty where the platform
+    /// has no per-thread clock).
+    pub streaming_cpu_ms: Vec<f64>,
+}
+
+/// CPU time consumed by the calling thread so far.
+pub fn thread_cpu_time() -> Option<Duration> {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
 }
 
 impl FrameTimes {
-    fn push(&mut self, ms: f64, streaming: bool) {
+    fn push(&mut self, ms: f64, cpu_ms: Option<f64>, streaming: bool) {
         if self.recent_ms.len() == 120 {
             self.recent_ms.pop_front();
         }
@@ -76,22 +100,37 @@ impl FrameTimes {
             self.streaming_frames += 1;
             if self.streaming_ms.len() < 10_000 {
                 self.streaming_ms.push(ms);
+                self.streaming_cpu_ms.extend(cpu_ms);
             }
         }
     }
 
-    /// The `q` quantile (0..=1) of frame times while streaming.
+    /// The `q` quantile (0..=1) of frame wall times while streaming.
     pub fn streaming_quantile_ms(&self, q: f64) -> f64 {
-        let mut v = self.streaming_ms.clone();
-        v.sort_by(f64::total_cmp);
-        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or(0.0)
+        quantile(&self.streaming_ms, q)
+    }
+
+    /// The `q` quantile of the UI thread's CPU time per frame while
+    /// streaming; the wall-time quantile where there is no thread clock.
+    pub fn streaming_cpu_quantile_ms(&self, q: f64) -> f64 {
+        if self.streaming_cpu_ms.is_empty() {
+            self.streaming_quantile_ms(q)
+        } else {
+            quantile(&self.streaming_cpu_ms, q)
+        }
     }
 
     pub fn mean_ms(&self) -> f64 {
         self.recent_ms.iter().sum::<f64>() / self.recent_ms.len().max(1) as f64
     }
+}
+
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
 }
 
 pub struct SpillwayApp {
@@ -502,6 +541,7 @@ impl SpillwayApp {
     /// One frame: events in, panels drawn, their actions applied.
     pub fn frame_ui(&mut self, ui: &mut egui::Ui) {
         let start = Instant::now();
+        let cpu_start = thread_cpu_time();
         self.drain_events();
         self.shortcuts(ui.ctx());
         let mut chat_actions = Vec::new();
@@ -542,7 +582,10 @@ impl SpillwayApp {
             self.apply_placement(a);
         }
         let ms = start.elapsed().as_secs_f64() * 1e3;
-        self.frame_times.push(ms, self.streaming.is_some());
+        let cpu_ms = cpu_start
+            .zip(thread_cpu_time())
+            .map(|(a, b)| b.saturating_sub(a).as_secs_f64() * 1e3);
+        self.frame_times.push(ms, cpu_ms, self.streaming.is_some());
     }
 
     fn top_bar_ui(&mut self, ui: &mut egui::Ui) {
