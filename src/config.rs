@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::placement::{Mode, Quant};
 
 const DEFAULTS_YAML: &str = include_str!("../config/config.yaml");
 
@@ -31,8 +33,48 @@ pub struct GenerationDefaults {
     pub seed: u64,
 }
 
+/// The precision activations are computed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ComputeDType {
+    #[serde(rename = "f32")]
+    F32,
+    #[serde(rename = "f16")]
+    F16,
+    #[serde(rename = "bf16")]
+    BF16,
+}
+
+impl ComputeDType {
+    /// Parses Spillway's names and the seed project's (`float16`,
+    /// `torch.bfloat16`, …); `auto` is `None`: the engine's choice (f32 on
+    /// the CPU).
+    pub fn parse(s: &str) -> Result<Option<Self>, String> {
+        let t = s.trim().to_ascii_lowercase();
+        Ok(Some(match t.strip_prefix("torch.").unwrap_or(&t) {
+            "auto" => return Ok(None),
+            "f32" | "fp32" | "float32" | "float" => ComputeDType::F32,
+            "f16" | "fp16" | "float16" | "half" => ComputeDType::F16,
+            "bf16" | "bfloat16" => ComputeDType::BF16,
+            _ => {
+                return Err(format!(
+                    "unknown dtype '{s}' (auto, float32, float16 or bfloat16)"
+                ))
+            }
+        }))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// The model to open at start: a path (or, with Hugging Face support, a
+    /// repo id). `model.name`.
+    pub model: Option<String>,
+    /// `offload.mode`, or the seed project's `model.device_map`.
+    pub mode: Mode,
+    /// `model.quant`, or the seed project's `load_in_4bit` / `load_in_8bit`.
+    pub quant: Quant,
+    /// `model.dtype`; `None` is auto.
+    pub dtype: Option<ComputeDType>,
     pub context_length: Option<usize>,
     pub generation: GenerationDefaults,
     pub offload_folder: PathBuf,
@@ -70,6 +112,67 @@ where
 struct RawModel {
     #[serde(default, deserialize_with = "explicit")]
     context_length: Option<Option<usize>>,
+    #[serde(default, deserialize_with = "explicit")]
+    name: Option<Option<String>>,
+    quant: Option<String>,
+    dtype: Option<String>,
+    /// The seed project's keys, mapped onto Spillway's.
+    device_map: Option<yaml_serde::Value>,
+    load_in_4bit: Option<bool>,
+    load_in_8bit: Option<bool>,
+}
+
+impl RawModel {
+    /// `quant`, or what `load_in_4bit` / `load_in_8bit` ask for.
+    fn quant(&self) -> Result<Option<Quant>, String> {
+        let own = self.quant.as_deref().map(str::parse::<Quant>).transpose()?;
+        let seed = match (self.load_in_4bit, self.load_in_8bit) {
+            (Some(true), Some(true)) => {
+                return Err(
+                    "model.load_in_4bit and model.load_in_8bit are both true; choose one".into(),
+                )
+            }
+            (Some(true), _) => Some(Quant::Q4KM),
+            (_, Some(true)) => Some(Quant::Q8_0),
+            // Explicitly false: as stored (what transformers does).
+            (Some(false), _) | (_, Some(false)) => Some(Quant::AsStored),
+            (None, None) => None,
+        };
+        match (own, seed) {
+            (Some(a), Some(b)) if a != b && !(b == Quant::AsStored) => Err(format!(
+                "model.quant is {a} but load_in_4bit/load_in_8bit ask for {b}; keep one"
+            )),
+            (Some(a), _) => Ok(Some(a)),
+            (None, b) => Ok(b),
+        }
+    }
+}
+
+/// The seed project's `model.device_map` as a placement mode: `auto`,
+/// `cuda` (everything on the GPU), `cpu`, `balanced` (as much on the GPU as
+/// fits, the rest in RAM, as accelerate does with one GPU).
+fn device_map_mode(v: &yaml_serde::Value) -> Result<Mode, String> {
+    let s = match v {
+        yaml_serde::Value::String(s) => s.clone(),
+        yaml_serde::Value::Mapping(_) => {
+            return Err(
+                "model.device_map as a per-module map is not supported; Spillway places \
+                        layers itself (use auto, cuda, cpu or balanced, or offload.mode)"
+                    .into(),
+            )
+        }
+        other => format!("{other:?}"),
+    };
+    let t = s.trim().to_ascii_lowercase();
+    match t.as_str() {
+        "auto" => Ok(Mode::Auto),
+        "cuda" | "gpu" | "cuda:0" | "0" => Ok(Mode::FullGpu),
+        "cpu" => Ok(Mode::CpuOnly),
+        "balanced" | "balanced_low_0" | "sequential" => Ok(Mode::CpuOffload),
+        _ => Err(format!(
+            "model.device_map '{s}' is not one of auto, cuda, cpu, balanced"
+        )),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +190,8 @@ struct RawGeneration {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawOffload {
+    /// A mode name or a GPU-layer count.
+    mode: Option<yaml_serde::Value>,
     folder: Option<PathBuf>,
     copy_disk_layers: Option<bool>,
 }
@@ -106,6 +211,12 @@ fn parse(text: &str, origin: &str) -> Result<RawConfig, ConfigError> {
         origin: origin.to_string(),
         message: e.to_string().replace('\n', " "),
     })
+}
+
+/// The user's copy of the config: `config.yaml` in the platform config
+/// folder (`~/.config/spillway` on Linux).
+pub fn user_config_path() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "spillway").map(|d| d.config_dir().join("config.yaml"))
 }
 
 impl Config {
@@ -129,6 +240,10 @@ impl Config {
     /// Merges YAML documents, later ones winning, and validates the result.
     pub fn from_layers(layers: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let mut cfg = Config {
+            model: None,
+            mode: Mode::Auto,
+            quant: Quant::AsStored,
+            dtype: None,
             context_length: None,
             generation: GenerationDefaults {
                 max_new_tokens: 512,
@@ -145,10 +260,53 @@ impl Config {
         };
         for (text, origin) in layers {
             let raw = parse(text, origin)?;
-            let g = &mut cfg.generation;
+            let bad = |message: String| ConfigError::Invalid {
+                origin: origin.to_string(),
+                message,
+            };
             if let Some(v) = raw.model.context_length {
                 cfg.context_length = v;
             }
+            if let Some(v) = &raw.model.name {
+                cfg.model = v.clone().filter(|n| !n.trim().is_empty());
+            }
+            if let Some(q) = raw.model.quant().map_err(bad)? {
+                cfg.quant = q;
+            }
+            if let Some(d) = &raw.model.dtype {
+                cfg.dtype = ComputeDType::parse(d).map_err(bad)?;
+            }
+            let own_mode = raw
+                .offload
+                .mode
+                .as_ref()
+                .map(|m| {
+                    let text = match m {
+                        yaml_serde::Value::String(s) => s.clone(),
+                        yaml_serde::Value::Number(n) => n.to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    text.parse::<Mode>()
+                        .map_err(|e| bad(format!("offload.mode: {e}")))
+                })
+                .transpose()?;
+            let seed_mode = raw
+                .model
+                .device_map
+                .as_ref()
+                .map(device_map_mode)
+                .transpose()
+                .map_err(bad)?;
+            match (own_mode, seed_mode) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(bad(format!(
+                        "offload.mode is {a} but model.device_map means {b}; keep one"
+                    )))
+                }
+                (Some(m), _) | (None, Some(m)) => cfg.mode = m,
+                (None, None) => {}
+            }
+            let g = &mut cfg.generation;
             g.max_new_tokens = raw.generation.max_new_tokens.unwrap_or(g.max_new_tokens);
             g.temperature = raw.generation.temperature.unwrap_or(g.temperature);
             g.top_p = raw.generation.top_p.unwrap_or(g.top_p);
@@ -235,6 +393,56 @@ mod tests {
     }
 
     #[test]
+    fn the_seed_projects_keys_are_mapped() {
+        let c = Config::from_layers(&[
+            (DEFAULTS_YAML, "defaults"),
+            (
+                "model:\n  name: mistralai/Mistral-7B-Instruct-v0.3\n  device_map: cuda\n  \
+                 load_in_4bit: true\n  load_in_8bit: false\n  dtype: torch.bfloat16\n",
+                "user",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.model.as_deref(),
+            Some("mistralai/Mistral-7B-Instruct-v0.3")
+        );
+        assert_eq!(c.mode, Mode::FullGpu);
+        assert_eq!(c.quant, Quant::Q4KM);
+        assert_eq!(c.dtype, Some(ComputeDType::BF16));
+        for (yaml, mode, quant, dtype) in [
+            (
+                "device_map: auto\n  load_in_8bit: true\n  dtype: float16",
+                Mode::Auto,
+                Quant::Q8_0,
+                Some(ComputeDType::F16),
+            ),
+            (
+                "device_map: cpu\n  dtype: auto",
+                Mode::CpuOnly,
+                Quant::AsStored,
+                None,
+            ),
+            (
+                "device_map: balanced\n  load_in_4bit: false\n  dtype: float32",
+                Mode::CpuOffload,
+                Quant::AsStored,
+                Some(ComputeDType::F32),
+            ),
+        ] {
+            let c = Config::from_layers(&[(&format!("model:\n  {yaml}\n"), "user")]).unwrap();
+            assert_eq!((c.mode, c.quant, c.dtype), (mode, quant, dtype), "{yaml}");
+        }
+        // Spillway's own keys say the same things.
+        let own = Config::from_layers(&[(
+            "model:\n  quant: q8_0\noffload:\n  mode: disk-offload\n",
+            "u",
+        )])
+        .unwrap();
+        assert_eq!((own.mode, own.quant), (Mode::DiskOffload, Quant::Q8_0));
+    }
+
+    #[test]
     fn bad_files_are_clear_errors() {
         for (text, needle) in [
             ("generation:\n  temprature: 0.2\n", "unknown field"),
@@ -242,6 +450,18 @@ mod tests {
             ("generation:\n  top_p: 3.0\n", "top_p"),
             ("runtime:\n  threads: 0\n", "threads"),
             ("generation:\n  temperature: hot\n", "config user"),
+            (
+                "model:\n  load_in_4bit: true\n  load_in_8bit: true\n",
+                "choose one",
+            ),
+            ("model:\n  device_map: {lm_head: 0}\n", "per-module"),
+            ("model:\n  device_map: tpu\n", "device_map"),
+            ("model:\n  dtype: int3\n", "dtype"),
+            (
+                "model:\n  device_map: cpu\noffload:\n  mode: full-gpu\n",
+                "keep one",
+            ),
+            ("model:\n  quant: q8_0\n  load_in_4bit: true\n", "keep one"),
         ] {
             let err = Config::from_layers(&[(DEFAULTS_YAML, "defaults"), (text, "user")])
                 .unwrap_err()

@@ -61,9 +61,10 @@ enum Command {
 /// Placement options every command that places a model shares.
 #[derive(Args, Debug, Clone, Default)]
 pub struct PlacementArgs {
-    /// auto, full-gpu, cpu-offload, disk-offload or cpu-only.
-    #[arg(long, value_name = "MODE", default_value = "auto")]
-    mode: Mode,
+    /// auto, full-gpu, cpu-offload, disk-offload or cpu-only (default: the
+    /// config's `offload.mode` / `model.device_map`, else auto).
+    #[arg(long, value_name = "MODE")]
+    mode: Option<Mode>,
     /// Put exactly this many layers (the last ones) on the GPU.
     #[arg(long, value_name = "N", conflicts_with = "mode")]
     gpu_layers: Option<usize>,
@@ -85,9 +86,18 @@ pub struct PlacementArgs {
 }
 
 impl PlacementArgs {
-    fn request(&self, offload_dir: PathBuf, ram_as_given: bool) -> PlacementRequest {
+    fn request(
+        &self,
+        config: &Config,
+        offload_dir: PathBuf,
+        ram_as_given: bool,
+    ) -> PlacementRequest {
         PlacementRequest {
-            mode: self.gpu_layers.map_or(self.mode, Mode::GpuLayers),
+            mode: self
+                .gpu_layers
+                .map(Mode::GpuLayers)
+                .or(self.mode)
+                .unwrap_or(config.mode),
             budget: BudgetOptions {
                 vram_bytes: self.vram,
                 ram_bytes: self.ram,
@@ -127,6 +137,7 @@ impl ModelArgs {
         LoadOptions {
             model_path: self.model.clone(),
             placement: self.placement.request(
+                config,
                 self.offload_dir
                     .clone()
                     .unwrap_or_else(|| config.offload_folder.clone()),
@@ -218,15 +229,25 @@ fn cancel_flag() -> Arc<AtomicBool> {
 
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    // An explicit --config must be right; the user's copy in the platform
+    // config folder gets a message and the defaults when it is not.
+    let mut config_problem = None;
     let config = match &cli.config {
         Some(path) => Config::load(path)?,
-        None => Config::defaults()?,
+        None => match crate::config::user_config_path().filter(|p| p.is_file()) {
+            Some(path) => Config::load(&path).or_else(|e| {
+                eprintln!("warning: {e}; using the built-in defaults");
+                config_problem = Some(format!("{e}. The built-in defaults are in use."));
+                Config::defaults()
+            })?,
+            None => Config::defaults()?,
+        },
     };
     // Offload sessions of processes that died are removed at every start.
     let _ = offload::clean_stale(&config.offload_folder);
     match cli.command {
         None => {
-            crate::ui::run(config, cli.model)?;
+            crate::ui::run(config, cli.model, config_problem)?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Generate(a)) => generate::run(a, &config),

@@ -77,7 +77,10 @@ fn footprint(a: &PlanArgs, config: &Config) -> anyhow::Result<(Footprint, String
             .with_context(|| format!("cannot read {}", path.display()))?;
         let json: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not valid JSON", path.display()))?;
-        let quant = a.quant.unwrap_or(Quant::Q4KM);
+        let quant = a
+            .quant
+            .or((config.quant != Quant::AsStored).then_some(config.quant))
+            .unwrap_or(Quant::Q4KM);
         let hp = HParams::from_hf_config(&json)?;
         let name = path.parent().and_then(|p| p.file_name()).map_or_else(
             || path.display().to_string(),
@@ -108,7 +111,7 @@ pub fn run(a: PlanArgs, config: &Config) -> anyhow::Result<ExitCode> {
         .offload_dir
         .clone()
         .unwrap_or_else(|| config.offload_folder.clone());
-    let request = a.placement.request(offload_dir.clone(), true);
+    let request = a.placement.request(config, offload_dir.clone(), true);
     let mut machine = Machine::new();
     let budgets = Budgets::probe(&mut machine, &request.budget, &offload_dir, Held::default());
     let rates = calibrate::rates(&offload_dir, machine.gpus().first(), budgets.gpu_simulated);

@@ -47,12 +47,12 @@ impl fmt::Display for Quant {
 impl FromStr for Quant {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s.to_ascii_lowercase().as_str() {
-            "q4_k_m" | "q4" | "4bit" | "4-bit" => Quant::Q4KM,
-            "q8_0" | "q8" | "8bit" | "8-bit" => Quant::Q8_0,
-            "f16" | "16bit" | "16-bit" => Quant::F16,
-            "bf16" => Quant::BF16,
-            "none" | "as-stored" => Quant::AsStored,
+        Ok(match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "q4-k-m" | "q4-k" | "q4" | "4bit" | "4-bit" => Quant::Q4KM,
+            "q8-0" | "q8" | "8bit" | "8-bit" => Quant::Q8_0,
+            "f16" | "fp16" | "float16" | "16bit" | "16-bit" => Quant::F16,
+            "bf16" | "bfloat16" => Quant::BF16,
+            "none" | "as-stored" | "stored" => Quant::AsStored,
             other => {
                 return Err(format!(
                     "unknown quantization '{other}' (q4_k_m, q8_0, f16, bf16, none)"

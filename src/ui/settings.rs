@@ -99,8 +99,14 @@ impl Settings {
         Settings {
             last_model: None,
             recent_models: Vec::new(),
-            mode: "auto".into(),
-            gpu_layers: None,
+            mode: match c.mode {
+                Mode::GpuLayers(_) => "auto".into(),
+                m => m.to_string(),
+            },
+            gpu_layers: match c.mode {
+                Mode::GpuLayers(n) => Some(n),
+                _ => None,
+            },
             vram_cap_gib: None,
             ram_cap_gib: None,
             offload_folder: c.offload_folder.clone(),
@@ -359,5 +365,17 @@ mod tests {
         assert!(Settings::load(&path, &config).unwrap_err().contains("mode"));
         std::fs::write(&path, "temperature: [1, 2\n").unwrap();
         assert!(Settings::load(&path, &config).is_err());
+    }
+
+    #[test]
+    fn the_configs_mode_is_the_starting_mode() {
+        for (yaml, mode) in [
+            ("model:\n  device_map: cpu\n", Mode::CpuOnly),
+            ("offload:\n  mode: 12\n", Mode::GpuLayers(12)),
+            ("model:\n  device_map: balanced\n", Mode::CpuOffload),
+        ] {
+            let c = Config::from_layers(&[(yaml, "user")]).unwrap();
+            assert_eq!(Settings::from_config(&c).mode(), mode, "{yaml}");
+        }
     }
 }
