@@ -116,7 +116,11 @@ impl Machine {
 pub fn disk_free_bytes(path: &Path) -> Option<u64> {
     let mut p = path;
     while !p.exists() {
-        p = p.parent()?;
+        p = match p.parent()? {
+            // A relative path's last ancestor is "": the working directory.
+            q if q.as_os_str().is_empty() => Path::new("."),
+            q => q,
+        };
     }
     #[cfg(unix)]
     {
@@ -163,6 +167,8 @@ mod tests {
         let ram = m.ram();
         assert!(ram.total_bytes > 0 && ram.available_bytes <= ram.total_bytes);
         assert!(disk_free_bytes(Path::new("/definitely/not/here")).is_some());
+        // A relative folder that does not exist yet: the working directory.
+        assert!(disk_free_bytes(Path::new("not-here-yet/offload")).is_some());
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a"), [0u8; 100]).unwrap();
         std::fs::create_dir(dir.path().join("b")).unwrap();

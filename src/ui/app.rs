@@ -154,6 +154,7 @@ pub struct SpillwayApp {
     pub engine_stopped: Option<String>,
     pub frame_times: FrameTimes,
     pub show_frame_times: bool,
+    fonts_installed: bool,
     pub chat_state: chat::ChatState,
     md_cache: CommonMarkCache,
     started: Instant,
@@ -226,6 +227,7 @@ impl SpillwayApp {
             engine_stopped: None,
             frame_times: FrameTimes::default(),
             show_frame_times: false,
+            fonts_installed: false,
             chat_state: chat::ChatState::default(),
             md_cache: CommonMarkCache::default(),
             started: Instant::now(),
@@ -542,6 +544,10 @@ impl SpillwayApp {
     pub fn frame_ui(&mut self, ui: &mut egui::Ui) {
         let start = Instant::now();
         let cpu_start = thread_cpu_time();
+        if !self.fonts_installed {
+            super::install_fonts(ui.ctx());
+            self.fonts_installed = true;
+        }
         self.drain_events();
         self.shortcuts(ui.ctx());
         let mut chat_actions = Vec::new();

@@ -68,7 +68,11 @@ pub fn conversation_list_ui(ui: &mut egui::Ui, app: &mut SpillwayApp) -> Vec<Cha
                 }
             }
             ui.horizontal(|ui| {
-                let r = ui.selectable_label(i == app.current, &c.title);
+                // Long titles are cut to the panel's width (whole on hover)
+                // instead of widening the panel.
+                let r = ui
+                    .add(egui::Button::selectable(i == app.current, c.title.as_str()).truncate())
+                    .on_hover_text(&c.title);
                 if r.clicked() {
                     actions.push(ChatAction::Select(i));
                 }

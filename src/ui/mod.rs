@@ -23,8 +23,34 @@ pub enum UiError {
     Window(String),
 }
 
+/// egui's fonts plus `assets/icons.ttf` (built by `assets/make-icon-font.py`)
+/// as the last fallback: the copy icon of markdown code blocks.
+pub fn install_fonts(ctx: &egui::Context) {
+    let mut fonts = egui::FontDefinitions::default();
+    fonts.font_data.insert(
+        "spillway-icons".into(),
+        Arc::new(egui::FontData::from_static(include_bytes!(
+            "../../assets/icons.ttf"
+        ))),
+    );
+    for family in [egui::FontFamily::Proportional, egui::FontFamily::Monospace] {
+        fonts
+            .families
+            .entry(family)
+            .or_default()
+            .push("spillway-icons".into());
+    }
+    ctx.set_fonts(fonts);
+}
+
 /// Opens the window (and loads `model` when given); returns when it closes.
-pub fn run(config: Config, model: Option<PathBuf>) -> Result<(), UiError> {
+/// `config_problem` is shown as a banner (the user's config file could not
+/// be read and the defaults are in use).
+pub fn run(
+    config: Config,
+    model: Option<PathBuf>,
+    config_problem: Option<String>,
+) -> Result<(), UiError> {
     let dirs = directories::ProjectDirs::from("", "", "spillway");
     let data_dir = dirs.as_ref().map(|d| d.data_dir().to_path_buf());
     let config_dir = dirs.as_ref().map(|d| d.config_dir().to_path_buf());
@@ -50,7 +76,25 @@ pub fn run(config: Config, model: Option<PathBuf>) -> Result<(), UiError> {
             let ctx = cc.egui_ctx.clone();
             let link = crate::engine::worker::spawn(Arc::new(move || ctx.request_repaint()));
             let mut app = SpillwayApp::new(link, &config, data_dir, config_dir);
-            let model = model.or_else(|| app.settings.last_model.clone());
+            // A relative offload folder (the defaults' `offload`) means the
+            // working directory for the command line; a window started by a
+            // double-click has no meaningful one, so it goes in the cache.
+            if app.settings.offload_folder.is_relative() {
+                if let Some(d) = &dirs {
+                    app.settings.offload_folder = d.cache_dir().join(&app.settings.offload_folder);
+                }
+            }
+            if let Some(problem) = config_problem {
+                app.banners.push(app::Banner::error(
+                    "Your config file was not used",
+                    &problem,
+                    "Fix or delete the file; Spillway reads it at start.",
+                ));
+            }
+            // --model, else the config's model.name, else the last model.
+            let model = model
+                .or_else(|| config.model.as_ref().map(PathBuf::from))
+                .or_else(|| app.settings.last_model.clone());
             if let Some(path) = model {
                 app.load_model(path);
             }

@@ -55,15 +55,9 @@ struct Fixture {
 }
 
 /// The window over a fake engine, with its history and settings in a
-/// temporary folder, and a model already loaded.
+/// temporary folder, and a model already loaded. Missing glyphs fail the
+/// test (the window's fonts include the code blocks' copy icon).
 fn fixture() -> Fixture {
-    fixture_with(false)
-}
-
-/// `code_blocks`: allow the copy icon egui_commonmark draws on code blocks,
-/// which egui's built-in fonts lack (the window falls back to the system's
-/// fonts, or a box).
-fn fixture_with(code_blocks: bool) -> Fixture {
     let dirs = tempfile::tempdir().unwrap();
     let (link, engine) = worker::channel();
     let app = SpillwayApp::new(
@@ -72,11 +66,9 @@ fn fixture_with(code_blocks: bool) -> Fixture {
         Some(dirs.path().join("data")),
         Some(dirs.path().join("config")),
     );
-    let mut builder = Harness::builder().with_size(egui::vec2(1200.0, 800.0));
-    if code_blocks {
-        builder = builder.allow_missing_glyphs();
-    }
-    let mut harness = builder.build_ui_state(|ui, app: &mut SpillwayApp| app.frame_ui(ui), app);
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1200.0, 800.0))
+        .build_ui_state(|ui, app: &mut SpillwayApp| app.frame_ui(ui), app);
     engine.events.send(Event::Loaded(model_info())).unwrap();
     harness.run_steps(4);
     Fixture {
@@ -278,7 +270,7 @@ fn a_damaged_history_file_is_reported_and_skipped() {
 /// docs/BENCHMARKS.md): a long conversation, a token per frame.
 #[test]
 fn frame_time_while_streaming() {
-    let mut f = fixture_with(true);
+    let mut f = fixture();
     f.type_and_send("Write a long answer with code.");
     let (id, _) = reply_id(f.command());
     let piece = "Some text with `code` and more words, ";
