@@ -18,6 +18,9 @@ pub type ReqId = u64;
 /// What to load, and how.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadRequest {
+    /// Ids are shared with replies: `EngineLink::stop(req_id)` cancels the
+    /// load between layers.
+    pub req_id: ReqId,
     /// A GGUF file or a folder holding one.
     pub model_path: PathBuf,
     pub placement: PlacementRequest,
@@ -127,6 +130,8 @@ pub enum ErrorKind {
     ContextFull,
     /// A command that needs a model came without one.
     NoModel,
+    /// The user cancelled it (a load).
+    Cancelled,
     Other,
 }
 
@@ -150,7 +155,7 @@ impl ErrorInfo {
                 "Start a new conversation, or raise the context length in Settings."
             }
             ErrorKind::NoModel => "Open a model in Settings first.",
-            ErrorKind::Other => "",
+            ErrorKind::Cancelled | ErrorKind::Other => "",
         }
     }
 }

@@ -151,6 +151,7 @@ impl ModelArgs {
                 None => DiskSource::ModelFile,
             },
             context_length: self.ctx.or(config.context_length),
+            cancel: None,
         }
     }
 

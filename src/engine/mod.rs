@@ -83,6 +83,30 @@ impl FromStr for DiskLayers {
 
 impl DiskLayers {}
 
+/// Asked between loading steps: true stops the load with
+/// `ModelError::Cancelled`.
+#[derive(Clone)]
+pub struct CancelCheck(std::sync::Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl CancelCheck {
+    pub fn new(f: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        CancelCheck(std::sync::Arc::new(f))
+    }
+
+    fn check(this: &Option<Self>) -> Result<(), ModelError> {
+        match this {
+            Some(c) if (c.0)() => Err(ModelError::Cancelled),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for CancelCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CancelCheck")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub model_path: PathBuf,
@@ -90,6 +114,8 @@ pub struct LoadOptions {
     pub disk_source: DiskSource,
     /// Context length in tokens; `None` uses the model's own.
     pub context_length: Option<usize>,
+    /// Cancels the load between steps (each layer placed is one).
+    pub cancel: Option<CancelCheck>,
 }
 
 impl LoadOptions {
@@ -102,6 +128,7 @@ impl LoadOptions {
             },
             disk_source: DiskSource::ModelFile,
             context_length: None,
+            cancel: None,
         }
     }
 }
@@ -190,6 +217,7 @@ impl Engine {
         // system says.
         crate::placement::alloc::release_free_memory();
         let baseline = crate::telemetry::rss().map(|r| r.current);
+        CancelCheck::check(&opts.cancel)?;
         let template = match &tokenizer.chat_template {
             Some(src) => Some(ChatTemplate::new(
                 src,
@@ -245,6 +273,7 @@ impl Engine {
             budgets.gpu_simulated,
         );
         let placement = placing::plan_for(&footprint, &budgets, &request, &rates)?;
+        CancelCheck::check(&opts.cancel)?;
         // Budget notes ("no NVIDIA GPU", a simulated tier) stay with the
         // budgets for whoever shows them; notices are for what happened.
         let notices = Vec::new();
@@ -275,7 +304,9 @@ impl Engine {
             },
         };
         engine.apply_placement(placement, &mut |done, total| {
-            progress(LoadStage::Layers { done, total })
+            CancelCheck::check(&opts.cancel)?;
+            progress(LoadStage::Layers { done, total });
+            Ok(())
         })?;
         crate::placement::alloc::release_free_memory();
         Ok(engine)

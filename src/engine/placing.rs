@@ -189,7 +189,7 @@ impl Engine {
     pub(super) fn apply_placement(
         &mut self,
         mut p: Placement,
-        progress: &mut dyn FnMut(usize, usize),
+        progress: &mut dyn FnMut(usize, usize) -> Result<(), ModelError>,
     ) -> Result<(), EngineError> {
         for _ in 0..=self.placing.footprint.n_layer() + 1 {
             let result = self.charge_gpu_base(&p).and_then(|()| {
@@ -289,7 +289,7 @@ impl Engine {
             return Err(e.into());
         }
         let p = self.replan_after_oom(&e)?;
-        self.apply_placement(p, &mut |_, _| {})
+        self.apply_placement(p, &mut |_, _| Ok(()))
     }
 
     /// Re-places the loaded model as `request` asks (mode, GPU layers, caps)
@@ -318,7 +318,7 @@ impl Engine {
         }
         self.placing.request = request;
         self.placing.budgets = budgets;
-        self.apply_placement(p, &mut |_, _| {})?;
+        self.apply_placement(p, &mut |_, _| Ok(()))?;
         Ok(&self.placing.placement)
     }
 

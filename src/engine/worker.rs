@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::{Engine, EngineError, GenerateParams, LoadOptions, LoadStage};
+use super::{CancelCheck, Engine, EngineError, GenerateParams, LoadOptions, LoadStage};
 use crate::model::ModelError;
 use crate::placement::store::DiskSource;
 use crate::placement::PlacementError;
@@ -39,7 +39,8 @@ impl EngineLink {
         self.commands.send(cmd).is_ok()
     }
 
-    /// Stops reply `req_id` (and any earlier one) at the next token.
+    /// Stops reply `req_id` (and any earlier one) at the next token, or
+    /// cancels load `req_id` at the next layer.
     pub fn stop(&self, req_id: ReqId) {
         self.stop_below.fetch_max(req_id + 1, Ordering::SeqCst);
     }
@@ -164,7 +165,12 @@ impl Worker {
         if let Some(n) = req.threads {
             crate::kernels::pool::set_threads(n.max(1));
         }
+        let stop_below = self.ends.stop_below.clone();
+        let id = req.req_id;
         let opts = LoadOptions {
+            cancel: Some(CancelCheck::new(move || {
+                stop_below.load(Ordering::SeqCst) > id
+            })),
             model_path: req.model_path.clone(),
             placement: req.placement.clone(),
             disk_source: DiskSource::ModelFile,
@@ -355,6 +361,7 @@ pub fn error_info(e: &EngineError) -> ErrorInfo {
     let kind = match e {
         EngineError::Placement(PlacementError::DoesNotFit { .. }) => ErrorKind::DoesNotFit,
         EngineError::Model(m) if m.is_out_of_memory() => ErrorKind::OutOfMemory,
+        EngineError::Model(ModelError::Cancelled) => ErrorKind::Cancelled,
         EngineError::Model(ModelError::ContextFull { .. })
         | EngineError::ContextExceeded { .. } => ErrorKind::ContextFull,
         EngineError::Gguf(_)

@@ -27,6 +27,8 @@ pub enum ModelError {
     Read(#[from] ReadError),
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error("cancelled")]
+    Cancelled,
     #[error("the layer prefetch thread stopped unexpectedly")]
     PrefetchLost,
     #[error("the GPU ran out of memory allocating {what} ({} MiB; {} MiB of {} MiB in use)", needed >> 20, used >> 20, budget >> 20)]

@@ -372,7 +372,10 @@ impl LayerStore {
     ) -> Result<Self, ModelError> {
         let mut store = Self::new(gguf, hp, disk_source, None)?;
         let mut no_kv = KvCache::new(hp.n_layer, hp.n_head_kv, hp.head_dim, 0);
-        let _ = store.apply(tiers, &mut no_kv, progress)?;
+        let _ = store.apply(tiers, &mut no_kv, &mut |d, t| {
+            progress(d, t);
+            Ok(())
+        })?;
         Ok(store)
     }
 
@@ -458,7 +461,7 @@ impl LayerStore {
         &mut self,
         tiers: &[Tier],
         kv: &mut KvCache,
-        progress: &mut dyn FnMut(usize, usize),
+        progress: &mut dyn FnMut(usize, usize) -> Result<(), ModelError>,
     ) -> Result<usize, ModelError> {
         let n = self.hp.n_layer;
         if tiers.len() != n {
@@ -485,13 +488,13 @@ impl LayerStore {
         for i in down.into_iter().chain(up) {
             self.set_tier(i, tiers[i], kv)?;
             done += 1;
-            progress(done, total);
+            progress(done, total)?;
         }
         for (i, &tier) in tiers.iter().enumerate().skip(loaded) {
             let slot = self.make_slot(i, tier)?;
             self.slots.push(slot);
             done += 1;
-            progress(done, total);
+            progress(done, total)?;
         }
         Ok(done)
     }

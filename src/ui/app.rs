@@ -17,7 +17,8 @@ use crate::config::Config;
 use crate::engine::worker::EngineLink;
 use crate::placement::Placement;
 use crate::protocol::{
-    Command, ErrorInfo, Event, Finish, LoadProgress, LoadRequest, ModelInfo, ReplyRequest, ReqId,
+    Command, ErrorInfo, ErrorKind, Event, Finish, LoadProgress, LoadRequest, ModelInfo,
+    ReplyRequest, ReqId,
 };
 use crate::telemetry::Snapshot;
 
@@ -154,6 +155,8 @@ pub struct SpillwayApp {
     pub engine_stopped: Option<String>,
     pub frame_times: FrameTimes,
     pub show_frame_times: bool,
+    /// The load under way, to cancel.
+    loading_id: Option<ReqId>,
     fonts_installed: bool,
     pub chat_state: chat::ChatState,
     md_cache: CommonMarkCache,
@@ -227,6 +230,7 @@ impl SpillwayApp {
             engine_stopped: None,
             frame_times: FrameTimes::default(),
             show_frame_times: false,
+            loading_id: None,
             fonts_installed: false,
             chat_state: chat::ChatState::default(),
             md_cache: CommonMarkCache::default(),
@@ -244,13 +248,26 @@ impl SpillwayApp {
         self.save_settings();
         self.loading = Some(LoadProgress::Reading);
         self.model = None;
+        let req_id = self.next_req;
+        self.next_req += 1;
+        self.loading_id = Some(req_id);
         let req = LoadRequest {
+            req_id,
             model_path: path,
             placement: self.settings.placement_request(),
             context_length: self.settings.context_length,
             threads: self.settings.threads,
         };
         self.send(Command::Load(req));
+    }
+
+    /// Stops the load under way at its next layer; the engine answers
+    /// `LoadFailed` (cancelled) and holds no model.
+    pub fn cancel_load(&mut self) {
+        if let Some(id) = self.loading_id.take() {
+            self.link.stop(id);
+        }
+        self.loading = None;
     }
 
     fn send(&mut self, cmd: Command) {
@@ -449,8 +466,12 @@ impl SpillwayApp {
                 self.preview = None;
                 self.model = Some(info);
             }
+            // A cancelled load was cleared when Cancel was clicked; another
+            // load may be under way since.
+            Event::LoadFailed(err) if err.kind == ErrorKind::Cancelled => {}
             Event::LoadFailed(err) => {
                 self.loading = None;
+                self.loading_id = None;
                 self.banners
                     .push(Banner::from_error("The model did not load", &err));
             }
@@ -604,10 +625,7 @@ impl SpillwayApp {
                     ui.label(format!("Loading: {}", p.label()));
                     ui.add(egui::ProgressBar::new(p.fraction()).desired_width(160.0));
                     if ui.button("Cancel").clicked() {
-                        // The engine finishes the load under way, then
-                        // drops the model.
-                        let _ = self.link.send(Command::Unload);
-                        self.loading = None;
+                        self.cancel_load();
                     }
                 }
                 (Some(m), None) => {

@@ -360,3 +360,66 @@ fn real_engine_replies_in_the_window() {
     harness.get_by_label_contains(reply.trim().lines().next().unwrap());
     let _ = harness.state().link.send(Command::Shutdown);
 }
+
+/// Cancel stops a load between layers: the engine answers "cancelled"
+/// (no banner), holds no model, and the next load works.
+#[test]
+fn a_load_is_cancelled_between_layers() {
+    use spillway::engine::{CancelCheck, Engine, LoadOptions, LoadStage};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // The engine: cancelled after three layers are placed.
+    let checks = std::sync::Arc::new(AtomicUsize::new(0));
+    let layers_seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let mut opts = LoadOptions::new(smollm2());
+    opts.context_length = Some(256);
+    let seen = layers_seen.clone();
+    let c = checks.clone();
+    opts.cancel = Some(CancelCheck::new(move || {
+        c.fetch_add(1, Ordering::SeqCst);
+        seen.load(Ordering::SeqCst) >= 3
+    }));
+    let r = Engine::load(&opts, &mut |stage| {
+        if let LoadStage::Layers { done, .. } = stage {
+            layers_seen.store(done, Ordering::SeqCst);
+        }
+    });
+    let err = r.err().expect("the load was not cancelled");
+    assert_eq!(err.to_string(), "cancelled");
+    assert_eq!(layers_seen.load(Ordering::SeqCst), 3);
+
+    // The window over the real worker: Cancel while the load is queued.
+    let dirs = tempfile::tempdir().unwrap();
+    let (link, ends) = worker::channel();
+    let mut app = SpillwayApp::new(
+        link,
+        &Config::defaults().unwrap(),
+        Some(dirs.path().join("data")),
+        None,
+    );
+    app.settings.context_length = Some(256);
+    app.load_model(smollm2());
+    app.cancel_load();
+    app.load_model(smollm2());
+    drop(std::thread::spawn(move || {
+        worker::run(ends, std::sync::Arc::new(|| {}))
+    }));
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1200.0, 800.0))
+        .build_ui_state(|ui, app: &mut SpillwayApp| app.frame_ui(ui), app);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    harness.step();
+    // The first load's "cancelled" leaves the second one's progress shown.
+    let mut saw_progress = false;
+    while harness.state().model.is_none() {
+        assert!(Instant::now() < deadline, "the second load did not finish");
+        saw_progress |= harness.state().loading.is_some();
+        std::thread::sleep(Duration::from_millis(5));
+        harness.step();
+    }
+    assert!(saw_progress);
+    assert!(
+        harness.state().banners.is_empty(),
+        "{:?}",
+        harness.state().banners
+    );
+}
