@@ -27,6 +27,9 @@ pub struct LoadRequest {
     /// Context length in tokens; `None` uses the model's own.
     pub context_length: Option<usize>,
     pub threads: Option<usize>,
+    /// How a Hugging Face folder's weights are stored (a GGUF loads as
+    /// stored).
+    pub quant: crate::placement::Quant,
 }
 
 /// One reply to generate.
@@ -54,15 +57,25 @@ pub enum Command {
 /// Where a load is.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LoadProgress {
+    /// A Hugging Face checkpoint converted into the cache (once).
+    Quantizing {
+        done: usize,
+        total: usize,
+    },
     Reading,
     Placing,
-    Layers { done: usize, total: usize },
+    Layers {
+        done: usize,
+        total: usize,
+    },
 }
 
 impl LoadProgress {
     /// 0..=1, for a progress bar.
     pub fn fraction(self) -> f32 {
         match self {
+            // Converting takes most of a first load; placing the rest.
+            LoadProgress::Quantizing { done, total } => 0.7 * done as f32 / total.max(1) as f32,
             LoadProgress::Reading => 0.02,
             LoadProgress::Placing => 0.05,
             LoadProgress::Layers { done, total } => 0.05 + 0.95 * done as f32 / total.max(1) as f32,
@@ -71,6 +84,9 @@ impl LoadProgress {
 
     pub fn label(self) -> String {
         match self {
+            LoadProgress::Quantizing { done, total } => {
+                format!("converting the checkpoint, layer {done}/{total}")
+            }
             LoadProgress::Reading => "reading the model file".into(),
             LoadProgress::Placing => "planning placement".into(),
             LoadProgress::Layers { done, total } => format!("placing layers {done}/{total}"),

@@ -114,9 +114,19 @@ impl PlacementArgs {
 /// Options every command that loads a model shares.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// A GGUF file, or a folder holding one.
+    /// A GGUF file, a folder holding one, or a Hugging Face model folder
+    /// (config.json + safetensors), converted once into the cache.
     #[arg(long, value_name = "PATH")]
     model: PathBuf,
+    /// How a Hugging Face folder's weights are stored: q4_k_m (4-bit),
+    /// q8_0 (8-bit), f16, bf16, or none (as stored). Default: the config's
+    /// `model.quant` (or `load_in_4bit`/`load_in_8bit`), else none.
+    #[arg(long, value_name = "SCHEME")]
+    quant: Option<crate::placement::Quant>,
+    /// Compute precision: f32 (the CPU and GPU kernels compute in f32; f16
+    /// and bf16 are accepted and computed in f32, with a note).
+    #[arg(long, value_name = "DTYPE", value_parser = parse_dtype)]
+    dtype: Option<crate::config::ComputeDType>,
     #[command(flatten)]
     placement: PlacementArgs,
     /// Read disk layers from copies in this folder instead of the model file
@@ -152,14 +162,38 @@ impl ModelArgs {
             },
             context_length: self.ctx.or(config.context_length),
             cancel: None,
+            quant: self.quant.unwrap_or(config.quant),
+            cache_dir: None,
         }
     }
 
     /// Sets the compute threads, then loads the model with a progress bar.
     fn load(&self, config: &Config) -> anyhow::Result<Engine> {
         set_threads(self.threads.or(config.threads))?;
+        let hf = crate::weights::hf::is_hf_folder(&self.model);
+        if !hf
+            && self
+                .quant
+                .is_some_and(|q| q != crate::placement::Quant::AsStored)
+        {
+            anyhow::bail!(
+                "{} is a GGUF, loaded as stored; --quant applies to Hugging Face folders (config.json + safetensors)",
+                self.model.display()
+            );
+        }
+        match self.dtype.or(config.dtype) {
+            None | Some(crate::config::ComputeDType::F32) => {}
+            Some(d) => eprintln!(
+                "note: --dtype {d:?}: Spillway's kernels compute in f32 (weights keep their stored type); computing in f32"
+            ),
+        }
         let bar = progress_bar("loading");
         let engine = Engine::load(&self.load_options(config), &mut |stage| match stage {
+            LoadStage::Quantizing { done, total } => {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+                bar.set_message("quantizing");
+            }
             LoadStage::Reading => bar.set_message("reading"),
             LoadStage::Planned => bar.set_message("placing"),
             LoadStage::Layers { done, total } => {
@@ -174,6 +208,11 @@ impl ModelArgs {
         report_notices(&mut engine);
         Ok(engine)
     }
+}
+
+fn parse_dtype(s: &str) -> Result<crate::config::ComputeDType, String> {
+    crate::config::ComputeDType::parse(s)?
+        .ok_or_else(|| "auto is the default; name f32, f16 or bf16".to_string())
 }
 
 /// Prints what happened to placement (notes on budgets, re-plans after an

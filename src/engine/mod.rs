@@ -116,6 +116,12 @@ pub struct LoadOptions {
     pub context_length: Option<usize>,
     /// Cancels the load between steps (each layer placed is one).
     pub cancel: Option<CancelCheck>,
+    /// How a Hugging Face folder's weights are stored after loading (a GGUF
+    /// loads as stored).
+    pub quant: crate::placement::Quant,
+    /// Where converted checkpoints are cached (default:
+    /// `weights::convert::cache_dir()`).
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl LoadOptions {
@@ -129,6 +135,8 @@ impl LoadOptions {
             disk_source: DiskSource::ModelFile,
             context_length: None,
             cancel: None,
+            quant: crate::placement::Quant::AsStored,
+            cache_dir: None,
         }
     }
 }
@@ -136,6 +144,11 @@ impl LoadOptions {
 /// Loading stages, reported with progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoadStage {
+    /// A Hugging Face folder converted into the cache, layer by layer.
+    Quantizing {
+        done: usize,
+        total: usize,
+    },
     Reading,
     /// The plan is made; layers are being placed.
     Planned,
@@ -202,9 +215,27 @@ impl Engine {
         opts: &LoadOptions,
         progress: &mut dyn FnMut(LoadStage),
     ) -> Result<Self, EngineError> {
-        progress(LoadStage::Reading);
         crate::placement::alloc::configure();
-        let path = resolve_model_path(&opts.model_path)?;
+        let path = if crate::weights::hf::is_hf_folder(&opts.model_path) {
+            let converted = crate::weights::convert::cached_gguf(
+                &opts.model_path,
+                opts.quant,
+                opts.cache_dir.clone(),
+                &mut |done, total| {
+                    CancelCheck::check(&opts.cancel)?;
+                    progress(LoadStage::Quantizing { done, total });
+                    Ok(())
+                },
+            );
+            match converted {
+                Ok((p, _)) => p,
+                Err(crate::weights::convert::ConvertError::Model(m)) => return Err(m.into()),
+                Err(e) => return Err(EngineError::Invalid(e.to_string())),
+            }
+        } else {
+            resolve_model_path(&opts.model_path)?
+        };
+        progress(LoadStage::Reading);
         let mut gguf = GgufFile::open(&path)?;
         let hp = HParams::from_gguf(&gguf)?;
         let tokenizer = load_tokenizer(&gguf, &path, &hp)?;

@@ -20,6 +20,20 @@ pub struct Perplexity {
 }
 
 impl Engine {
+    /// The logits at every position of `tokens` (row-major, one row of
+    /// `n_vocab` per token), from an empty cache: for parity checks against
+    /// a reference implementation.
+    pub fn logits_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        self.reset();
+        let mut out = Vec::with_capacity(tokens.len() * self.model.hp.n_vocab);
+        for (i, chunk) in tokens.chunks(PROMPT_CHUNK).enumerate() {
+            let logits = self.step(chunk, i * PROMPT_CHUNK, LogitsFor::All)?;
+            out.extend_from_slice(logits);
+        }
+        self.reset();
+        Ok(out)
+    }
+
     /// `chunks = None` scores every whole chunk of the text.
     pub fn perplexity(
         &mut self,

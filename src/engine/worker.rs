@@ -172,6 +172,8 @@ impl Worker {
                 stop_below.load(Ordering::SeqCst) > id
             })),
             model_path: req.model_path.clone(),
+            quant: req.quant,
+            cache_dir: None,
             placement: req.placement.clone(),
             disk_source: DiskSource::ModelFile,
             context_length: req.context_length,
@@ -181,6 +183,12 @@ impl Worker {
         let mut last = Instant::now() - Duration::from_secs(1);
         let mut progress = |stage: LoadStage| {
             let p = match stage {
+                LoadStage::Quantizing { done, total } => {
+                    if done < total && last.elapsed() < Duration::from_millis(50) {
+                        return;
+                    }
+                    LoadProgress::Quantizing { done, total }
+                }
                 LoadStage::Reading => LoadProgress::Reading,
                 LoadStage::Planned => LoadProgress::Placing,
                 LoadStage::Layers { done, total } => {

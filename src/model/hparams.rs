@@ -221,7 +221,11 @@ impl HParams {
             head_dim,
             n_vocab: size("vocab_size")?,
             context_length: size("max_position_embeddings")?,
-            rope_freq_base: float("rope_theta", 10_000.0) as f32,
+            // transformers 5 writes it under rope_parameters.
+            rope_freq_base: get("rope_theta")
+                .or_else(|| get("rope_parameters").and_then(|r| r.get("rope_theta")))
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(10_000.0) as f32,
             rope_style: RopeStyle::Halves,
             rms_eps: float("rms_norm_eps", 1e-6) as f32,
             has_qkv_bias: arch == Arch::Qwen2,

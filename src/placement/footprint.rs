@@ -20,7 +20,7 @@ use crate::weights::GgmlType;
 
 /// Quantization scheme of weights converted at load (or planned from a
 /// config.json).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Quant {
     /// 4-bit K-quants with llama.cpp's Q4_K_M mix: Q6_K for half of the
     /// `attn_v` / `ffn_down` tensors and for the output head.
@@ -29,6 +29,7 @@ pub enum Quant {
     F16,
     BF16,
     /// As stored (config.json's `torch_dtype`).
+    #[default]
     AsStored,
 }
 

@@ -256,6 +256,7 @@ impl SpillwayApp {
             model_path: path,
             placement: self.settings.placement_request(),
             context_length: self.settings.context_length,
+            quant: self.settings.quant(),
             threads: self.settings.threads,
         };
         self.send(Command::Load(req));

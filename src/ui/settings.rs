@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::engine::PlacementRequest;
 use crate::model::sampler::SamplingParams;
-use crate::placement::{BudgetOptions, Mode};
+use crate::placement::{BudgetOptions, Mode, Quant};
 
 const GIB: f64 = (1u64 << 30) as f64;
 const RECENT_MODELS: usize = 8;
@@ -62,6 +62,21 @@ pub struct Settings {
     pub seed: u64,
     pub threads: Option<usize>,
     pub system_prompt: String,
+    /// One of [`QUANTS`]: how a Hugging Face folder is stored.
+    pub quant: String,
+}
+
+/// The quantization choices (`placement::Quant` names).
+pub const QUANTS: [&str; 5] = ["q4_k_m", "q8_0", "f16", "bf16", "none"];
+
+fn quant_label(q: &str) -> &'static str {
+    match q {
+        "q4_k_m" => "4-bit (Q4_K_M)",
+        "q8_0" => "8-bit (Q8_0)",
+        "f16" => "16-bit (f16)",
+        "bf16" => "16-bit (bf16)",
+        _ => "as stored",
+    }
 }
 
 impl Default for Settings {
@@ -88,6 +103,7 @@ impl Default for Settings {
                 seed: 42,
                 threads: None,
                 system_prompt: String::new(),
+                quant: "none".into(),
             },
         }
     }
@@ -120,6 +136,7 @@ impl Settings {
             seed: g.seed,
             threads: c.threads,
             system_prompt: String::new(),
+            quant: c.quant.to_string(),
         }
     }
 
@@ -138,6 +155,9 @@ impl Settings {
         s.mode
             .parse::<Mode>()
             .map_err(|e| format!("{}: mode: {e}", path.display()))?;
+        s.quant
+            .parse::<Quant>()
+            .map_err(|e| format!("{}: quant: {e}", path.display()))?;
         Ok(s)
     }
 
@@ -155,6 +175,10 @@ impl Settings {
         self.recent_models.insert(0, path.to_path_buf());
         self.recent_models.truncate(RECENT_MODELS);
         self.last_model = Some(path.to_path_buf());
+    }
+
+    pub fn quant(&self) -> Quant {
+        self.quant.parse().unwrap_or_default()
     }
 
     pub fn mode(&self) -> Mode {
@@ -254,9 +278,18 @@ pub fn settings_ui(ui: &mut egui::Ui, s: &mut Settings) -> Vec<SettingsAction> {
                 }
             }
         }
-        ui.label(
-            "Quantization: as stored in the GGUF file (4/8/16-bit conversion at load comes with \
-             Hugging Face checkpoints).",
+        egui::ComboBox::from_label("Quantization of Hugging Face checkpoints")
+            .selected_text(quant_label(&s.quant))
+            .show_ui(ui, |ui| {
+                for q in QUANTS {
+                    changed |= ui
+                        .selectable_value(&mut s.quant, q.to_string(), quant_label(q))
+                        .changed();
+                }
+            });
+        ui.small(
+            "Converted once into the cache when the folder is opened; GGUF files load as \
+             stored.",
         );
 
         ui.separator();

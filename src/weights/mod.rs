@@ -4,7 +4,10 @@
 //! This module knows formats, never the UI and never which tier a tensor
 //! lives in: the tier store (`placement`) decides when bytes are read.
 
+pub mod convert;
 pub mod gguf;
+pub mod gguf_write;
+pub mod hf;
 pub mod read;
 pub mod tokenizer;
 

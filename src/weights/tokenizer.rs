@@ -146,9 +146,24 @@ fn merges_from_scores(tokens: &[&str], scores: &[f32], types: &[i32]) -> Vec<(St
     ranked.into_iter().map(|(_, _, _, l, r)| (l, r)).collect()
 }
 
+/// Metadata keys of a converted GGUF holding a Hugging Face folder's files.
+pub const HF_TOKENIZER_JSON: &str = "spillway.hf.tokenizer_json";
+pub const HF_TOKENIZER_CONFIG: &str = "spillway.hf.tokenizer_config_json";
+pub const HF_CHAT_TEMPLATE: &str = "spillway.hf.chat_template_json";
+
 impl TextTokenizer {
     /// Builds the tokenizer stored in a GGUF's metadata.
     pub fn from_gguf(g: &GgufFile) -> Result<Self, TokenizerError> {
+        // A GGUF converted by Spillway from a Hugging Face folder carries
+        // the folder's tokenizer files as they were.
+        if let Some(json) = g.get(HF_TOKENIZER_JSON).and_then(Value::as_str) {
+            let text = |k: &str| g.get(k).and_then(Value::as_str).map(str::as_bytes);
+            return Self::from_hf_files(
+                json.as_bytes(),
+                text(HF_TOKENIZER_CONFIG),
+                text(HF_CHAT_TEMPLATE),
+            );
+        }
         let model = g
             .get("tokenizer.ggml.model")
             .and_then(Value::as_str)
@@ -295,18 +310,48 @@ impl TextTokenizer {
     /// Reads `tokenizer.json` in `dir`, with `tokenizer_config.json` and
     /// `chat_template.json` when present.
     pub fn from_hf_dir(dir: &Path) -> Result<Self, TokenizerError> {
-        let inner = Tokenizer::from_file(dir.join("tokenizer.json"))
-            .map_err(|e| TokenizerError::Tokenizers(format!("{}: {e}", dir.display())))?;
-        let read_json = |name: &str| -> Result<Option<Json>, TokenizerError> {
+        let read = |name: &str| -> Result<Option<Vec<u8>>, TokenizerError> {
             match std::fs::read(dir.join(name)) {
-                Ok(bytes) => serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| TokenizerError::Malformed(format!("{name}: {e}"))),
+                Ok(bytes) => Ok(Some(bytes)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(TokenizerError::Malformed(format!("{name}: {e}"))),
             }
         };
-        let config = read_json("tokenizer_config.json")?.unwrap_or(Json::Null);
+        let tokenizer = read("tokenizer.json")?.ok_or_else(|| {
+            TokenizerError::Missing(format!("{} has no tokenizer.json", dir.display()))
+        })?;
+        Self::from_hf_files(
+            &tokenizer,
+            read("tokenizer_config.json")?.as_deref(),
+            read("chat_template.json")?.as_deref(),
+        )
+        .map_err(|e| match e {
+            TokenizerError::Tokenizers(m) => {
+                TokenizerError::Tokenizers(format!("{}: {m}", dir.display()))
+            }
+            e => e,
+        })
+    }
+
+    /// From the texts of `tokenizer.json`, `tokenizer_config.json` and
+    /// `chat_template.json` (a folder's files, or their copies a converted
+    /// GGUF carries under `spillway.hf.*`).
+    pub fn from_hf_files(
+        tokenizer_json: &[u8],
+        tokenizer_config: Option<&[u8]>,
+        chat_template_json: Option<&[u8]>,
+    ) -> Result<Self, TokenizerError> {
+        let inner = Tokenizer::from_bytes(tokenizer_json)
+            .map_err(|e| TokenizerError::Tokenizers(format!("tokenizer.json: {e}")))?;
+        let parse = |name: &str, bytes: Option<&[u8]>| -> Result<Option<Json>, TokenizerError> {
+            bytes
+                .map(|b| {
+                    serde_json::from_slice(b)
+                        .map_err(|e| TokenizerError::Malformed(format!("{name}: {e}")))
+                })
+                .transpose()
+        };
+        let config = parse("tokenizer_config.json", tokenizer_config)?.unwrap_or(Json::Null);
         let token_str = |v: &Json| -> Option<String> {
             match v {
                 Json::String(s) => Some(s.clone()),
@@ -318,7 +363,7 @@ impl TextTokenizer {
         let bos = with_id(config.get("bos_token").and_then(token_str));
         let eos = with_id(config.get("eos_token").and_then(token_str));
         let mut chat_template = config.get("chat_template").and_then(template_value);
-        if let Some(t) = read_json("chat_template.json")?
+        if let Some(t) = parse("chat_template.json", chat_template_json)?
             .and_then(|j| j.get("chat_template").and_then(template_value))
         {
             chat_template = Some(t);

@@ -6,6 +6,7 @@ mod common;
 mod engine;
 mod errors;
 mod generation;
+mod hf;
 mod placement;
 mod tokenizer;
 mod ui;

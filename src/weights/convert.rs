@@ -1,0 +1,396 @@
+//! Hugging Face folder → GGUF: every tensor quantized (or kept) as the
+//! scheme says, layer by layer on all cores, written once into the cache
+//! and loaded from there like any GGUF (disk-tier layers read from it too).
+//!
+//! The scheme's types per tensor are `placement::Quant::tensor_type` — the
+//! same function the planner sizes a config.json with, so a plan made
+//! before converting is exact: 4-bit is llama.cpp's Q4_K_M mix (Q4_K, with
+//! Q6_K for the output head and for the attention-value and FFN-down
+//! projections of the first and last eighth of the layers and every third
+//! between), 8-bit is Q8_0; norms and biases stay f32. Rows that are not
+//! whole Q4_K/Q6_K super-blocks of 256 fall back as llama.cpp does (Q5_0,
+//! Q8_0).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use super::gguf::Value;
+use super::gguf_write::{GgufWriter, PlannedTensor};
+use super::hf::{HfError, HfFolder};
+use super::tokenizer::{HF_CHAT_TEMPLATE, HF_TOKENIZER_CONFIG, HF_TOKENIZER_JSON};
+use super::GgmlType;
+use crate::model::hparams::Arch;
+use crate::model::transformer::LayerWeights;
+use crate::model::ModelError;
+use crate::placement::Quant;
+
+/// Bumped whenever the converter's output changes, so old cache entries are
+/// not reused.
+const CONVERTER_VERSION: u32 = 1;
+
+/// The generation_config.json of the source, kept in the GGUF.
+pub const HF_GENERATION_CONFIG: &str = "spillway.hf.generation_config_json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error(transparent)]
+    Hf(#[from] HfError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Model(#[from] ModelError),
+    #[error("converting needs {needed} MiB under {dir} but {free} MiB are free; free some space or set SPILLWAY_CACHE_DIR to a larger disk", needed = .needed >> 20, free = .free >> 20)]
+    DiskFull {
+        dir: PathBuf,
+        needed: u64,
+        free: u64,
+    },
+}
+
+/// One tensor of the output: where it comes from and what it becomes.
+struct Job {
+    name: String,
+    layer: Option<usize>,
+    shape: Vec<usize>,
+    ggml_type: GgmlType,
+}
+
+/// The output tensors in file order (embeddings, blocks, final norm, head),
+/// checked against the source's shapes.
+fn jobs(folder: &HfFolder, quant: Quant) -> Result<Vec<Job>, ConvertError> {
+    let hp = &folder.hparams;
+    let mut wanted: Vec<(String, Option<usize>, Vec<usize>)> = vec![(
+        "token_embd.weight".into(),
+        None,
+        vec![hp.n_vocab, hp.n_embd],
+    )];
+    for i in 0..hp.n_layer {
+        for (n, s) in LayerWeights::expected_shapes(hp) {
+            wanted.push((format!("blk.{i}.{n}"), Some(i), s));
+        }
+    }
+    wanted.push(("output_norm.weight".into(), None, vec![hp.n_embd]));
+    // A tied head is the embedding matrix; the file then has no head.
+    if folder.tensors.contains_key("output.weight") || !hp.tied_embeddings {
+        wanted.push(("output.weight".into(), None, vec![hp.n_vocab, hp.n_embd]));
+    }
+    let mut out = Vec::with_capacity(wanted.len());
+    for (name, layer, shape) in wanted {
+        let src = folder.tensors.get(&name).ok_or_else(|| {
+            ModelError::Format(format!(
+                "{}: the checkpoint has no tensor for {name}",
+                folder.dir.display()
+            ))
+        })?;
+        if src.shape != shape {
+            return Err(ModelError::Format(format!(
+                "{} has shape {:?}, config.json implies {shape:?}",
+                src.hf_name, src.shape
+            ))
+            .into());
+        }
+        let row = *shape.last().unwrap_or(&1);
+        let ggml_type =
+            quant.tensor_type(&name, layer, hp.n_layer, row, shape.len() == 1, src.dtype);
+        out.push(Job {
+            name,
+            layer,
+            shape,
+            ggml_type,
+        });
+    }
+    Ok(out)
+}
+
+/// `values` stored as `t`.
+pub fn encode(values: Vec<f32>, shape: &[usize], t: GgmlType) -> Result<Vec<u8>, ModelError> {
+    Ok(match t {
+        GgmlType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        GgmlType::F16 => values
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect(),
+        GgmlType::BF16 => values
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect(),
+        _ => {
+            let tensor = candle_core::Tensor::from_vec(values, shape, &candle_core::Device::Cpu)?;
+            let q = candle_core::quantized::QTensor::quantize(&tensor, t.to_candle())?;
+            q.data()?.into_owned()
+        }
+    })
+}
+
+fn metadata(
+    folder: &HfFolder,
+    quant: Quant,
+    source_key: &str,
+) -> Result<Vec<(String, Value)>, ConvertError> {
+    let hp = &folder.hparams;
+    let arch = match hp.arch {
+        Arch::Llama => "llama",
+        Arch::Qwen2 => "qwen2",
+    };
+    let k = |s: &str| format!("{arch}.{s}");
+    let u = |v: usize| Value::U32(v as u32);
+    let name = folder
+        .dir
+        .file_name()
+        .map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
+    let mut m = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        ("general.name".into(), Value::String(name)),
+        (k("context_length"), u(hp.context_length)),
+        (k("embedding_length"), u(hp.n_embd)),
+        (k("block_count"), u(hp.n_layer)),
+        (k("feed_forward_length"), u(hp.n_ff)),
+        (k("attention.head_count"), u(hp.n_head)),
+        (k("attention.head_count_kv"), u(hp.n_head_kv)),
+        (k("attention.key_length"), u(hp.head_dim)),
+        (k("attention.value_length"), u(hp.head_dim)),
+        (
+            k("attention.layer_norm_rms_epsilon"),
+            Value::F32(hp.rms_eps),
+        ),
+        (k("rope.freq_base"), Value::F32(hp.rope_freq_base)),
+        ("spillway.quant".into(), Value::String(quant.to_string())),
+        ("spillway.source".into(), Value::String(source_key.into())),
+    ];
+    let tokenizer = folder.json_file("tokenizer.json")?.ok_or_else(|| {
+        ModelError::Format(format!("{} has no tokenizer.json", folder.dir.display()))
+    })?;
+    m.push((HF_TOKENIZER_JSON.into(), Value::String(tokenizer)));
+    for (key, file) in [
+        (HF_TOKENIZER_CONFIG, "tokenizer_config.json"),
+        (HF_CHAT_TEMPLATE, "chat_template.json"),
+        (HF_GENERATION_CONFIG, "generation_config.json"),
+    ] {
+        if let Some(text) = folder.json_file(file)? {
+            m.push((key.into(), Value::String(text)));
+        }
+    }
+    Ok(m)
+}
+
+/// Converts `folder` into the GGUF `out` (written to a temporary file, synced,
+/// then renamed, so `out` is whole or absent). `progress(done, total)` after
+/// each layer; an error from it (a cancel) stops the conversion.
+pub fn convert(
+    folder: &HfFolder,
+    quant: Quant,
+    out: &Path,
+    progress: &mut dyn FnMut(usize, usize) -> Result<(), ModelError>,
+) -> Result<(), ConvertError> {
+    let jobs = jobs(folder, quant)?;
+    let planned: Vec<PlannedTensor> = jobs
+        .iter()
+        .map(|j| PlannedTensor {
+            name: j.name.clone(),
+            shape: j.shape.clone(),
+            ggml_type: j.ggml_type,
+        })
+        .collect();
+    let needed: u64 = jobs
+        .iter()
+        .map(|j| {
+            j.ggml_type
+                .bytes_for(j.shape.iter().map(|&d| d as u64).product())
+                .unwrap_or(0)
+        })
+        .sum::<u64>()
+        + (64 << 20);
+    let dir = out.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|source| ConvertError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    if let Some(free) = crate::telemetry::machine::disk_free_bytes(dir) {
+        if free < needed {
+            return Err(ConvertError::DiskFull {
+                dir: dir.to_path_buf(),
+                needed,
+                free,
+            });
+        }
+    }
+    let tmp = out.with_extension(format!("gguf.tmp{}", std::process::id()));
+    let result = write(folder, quant, &jobs, planned, &tmp, progress);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return result;
+    }
+    std::fs::rename(&tmp, out).map_err(|source| {
+        let _ = std::fs::remove_file(&tmp);
+        ConvertError::Write {
+            path: out.to_path_buf(),
+            source,
+        }
+    })?;
+    // The rename is durable once the folder is synced.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn write(
+    folder: &HfFolder,
+    quant: Quant,
+    jobs: &[Job],
+    planned: Vec<PlannedTensor>,
+    tmp: &Path,
+    progress: &mut dyn FnMut(usize, usize) -> Result<(), ModelError>,
+) -> Result<(), ConvertError> {
+    let werr = |source: std::io::Error| ConvertError::Write {
+        path: tmp.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::create(tmp).map_err(werr)?;
+    let key = source_key(folder, quant);
+    let meta = metadata(folder, quant, &key)?;
+    let mut w = GgufWriter::new(
+        std::io::BufWriter::with_capacity(8 << 20, file),
+        &meta,
+        planned,
+    )
+    .map_err(werr)?;
+    // Groups of consecutive jobs of one layer (or one non-layer tensor),
+    // each converted in parallel and written in order.
+    let n_layer = folder.hparams.n_layer;
+    let mut start = 0;
+    let mut layers_done = 0;
+    while start < jobs.len() {
+        let layer = jobs[start].layer;
+        let end = if layer.is_some() {
+            start
+                + jobs[start..]
+                    .iter()
+                    .take_while(|j| j.layer == layer)
+                    .count()
+        } else {
+            start + 1
+        };
+        let encoded: Vec<Result<Vec<u8>, ConvertError>> = jobs[start..end]
+            .par_iter()
+            .map(|j| {
+                let values = folder.read_f32(&j.name)?;
+                Ok(encode(values, &j.shape, j.ggml_type)?)
+            })
+            .collect();
+        for (j, bytes) in jobs[start..end].iter().zip(encoded) {
+            w.write_tensor(&j.name, &bytes?).map_err(werr)?;
+        }
+        folder.release_pages();
+        if layer.is_some() {
+            layers_done += 1;
+            progress(layers_done, n_layer)?;
+        }
+        start = end;
+    }
+    let buf = w.finish().map_err(werr)?;
+    let file = buf.into_inner().map_err(|e| werr(e.into_error()))?;
+    file.sync_all().map_err(werr)?;
+    let mut file = file;
+    file.flush().map_err(werr)?;
+    Ok(())
+}
+
+/// What identifies a conversion: the converter version, the scheme, and
+/// every source file's name, size and modification time.
+pub fn source_key(folder: &HfFolder, quant: Quant) -> String {
+    let mut files: Vec<PathBuf> = folder.shards.clone();
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.json",
+        "generation_config.json",
+    ] {
+        files.push(folder.dir.join(f));
+    }
+    let mut h = Fnv::default();
+    h.add(format!("v{CONVERTER_VERSION} {quant}").as_bytes());
+    for f in files {
+        h.add(
+            f.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        );
+        if let Ok(m) = std::fs::metadata(&f) {
+            h.add(&m.len().to_le_bytes());
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            h.add(&mtime.to_le_bytes());
+        }
+    }
+    format!("{:016x}", h.0)
+}
+
+/// FNV-1a, 64 bits: a cache key, not a checksum of trust.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn add(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        // A separator, so ("ab","c") and ("a","bc") differ.
+        self.0 ^= 0xff;
+        self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+    }
+}
+
+/// The cache folder for converted models: `SPILLWAY_CACHE_DIR`, else the
+/// platform cache folder (`~/.cache/spillway/converted`).
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("SPILLWAY_CACHE_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => directories::ProjectDirs::from("", "", "spillway")
+            .map_or_else(
+                || PathBuf::from(".spillway-cache"),
+                |d| d.cache_dir().to_path_buf(),
+            )
+            .join("converted"),
+    }
+}
+
+/// The converted GGUF of `dir` under `quant`: from the cache when an entry
+/// with the same key exists, else converted now (`progress` per layer).
+/// Returns the path and whether it was converted now.
+pub fn cached_gguf(
+    dir: &Path,
+    quant: Quant,
+    cache: Option<PathBuf>,
+    progress: &mut dyn FnMut(usize, usize) -> Result<(), ModelError>,
+) -> Result<(PathBuf, bool), ConvertError> {
+    let folder = HfFolder::open(dir)?;
+    let key = source_key(&folder, quant);
+    let name = dir
+        .file_name()
+        .map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
+    let out = cache
+        .unwrap_or_else(cache_dir)
+        .join(format!("{name}-{quant}-{key}.gguf"));
+    if out.is_file() {
+        return Ok((out, false));
+    }
+    convert(&folder, quant, &out, progress)?;
+    Ok((out, true))
+}

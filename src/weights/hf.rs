@@ -1,0 +1,437 @@
+//! Hugging Face model folders: `config.json` (flat, or with a nested
+//! `text_config`), safetensors weights (one file or shards listed in
+//! `model.safetensors.index.json`), the tokenizer files and
+//! `generation_config.json`. Tensors are read from memory maps one at a time
+//! and named as GGUF names them, so the converter (`weights::convert`) can
+//! write a GGUF the rest of Spillway loads like any other.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use serde_json::Value as Json;
+
+use crate::model::hparams::{Arch, HParams};
+use crate::model::ModelError;
+
+use super::GgmlType;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HfError {
+    #[error("{path}: {message}")]
+    Bad { path: PathBuf, message: String },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+fn bad(path: &Path, message: impl Into<String>) -> HfError {
+    HfError::Bad {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HfError + '_ {
+    move |source| HfError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// True when `dir` looks like a Hugging Face model folder: a config.json and
+/// safetensors weights.
+pub fn is_hf_folder(dir: &Path) -> bool {
+    dir.is_dir()
+        && dir.join("config.json").is_file()
+        && (dir.join("model.safetensors.index.json").is_file()
+            || std::fs::read_dir(dir).is_ok_and(|entries| {
+                entries.flatten().any(|e| {
+                    e.path()
+                        .extension()
+                        .is_some_and(|x| x.eq_ignore_ascii_case("safetensors"))
+                })
+            }))
+}
+
+/// Where one tensor's bytes are.
+#[derive(Debug, Clone)]
+pub struct SourceTensor {
+    /// The checkpoint's own name.
+    pub hf_name: String,
+    shard: usize,
+    pub dtype: GgmlType,
+    /// Outermost first.
+    pub shape: Vec<usize>,
+    /// Byte range inside the shard's mapping.
+    start: usize,
+    end: usize,
+}
+
+impl SourceTensor {
+    pub fn elems(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// An opened Hugging Face folder.
+pub struct HfFolder {
+    pub dir: PathBuf,
+    pub config: Json,
+    pub hparams: HParams,
+    /// The safetensors files, in index order.
+    pub shards: Vec<PathBuf>,
+    maps: Vec<Mmap>,
+    /// GGUF name → where the tensor is; vision tensors are left out.
+    pub tensors: BTreeMap<String, SourceTensor>,
+}
+
+impl HfFolder {
+    pub fn open(dir: &Path) -> Result<Self, HfError> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(io(&config_path))?;
+        let config: Json = serde_json::from_str(&text)
+            .map_err(|e| bad(&config_path, format!("not valid JSON: {e}")))?;
+        let hparams = HParams::from_hf_config(&config)?;
+        let shards = shard_files(dir)?;
+        let mut maps = Vec::with_capacity(shards.len());
+        let mut tensors = BTreeMap::new();
+        for (i, path) in shards.iter().enumerate() {
+            let file = std::fs::File::open(path).map_err(io(path))?;
+            // SAFETY: the mapping is read-only; a file changed underneath
+            // while converting gives wrong numbers, not unsafety in Rust
+            // terms that this process could cause.
+            let map = unsafe { Mmap::map(&file) }.map_err(io(path))?;
+            for t in read_header(path, &map, i)? {
+                if let Some(name) = gguf_name(&t.hf_name) {
+                    if tensors.insert(name.clone(), t).is_some() {
+                        return Err(bad(path, format!("tensor {name} appears twice")));
+                    }
+                }
+            }
+            maps.push(map);
+        }
+        Ok(HfFolder {
+            dir: dir.to_path_buf(),
+            config,
+            hparams,
+            shards,
+            maps,
+            tensors,
+        })
+    }
+
+    /// The tensor's values as f32 (exact for bf16, f16 and f32 sources), rows
+    /// of the query and key projections reordered for GGUF's llama layout.
+    pub fn read_f32(&self, gguf_name: &str) -> Result<Vec<f32>, HfError> {
+        let t = self
+            .tensors
+            .get(gguf_name)
+            .ok_or_else(|| bad(&self.dir, format!("tensor {gguf_name} is missing")))?;
+        let bytes = &self.maps[t.shard][t.start..t.end];
+        let mut out = vec![0f32; t.elems()];
+        match t.dtype {
+            GgmlType::F32 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            GgmlType::F16 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            GgmlType::BF16 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            other => {
+                return Err(bad(
+                    &self.shards[t.shard],
+                    format!("{}: unsupported dtype {other}", t.hf_name),
+                ))
+            }
+        }
+        if self.hparams.arch == Arch::Llama {
+            let hp = &self.hparams;
+            if gguf_name.ends_with("attn_q.weight") || gguf_name.ends_with("attn_q.bias") {
+                out = interleave_rope_rows(&out, hp.n_head, hp.head_dim);
+            } else if gguf_name.ends_with("attn_k.weight") || gguf_name.ends_with("attn_k.bias") {
+                out = interleave_rope_rows(&out, hp.n_head_kv, hp.head_dim);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops the pages of every mapping from this process (after a layer is
+    /// converted), so the resident set does not grow with the checkpoint.
+    pub fn release_pages(&self) {
+        #[cfg(unix)]
+        for m in &self.maps {
+            // SAFETY: the mapping is a read-only map of a file: dropped pages
+            // are read again from the file when touched, so no data is lost
+            // and no reference into the map becomes invalid. A failure only
+            // leaves the pages to the kernel.
+            let _ = unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
+    }
+
+    /// A named JSON file of the folder, when present.
+    pub fn json_file(&self, name: &str) -> Result<Option<String>, HfError> {
+        let path = self.dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(t) => {
+                serde_json::from_str::<Json>(&t)
+                    .map_err(|e| bad(&path, format!("not valid JSON: {e}")))?;
+                Ok(Some(t))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// The source dtype most weights have (what "as stored" keeps).
+    pub fn stored_type(&self) -> GgmlType {
+        self.tensors
+            .get("token_embd.weight")
+            .map_or(GgmlType::BF16, |t| t.dtype)
+    }
+}
+
+/// The safetensors files: those the index lists, else model.safetensors,
+/// else every `*.safetensors` in the folder.
+fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, HfError> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(io(&index))?;
+        let json: Json =
+            serde_json::from_str(&text).map_err(|e| bad(&index, format!("not valid JSON: {e}")))?;
+        let map = json
+            .get("weight_map")
+            .and_then(Json::as_object)
+            .ok_or_else(|| bad(&index, "no weight_map"))?;
+        let mut files: Vec<String> = Vec::new();
+        for v in map.values() {
+            let f = v
+                .as_str()
+                .ok_or_else(|| bad(&index, "a weight_map value is not a file name"))?;
+            if f.contains('/') || f.contains('\\') || f.starts_with('.') {
+                return Err(bad(&index, format!("shard name {f:?} leaves the folder")));
+            }
+            if !files.iter().any(|x| x == f) {
+                files.push(f.to_string());
+            }
+        }
+        files.sort();
+        let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+        if let Some(missing) = paths.iter().find(|p| !p.is_file()) {
+            return Err(bad(
+                &index,
+                format!("shard {} is missing", missing.display()),
+            ));
+        }
+        return Ok(paths);
+    }
+    // One file: model.safetensors (other .safetensors beside it, such as
+    // adapters or references, are not weights of the model).
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("safetensors"))
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(bad(dir, "no .safetensors weights"));
+    }
+    Ok(files)
+}
+
+/// The tensor table of one safetensors file, checked against its size.
+fn read_header(path: &Path, map: &[u8], shard: usize) -> Result<Vec<SourceTensor>, HfError> {
+    if map.len() < 8 {
+        return Err(bad(path, "too short to be a safetensors file"));
+    }
+    let n = u64::from_le_bytes(map[..8].try_into().unwrap_or_default());
+    let header_end = 8u64
+        .checked_add(n)
+        .filter(|&e| e <= map.len() as u64 && n <= 100 << 20)
+        .ok_or_else(|| bad(path, format!("header of {n} bytes does not fit the file")))?
+        as usize;
+    let header: serde_json::Map<String, Json> = serde_json::from_slice(&map[8..header_end])
+        .map_err(|e| bad(path, format!("header is not valid JSON: {e}")))?;
+    let data_len = map.len() - header_end;
+    let mut out = Vec::new();
+    for (name, info) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let field = |k: &str| {
+            info.get(k)
+                .ok_or_else(|| bad(path, format!("{name}: no {k}")))
+        };
+        let dtype = match field("dtype")?.as_str() {
+            Some("BF16") => GgmlType::BF16,
+            Some("F16") => GgmlType::F16,
+            Some("F32") => GgmlType::F32,
+            Some(other) => {
+                return Err(bad(
+                    path,
+                    format!(
+                        "{name}: dtype {other} is not supported (bf16, f16 or f32 checkpoints)"
+                    ),
+                ))
+            }
+            None => return Err(bad(path, format!("{name}: dtype is not a string"))),
+        };
+        let shape: Vec<usize> = field("shape")?
+            .as_array()
+            .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+            .ok_or_else(|| bad(path, format!("{name}: bad shape")))?;
+        let offsets: Vec<usize> = field("data_offsets")?
+            .as_array()
+            .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+            .filter(|v: &Vec<usize>| v.len() == 2)
+            .ok_or_else(|| bad(path, format!("{name}: bad data_offsets")))?;
+        let elems = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let width = if dtype == GgmlType::F32 { 4 } else { 2 };
+        let want = elems.and_then(|e| e.checked_mul(width));
+        if offsets[0] > offsets[1] || offsets[1] > data_len || want != Some(offsets[1] - offsets[0])
+        {
+            return Err(bad(
+                path,
+                format!("{name}: its bytes {offsets:?} do not match shape {shape:?} inside the file (truncated?)"),
+            ));
+        }
+        out.push(SourceTensor {
+            hf_name: name,
+            shard,
+            dtype,
+            shape,
+            start: header_end + offsets[0],
+            end: header_end + offsets[1],
+        });
+    }
+    Ok(out)
+}
+
+/// The GGUF name of a checkpoint tensor; `None` for tensors the text model
+/// does not use (the vision tower, rotary caches).
+pub fn gguf_name(hf: &str) -> Option<String> {
+    // Text-model prefixes of the different layouts: Llama/Mistral/Qwen2
+    // (`model.`), Qwen2.5-VL as first released (`model.` + `visual.`) and
+    // as re-saved by newer transformers (`model.language_model.`).
+    let rest = hf
+        .strip_prefix("model.language_model.")
+        .or_else(|| hf.strip_prefix("language_model.model."))
+        .or_else(|| hf.strip_prefix("model."))
+        .unwrap_or(hf);
+    if hf.starts_with("visual.") || hf.starts_with("model.visual.") {
+        return None;
+    }
+    match rest {
+        "embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    if hf == "lm_head.weight" || hf == "language_model.lm_head.weight" {
+        return Some("output.weight".into());
+    }
+    let rest = rest.strip_prefix("layers.")?;
+    let (i, part) = rest.split_once('.')?;
+    let i: usize = i.parse().ok()?;
+    let (module, kind) = part.rsplit_once('.')?;
+    let gguf = match module {
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        _ => return None,
+    };
+    Some(format!("blk.{i}.{gguf}.{kind}"))
+}
+
+/// Reorders the rows of a query or key projection from Hugging Face's
+/// rotary layout (each head's first half rotates with its second half) to
+/// GGUF llama's (adjacent pairs rotate), as llama.cpp's converter does.
+/// Works for a weight (rows × cols) and a bias (cols = 1).
+pub fn interleave_rope_rows(w: &[f32], heads: usize, head_dim: usize) -> Vec<f32> {
+    let rows = heads * head_dim;
+    let cols = w.len() / rows.max(1);
+    let half = head_dim / 2;
+    let mut out = vec![0f32; w.len()];
+    for h in 0..heads {
+        for s in 0..2 {
+            for j in 0..half {
+                let from = h * head_dim + s * half + j;
+                let to = h * head_dim + 2 * j + s;
+                out[to * cols..(to + 1) * cols].copy_from_slice(&w[from * cols..(from + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_of_every_layout() {
+        for (hf, gguf) in [
+            ("model.embed_tokens.weight", Some("token_embd.weight")),
+            ("lm_head.weight", Some("output.weight")),
+            ("model.norm.weight", Some("output_norm.weight")),
+            (
+                "model.layers.3.self_attn.q_proj.bias",
+                Some("blk.3.attn_q.bias"),
+            ),
+            (
+                "model.language_model.layers.0.mlp.down_proj.weight",
+                Some("blk.0.ffn_down.weight"),
+            ),
+            (
+                "model.layers.1.post_attention_layernorm.weight",
+                Some("blk.1.ffn_norm.weight"),
+            ),
+            ("visual.blocks.0.attn.qkv.weight", None),
+            ("model.visual.merger.mlp.0.weight", None),
+            ("model.layers.0.self_attn.rotary_emb.inv_freq", None),
+        ] {
+            assert_eq!(gguf_name(hf).as_deref(), gguf, "{hf}");
+        }
+    }
+
+    #[test]
+    fn rope_rows_interleave() {
+        // One head of 4 dims, 1 column: rows [a0 a1 | b0 b1] → [a0 b0 a1 b1].
+        assert_eq!(
+            interleave_rope_rows(&[0., 1., 2., 3.], 1, 4),
+            vec![0., 2., 1., 3.]
+        );
+        // Two heads, two columns.
+        let w: Vec<f32> = (0..16).map(|x| x as f32).collect();
+        let p = interleave_rope_rows(&w, 2, 4);
+        assert_eq!(&p[..8], &[0., 1., 4., 5., 2., 3., 6., 7.]);
+        assert_eq!(&p[8..], &[8., 9., 12., 13., 10., 11., 14., 15.]);
+    }
+}
