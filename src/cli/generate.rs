@@ -128,7 +128,9 @@ pub fn run(a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
     };
     // Validate inputs before the (slow) load.
     let messages = if a.raw { Vec::new() } else { a.messages()? };
+    let load_start = std::time::Instant::now();
     let mut engine = a.model.load(config)?;
+    let load_seconds = load_start.elapsed().as_secs_f64();
     let prompt = if a.raw {
         engine.text_tokens(a.prompt.as_deref().unwrap_or_default())?
     } else {
@@ -161,6 +163,9 @@ pub fn run(a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
             "decode_tokens_per_sec": gen.decode_tokens_per_sec(),
             "peak_rss_bytes": rss.map(|r| r.peak.max(load_peak.unwrap_or(0))),
             "generation_peak_rss_bytes": rss.map(|r| r.peak),
+            // Loading (converting a Hugging Face folder included).
+            "load_seconds": load_seconds,
+            "load_peak_rss_bytes": load_peak,
             "memory": {
                 "non_layer_bytes": engine.non_layer_bytes(),
                 "max_layer_bytes": max_layer,

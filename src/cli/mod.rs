@@ -6,6 +6,7 @@ mod generate;
 mod inspect;
 mod perplexity;
 mod plan;
+mod quantize;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,9 @@ enum Command {
     /// Where each layer would go (VRAM, RAM, disk) and the predicted speed,
     /// from a GGUF's tensor table or a config.json, without loading weights.
     Plan(plan::PlanArgs),
+    /// Convert a Hugging Face model folder to a GGUF (4-bit, 8-bit, 16-bit
+    /// or as stored), into a file or the cache later loads use.
+    Quantize(quantize::QuantizeArgs),
 }
 
 /// Placement options every command that places a model shares.
@@ -295,5 +299,6 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Bench(a)) => bench::run(a, &config),
         Some(Command::Inspect(a)) => inspect::run(a),
         Some(Command::Plan(a)) => plan::run(a, &config),
+        Some(Command::Quantize(a)) => quantize::run(a),
     }
 }

@@ -11,7 +11,6 @@
 //! whole Q4_K/Q6_K super-blocks of 256 fall back as llama.cpp does (Q5_0,
 //! Q8_0).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -296,10 +295,7 @@ fn write(
     }
     let buf = w.finish().map_err(werr)?;
     let file = buf.into_inner().map_err(|e| werr(e.into_error()))?;
-    file.sync_all().map_err(werr)?;
-    let mut file = file;
-    file.flush().map_err(werr)?;
-    Ok(())
+    file.sync_all().map_err(werr)
 }
 
 /// What identifies a conversion: the converter version, the scheme, and

@@ -1,7 +1,7 @@
 //! Writes GGUF v3 files: metadata, the tensor table, then tensor data
 //! streamed one tensor at a time (nothing but the table is held).
 
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Seek, Write};
 
 use super::gguf::Value;
 use super::GgmlType;
@@ -37,7 +37,6 @@ pub struct GgufWriter<W: Write + Seek> {
     out: W,
     tensors: Vec<PlannedTensor>,
     next: usize,
-    data_start: u64,
 }
 
 fn put_str(out: &mut impl Write, s: &str) -> io::Result<()> {
@@ -122,7 +121,6 @@ impl<W: Write + Seek> GgufWriter<W> {
             out,
             tensors,
             next: 0,
-            data_start,
         })
     }
 
@@ -161,8 +159,6 @@ impl<W: Write + Seek> GgufWriter<W> {
             ));
         }
         self.out.flush()?;
-        let _ = self.out.seek(SeekFrom::Current(0))?;
-        let _ = self.data_start;
         Ok(self.out)
     }
 }

@@ -210,3 +210,188 @@ fn a_truncated_checkpoint_is_a_clear_error() {
     );
     assert_eq!(std::fs::read_dir(cache.path()).map_or(0, |d| d.count()), 0);
 }
+
+/// Writes a safetensors file of bf16 tensors with pseudo-random values,
+/// streamed (never held whole); returns its size.
+fn write_bf16_safetensors(path: &Path, tensors: &[(String, Vec<usize>)], seed: u64) -> u64 {
+    use std::io::Write;
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, shape) in tensors {
+        let bytes = shape.iter().product::<usize>() * 2;
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut text = serde_json::to_string(&header).unwrap();
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut f = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(path).unwrap());
+    f.write_all(&(text.len() as u64).to_le_bytes()).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    let mut state = seed | 1;
+    let mut buf = Vec::with_capacity(1 << 20);
+    for (_, shape) in tensors {
+        let n: usize = shape.iter().product();
+        // Values of a fan-in-scaled matrix (or norm gains near 1).
+        let scale = if shape.len() == 1 {
+            0.1
+        } else {
+            1.0 / (shape[1] as f32).sqrt()
+        };
+        let base = if shape.len() == 1 { 1.0 } else { 0.0 };
+        for i in 0..n {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let u = (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+            buf.extend_from_slice(&half::bf16::from_f32(base + scale * u * 1.7).to_le_bytes());
+            if buf.len() >= 1 << 20 || i + 1 == n {
+                f.write_all(&buf).unwrap();
+                buf.clear();
+            }
+        }
+    }
+    f.flush().unwrap();
+    std::fs::metadata(path).unwrap().len()
+}
+
+/// A synthetic bf16 checkpoint over 1 GB in two shards: converted to the
+/// 4-bit scheme (Q4_K) within one shard's mapping plus two layers of peak
+/// memory, and a second load from the cache in under 10% of the first
+/// load's time.
+#[test]
+fn a_large_checkpoint_quantizes_within_memory_and_loads_from_the_cache() {
+    let (d, ff, heads, kv_heads, layers, vocab) =
+        (2048usize, 5632usize, 16usize, 4usize, 12usize, 700usize);
+    let hd = d / heads;
+    let src = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({
+        "architectures": ["MistralForCausalLM"], "model_type": "mistral",
+        "hidden_size": d, "intermediate_size": ff, "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads, "num_hidden_layers": layers, "vocab_size": vocab,
+        "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "rope_theta": 1e6,
+        "tie_word_embeddings": false, "torch_dtype": "bfloat16"
+    });
+    std::fs::write(src.path().join("config.json"), config.to_string()).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture("mistral_tiny").join(f), src.path().join(f)).unwrap();
+    }
+    let layer = |i: usize| -> Vec<(String, Vec<usize>)> {
+        let p = format!("model.layers.{i}.");
+        vec![
+            (format!("{p}input_layernorm.weight"), vec![d]),
+            (format!("{p}self_attn.q_proj.weight"), vec![d, d]),
+            (
+                format!("{p}self_attn.k_proj.weight"),
+                vec![kv_heads * hd, d],
+            ),
+            (
+                format!("{p}self_attn.v_proj.weight"),
+                vec![kv_heads * hd, d],
+            ),
+            (format!("{p}self_attn.o_proj.weight"), vec![d, d]),
+            (format!("{p}post_attention_layernorm.weight"), vec![d]),
+            (format!("{p}mlp.gate_proj.weight"), vec![ff, d]),
+            (format!("{p}mlp.up_proj.weight"), vec![ff, d]),
+            (format!("{p}mlp.down_proj.weight"), vec![d, ff]),
+        ]
+    };
+    let layer_bytes: u64 = layer(0)
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>() as u64 * 2)
+        .sum();
+    let mut first = vec![("model.embed_tokens.weight".to_string(), vec![vocab, d])];
+    let mut second = Vec::new();
+    for i in 0..layers {
+        if i < layers / 2 {
+            first.extend(layer(i))
+        } else {
+            second.extend(layer(i))
+        }
+    }
+    second.push(("model.norm.weight".into(), vec![d]));
+    second.push(("lm_head.weight".into(), vec![vocab, d]));
+    let shards = [
+        ("model-00001-of-00002.safetensors", &first),
+        ("model-00002-of-00002.safetensors", &second),
+    ];
+    let mut weight_map = serde_json::Map::new();
+    let mut sizes = Vec::new();
+    for (i, (file, tensors)) in shards.iter().enumerate() {
+        sizes.push(write_bf16_safetensors(
+            &src.path().join(file),
+            tensors,
+            7 + i as u64,
+        ));
+        for (name, _) in tensors.iter() {
+            weight_map.insert(name.clone(), serde_json::json!(file));
+        }
+    }
+    std::fs::write(
+        src.path().join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": weight_map}).to_string(),
+    )
+    .unwrap();
+    let total: u64 = sizes.iter().sum();
+    assert!(total > 1 << 30, "{total} bytes");
+
+    let generate = || -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+            .args(["generate", "--model"])
+            .arg(src.path())
+            .args([
+                "--quant",
+                "q4_k_m",
+                "--prompt",
+                "Hello",
+                "--raw",
+                "--max-tokens",
+                "1",
+                "--greedy",
+                "--json",
+            ])
+            .env("SPILLWAY_CACHE_DIR", cache.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let one = generate();
+    let two = generate();
+    let (t1, t2) = (
+        one["load_seconds"].as_f64().unwrap(),
+        two["load_seconds"].as_f64().unwrap(),
+    );
+    let peak = one["load_peak_rss_bytes"].as_u64().unwrap();
+    let bound = sizes.iter().max().unwrap() + 2 * layer_bytes;
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    eprintln!(
+        "checkpoint {:.0} MiB in shards of {:.0}/{:.0} MiB, layers of {:.0} MiB: first load (converting) {t1:.2} s, \
+         peak RSS {:.0} MiB (bound {:.0} MiB); second load from the cache {t2:.3} s ({:.1}%)",
+        mib(total), mib(sizes[0]), mib(sizes[1]), mib(layer_bytes), mib(peak), mib(bound), 100.0 * t2 / t1
+    );
+    assert!(peak < bound, "peak RSS {peak} over {bound}");
+    assert!(t2 < 0.1 * t1, "second load {t2:.3} s vs first {t1:.3} s");
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1);
+    // The layers really are Q4_K (with the Q4_K_M mix's Q6_K).
+    let entry = std::fs::read_dir(cache.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let g = spillway::weights::gguf::GgufFile::open(&entry).unwrap();
+    let ty = |n: &str| g.tensor(n).unwrap().ggml_type.to_string();
+    assert_eq!(ty("blk.5.ffn_gate.weight"), "Q4_K");
+    assert_eq!(ty("output.weight"), "Q6_K");
+    assert_eq!(ty("blk.0.ffn_down.weight"), "Q6_K");
+}
