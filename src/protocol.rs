@@ -55,8 +55,10 @@ pub enum Command {
 }
 
 /// Where a load is.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum LoadProgress {
+    /// A model fetched from the Hugging Face Hub.
+    Downloading(crate::weights::download::DownloadProgress),
     /// A Hugging Face checkpoint converted into the cache (once).
     Quantizing {
         done: usize,
@@ -72,8 +74,9 @@ pub enum LoadProgress {
 
 impl LoadProgress {
     /// 0..=1, for a progress bar.
-    pub fn fraction(self) -> f32 {
-        match self {
+    pub fn fraction(&self) -> f32 {
+        match *self {
+            LoadProgress::Downloading(ref d) => d.done_bytes as f32 / d.total_bytes.max(1) as f32,
             // Converting takes most of a first load; placing the rest.
             LoadProgress::Quantizing { done, total } => 0.7 * done as f32 / total.max(1) as f32,
             LoadProgress::Reading => 0.02,
@@ -82,8 +85,23 @@ impl LoadProgress {
         }
     }
 
-    pub fn label(self) -> String {
-        match self {
+    pub fn label(&self) -> String {
+        match *self {
+            LoadProgress::Downloading(ref d) => {
+                let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+                let eta = d
+                    .eta_secs
+                    .map_or(String::new(), |s| format!(", {s:.0} s left"));
+                format!(
+                    "downloading {} ({}/{}): {:.0} of {:.0} MiB, {:.1} MiB/s{eta}",
+                    d.file,
+                    d.index + 1,
+                    d.files,
+                    mib(d.done_bytes),
+                    mib(d.total_bytes),
+                    mib(d.bytes_per_sec as u64)
+                )
+            }
             LoadProgress::Quantizing { done, total } => {
                 format!("converting the checkpoint, layer {done}/{total}")
             }

@@ -2,6 +2,7 @@
 //! on. Each subcommand drives the same engine the desktop app uses.
 
 mod bench;
+mod download;
 mod generate;
 mod inspect;
 mod perplexity;
@@ -60,6 +61,10 @@ enum Command {
     /// Convert a Hugging Face model folder to a GGUF (4-bit, 8-bit, 16-bit
     /// or as stored), into a file or the cache later loads use.
     Quantize(quantize::QuantizeArgs),
+    /// Download a model from the Hugging Face Hub into the Hugging Face
+    /// cache (resumed if interrupted, checked against the Hub's sizes and
+    /// checksums).
+    Download(download::DownloadArgs),
 }
 
 /// Placement options every command that places a model shares.
@@ -168,13 +173,19 @@ impl ModelArgs {
             cancel: None,
             quant: self.quant.unwrap_or(config.quant),
             cache_dir: None,
+            hub: Default::default(),
         }
     }
 
     /// Sets the compute threads, then loads the model with a progress bar.
     fn load(&self, config: &Config) -> anyhow::Result<Engine> {
         set_threads(self.threads.or(config.threads))?;
-        let hf = crate::weights::hf::is_hf_folder(&self.model);
+        let hf = crate::weights::hf::is_hf_folder(&self.model)
+            || self
+                .model
+                .to_str()
+                .and_then(crate::weights::download::RepoRef::parse)
+                .is_some();
         if !hf
             && self
                 .quant
@@ -193,6 +204,17 @@ impl ModelArgs {
         }
         let bar = progress_bar("loading");
         let engine = Engine::load(&self.load_options(config), &mut |stage| match stage {
+            LoadStage::Downloading(d) => {
+                bar.set_length(d.total_bytes);
+                bar.set_position(d.done_bytes);
+                bar.set_message(format!(
+                    "downloading {} ({}/{}) {:.1} MiB/s",
+                    d.file,
+                    d.index + 1,
+                    d.files,
+                    d.bytes_per_sec / (1u64 << 20) as f64
+                ));
+            }
             LoadStage::Quantizing { done, total } => {
                 bar.set_length(total as u64);
                 bar.set_position(done as u64);
@@ -300,5 +322,6 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Inspect(a)) => inspect::run(a),
         Some(Command::Plan(a)) => plan::run(a, &config),
         Some(Command::Quantize(a)) => quantize::run(a),
+        Some(Command::Download(a)) => download::run(a),
     }
 }

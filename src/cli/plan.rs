@@ -72,7 +72,20 @@ fn footprint(a: &PlanArgs, config: &Config) -> anyhow::Result<(Footprint, String
             None => Ok(trained),
         }
     };
-    if let Some(path) = config_path(&a.model) {
+    // A repo id: only its config.json is fetched (planning comes before
+    // downloading the weights).
+    let model = match a
+        .model
+        .to_str()
+        .and_then(crate::weights::download::RepoRef::parse)
+    {
+        Some(mut repo) if repo.file.is_none() => {
+            repo.file = Some("config.json".into());
+            crate::weights::download::download(&repo, &Default::default(), &mut |_| true)?
+        }
+        _ => a.model.clone(),
+    };
+    if let Some(path) = config_path(&model) {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let json: serde_json::Value = serde_json::from_str(&text)
@@ -98,7 +111,8 @@ fn footprint(a: &PlanArgs, config: &Config) -> anyhow::Result<(Footprint, String
     if a.quant.is_some_and(|q| q != Quant::AsStored) {
         anyhow::bail!("a GGUF is planned as stored; --quant applies to a config.json or a Hugging Face folder");
     }
-    let path = crate::engine::resolve_model_path(&a.model)?;
+    let path = crate::engine::local_model(&model, &Default::default(), &None, &mut |_| {})?;
+    let path = crate::engine::resolve_model_path(&path)?;
     let gguf = GgufFile::open(&path)?;
     let hp = HParams::from_gguf(&gguf)?;
     let fp = Footprint::from_gguf(&gguf, &hp, ctx_for(hp.context_length)?, PROMPT_CHUNK);

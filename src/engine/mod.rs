@@ -122,6 +122,8 @@ pub struct LoadOptions {
     /// Where converted checkpoints are cached (default:
     /// `weights::convert::cache_dir()`).
     pub cache_dir: Option<PathBuf>,
+    /// Where a repo id is downloaded from and to.
+    pub hub: crate::weights::download::HubOptions,
 }
 
 impl LoadOptions {
@@ -137,13 +139,16 @@ impl LoadOptions {
             cancel: None,
             quant: crate::placement::Quant::AsStored,
             cache_dir: None,
+            hub: Default::default(),
         }
     }
 }
 
 /// Loading stages, reported with progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum LoadStage {
+    /// A model fetched from the Hugging Face Hub (a repo id as the path).
+    Downloading(crate::weights::download::DownloadProgress),
     /// A Hugging Face folder converted into the cache, layer by layer.
     Quantizing {
         done: usize,
@@ -210,15 +215,38 @@ pub fn resolve_model_path(path: &Path) -> Result<PathBuf, EngineError> {
     Ok(path.to_path_buf())
 }
 
+/// `path` itself, or for a Hugging Face repo id (`owner/name[@rev][:file]`)
+/// that is not a local path, the downloaded snapshot folder or file.
+pub fn local_model(
+    path: &Path,
+    hub: &crate::weights::download::HubOptions,
+    cancel: &Option<CancelCheck>,
+    progress: &mut dyn FnMut(LoadStage),
+) -> Result<PathBuf, EngineError> {
+    use crate::weights::download::{download, RepoRef};
+    let Some(repo) = path.to_str().and_then(RepoRef::parse) else {
+        return Ok(path.to_path_buf());
+    };
+    download(&repo, hub, &mut |p| {
+        progress(LoadStage::Downloading(p.clone()));
+        CancelCheck::check(cancel).is_ok()
+    })
+    .map_err(|e| match e {
+        crate::weights::download::DownloadError::Cancelled => ModelError::Cancelled.into(),
+        e => EngineError::Invalid(e.to_string()),
+    })
+}
+
 impl Engine {
     pub fn load(
         opts: &LoadOptions,
         progress: &mut dyn FnMut(LoadStage),
     ) -> Result<Self, EngineError> {
         crate::placement::alloc::configure();
-        let path = if crate::weights::hf::is_hf_folder(&opts.model_path) {
+        let local = local_model(&opts.model_path, &opts.hub, &opts.cancel, progress)?;
+        let path = if crate::weights::hf::is_hf_folder(&local) {
             let converted = crate::weights::convert::cached_gguf(
-                &opts.model_path,
+                &local,
                 opts.quant,
                 opts.cache_dir.clone(),
                 &mut |done, total| {
@@ -233,7 +261,7 @@ impl Engine {
                 Err(e) => return Err(EngineError::Invalid(e.to_string())),
             }
         } else {
-            resolve_model_path(&opts.model_path)?
+            resolve_model_path(&local)?
         };
         progress(LoadStage::Reading);
         let mut gguf = GgufFile::open(&path)?;

@@ -174,6 +174,7 @@ impl Worker {
             model_path: req.model_path.clone(),
             quant: req.quant,
             cache_dir: None,
+            hub: Default::default(),
             placement: req.placement.clone(),
             disk_source: DiskSource::ModelFile,
             context_length: req.context_length,
@@ -183,6 +184,7 @@ impl Worker {
         let mut last = Instant::now() - Duration::from_secs(1);
         let mut progress = |stage: LoadStage| {
             let p = match stage {
+                LoadStage::Downloading(d) => LoadProgress::Downloading(d),
                 LoadStage::Quantizing { done, total } => {
                     if done < total && last.elapsed() < Duration::from_millis(50) {
                         return;

@@ -5,6 +5,7 @@
 //! lives in: the tier store (`placement`) decides when bytes are read.
 
 pub mod convert;
+pub mod download;
 pub mod gguf;
 pub mod gguf_write;
 pub mod hf;

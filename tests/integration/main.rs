@@ -3,6 +3,7 @@
 //! in the README runs it first).
 
 mod common;
+mod download;
 mod engine;
 mod errors;
 mod generation;
