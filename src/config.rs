@@ -219,6 +219,39 @@ pub fn user_config_path() -> Option<PathBuf> {
     directories::ProjectDirs::from("", "", "spillway").map(|d| d.config_dir().join("config.yaml"))
 }
 
+impl GenerationDefaults {
+    /// These defaults with a model's `generation_config.json` over them
+    /// (`temperature`, `top_p`, `top_k`, `repetition_penalty`,
+    /// `max_new_tokens`; `do_sample: false` means greedy). Values out of
+    /// range are ignored.
+    pub fn with_model(&self, gen: &serde_json::Value) -> GenerationDefaults {
+        let mut g = self.clone();
+        let f = |k: &str| gen.get(k).and_then(serde_json::Value::as_f64);
+        if let Some(t) = f("temperature").filter(|t| *t >= 0.0 && t.is_finite()) {
+            g.temperature = t as f32;
+        }
+        if let Some(p) = f("top_p").filter(|p| (0.0..=1.0).contains(p)) {
+            g.top_p = p as f32;
+        }
+        if let Some(k) = gen.get("top_k").and_then(serde_json::Value::as_u64) {
+            g.top_k = k as usize;
+        }
+        if let Some(r) = f("repetition_penalty").filter(|r| *r > 0.0 && r.is_finite()) {
+            g.repetition_penalty = r as f32;
+        }
+        if let Some(n) = gen
+            .get("max_new_tokens")
+            .and_then(serde_json::Value::as_u64)
+        {
+            g.max_new_tokens = n as usize;
+        }
+        if gen.get("do_sample").and_then(serde_json::Value::as_bool) == Some(false) {
+            g.temperature = 0.0;
+        }
+        g
+    }
+}
+
 impl Config {
     /// The embedded defaults.
     pub fn defaults() -> Result<Config, ConfigError> {
@@ -390,6 +423,24 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(reset.context_length, None);
+    }
+
+    #[test]
+    fn a_models_generation_config_sets_the_sampling_defaults() {
+        let c = Config::defaults().unwrap();
+        let g = c.generation.with_model(&serde_json::json!({
+            "temperature": 0.6, "top_p": 0.9, "top_k": 20, "repetition_penalty": 1.05,
+            "do_sample": true, "max_new_tokens": 2048
+        }));
+        assert_eq!((g.temperature, g.top_p, g.top_k), (0.6, 0.9, 20));
+        assert_eq!((g.repetition_penalty, g.max_new_tokens), (1.05, 2048));
+        let greedy = c
+            .generation
+            .with_model(&serde_json::json!({"do_sample": false, "top_p": 7}));
+        assert_eq!(
+            (greedy.temperature, greedy.top_p),
+            (0.0, c.generation.top_p)
+        );
     }
 
     #[test]

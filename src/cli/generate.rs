@@ -131,6 +131,20 @@ pub fn run(a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let load_start = std::time::Instant::now();
     let mut engine = a.model.load(config)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
+    // A converted checkpoint's generation_config.json sets the defaults
+    // the flags did not.
+    let params = match engine.generation_config() {
+        Some(gen) => {
+            let mut c = config.clone();
+            c.generation = c.generation.with_model(gen);
+            GenerateParams {
+                max_tokens: a.max_tokens.unwrap_or(c.generation.max_new_tokens),
+                sampling: a.sampling(&c)?,
+                ..params
+            }
+        }
+        None => params,
+    };
     let prompt = if a.raw {
         engine.text_tokens(a.prompt.as_deref().unwrap_or_default())?
     } else {

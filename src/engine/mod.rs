@@ -179,6 +179,7 @@ pub struct Engine {
     sink: Option<crate::telemetry::Sink>,
     speeds: report::Speeds,
     layer_ms_per_token: Vec<f64>,
+    generation_config: Option<serde_json::Value>,
 }
 
 /// Finds the model file: a GGUF path, or a folder holding exactly one GGUF.
@@ -213,6 +214,15 @@ pub fn resolve_model_path(path: &Path) -> Result<PathBuf, EngineError> {
         )));
     }
     Ok(path.to_path_buf())
+}
+
+/// The source checkpoint's generation_config.json, when the GGUF was
+/// converted from a Hugging Face folder.
+fn generation_config(gguf: &GgufFile) -> Option<serde_json::Value> {
+    let text = gguf
+        .get(crate::weights::convert::HF_GENERATION_CONFIG)
+        .and_then(crate::weights::gguf::Value::as_str)?;
+    serde_json::from_str(text).ok()
 }
 
 /// `path` itself, or for a Hugging Face repo id (`owner/name[@rev][:file]`)
@@ -266,7 +276,27 @@ impl Engine {
         progress(LoadStage::Reading);
         let mut gguf = GgufFile::open(&path)?;
         let hp = HParams::from_gguf(&gguf)?;
-        let tokenizer = load_tokenizer(&gguf, &path, &hp)?;
+        let mut tokenizer = load_tokenizer(&gguf, &path, &hp)?;
+        let generation_config = generation_config(&gguf);
+        // generation_config.json's EOS ids end a reply too.
+        if let Some(eos) = generation_config
+            .as_ref()
+            .and_then(|g| g.get("eos_token_id"))
+        {
+            let ids: Vec<u32> = match eos {
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .filter_map(|v| v.as_u64())
+                    .map(|v| v as u32)
+                    .collect(),
+                v => v.as_u64().map(|v| v as u32).into_iter().collect(),
+            };
+            for id in ids.into_iter().filter(|&i| (i as usize) < hp.n_vocab) {
+                if !tokenizer.special.end_of_generation.contains(&id) {
+                    tokenizer.special.end_of_generation.push(id);
+                }
+            }
+        }
         // The vocabulary now lives in the tokenizer; its metadata copy (tens
         // of MB for a 150k vocabulary) is not needed again.
         gguf.metadata
@@ -345,6 +375,7 @@ impl Engine {
             model,
             store,
             tokenizer: std::sync::Arc::new(tokenizer),
+            generation_config,
             template,
             cached: Vec::new(),
             sink: None,
@@ -463,6 +494,12 @@ impl Engine {
     /// Tokenizes plain text, with BOS when the model wants it.
     pub fn text_tokens(&self, text: &str) -> Result<Vec<u32>, EngineError> {
         Ok(self.tokenizer.encode(text, true)?)
+    }
+
+    /// The model's generation_config.json (a converted Hugging Face
+    /// checkpoint): its values are the sampling defaults.
+    pub fn generation_config(&self) -> Option<&serde_json::Value> {
+        self.generation_config.as_ref()
     }
 
     /// Forgets the cached conversation.

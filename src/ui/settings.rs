@@ -64,6 +64,9 @@ pub struct Settings {
     pub system_prompt: String,
     /// One of [`QUANTS`]: how a Hugging Face folder is stored.
     pub quant: String,
+    /// The repo id being typed (not saved).
+    #[serde(skip)]
+    pub repo_input: String,
 }
 
 /// The quantization choices (`placement::Quant` names).
@@ -104,6 +107,7 @@ impl Default for Settings {
                 threads: None,
                 system_prompt: String::new(),
                 quant: "none".into(),
+                repo_input: String::new(),
             },
         }
     }
@@ -137,6 +141,7 @@ impl Settings {
             threads: c.threads,
             system_prompt: String::new(),
             quant: c.quant.to_string(),
+            repo_input: String::new(),
         }
     }
 
@@ -268,6 +273,30 @@ pub fn settings_ui(ui: &mut egui::Ui, s: &mut Settings) -> Vec<SettingsAction> {
                 if let Some(p) = rfd::FileDialog::new().pick_folder() {
                     actions.push(SettingsAction::Open(p));
                 }
+            }
+        });
+        ui.horizontal(|ui| {
+            let label = ui.label("Hugging Face repo");
+            let edit = ui
+                .add(
+                    egui::TextEdit::singleline(&mut s.repo_input)
+                        .hint_text("owner/name, e.g. mistralai/Mistral-7B-Instruct-v0.3")
+                        .desired_width(330.0),
+                )
+                .labelled_by(label.id);
+            let entered = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            let repo = s.repo_input.trim().to_string();
+            let valid = crate::weights::download::RepoRef::parse(&repo).is_some();
+            let clicked = ui
+                .add_enabled(valid, egui::Button::new("Download and open"))
+                .on_hover_text(
+                    "From the Hugging Face Hub into its cache (~/.cache/huggingface); \
+                     gated models need HF_TOKEN or `huggingface-cli login`. \
+                     A GGUF repository takes owner/name:file.gguf.",
+                )
+                .clicked();
+            if valid && (clicked || entered) {
+                actions.push(SettingsAction::Open(PathBuf::from(repo)));
             }
         });
         if !s.recent_models.is_empty() {

@@ -13,9 +13,12 @@ use spillway::config::Config;
 use spillway::engine::worker::{self, WorkerEnds};
 use spillway::placement::planner::TierBytes;
 use spillway::placement::{Mode, Placement, Tier};
-use spillway::protocol::{Command, ErrorInfo, ErrorKind, Event, Finish, ModelInfo, ReplyStats};
+use spillway::protocol::{
+    Command, ErrorInfo, ErrorKind, Event, Finish, LoadProgress, ModelInfo, ReplyStats,
+};
 use spillway::ui::app::View;
 use spillway::ui::SpillwayApp;
+use spillway::weights::download::DownloadProgress;
 
 use crate::common::smollm2;
 
@@ -233,6 +236,43 @@ fn settings_change_mode_and_preview_and_errors_stay_in_the_window() {
     f.event(Event::Preview(Ok(placement(1, 3))));
     f.harness
         .get_by_label_contains("Preview: 1 GPU · 3 RAM · 0 disk layers");
+    // A Hugging Face repo id and 8-bit: a load of that id, quantized so;
+    // its download progress is shown with speed.
+    f.harness
+        .get_by_label("Quantization of Hugging Face checkpoints")
+        .click();
+    f.harness.run_steps(4);
+    f.harness.get_by_label("8-bit (Q8_0)").click();
+    f.harness.run_steps(4);
+    f.harness.get_by_label("Hugging Face repo").focus();
+    f.harness.run_steps(4);
+    f.harness
+        .get_by_label("Hugging Face repo")
+        .type_text("acme/tiny-model");
+    f.harness.run_steps(4);
+    f.harness.get_by_label("Download and open").click();
+    match f.command() {
+        Command::Load(req) => {
+            assert_eq!(req.model_path, PathBuf::from("acme/tiny-model"));
+            assert_eq!(req.quant, spillway::placement::Quant::Q8_0);
+        }
+        other => panic!("expected Load, got {other:?}"),
+    }
+    f.event(Event::LoadProgress(LoadProgress::Downloading(
+        DownloadProgress {
+            file: "model.safetensors".into(),
+            index: 1,
+            files: 4,
+            done_bytes: 300 << 20,
+            total_bytes: 1200 << 20,
+            bytes_per_sec: (30 << 20) as f64,
+            eta_secs: Some(30.0),
+        },
+    )));
+    f.harness.get_by_label_contains(
+        "downloading model.safetensors (2/4): 300 of 1200 MiB, 30.0 MiB/s, 30 s left",
+    );
+    f.event(Event::Loaded(model_info()));
     // An error event is shown; the window stays, the conversation too.
     f.event(Event::LoadFailed(ErrorInfo::new(
         ErrorKind::BadModel,
