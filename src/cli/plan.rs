@@ -51,11 +51,9 @@ fn config_path(path: &Path) -> Option<PathBuf> {
         return Some(path.to_path_buf());
     }
     if path.is_dir() {
-        let has_gguf = std::fs::read_dir(path).ok()?.flatten().any(|e| {
-            e.path()
-                .extension()
-                .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
-        });
+        let has_gguf = !crate::weights::files_with_extension(path, "gguf")
+            .ok()?
+            .is_empty();
         let config = path.join("config.json");
         if !has_gguf && config.is_file() {
             return Some(config);

@@ -185,16 +185,8 @@ pub struct Engine {
 /// Finds the model file: a GGUF path, or a folder holding exactly one GGUF.
 pub fn resolve_model_path(path: &Path) -> Result<PathBuf, EngineError> {
     if path.is_dir() {
-        let mut ggufs: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| EngineError::Invalid(format!("cannot read {}: {e}", path.display())))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.extension()
-                    .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
-            })
-            .collect();
-        ggufs.sort();
+        let mut ggufs = crate::weights::files_with_extension(path, "gguf")
+            .map_err(|e| EngineError::Invalid(format!("cannot read {}: {e}", path.display())))?;
         return match ggufs.len() {
             1 => Ok(ggufs.remove(0)),
             0 => Err(EngineError::Invalid(format!(

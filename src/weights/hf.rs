@@ -50,13 +50,7 @@ pub fn is_hf_folder(dir: &Path) -> bool {
     dir.is_dir()
         && dir.join("config.json").is_file()
         && (dir.join("model.safetensors.index.json").is_file()
-            || std::fs::read_dir(dir).is_ok_and(|entries| {
-                entries.flatten().any(|e| {
-                    e.path()
-                        .extension()
-                        .is_some_and(|x| x.eq_ignore_ascii_case("safetensors"))
-                })
-            }))
+            || super::files_with_extension(dir, "safetensors").is_ok_and(|f| !f.is_empty()))
 }
 
 /// Where one tensor's bytes are.
@@ -244,16 +238,7 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, HfError> {
     if single.is_file() {
         return Ok(vec![single]);
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io(dir))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.extension()
-                .is_some_and(|x| x.eq_ignore_ascii_case("safetensors"))
-        })
-        .collect();
-    files.sort();
+    let files = super::files_with_extension(dir, "safetensors").map_err(io(dir))?;
     if files.is_empty() {
         return Err(bad(dir, "no .safetensors weights"));
     }

@@ -13,7 +13,19 @@ pub mod read;
 pub mod tokenizer;
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+
+/// The files directly in `dir` whose extension is `ext` (any case), sorted.
+pub fn files_with_extension(dir: &Path, ext: &str) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case(ext)))
+        .collect();
+    files.sort();
+    Ok(files)
+}
 
 use candle_core::quantized::GgmlDType;
 

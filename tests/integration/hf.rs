@@ -15,6 +15,15 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A copy of a fixture folder, to change.
+fn copy_of(dir: &Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(dir).unwrap().flatten() {
+        std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
+    }
+    copy
+}
+
 struct Reference {
     input_ids: Vec<u32>,
     /// positions × vocab
@@ -152,13 +161,7 @@ fn hugging_face_folders_match_transformers() {
 #[test]
 fn converted_folders_are_cached_by_source() {
     let cache = tempfile::tempdir().unwrap();
-    let src = tempfile::tempdir().unwrap();
-    for f in std::fs::read_dir(fixture("qwen2_tiny_text"))
-        .unwrap()
-        .flatten()
-    {
-        std::fs::copy(f.path(), src.path().join(f.file_name())).unwrap();
-    }
+    let src = copy_of(&fixture("qwen2_tiny_text"));
     let entries = || std::fs::read_dir(cache.path()).unwrap().count();
     drop(load(src.path(), Quant::Q8_0, cache.path()));
     assert_eq!(entries(), 1);
@@ -188,13 +191,7 @@ fn converted_folders_are_cached_by_source() {
 #[test]
 fn a_truncated_checkpoint_is_a_clear_error() {
     let cache = tempfile::tempdir().unwrap();
-    let src = tempfile::tempdir().unwrap();
-    for f in std::fs::read_dir(fixture("mistral_tiny"))
-        .unwrap()
-        .flatten()
-    {
-        std::fs::copy(f.path(), src.path().join(f.file_name())).unwrap();
-    }
+    let src = copy_of(&fixture("mistral_tiny"));
     let weights = src.path().join("model.safetensors");
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() - 1000]).unwrap();
