@@ -76,12 +76,11 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// `spillway generate … --json` with the cache in `cache`: the generated ids.
 fn greedy_cli(dir: &Path, quant: &str, cache: &Path) -> Vec<u32> {
     let chat = dir.join("messages.json");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .args(["generate", "--model"])
-        .arg(dir)
-        .arg("--chat")
-        .arg(&chat)
-        .args([
+    let json = generate_json(
+        dir,
+        &[
+            "--chat",
+            chat.to_str().unwrap(),
             "--greedy",
             "--ignore-eos",
             "--max-tokens",
@@ -90,8 +89,25 @@ fn greedy_cli(dir: &Path, quant: &str, cache: &Path) -> Vec<u32> {
             "f32",
             "--quant",
             quant,
-            "--json",
-        ])
+        ],
+        cache,
+    );
+    json["generated_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// `spillway generate --model DIR ARGS --json` with converted models cached
+/// in `cache`: its JSON.
+fn generate_json(dir: &Path, args: &[&str], cache: &Path) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["generate", "--model"])
+        .arg(dir)
+        .args(args)
+        .arg("--json")
         .env("SPILLWAY_CACHE_DIR", cache)
         .output()
         .unwrap();
@@ -100,13 +116,7 @@ fn greedy_cli(dir: &Path, quant: &str, cache: &Path) -> Vec<u32> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    json["generated_tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect()
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Prompt ids from the chat template, logits at every position (f32,
@@ -337,11 +347,10 @@ fn a_large_checkpoint_quantizes_within_memory_and_loads_from_the_cache() {
     let total: u64 = sizes.iter().sum();
     assert!(total > 1 << 30, "{total} bytes");
 
-    let generate = || -> serde_json::Value {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
-            .args(["generate", "--model"])
-            .arg(src.path())
-            .args([
+    let generate = || {
+        generate_json(
+            src.path(),
+            &[
                 "--quant",
                 "q4_k_m",
                 "--prompt",
@@ -350,17 +359,9 @@ fn a_large_checkpoint_quantizes_within_memory_and_loads_from_the_cache() {
                 "--max-tokens",
                 "1",
                 "--greedy",
-                "--json",
-            ])
-            .env("SPILLWAY_CACHE_DIR", cache.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+            ],
+            cache.path(),
+        )
     };
     let one = generate();
     let two = generate();
