@@ -11,4 +11,5 @@ pub mod placement;
 pub mod protocol;
 pub mod telemetry;
 pub mod ui;
+pub mod vision;
 pub mod weights;

@@ -69,13 +69,31 @@ impl DeviceRope {
 
 /// `y = x · Wᵀ (+ b)` on the device.
 #[derive(Debug)]
-struct Projection {
+pub(crate) struct Projection {
     weight: QMatMul,
     bias: Option<Tensor>,
 }
 
 impl Projection {
-    fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+    /// `weight` (stored type, `out × in`) and an optional f32 bias, moved to
+    /// `device`.
+    pub(crate) fn new(
+        weight: QTensor,
+        bias: Option<Vec<f32>>,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let weight = QMatMul::from_qtensor(to_device(weight, device)?)?;
+        let bias = match bias {
+            Some(b) => {
+                let n = b.len();
+                Some(Tensor::from_vec(b, n, device)?)
+            }
+            None => None,
+        };
+        Ok(Projection { weight, bias })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let y = self.weight.forward(x)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -101,7 +119,7 @@ pub struct DeviceBlock {
 }
 
 /// A host tensor moved to `device` in its stored type.
-fn to_device(t: QTensor, device: &Device) -> Result<QTensor, ModelError> {
+pub(crate) fn to_device(t: QTensor, device: &Device) -> Result<QTensor, ModelError> {
     if device.is_cpu() {
         return Ok(t);
     }

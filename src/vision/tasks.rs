@@ -1,0 +1,407 @@
+//! RoboBrain 2.0's task modes: the prompt each one sends (worded exactly as
+//! RoboBrain 2.0's own inference code words it), the thinking switch of the
+//! 7B/32B models, and tolerant parsing of what comes back — `<think>` /
+//! `<answer>` tags (also unclosed, repeated or nested) and points, boxes
+//! and trajectories in the forms the model writes them.
+
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    #[default]
+    General,
+    Pointing,
+    Affordance,
+    Trajectory,
+    Grounding,
+}
+
+impl Task {
+    pub const ALL: [Task; 5] = [
+        Task::General,
+        Task::Pointing,
+        Task::Affordance,
+        Task::Trajectory,
+        Task::Grounding,
+    ];
+
+    /// The user text as RoboBrain 2.0 sends it for this task.
+    pub fn prompt(self, text: &str) -> String {
+        match self {
+            Task::General => text.to_string(),
+            Task::Pointing => format!(
+                "{text}. Your answer should be formatted as a list of tuples, i.e. [(x1, y1), (x2, y2), ...], where each tuple contains the x and y coordinates of a point satisfying the conditions above. The coordinates should indicate the normalized pixel locations of the points in the image."
+            ),
+            Task::Affordance => format!(
+                "You are a robot using the joint control. The task is \"{text}\". Please predict a possible affordance area of the end effector."
+            ),
+            Task::Trajectory => format!(
+                "You are a robot using the joint control. The task is \"{text}\". Please predict up to 10 key trajectory points to complete the task. Your answer should be formatted as a list of tuples, i.e. [[x1, y1], [x2, y2], ...], where each tuple contains the x and y coordinates of a point."
+            ),
+            Task::Grounding => format!(
+                "Please provide the bounding box coordinate of the region this sentence describes: {text}."
+            ),
+        }
+    }
+
+    /// What the task asks the user to type.
+    pub fn hint(self) -> &'static str {
+        match self {
+            Task::General => "Ask anything about the image",
+            Task::Pointing => "What to point at, e.g. \"free spots between the two mugs\"",
+            Task::Affordance => "The action, e.g. \"hold the cup\"",
+            Task::Trajectory => "The goal, e.g. \"reach for the banana on the plate\"",
+            Task::Grounding => "The region, e.g. \"the person wearing a red hat\"",
+        }
+    }
+
+    /// Tasks other than general need exactly one image.
+    pub fn needs_one_image(self) -> bool {
+        self != Task::General
+    }
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Task::General => "general",
+            Task::Pointing => "pointing",
+            Task::Affordance => "affordance",
+            Task::Trajectory => "trajectory",
+            Task::Grounding => "grounding",
+        })
+    }
+}
+
+impl FromStr for Task {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Task::ALL
+            .into_iter()
+            .find(|t| t.to_string().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| {
+                format!("unknown task '{s}' (general, pointing, affordance, trajectory, grounding)")
+            })
+    }
+}
+
+/// Whether a model answers with a `<think>` section when asked: RoboBrain
+/// 2.0's 7B and 32B do, the 3B does not (the rule of RoboBrain's own code,
+/// by the model's name). `None` for models that are not RoboBrain.
+pub fn supports_thinking(model_name: &str) -> Option<bool> {
+    let name = model_name.to_ascii_lowercase();
+    if !name.contains("robobrain") {
+        return None;
+    }
+    Some(!name.contains("3b"))
+}
+
+/// Text appended after the rendered prompt (after `assistant\n`), as
+/// RoboBrain's code does: `<think>` to think, `<think></think><answer>` to
+/// skip thinking on a model that could; nothing for other models.
+pub fn thinking_suffix(supports: Option<bool>, enable: bool) -> &'static str {
+    match (supports, enable) {
+        (Some(true), true) => "<think>",
+        (Some(true), false) => "<think></think><answer>",
+        _ => "",
+    }
+}
+
+/// A reply split into its thinking and its answer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Split {
+    pub thinking: String,
+    pub answer: String,
+}
+
+fn strip_tags(s: &str, tags: &[&str]) -> String {
+    let mut out = s.to_string();
+    for t in tags {
+        out = out.replace(t, "");
+    }
+    out.trim().to_string()
+}
+
+/// Splits a reply at its last `</think>`: before it is thinking, after it
+/// the answer (its `<answer>` tags removed). No `</think>`: an `<answer>`
+/// tag starts the answer; else a reply that began thinking (`<think>`
+/// without an end, or `thinking` set because the prompt opened it) is all
+/// thinking, and anything else is all answer.
+pub fn split_thinking(reply: &str, prompt_opened_think: bool) -> Split {
+    const TAGS: [&str; 4] = ["<think>", "</think>", "<answer>", "</answer>"];
+    if let Some(i) = reply.rfind("</think>") {
+        return Split {
+            thinking: strip_tags(&reply[..i], &TAGS),
+            answer: strip_tags(&reply[i + "</think>".len()..], &TAGS),
+        };
+    }
+    if let Some(i) = reply.find("<answer>") {
+        return Split {
+            thinking: strip_tags(&reply[..i], &TAGS),
+            answer: strip_tags(&reply[i..], &TAGS),
+        };
+    }
+    if prompt_opened_think || reply.trim_start().starts_with("<think>") {
+        return Split {
+            thinking: strip_tags(reply, &TAGS),
+            answer: String::new(),
+        };
+    }
+    Split {
+        thinking: String::new(),
+        answer: strip_tags(reply, &TAGS),
+    }
+}
+
+/// Coordinates found in an answer, in the units the model wrote them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Shapes {
+    pub points: Vec<[f32; 2]>,
+    /// x1, y1, x2, y2.
+    pub boxes: Vec<[f32; 4]>,
+    pub trajectory: Vec<[f32; 2]>,
+    /// Every value lies in [0, 1] and some are fractions: the model wrote
+    /// normalized coordinates rather than pixels.
+    pub normalized: bool,
+}
+
+impl Shapes {
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty() && self.boxes.is_empty() && self.trajectory.is_empty()
+    }
+
+    /// Maps the shapes into an image of `original` size (width, height):
+    /// pixel coordinates are in the model's resized frame (`resized`);
+    /// normalized ones scale by the original size.
+    pub fn to_image(&self, resized: (usize, usize), original: (usize, usize)) -> Shapes {
+        let (sx, sy) = if self.normalized {
+            (original.0 as f32, original.1 as f32)
+        } else {
+            (
+                original.0 as f32 / resized.0.max(1) as f32,
+                original.1 as f32 / resized.1.max(1) as f32,
+            )
+        };
+        let clamp = |x: f32, y: f32| {
+            [
+                (x * sx).clamp(0.0, original.0 as f32),
+                (y * sy).clamp(0.0, original.1 as f32),
+            ]
+        };
+        Shapes {
+            points: self.points.iter().map(|p| clamp(p[0], p[1])).collect(),
+            boxes: self
+                .boxes
+                .iter()
+                .map(|b| {
+                    let [x1, y1] = clamp(b[0].min(b[2]), b[1].min(b[3]));
+                    let [x2, y2] = clamp(b[0].max(b[2]), b[1].max(b[3]));
+                    [x1, y1, x2, y2]
+                })
+                .collect(),
+            trajectory: self.trajectory.iter().map(|p| clamp(p[0], p[1])).collect(),
+            normalized: false,
+        }
+    }
+}
+
+/// Groups of numbers inside the innermost brackets (`(…)`, `[…]`), in
+/// order: `[(1, 2), (3, 4)]` gives `[1, 2]`, `[3, 4]`; a bracket holding
+/// brackets contributes only its inner groups. Text that is not a number
+/// inside a group ends it being a coordinate group (`[a, 1]` is skipped).
+fn number_groups(s: &str) -> Vec<Vec<f32>> {
+    let mut groups = Vec::new();
+    let mut stack: Vec<(usize, bool)> = Vec::new(); // (start, has inner group)
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' | '[' => {
+                if let Some(top) = stack.last_mut() {
+                    top.1 = true;
+                }
+                stack.push((i + 1, false));
+            }
+            ')' | ']' => {
+                if let Some((start, inner)) = stack.pop() {
+                    if !inner {
+                        if let Some(g) = parse_numbers(&s[start..i]) {
+                            groups.push(g);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    groups
+}
+
+fn parse_numbers(s: &str) -> Option<Vec<f32>> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    s.split(',')
+        .map(|p| {
+            let p = p.trim().trim_matches(|c| c == '"' || c == '\'');
+            p.parse::<f32>().ok().filter(|v| v.is_finite())
+        })
+        .collect()
+}
+
+/// Points, boxes or a trajectory from an answer, whatever form the model
+/// chose: `[(x, y), …]`, `[[x, y], …]`, `[x1, y1, x2, y2]`, JSON such as
+/// `{"bbox_2d": [x1, y1, x2, y2]}`, several boxes, stray text around them.
+/// Pointing reads pairs as points; trajectory reads pairs as one path;
+/// affordance and grounding read quadruples as boxes (and pairs as points
+/// when no box is there). General answers are read for anything.
+pub fn parse_shapes(task: Task, answer: &str) -> Shapes {
+    let groups = number_groups(answer);
+    let pairs: Vec<[f32; 2]> = groups
+        .iter()
+        .filter(|g| g.len() == 2)
+        .map(|g| [g[0], g[1]])
+        .collect();
+    let quads: Vec<[f32; 4]> = groups
+        .iter()
+        .filter(|g| g.len() == 4)
+        .map(|g| [g[0], g[1], g[2], g[3]])
+        .collect();
+    let mut out = Shapes::default();
+    match task {
+        Task::Pointing => out.points = pairs,
+        Task::Trajectory => out.trajectory = pairs,
+        Task::Affordance | Task::Grounding => {
+            if quads.is_empty() {
+                out.points = pairs;
+            } else {
+                out.boxes = quads;
+            }
+        }
+        Task::General => {
+            out.boxes = quads;
+            out.points = pairs;
+        }
+    }
+    let all: Vec<f32> = out
+        .points
+        .iter()
+        .chain(&out.trajectory)
+        .flat_map(|p| p.iter().copied())
+        .chain(out.boxes.iter().flat_map(|b| b.iter().copied()))
+        .collect();
+    out.normalized = !all.is_empty()
+        && all.iter().all(|v| (0.0..=1.0).contains(v))
+        && all.iter().any(|v| v.fract() != 0.0);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_match_robobrain() {
+        assert_eq!(
+            Task::Grounding.prompt("the person wearing a red hat"),
+            "Please provide the bounding box coordinate of the region this sentence describes: the person wearing a red hat."
+        );
+        assert!(Task::Affordance
+            .prompt("hold the cup")
+            .starts_with("You are a robot using the joint control. The task is \"hold the cup\"."));
+        assert_eq!("Pointing".parse::<Task>().unwrap(), Task::Pointing);
+        assert!("dance".parse::<Task>().is_err());
+    }
+
+    #[test]
+    fn thinking_by_model() {
+        assert_eq!(supports_thinking("BAAI/RoboBrain2.0-3B"), Some(false));
+        assert_eq!(supports_thinking("BAAI/RoboBrain2.0-7B"), Some(true));
+        assert_eq!(supports_thinking("Qwen/Qwen2.5-VL-3B-Instruct"), None);
+        assert_eq!(
+            thinking_suffix(Some(true), false),
+            "<think></think><answer>"
+        );
+        assert_eq!(thinking_suffix(Some(false), true), "");
+    }
+
+    #[test]
+    fn documented_answers() {
+        let s = parse_shapes(Task::Grounding, "[0, 193, 226, 640]");
+        assert_eq!(s.boxes, vec![[0.0, 193.0, 226.0, 640.0]]);
+        assert!(!s.normalized);
+        let s = parse_shapes(
+            Task::Trajectory,
+            "[(137, 116), (169, 94), (208, 84), (228, 80)]",
+        );
+        assert_eq!(s.trajectory.len(), 4);
+        assert_eq!(s.trajectory[3], [228.0, 80.0]);
+        let s = parse_shapes(Task::Pointing, "[(376, 309), (332, 357), (384, 335)]");
+        assert_eq!(
+            s.points,
+            vec![[376.0, 309.0], [332.0, 357.0], [384.0, 335.0]]
+        );
+        let s = parse_shapes(Task::Trajectory, "[[0.781, 0.305], [0.688, 0.344]]");
+        assert!(s.normalized);
+        assert_eq!(s.trajectory[0], [0.781, 0.305]);
+        let s = parse_shapes(Task::Affordance, "[577, 224, 638, 310]");
+        assert_eq!(s.boxes, vec![[577.0, 224.0, 638.0, 310.0]]);
+    }
+
+    #[test]
+    fn malformed_answers() {
+        // Missing closing bracket, stray words, JSON, negative garbage.
+        let s = parse_shapes(Task::Pointing, "Points: [(10, 20), (30,40) and (50 , 60");
+        assert_eq!(s.points, vec![[10.0, 20.0], [30.0, 40.0]]);
+        let s = parse_shapes(
+            Task::Grounding,
+            "```json\n[{\"bbox_2d\": [12, 30, 80, 95], \"label\": \"cup\"}]\n```",
+        );
+        assert_eq!(s.boxes, vec![[12.0, 30.0, 80.0, 95.0]]);
+        let s = parse_shapes(Task::Grounding, "I cannot see [it, there]");
+        assert!(s.is_empty());
+        let s = parse_shapes(Task::Trajectory, "[[1, 2], [3], [4, 5, 6], [7, 8]]");
+        assert_eq!(s.trajectory, vec![[1.0, 2.0], [7.0, 8.0]]);
+        let s = parse_shapes(Task::Grounding, "box (5, 6, 7, 8)");
+        assert_eq!(s.boxes, vec![[5.0, 6.0, 7.0, 8.0]]);
+    }
+
+    #[test]
+    fn think_tags_tolerated() {
+        let s = split_thinking("<think>look</think><answer>[1, 2]</answer>", false);
+        assert_eq!((s.thinking.as_str(), s.answer.as_str()), ("look", "[1, 2]"));
+        // The prompt opened <think>: the reply starts inside it.
+        let s = split_thinking("hmm</think>\n<answer>[(1, 2)]", true);
+        assert_eq!(
+            (s.thinking.as_str(), s.answer.as_str()),
+            ("hmm", "[(1, 2)]")
+        );
+        // Never closed: all thinking, no answer.
+        let s = split_thinking("still thinking about it", true);
+        assert_eq!(s.answer, "");
+        // Nested and repeated tags: the last </think> wins.
+        let s = split_thinking("<think>a<think>b</think>c</think> [3, 4]", false);
+        assert_eq!((s.thinking.as_str(), s.answer.as_str()), ("abc", "[3, 4]"));
+        // No tags at all on a 3B model.
+        let s = split_thinking("[0, 1, 2, 3]", false);
+        assert_eq!(s.answer, "[0, 1, 2, 3]");
+        // An answer tag without a think end.
+        let s = split_thinking("<answer>[5, 6]</answer>", false);
+        assert_eq!(s.answer, "[5, 6]");
+    }
+
+    #[test]
+    fn mapping_to_the_original_image() {
+        let s = parse_shapes(Task::Pointing, "[(112, 84)]");
+        let m = s.to_image((224, 168), (448, 336));
+        assert_eq!(m.points, vec![[224.0, 168.0]]);
+        let s = parse_shapes(Task::Pointing, "[(0.5, 0.25)]");
+        let m = s.to_image((224, 168), (1000, 800));
+        assert_eq!(m.points, vec![[500.0, 200.0]]);
+        // Swapped corners and points off the image are tidied.
+        let s = parse_shapes(Task::Grounding, "[300, 50, 10, 400]");
+        let m = s.to_image((224, 168), (224, 168));
+        assert_eq!(m.boxes, vec![[10.0, 50.0, 224.0, 168.0]]);
+    }
+}
