@@ -9,9 +9,12 @@ use clap::Args;
 
 use crate::chat::Message;
 use crate::config::Config;
+use crate::engine::vision::{image_paths, Prompt};
 use crate::engine::GenerateParams;
 use crate::model::sampler::SamplingParams;
 use crate::telemetry;
+use crate::vision::preprocess;
+use crate::vision::tasks::{self, Task};
 
 use super::{cancel_flag, ModelArgs};
 
@@ -59,6 +62,30 @@ pub struct GenerateArgs {
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// An image for the user's message (repeatable; vision-language models).
+    #[arg(long, value_name = "PATH")]
+    image: Vec<PathBuf>,
+    /// RoboBrain 2.0 task: the prompt is worded as RoboBrain's own code
+    /// words it, and the answer's coordinates are parsed.
+    #[arg(long, value_name = "TASK", default_value = "general", value_parser = parse_task)]
+    task: Task,
+    /// Let a RoboBrain 2.0 model that can think (7B, 32B) think first.
+    #[arg(long, conflicts_with = "no_think")]
+    think: bool,
+    /// Ask a thinking RoboBrain model to answer directly (its default).
+    #[arg(long)]
+    no_think: bool,
+    /// Upper bound on an image's pixels after resizing (fewer tokens).
+    #[arg(long, value_name = "N")]
+    max_pixels: Option<usize>,
+    /// Draw the answer's points, boxes or trajectory on the first image and
+    /// save it here (PNG).
+    #[arg(long, value_name = "OUT.png")]
+    annotate: Option<PathBuf>,
+}
+
+fn parse_task(s: &str) -> Result<Task, String> {
+    s.parse()
 }
 
 impl GenerateArgs {
@@ -115,6 +142,31 @@ impl GenerateArgs {
             messages.retain(|m| m.role != "system");
             messages.insert(0, Message::new("system", sys));
         }
+        let last_user = messages
+            .iter()
+            .rposition(|m| m.role == "user")
+            .context("the conversation has no user message")?;
+        let m = &mut messages[last_user];
+        // The task words the last user message; --image adds images before it.
+        let text = self.task.prompt(&m.text());
+        let mut parts: Vec<serde_json::Value> = match &m.content {
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter(|p| p.get("type").and_then(|t| t.as_str()) != Some("text"))
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
+        for img in &self.image {
+            let abs = std::path::absolute(img).unwrap_or_else(|_| img.clone());
+            parts.push(serde_json::json!({"type": "image", "path": abs}));
+        }
+        if parts.is_empty() {
+            m.content = serde_json::Value::String(text);
+        } else {
+            parts.push(serde_json::json!({"type": "text", "text": text}));
+            m.content = serde_json::Value::Array(parts);
+        }
         Ok(messages)
     }
 }
@@ -145,23 +197,59 @@ pub fn run(a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
         }
         None => params,
     };
+    let base = a
+        .chat
+        .as_ref()
+        .and_then(|c| c.parent())
+        .map_or_else(|| PathBuf::from("."), PathBuf::from);
+    let paths = image_paths(&messages, &base).map_err(anyhow::Error::msg)?;
+    let mut images = Vec::with_capacity(paths.len());
+    for p in &paths {
+        let rgb = preprocess::load(p)?;
+        images.push(engine.prepare_image(&rgb, a.max_pixels)?);
+    }
+    if a.task.needs_one_image() && images.len() != 1 {
+        anyhow::bail!(
+            "--task {} needs exactly one image, {} given",
+            a.task,
+            images.len()
+        );
+    }
+    let thinking = tasks::supports_thinking(&a.model.model_name());
+    if a.think && thinking != Some(true) {
+        eprintln!("note: this model does not think (RoboBrain 2.0 7B and 32B do); --think ignored");
+    }
+    let suffix = tasks::thinking_suffix(thinking, a.think);
     let prompt = if a.raw {
-        engine.text_tokens(a.prompt.as_deref().unwrap_or_default())?
+        Prompt::text(engine.text_tokens(a.prompt.as_deref().unwrap_or_default())?)
     } else {
-        engine.chat_tokens(&messages, true)?
+        engine.chat_prompt(&messages, images, suffix)?
     };
     let load_peak = telemetry::rss().map(|r| r.peak);
     telemetry::reset_peak_rss();
     let cancel = cancel_flag();
     let mut stdout = std::io::stdout().lock();
     let json = a.json;
-    let gen = engine.generate(&prompt, &params, &cancel, &mut |piece| {
+    let gen = engine.generate_prompt(&prompt, &params, &cancel, &mut |piece| {
         if !json {
             let _ = stdout.write_all(piece.as_bytes());
             let _ = stdout.flush();
         }
     })?;
     let rss = telemetry::rss();
+    let split = tasks::split_thinking(&gen.text, suffix == "<think>");
+    let shapes = tasks::parse_shapes(a.task, &split.answer);
+    let first = prompt.images.first().map(|i| &i.prepared);
+    let mapped = first.map(|p| shapes.to_image(p.resized, p.original));
+    if let (Some(out), Some(path), Some(m)) = (&a.annotate, paths.first(), &mapped) {
+        let img = preprocess::load(path)?;
+        crate::vision::annotate::save(&img, m, out)?;
+        if !json {
+            eprintln!("annotated image saved to {}", out.display());
+        }
+    } else if a.annotate.is_some() {
+        anyhow::bail!("--annotate needs an image");
+    }
     if json {
         let store = engine.store();
         let max_layer = (0..store.n_layers())
@@ -189,6 +277,22 @@ pub fn run(a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
                 "offload_folder_bytes": store.offload_bytes(),
             },
             "tiers": store.tiers().iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+            "images": paths.iter().zip(&prompt.images).map(|(p, i)| serde_json::json!({
+                "path": p,
+                "grid_thw": i.prepared.grid_thw,
+                "resized": [i.prepared.resized.0, i.prepared.resized.1],
+                "original": [i.prepared.original.0, i.prepared.original.1],
+                "tokens": i.prepared.tokens(engine.vision().map_or(2, |v| v.processor.merge_size)),
+            })).collect::<Vec<_>>(),
+            "task": a.task.to_string(),
+            "thinking": split.thinking,
+            "answer": split.answer,
+            // In the original image's pixels.
+            "shapes": mapped.as_ref().map(|m| serde_json::json!({
+                "points": m.points,
+                "boxes": m.boxes,
+                "trajectory": m.trajectory,
+            })),
         });
         println!("{out}");
     } else {

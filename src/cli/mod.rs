@@ -152,6 +152,12 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The model as the user named it (a path or a repo id), for rules
+    /// that go by name (RoboBrain's thinking models).
+    fn model_name(&self) -> String {
+        self.model.to_string_lossy().into_owned()
+    }
+
     fn load_options(&self, config: &Config) -> LoadOptions {
         LoadOptions {
             model_path: self.model.clone(),

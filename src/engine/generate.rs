@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::model::sampler::{Sampler, SamplingParams};
-use crate::model::transformer::LogitsFor;
+use crate::model::transformer::{Input, LogitsFor};
 use crate::weights::tokenizer::TextStream;
 
+use super::vision::Prompt;
 use super::{Engine, EngineError, PROMPT_CHUNK};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -157,16 +158,84 @@ impl Engine {
         tokens: &[u32],
         cancel: &AtomicBool,
     ) -> Result<Option<Vec<f32>>, EngineError> {
-        let mut last = None;
-        for chunk in tokens.chunks(PROMPT_CHUNK) {
+        let from = self.cached.len();
+        let prompt = Prompt::text([self.cached.as_slice(), tokens].concat());
+        // New text continues one past the largest cached position.
+        let positions = self.model.hp.is_multimodal().then(|| {
+            let mut p = self.cached_pos.clone();
+            let next = p.last().and_then(|l| l.iter().max()).map_or(0, |m| m + 1);
+            p.extend((next..).take(tokens.len()).map(|i| [i; 3]));
+            p
+        });
+        let images = self.cached_images.clone();
+        let out = self.feed_prompt(&prompt, from, positions.as_deref(), LogitsFor::Last, cancel);
+        self.cached_images = images;
+        out
+    }
+
+    /// Runs `prompt.tokens[from..]` after the cache (which holds exactly
+    /// `prompt.tokens[..from]`) in chunks, with the images' embeddings in
+    /// place of their tokens, and returns the last position's logits.
+    /// With `LogitsFor::All` the logits of every computed position are
+    /// returned, in order.
+    pub(super) fn feed_prompt(
+        &mut self,
+        prompt: &Prompt,
+        from: usize,
+        positions: Option<&[[u32; 3]]>,
+        want: LogitsFor,
+        cancel: &AtomicBool,
+    ) -> Result<Option<Vec<f32>>, EngineError> {
+        let starts = self.image_starts(prompt);
+        let merge = self.vision().map_or(2, |v| v.processor.merge_size);
+        // Embeddings of the images whose tokens are still to be computed.
+        let mut embeds: Vec<Option<std::sync::Arc<Vec<f32>>>> = vec![None; prompt.images.len()];
+        for (k, img) in prompt.images.iter().enumerate() {
+            if starts[k] + img.prepared.tokens(merge) > from {
+                if cancel.load(Ordering::Relaxed) {
+                    return Ok(None);
+                }
+                embeds[k] = Some(self.image_embeddings(img)?);
+            }
+        }
+        let d = self.model.hp.n_embd;
+        let mut last: Option<Vec<f32>> = None;
+        let mut at = from;
+        while at < prompt.tokens.len() {
             if cancel.load(Ordering::Relaxed) {
                 return Ok(None);
             }
-            let pos = self.cached.len();
-            let logits = self.step(chunk, pos, LogitsFor::Last)?;
-            last = Some(logits.to_vec());
-            self.cached.extend_from_slice(chunk);
+            let end = (at + PROMPT_CHUNK).min(prompt.tokens.len());
+            let mut rows: Vec<(usize, &[f32])> = Vec::new();
+            for (k, img) in prompt.images.iter().enumerate() {
+                let (s, n) = (starts[k], img.prepared.tokens(merge));
+                let Some(e) = &embeds[k] else { continue };
+                for t in s.max(at)..(s + n).min(end) {
+                    rows.push((t - at, &e[(t - s) * d..(t - s + 1) * d]));
+                }
+            }
+            let input = Input {
+                tokens: &prompt.tokens[at..end],
+                pos: at,
+                positions: positions.map(|p| &p[at..end]),
+                embeds: &rows,
+            };
+            let logits = self.step_input(input, want)?;
+            match (want, &mut last) {
+                (LogitsFor::All, Some(all)) => all.extend_from_slice(logits),
+                _ => last = Some(logits.to_vec()),
+            }
+            self.cached.extend_from_slice(&prompt.tokens[at..end]);
+            if let Some(p) = positions {
+                self.cached_pos.extend_from_slice(&p[at..end]);
+            }
+            at = end;
         }
+        self.cached_images = starts
+            .iter()
+            .zip(&prompt.images)
+            .map(|(&s, i)| (s, i.hash))
+            .collect();
         Ok(last)
     }
 
@@ -180,6 +249,18 @@ impl Engine {
         cancel: &AtomicBool,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generation, EngineError> {
+        self.generate_prompt(&Prompt::text(prompt.to_vec()), params, cancel, on_text)
+    }
+
+    /// [`Engine::generate`] for a prompt that may hold images.
+    pub fn generate_prompt(
+        &mut self,
+        full: &Prompt,
+        params: &GenerateParams,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation, EngineError> {
+        let prompt = full.tokens.as_slice();
         let context = self.context_length();
         if prompt.is_empty() {
             return Err(EngineError::Invalid("the prompt is empty".into()));
@@ -190,17 +271,31 @@ impl Engine {
                 context,
             });
         }
+        let positions = self.prompt_positions(full)?;
         // Reuse the shared prefix, but always recompute the last prompt token:
-        // its logits start the reply.
-        let shared = self
+        // its logits start the reply. A prefix ends before the first image
+        // that is not the one cached there (image tokens all look alike).
+        let mut shared = self
             .cached
             .iter()
             .zip(prompt)
             .take_while(|(a, b)| a == b)
             .count()
             .min(prompt.len() - 1);
+        let merge = self.vision().map_or(2, |v| v.processor.merge_size);
+        for (k, (&start, img)) in self.image_starts(full).iter().zip(&full.images).enumerate() {
+            if start >= shared {
+                break;
+            }
+            let same = self.cached_images.get(k) == Some(&(start, img.hash));
+            if !same || start + img.prepared.tokens(merge) > shared {
+                shared = start;
+                break;
+            }
+        }
         self.kv.truncate(shared);
         self.cached.truncate(shared);
+        self.cached_pos.truncate(shared);
 
         let started = Instant::now();
         let mut result = Generation {
@@ -212,7 +307,8 @@ impl Engine {
             prompt_secs: 0.0,
             decode_secs: 0.0,
         };
-        let Some(mut logits) = self.feed(&prompt[shared..], cancel)? else {
+        let fed = self.feed_prompt(full, shared, positions.as_deref(), LogitsFor::Last, cancel)?;
+        let Some(mut logits) = fed else {
             result.prompt_secs = started.elapsed().as_secs_f64();
             return Ok(result);
         };
@@ -256,9 +352,24 @@ impl Engine {
                 break FinishReason::ContextFull;
             }
             let pos = self.cached.len();
-            let out = self.step(&[token], pos, LogitsFor::Last)?;
+            // Generated text continues one past the largest position so far.
+            let next = self
+                .cached_pos
+                .last()
+                .map(|p| [p.iter().max().map_or(0, |m| m + 1); 3]);
+            let rope = next.as_ref().map(std::slice::from_ref);
+            let input = Input {
+                tokens: std::slice::from_ref(&token),
+                pos,
+                positions: rope,
+                embeds: &[],
+            };
+            let out = self.step_input(input, LogitsFor::Last)?;
             logits.copy_from_slice(out);
             self.cached.push(token);
+            if let Some(p) = next {
+                self.cached_pos.push(p);
+            }
             let steps = result.generated_tokens.len();
             self.speeds.decode_tokens_per_sec = rate(steps, decode_start.elapsed().as_secs_f64());
         };

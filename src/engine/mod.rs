@@ -11,6 +11,7 @@ mod generate;
 mod perplexity;
 mod placing;
 mod report;
+pub mod vision;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use std::str::FromStr;
 use crate::chat::{ChatTemplate, Message, TemplateError};
 use crate::model::hparams::HParams;
 use crate::model::kv_cache::KvCache;
-use crate::model::transformer::{LogitsFor, Scratch, Transformer};
+use crate::model::transformer::{Input, LogitsFor, Scratch, Transformer};
 use crate::model::ModelError;
 use crate::placement::budget::Held;
 use crate::placement::store::DiskSource;
@@ -180,6 +181,13 @@ pub struct Engine {
     speeds: report::Speeds,
     layer_ms_per_token: Vec<f64>,
     generation_config: Option<serde_json::Value>,
+    /// The vision tower and image processor of a vision-language model.
+    vision: Option<vision::VisionModel>,
+    /// Rotary (t, h, w) positions of the cached tokens (vision-language
+    /// models; empty otherwise).
+    cached_pos: Vec<[u32; 3]>,
+    /// (first token, image hash) of each image in the cache.
+    cached_images: Vec<(usize, u64)>,
 }
 
 /// Finds the model file: a GGUF path, or a folder holding exactly one GGUF.
@@ -339,7 +347,18 @@ impl Engine {
             None => None,
         };
         let model = Transformer::new(hp.clone(), token_embd, output_norm, output, context)?;
+        // Converted at 4/8/16 bits: the tower's 16-bit matrices stay 16-bit.
+        let half_weights = gguf
+            .get("spillway.quant")
+            .and_then(crate::weights::gguf::Value::as_str)
+            .is_some_and(|q| q != "none");
+        let vision = vision::load(&gguf, &file, hp.n_embd, half_weights)?;
         let mut footprint = Footprint::from_gguf(&gguf, &hp, context, PROMPT_CHUNK);
+        if let Some(v) = &vision {
+            let cfg = &v.tower.cfg;
+            let patches = crate::vision::tower::max_patches(v.processor.max_pixels, cfg.patch_size);
+            footprint.vision_bytes = v.tower.bytes() + cfg.activation_bytes(patches);
+        }
         if let Some(b) = baseline {
             footprint.cpu_runtime_bytes = b;
         }
@@ -369,6 +388,9 @@ impl Engine {
             tokenizer: std::sync::Arc::new(tokenizer),
             generation_config,
             template,
+            vision,
+            cached_pos: Vec::new(),
+            cached_images: Vec::new(),
             cached: Vec::new(),
             sink: None,
             speeds: report::Speeds::default(),
@@ -397,22 +419,21 @@ impl Engine {
     /// One forward pass; a GPU out-of-memory re-plans with less VRAM and
     /// runs the pass again, so the caller never sees it.
     fn step(&mut self, tokens: &[u32], pos: usize, want: LogitsFor) -> Result<&[f32], EngineError> {
+        self.step_input(Input::text(tokens, pos), want)
+    }
+
+    /// [`Engine::step`] with rotary positions and embedding rows given.
+    fn step_input(&mut self, input: Input<'_>, want: LogitsFor) -> Result<&[f32], EngineError> {
+        let pos = input.pos;
         let mut retries = self.model.hp.n_layer + 2;
         loop {
             let r = self
                 .model
-                .forward(
-                    &self.store,
-                    &mut self.kv,
-                    &mut self.scratch,
-                    tokens,
-                    pos,
-                    want,
-                )
+                .forward(&self.store, &mut self.kv, &mut self.scratch, input, want)
                 .map(<[f32]>::len);
             match r {
                 Ok(len) => {
-                    self.after_pass(tokens.len());
+                    self.after_pass(input.tokens.len());
                     return Ok(&self.scratch.logits()[..len]);
                 }
                 Err(e) if retries > 0 && e.is_out_of_memory() => {
@@ -498,6 +519,8 @@ impl Engine {
     pub fn reset(&mut self) {
         self.kv.truncate(0);
         self.cached.clear();
+        self.cached_pos.clear();
+        self.cached_images.clear();
     }
 }
 

@@ -53,11 +53,22 @@ impl DeviceRope {
         2 * self.cos.elem_count() as u64 * 4
     }
 
-    /// Rotates `x` (`heads × n × head_dim`) to positions `pos..pos + n`.
-    fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor, ModelError> {
+    /// Rotates `x` (`heads × n × head_dim`) to positions `pos..pos + n`,
+    /// or by the given per-token angles (`n × head_dim/2` cosines, sines).
+    fn apply(
+        &self,
+        x: &Tensor,
+        pos: usize,
+        angles: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Tensor, ModelError> {
         let n = x.dim(1)?;
-        let cos = self.cos.narrow(0, pos, n)?.contiguous()?;
-        let sin = self.sin.narrow(0, pos, n)?.contiguous()?;
+        let (cos, sin) = match angles {
+            Some((c, s)) => (c.clone(), s.clone()),
+            None => (
+                self.cos.narrow(0, pos, n)?.contiguous()?,
+                self.sin.narrow(0, pos, n)?.contiguous()?,
+            ),
+        };
         let x = x.unsqueeze(0)?.contiguous()?;
         let y = match self.style {
             RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?,
@@ -77,12 +88,23 @@ pub(crate) struct Projection {
 impl Projection {
     /// `weight` (stored type, `out × in`) and an optional f32 bias, moved to
     /// `device`.
+    /// `half`: a 16-bit weight stays 16-bit (candle computes it in f16)
+    /// instead of being widened to f32.
     pub(crate) fn new(
         weight: QTensor,
         bias: Option<Vec<f32>>,
         device: &Device,
+        half: bool,
     ) -> Result<Self, ModelError> {
-        let weight = QMatMul::from_qtensor(to_device(weight, device)?)?;
+        let sixteen = matches!(
+            weight.dtype(),
+            candle_core::quantized::GgmlDType::F16 | candle_core::quantized::GgmlDType::BF16
+        );
+        let weight = if half && sixteen {
+            QMatMul::TensorF16(weight.dequantize_f16(device)?)
+        } else {
+            QMatMul::from_qtensor(to_device(weight, device)?)?
+        };
         let bias = match bias {
             Some(b) => {
                 let n = b.len();
@@ -176,7 +198,13 @@ impl DeviceBlock {
 
     /// Runs the block on `x` (`n × n_embd`, on this device) for positions
     /// `pos..pos + n`, writing their keys and values into the block's cache.
-    pub fn forward(&self, x: &Tensor, pos: usize, rope: &DeviceRope) -> Result<Tensor, ModelError> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        pos: usize,
+        rope: &DeviceRope,
+        angles: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Tensor, ModelError> {
         let n = x.dim(0)?;
         if pos + n > self.capacity() {
             return Err(ModelError::ContextFull {
@@ -190,8 +218,8 @@ impl DeviceBlock {
         let heads = |t: Tensor, count: usize| -> Result<Tensor, ModelError> {
             Ok(t.reshape((n, count, hd))?.transpose(0, 1)?.contiguous()?)
         };
-        let q = rope.apply(&heads(self.w.wq.forward(&h)?, nh)?, pos)?;
-        let k = rope.apply(&heads(self.w.wk.forward(&h)?, nkv)?, pos)?;
+        let q = rope.apply(&heads(self.w.wq.forward(&h)?, nh)?, pos, angles)?;
+        let k = rope.apply(&heads(self.w.wk.forward(&h)?, nkv)?, pos, angles)?;
         let v = heads(self.w.wv.forward(&h)?, nkv)?;
         self.k_cache.slice_set(&k.contiguous()?, 1, pos)?;
         self.v_cache.slice_set(&v, 1, pos)?;
@@ -340,6 +368,7 @@ mod tests {
             rope_style,
             rms_eps: 1e-5,
             has_qkv_bias: true,
+            mrope_sections: None,
             tied_embeddings: true,
         }
     }
@@ -382,15 +411,15 @@ mod tests {
             let rope = DeviceRope::new(&hp, 64, &dev).unwrap();
             let mut block = DeviceBlock::load(&hp, &mut Random(7, hp.clone()), &dev, 64).unwrap();
             let x = Tensor::randn(0f32, 1.0, (20, 32), &dev).unwrap();
-            let whole = block.forward(&x, 0, &rope).unwrap();
+            let whole = block.forward(&x, 0, &rope, None).unwrap();
             let (k, v) = block.export_kv(20).unwrap();
             block.scores_bytes = 1;
-            let chunked = block.forward(&x, 0, &rope).unwrap();
+            let chunked = block.forward(&x, 0, &rope, None).unwrap();
             let a = block
-                .forward(&x.narrow(0, 0, 12).unwrap(), 0, &rope)
+                .forward(&x.narrow(0, 0, 12).unwrap(), 0, &rope, None)
                 .unwrap();
             let b = block
-                .forward(&x.narrow(0, 12, 8).unwrap(), 12, &rope)
+                .forward(&x.narrow(0, 12, 8).unwrap(), 12, &rope, None)
                 .unwrap();
             let split = Tensor::cat(&[a, b], 0).unwrap();
             let diff = |p: &Tensor, q: &Tensor| -> f32 {
@@ -408,7 +437,7 @@ mod tests {
             // A later position sees the earlier ones: the rows differ from a
             // pass that starts there.
             let alone = block
-                .forward(&x.narrow(0, 12, 8).unwrap(), 0, &rope)
+                .forward(&x.narrow(0, 12, 8).unwrap(), 0, &rope, None)
                 .unwrap();
             assert!(diff(&alone, &whole.narrow(0, 12, 8).unwrap()) > 1e-3);
             let other = DeviceBlock::load(&hp, &mut Random(7, hp.clone()), &dev, 64).unwrap();
@@ -416,7 +445,7 @@ mod tests {
             assert_eq!(other.export_kv(20).unwrap(), (k, v));
             // Past the context: an error, not a panic.
             assert!(matches!(
-                block.forward(&x, 50, &rope),
+                block.forward(&x, 50, &rope, None),
                 Err(ModelError::ContextFull { .. })
             ));
         }

@@ -16,12 +16,13 @@ pub enum Arch {
 }
 
 impl Arch {
-    pub const SUPPORTED: &'static str = "llama (Llama, Mistral, SmolLM), mistral, qwen2";
+    pub const SUPPORTED: &'static str =
+        "llama (Llama, Mistral, SmolLM), mistral, qwen2, qwen2vl (Qwen2.5-VL, RoboBrain 2.0)";
 
     fn from_gguf_name(name: &str) -> Option<Self> {
         match name {
             "llama" | "mistral" => Some(Arch::Llama),
-            "qwen2" => Some(Arch::Qwen2),
+            "qwen2" | "qwen2vl" => Some(Arch::Qwen2),
             _ => None,
         }
     }
@@ -65,6 +66,10 @@ pub struct HParams {
     pub has_qkv_bias: bool,
     /// The output head shares the token embedding.
     pub tied_embeddings: bool,
+    /// Multimodal rotary embedding (Qwen2.5-VL): how many of the
+    /// `head_dim/2` frequencies take their angle from the temporal, height
+    /// and width position.
+    pub mrope_sections: Option<[usize; 3]>,
 }
 
 impl HParams {
@@ -134,6 +139,21 @@ impl HParams {
                 )))
             }
         };
+        let mrope_sections = match g
+            .get(&key("rope.dimension_sections"))
+            .and_then(Value::as_array)
+        {
+            Some(a) => Some(mrope_sections(
+                a.iter().filter_map(Value::as_u64).map(|v| v as usize),
+                head_dim,
+            )?),
+            None if arch_name == "qwen2vl" => {
+                return Err(ModelError::Format(
+                    "qwen2vl model without rope.dimension_sections".into(),
+                ))
+            }
+            None => None,
+        };
         Ok(HParams {
             arch,
             n_layer,
@@ -152,6 +172,7 @@ impl HParams {
             rms_eps: opt_f32("attention.layer_norm_rms_epsilon", 1e-5),
             has_qkv_bias: g.tensor("blk.0.attn_q.bias").is_some(),
             tied_embeddings: g.tensor("output.weight").is_none(),
+            mrope_sections,
             arch_name,
         })
     }
@@ -210,6 +231,25 @@ impl HParams {
                 "config.json: {n_head} heads, {n_head_kv} KV heads and head size {head_dim} do not fit together"
             )));
         }
+        let mrope_sections = if model_type == "qwen2_5_vl" {
+            let listed = ["rope_scaling", "rope_parameters"].iter().find_map(|k| {
+                get(k)
+                    .and_then(|r| r.get("mrope_section"))
+                    .and_then(serde_json::Value::as_array)
+            });
+            Some(match listed {
+                Some(a) => mrope_sections(
+                    a.iter()
+                        .filter_map(serde_json::Value::as_u64)
+                        .map(|v| v as usize),
+                    head_dim,
+                )?,
+                // Qwen2.5-VL's sections for its 128-wide heads.
+                None => mrope_sections([16, 24, 24].into_iter(), head_dim)?,
+            })
+        } else {
+            None
+        };
         Ok(HParams {
             arch,
             arch_name: model_type.to_string(),
@@ -232,11 +272,36 @@ impl HParams {
             tied_embeddings: get("tie_word_embeddings")
                 .and_then(serde_json::Value::as_bool)
                 .unwrap_or(false),
+            mrope_sections,
         })
+    }
+
+    /// Whether this is a vision-language model's text half (positions in
+    /// three dimensions).
+    pub fn is_multimodal(&self) -> bool {
+        self.mrope_sections.is_some()
     }
 
     /// Bytes of K and V for one token across all layers, at f32.
     pub fn kv_bytes_per_token(&self) -> u64 {
         (2 * self.n_layer * self.n_head_kv * self.head_dim * 4) as u64
     }
+}
+
+/// Checks M-RoPE sections (temporal, height, width; a trailing zero as
+/// llama.cpp writes four) against the head size.
+fn mrope_sections(
+    values: impl Iterator<Item = usize>,
+    head_dim: usize,
+) -> Result<[usize; 3], ModelError> {
+    let v: Vec<usize> = values.collect();
+    let ok = (v.len() == 3 || (v.len() == 4 && v[3] == 0))
+        && v[..3].iter().sum::<usize>() == head_dim / 2;
+    if !ok {
+        return Err(ModelError::Format(format!(
+            "M-RoPE sections {v:?} do not split the {} rotary frequencies of a {head_dim}-wide head",
+            head_dim / 2
+        )));
+    }
+    Ok([v[0], v[1], v[2]])
 }

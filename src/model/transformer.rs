@@ -182,6 +182,32 @@ fn download(x: &Tensor, dst: &mut [f32]) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// What one forward pass runs: tokens at cache slots `pos..`, with their
+/// rotary positions when those are not the slots themselves (M-RoPE), and
+/// embeddings that replace some tokens' rows (an image's tokens).
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    pub tokens: &'a [u32],
+    pub pos: usize,
+    /// (t, h, w) rotary positions per token (vision-language models).
+    pub positions: Option<&'a [[u32; 3]]>,
+    /// (index into `tokens`, `n_embd` values) rows written over the token
+    /// embeddings.
+    pub embeds: &'a [(usize, &'a [f32])],
+}
+
+impl<'a> Input<'a> {
+    /// Plain text at slots (and positions) `pos..`.
+    pub fn text(tokens: &'a [u32], pos: usize) -> Self {
+        Input {
+            tokens,
+            pos,
+            positions: None,
+            embeds: &[],
+        }
+    }
+}
+
 /// Which positions need logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogitsFor {
@@ -209,6 +235,10 @@ pub struct Scratch {
     up: Vec<f32>,
     acts: QActs,
     logits: Vec<f32>,
+    /// Rotary cosines and sines of this pass's tokens (`n × head_dim/2`)
+    /// when positions are given per token.
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
     /// Seconds each layer took in the last pass (including waiting for a
     /// disk layer), for telemetry.
     pub layer_secs: Vec<f64>,
@@ -348,11 +378,11 @@ impl Transformer {
         layers: &dyn LayerProvider,
         kv: &mut KvCache,
         s: &'s mut Scratch,
-        tokens: &[u32],
-        pos: usize,
+        input: Input<'_>,
         want: LogitsFor,
     ) -> Result<&'s [f32], ModelError> {
         let hp = &self.hp;
+        let (tokens, pos) = (input.tokens, input.pos);
         let n = tokens.len();
         if n == 0 {
             return Err(ModelError::Format("forward called with no tokens".into()));
@@ -393,6 +423,25 @@ impl Transformer {
                 &mut s.x[i * d..(i + 1) * d],
             )?;
         }
+        for &(i, row) in input.embeds {
+            if i >= n || row.len() != d {
+                return Err(ModelError::Format(format!(
+                    "an embedding row for token {i} of {n} has {} values, expected {d}",
+                    row.len()
+                )));
+            }
+            s.x[i * d..(i + 1) * d].copy_from_slice(row);
+        }
+        let custom_rope = match input.positions {
+            Some(p) => {
+                self.rope_for(p, n, s)?;
+                true
+            }
+            None => false,
+        };
+        // The same angles as device tensors, made once when a device layer
+        // first needs them.
+        let mut device_rope: Option<(Tensor, Tensor)> = None;
         s.layer_secs.resize(hp.n_layer, 0.0);
         let mut mark = std::time::Instant::now();
         // The hidden state while it is on a device: it crosses only where
@@ -404,7 +453,7 @@ impl Transformer {
                     if let Some(x) = on_device.take() {
                         download(&x, &mut s.x[..n * d])?;
                     }
-                    self.block(w, i, pos, n, kv, s)?;
+                    self.block(w, i, pos, n, kv, s, custom_rope)?;
                 }
                 Block::Device { block, rope } => {
                     let x = match on_device.take() {
@@ -412,7 +461,30 @@ impl Transformer {
                         Some(x) => x.to_device(block.device())?,
                         None => Tensor::from_slice(&s.x[..n * d], (n, d), block.device())?,
                     };
-                    on_device = Some(block.forward(&x, pos, rope)?);
+                    let angles = if custom_rope {
+                        let half = hp.head_dim / 2;
+                        let stale = device_rope
+                            .as_ref()
+                            .is_none_or(|(c, _)| !c.device().same_device(block.device()));
+                        if stale {
+                            device_rope = Some((
+                                Tensor::from_slice(
+                                    &s.rope_cos[..n * half],
+                                    (n, half),
+                                    block.device(),
+                                )?,
+                                Tensor::from_slice(
+                                    &s.rope_sin[..n * half],
+                                    (n, half),
+                                    block.device(),
+                                )?,
+                            ));
+                        }
+                        device_rope.as_ref().map(|(c, s)| (c, s))
+                    } else {
+                        None
+                    };
+                    on_device = Some(block.forward(&x, pos, rope, angles)?);
                 }
             }
             let now = std::time::Instant::now();
@@ -474,14 +546,61 @@ impl Transformer {
         r
     }
 
+    /// The rotary angles of tokens at (t, h, w) positions into the
+    /// scratch: frequency `j` takes its angle from the position its
+    /// M-RoPE section names (all three are equal for text).
+    fn rope_for(&self, p: &[[u32; 3]], n: usize, s: &mut Scratch) -> Result<(), ModelError> {
+        let half = self.hp.head_dim / 2;
+        if p.len() != n {
+            return Err(ModelError::Format(format!(
+                "{} rotary positions for {n} tokens",
+                p.len()
+            )));
+        }
+        let sections = self.hp.mrope_sections.unwrap_or([half, 0, 0]);
+        grow(&mut s.rope_cos, n * half);
+        grow(&mut s.rope_sin, n * half);
+        for (t, pt) in p.iter().enumerate() {
+            let mut j = 0;
+            for (sec, &len) in sections.iter().enumerate() {
+                let at = pt[sec] as usize;
+                if at >= self.max_positions {
+                    return Err(ModelError::ContextFull {
+                        needed: at + 1,
+                        context: self.max_positions,
+                    });
+                }
+                let src = at * half;
+                for jj in j..j + len {
+                    s.rope_cos[t * half + jj] = self.cos[src + jj];
+                    s.rope_sin[t * half + jj] = self.sin[src + jj];
+                }
+                j += len;
+            }
+        }
+        Ok(())
+    }
+
     /// Rotates each `head_dim` slice of `x` (`n` tokens × `heads` heads) to
-    /// its position.
-    fn rope(&self, x: &mut [f32], n: usize, heads: usize, pos: usize) {
+    /// its position: slots `pos..`, or the angles `rope_for` computed.
+    fn rope(
+        &self,
+        x: &mut [f32],
+        n: usize,
+        heads: usize,
+        pos: usize,
+        custom: Option<(&[f32], &[f32])>,
+    ) {
         let hd = self.hp.head_dim;
         let half = hd / 2;
         for t in 0..n {
-            let base = (pos + t) * half;
-            let (cos, sin) = (&self.cos[base..base + half], &self.sin[base..base + half]);
+            let (cos, sin) = match custom {
+                Some((c, s)) => (&c[t * half..(t + 1) * half], &s[t * half..(t + 1) * half]),
+                None => {
+                    let base = (pos + t) * half;
+                    (&self.cos[base..base + half], &self.sin[base..base + half])
+                }
+            };
             for h in 0..heads {
                 let v = &mut x[(t * heads + h) * hd..(t * heads + h + 1) * hd];
                 match self.hp.rope_style {
@@ -550,6 +669,7 @@ impl Transformer {
         });
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
         w: &LayerWeights,
@@ -558,6 +678,7 @@ impl Transformer {
         n: usize,
         kv: &mut KvCache,
         s: &mut Scratch,
+        custom_rope: bool,
     ) -> Result<(), ModelError> {
         let hp = &self.hp;
         let (d, qd, kvd, ff) = (
@@ -571,8 +692,10 @@ impl Transformer {
         // k and v read the same quantized input as q.
         w.wk.forward(&s.h[..n * d], n, &s.acts, &mut s.k)?;
         w.wv.forward(&s.h[..n * d], n, &s.acts, &mut s.v)?;
-        self.rope(&mut s.q[..n * qd], n, hp.n_head, pos);
-        self.rope(&mut s.k[..n * kvd], n, hp.n_head_kv, pos);
+        let half = hp.head_dim / 2;
+        let custom = custom_rope.then_some((&s.rope_cos[..n * half], &s.rope_sin[..n * half]));
+        self.rope(&mut s.q[..n * qd], n, hp.n_head, pos, custom);
+        self.rope(&mut s.k[..n * kvd], n, hp.n_head_kv, pos, custom);
         kv.write(layer, pos, n, &s.k, &s.v)?;
         self.attention(kv.layer(layer)?, &s.q, n, pos, &mut s.att[..n * qd]);
         self.project(&w.wo, n, qd, |s| (&s.att, &mut s.h), s)?;

@@ -86,8 +86,13 @@ impl Quant {
         if is_vector {
             return GgmlType::F32;
         }
+        // The vision tower of a vision-language model keeps 8 bits under
+        // the 4-bit scheme: it is small next to the language model and
+        // its errors reach every image token.
+        let vision = name.starts_with("v.");
         let want = match self {
             Quant::AsStored => stored,
+            Quant::Q4KM | Quant::Q8_0 if vision => GgmlType::Q8_0,
             Quant::F16 => GgmlType::F16,
             Quant::BF16 => GgmlType::BF16,
             Quant::Q8_0 => GgmlType::Q8_0,

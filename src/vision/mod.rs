@@ -2,6 +2,7 @@
 //! preprocessing, the vision tower, the multimodal rotary positions of the
 //! text model, and RoboBrain's task prompts and answer parsing.
 
+pub mod annotate;
 pub mod preprocess;
 pub mod tasks;
 pub mod tower;

@@ -91,13 +91,13 @@ impl VisionConfig {
             rope_theta: 10_000.0,
             eps: 1e-6,
         };
-        if c.hidden % c.heads != 0 || (c.hidden / c.heads) % 4 != 0 {
+        if !c.hidden.is_multiple_of(c.heads) || !(c.hidden / c.heads).is_multiple_of(4) {
             return Err(ModelError::Format(format!(
                 "vision_config: hidden size {} and {} heads do not give a head size divisible by 4",
                 c.hidden, c.heads
             )));
         }
-        if c.window_size % (c.patch_size * c.merge_size) != 0 {
+        if !c.window_size.is_multiple_of(c.patch_size * c.merge_size) {
             return Err(ModelError::Format(format!(
                 "vision_config: window size {} is not a multiple of {}",
                 c.window_size,
@@ -267,10 +267,13 @@ fn f32_tensor(t: QTensor, device: &Device) -> Result<Tensor, ModelError> {
 }
 
 impl VisionTower {
+    /// `half_weights`: 16-bit matrices stay 16-bit in memory (computed in
+    /// f16); otherwise they are widened to f32 (exact, twice the memory).
     pub fn load(
         cfg: VisionConfig,
         get: &mut TensorFn<'_>,
         device: &Device,
+        half_weights: bool,
     ) -> Result<Self, ModelError> {
         let mut bytes = 0u64;
         let mut proj = |get: &mut TensorFn<'_>, name: &str| -> Result<Projection, ModelError> {
@@ -285,7 +288,7 @@ impl VisionTower {
                 Err(_) if name == "v.patch_embd" => None,
                 Err(e) => return Err(e),
             };
-            Projection::new(w, b, device)
+            Projection::new(w, b, device, half_weights)
         };
         let patch_embed = proj(get, "v.patch_embd")?;
         let mut blocks = Vec::with_capacity(cfg.depth);

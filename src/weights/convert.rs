@@ -27,10 +27,15 @@ use crate::placement::Quant;
 
 /// Bumped whenever the converter's output changes, so old cache entries are
 /// not reused.
-const CONVERTER_VERSION: u32 = 1;
+const CONVERTER_VERSION: u32 = 2;
 
 /// The generation_config.json of the source, kept in the GGUF.
 pub const HF_GENERATION_CONFIG: &str = "spillway.hf.generation_config_json";
+/// The source's config.json (a vision model reads its vision_config and
+/// token ids from it).
+pub const HF_CONFIG: &str = "spillway.hf.config_json";
+/// The source's preprocessor_config.json (image processor settings).
+pub const HF_PREPROCESSOR_CONFIG: &str = "spillway.hf.preprocessor_config_json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
@@ -79,6 +84,13 @@ fn jobs(folder: &HfFolder, quant: Quant) -> Result<Vec<Job>, ConvertError> {
     if folder.tensors.contains_key("output.weight") || !hp.tied_embeddings {
         wanted.push(("output.weight".into(), None, vec![hp.n_vocab, hp.n_embd]));
     }
+    // A vision-language model's tower, after the language model.
+    if hp.is_multimodal() && folder.config.get("vision_config").is_some() {
+        let vc = crate::vision::VisionConfig::from_config(&folder.config, hp.n_embd)?;
+        for (name, shape) in vc.expected_shapes() {
+            wanted.push((name, None, shape));
+        }
+    }
     let mut out = Vec::with_capacity(wanted.len());
     for (name, layer, shape) in wanted {
         let src = folder.tensors.get(&name).ok_or_else(|| {
@@ -87,7 +99,12 @@ fn jobs(folder: &HfFolder, quant: Quant) -> Result<Vec<Job>, ConvertError> {
                 folder.dir.display()
             ))
         })?;
-        if src.shape != shape {
+        // The patch embedding is a Conv3d kernel (out, 3, 2, 14, 14): the
+        // same values as the (out, 1176) matrix it is used as.
+        let reshaped = name == "v.patch_embd.weight"
+            && src.shape.first() == shape.first()
+            && src.elems() == shape.iter().product::<usize>();
+        if src.shape != shape && !reshaped {
             return Err(ModelError::Format(format!(
                 "{} has shape {:?}, config.json implies {shape:?}",
                 src.hf_name, src.shape
@@ -135,6 +152,7 @@ fn metadata(
     let hp = &folder.hparams;
     let arch = match hp.arch {
         Arch::Llama => "llama",
+        Arch::Qwen2 if hp.is_multimodal() => "qwen2vl",
         Arch::Qwen2 => "qwen2",
     };
     let k = |s: &str| format!("{arch}.{s}");
@@ -162,6 +180,17 @@ fn metadata(
         ("spillway.quant".into(), Value::String(quant.to_string())),
         ("spillway.source".into(), Value::String(source_key.into())),
     ];
+    if let Some(sec) = hp.mrope_sections {
+        m.push((
+            k("rope.dimension_sections"),
+            Value::Array(
+                sec.iter()
+                    .chain(&[0])
+                    .map(|&v| Value::U32(v as u32))
+                    .collect(),
+            ),
+        ));
+    }
     let tokenizer = folder.json_file("tokenizer.json")?.ok_or_else(|| {
         ModelError::Format(format!("{} has no tokenizer.json", folder.dir.display()))
     })?;
@@ -170,6 +199,8 @@ fn metadata(
         (HF_TOKENIZER_CONFIG, "tokenizer_config.json"),
         (HF_CHAT_TEMPLATE, "chat_template.json"),
         (HF_GENERATION_CONFIG, "generation_config.json"),
+        (HF_CONFIG, "config.json"),
+        (HF_PREPROCESSOR_CONFIG, "preprocessor_config.json"),
     ] {
         if let Some(text) = folder.json_file(file)? {
             m.push((key.into(), Value::String(text)));
@@ -333,7 +364,7 @@ pub fn source_key(folder: &HfFolder, quant: Quant) -> String {
 }
 
 /// FNV-1a, 64 bits: a cache key, not a checksum of trust.
-struct Fnv(u64);
+pub struct Fnv(u64);
 
 impl Default for Fnv {
     fn default() -> Self {
@@ -342,7 +373,11 @@ impl Default for Fnv {
 }
 
 impl Fnv {
-    fn add(&mut self, bytes: &[u8]) {
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+
+    pub fn add(&mut self, bytes: &[u8]) {
         for &b in bytes {
             self.0 ^= u64::from(b);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);

@@ -81,7 +81,7 @@ pub struct HfFolder {
     /// The safetensors files, in index order.
     pub shards: Vec<PathBuf>,
     maps: Vec<Mmap>,
-    /// GGUF name → where the tensor is; vision tensors are left out.
+    /// GGUF name → where the tensor is (vision tower tensors under `v.`).
     pub tensors: BTreeMap<String, SourceTensor>,
 }
 
@@ -324,8 +324,11 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         .or_else(|| hf.strip_prefix("language_model.model."))
         .or_else(|| hf.strip_prefix("model."))
         .unwrap_or(hf);
-    if hf.starts_with("visual.") || hf.starts_with("model.visual.") {
-        return None;
+    if let Some(v) = hf
+        .strip_prefix("visual.")
+        .or_else(|| hf.strip_prefix("model.visual."))
+    {
+        return vision_gguf_name(v);
     }
     match rest {
         "embed_tokens.weight" => return Some("token_embd.weight".into()),
@@ -353,6 +356,40 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         _ => return None,
     };
     Some(format!("blk.{i}.{gguf}.{kind}"))
+}
+
+/// The GGUF name of a Qwen2.5-VL vision tower tensor (the part after
+/// `visual.`).
+fn vision_gguf_name(v: &str) -> Option<String> {
+    match v {
+        "patch_embed.proj.weight" => return Some("v.patch_embd.weight".into()),
+        "merger.ln_q.weight" => return Some("v.merger.norm.weight".into()),
+        _ => {}
+    }
+    if let Some(rest) = v.strip_prefix("merger.mlp.") {
+        let (i, kind) = rest.split_once('.')?;
+        let fc = match i {
+            "0" => "fc1",
+            "2" => "fc2",
+            _ => return None,
+        };
+        return Some(format!("v.merger.{fc}.{kind}"));
+    }
+    let rest = v.strip_prefix("blocks.")?;
+    let (i, part) = rest.split_once('.')?;
+    let i: usize = i.parse().ok()?;
+    let (module, kind) = part.rsplit_once('.')?;
+    let name = match module {
+        "norm1" => "ln1",
+        "norm2" => "ln2",
+        "attn.qkv" => "attn_qkv",
+        "attn.proj" => "attn_out",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("v.blk.{i}.{name}.{kind}"))
 }
 
 /// Reorders the rows of a query or key projection from Hugging Face's
@@ -398,8 +435,19 @@ mod tests {
                 "model.layers.1.post_attention_layernorm.weight",
                 Some("blk.1.ffn_norm.weight"),
             ),
-            ("visual.blocks.0.attn.qkv.weight", None),
-            ("model.visual.merger.mlp.0.weight", None),
+            (
+                "visual.blocks.0.attn.qkv.weight",
+                Some("v.blk.0.attn_qkv.weight"),
+            ),
+            (
+                "model.visual.merger.mlp.0.weight",
+                Some("v.merger.fc1.weight"),
+            ),
+            (
+                "visual.patch_embed.proj.weight",
+                Some("v.patch_embd.weight"),
+            ),
+            ("visual.rotary_pos_emb.inv_freq", None),
             ("model.layers.0.self_attn.rotary_emb.inv_freq", None),
         ] {
             assert_eq!(gguf_name(hf).as_deref(), gguf, "{hf}");

@@ -9,7 +9,7 @@ use spillway::chat::template::Message;
 use spillway::engine::{Engine, LoadOptions};
 use spillway::placement::Quant;
 
-fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
@@ -54,7 +54,7 @@ fn reference(dir: &Path) -> Reference {
     }
 }
 
-fn load(dir: &Path, quant: Quant, cache: &Path) -> Engine {
+pub(crate) fn load(dir: &Path, quant: Quant, cache: &Path) -> Engine {
     let mut opts = LoadOptions::new(dir);
     opts.quant = quant;
     opts.cache_dir = Some(cache.to_path_buf());
@@ -65,7 +65,7 @@ fn messages(dir: &Path) -> Vec<Message> {
     serde_json::from_slice(&std::fs::read(dir.join("messages.json")).unwrap()).unwrap()
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(b)
@@ -102,7 +102,7 @@ fn greedy_cli(dir: &Path, quant: &str, cache: &Path) -> Vec<u32> {
 
 /// `spillway generate --model DIR ARGS --json` with converted models cached
 /// in `cache`: its JSON.
-fn generate_json(dir: &Path, args: &[&str], cache: &Path) -> serde_json::Value {
+pub(crate) fn generate_json(dir: &Path, args: &[&str], cache: &Path) -> serde_json::Value {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
         .args(["generate", "--model"])
         .arg(dir)

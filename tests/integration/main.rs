@@ -11,3 +11,4 @@ mod hf;
 mod placement;
 mod tokenizer;
 mod ui;
+mod vision;

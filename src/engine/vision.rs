@@ -1,0 +1,300 @@
+//! The engine's vision half: the tower loaded from a converted Qwen2.5-VL
+//! GGUF, prompts with images (each `<|image_pad|>` expanded to its image's
+//! tokens, M-RoPE positions for the whole sequence), image embeddings
+//! computed once per image and kept for the next turn.
+
+use std::path::{Path, PathBuf};
+
+use crate::chat::template::Message;
+use crate::model::ModelError;
+use crate::vision::preprocess::{self, Prepared, ProcessorConfig, Rgb};
+use crate::vision::{tower::VisionTower, VisionConfig, VisionTokens};
+use crate::weights::convert::{HF_CONFIG, HF_PREPROCESSOR_CONFIG};
+use crate::weights::gguf::{GgufFile, Value};
+use crate::weights::read::read_qtensor;
+
+use super::{Engine, EngineError};
+
+/// Image embeddings kept for this many distinct images.
+const EMBED_CACHE: usize = 8;
+
+pub struct VisionModel {
+    pub tower: VisionTower,
+    pub processor: ProcessorConfig,
+    pub tokens: VisionTokens,
+    /// Recently encoded images: (content hash, `tokens × n_embd` values).
+    embeds: Vec<(u64, std::sync::Arc<Vec<f32>>)>,
+}
+
+/// One image of a prompt.
+#[derive(Debug, Clone)]
+pub struct PromptImage {
+    pub prepared: Prepared,
+    /// Identifies the image's pixels (the KV cache reuses a prefix only
+    /// where its images are the same).
+    pub hash: u64,
+}
+
+impl PromptImage {
+    pub fn new(prepared: Prepared) -> Self {
+        let mut h = crate::weights::convert::Fnv::default();
+        for g in prepared.grid_thw {
+            h.add(&(g as u64).to_le_bytes());
+        }
+        let bytes: Vec<u8> = prepared
+            .pixel_values
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        h.add(&bytes);
+        PromptImage {
+            hash: h.finish(),
+            prepared,
+        }
+    }
+}
+
+/// A tokenized prompt and the images its `<|image_pad|>` runs stand for.
+#[derive(Debug, Clone, Default)]
+pub struct Prompt {
+    pub tokens: Vec<u32>,
+    pub images: Vec<PromptImage>,
+}
+
+impl Prompt {
+    pub fn text(tokens: Vec<u32>) -> Self {
+        Prompt {
+            tokens,
+            images: Vec::new(),
+        }
+    }
+}
+
+fn json_meta(g: &GgufFile, key: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(g.get(key).and_then(Value::as_str)?).ok()
+}
+
+/// The vision half of a GGUF converted from a Qwen2.5-VL folder, when it
+/// has one. `half_weights`: keep 16-bit matrices as f16 in memory (the
+/// quantized schemes) rather than f32 (as stored, for exact results).
+pub fn load(
+    g: &GgufFile,
+    file: &std::fs::File,
+    n_embd: usize,
+    half_weights: bool,
+) -> Result<Option<VisionModel>, ModelError> {
+    if g.tensor("v.patch_embd.weight").is_none() {
+        return Ok(None);
+    }
+    let config = json_meta(g, HF_CONFIG).ok_or_else(|| {
+        ModelError::Format("the model has a vision tower but no config.json metadata".into())
+    })?;
+    let cfg = VisionConfig::from_config(&config, n_embd)?;
+    let processor = json_meta(g, HF_PREPROCESSOR_CONFIG)
+        .map(|p| ProcessorConfig::from_json(&p))
+        .unwrap_or_default();
+    if processor.patch_values() != cfg.patch_values() || processor.merge_size != cfg.merge_size {
+        return Err(ModelError::Format(format!(
+            "preprocessor_config.json (patch {}, merge {}) does not fit the vision tower (patch {}, merge {})",
+            processor.patch_size, processor.merge_size, cfg.patch_size, cfg.merge_size
+        )));
+    }
+    let mut get = |name: &str| -> Result<candle_core::quantized::QTensor, ModelError> {
+        let info = g
+            .tensor(name)
+            .ok_or_else(|| ModelError::Format(format!("tensor {name} is missing")))?;
+        Ok(read_qtensor(file, info)?)
+    };
+    let tower = VisionTower::load(cfg, &mut get, &candle_core::Device::Cpu, half_weights)?;
+    Ok(Some(VisionModel {
+        tower,
+        processor,
+        tokens: VisionTokens::from_config(&config),
+        embeds: Vec::new(),
+    }))
+}
+
+/// The image parts of `messages` in order (`{"type": "image", "path": …}`,
+/// also `"image"` / `"image_url"` holding a path or `file://` URL),
+/// relative paths taken from `base`.
+pub fn image_paths(messages: &[Message], base: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    for m in messages {
+        let Some(parts) = m.content.as_array() else {
+            continue;
+        };
+        for p in parts {
+            let ty = p.get("type").and_then(|t| t.as_str());
+            let is_image = ty == Some("image")
+                || ty == Some("image_url")
+                || (ty.is_none() && (p.get("image").is_some() || p.get("image_url").is_some()));
+            if !is_image {
+                continue;
+            }
+            let raw = ["path", "image", "image_url"]
+                .iter()
+                .find_map(|k| match p.get(*k) {
+                    Some(serde_json::Value::String(s)) => Some(s.clone()),
+                    Some(serde_json::Value::Object(o)) => {
+                        o.get("url").and_then(|u| u.as_str()).map(str::to_string)
+                    }
+                    _ => None,
+                })
+                .ok_or("an image part has no path")?;
+            if raw.starts_with("http://") || raw.starts_with("https://") || raw.starts_with("data:")
+            {
+                return Err(format!(
+                    "image {raw}: only local files are read (download it first)"
+                ));
+            }
+            let path = PathBuf::from(raw.strip_prefix("file://").unwrap_or(&raw));
+            out.push(if path.is_absolute() {
+                path
+            } else {
+                base.join(path)
+            });
+        }
+    }
+    Ok(out)
+}
+
+impl Engine {
+    /// Whether the model reads images.
+    pub fn vision(&self) -> Option<&VisionModel> {
+        self.vision.as_ref()
+    }
+
+    /// Resizes and cuts an image as this model's processor does;
+    /// `max_pixels` (when given) lowers the processor's bound.
+    pub fn prepare_image(
+        &self,
+        img: &Rgb,
+        max_pixels: Option<usize>,
+    ) -> Result<PromptImage, EngineError> {
+        let v = self.vision.as_ref().ok_or_else(|| {
+            EngineError::Invalid("this model does not read images (it has no vision tower)".into())
+        })?;
+        let mut cfg = v.processor.clone();
+        if let Some(m) = max_pixels {
+            cfg.max_pixels = cfg.max_pixels.min(m).max(cfg.min_pixels);
+        }
+        let prepared =
+            preprocess::prepare(img, &cfg).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        Ok(PromptImage::new(prepared))
+    }
+
+    /// Renders `messages` (image parts in them) and tokenizes the result
+    /// with each image's `<|image_pad|>` expanded; `suffix` is appended
+    /// after the generation prompt (RoboBrain's `<think>`).
+    pub fn chat_prompt(
+        &self,
+        messages: &[Message],
+        images: Vec<PromptImage>,
+        suffix: &str,
+    ) -> Result<Prompt, EngineError> {
+        let template = self
+            .template
+            .as_ref()
+            .ok_or(crate::chat::template::TemplateError::Missing)?;
+        let mut text = template.render(messages, true)?;
+        text.push_str(suffix);
+        let tokens = self.tokenizer.encode(&text, false)?;
+        if images.is_empty() {
+            return Ok(Prompt::text(tokens));
+        }
+        let v = self.vision.as_ref().ok_or_else(|| {
+            EngineError::Invalid("this model does not read images (it has no vision tower)".into())
+        })?;
+        let counts: Vec<usize> = images
+            .iter()
+            .map(|i| i.prepared.tokens(v.processor.merge_size))
+            .collect();
+        let tokens = crate::vision::expand_image_pads(&tokens, v.tokens.image_pad, &counts)
+            .map_err(EngineError::Invalid)?;
+        Ok(Prompt { tokens, images })
+    }
+
+    /// The image's embeddings (`tokens × n_embd`), from the cache when it
+    /// was encoded before.
+    pub fn image_embeddings(
+        &mut self,
+        image: &PromptImage,
+    ) -> Result<std::sync::Arc<Vec<f32>>, EngineError> {
+        let v = self
+            .vision
+            .as_mut()
+            .ok_or_else(|| EngineError::Invalid("this model does not read images".into()))?;
+        if let Some(i) = v.embeds.iter().position(|(h, _)| *h == image.hash) {
+            let e = v.embeds.remove(i);
+            v.embeds.push(e.clone());
+            return Ok(e.1);
+        }
+        let p = &image.prepared;
+        let t = v.tower.forward(&p.pixel_values, p.grid_thw, None)?;
+        let values = std::sync::Arc::new(
+            t.flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(ModelError::from)?,
+        );
+        if v.embeds.len() >= EMBED_CACHE {
+            v.embeds.remove(0);
+        }
+        v.embeds.push((image.hash, values.clone()));
+        Ok(values)
+    }
+
+    /// Rotary positions of a whole prompt (`None` for text models).
+    pub fn prompt_positions(&self, prompt: &Prompt) -> Result<Option<Vec<[u32; 3]>>, EngineError> {
+        if !self.model.hp.is_multimodal() {
+            if !prompt.images.is_empty() {
+                return Err(EngineError::Invalid(
+                    "this model does not read images (it has no vision tower)".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        let (image_pad, merge) = match &self.vision {
+            Some(v) => (v.tokens.image_pad, v.processor.merge_size),
+            // A Qwen2.5-VL text half without its tower: no image tokens.
+            None => (u32::MAX, 2),
+        };
+        let grids: Vec<[usize; 3]> = prompt.images.iter().map(|i| i.prepared.grid_thw).collect();
+        let (p, _) = crate::vision::mrope_positions(&prompt.tokens, image_pad, &grids, merge)
+            .map_err(EngineError::Invalid)?;
+        Ok(Some(p))
+    }
+
+    /// Where each image's tokens start in `prompt`.
+    pub(super) fn image_starts(&self, prompt: &Prompt) -> Vec<usize> {
+        let Some(v) = &self.vision else {
+            return Vec::new();
+        };
+        let mut starts = Vec::new();
+        let mut i = 0;
+        for img in &prompt.images {
+            while i < prompt.tokens.len() && prompt.tokens[i] != v.tokens.image_pad {
+                i += 1;
+            }
+            starts.push(i);
+            i += img.prepared.tokens(v.processor.merge_size);
+        }
+        starts
+    }
+
+    /// Logits at every position of `prompt` (`tokens × vocab`), from an
+    /// empty cache (parity checks); the cache is emptied again after.
+    pub fn logits_all_prompt(&mut self, prompt: &Prompt) -> Result<Vec<f32>, EngineError> {
+        self.reset();
+        let positions = self.prompt_positions(prompt)?;
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let out = self.feed_prompt(
+            prompt,
+            0,
+            positions.as_deref(),
+            crate::model::transformer::LogitsFor::All,
+            &never,
+        );
+        self.reset();
+        Ok(out?.unwrap_or_default())
+    }
+}

@@ -1,0 +1,265 @@
+//! Qwen2.5-VL (RoboBrain 2.0's architecture) against Hugging Face
+//! transformers: the tiny fixture in tests/fixtures/qwen2_5_vl_tiny (see its
+//! README.md) — preprocessing, prompt ids, M-RoPE positions, the vision
+//! tower, logits and greedy tokens — plus the image-aware prompt cache and
+//! the CLI's task modes.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{DType, Device, Tensor};
+use spillway::chat::template::Message;
+use spillway::engine::vision::PromptImage;
+use spillway::engine::{Engine, GenerateParams};
+use spillway::model::sampler::SamplingParams;
+use spillway::placement::Quant;
+use spillway::vision::preprocess;
+
+use super::hf::{fixture, generate_json, load, max_abs_diff};
+
+fn reference(dir: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn ints(t: &Tensor) -> Vec<i64> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::I64)
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+}
+
+fn messages(dir: &Path) -> Vec<Message> {
+    serde_json::from_slice(&std::fs::read(dir.join("messages.json")).unwrap()).unwrap()
+}
+
+fn fixture_image(engine: &Engine, dir: &Path) -> PromptImage {
+    let rgb = preprocess::load(&dir.join("image.png")).unwrap();
+    engine.prepare_image(&rgb, None).unwrap()
+}
+
+#[test]
+fn qwen2_5_vl_matches_transformers() {
+    let dir = fixture("qwen2_5_vl_tiny");
+    let cache = tempfile::tempdir().unwrap();
+    let r = reference(&dir);
+    let mut engine = load(&dir, Quant::AsStored, cache.path());
+    assert!(engine.vision().is_some());
+
+    // Preprocessing.
+    let img = fixture_image(&engine, &dir);
+    let grid: Vec<i64> = ints(&r["image_grid_thw"]);
+    assert_eq!(
+        img.prepared.grid_thw.map(|g| g as i64).to_vec(),
+        grid,
+        "image_grid_thw"
+    );
+    let px = max_abs_diff(&img.prepared.pixel_values, &f32s(&r["pixel_values"]));
+    eprintln!("pixel_values max abs diff {px:.2e}");
+    assert!(px < 1e-5, "pixel_values differ by {px}");
+
+    // Prompt ids (the chat template, then <|image_pad|> expanded).
+    let prompt = engine
+        .chat_prompt(&messages(&dir), vec![img.clone()], "")
+        .unwrap();
+    let want_ids: Vec<u32> = ints(&r["input_ids"]).iter().map(|&x| x as u32).collect();
+    assert_eq!(prompt.tokens, want_ids, "input_ids");
+
+    // M-RoPE positions, 3 × N.
+    let pos = engine.prompt_positions(&prompt).unwrap().unwrap();
+    let want_pos = ints(&r["position_ids"]);
+    let n = prompt.tokens.len();
+    for (axis, row) in want_pos.chunks(n).enumerate() {
+        let got: Vec<i64> = pos.iter().map(|p| p[axis] as i64).collect();
+        assert_eq!(got, row, "position_ids row {axis}");
+    }
+
+    // The vision tower: patch embeddings, every block, the merged output.
+    let v = engine.vision().unwrap();
+    let p = &img.prepared;
+    let patch = f32s(&v.tower.patch_embeds(&p.pixel_values, p.patches()).unwrap());
+    let d = max_abs_diff(&patch, &f32s(&r["vision.patch_embeds"]));
+    eprintln!("patch_embeds max abs diff {d:.2e}");
+    let mut blocks = Vec::new();
+    let embeds = f32s(
+        &v.tower
+            .forward(&p.pixel_values, p.grid_thw, Some(&mut blocks))
+            .unwrap(),
+    );
+    for (i, b) in blocks.iter().enumerate() {
+        let d = max_abs_diff(&f32s(b), &f32s(&r[&format!("vision.block_output.{i}")]));
+        eprintln!("vision block {i} max abs diff {d:.2e}");
+        assert!(d < 2e-4, "vision block {i} differs by {d}");
+    }
+    let e = max_abs_diff(&embeds, &f32s(&r["image_embeds"]));
+    eprintln!("image_embeds max abs diff {e:.2e}");
+    assert!(e < 2e-4, "image_embeds differ by {e}");
+
+    // Logits at every position.
+    let logits = engine.logits_all_prompt(&prompt).unwrap();
+    let l = max_abs_diff(&logits, &f32s(&r["logits"]));
+    eprintln!("logits max abs diff {l:.2e}");
+    assert!(l < 1e-3, "logits differ by {l}");
+
+    // The 8 greedy tokens, through the CLI with the image as a chat part.
+    let chat = dir.join("messages.json");
+    let json = generate_json(
+        &dir,
+        &[
+            "--chat",
+            chat.to_str().unwrap(),
+            "--greedy",
+            "--ignore-eos",
+            "--max-tokens",
+            "8",
+            "--dtype",
+            "f32",
+            "--quant",
+            "none",
+        ],
+        cache.path(),
+    );
+    let got: Vec<i64> = json["generated_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(got, ints(&r["generated_ids"]), "greedy tokens");
+    assert_eq!(json["images"][0]["tokens"], 48);
+}
+
+fn greedy(n: usize) -> GenerateParams {
+    GenerateParams {
+        max_tokens: n,
+        sampling: SamplingParams::greedy(),
+        ignore_eos: true,
+        ..GenerateParams::default()
+    }
+}
+
+/// A second turn reuses the cached image; a different image of the same
+/// size (the same tokens) is computed again, and both give what a fresh
+/// engine gives.
+#[test]
+fn the_prompt_cache_tells_images_apart() {
+    let dir = fixture("qwen2_5_vl_tiny");
+    let cache = tempfile::tempdir().unwrap();
+    let mut engine = load(&dir, Quant::AsStored, cache.path());
+    let never = AtomicBool::new(false);
+    let img = fixture_image(&engine, &dir);
+    let mut flipped = preprocess::load(&dir.join("image.png")).unwrap();
+    let w = flipped.width;
+    for row in flipped.data.chunks_mut(w * 3) {
+        let px: Vec<[u8; 3]> = row.chunks(3).rev().map(|p| [p[0], p[1], p[2]]).collect();
+        row.copy_from_slice(&px.concat());
+    }
+    let other = engine.prepare_image(&flipped, None).unwrap();
+    assert_ne!(img.hash, other.hash);
+
+    let msgs = messages(&dir);
+    let a = engine.chat_prompt(&msgs, vec![img.clone()], "").unwrap();
+    let b = engine.chat_prompt(&msgs, vec![other.clone()], "").unwrap();
+    assert_eq!(a.tokens, b.tokens, "the same tokens, different pixels");
+    let first = engine
+        .generate_prompt(&a, &greedy(6), &never, &mut |_| {})
+        .unwrap();
+    let again = engine
+        .generate_prompt(&a, &greedy(6), &never, &mut |_| {})
+        .unwrap();
+    assert_eq!(again.reused_tokens, a.tokens.len() - 1);
+    assert_eq!(again.generated_tokens, first.generated_tokens);
+    let swapped = engine
+        .generate_prompt(&b, &greedy(6), &never, &mut |_| {})
+        .unwrap();
+    let image_start = a.tokens.iter().position(|&t| t == 652).unwrap();
+    assert!(
+        swapped.reused_tokens <= image_start,
+        "reused {} tokens past the image at {image_start}",
+        swapped.reused_tokens
+    );
+    let mut fresh = load(&dir, Quant::AsStored, cache.path());
+    let want = fresh
+        .generate_prompt(&b, &greedy(6), &never, &mut |_| {})
+        .unwrap();
+    assert_eq!(swapped.generated_tokens, want.generated_tokens);
+    // A follow-up question after the reply continues the positions.
+    let mut turn2 = msgs.clone();
+    turn2.push(Message::new("assistant", &swapped.text));
+    turn2.push(Message::new("user", "And the colours?"));
+    let c = engine.chat_prompt(&turn2, vec![other], "").unwrap();
+    let next = engine
+        .generate_prompt(&c, &greedy(4), &never, &mut |_| {})
+        .unwrap();
+    let mut fresh = load(&dir, Quant::AsStored, cache.path());
+    let want = fresh
+        .generate_prompt(&c, &greedy(4), &never, &mut |_| {})
+        .unwrap();
+    assert!(next.reused_tokens > image_start);
+    assert_eq!(next.generated_tokens, want.generated_tokens);
+}
+
+/// `--task pointing` words the prompt as RoboBrain does, parses the answer
+/// and draws it (`--annotate`); a text-only model refuses an image.
+#[test]
+fn cli_tasks_and_annotation() {
+    let dir = fixture("qwen2_5_vl_tiny");
+    let cache = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let png = out.path().join("annotated.png");
+    let image = dir.join("image.png");
+    let json = generate_json(
+        &dir,
+        &[
+            "--prompt",
+            "the red circle",
+            "--image",
+            image.to_str().unwrap(),
+            "--task",
+            "pointing",
+            "--greedy",
+            "--max-tokens",
+            "4",
+            "--annotate",
+            png.to_str().unwrap(),
+        ],
+        cache.path(),
+    );
+    assert_eq!(json["task"], "pointing");
+    assert!(json["shapes"]["points"].is_array());
+    let saved = preprocess::load(&png).unwrap();
+    assert_eq!((saved.width, saved.height), (224, 168));
+    // The prompt holds RoboBrain's pointing instruction.
+    let engine = load(&dir, Quant::AsStored, cache.path());
+    let ids: Vec<u32> = json["prompt_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let text = engine.tokenizer().decode(&ids, false).unwrap();
+    assert!(
+        text.contains("the red circle. Your answer should be formatted as a list of tuples"),
+        "{text}"
+    );
+
+    // A text model and an image: a clear error, no crash.
+    let text_model = fixture("qwen2_tiny_text");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["generate", "--model"])
+        .arg(&text_model)
+        .args(["--prompt", "hi", "--image"])
+        .arg(&image)
+        .env("SPILLWAY_CACHE_DIR", cache.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not read images"), "{err}");
+}
