@@ -36,10 +36,26 @@ pub struct LoadRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplyRequest {
     pub req_id: ReqId,
-    /// The whole conversation, system prompt first.
+    /// The whole conversation, system prompt first; images are content
+    /// parts `{"type": "image", "path": …}` with absolute paths.
     pub messages: Vec<Message>,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
+    /// Let a RoboBrain model that can think (7B, 32B) think first.
+    pub think: bool,
+    /// Upper bound on an image's pixels after resizing (its token cost).
+    pub max_pixels: Option<usize>,
+}
+
+/// What the window needs to know of a vision-language model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VisionInfo {
+    /// The image processor (sizes, pixel bounds) — for token costs and for
+    /// mapping answers back onto the original image.
+    pub processor: crate::vision::ProcessorConfig,
+    /// `Some(true)` for RoboBrain models that can think, `Some(false)` for
+    /// RoboBrain 3B, `None` for others.
+    pub thinking: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -125,6 +141,8 @@ pub struct ModelInfo {
     /// Notes about the budgets (no GPU found, a simulated tier, caps).
     pub budget_notes: Vec<String>,
     pub gpu_name: Option<String>,
+    /// Set when the model reads images.
+    pub vision: Option<VisionInfo>,
 }
 
 /// Why a reply ended.

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::vision::tasks::Task;
+
 use crate::protocol::ReplyStats;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,15 +44,60 @@ pub struct ChatMessage {
     /// The reply was stopped or failed before its end.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub incomplete: bool,
+    /// Images sent with a user message (copies in the data folder).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<Attachment>,
+    /// The RoboBrain task a user message was sent in.
+    #[serde(default, skip_serializing_if = "is_general")]
+    pub task: Task,
+}
+
+fn is_general(t: &Task) -> bool {
+    *t == Task::General
+}
+
+/// An image attached to a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The copy Spillway keeps (the original may move or be a paste).
+    pub path: PathBuf,
+    /// The original size in pixels.
+    pub width: u32,
+    pub height: u32,
 }
 
 impl ChatMessage {
+    /// The message as the chat template sees it: the task's wording, and
+    /// images as content parts before the text.
+    pub fn template_message(&self) -> crate::chat::Message {
+        let text = if self.role == "user" {
+            self.task.prompt(&self.text)
+        } else {
+            self.text.clone()
+        };
+        if self.images.is_empty() {
+            return crate::chat::Message::new(&self.role, &text);
+        }
+        let mut parts: Vec<serde_json::Value> = self
+            .images
+            .iter()
+            .map(|a| serde_json::json!({"type": "image", "path": a.path}))
+            .collect();
+        parts.push(serde_json::json!({"type": "text", "text": text}));
+        crate::chat::Message {
+            role: self.role.clone(),
+            content: serde_json::Value::Array(parts),
+        }
+    }
+
     pub fn user(text: &str) -> Self {
         ChatMessage {
             role: "user".into(),
             text: text.into(),
             stats: None,
             incomplete: false,
+            images: Vec::new(),
+            task: Task::General,
         }
     }
 
@@ -104,11 +151,7 @@ impl Conversation {
             .then(|| crate::chat::Message::new("system", &self.system_prompt));
         system
             .into_iter()
-            .chain(
-                self.messages
-                    .iter()
-                    .map(|m| crate::chat::Message::new(&m.role, &m.text)),
-            )
+            .chain(self.messages.iter().map(ChatMessage::template_message))
             .collect()
     }
 

@@ -75,9 +75,10 @@ pub struct GenerateArgs {
     /// Ask a thinking RoboBrain model to answer directly (its default).
     #[arg(long)]
     no_think: bool,
-    /// Upper bound on an image's pixels after resizing (fewer tokens).
-    #[arg(long, value_name = "N")]
-    max_pixels: Option<usize>,
+    /// Upper bound on an image's pixels after resizing: 784 pixels a token
+    /// (default 1003520, 1280 tokens, as the window and the plan assume).
+    #[arg(long, value_name = "N", default_value_t = crate::placement::footprint::DEFAULT_MAX_IMAGE_PIXELS)]
+    max_pixels: usize,
     /// Draw the answer's points, boxes or trajectory on the first image and
     /// save it here (PNG).
     #[arg(long, value_name = "OUT.png")]
@@ -206,7 +207,7 @@ pub fn run(a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let mut images = Vec::with_capacity(paths.len());
     for p in &paths {
         let rgb = preprocess::load(p)?;
-        images.push(engine.prepare_image(&rgb, a.max_pixels)?);
+        images.push(engine.prepare_image(&rgb, Some(a.max_pixels))?);
     }
     if a.task.needs_one_image() && images.len() != 1 {
         anyhow::bail!(

@@ -356,7 +356,11 @@ impl Engine {
         let mut footprint = Footprint::from_gguf(&gguf, &hp, context, PROMPT_CHUNK);
         if let Some(v) = &vision {
             let cfg = &v.tower.cfg;
-            let patches = crate::vision::tower::max_patches(v.processor.max_pixels, cfg.patch_size);
+            let max_pixels = v
+                .processor
+                .max_pixels
+                .min(crate::placement::footprint::DEFAULT_MAX_IMAGE_PIXELS);
+            let patches = crate::vision::tower::max_patches(max_pixels, cfg.patch_size);
             footprint.vision_bytes = v.tower.bytes() + cfg.activation_bytes(patches);
         }
         if let Some(b) = baseline {

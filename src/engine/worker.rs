@@ -95,6 +95,7 @@ pub fn run(ends: WorkerEnds, wake: Arc<dyn Fn() + Send + Sync>) {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         Worker {
             engine: None,
+            model_path: None,
             ends,
             wake,
         }
@@ -114,6 +115,8 @@ pub fn run(ends: WorkerEnds, wake: Arc<dyn Fn() + Send + Sync>) {
 
 struct Worker {
     engine: Option<Engine>,
+    /// The loaded model as the user named it (a path or a repo id).
+    model_path: Option<std::path::PathBuf>,
     ends: WorkerEnds,
     wake: Arc<dyn Fn() + Send + Sync>,
 }
@@ -219,6 +222,7 @@ impl Worker {
                 let info = model_info(&mut engine, req);
                 let snapshot = engine.telemetry();
                 self.engine = Some(engine);
+                self.model_path = Some(req.model_path.clone());
                 self.send(Event::Loaded(info));
                 self.send(Event::Telemetry(Box::new(snapshot)));
                 self.notices();
@@ -250,7 +254,12 @@ impl Worker {
             return;
         }
         let before = engine.placement().clone();
-        let prompt = match engine.chat_tokens(&req.messages, true) {
+        let thinking = self
+            .model_path
+            .as_deref()
+            .and_then(|p| crate::vision::tasks::supports_thinking(&p.to_string_lossy()));
+        let suffix = crate::vision::tasks::thinking_suffix(thinking, req.think);
+        let prompt = match image_prompt(engine, &req, suffix) {
             Ok(p) => p,
             Err(e) => {
                 self.fail(id, &e);
@@ -268,7 +277,7 @@ impl Worker {
         let mut first_token: Option<f64> = None;
         let events = self.ends.events.clone();
         let wake = self.wake.clone();
-        let result = engine.generate(&prompt, &params, &cancel, &mut |text| {
+        let result = engine.generate_prompt(&prompt, &params, &cancel, &mut |text| {
             first_token.get_or_insert_with(|| started.elapsed().as_secs_f64());
             if !text.is_empty() {
                 let _ = events.send(Event::Token {
@@ -363,7 +372,29 @@ fn model_info(engine: &mut Engine, req: &LoadRequest) -> ModelInfo {
         placement: engine.placement().clone(),
         budget_notes: engine.budgets().notes.clone(),
         gpu_name: engine.budgets().gpu_name.clone(),
+        vision: engine.vision().map(|v| crate::protocol::VisionInfo {
+            processor: v.processor.clone(),
+            thinking: crate::vision::tasks::supports_thinking(&req.model_path.to_string_lossy()),
+        }),
     }
+}
+
+/// The request's conversation as a prompt, its images read from their
+/// paths and prepared for the model.
+fn image_prompt(
+    engine: &Engine,
+    req: &ReplyRequest,
+    suffix: &str,
+) -> Result<super::vision::Prompt, EngineError> {
+    let paths = super::vision::image_paths(&req.messages, std::path::Path::new("/"))
+        .map_err(EngineError::Invalid)?;
+    let mut images = Vec::with_capacity(paths.len());
+    for p in &paths {
+        let rgb =
+            crate::vision::preprocess::load(p).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        images.push(engine.prepare_image(&rgb, req.max_pixels)?);
+    }
+    engine.chat_prompt(&req.messages, images, suffix)
 }
 
 /// An engine error as it crosses the channel.

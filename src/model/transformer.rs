@@ -693,7 +693,13 @@ impl Transformer {
         w.wk.forward(&s.h[..n * d], n, &s.acts, &mut s.k)?;
         w.wv.forward(&s.h[..n * d], n, &s.acts, &mut s.v)?;
         let half = hp.head_dim / 2;
-        let custom = custom_rope.then_some((&s.rope_cos[..n * half], &s.rope_sin[..n * half]));
+        // Per-token angles only where the pass has them (the scratch is
+        // empty for text models).
+        let custom = if custom_rope {
+            Some((&s.rope_cos[..n * half], &s.rope_sin[..n * half]))
+        } else {
+            None
+        };
         self.rope(&mut s.q[..n * qd], n, hp.n_head, pos, custom);
         self.rope(&mut s.k[..n * kvd], n, hp.n_head_kv, pos, custom);
         kv.write(layer, pos, n, &s.k, &s.v)?;

@@ -172,7 +172,8 @@ pub struct Footprint {
     pub cpu_scratch_bytes: u64,
     /// The same on a GPU, with one KV head group's attention scores.
     pub gpu_scratch_bytes: u64,
-    /// The vision tower's weights (0 for text models).
+    /// The vision tower's weights in memory and its activations for the
+    /// largest image allowed (0 for text models).
     pub vision_bytes: u64,
     pub gpu_runtime_bytes: u64,
     /// Process and tokenizer.
@@ -182,6 +183,10 @@ pub struct Footprint {
     /// disk; otherwise they are read from the model file in place.
     pub disk_copy: bool,
 }
+
+/// The image bound plans assume when none is given: 1280 tokens an image,
+/// the window's default.
+pub const DEFAULT_MAX_IMAGE_PIXELS: usize = 1280 * 28 * 28;
 
 impl Footprint {
     /// From a GGUF's tensor table, exactly as stored.
@@ -257,7 +262,7 @@ impl Footprint {
                 bytes,
             });
         }
-        let vision = vision_bytes(config);
+        let vision = vision_bytes(config, quant, stored, DEFAULT_MAX_IMAGE_PIXELS);
         let mut fp = Self::from_tensors(name, hp, tensors, context, prompt_chunk, vision);
         // Converted weights are read back from the quantized cache on disk.
         fp.disk_copy = true;
@@ -367,29 +372,43 @@ fn layer_of(name: &str) -> Option<usize> {
     name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
 }
 
-/// Bytes of a Qwen2.5-VL vision tower at f16 (as vision towers are kept),
-/// from `vision_config`: patch embedding, `depth` blocks (qkv, projection,
-/// SwiGLU MLP, two norms) and the 2×2 patch merger.
-fn vision_bytes(config: &serde_json::Value) -> u64 {
-    let Some(v) = config.get("vision_config") else {
+/// Bytes of a Qwen2.5-VL vision tower as the converter writes it under
+/// `quant` (each tensor in its type; 16-bit matrices are widened to f32 in
+/// memory when kept as stored, for exact results), plus its activations
+/// for an image of `max_pixels`.
+pub fn vision_bytes(
+    config: &serde_json::Value,
+    quant: Quant,
+    stored: GgmlType,
+    max_pixels: usize,
+) -> u64 {
+    let Some(hp_embd) = config
+        .get("text_config")
+        .unwrap_or(config)
+        .get("hidden_size")
+        .and_then(serde_json::Value::as_u64)
+    else {
         return 0;
     };
-    let g = |k: &str, default: u64| {
-        v.get(k)
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(default)
+    let Ok(vc) = crate::vision::VisionConfig::from_config(config, hp_embd as usize) else {
+        return 0;
     };
-    let (h, inter, depth) = (
-        g("hidden_size", 1280),
-        g("intermediate_size", 3420),
-        g("depth", 32),
-    );
-    let patch = g("in_chans", 3) * g("temporal_patch_size", 2) * g("patch_size", 14).pow(2);
-    let out = g("out_hidden_size", 2048);
-    let merge = g("spatial_merge_size", 2).pow(2) * h;
-    let block = 3 * h * h + 3 * h + h * h + h + 3 * h * inter + 2 * inter + h + 2 * h;
-    let merger = h + merge * merge + merge + merge * out + out;
-    (patch * h + depth * block + merger) * 2
+    let weights: u64 = vc
+        .expected_shapes()
+        .iter()
+        .map(|(name, shape)| {
+            let elems = shape.iter().map(|&d| d as u64).product::<u64>();
+            let row = *shape.last().unwrap_or(&1);
+            let t = quant.tensor_type(name, None, 0, row, shape.len() == 1, stored);
+            let t = match (quant, t) {
+                (Quant::AsStored, GgmlType::F16 | GgmlType::BF16) => GgmlType::F32,
+                _ => t,
+            };
+            t.bytes_for(elems).unwrap_or(elems * 4)
+        })
+        .sum();
+    let patches = crate::vision::tower::max_patches(max_pixels, vc.patch_size);
+    weights + vc.activation_bytes(patches)
 }
 
 #[cfg(test)]

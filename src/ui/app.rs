@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use egui_commonmark::CommonMarkCache;
 
 use super::chat::{self, ChatAction};
+use super::images;
 use super::placement::{self, PlacementAction};
 use super::settings::{self, Settings, SettingsAction};
-use crate::chat::history::{ChatMessage, Conversation, History};
+use crate::chat::history::{Attachment, ChatMessage, Conversation, History};
 use crate::config::Config;
 use crate::engine::worker::EngineLink;
 use crate::placement::Placement;
@@ -21,6 +22,7 @@ use crate::protocol::{
     ReplyRequest, ReqId,
 };
 use crate::telemetry::Snapshot;
+use crate::vision::tasks::Task;
 
 /// Events drained per frame stop after this long, so a burst of tokens
 /// never stalls drawing.
@@ -161,6 +163,14 @@ pub struct SpillwayApp {
     pub chat_state: chat::ChatState,
     md_cache: CommonMarkCache,
     started: Instant,
+    /// Images attached to the message being written.
+    pub attachments: Vec<Attachment>,
+    /// The RoboBrain task the next message is sent in.
+    pub task: Task,
+    /// Let a thinking RoboBrain model think first.
+    pub think: bool,
+    pub textures: images::Textures,
+    attachments_dir: PathBuf,
 }
 
 impl SpillwayApp {
@@ -210,6 +220,7 @@ impl SpillwayApp {
         if conversations.is_empty() {
             conversations.push(Conversation::new(&settings.system_prompt));
         }
+        let attachments_dir = images::attachments_dir(history.as_ref().map(History::dir));
         SpillwayApp {
             link,
             history,
@@ -235,7 +246,86 @@ impl SpillwayApp {
             chat_state: chat::ChatState::default(),
             md_cache: CommonMarkCache::default(),
             started: Instant::now(),
+            attachments: Vec::new(),
+            task: Task::General,
+            think: false,
+            textures: images::Textures::default(),
+            attachments_dir,
         }
+    }
+
+    /// Attaches an image file to the message being written (a copy is
+    /// kept with the history); a file that is not a readable image is a
+    /// banner.
+    pub fn attach_file(&mut self, path: &std::path::Path) {
+        match images::attach_file(path, &self.attachments_dir) {
+            Ok(a) => self.attachments.push(a),
+            Err(e) => self.banners.push(Banner::error(
+                "The image was not attached",
+                &e,
+                "Attach a PNG, JPEG, WebP, BMP or GIF file.",
+            )),
+        }
+    }
+
+    /// Saves reply `index`'s shapes drawn on its question's image.
+    pub fn save_annotated(&mut self, index: usize) {
+        let conv = &self.conversations[self.current];
+        let Some(reply) = conv.messages.get(index) else {
+            return;
+        };
+        let Some(q) = conv.messages[..index]
+            .iter()
+            .rev()
+            .find(|q| q.role == "user")
+        else {
+            return;
+        };
+        let Some(shapes) = images::answer_shapes(q, &reply.text, &self.image_processor()) else {
+            return;
+        };
+        match images::save_annotated(&q.images[0], &shapes) {
+            Ok(Some(out)) => self.banners.push(Banner {
+                title: "Annotated image saved".into(),
+                message: out.display().to_string(),
+                advice: String::new(),
+                is_error: false,
+            }),
+            Ok(None) => {}
+            Err(e) => self
+                .banners
+                .push(Banner::error("The annotated image was not saved", &e, "")),
+        }
+    }
+
+    /// Attaches a pasted image.
+    pub fn attach_pasted(&mut self, img: &egui::ColorImage) {
+        match images::attach_pasted(img, &self.attachments_dir) {
+            Ok(a) => self.attachments.push(a),
+            Err(e) => self
+                .banners
+                .push(Banner::error("The pasted image was not attached", &e, "")),
+        }
+    }
+
+    /// The image processor sizes use: the loaded model's, bounded by the
+    /// settings' max pixels.
+    pub fn image_processor(&self) -> crate::vision::ProcessorConfig {
+        let model = self
+            .model
+            .as_ref()
+            .and_then(|m| m.vision.as_ref())
+            .map(|v| &v.processor);
+        images::processor(model, self.settings.max_image_pixels)
+    }
+
+    /// Whether the loaded model thinks when asked (RoboBrain 7B/32B).
+    pub fn model_can_think(&self) -> bool {
+        self.model
+            .as_ref()
+            .and_then(|m| m.vision.as_ref())
+            .and_then(|v| v.thinking)
+            .unwrap_or(false)
     }
 
     pub fn current_conversation(&self) -> &Conversation {
@@ -283,11 +373,39 @@ impl SpillwayApp {
         if text.is_empty() || self.streaming.is_some() {
             return;
         }
+        if let Some(problem) = self.image_problem() {
+            self.banners.push(problem);
+            return;
+        }
         self.composer.clear();
         let conv = &mut self.conversations[self.current];
-        conv.messages.push(ChatMessage::user(&text));
+        conv.messages.push(ChatMessage {
+            images: std::mem::take(&mut self.attachments),
+            task: self.task,
+            ..ChatMessage::user(&text)
+        });
         conv.title_from_first_message();
         self.request_reply();
+    }
+
+    /// Why the message being written cannot go with its images and task.
+    fn image_problem(&self) -> Option<Banner> {
+        let vision = self.model.as_ref().map(|m| m.vision.is_some());
+        if !self.attachments.is_empty() && vision == Some(false) {
+            return Some(Banner::error(
+                "This model does not read images",
+                "The loaded model has no vision tower.",
+                "Load a vision-language model (Qwen2.5-VL, RoboBrain 2.0), or remove the images.",
+            ));
+        }
+        if self.task.needs_one_image() && self.attachments.len() != 1 {
+            return Some(Banner::error(
+                &format!("The {} task needs one image", self.task),
+                &format!("{} images are attached.", self.attachments.len()),
+                "Attach exactly one image, or switch the task to general.",
+            ));
+        }
+        None
     }
 
     /// Starts a reply to the current conversation as it stands.
@@ -322,6 +440,8 @@ impl SpillwayApp {
             messages,
             max_tokens: s.max_new_tokens,
             sampling: s.sampling(),
+            think: self.think && self.model_can_think(),
+            max_pixels: Some(s.max_image_pixels),
         };
         self.send(Command::Generate(req));
     }
@@ -357,8 +477,12 @@ impl SpillwayApp {
         if conv.messages.get(index).is_none_or(|m| m.role != "user") {
             return;
         }
+        let original = conv.messages[index].clone();
         conv.messages.truncate(index);
-        conv.messages.push(ChatMessage::user(text));
+        conv.messages.push(ChatMessage {
+            text: text.to_string(),
+            ..original
+        });
         self.request_reply();
     }
 
@@ -560,6 +684,30 @@ impl SpillwayApp {
         if ctx.input(|i| i.key_pressed(egui::Key::F12)) {
             self.show_frame_times = !self.show_frame_times;
         }
+        // Images dropped on the window or pasted attach to the message.
+        let (dropped, pasted) = ctx.input(|i| {
+            let dropped: Vec<PathBuf> = i
+                .raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .collect();
+            let pasted: Vec<std::sync::Arc<egui::ColorImage>> = i
+                .events
+                .iter()
+                .filter_map(|e| match e {
+                    egui::Event::PasteImage(img) => Some(img.clone()),
+                    _ => None,
+                })
+                .collect();
+            (dropped, pasted)
+        });
+        for p in dropped {
+            self.attach_file(&p);
+        }
+        for img in pasted {
+            self.attach_pasted(&img);
+        }
     }
 
     /// One frame: events in, panels drawn, their actions applied.
@@ -693,6 +841,20 @@ impl SpillwayApp {
             ChatAction::Select(i) => self.select_conversation(i),
             ChatAction::Delete(i) => self.delete_conversation(i),
             ChatAction::Rename { index, title } => self.rename_conversation(index, &title),
+            ChatAction::AttachDialog => {
+                let files = rfd::FileDialog::new()
+                    .add_filter("Images", &["png", "jpg", "jpeg", "webp", "bmp", "gif"])
+                    .pick_files();
+                for f in files.unwrap_or_default() {
+                    self.attach_file(&f);
+                }
+            }
+            ChatAction::RemoveAttachment(k) => {
+                if k < self.attachments.len() {
+                    self.attachments.remove(k);
+                }
+            }
+            ChatAction::SaveAnnotated(i) => self.save_annotated(i),
             ChatAction::SystemPrompt(text) => {
                 self.conversations[self.current].system_prompt = text;
                 self.save_current();

@@ -8,6 +8,8 @@
 use egui_commonmark::{CommonMarkCache, CommonMarkViewer};
 
 use super::app::SpillwayApp;
+use super::images;
+use crate::vision::tasks::Task;
 
 #[derive(Debug, Clone, PartialEq)]
 #[must_use]
@@ -15,12 +17,24 @@ pub enum ChatAction {
     Send,
     Stop,
     Regenerate,
-    EditResend { index: usize, text: String },
+    EditResend {
+        index: usize,
+        text: String,
+    },
     New,
     Select(usize),
     Delete(usize),
-    Rename { index: usize, title: String },
+    Rename {
+        index: usize,
+        title: String,
+    },
     SystemPrompt(String),
+    /// Open the file dialog to attach images.
+    AttachDialog,
+    RemoveAttachment(usize),
+    /// Save the image of the question before reply `index` with the
+    /// reply's shapes drawn on it.
+    SaveAnnotated(usize),
 }
 
 /// Panel state that is not part of the conversation.
@@ -119,7 +133,12 @@ pub fn chat_ui(
     }
     ui.separator();
 
-    let composer_height = 90.0;
+    let composer_height = if app.attachments.is_empty() {
+        120.0
+    } else {
+        210.0
+    };
+    let processor = app.image_processor();
     let n = conv.messages.len();
     let last_reply = conv.messages.iter().rposition(|m| m.role == "assistant");
     egui::ScrollArea::vertical()
@@ -165,6 +184,16 @@ pub fn chat_ui(
                             }
                         }
                         _ if is_user => {
+                            if !m.images.is_empty() {
+                                ui.horizontal_wrapped(|ui| {
+                                    for (k, a) in m.images.iter().enumerate() {
+                                        thumbnail(ui, &mut app.textures, a, &processor, (i, k));
+                                    }
+                                });
+                            }
+                            if m.task != Task::General {
+                                ui.small(format!("{} task", m.task));
+                            }
                             ui.label(&m.text);
                         }
                         _ => {
@@ -175,6 +204,34 @@ pub fn chat_ui(
                                 });
                             } else {
                                 CommonMarkViewer::new().show(ui, md, &m.text);
+                            }
+                            // An answer with coordinates, drawn on the question's image.
+                            let question =
+                                conv.messages[..i].iter().rev().find(|q| q.role == "user");
+                            let shapes = question.and_then(|q| {
+                                images::answer_shapes(q, &m.text, &processor).map(|s| (q, s))
+                            });
+                            if let (Some((q, shapes)), false) = (shapes, streaming && i + 1 == n) {
+                                let a = &q.images[0];
+                                match app.textures.get(ui.ctx(), &a.path) {
+                                    Ok(tex) => {
+                                        let w = ui.available_width().min(480.0);
+                                        images::image_with_overlay(
+                                            ui,
+                                            &tex,
+                                            (a.width, a.height),
+                                            Some(&shapes),
+                                            w,
+                                            ui.make_persistent_id(("overlay", i)),
+                                        );
+                                        if ui.small_button("Save annotated image…").clicked() {
+                                            actions.push(ChatAction::SaveAnnotated(i));
+                                        }
+                                    }
+                                    Err(e) => {
+                                        ui.small(format!("The image cannot be shown: {e}"));
+                                    }
+                                }
                             }
                             if let Some(s) = &m.stats {
                                 ui.small(format!(
@@ -194,6 +251,7 @@ pub fn chat_ui(
         });
 
     ui.separator();
+    composer_tools_ui(ui, app, &processor, &mut actions);
     ui.horizontal(|ui| {
         let edit = egui::TextEdit::multiline(&mut app.composer)
             .hint_text("Message (Enter sends, Shift+Enter adds a line)")
@@ -221,4 +279,90 @@ pub fn chat_ui(
         });
     });
     actions
+}
+
+/// A thumbnail with the image's size and token cost.
+fn thumbnail(
+    ui: &mut egui::Ui,
+    textures: &mut images::Textures,
+    a: &crate::chat::history::Attachment,
+    processor: &crate::vision::ProcessorConfig,
+    id: (usize, usize),
+) {
+    ui.vertical(|ui| {
+        match textures.get(ui.ctx(), &a.path) {
+            Ok(tex) => {
+                let w = 96.0 * (a.width as f32 / a.height.max(1) as f32).clamp(0.5, 2.0);
+                images::image_with_overlay(
+                    ui,
+                    &tex,
+                    (a.width, a.height),
+                    None,
+                    w,
+                    ui.make_persistent_id(("thumb", id)),
+                );
+            }
+            Err(e) => {
+                ui.small(format!("unreadable image: {e}"));
+            }
+        }
+        let cost = images::model_frame(a, processor)
+            .map_or_else(String::new, |(_, tokens)| format!(" · {tokens} tokens"));
+        ui.small(format!("{}×{}{cost}", a.width, a.height));
+    });
+}
+
+/// Above the composer: attach images, the task, thinking, and the
+/// attached images with their token cost.
+fn composer_tools_ui(
+    ui: &mut egui::Ui,
+    app: &mut SpillwayApp,
+    processor: &crate::vision::ProcessorConfig,
+    actions: &mut Vec<ChatAction>,
+) {
+    ui.horizontal(|ui| {
+        if ui
+            .button("Attach image…")
+            .on_hover_text("Also: drop image files on the window, or paste an image")
+            .clicked()
+        {
+            actions.push(ChatAction::AttachDialog);
+        }
+        let l = ui.label("Task:");
+        egui::ComboBox::from_id_salt("task")
+            .selected_text(app.task.to_string())
+            .show_ui(ui, |ui| {
+                for t in Task::ALL {
+                    ui.selectable_value(&mut app.task, t, t.to_string())
+                        .on_hover_text(t.hint());
+                }
+            })
+            .response
+            .labelled_by(l.id)
+            .on_hover_text("RoboBrain 2.0 task modes: the question is worded as RoboBrain expects and the answer drawn on the image");
+        if app.model_can_think() {
+            ui.checkbox(&mut app.think, "Think first")
+                .on_hover_text("RoboBrain 7B/32B reason in <think> before answering");
+        }
+        if app.task != Task::General {
+            ui.weak(app.task.hint());
+        }
+    });
+    if app.attachments.is_empty() {
+        return;
+    }
+    let mut remove = None;
+    ui.horizontal(|ui| {
+        for (k, a) in app.attachments.iter().enumerate() {
+            ui.vertical(|ui| {
+                thumbnail(ui, &mut app.textures, a, processor, (usize::MAX, k));
+                if ui.small_button("Remove").clicked() {
+                    remove = Some(k);
+                }
+            });
+        }
+    });
+    if let Some(k) = remove {
+        actions.push(ChatAction::RemoveAttachment(k));
+    }
 }

@@ -2,11 +2,13 @@
 //! it sends [`crate::protocol::Command`]s to the engine worker and drains
 //! its events once per frame. One file per panel: `chat` (conversation
 //! list, messages, composer), `settings` (model, placement, sampling),
-//! `placement` (the layer strip, gauges, speed plot and what-if preview);
+//! `placement` (the layer strip, gauges, speed plot and what-if preview),
+//! `images` (attachments, thumbnails, answers drawn over the image);
 //! `app` holds the state and applies events.
 
 pub mod app;
 pub mod chat;
+pub mod images;
 pub mod placement;
 pub mod settings;
 

@@ -67,7 +67,12 @@ pub struct Settings {
     /// The repo id being typed (not saved).
     #[serde(skip)]
     pub repo_input: String,
+    /// Upper bound on an image's pixels after resizing: its token cost
+    /// (28×28 pixels a token) and the vision tower's memory.
+    pub max_image_pixels: usize,
 }
+
+pub use crate::placement::footprint::DEFAULT_MAX_IMAGE_PIXELS;
 
 /// The quantization choices (`placement::Quant` names).
 pub const QUANTS: [&str; 5] = ["q4_k_m", "q8_0", "f16", "bf16", "none"];
@@ -108,6 +113,7 @@ impl Default for Settings {
                 system_prompt: String::new(),
                 quant: "none".into(),
                 repo_input: String::new(),
+                max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
             },
         }
     }
@@ -142,6 +148,7 @@ impl Settings {
             system_prompt: String::new(),
             quant: c.quant.to_string(),
             repo_input: String::new(),
+            max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
         }
     }
 
@@ -388,6 +395,15 @@ pub fn settings_ui(ui: &mut egui::Ui, s: &mut Settings) -> Vec<SettingsAction> {
                 egui::DragValue::new(&mut s.max_new_tokens).range(1..=32768),
             );
             changed |= grid_row(ui, "Seed", egui::DragValue::new(&mut s.seed));
+            let tokens = format!(" (≤ {} tokens)", s.max_image_pixels / 784);
+            changed |= grid_row(
+                ui,
+                "Max pixels per image",
+                egui::DragValue::new(&mut s.max_image_pixels)
+                    .range(28 * 28 * 4..=28 * 28 * 16_384)
+                    .speed(784.0)
+                    .suffix(tokens),
+            );
         });
         changed |= optional(ui, "Threads", &mut s.threads, 4, 1..=256, "");
         let l = ui.label("Default system prompt for new conversations:");

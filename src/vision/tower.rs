@@ -278,7 +278,14 @@ impl VisionTower {
         let mut bytes = 0u64;
         let mut proj = |get: &mut TensorFn<'_>, name: &str| -> Result<Projection, ModelError> {
             let w = get(&format!("{name}.weight"))?;
-            bytes += w.storage_size_in_bytes() as u64;
+            // 16-bit weights widened to f32 take twice their stored size.
+            let widened = !half_weights
+                && matches!(
+                    w.dtype(),
+                    candle_core::quantized::GgmlDType::F16
+                        | candle_core::quantized::GgmlDType::BF16
+                );
+            bytes += w.storage_size_in_bytes() as u64 * if widened { 2 } else { 1 };
             let b = match get(&format!("{name}.bias")) {
                 Ok(b) => {
                     bytes += b.storage_size_in_bytes() as u64;

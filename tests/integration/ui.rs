@@ -48,6 +48,7 @@ fn model_info() -> ModelInfo {
         placement: placement(0, 4),
         budget_notes: vec![],
         gpu_name: None,
+        vision: None,
     }
 }
 
@@ -462,4 +463,115 @@ fn a_load_is_cancelled_between_layers() {
         "{:?}",
         harness.state().banners
     );
+}
+
+/// A file dropped on the window, as the platform hands it over.
+#[derive(Debug)]
+struct Dropped(PathBuf);
+
+impl egui::DroppedFile for Dropped {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+fn vision_model_info() -> ModelInfo {
+    ModelInfo {
+        name: "RoboBrain2.0-3B".into(),
+        vision: Some(spillway::protocol::VisionInfo {
+            processor: spillway::vision::ProcessorConfig::default(),
+            thinking: Some(false),
+        }),
+        ..model_info()
+    }
+}
+
+/// Drop the fixture image on the window, ask in pointing mode; the fake
+/// engine answers with points in the model's (resized) frame, and the
+/// overlay puts them at the original image's pixels on screen.
+#[test]
+fn pointing_answer_is_drawn_on_the_image() {
+    let mut f = fixture();
+    f.event(Event::Loaded(vision_model_info()));
+    // A small pixel bound, so the model's frame (112×84) is not the image's
+    // own size (224×168) and the mapping shows.
+    f.harness.state_mut().settings.max_image_pixels = 112 * 84;
+    let image =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2_5_vl_tiny/image.png");
+    f.harness
+        .input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(Dropped(image)));
+    f.harness.run_steps(4);
+    assert_eq!(f.app().attachments.len(), 1);
+    // The composer shows the image with its size and token cost.
+    f.harness.get_by_label("224×168 · 12 tokens");
+    f.harness.get_by_label("Task:").click();
+    f.harness.run_steps(4);
+    f.harness.get_by_label("pointing").click();
+    f.harness.run_steps(4);
+    assert_eq!(f.app().task, spillway::vision::tasks::Task::Pointing);
+    f.type_and_send("the red circle");
+    let (id, messages) = match f.command() {
+        Command::Generate(r) => {
+            assert_eq!(r.max_pixels, Some(112 * 84));
+            (r.req_id, r.messages)
+        }
+        other => panic!("expected Generate, got {other:?}"),
+    };
+    let parts = messages.last().unwrap().content.as_array().unwrap().clone();
+    assert_eq!(parts[0]["type"], "image");
+    let kept = PathBuf::from(parts[0]["path"].as_str().unwrap());
+    assert!(kept.is_file(), "the attachment is kept with the history");
+    assert!(parts[1]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("the red circle. Your answer should be formatted as a list of tuples"));
+    stream(&mut f, id, &["[(56, 42), ", "(10, 80)]"], Finish::EndOfTurn);
+
+    let img = f
+        .harness
+        .get_all_by_label("Image 224×168")
+        .last()
+        .unwrap()
+        .rect();
+    let scale = img.width() / 224.0;
+    for (label, x, y) in [
+        ("Point 1 at 112, 84", 112.0, 84.0),
+        ("Point 2 at 20, 160", 20.0, 160.0),
+    ] {
+        let c = f.harness.get_by_label(label).rect().center();
+        let want = img.min + egui::vec2(x * scale, y * scale);
+        assert!(
+            (c - want).length() < 1.5,
+            "{label} drawn at {c:?}, expected {want:?}"
+        );
+    }
+    // The conversation keeps the image and the task.
+    let m = &f.app().current_conversation().messages[0];
+    assert_eq!(m.images.len(), 1);
+    assert_eq!(m.task, spillway::vision::tasks::Task::Pointing);
+    assert!(f.app().attachments.is_empty());
+}
+
+/// A corrupt image is refused with a banner; a text-only model refuses an
+/// image before anything is sent.
+#[test]
+fn bad_images_and_text_models() {
+    let mut f = fixture();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images");
+    f.harness.state_mut().attach_file(&dir.join("corrupt.png"));
+    f.harness.run_steps(2);
+    assert!(f.app().attachments.is_empty());
+    f.harness.get_by_label("The image was not attached");
+    f.harness.state_mut().attach_file(&dir.join("odd.png"));
+    f.harness.run_steps(2);
+    f.type_and_send("what is this?");
+    assert!(f.engine.commands.try_recv().is_err(), "nothing was sent");
+    f.harness.get_by_label("This model does not read images");
+    assert_eq!(f.app().attachments.len(), 1, "the image stays attached");
 }

@@ -263,3 +263,110 @@ fn cli_tasks_and_annotation() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not read images"), "{err}");
 }
+
+/// The fixture re-saved as newer transformers and some training tools
+/// write it — `model.visual.*` / `model.language_model.*` names, an untied
+/// `lm_head`, a nested `text_config` with `rope_parameters`, vision keys
+/// left out — gives the same tokens; 8-bit and 4-bit conversions run too.
+#[test]
+fn other_layouts_and_quantized_vision() {
+    let dir = fixture("qwen2_5_vl_tiny");
+    let cache = tempfile::tempdir().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(&dir).unwrap().flatten() {
+        std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
+    }
+    let tensors =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut renamed: HashMap<String, Tensor> = HashMap::new();
+    for (name, t) in &tensors {
+        let new = if let Some(rest) = name.strip_prefix("visual.") {
+            format!("model.visual.{rest}")
+        } else if let Some(rest) = name.strip_prefix("model.") {
+            format!("model.language_model.{rest}")
+        } else {
+            name.clone()
+        };
+        renamed.insert(new, t.clone());
+    }
+    renamed.insert(
+        "lm_head.weight".into(),
+        tensors["model.embed_tokens.weight"].clone(),
+    );
+    candle_core::safetensors::save(&renamed, copy.path().join("model.safetensors")).unwrap();
+    let flat: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let text_keys = [
+        "hidden_size",
+        "intermediate_size",
+        "num_attention_heads",
+        "num_hidden_layers",
+        "num_key_value_heads",
+        "rms_norm_eps",
+        "vocab_size",
+        "max_position_embeddings",
+    ];
+    let mut text = serde_json::Map::new();
+    for k in text_keys {
+        text.insert(k.into(), flat[k].clone());
+    }
+    text.insert(
+        "rope_parameters".into(),
+        serde_json::json!({"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1000000.0}),
+    );
+    let mut vision = flat["vision_config"].clone();
+    // Keys re-saved configs drop: the defaults must be the released ones.
+    vision.as_object_mut().unwrap().remove("window_size");
+    vision.as_object_mut().unwrap().remove("spatial_merge_size");
+    let nested = serde_json::json!({
+        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "model_type": "qwen2_5_vl",
+        "tie_word_embeddings": false,
+        "image_token_id": 652,
+        "vision_start_token_id": 649,
+        "vision_end_token_id": 650,
+        "text_config": text,
+        "vision_config": vision,
+    });
+    std::fs::write(
+        copy.path().join("config.json"),
+        serde_json::to_vec_pretty(&nested).unwrap(),
+    )
+    .unwrap();
+    let chat = copy.path().join("messages.json");
+    let args = |quant: &'static str| {
+        vec![
+            "--chat".to_string(),
+            chat.to_str().unwrap().to_string(),
+            "--greedy".into(),
+            "--ignore-eos".into(),
+            "--max-tokens".into(),
+            "8".into(),
+            "--quant".into(),
+            quant.into(),
+        ]
+    };
+    let tokens = |json: &serde_json::Value| -> Vec<i64> {
+        json["generated_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect()
+    };
+    let run = |quant: &'static str| {
+        let a = args(quant);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        generate_json(copy.path(), &a, cache.path())
+    };
+    let r = reference(&dir);
+    assert_eq!(tokens(&run("none")), ints(&r["generated_ids"]));
+    // Quantized: the tower at 8 bits; the run completes with 8 tokens and
+    // the first (the widest margin, 1.03) is the reference's.
+    for q in ["q8_0", "q4_k_m"] {
+        let t = tokens(&run(q));
+        eprintln!("{q}: {t:?}");
+        assert_eq!(t.len(), 8);
+        assert_eq!(t[0], ints(&r["generated_ids"])[0], "{q}");
+    }
+}

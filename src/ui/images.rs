@@ -1,0 +1,268 @@
+//! Images in the window: attaching (file dialog, drag-and-drop, paste),
+//! the copies kept beside the history, thumbnails with their token cost,
+//! and answers drawn over the image — points, boxes, a trajectory with its
+//! end marked — mapped from the model's resized frame to the picture shown.
+//! Each drawn shape is also an accessible node ("Point 1 at 112, 84", in
+//! the original image's pixels), which is how the UI tests find them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::chat::history::{Attachment, ChatMessage};
+use crate::vision::annotate;
+use crate::vision::preprocess::{self, ProcessorConfig, Rgb};
+use crate::vision::tasks::{self, Shapes, Task};
+
+/// Textures are at most this wide or high (thumbnails and overlays).
+const TEXTURE_SIDE: usize = 1024;
+
+/// Loaded textures by file, and files that could not be read.
+#[derive(Default)]
+pub struct Textures {
+    loaded: HashMap<PathBuf, Result<egui::TextureHandle, String>>,
+}
+
+impl Textures {
+    pub fn get(&mut self, ctx: &egui::Context, path: &Path) -> Result<egui::TextureHandle, String> {
+        self.loaded
+            .entry(path.to_path_buf())
+            .or_insert_with(|| {
+                let img = preprocess::load(path).map_err(|e| e.to_string())?;
+                let img = shrink(&img, TEXTURE_SIDE);
+                let color = egui::ColorImage::from_rgb([img.width, img.height], &img.data);
+                Ok(ctx.load_texture(
+                    path.display().to_string(),
+                    color,
+                    egui::TextureOptions::LINEAR,
+                ))
+            })
+            .clone()
+    }
+}
+
+/// `img` scaled down to fit `side` (unchanged when it does).
+fn shrink(img: &Rgb, side: usize) -> Rgb {
+    let big = img.width.max(img.height);
+    if big <= side {
+        return img.clone();
+    }
+    let s = side as f64 / big as f64;
+    let w = ((img.width as f64 * s).round() as usize).max(1);
+    let h = ((img.height as f64 * s).round() as usize).max(1);
+    preprocess::resize_bicubic(img, w, h)
+}
+
+/// Where attachments are copied: `attachments/` beside the history, or a
+/// folder under the temporary directory when nothing is saved.
+pub fn attachments_dir(history_dir: Option<&Path>) -> PathBuf {
+    match history_dir.and_then(Path::parent) {
+        Some(d) => d.join("attachments"),
+        None => std::env::temp_dir().join("spillway-attachments"),
+    }
+}
+
+/// Checks that `bytes` are an image Spillway reads and keeps a copy named
+/// by their content in `dir`.
+pub fn keep_copy(bytes: &[u8], name: &str, ext: &str, dir: &Path) -> Result<Attachment, String> {
+    let img = preprocess::decode(bytes, name).map_err(|e| e.to_string())?;
+    let mut h = crate::weights::convert::Fnv::default();
+    h.add(bytes);
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join(format!("{:016x}.{ext}", h.finish()));
+    if !path.exists() {
+        crate::chat::history::write_atomic(&path, bytes, &mut || Ok(()))
+            .map_err(|e| format!("cannot keep a copy of {name}: {e}"))?;
+    }
+    Ok(Attachment {
+        path,
+        width: img.width as u32,
+        height: img.height as u32,
+    })
+}
+
+/// Attaches an image file.
+pub fn attach_file(path: &Path, dir: &Path) -> Result<Attachment, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .filter(|e| e.chars().all(|c| c.is_ascii_alphanumeric()) && e.len() <= 5)
+        .unwrap_or("img")
+        .to_ascii_lowercase();
+    keep_copy(&bytes, &path.display().to_string(), &ext, dir)
+}
+
+/// Attaches a pasted image (kept as PNG).
+pub fn attach_pasted(img: &egui::ColorImage, dir: &Path) -> Result<Attachment, String> {
+    let [w, h] = img.size;
+    let mut rgba = Vec::with_capacity(w * h * 4);
+    for p in &img.pixels {
+        rgba.extend_from_slice(&p.to_srgba_unmultiplied());
+    }
+    let buf = image::RgbaImage::from_raw(w as u32, h as u32, rgba)
+        .ok_or("the pasted image has the wrong size")?;
+    let mut png = Vec::new();
+    buf.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| format!("cannot encode the pasted image: {e}"))?;
+    keep_copy(&png, "the pasted image", "png", dir)
+}
+
+/// The model's frame size (width, height) for an image, and its tokens.
+pub fn model_frame(a: &Attachment, processor: &ProcessorConfig) -> Option<((usize, usize), usize)> {
+    let (h, w) = processor.resized_size(a.height, a.width).ok()?;
+    let f = processor.factor();
+    Some(((w, h), w * h / (f * f)))
+}
+
+/// The processor used for sizes: the loaded model's, with the settings'
+/// pixel bound.
+pub fn processor(model: Option<&ProcessorConfig>, max_pixels: usize) -> ProcessorConfig {
+    let mut p = model.cloned().unwrap_or_default();
+    p.max_pixels = p.max_pixels.min(max_pixels).max(p.min_pixels);
+    p
+}
+
+/// The shapes of an answer to `question`, in the original image's pixels:
+/// only for a question with one image.
+pub fn answer_shapes(
+    question: &ChatMessage,
+    answer: &str,
+    processor: &ProcessorConfig,
+) -> Option<Shapes> {
+    let [a] = question.images.as_slice() else {
+        return None;
+    };
+    let split = tasks::split_thinking(answer, false);
+    let text = if split.answer.is_empty() {
+        answer
+    } else {
+        &split.answer
+    };
+    let shapes = tasks::parse_shapes(question.task, text);
+    if shapes.is_empty() || question.task == Task::General {
+        return None;
+    }
+    let (resized, _) = model_frame(a, processor)?;
+    Some(shapes.to_image(resized, (a.width as usize, a.height as usize)))
+}
+
+fn color(c: [u8; 3]) -> egui::Color32 {
+    egui::Color32::from_rgb(c[0], c[1], c[2])
+}
+
+/// Gives a drawn shape an accessible name at its place on screen.
+fn label_at(ui: &egui::Ui, id: egui::Id, rect: egui::Rect, label: String) {
+    let r = ui.interact(rect, id, egui::Sense::hover());
+    r.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Label, true, label.clone()));
+    r.on_hover_text(label);
+}
+
+/// Draws `tex` at `width` points wide with `shapes` (original pixels of an
+/// image `size` = (width, height)) over it.
+pub fn image_with_overlay(
+    ui: &mut egui::Ui,
+    tex: &egui::TextureHandle,
+    size: (u32, u32),
+    shapes: Option<&Shapes>,
+    width: f32,
+    id: egui::Id,
+) -> egui::Response {
+    let scale = width / size.0.max(1) as f32;
+    let display = egui::vec2(width, size.1 as f32 * scale);
+    let resp = ui.add(
+        egui::Image::new(egui::load::SizedTexture::new(tex.id(), display))
+            .sense(egui::Sense::hover()),
+    );
+    resp.widget_info(|| {
+        egui::WidgetInfo::labeled(
+            egui::Role::Image,
+            true,
+            format!("Image {}×{}", size.0, size.1),
+        )
+    });
+    let Some(shapes) = shapes else { return resp };
+    let origin = resp.rect.min;
+    let at = |p: [f32; 2]| origin + egui::vec2(p[0] * scale, p[1] * scale);
+    let painter = ui.painter_at(resp.rect);
+    let (line, dot) = {
+        let (l, d) = annotate::stroke(display.x as usize, display.y as usize);
+        (l.max(2.0), d.max(4.0))
+    };
+    for (i, b) in shapes.boxes.iter().enumerate() {
+        let rect = egui::Rect::from_min_max(at([b[0], b[1]]), at([b[2], b[3]]));
+        painter.rect_stroke(
+            rect,
+            0.0,
+            egui::Stroke::new(line, color(annotate::BOX)),
+            egui::StrokeKind::Middle,
+        );
+        label_at(
+            ui,
+            id.with(("box", i)),
+            rect,
+            format!(
+                "Box {} from {:.0}, {:.0} to {:.0}, {:.0}",
+                i + 1,
+                b[0],
+                b[1],
+                b[2],
+                b[3]
+            ),
+        );
+    }
+    if shapes.trajectory.len() > 1 {
+        let pts: Vec<egui::Pos2> = shapes.trajectory.iter().map(|&p| at(p)).collect();
+        painter.add(egui::Shape::line(
+            pts,
+            egui::Stroke::new(line, color(annotate::PATH)),
+        ));
+    }
+    for (i, &p) in shapes.trajectory.iter().enumerate() {
+        let end = i + 1 == shapes.trajectory.len();
+        if end {
+            painter.circle_filled(at(p), dot * 1.4, egui::Color32::WHITE);
+            painter.circle_filled(at(p), dot * 1.1, color(annotate::PATH));
+        }
+        let what = if end {
+            "Trajectory end"
+        } else {
+            "Trajectory point"
+        };
+        label_at(
+            ui,
+            id.with(("path", i)),
+            egui::Rect::from_center_size(at(p), egui::vec2(dot, dot) * 2.0),
+            format!("{what} {} at {:.0}, {:.0}", i + 1, p[0], p[1]),
+        );
+    }
+    for (i, &p) in shapes.points.iter().enumerate() {
+        painter.circle_filled(at(p), dot + 1.5, egui::Color32::WHITE);
+        painter.circle_filled(at(p), dot, color(annotate::POINT));
+        label_at(
+            ui,
+            id.with(("point", i)),
+            egui::Rect::from_center_size(at(p), egui::vec2(dot, dot) * 2.0),
+            format!("Point {} at {:.0}, {:.0}", i + 1, p[0], p[1]),
+        );
+    }
+    resp
+}
+
+/// Asks where to save the annotated image and writes it.
+pub fn save_annotated(a: &Attachment, shapes: &Shapes) -> Result<Option<PathBuf>, String> {
+    let stem = a
+        .path
+        .file_stem()
+        .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
+    let Some(out) = rfd::FileDialog::new()
+        .add_filter("PNG image", &["png"])
+        .set_file_name(format!("{stem}-annotated.png"))
+        .save_file()
+    else {
+        return Ok(None);
+    };
+    let img = preprocess::load(&a.path).map_err(|e| e.to_string())?;
+    annotate::save(&img, shapes, &out)
+        .map_err(|e| format!("cannot save {}: {e}", out.display()))?;
+    Ok(Some(out))
+}
