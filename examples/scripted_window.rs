@@ -8,7 +8,6 @@
 //!   cargo run --example scripted_window -- IMAGE "QUESTION" "ANSWER"
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use spillway::config::Config;
@@ -56,7 +55,7 @@ fn info() -> ModelInfo {
             predicted_prompt_tokens_per_sec: 60.0,
             predicted_decode_tokens_per_sec: 6.0,
         },
-        budget_notes: vec!["No NVIDIA GPU found: layers go to RAM and disk.".into()],
+        budget_notes: vec![],
         gpu_name: None,
         vision: Some(VisionInfo {
             processor: spillway::vision::ProcessorConfig::default(),

@@ -361,12 +361,12 @@ fn other_layouts_and_quantized_vision() {
     };
     let r = reference(&dir);
     assert_eq!(tokens(&run("none")), ints(&r["generated_ids"]));
-    // Quantized: the tower at 8 bits; the run completes with 8 tokens and
-    // the first (the widest margin, 1.03) is the reference's.
-    for q in ["q8_0", "q4_k_m"] {
-        let t = tokens(&run(q));
-        eprintln!("{q}: {t:?}");
-        assert_eq!(t.len(), 8);
-        assert_eq!(t[0], ints(&r["generated_ids"])[0], "{q}");
-    }
+    // Quantized (the tower at 8 bits): Q8_0 keeps the 8 tokens; the 4-bit
+    // scheme completes and keeps at least the first (the widest margin,
+    // 1.03; all 8 matched when this was written).
+    assert_eq!(tokens(&run("q8_0")), ints(&r["generated_ids"]), "q8_0");
+    let t = tokens(&run("q4_k_m"));
+    eprintln!("q4_k_m: {t:?}");
+    assert_eq!(t.len(), 8);
+    assert_eq!(t[0], ints(&r["generated_ids"])[0], "q4_k_m");
 }
