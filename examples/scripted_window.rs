@@ -57,10 +57,10 @@ fn info() -> ModelInfo {
         },
         budget_notes: vec![],
         gpu_name: None,
-        vision: Some(VisionInfo {
+        vision: Some(Box::new(VisionInfo {
             processor: spillway::vision::ProcessorConfig::default(),
             thinking: Some(false),
-        }),
+        })),
     }
 }
 

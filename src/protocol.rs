@@ -142,7 +142,7 @@ pub struct ModelInfo {
     pub budget_notes: Vec<String>,
     pub gpu_name: Option<String>,
     /// Set when the model reads images.
-    pub vision: Option<VisionInfo>,
+    pub vision: Option<Box<VisionInfo>>,
 }
 
 /// Why a reply ended.

@@ -347,12 +347,8 @@ impl Engine {
             None => None,
         };
         let model = Transformer::new(hp.clone(), token_embd, output_norm, output, context)?;
-        // Converted at 4/8/16 bits: the tower's 16-bit matrices stay 16-bit.
-        let half_weights = gguf
-            .get("spillway.quant")
-            .and_then(crate::weights::gguf::Value::as_str)
-            .is_some_and(|q| q != "none");
-        let vision = vision::load(&gguf, &file, hp.n_embd, half_weights)?;
+        // On the CPU until the plan is applied (which may move it).
+        let vision = vision::load(&gguf, &file, hp.n_embd, &candle_core::Device::Cpu)?;
         let mut footprint = Footprint::from_gguf(&gguf, &hp, context, PROMPT_CHUNK);
         if let Some(v) = &vision {
             let cfg = &v.tower.cfg;

@@ -201,6 +201,7 @@ impl Engine {
                     _ => None,
                 };
                 self.model.set_device_head(device.as_ref())?;
+                self.place_vision(p.vision)?;
                 Ok(moved)
             });
             match result {
@@ -227,7 +228,8 @@ impl Engine {
             return Ok(());
         };
         let fp = &self.placing.footprint;
-        let uses_gpu = p.layers.contains(&Tier::Gpu) || p.head == Tier::Gpu;
+        let vision_gpu = p.vision == Some(Tier::Gpu);
+        let uses_gpu = p.layers.contains(&Tier::Gpu) || p.head == Tier::Gpu || vision_gpu;
         let want = if uses_gpu {
             fp.gpu_runtime_bytes
                 + if p.head == Tier::Gpu {
@@ -235,6 +237,7 @@ impl Engine {
                 } else {
                     0
                 }
+                + if vision_gpu { fp.vision_bytes } else { 0 }
         } else {
             0
         };
@@ -242,7 +245,7 @@ impl Engine {
             gpu.free(self.placing.gpu_base_bytes);
             self.placing.gpu_base_bytes = 0;
             if want > 0 {
-                gpu.alloc(want, || "the runtime and output head".into())?;
+                gpu.alloc(want, || "the runtime, output head and vision tower".into())?;
                 self.placing.gpu_base_bytes = want;
             }
         }

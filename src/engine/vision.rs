@@ -81,8 +81,13 @@ pub fn load(
     g: &GgufFile,
     file: &std::fs::File,
     n_embd: usize,
-    half_weights: bool,
+    device: &candle_core::Device,
 ) -> Result<Option<VisionModel>, ModelError> {
+    // Converted at 4/8/16 bits: the tower's 16-bit matrices stay 16-bit.
+    let half_weights = g
+        .get("spillway.quant")
+        .and_then(Value::as_str)
+        .is_some_and(|q| q != "none");
     if g.tensor("v.patch_embd.weight").is_none() {
         return Ok(None);
     }
@@ -105,7 +110,7 @@ pub fn load(
             .ok_or_else(|| ModelError::Format(format!("tensor {name} is missing")))?;
         Ok(read_qtensor(file, info)?)
     };
-    let tower = VisionTower::load(cfg, &mut get, &candle_core::Device::Cpu, half_weights)?;
+    let tower = VisionTower::load(cfg, &mut get, device, half_weights)?;
     Ok(Some(VisionModel {
         tower,
         processor,
@@ -159,6 +164,41 @@ pub fn image_paths(messages: &[Message], base: &Path) -> Result<Vec<PathBuf>, St
 }
 
 impl Engine {
+    /// Runs the vision tower where the plan puts it: on the GPU tier's
+    /// device when it has one and the plan says so, else on the CPU. Moving
+    /// it reads its weights again from the model file.
+    pub(super) fn place_vision(
+        &mut self,
+        tier: Option<crate::placement::Tier>,
+    ) -> Result<(), EngineError> {
+        let Some(v) = &self.vision else {
+            return Ok(());
+        };
+        let target = match tier {
+            Some(crate::placement::Tier::Gpu) => self
+                .store
+                .gpu()
+                .and_then(|g| g.device.clone())
+                .unwrap_or(candle_core::Device::Cpu),
+            _ => candle_core::Device::Cpu,
+        };
+        if v.tower.device().same_device(&target) {
+            return Ok(());
+        }
+        let file = std::fs::File::open(&self.gguf.path).map_err(|e| {
+            EngineError::Invalid(format!("cannot open {}: {e}", self.gguf.path.display()))
+        })?;
+        let n_embd = self.model.hp.n_embd;
+        // The old tower goes first: both need not fit at once.
+        let embeds = self.vision.take().map(|v| v.embeds).unwrap_or_default();
+        let mut moved = load(&self.gguf, &file, n_embd, &target)?;
+        if let Some(m) = &mut moved {
+            m.embeds = embeds;
+        }
+        self.vision = moved;
+        Ok(())
+    }
+
     /// Whether the model reads images.
     pub fn vision(&self) -> Option<&VisionModel> {
         self.vision.as_ref()

@@ -372,9 +372,13 @@ fn model_info(engine: &mut Engine, req: &LoadRequest) -> ModelInfo {
         placement: engine.placement().clone(),
         budget_notes: engine.budgets().notes.clone(),
         gpu_name: engine.budgets().gpu_name.clone(),
-        vision: engine.vision().map(|v| crate::protocol::VisionInfo {
-            processor: v.processor.clone(),
-            thinking: crate::vision::tasks::supports_thinking(&req.model_path.to_string_lossy()),
+        vision: engine.vision().map(|v| {
+            Box::new(crate::protocol::VisionInfo {
+                processor: v.processor.clone(),
+                thinking: crate::vision::tasks::supports_thinking(
+                    &req.model_path.to_string_lossy(),
+                ),
+            })
         }),
     }
 }

@@ -101,7 +101,7 @@ impl Projection {
             candle_core::quantized::GgmlDType::F16 | candle_core::quantized::GgmlDType::BF16
         );
         let weight = if half && sixteen {
-            QMatMul::TensorF16(weight.dequantize_f16(device)?)
+            QMatMul::TensorF16(weight.dequantize_f16(&Device::Cpu)?.to_device(device)?)
         } else {
             QMatMul::from_qtensor(to_device(weight, device)?)?
         };

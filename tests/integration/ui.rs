@@ -482,10 +482,10 @@ impl egui::DroppedFile for Dropped {
 fn vision_model_info() -> ModelInfo {
     ModelInfo {
         name: "RoboBrain2.0-3B".into(),
-        vision: Some(spillway::protocol::VisionInfo {
+        vision: Some(Box::new(spillway::protocol::VisionInfo {
             processor: spillway::vision::ProcessorConfig::default(),
             thinking: Some(false),
-        }),
+        })),
         ..model_info()
     }
 }

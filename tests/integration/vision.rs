@@ -133,6 +133,42 @@ fn qwen2_5_vl_matches_transformers() {
         .collect();
     assert_eq!(got, ints(&r["generated_ids"]), "greedy tokens");
     assert_eq!(json["images"][0]["tokens"], 48);
+
+    // The GPU tier's code path (candle blocks, M-RoPE angles on the
+    // device, the tower placed with it), simulated on the CPU device.
+    let json = generate_json(
+        &dir,
+        &[
+            "--chat",
+            chat.to_str().unwrap(),
+            "--greedy",
+            "--ignore-eos",
+            "--max-tokens",
+            "8",
+            "--quant",
+            "none",
+            "--ctx",
+            "512",
+            "--vram",
+            "3GiB",
+            "--mode",
+            "full-gpu",
+            "--simulate-with-candle",
+        ],
+        cache.path(),
+    );
+    assert_eq!(json["tiers"], serde_json::json!(["gpu", "gpu"]));
+    let got: Vec<i64> = json["generated_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        ints(&r["generated_ids"]),
+        "greedy tokens on the GPU path"
+    );
 }
 
 fn greedy(n: usize) -> GenerateParams {
@@ -369,4 +405,41 @@ fn other_layouts_and_quantized_vision() {
     eprintln!("q4_k_m: {t:?}");
     assert_eq!(t.len(), 8);
     assert_eq!(t[0], ints(&r["generated_ids"])[0], "q4_k_m");
+}
+
+/// A 1960×1960 image (19,600 patches, 4,900 image tokens) through the
+/// tower and the model: full attention over all patches would need 3 GiB
+/// of scores per block (2 heads × 19,600² × 4 bytes); the chunked
+/// attention keeps the whole process under 1 GiB.
+#[test]
+fn a_large_image_stays_within_memory() {
+    let dir = fixture("qwen2_5_vl_tiny");
+    let cache = tempfile::tempdir().unwrap();
+    let big = cache.path().join("big.png");
+    let img = image::RgbImage::from_fn(1960, 1960, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
+    });
+    img.save(&big).unwrap();
+    let json = generate_json(
+        &dir,
+        &[
+            "--prompt",
+            "What is this?",
+            "--image",
+            big.to_str().unwrap(),
+            "--max-pixels",
+            "4000000",
+            "--max-tokens",
+            "2",
+            "--quant",
+            "none",
+            "--ctx",
+            "8192",
+        ],
+        cache.path(),
+    );
+    assert_eq!(json["images"][0]["tokens"], 4900);
+    let peak = json["peak_rss_bytes"].as_u64().unwrap();
+    eprintln!("peak RSS with a 19,600-patch image: {} MiB", peak >> 20);
+    assert!(peak < 1 << 30, "peak RSS {} MiB", peak >> 20);
 }
