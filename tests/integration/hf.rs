@@ -73,31 +73,40 @@ pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// `spillway generate … --json` with the cache in `cache`: the generated ids.
-fn greedy_cli(dir: &Path, quant: &str, cache: &Path) -> Vec<u32> {
-    let chat = dir.join("messages.json");
-    let json = generate_json(
-        dir,
-        &[
-            "--chat",
-            chat.to_str().unwrap(),
-            "--greedy",
-            "--ignore-eos",
-            "--max-tokens",
-            "8",
-            "--dtype",
-            "f32",
-            "--quant",
-            quant,
-        ],
-        cache,
-    );
+/// `spillway generate --model DIR --chat CHAT --greedy --ignore-eos
+/// --max-tokens 8 EXTRA --json` with the cache in `cache`: its JSON.
+pub(crate) fn greedy8(dir: &Path, chat: &Path, extra: &[&str], cache: &Path) -> serde_json::Value {
+    let mut args = vec![
+        "--chat",
+        chat.to_str().unwrap(),
+        "--greedy",
+        "--ignore-eos",
+        "--max-tokens",
+        "8",
+    ];
+    args.extend_from_slice(extra);
+    generate_json(dir, &args, cache)
+}
+
+/// The generated ids of a `generate --json` answer.
+pub(crate) fn tokens_of(json: &serde_json::Value) -> Vec<i64> {
     json["generated_tokens"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
+        .map(|v| v.as_i64().unwrap())
         .collect()
+}
+
+/// The fixture's chat, greedy, 8 tokens, computed in f32 under `quant`.
+fn greedy_cli(dir: &Path, quant: &str, cache: &Path) -> Vec<u32> {
+    let json = greedy8(
+        dir,
+        &dir.join("messages.json"),
+        &["--dtype", "f32", "--quant", quant],
+        cache,
+    );
+    tokens_of(&json).into_iter().map(|t| t as u32).collect()
 }
 
 /// `spillway generate --model DIR ARGS --json` with converted models cached

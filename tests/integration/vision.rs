@@ -16,7 +16,7 @@ use spillway::model::sampler::SamplingParams;
 use spillway::placement::Quant;
 use spillway::vision::preprocess;
 
-use super::hf::{fixture, generate_json, load, max_abs_diff};
+use super::hf::{fixture, generate_json, greedy8, load, max_abs_diff, tokens_of};
 
 fn reference(dir: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap()
@@ -109,66 +109,32 @@ fn qwen2_5_vl_matches_transformers() {
 
     // The 8 greedy tokens, through the CLI with the image as a chat part.
     let chat = dir.join("messages.json");
-    let json = generate_json(
+    let json = greedy8(
         &dir,
-        &[
-            "--chat",
-            chat.to_str().unwrap(),
-            "--greedy",
-            "--ignore-eos",
-            "--max-tokens",
-            "8",
-            "--dtype",
-            "f32",
-            "--quant",
-            "none",
-        ],
+        &chat,
+        &["--dtype", "f32", "--quant", "none"],
         cache.path(),
     );
-    let got: Vec<i64> = json["generated_tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect();
-    assert_eq!(got, ints(&r["generated_ids"]), "greedy tokens");
+    assert_eq!(tokens_of(&json), ints(&r["generated_ids"]), "greedy tokens");
     assert_eq!(json["images"][0]["tokens"], 48);
 
     // The GPU tier's code path (candle blocks, M-RoPE angles on the
     // device, the tower placed with it), simulated on the CPU device.
-    let json = generate_json(
-        &dir,
-        &[
-            "--chat",
-            chat.to_str().unwrap(),
-            "--greedy",
-            "--ignore-eos",
-            "--max-tokens",
-            "8",
-            "--quant",
-            "none",
-            "--ctx",
-            "512",
-            "--vram",
-            "3GiB",
-            "--mode",
-            "full-gpu",
-            "--simulate-with-candle",
-        ],
-        cache.path(),
-    );
+    let gpu = [
+        "--quant",
+        "none",
+        "--ctx",
+        "512",
+        "--vram",
+        "3GiB",
+        "--mode",
+        "full-gpu",
+        "--simulate-with-candle",
+    ];
+    let json = greedy8(&dir, &chat, &gpu, cache.path());
     assert_eq!(json["tiers"], serde_json::json!(["gpu", "gpu"]));
-    let got: Vec<i64> = json["generated_tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect();
-    assert_eq!(
-        got,
-        ints(&r["generated_ids"]),
-        "greedy tokens on the GPU path"
-    );
+    let want = ints(&r["generated_ids"]);
+    assert_eq!(tokens_of(&json), want, "greedy tokens on the GPU path");
 }
 
 fn greedy(n: usize) -> GenerateParams {
@@ -370,38 +336,14 @@ fn other_layouts_and_quantized_vision() {
     )
     .unwrap();
     let chat = copy.path().join("messages.json");
-    let args = |quant: &'static str| {
-        vec![
-            "--chat".to_string(),
-            chat.to_str().unwrap().to_string(),
-            "--greedy".into(),
-            "--ignore-eos".into(),
-            "--max-tokens".into(),
-            "8".into(),
-            "--quant".into(),
-            quant.into(),
-        ]
-    };
-    let tokens = |json: &serde_json::Value| -> Vec<i64> {
-        json["generated_tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_i64().unwrap())
-            .collect()
-    };
-    let run = |quant: &'static str| {
-        let a = args(quant);
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        generate_json(copy.path(), &a, cache.path())
-    };
+    let run = |quant: &str| greedy8(copy.path(), &chat, &["--quant", quant], cache.path());
     let r = reference(&dir);
-    assert_eq!(tokens(&run("none")), ints(&r["generated_ids"]));
+    assert_eq!(tokens_of(&run("none")), ints(&r["generated_ids"]));
     // Quantized (the tower at 8 bits): Q8_0 keeps the 8 tokens; the 4-bit
     // scheme completes and keeps at least the first (the widest margin,
     // 1.03; all 8 matched when this was written).
-    assert_eq!(tokens(&run("q8_0")), ints(&r["generated_ids"]), "q8_0");
-    let t = tokens(&run("q4_k_m"));
+    assert_eq!(tokens_of(&run("q8_0")), ints(&r["generated_ids"]), "q8_0");
+    let t = tokens_of(&run("q4_k_m"));
     eprintln!("q4_k_m: {t:?}");
     assert_eq!(t.len(), 8);
     assert_eq!(t[0], ints(&r["generated_ids"])[0], "q4_k_m");
