@@ -203,7 +203,7 @@ pub fn chat_ui(
                                     ui.label("Reading the prompt…");
                                 });
                             } else {
-                                CommonMarkViewer::new().show(ui, md, &m.text);
+                                reply_text(ui, md, &m.text, i);
                             }
                             // An answer with coordinates, drawn on the question's image.
                             let question =
@@ -365,4 +365,22 @@ fn composer_tools_ui(
     if let Some(k) = remove {
         actions.push(ChatAction::RemoveAttachment(k));
     }
+}
+
+/// A reply: a RoboBrain thinking section (`…</think><answer>…`) folded
+/// away under "Thinking", the answer as markdown.
+fn reply_text(ui: &mut egui::Ui, md: &mut CommonMarkCache, text: &str, i: usize) {
+    if !(text.contains("</think>") || text.contains("<answer>")) {
+        CommonMarkViewer::new().show(ui, md, text);
+        return;
+    }
+    let split = crate::vision::tasks::split_thinking(text, false);
+    if !split.thinking.is_empty() {
+        egui::CollapsingHeader::new("Thinking")
+            .id_salt(("thinking", i))
+            .show(ui, |ui| {
+                ui.label(&split.thinking);
+            });
+    }
+    CommonMarkViewer::new().show(ui, md, &split.answer);
 }

@@ -575,3 +575,48 @@ fn bad_images_and_text_models() {
     f.harness.get_by_label("This model does not read images");
     assert_eq!(f.app().attachments.len(), 1, "the image stays attached");
 }
+
+/// A RoboBrain model that can think: the switch shows, the request asks
+/// for thinking, and the reply's thinking is folded away while its answer
+/// is drawn.
+#[test]
+fn thinking_is_folded_and_its_answer_drawn() {
+    let mut f = fixture();
+    let mut info = vision_model_info();
+    info.name = "RoboBrain2.0-7B".into();
+    if let Some(v) = info.vision.as_mut() {
+        v.thinking = Some(true);
+    }
+    f.event(Event::Loaded(info));
+    let image =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2_5_vl_tiny/image.png");
+    f.harness.state_mut().attach_file(&image);
+    f.harness.state_mut().task = spillway::vision::tasks::Task::Grounding;
+    f.harness.run_steps(2);
+    f.harness.get_by_label("Think first").click();
+    f.harness.run_steps(2);
+    f.type_and_send("the square");
+    let id = match f.command() {
+        Command::Generate(r) => {
+            assert!(r.think);
+            r.req_id
+        }
+        other => panic!("expected Generate, got {other:?}"),
+    };
+    stream(
+        &mut f,
+        id,
+        &[
+            "The square is left.",
+            "</think><answer>",
+            "[10, 20, 60, 70]</answer>",
+        ],
+        Finish::EndOfTurn,
+    );
+    f.harness.get_by_label("Thinking");
+    assert!(
+        f.harness.query_by_label("The square is left.").is_none(),
+        "folded"
+    );
+    f.harness.get_by_label("Box 1 from 10, 20 to 60, 70");
+}
