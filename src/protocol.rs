@@ -30,6 +30,9 @@ pub struct LoadRequest {
     /// How a Hugging Face folder's weights are stored (a GGUF loads as
     /// stored).
     pub quant: crate::placement::Quant,
+    /// The largest image the plan budgets the vision tower for (pixels
+    /// after resizing).
+    pub max_image_pixels: usize,
 }
 
 /// One reply to generate.

@@ -180,6 +180,7 @@ impl ModelArgs {
             quant: self.quant.unwrap_or(config.quant),
             cache_dir: None,
             hub: Default::default(),
+            max_image_pixels: crate::placement::footprint::DEFAULT_MAX_IMAGE_PIXELS,
         }
     }
 

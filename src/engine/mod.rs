@@ -125,6 +125,9 @@ pub struct LoadOptions {
     pub cache_dir: Option<PathBuf>,
     /// Where a repo id is downloaded from and to.
     pub hub: crate::weights::download::HubOptions,
+    /// The largest image (in pixels after resizing) the plan budgets the
+    /// vision tower's activations for.
+    pub max_image_pixels: usize,
 }
 
 impl LoadOptions {
@@ -141,6 +144,7 @@ impl LoadOptions {
             quant: crate::placement::Quant::AsStored,
             cache_dir: None,
             hub: Default::default(),
+            max_image_pixels: crate::placement::footprint::DEFAULT_MAX_IMAGE_PIXELS,
         }
     }
 }
@@ -352,10 +356,7 @@ impl Engine {
         let mut footprint = Footprint::from_gguf(&gguf, &hp, context, PROMPT_CHUNK);
         if let Some(v) = &vision {
             let cfg = &v.tower.cfg;
-            let max_pixels = v
-                .processor
-                .max_pixels
-                .min(crate::placement::footprint::DEFAULT_MAX_IMAGE_PIXELS);
+            let max_pixels = v.processor.max_pixels.min(opts.max_image_pixels);
             let patches = crate::vision::tower::max_patches(max_pixels, cfg.patch_size);
             footprint.vision_bytes = v.tower.bytes() + cfg.activation_bytes(patches);
         }

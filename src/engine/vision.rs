@@ -285,6 +285,11 @@ impl Engine {
 
     /// Rotary positions of a whole prompt (`None` for text models).
     pub fn prompt_positions(&self, prompt: &Prompt) -> Result<Option<Vec<[u32; 3]>>, EngineError> {
+        if !prompt.images.is_empty() && self.vision.is_none() {
+            return Err(EngineError::Invalid(
+                "this model does not read images (it has no vision tower)".into(),
+            ));
+        }
         if !self.model.hp.is_multimodal() {
             if !prompt.images.is_empty() {
                 return Err(EngineError::Invalid(

@@ -181,6 +181,7 @@ impl Worker {
             placement: req.placement.clone(),
             disk_source: DiskSource::ModelFile,
             context_length: req.context_length,
+            max_image_pixels: req.max_image_pixels,
         };
         let events = self.ends.events.clone();
         let wake = self.wake.clone();

@@ -348,6 +348,7 @@ impl SpillwayApp {
             context_length: self.settings.context_length,
             quant: self.settings.quant(),
             threads: self.settings.threads,
+            max_image_pixels: self.settings.max_image_pixels,
         };
         self.send(Command::Load(req));
     }
