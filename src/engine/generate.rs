@@ -9,7 +9,7 @@ use crate::model::sampler::{Sampler, SamplingParams};
 use crate::model::transformer::{Input, LogitsFor};
 use crate::weights::tokenizer::TextStream;
 
-use super::vision::Prompt;
+use super::vision::{Prompt, PromptImage};
 use super::{Engine, EngineError, PROMPT_CHUNK};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -158,65 +158,67 @@ impl Engine {
         tokens: &[u32],
         cancel: &AtomicBool,
     ) -> Result<Option<Vec<f32>>, EngineError> {
-        let from = self.cached.len();
-        let prompt = Prompt::text([self.cached.as_slice(), tokens].concat());
         // New text continues one past the largest cached position.
-        let positions = self.model.hp.is_multimodal().then(|| {
-            let mut p = self.cached_pos.clone();
-            let next = p.last().and_then(|l| l.iter().max()).map_or(0, |m| m + 1);
-            p.extend((next..).take(tokens.len()).map(|i| [i; 3]));
-            p
+        let positions: Option<Vec<[u32; 3]>> = self.model.hp.is_multimodal().then(|| {
+            let next = self.next_position();
+            (next..).take(tokens.len()).map(|i| [i; 3]).collect()
         });
-        let images = self.cached_images.clone();
-        let out = self.feed_prompt(&prompt, from, positions.as_deref(), LogitsFor::Last, cancel);
-        self.cached_images = images;
-        out
+        self.feed_prompt(tokens, positions.as_deref(), &[], LogitsFor::Last, cancel)
     }
 
-    /// Runs `prompt.tokens[from..]` after the cache (which holds exactly
-    /// `prompt.tokens[..from]`) in chunks, with the images' embeddings in
-    /// place of their tokens, and returns the last position's logits.
-    /// With `LogitsFor::All` the logits of every computed position are
-    /// returned, in order.
+    /// One past the largest rotary position in the cache (vision-language
+    /// models; 0 for an empty cache).
+    fn next_position(&self) -> u32 {
+        self.cached_pos
+            .last()
+            .and_then(|p| p.iter().max())
+            .map_or(0, |m| m + 1)
+    }
+
+    /// Runs `tokens` (with their rotary `positions`, when the model has
+    /// them) after the cache in chunks, the embeddings of `images` (each
+    /// with the absolute index of its first token) in place of their
+    /// tokens, and returns the last position's logits; with
+    /// `LogitsFor::All`, the logits of every position, in order.
     pub(super) fn feed_prompt(
         &mut self,
-        prompt: &Prompt,
-        from: usize,
+        tokens: &[u32],
         positions: Option<&[[u32; 3]]>,
+        images: &[(usize, &PromptImage)],
         want: LogitsFor,
         cancel: &AtomicBool,
     ) -> Result<Option<Vec<f32>>, EngineError> {
-        let starts = self.image_starts(prompt);
+        let from = self.cached.len();
         let merge = self.vision().map_or(2, |v| v.processor.merge_size);
-        // Embeddings of the images whose tokens are still to be computed.
-        let mut embeds: Vec<Option<std::sync::Arc<Vec<f32>>>> = vec![None; prompt.images.len()];
-        for (k, img) in prompt.images.iter().enumerate() {
-            if starts[k] + img.prepared.tokens(merge) > from {
-                if cancel.load(Ordering::Relaxed) {
-                    return Ok(None);
-                }
-                embeds[k] = Some(self.image_embeddings(img)?);
-            }
-        }
-        let d = self.model.hp.n_embd;
-        let mut last: Option<Vec<f32>> = None;
-        let mut at = from;
-        while at < prompt.tokens.len() {
+        let mut embeds = Vec::with_capacity(images.len());
+        for &(start, img) in images {
             if cancel.load(Ordering::Relaxed) {
                 return Ok(None);
             }
-            let end = (at + PROMPT_CHUNK).min(prompt.tokens.len());
+            embeds.push((
+                start,
+                img.prepared.tokens(merge),
+                self.image_embeddings(img)?,
+            ));
+        }
+        let d = self.model.hp.n_embd;
+        let mut last: Option<Vec<f32>> = None;
+        let mut at = 0;
+        while at < tokens.len() {
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            let end = (at + PROMPT_CHUNK).min(tokens.len());
+            let (first, stop) = (from + at, from + end);
             let mut rows: Vec<(usize, &[f32])> = Vec::new();
-            for (k, img) in prompt.images.iter().enumerate() {
-                let (s, n) = (starts[k], img.prepared.tokens(merge));
-                let Some(e) = &embeds[k] else { continue };
-                for t in s.max(at)..(s + n).min(end) {
-                    rows.push((t - at, &e[(t - s) * d..(t - s + 1) * d]));
+            for (s, n, e) in &embeds {
+                for t in (*s).max(first)..(s + n).min(stop) {
+                    rows.push((t - first, &e[(t - s) * d..(t - s + 1) * d]));
                 }
             }
             let input = Input {
-                tokens: &prompt.tokens[at..end],
-                pos: at,
+                tokens: &tokens[at..end],
+                pos: first,
                 positions: positions.map(|p| &p[at..end]),
                 embeds: &rows,
             };
@@ -225,17 +227,14 @@ impl Engine {
                 (LogitsFor::All, Some(all)) => all.extend_from_slice(logits),
                 _ => last = Some(logits.to_vec()),
             }
-            self.cached.extend_from_slice(&prompt.tokens[at..end]);
+            self.cached.extend_from_slice(&tokens[at..end]);
             if let Some(p) = positions {
                 self.cached_pos.extend_from_slice(&p[at..end]);
             }
             at = end;
         }
-        self.cached_images = starts
-            .iter()
-            .zip(&prompt.images)
-            .map(|(&s, i)| (s, i.hash))
-            .collect();
+        self.cached_images
+            .extend(images.iter().map(|&(s, img)| (s, img.hash)));
         Ok(last)
     }
 
@@ -283,7 +282,8 @@ impl Engine {
             .count()
             .min(prompt.len() - 1);
         let merge = self.vision().map_or(2, |v| v.processor.merge_size);
-        for (k, (&start, img)) in self.image_starts(full).iter().zip(&full.images).enumerate() {
+        let starts = self.image_starts(full);
+        for (k, (&start, img)) in starts.iter().zip(&full.images).enumerate() {
             if start >= shared {
                 break;
             }
@@ -296,6 +296,14 @@ impl Engine {
         self.kv.truncate(shared);
         self.cached.truncate(shared);
         self.cached_pos.truncate(shared);
+        self.cached_images.retain(|&(s, _)| s < shared);
+        // The images still to compute: those at or after the cut.
+        let new_images: Vec<(usize, &PromptImage)> = starts
+            .iter()
+            .copied()
+            .zip(&full.images)
+            .filter(|&(s, _)| s >= shared)
+            .collect();
 
         let started = Instant::now();
         let mut result = Generation {
@@ -307,7 +315,13 @@ impl Engine {
             prompt_secs: 0.0,
             decode_secs: 0.0,
         };
-        let fed = self.feed_prompt(full, shared, positions.as_deref(), LogitsFor::Last, cancel)?;
+        let fed = self.feed_prompt(
+            &prompt[shared..],
+            positions.as_deref().map(|p| &p[shared..]),
+            &new_images,
+            LogitsFor::Last,
+            cancel,
+        )?;
         let Some(mut logits) = fed else {
             result.prompt_secs = started.elapsed().as_secs_f64();
             return Ok(result);
@@ -353,10 +367,7 @@ impl Engine {
             }
             let pos = self.cached.len();
             // Generated text continues one past the largest position so far.
-            let next = self
-                .cached_pos
-                .last()
-                .map(|p| [p.iter().max().map_or(0, |m| m + 1); 3]);
+            let next = (!self.cached_pos.is_empty()).then(|| [self.next_position(); 3]);
             let rope = next.as_ref().map(std::slice::from_ref);
             let input = Input {
                 tokens: std::slice::from_ref(&token),

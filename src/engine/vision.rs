@@ -41,12 +41,14 @@ impl PromptImage {
         for g in prepared.grid_thw {
             h.add(&(g as u64).to_le_bytes());
         }
-        let bytes: Vec<u8> = prepared
-            .pixel_values
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        h.add(&bytes);
+        // In pieces through a small buffer, not a copy of every value.
+        let mut buf = [0u8; 4096];
+        for chunk in prepared.pixel_values.chunks(buf.len() / 4) {
+            for (b, v) in buf.chunks_exact_mut(4).zip(chunk) {
+                b.copy_from_slice(&v.to_le_bytes());
+            }
+            h.add(&buf[..chunk.len() * 4]);
+        }
         PromptImage {
             hash: h.finish(),
             prepared,
@@ -75,22 +77,22 @@ fn json_meta(g: &GgufFile, key: &str) -> Option<serde_json::Value> {
 }
 
 /// The vision half of a GGUF converted from a Qwen2.5-VL folder, when it
-/// has one. `half_weights`: keep 16-bit matrices as f16 in memory (the
-/// quantized schemes) rather than f32 (as stored, for exact results).
+/// has one, on `device`. Under a quantized scheme 16-bit matrices stay f16
+/// in memory; as stored they are widened to f32 (exact results).
 pub fn load(
     g: &GgufFile,
     file: &std::fs::File,
     n_embd: usize,
     device: &candle_core::Device,
 ) -> Result<Option<VisionModel>, ModelError> {
+    if g.tensor("v.patch_embd.weight").is_none() {
+        return Ok(None);
+    }
     // Converted at 4/8/16 bits: the tower's 16-bit matrices stay 16-bit.
     let half_weights = g
         .get("spillway.quant")
         .and_then(Value::as_str)
         .is_some_and(|q| q != "none");
-    if g.tensor("v.patch_embd.weight").is_none() {
-        return Ok(None);
-    }
     let config = json_meta(g, HF_CONFIG).ok_or_else(|| {
         ModelError::Format("the model has a vision tower but no config.json metadata".into())
     })?;
@@ -332,10 +334,15 @@ impl Engine {
         self.reset();
         let positions = self.prompt_positions(prompt)?;
         let never = std::sync::atomic::AtomicBool::new(false);
+        let images: Vec<(usize, &PromptImage)> = self
+            .image_starts(prompt)
+            .into_iter()
+            .zip(&prompt.images)
+            .collect();
         let out = self.feed_prompt(
-            prompt,
-            0,
+            &prompt.tokens,
             positions.as_deref(),
+            &images,
             crate::model::transformer::LogitsFor::All,
             &never,
         );

@@ -339,10 +339,7 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     if hf == "lm_head.weight" || hf == "language_model.lm_head.weight" {
         return Some("output.weight".into());
     }
-    let rest = rest.strip_prefix("layers.")?;
-    let (i, part) = rest.split_once('.')?;
-    let i: usize = i.parse().ok()?;
-    let (module, kind) = part.rsplit_once('.')?;
+    let (i, module, kind) = indexed(rest.strip_prefix("layers.")?)?;
     let gguf = match module {
         "self_attn.q_proj" => "attn_q",
         "self_attn.k_proj" => "attn_k",
@@ -356,6 +353,13 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         _ => return None,
     };
     Some(format!("blk.{i}.{gguf}.{kind}"))
+}
+
+/// `N.module.path.kind` → (N, `module.path`, `kind`).
+fn indexed(rest: &str) -> Option<(usize, &str, &str)> {
+    let (i, part) = rest.split_once('.')?;
+    let (module, kind) = part.rsplit_once('.')?;
+    Some((i.parse().ok()?, module, kind))
 }
 
 /// The GGUF name of a Qwen2.5-VL vision tower tensor (the part after
@@ -375,10 +379,7 @@ fn vision_gguf_name(v: &str) -> Option<String> {
         };
         return Some(format!("v.merger.{fc}.{kind}"));
     }
-    let rest = v.strip_prefix("blocks.")?;
-    let (i, part) = rest.split_once('.')?;
-    let i: usize = i.parse().ok()?;
-    let (module, kind) = part.rsplit_once('.')?;
+    let (i, module, kind) = indexed(v.strip_prefix("blocks.")?)?;
     let name = match module {
         "norm1" => "ln1",
         "norm2" => "ln2",
