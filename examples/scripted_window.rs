@@ -57,6 +57,7 @@ fn info() -> ModelInfo {
         },
         budget_notes: vec![],
         gpu_name: None,
+        synthetic: false,
         vision: Some(Box::new(VisionInfo {
             processor: spillway::vision::ProcessorConfig::default(),
             thinking: Some(false),

@@ -146,6 +146,9 @@ pub struct ModelInfo {
     pub gpu_name: Option<String>,
     /// Set when the model reads images.
     pub vision: Option<Box<VisionInfo>>,
+    /// The weights are random (`spillway synthesize`): good for speed
+    /// tests only.
+    pub synthetic: bool,
 }
 
 /// Why a reply ended.

@@ -354,7 +354,23 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
             "peak_rss_bytes": measured_ram,
             "predicted_peak_ram_bytes": peak.ram,
             "predicted_peak_disk_bytes": peak.disk,
+            "predicted_peak_gpu_bytes": peak.gpu,
             "offload_folder_bytes": offload_bytes,
+            "layers": {
+                "gpu": b.engine.placement().count(Tier::Gpu),
+                "ram": b.engine.placement().count(Tier::Ram),
+                "disk": disk_layers,
+            },
+            "mode": b.engine.placement().mode.to_string(),
+            "predicted_prompt_tokens_per_sec": b.engine.placement().predicted_prompt_tokens_per_sec,
+            "predicted_decode_tokens_per_sec": b.engine.placement().predicted_decode_tokens_per_sec,
+            // Bytes a decode step reads: every layer, the head, the final norm.
+            "weights_bytes_per_token": (b.engine.placement().weights.gpu
+                + b.engine.placement().weights.ram
+                + b.engine.placement().weights.disk)
+                .saturating_sub(b.engine.footprint().embeddings_bytes),
+            "gpu": b.engine.budgets().gpu_name,
+            "synthetic": b.engine.is_synthetic(),
         });
         if a.disk_bound {
             out["disk_bound"] = json!({

@@ -83,6 +83,14 @@ pub struct GenerateArgs {
     /// save it here (PNG).
     #[arg(long, value_name = "OUT.png")]
     annotate: Option<PathBuf>,
+    /// Re-place the model every N generated tokens, in the middle of the
+    /// reply (the KV cache and the tokens so far are kept), cycling through
+    /// --replace-modes; JSON lists each move (for scripts/gpu-check.sh).
+    #[arg(long, value_name = "N", requires = "replace_modes", hide = true)]
+    replace_every: Option<usize>,
+    /// The placement modes --replace-every steps through, comma-separated.
+    #[arg(long, value_name = "MODE,...", value_delimiter = ',', hide = true)]
+    replace_modes: Vec<crate::placement::Mode>,
 }
 
 fn parse_task(s: &str) -> Result<Task, String> {
@@ -231,12 +239,17 @@ pub fn run(a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let cancel = cancel_flag();
     let mut stdout = std::io::stdout().lock();
     let json = a.json;
+    if let Some(every) = a.replace_every {
+        return replace_during_reply(&mut engine, &a, config, &prompt, &params, every, &cancel);
+    }
     let gen = engine.generate_prompt(&prompt, &params, &cancel, &mut |piece| {
         if !json {
             let _ = stdout.write_all(piece.as_bytes());
             let _ = stdout.flush();
         }
     })?;
+    // Re-plans after an out-of-memory during the reply.
+    super::report_notices(&mut engine);
     let rss = telemetry::rss();
     let split = tasks::split_thinking(&gen.text, suffix == "<think>");
     let shapes = tasks::parse_shapes(a.task, &split.answer);
@@ -306,6 +319,89 @@ pub fn run(a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
             gen.decode_tokens_per_sec(),
             gen.finish.as_str()
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One reply generated in pieces of `every` tokens, the model re-placed
+/// between pieces as `--replace-modes` says. Each piece continues from the
+/// KV cache (the prompt plus the tokens so far is a prefix already
+/// cached), so with greedy sampling the tokens must equal an unbroken run.
+fn replace_during_reply(
+    engine: &mut crate::engine::Engine,
+    a: &GenerateArgs,
+    config: &Config,
+    prompt: &Prompt,
+    params: &GenerateParams,
+    every: usize,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<ExitCode> {
+    if every == 0 {
+        anyhow::bail!("--replace-every must be at least 1");
+    }
+    if !prompt.images.is_empty() {
+        anyhow::bail!("--replace-every takes a text prompt");
+    }
+    let mut tokens = prompt.tokens.clone();
+    let mut generated: Vec<u32> = Vec::new();
+    let mut moves = Vec::new();
+    let mut finish = "length";
+    let start = std::time::Instant::now();
+    while generated.len() < params.max_tokens {
+        let piece = GenerateParams {
+            max_tokens: every.min(params.max_tokens - generated.len()),
+            ..params.clone()
+        };
+        let gen = engine.generate_prompt(&Prompt::text(tokens.clone()), &piece, cancel, &mut |_| {})?;
+        generated.extend(&gen.generated_tokens);
+        tokens.extend(&gen.generated_tokens);
+        if gen.generated_tokens.len() < piece.max_tokens {
+            finish = gen.finish.as_str();
+            break;
+        }
+        if generated.len() >= params.max_tokens {
+            break;
+        }
+        let mode = a.replace_modes[moves.len() % a.replace_modes.len()];
+        let mut placement = a.model.placement.clone();
+        placement.mode = Some(mode);
+        placement.gpu_layers = None;
+        placement.disk_layers = None;
+        let request = placement.request(
+            config,
+            a.model
+                .offload_dir
+                .clone()
+                .unwrap_or_else(|| config.offload_folder.clone()),
+            false,
+        );
+        let t = std::time::Instant::now();
+        engine
+            .replace(request)
+            .with_context(|| format!("cannot re-place the model as {mode}"))?;
+        super::report_notices(engine);
+        moves.push(serde_json::json!({
+            "after_tokens": generated.len(),
+            "mode": mode.to_string(),
+            "moved_layers": engine.last_moved(),
+            "seconds": t.elapsed().as_secs_f64(),
+            "tiers": engine.store().tiers().iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+        }));
+    }
+    let text = engine.tokenizer().decode(&generated, true)?;
+    let out = serde_json::json!({
+        "prompt_tokens": prompt.tokens,
+        "generated_tokens": generated,
+        "text": text,
+        "finish_reason": finish,
+        "seconds": start.elapsed().as_secs_f64(),
+        "replacements": moves,
+    });
+    if a.json {
+        println!("{out}");
+    } else {
+        println!("{text}");
+        eprintln!("{}", serde_json::to_string_pretty(&out["replacements"])?);
     }
     Ok(ExitCode::SUCCESS)
 }

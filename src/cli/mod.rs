@@ -8,6 +8,7 @@ mod inspect;
 mod perplexity;
 mod plan;
 mod quantize;
+mod synthesize;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +62,10 @@ enum Command {
     /// Convert a Hugging Face model folder to a GGUF (4-bit, 8-bit, 16-bit
     /// or as stored), into a file or the cache later loads use.
     Quantize(quantize::QuantizeArgs),
+    /// Write a GGUF with random weights in the exact shape, tensor types and
+    /// metadata of a Hugging Face config.json (speed and memory tests at
+    /// real scale; llama.cpp loads it too).
+    Synthesize(synthesize::SynthesizeArgs),
     /// Download a model from the Hugging Face Hub into the Hugging Face
     /// cache (resumed if interrupted, checked against the Hub's sizes and
     /// checksums).
@@ -238,6 +243,13 @@ impl ModelArgs {
         .with_context(|| format!("cannot load {}", self.model.display()));
         bar.finish_and_clear();
         let mut engine = engine?;
+        if engine.is_synthetic() {
+            eprintln!(
+                "warning: {} has {}",
+                self.model.display(),
+                crate::weights::synth::SYNTHETIC_NOTICE
+            );
+        }
         report_notices(&mut engine);
         Ok(engine)
     }
@@ -302,6 +314,11 @@ fn cancel_flag() -> Arc<AtomicBool> {
 
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    // `synthesize --config CONFIG.json` names a model's config.json, not
+    // Spillway's YAML settings, which it does not use.
+    if let Some(Command::Synthesize(a)) = cli.command {
+        return synthesize::run(a, cli.config);
+    }
     // An explicit --config must be right; the user's copy in the platform
     // config folder gets a message and the defaults when it is not.
     let mut config_problem = None;
@@ -329,6 +346,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Inspect(a)) => inspect::run(a),
         Some(Command::Plan(a)) => plan::run(a, &config),
         Some(Command::Quantize(a)) => quantize::run(a),
+        Some(Command::Synthesize(a)) => synthesize::run(a, None),
         Some(Command::Download(a)) => download::run(a),
     }
 }

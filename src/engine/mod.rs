@@ -447,6 +447,11 @@ impl Engine {
         }
     }
 
+    /// The weights are random (a file made by `spillway synthesize`).
+    pub fn is_synthetic(&self) -> bool {
+        crate::weights::synth::is_synthetic(&self.gguf)
+    }
+
     pub fn hparams(&self) -> &HParams {
         &self.model.hp
     }

@@ -373,6 +373,7 @@ fn model_info(engine: &mut Engine, req: &LoadRequest) -> ModelInfo {
         placement: engine.placement().clone(),
         budget_notes: engine.budgets().notes.clone(),
         gpu_name: engine.budgets().gpu_name.clone(),
+        synthetic: engine.is_synthetic(),
         vision: engine.vision().map(|v| {
             Box::new(crate::protocol::VisionInfo {
                 processor: v.processor.clone(),

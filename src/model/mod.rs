@@ -47,12 +47,66 @@ impl ModelError {
     pub fn is_out_of_memory(&self) -> bool {
         match self {
             ModelError::OutOfMemory { .. } => true,
-            // The CUDA backend reports CUDA_ERROR_OUT_OF_MEMORY in its text.
-            ModelError::Candle(e) => {
-                let s = e.to_string();
-                s.contains("OUT_OF_MEMORY") || s.contains("out of memory")
-            }
+            ModelError::Candle(e) => candle_out_of_memory(e),
             _ => false,
         }
+    }
+}
+
+/// Whether a candle error is a device allocation failure, told by its
+/// error code (CUDA_ERROR_OUT_OF_MEMORY from the driver,
+/// CUBLAS_STATUS_ALLOC_FAILED from cuBLAS), never by its text.
+pub fn candle_out_of_memory(e: &candle_core::Error) -> bool {
+    use candle_core::Error as E;
+    match e {
+        E::WithBacktrace { inner, .. } | E::Context { inner, .. } | E::WithPath { inner, .. } => {
+            candle_out_of_memory(inner)
+        }
+        #[cfg(feature = "cuda")]
+        E::Cuda(inner) => cuda_out_of_memory(inner.as_ref()),
+        _ => false,
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_out_of_memory(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    use candle_core::cuda_backend::cudarc::cublas::{result::CublasError, sys::cublasStatus_t};
+    use candle_core::cuda_backend::cudarc::driver::{sys::CUresult, DriverError};
+    use candle_core::cuda_backend::CudaError;
+    let driver = |d: &DriverError| d.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY;
+    let cublas = |c: &CublasError| c.0 == cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED;
+    if let Some(d) = e.downcast_ref::<DriverError>() {
+        return driver(d);
+    }
+    if let Some(c) = e.downcast_ref::<CublasError>() {
+        return cublas(c);
+    }
+    match e.downcast_ref::<CudaError>() {
+        Some(CudaError::Cuda(d)) | Some(CudaError::Load { cuda: d, .. }) => driver(d),
+        Some(CudaError::Cublas(c)) => cublas(c),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod oom_tests {
+    use super::*;
+
+    /// Out-of-memory is told by type or code: a message that merely says
+    /// so (a file name, a model's text) is not one, however it is wrapped.
+    #[test]
+    fn out_of_memory_is_told_by_type_not_text() {
+        let typed = ModelError::OutOfMemory {
+            what: "layer 3".into(),
+            needed: 1,
+            used: 0,
+            budget: 0,
+        };
+        assert!(typed.is_out_of_memory());
+        let text = candle_core::Error::Msg("CUDA_ERROR_OUT_OF_MEMORY: out of memory".into())
+            .context("loading layer 3")
+            .bt();
+        assert!(!ModelError::Candle(text).is_out_of_memory());
+        assert!(!ModelError::Format("out of memory".into()).is_out_of_memory());
     }
 }

@@ -14,7 +14,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::model::hparams::HParams;
-use crate::model::transformer::LayerWeights;
 use crate::weights::gguf::GgufFile;
 use crate::weights::GgmlType;
 
@@ -229,37 +228,23 @@ impl Footprint {
             Some("float16") => GgmlType::F16,
             _ => GgmlType::BF16,
         };
-        let d = hp.n_embd;
-        let mut shapes: Vec<(String, Option<usize>, Vec<usize>)> = vec![
-            ("token_embd.weight".into(), None, vec![hp.n_vocab, d]),
-            ("output_norm.weight".into(), None, vec![d]),
-        ];
-        if !hp.tied_embeddings {
-            shapes.push(("output.weight".into(), None, vec![hp.n_vocab, d]));
-        }
-        // The blocks hold exactly the tensors the model loads.
-        let block = LayerWeights::expected_shapes(&hp);
-        for i in 0..hp.n_layer {
-            for (n, s) in &block {
-                shapes.push((format!("blk.{i}.{n}"), Some(i), s.clone()));
-            }
-        }
-        let mut tensors = Vec::with_capacity(shapes.len());
-        for (name, layer, shape) in shapes {
-            let elems = shape.iter().map(|&x| x as u64).product::<u64>();
-            let row = *shape.last().unwrap_or(&1);
-            let t = quant.tensor_type(&name, layer, hp.n_layer, row, shape.len() == 1, stored);
-            let bytes = t.bytes_for(elems).ok_or_else(|| {
-                crate::model::ModelError::Format(format!(
-                    "{name}: {elems} values are not whole {t} blocks"
-                ))
-            })?;
+        // The text model's tensors exactly as the converter writes them;
+        // the vision tower is counted with its activations below.
+        let laid = crate::weights::convert::layout(
+            &hp,
+            config,
+            quant,
+            !hp.tied_embeddings,
+            &|_| stored,
+        )?;
+        let mut tensors = Vec::with_capacity(laid.len());
+        for t in laid.into_iter().filter(|t| !t.name.starts_with("v.")) {
             tensors.push(TensorBytes {
-                name,
-                layer,
-                ggml_type: t,
-                elems,
-                bytes,
+                bytes: t.bytes()?,
+                elems: t.elems(),
+                name: t.name,
+                layer: t.layer,
+                ggml_type: t.ggml_type,
             });
         }
         let vision = vision_bytes(config, quant, stored, DEFAULT_MAX_IMAGE_PIXELS);

@@ -11,7 +11,7 @@ const GB: u64 = 1_000_000_000;
 fn mistral(quant: Quant, context: usize) -> Footprint {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/mistral-7b-instruct-v0.3/config.json"
+        "/tests/fixtures/configs/mistral-7b-instruct-v0.3/config.json"
     ))
     .unwrap();
     let config: serde_json::Value = serde_json::from_str(&text).unwrap();

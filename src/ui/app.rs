@@ -780,6 +780,12 @@ impl SpillwayApp {
                 }
                 (Some(m), None) => {
                     ui.label(format!("Model: {}", m.name));
+                    if m.synthetic {
+                        ui.colored_label(
+                            ui.visuals().warn_fg_color,
+                            crate::weights::synth::SYNTHETIC_NOTICE,
+                        );
+                    }
                 }
                 (None, None) => {
                     ui.label("No model loaded — open one in Settings");

@@ -20,7 +20,7 @@ use super::gguf_write::{GgufWriter, PlannedTensor};
 use super::hf::{HfError, HfFolder};
 use super::tokenizer::{HF_CHAT_TEMPLATE, HF_TOKENIZER_CONFIG, HF_TOKENIZER_JSON};
 use super::GgmlType;
-use crate::model::hparams::Arch;
+use crate::model::hparams::{Arch, HParams};
 use crate::model::transformer::LayerWeights;
 use crate::model::ModelError;
 use crate::placement::Quant;
@@ -57,69 +57,123 @@ pub enum ConvertError {
     },
 }
 
-/// One tensor of the output: where it comes from and what it becomes.
-struct Job {
-    name: String,
-    layer: Option<usize>,
-    shape: Vec<usize>,
-    ggml_type: GgmlType,
+/// One tensor of a converted (or synthesized) GGUF: its name, block, shape
+/// and the type the scheme gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorPlan {
+    pub name: String,
+    pub layer: Option<usize>,
+    pub shape: Vec<usize>,
+    pub ggml_type: GgmlType,
 }
 
-/// The output tensors in file order (embeddings, blocks, final norm, head),
-/// checked against the source's shapes.
-fn jobs(folder: &HfFolder, quant: Quant) -> Result<Vec<Job>, ConvertError> {
-    let hp = &folder.hparams;
+impl TensorPlan {
+    pub fn elems(&self) -> u64 {
+        self.shape.iter().map(|&d| d as u64).product()
+    }
+
+    /// Exact bytes in the file.
+    pub fn bytes(&self) -> Result<u64, ModelError> {
+        self.ggml_type.bytes_for(self.elems()).ok_or_else(|| {
+            ModelError::Format(format!(
+                "{}: {} values are not whole {} blocks",
+                self.name,
+                self.elems(),
+                self.ggml_type
+            ))
+        })
+    }
+}
+
+/// The tensors converting a checkpoint with `config` under `quant` gives,
+/// in file order (embeddings, blocks, final norm, head, vision tower), each
+/// in its type. The converter, the planner's footprint of a config.json
+/// and `synthesize` all use this one list, so their sizes agree to the
+/// byte. `with_head`: the file has its own output head (untied, or a
+/// checkpoint that stores one anyway); `stored`: a tensor's type in the
+/// checkpoint (it matters only for the as-stored scheme).
+pub fn layout(
+    hp: &HParams,
+    config: &serde_json::Value,
+    quant: Quant,
+    with_head: bool,
+    stored: &dyn Fn(&str) -> GgmlType,
+) -> Result<Vec<TensorPlan>, ModelError> {
     let mut wanted: Vec<(String, Option<usize>, Vec<usize>)> = vec![(
         "token_embd.weight".into(),
         None,
         vec![hp.n_vocab, hp.n_embd],
     )];
+    let block = LayerWeights::expected_shapes(hp);
     for i in 0..hp.n_layer {
-        for (n, s) in LayerWeights::expected_shapes(hp) {
-            wanted.push((format!("blk.{i}.{n}"), Some(i), s));
+        for (n, s) in &block {
+            wanted.push((format!("blk.{i}.{n}"), Some(i), s.clone()));
         }
     }
     wanted.push(("output_norm.weight".into(), None, vec![hp.n_embd]));
-    // A tied head is the embedding matrix; the file then has no head.
-    if folder.tensors.contains_key("output.weight") || !hp.tied_embeddings {
+    if with_head {
         wanted.push(("output.weight".into(), None, vec![hp.n_vocab, hp.n_embd]));
     }
     // A vision-language model's tower, after the language model.
-    if hp.is_multimodal() && folder.config.get("vision_config").is_some() {
-        let vc = crate::vision::VisionConfig::from_config(&folder.config, hp.n_embd)?;
+    if hp.is_multimodal() && config.get("vision_config").is_some() {
+        let vc = crate::vision::VisionConfig::from_config(config, hp.n_embd)?;
         for (name, shape) in vc.expected_shapes() {
             wanted.push((name, None, shape));
         }
     }
-    let mut out = Vec::with_capacity(wanted.len());
-    for (name, layer, shape) in wanted {
-        let src = folder.tensors.get(&name).ok_or_else(|| {
+    Ok(wanted
+        .into_iter()
+        .map(|(name, layer, shape)| {
+            let row = *shape.last().unwrap_or(&1);
+            let ggml_type = quant.tensor_type(
+                &name,
+                layer,
+                hp.n_layer,
+                row,
+                shape.len() == 1,
+                stored(&name),
+            );
+            TensorPlan {
+                name,
+                layer,
+                shape,
+                ggml_type,
+            }
+        })
+        .collect())
+}
+
+/// The output tensors in file order, checked against the source's shapes.
+fn jobs(folder: &HfFolder, quant: Quant) -> Result<Vec<TensorPlan>, ConvertError> {
+    let hp = &folder.hparams;
+    let with_head = folder.tensors.contains_key("output.weight") || !hp.tied_embeddings;
+    let stored = |name: &str| {
+        folder
+            .tensors
+            .get(name)
+            .map_or(GgmlType::BF16, |t| t.dtype)
+    };
+    let out = layout(hp, &folder.config, quant, with_head, &stored)?;
+    for t in &out {
+        let src = folder.tensors.get(&t.name).ok_or_else(|| {
             ModelError::Format(format!(
-                "{}: the checkpoint has no tensor for {name}",
-                folder.dir.display()
+                "{}: the checkpoint has no tensor for {}",
+                folder.dir.display(),
+                t.name
             ))
         })?;
         // The patch embedding is a Conv3d kernel (out, 3, 2, 14, 14): the
         // same values as the (out, 1176) matrix it is used as.
-        let reshaped = name == "v.patch_embd.weight"
-            && src.shape.first() == shape.first()
-            && src.elems() == shape.iter().product::<usize>();
-        if src.shape != shape && !reshaped {
+        let reshaped = t.name == "v.patch_embd.weight"
+            && src.shape.first() == t.shape.first()
+            && src.elems() == t.shape.iter().product::<usize>();
+        if src.shape != t.shape && !reshaped {
             return Err(ModelError::Format(format!(
-                "{} has shape {:?}, config.json implies {shape:?}",
-                src.hf_name, src.shape
+                "{} has shape {:?}, config.json implies {:?}",
+                src.hf_name, src.shape, t.shape
             ))
             .into());
         }
-        let row = *shape.last().unwrap_or(&1);
-        let ggml_type =
-            quant.tensor_type(&name, layer, hp.n_layer, row, shape.len() == 1, src.dtype);
-        out.push(Job {
-            name,
-            layer,
-            shape,
-            ggml_type,
-        });
     }
     Ok(out)
 }
@@ -144,12 +198,14 @@ pub fn encode(values: Vec<f32>, shape: &[usize], t: GgmlType) -> Result<Vec<u8>,
     })
 }
 
-fn metadata(
-    folder: &HfFolder,
+/// The architecture's hyper-parameters as llama.cpp's GGUF keys, plus the
+/// scheme and what the file was made from (`spillway.source`).
+pub fn hparams_metadata(
+    hp: &HParams,
+    name: &str,
     quant: Quant,
     source_key: &str,
-) -> Result<Vec<(String, Value)>, ConvertError> {
-    let hp = &folder.hparams;
+) -> Vec<(String, Value)> {
     let arch = match hp.arch {
         Arch::Llama => "llama",
         Arch::Qwen2 if hp.is_multimodal() => "qwen2vl",
@@ -157,13 +213,9 @@ fn metadata(
     };
     let k = |s: &str| format!("{arch}.{s}");
     let u = |v: usize| Value::U32(v as u32);
-    let name = folder
-        .dir
-        .file_name()
-        .map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
     let mut m = vec![
         ("general.architecture".into(), Value::String(arch.into())),
-        ("general.name".into(), Value::String(name)),
+        ("general.name".into(), Value::String(name.into())),
         (k("context_length"), u(hp.context_length)),
         (k("embedding_length"), u(hp.n_embd)),
         (k("block_count"), u(hp.n_layer)),
@@ -191,17 +243,34 @@ fn metadata(
             ),
         ));
     }
+    m
+}
+
+/// The Hugging Face JSON files kept in a GGUF, with their metadata keys
+/// (besides tokenizer.json).
+pub const KEPT_JSON_FILES: [(&str, &str); 5] = [
+    (HF_TOKENIZER_CONFIG, "tokenizer_config.json"),
+    (HF_CHAT_TEMPLATE, "chat_template.json"),
+    (HF_GENERATION_CONFIG, "generation_config.json"),
+    (HF_CONFIG, "config.json"),
+    (HF_PREPROCESSOR_CONFIG, "preprocessor_config.json"),
+];
+
+fn metadata(
+    folder: &HfFolder,
+    quant: Quant,
+    source_key: &str,
+) -> Result<Vec<(String, Value)>, ConvertError> {
+    let name = folder
+        .dir
+        .file_name()
+        .map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
+    let mut m = hparams_metadata(&folder.hparams, &name, quant, source_key);
     let tokenizer = folder.json_file("tokenizer.json")?.ok_or_else(|| {
         ModelError::Format(format!("{} has no tokenizer.json", folder.dir.display()))
     })?;
     m.push((HF_TOKENIZER_JSON.into(), Value::String(tokenizer)));
-    for (key, file) in [
-        (HF_TOKENIZER_CONFIG, "tokenizer_config.json"),
-        (HF_CHAT_TEMPLATE, "chat_template.json"),
-        (HF_GENERATION_CONFIG, "generation_config.json"),
-        (HF_CONFIG, "config.json"),
-        (HF_PREPROCESSOR_CONFIG, "preprocessor_config.json"),
-    ] {
+    for (key, file) in KEPT_JSON_FILES {
         if let Some(text) = folder.json_file(file)? {
             m.push((key.into(), Value::String(text)));
         }
@@ -219,7 +288,20 @@ pub fn convert(
     progress: &mut dyn FnMut(usize, usize) -> Result<(), ModelError>,
 ) -> Result<(), ConvertError> {
     let jobs = jobs(folder, quant)?;
-    let planned: Vec<PlannedTensor> = jobs
+    write_atomically(&jobs, out, &mut |planned, tmp| {
+        write(folder, quant, &jobs, planned, tmp, progress)
+    })
+}
+
+/// Writes the GGUF of `tensors` to `out` through `write(planned, tmp)`:
+/// free disk checked first, a temporary file synced then renamed, so `out`
+/// is whole or absent (the temporary file is removed on any error).
+pub fn write_atomically(
+    tensors: &[TensorPlan],
+    out: &Path,
+    write: &mut dyn FnMut(Vec<PlannedTensor>, &Path) -> Result<(), ConvertError>,
+) -> Result<(), ConvertError> {
+    let planned: Vec<PlannedTensor> = tensors
         .iter()
         .map(|j| PlannedTensor {
             name: j.name.clone(),
@@ -227,16 +309,14 @@ pub fn convert(
             ggml_type: j.ggml_type,
         })
         .collect();
-    let needed: u64 = jobs
-        .iter()
-        .map(|j| {
-            j.ggml_type
-                .bytes_for(j.shape.iter().map(|&d| d as u64).product())
-                .unwrap_or(0)
-        })
-        .sum::<u64>()
-        + (64 << 20);
-    let dir = out.parent().unwrap_or(Path::new("."));
+    let mut needed: u64 = 64 << 20;
+    for t in tensors {
+        needed = needed.saturating_add(t.bytes()?);
+    }
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     std::fs::create_dir_all(dir).map_err(|source| ConvertError::Write {
         path: dir.to_path_buf(),
         source,
@@ -251,7 +331,7 @@ pub fn convert(
         }
     }
     let tmp = out.with_extension(format!("gguf.tmp{}", std::process::id()));
-    let result = write(folder, quant, &jobs, planned, &tmp, progress);
+    let result = write(planned, &tmp);
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
         return result;
@@ -273,7 +353,7 @@ pub fn convert(
 fn write(
     folder: &HfFolder,
     quant: Quant,
-    jobs: &[Job],
+    jobs: &[TensorPlan],
     planned: Vec<PlannedTensor>,
     tmp: &Path,
     progress: &mut dyn FnMut(usize, usize) -> Result<(), ModelError>,

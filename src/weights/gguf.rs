@@ -270,8 +270,28 @@ impl GgufFile {
         };
         let file = File::open(&path).map_err(io)?;
         let file_size = file.metadata().map_err(io)?.len();
+        Self::parse(BufReader::with_capacity(1 << 20, file), file_size, path)
+    }
+
+    /// Parses a GGUF held in memory (`path` names it in errors).
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, GgufError> {
+        Self::parse(bytes, bytes.len() as u64, path.to_path_buf())
+    }
+
+    /// A file of metadata only (no tensors), e.g. a tokenizer made in memory.
+    pub fn from_metadata(entries: Vec<(String, Value)>) -> Self {
+        GgufFile {
+            path: PathBuf::new(),
+            version: 3,
+            metadata: entries.into_iter().collect(),
+            tensors: Vec::new(),
+            file_size: 0,
+        }
+    }
+
+    fn parse(inner: impl Read, file_size: u64, path: PathBuf) -> Result<Self, GgufError> {
         let mut cur = Cursor {
-            inner: BufReader::with_capacity(1 << 20, file),
+            inner,
             pos: 0,
             len: file_size,
             path: path.clone(),

@@ -126,25 +126,41 @@ impl<W: Write + Seek> GgufWriter<W> {
 
     /// The next tensor of the table (its bytes must match its type).
     pub fn write_tensor(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.write_tensor_with(name, &mut |out| {
+            out.write_all(bytes)?;
+            Ok(bytes.len() as u64)
+        })
+    }
+
+    /// The next tensor of the table, streamed: `fill` writes its bytes (in
+    /// as many pieces as it likes) and returns how many it wrote, which must
+    /// be the planned size.
+    pub fn write_tensor_with(
+        &mut self,
+        name: &str,
+        fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<u64>,
+    ) -> io::Result<()> {
         let t = self.tensors.get(self.next).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{name}: more tensors than planned"),
             )
         })?;
-        if t.name != name || t.bytes()? != bytes.len() as u64 {
+        let planned = t.bytes()?;
+        if t.name != name {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!(
-                    "{name} ({} bytes) written where {} ({} bytes) was planned",
-                    bytes.len(),
-                    t.name,
-                    t.bytes()?
-                ),
+                format!("{name} written where {} was planned", t.name),
             ));
         }
-        self.out.write_all(bytes)?;
-        let pad = (bytes.len() as u64).div_ceil(ALIGNMENT) * ALIGNMENT - bytes.len() as u64;
+        let written = fill(&mut self.out)?;
+        if written != planned {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name}: {written} bytes written where {planned} were planned"),
+            ));
+        }
+        let pad = written.div_ceil(ALIGNMENT) * ALIGNMENT - written;
         self.out.write_all(&vec![0u8; pad as usize])?;
         self.next += 1;
         Ok(())

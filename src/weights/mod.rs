@@ -10,6 +10,7 @@ pub mod gguf;
 pub mod gguf_write;
 pub mod hf;
 pub mod read;
+pub mod synth;
 pub mod tokenizer;
 
 use std::fmt;

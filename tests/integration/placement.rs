@@ -244,7 +244,7 @@ fn plan_command_from_a_gguf_and_a_config() {
     // From a config.json, before any download.
     let config = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/mistral-7b-instruct-v0.3/config.json"
+        "/tests/fixtures/configs/mistral-7b-instruct-v0.3/config.json"
     );
     let j = spillway_json(&[
         "plan", "--model", config, "--quant", "q8_0", "--vram", "24GiB", "--ram", "16GiB", "--ctx",

@@ -48,6 +48,7 @@ fn model_info() -> ModelInfo {
         placement: placement(0, 4),
         budget_notes: vec![],
         gpu_name: None,
+        synthetic: false,
         vision: None,
     }
 }
@@ -619,4 +620,22 @@ fn thinking_is_folded_and_its_answer_drawn() {
         "folded"
     );
     f.harness.get_by_label("Box 1 from 10, 20 to 60, 70");
+}
+
+/// A model with random weights says so in the top bar, and a real one
+/// does not.
+#[test]
+fn a_synthetic_model_is_labelled() {
+    let mut f = fixture();
+    assert!(f
+        .harness
+        .query_by_label_contains("synthetic weights")
+        .is_none());
+    f.event(Event::Loaded(ModelInfo {
+        name: "Mistral-7B-Instruct-v0.3 (synthetic)".into(),
+        synthetic: true,
+        ..model_info()
+    }));
+    f.harness
+        .get_by_label("synthetic weights — speed tests only");
 }

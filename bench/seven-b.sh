@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The 7B case on this machine (docs/BENCHMARKS.md, "At 7B scale"): synthetic
+# Mistral-7B-Instruct-v0.3 Q4_K_M and Q8_0 and RoboBrain2.0-7B Q4_K_M, 2 threads.
+#
+# usage: bench/seven-b.sh LLAMA_DIR [WORK_DIR] [STEPS...]
+#   LLAMA_DIR: a llama.cpp build (build/bin/llama-bench, models/ggml-vocab-*.gguf)
+#   WORK_DIR:  where the synthetic models go (~13 GB; default /tmp/spillway-7b)
+#   STEPS:     any of synth ram disk diskall robobrain (default: all)
+# Every result is one JSON line in WORK_DIR/results.jsonl. Run it on a quiet
+# machine: nothing else may run meanwhile.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LLAMA=${1:?the llama.cpp folder}
+WORK=${2:-/tmp/spillway-7b}
+shift $(( $# >= 2 ? 2 : 1 ))
+steps=${*:-synth ram disk diskall robobrain}
+BIN=target/release/spillway
+CFG=tests/fixtures/configs
+mkdir -p "$WORK"
+out="$WORK/results.jsonl"
+log() { echo "{\"step\": \"$1\", \"model\": \"$2\", \"result\": $3}" >> "$out"; echo "$1 $2: $3" | cut -c1-400; }
+
+for step in $steps; do
+case $step in
+synth)
+  for q in q4_k_m q8_0; do
+    r=$($BIN synthesize --config $CFG/mistral-7b-instruct-v0.3/config.json --quant $q \
+        --tokenizer "$LLAMA/models/ggml-vocab-llama-spm.gguf" -o "$WORK/mistral-7b-$q.gguf" --json)
+    log synth mistral-$q "$r"
+  done
+  r=$($BIN synthesize --config $CFG/robobrain2.0-7b/config.json --quant q4_k_m \
+      --tokenizer "$LLAMA/models/ggml-vocab-qwen2.gguf" -o "$WORK/robobrain2.0-7b-q4_k_m.gguf" --json)
+  log synth robobrain-q4_k_m "$r"
+  ;;
+ram)
+  # 1. All layers in RAM against llama-bench, alternating rounds.
+  for q in q4_k_m q8_0; do
+    r=$($BIN bench --model "$WORK/mistral-7b-$q.gguf" --threads 2 --repetitions 3 --ctx 1024 \
+        --mode cpu-only --compare-llama "$LLAMA/build/bin/llama-bench" --json)
+    log ram mistral-$q "$r"
+  done
+  ;;
+disk)
+  # 2. --ram 2GiB: most layers on disk, cold page cache, against the disk bound.
+  for q in q4_k_m q8_0; do
+    r=$($BIN bench --model "$WORK/mistral-7b-$q.gguf" --threads 2 --repetitions 3 --ctx 1024 \
+        --ram 2GiB --cold --disk-bound --prompt-tokens 0 --gen-tokens 8 --json)
+    log disk mistral-$q "$r"
+  done
+  ;;
+diskall)
+  # 3. Every layer on disk: decode against the bound and the resident peak.
+  for q in q4_k_m q8_0; do
+    r=$($BIN bench --model "$WORK/mistral-7b-$q.gguf" --threads 2 --repetitions 3 --ctx 1024 \
+        --disk-layers all --cold --disk-bound --prompt-tokens 0 --gen-tokens 8 --json)
+    log diskall mistral-$q "$r"
+    r=$($BIN generate --model "$WORK/mistral-7b-$q.gguf" --prompt "Write a short poem about the sea." \
+        --greedy --max-tokens 16 --ignore-eos --ctx 4096 --threads 2 --disk-layers all --json)
+    log diskall-rss mistral-$q "$r"
+  done
+  ;;
+robobrain)
+  # 5. RoboBrain2.0-7B shape, one 1280-token image, vision tower in RAM.
+  python3 -c "
+import zlib, struct
+w, h = 1120, 896
+rows = b''.join(b'\x00' + bytes(v for x in range(w) for v in ((x * 7 + y * 3) % 256, (x ^ y) % 256, (y * 5) % 256)) for y in range(h))
+png = b'\x89PNG\r\n\x1a\n'
+def chunk(t, d): return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d))
+png += chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0)) + chunk(b'IDAT', zlib.compress(rows)) + chunk(b'IEND', b'')
+open('$WORK/scene-1120x896.png', 'wb').write(png)
+"
+  r=$($BIN generate --model "$WORK/robobrain2.0-7b-q4_k_m.gguf" --image "$WORK/scene-1120x896.png" \
+      --prompt "What is on the table?" --greedy --max-tokens 16 --ignore-eos --threads 2 --ctx 4096 --json)
+  log robobrain rb7-q4_k_m "$r"
+  ;;
+*) echo "unknown step $step" >&2; exit 2 ;;
+esac
+done
