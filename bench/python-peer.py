@@ -29,8 +29,15 @@ def convert(gguf: Path, out: Path):
 
     if (out / "config.json").exists():
         return
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # transformers will not re-save a model it read from a GGUF: copy the
+    # dequantized weights into a plain model of the same config.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
 

@@ -44,7 +44,7 @@ disk)
   # 2. --ram 2GiB: most layers on disk, cold page cache, against the disk bound.
   for q in q4_k_m q8_0; do
     r=$($BIN bench --model "$WORK/mistral-7b-$q.gguf" --threads 2 --repetitions 3 --ctx 1024 \
-        --ram 2GiB --cold --disk-bound --prompt-tokens 0 --gen-tokens 8 --json)
+        --ram 2GiB --cold --disk-bound --prompt-tokens 0 --gen-tokens 4 --json)
     log disk mistral-$q "$r"
   done
   ;;
@@ -52,9 +52,9 @@ diskall)
   # 3. Every layer on disk: decode against the bound and the resident peak.
   for q in q4_k_m q8_0; do
     r=$($BIN bench --model "$WORK/mistral-7b-$q.gguf" --threads 2 --repetitions 3 --ctx 1024 \
-        --disk-layers all --cold --disk-bound --prompt-tokens 0 --gen-tokens 8 --json)
+        --disk-layers all --cold --disk-bound --prompt-tokens 0 --gen-tokens 4 --json)
     log diskall mistral-$q "$r"
-    r=$($BIN generate --model "$WORK/mistral-7b-$q.gguf" --prompt "Write a short poem about the sea." \
+    r=$($BIN generate --model "$WORK/mistral-7b-$q.gguf" --raw --prompt "Write a short poem about the sea." \
         --greedy --max-tokens 16 --ignore-eos --ctx 4096 --threads 2 --disk-layers all --json)
     log diskall-rss mistral-$q "$r"
   done
