@@ -219,7 +219,7 @@ class Check:
     def caps(self):
         figures, ok = {}, True
         model = self.models["q4_k_m"]
-        for cap in ([2, 4, 6] if not self.args.dry_run else [1]):
+        for cap in ([2, 4, 6] if not self.args.dry_run else [2]):
             extra = ["--mode", "auto", "--vram", f"{cap}GiB"]
             if self.args.dry_run:
                 extra.append("--simulate-with-candle")

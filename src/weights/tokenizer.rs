@@ -430,31 +430,78 @@ fn template_value(v: &Json) -> Option<String> {
 }
 
 /// Streams text from tokens as they arrive, holding back bytes that do not
-/// yet form whole characters (a thin wrapper over the `tokenizers` crate's
-/// windowed stream decoder, so each step costs O(1), not O(reply)).
+/// yet form whole characters. Each step decodes only a short window (the
+/// tokens since the last emitted text, plus the ones before it for
+/// context), so it costs O(1), not O(reply). Unlike the `tokenizers`
+/// crate's stream decoder it never fails when a byte-fallback token makes an
+/// earlier window decode differently (a reply that continues mid-character,
+/// or a model emitting stray bytes): it waits until the text is whole.
 pub struct TextStream<'a> {
-    inner: tokenizers::tokenizer::DecodeStream<
-        'a,
-        tokenizers::ModelWrapper,
-        tokenizers::NormalizerWrapper,
-        tokenizers::PreTokenizerWrapper,
-        tokenizers::PostProcessorWrapper,
-        tokenizers::DecoderWrapper,
-    >,
+    tok: &'a TextTokenizer,
+    ids: Vec<u32>,
+    /// Start of the context window.
+    prefix: usize,
+    /// Tokens up to here have been emitted.
+    read: usize,
 }
 
 impl<'a> TextStream<'a> {
     pub fn new(tok: &'a TextTokenizer) -> Self {
         TextStream {
-            inner: tok.inner.decode_stream(true),
+            tok,
+            ids: Vec::new(),
+            prefix: 0,
+            read: 0,
         }
     }
 
     /// Adds a token and returns the new text it completes (maybe empty).
     pub fn push(&mut self, id: u32) -> Result<String, TokenizerError> {
-        self.inner
-            .step(id)
-            .map(Option::unwrap_or_default)
-            .map_err(|e| TokenizerError::Tokenizers(e.to_string()))
+        self.ids.push(id);
+        let before = self.tok.decode(&self.ids[self.prefix..self.read], true)?;
+        let now = self.tok.decode(&self.ids[self.prefix..], true)?;
+        if now.ends_with('\u{fffd}') || now.len() <= before.len() {
+            return Ok(String::new());
+        }
+        // The window's earlier text normally stays a prefix; when a byte
+        // token changed it, emit what follows the longest common prefix.
+        let common = before
+            .char_indices()
+            .zip(now.chars())
+            .find(|((_, a), b)| a != b)
+            .map_or(before.len(), |((i, _), _)| i);
+        let piece = now[common..].to_string();
+        // Keep a few tokens of context so spacing rules see the text before.
+        self.prefix = self.read;
+        self.read = self.ids.len();
+        Ok(piece)
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    /// Streaming gives the whole decode's text, and a stream that starts in
+    /// the middle of a character (a reply continued after a re-placement,
+    /// byte-fallback tokens) never fails.
+    #[test]
+    fn streams_whole_text_and_survives_starting_mid_character() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mistral_tiny");
+        let tok = TextTokenizer::from_hf_dir(&dir).unwrap();
+        let text = "Grüße aus Köln, 日本語のテキスト 🚀 and more words.";
+        let ids = tok.encode(text, false).unwrap();
+        let mut s = TextStream::new(&tok);
+        let mut out = String::new();
+        for &id in &ids {
+            out.push_str(&s.push(id).unwrap());
+        }
+        assert_eq!(out, tok.decode(&ids, true).unwrap());
+        for start in 0..ids.len() {
+            let mut s = TextStream::new(&tok);
+            for &id in &ids[start..] {
+                s.push(id).unwrap();
+            }
+        }
     }
 }
