@@ -218,16 +218,7 @@ impl Footprint {
         prompt_chunk: usize,
     ) -> Result<Self, crate::model::ModelError> {
         let hp = HParams::from_hf_config(config)?;
-        let stored = match config
-            .get("text_config")
-            .and_then(|t| t.get("torch_dtype").or_else(|| t.get("dtype")))
-            .or_else(|| config.get("torch_dtype").or_else(|| config.get("dtype")))
-            .and_then(serde_json::Value::as_str)
-        {
-            Some("float32") => GgmlType::F32,
-            Some("float16") => GgmlType::F16,
-            _ => GgmlType::BF16,
-        };
+        let stored = crate::weights::convert::stored_type(config);
         // The text model's tensors exactly as the converter writes them;
         // the vision tower is counted with its activations below.
         let laid = crate::weights::convert::layout(

@@ -143,6 +143,22 @@ pub fn layout(
         .collect())
 }
 
+/// The checkpoint's storage type as its config.json names it
+/// (`torch_dtype`, or transformers 5's `dtype`, top level or in
+/// `text_config`); bf16 when it names none.
+pub fn stored_type(config: &serde_json::Value) -> GgmlType {
+    match config
+        .get("text_config")
+        .and_then(|t| t.get("torch_dtype").or_else(|| t.get("dtype")))
+        .or_else(|| config.get("torch_dtype").or_else(|| config.get("dtype")))
+        .and_then(serde_json::Value::as_str)
+    {
+        Some("float32") => GgmlType::F32,
+        Some("float16") => GgmlType::F16,
+        _ => GgmlType::BF16,
+    }
+}
+
 /// The output tensors in file order, checked against the source's shapes.
 fn jobs(folder: &HfFolder, quant: Quant) -> Result<Vec<TensorPlan>, ConvertError> {
     let hp = &folder.hparams;

@@ -111,16 +111,7 @@ pub fn plan(
     let config: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| ModelError::Format(format!("{}: {e}", config_path.display())))?;
     let hp = HParams::from_hf_config(&config)?;
-    let stored = match config
-        .get("text_config")
-        .and_then(|t| t.get("torch_dtype"))
-        .or_else(|| config.get("torch_dtype"))
-        .and_then(serde_json::Value::as_str)
-    {
-        Some("float32") => GgmlType::F32,
-        Some("float16") => GgmlType::F16,
-        _ => GgmlType::BF16,
-    };
+    let stored = super::convert::stored_type(&config);
     let tensors = layout(&hp, &config, quant, !hp.tied_embeddings, &|_| stored)?;
     Ok((config, text, hp, tensors))
 }
