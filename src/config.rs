@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::placement::{Mode, Quant};
 
-const DEFAULTS_YAML: &str = include_str!("../config/config.yaml");
+pub const DEFAULTS_YAML: &str = include_str!("../config/config.yaml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -5,6 +5,7 @@ pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod fuzz;
 pub mod kernels;
 pub mod model;
 pub mod placement;

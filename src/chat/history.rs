@@ -203,8 +203,17 @@ impl History {
         &self.dir
     }
 
-    fn path_of(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.{EXT}"))
+    fn path_of(&self, id: &str) -> Result<PathBuf, HistoryError> {
+        if !valid_id(id) {
+            return Err(HistoryError::Write {
+                path: self.dir.join(id),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a conversation id is letters, digits, '-' and '_' only",
+                ),
+            });
+        }
+        Ok(self.dir.join(format!("{id}.{EXT}")))
     }
 
     /// Every readable conversation, newest first, and the files that could
@@ -219,18 +228,35 @@ impl History {
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.contains(TMP_MARK) {
-                let _ = fs::remove_file(&path);
+            if let Some((_, pid)) = name.rsplit_once(TMP_MARK) {
+                // Another window's save in progress is not ours to remove.
+                if !pid.parse::<u32>().is_ok_and(process_alive) {
+                    let _ = fs::remove_file(&path);
+                }
                 continue;
             }
             if path.extension().and_then(|e| e.to_str()) != Some(EXT) {
                 continue;
             }
-            let parsed = fs::read(&path).map_err(|e| e.to_string()).and_then(|b| {
+            // The conversation's id is its file's name, never what the file
+            // says inside (a hand-edited "../../x" would save and delete
+            // outside the folder).
+            let Some(id) = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .filter(|s| valid_id(s))
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let parsed = read_bounded(&path).and_then(|b| {
                 serde_json::from_slice::<Conversation>(&b).map_err(|e| e.to_string())
             });
             match parsed {
-                Ok(c) => convs.push(c),
+                Ok(mut c) => {
+                    c.id = id;
+                    convs.push(c)
+                }
                 Err(reason) => damaged.push(Damaged { path, reason }),
             }
         }
@@ -250,7 +276,7 @@ impl History {
         conv: &Conversation,
         before_rename: &mut dyn FnMut() -> std::io::Result<()>,
     ) -> Result<(), HistoryError> {
-        let path = self.path_of(&conv.id);
+        let path = self.path_of(&conv.id)?;
         let err = |source| HistoryError::Write {
             path: path.clone(),
             source,
@@ -262,7 +288,7 @@ impl History {
 
     /// Deletes a conversation's file (a missing one is not an error).
     pub fn delete(&self, id: &str) -> Result<(), HistoryError> {
-        let path = self.path_of(id);
+        let path = self.path_of(id)?;
         match fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(HistoryError::Write { path, source: e })
@@ -270,6 +296,37 @@ impl History {
             _ => Ok(()),
         }
     }
+}
+
+/// Whether `id` can name a conversation's file: 1 to 128 ASCII letters,
+/// digits, '-' or '_' (no separators, no dots).
+fn valid_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A history file is text a person typed and a model wrote; one larger
+/// than this is not read into memory.
+const MAX_HISTORY_FILE_BYTES: u64 = 256 << 20;
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let f = File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    f.take(MAX_HISTORY_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_HISTORY_FILE_BYTES {
+        return Err(format!("larger than {} MiB", MAX_HISTORY_FILE_BYTES >> 20));
+    }
+    Ok(bytes)
+}
+
+/// Whether process `pid` is running (its in-progress files are its own).
+fn process_alive(pid: u32) -> bool {
+    pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Writes `bytes` to `path` so that a crash leaves either the old content

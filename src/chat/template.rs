@@ -147,24 +147,75 @@ impl ChatTemplate {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String, TemplateError> {
-        let tmpl = self
-            .env
+        // A template is code from a file: it renders with bounded work
+        // (fuel: instructions) and bounded output, so a hostile one fails
+        // with an error instead of spinning or filling memory.
+        let mut env_fuel = self.env.clone();
+        env_fuel.set_fuel(Some(
+            TEMPLATE_FUEL.saturating_add(TEMPLATE_FUEL_PER_MESSAGE * messages.len() as u64),
+        ));
+        let tmpl = env_fuel
             .get_template("chat")
             .map_err(|e| TemplateError::Syntax(e.to_string()))?;
-        tmpl.render(minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token,
-            eos_token => self.eos_token,
-        })
-        .map_err(|e| {
-            // Keep the message one line and name the exception's own text.
-            let mut msg = e.to_string();
-            if let Some(detail) = e.detail() {
-                msg = format!("{msg}: {detail}");
+        let input: usize = messages.iter().map(|m| m.content.to_string().len()).sum();
+        let mut out = LimitedWriter {
+            buf: Vec::new(),
+            limit: TEMPLATE_OUTPUT_BYTES.saturating_add(input.saturating_mul(2)),
+        };
+        let rendered = tmpl.render_captured_to(
+            minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos_token,
+                eos_token => self.eos_token,
+            },
+            &mut out,
+        );
+        match rendered {
+            Ok(_) => String::from_utf8(out.buf)
+                .map_err(|_| TemplateError::Render("the template wrote invalid UTF-8".into())),
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(TemplateError::Render(
+                "the chat template did not finish within its work limit".into(),
+            )),
+            Err(e) if e.kind() == ErrorKind::WriteFailure => Err(TemplateError::Render(format!(
+                "the chat template wrote more than {} MiB",
+                out.limit >> 20
+            ))),
+            Err(e) => {
+                // Keep the message one line and name the exception's own text.
+                let mut msg = e.to_string();
+                if let Some(detail) = e.detail() {
+                    msg = format!("{msg}: {detail}");
+                }
+                Err(TemplateError::Render(msg.replace('\n', " ")))
             }
-            TemplateError::Render(msg.replace('\n', " "))
-        })
+        }
+    }
+}
+
+/// Instructions a template may run for a conversation: a base, plus a
+/// share per message (real templates run a few hundred per message).
+const TEMPLATE_FUEL: u64 = 2_000_000;
+const TEMPLATE_FUEL_PER_MESSAGE: u64 = 20_000;
+/// Bytes a rendered prompt may hold beyond twice the messages' own text.
+const TEMPLATE_OUTPUT_BYTES: usize = 16 << 20;
+
+/// A writer that refuses to grow past `limit` bytes.
+struct LimitedWriter {
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for LimitedWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(data.len()) > self.limit {
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -180,7 +180,7 @@ impl GenerateArgs {
     }
 }
 
-pub fn run(a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
+pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let params = GenerateParams {
         max_tokens: a.max_tokens.unwrap_or(config.generation.max_new_tokens),
         sampling: a.sampling(config)?,
@@ -190,6 +190,8 @@ pub fn run(a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
     // Validate inputs before the (slow) load.
     let messages = if a.raw { Vec::new() } else { a.messages()? };
     let load_start = std::time::Instant::now();
+    // The plan budgets the vision tower for images as large as asked.
+    a.model.max_image_pixels = Some(a.max_pixels);
     let mut engine = a.model.load(config)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
     // A converted checkpoint's generation_config.json sets the defaults
@@ -224,7 +226,7 @@ pub fn run(a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
             images.len()
         );
     }
-    let thinking = tasks::supports_thinking(&a.model.model_name());
+    let thinking = engine.supports_thinking();
     if a.think && thinking != Some(true) {
         eprintln!("note: this model does not think (RoboBrain 2.0 7B and 32B do); --think ignored");
     }
@@ -352,7 +354,8 @@ fn replace_during_reply(
             max_tokens: every.min(params.max_tokens - generated.len()),
             ..params.clone()
         };
-        let gen = engine.generate_prompt(&Prompt::text(tokens.clone()), &piece, cancel, &mut |_| {})?;
+        let gen =
+            engine.generate_prompt(&Prompt::text(tokens.clone()), &piece, cancel, &mut |_| {})?;
         generated.extend(&gen.generated_tokens);
         tokens.extend(&gen.generated_tokens);
         if gen.generated_tokens.len() < piece.max_tokens {

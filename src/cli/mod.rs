@@ -3,6 +3,7 @@
 
 mod bench;
 mod download;
+mod fuzz;
 mod generate;
 mod inspect;
 mod perplexity;
@@ -70,6 +71,9 @@ enum Command {
     /// cache (resumed if interrupted, checked against the Hub's sizes and
     /// checksums).
     Download(download::DownloadArgs),
+    /// Fuzz the readers of model files, configs, templates, images, history
+    /// and settings (each input in a memory-limited child process).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 /// Placement options every command that places a model shares.
@@ -137,8 +141,8 @@ pub struct ModelArgs {
     /// `model.quant` (or `load_in_4bit`/`load_in_8bit`), else none.
     #[arg(long, value_name = "SCHEME")]
     quant: Option<crate::placement::Quant>,
-    /// Compute precision: f32 (the CPU and GPU kernels compute in f32; f16
-    /// and bf16 are accepted and computed in f32, with a note).
+    /// Compute precision: auto or f32, what the CPU and GPU kernels compute
+    /// in (f16 and bf16 are refused, not silently computed in f32).
     #[arg(long, value_name = "DTYPE", value_parser = parse_dtype)]
     dtype: Option<crate::config::ComputeDType>,
     #[command(flatten)]
@@ -154,15 +158,13 @@ pub struct ModelArgs {
     /// for the desktop from six cores up).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// The largest image (pixels after resizing) the plan budgets for; set
+    /// by commands that take images (`generate --max-pixels`).
+    #[arg(skip)]
+    pub max_image_pixels: Option<usize>,
 }
 
 impl ModelArgs {
-    /// The model as the user named it (a path or a repo id), for rules
-    /// that go by name (RoboBrain's thinking models).
-    fn model_name(&self) -> String {
-        self.model.to_string_lossy().into_owned()
-    }
-
     fn load_options(&self, config: &Config) -> LoadOptions {
         LoadOptions {
             model_path: self.model.clone(),
@@ -185,7 +187,9 @@ impl ModelArgs {
             quant: self.quant.unwrap_or(config.quant),
             cache_dir: None,
             hub: Default::default(),
-            max_image_pixels: crate::placement::footprint::DEFAULT_MAX_IMAGE_PIXELS,
+            max_image_pixels: self
+                .max_image_pixels
+                .unwrap_or(crate::placement::footprint::DEFAULT_MAX_IMAGE_PIXELS),
         }
     }
 
@@ -208,10 +212,12 @@ impl ModelArgs {
                 self.model.display()
             );
         }
+        // Refused rather than accepted and ignored: the kernels compute in
+        // f32 whatever the weights' stored type.
         match self.dtype.or(config.dtype) {
             None | Some(crate::config::ComputeDType::F32) => {}
-            Some(d) => eprintln!(
-                "note: --dtype {d:?}: Spillway's kernels compute in f32 (weights keep their stored type); computing in f32"
+            Some(d) => anyhow::bail!(
+                "a compute dtype of {d:?} is not supported: Spillway computes in float32 (weights keep their stored or quantized type); use --dtype auto or float32, or set model.dtype: auto in the config"
             ),
         }
         let bar = progress_bar("loading");
@@ -319,6 +325,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
     if let Some(Command::Synthesize(a)) = cli.command {
         return synthesize::run(a, cli.config);
     }
+    if let Some(Command::Fuzz(a)) = cli.command {
+        return fuzz::run(a);
+    }
     // An explicit --config must be right; the user's copy in the platform
     // config folder gets a message and the defaults when it is not.
     let mut config_problem = None;
@@ -348,5 +357,6 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Quantize(a)) => quantize::run(a),
         Some(Command::Synthesize(a)) => synthesize::run(a, None),
         Some(Command::Download(a)) => download::run(a),
+        Some(Command::Fuzz(a)) => fuzz::run(a),
     }
 }

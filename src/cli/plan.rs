@@ -63,13 +63,7 @@ fn config_path(path: &Path) -> Option<PathBuf> {
 }
 
 fn footprint(a: &PlanArgs, config: &Config) -> anyhow::Result<(Footprint, String)> {
-    let ctx_for = |trained: usize| -> anyhow::Result<usize> {
-        match a.ctx.or(config.context_length) {
-            Some(0) => anyhow::bail!("the context length must be positive"),
-            Some(n) => Ok(n),
-            None => Ok(trained),
-        }
-    };
+    let requested = a.ctx.or(config.context_length);
     // A repo id: only its config.json is fetched (planning comes before
     // downloading the weights).
     let model = match a
@@ -101,7 +95,7 @@ fn footprint(a: &PlanArgs, config: &Config) -> anyhow::Result<(Footprint, String
             name,
             &json,
             quant,
-            ctx_for(hp.context_length)?,
+            hp.context_for(requested)?,
             PROMPT_CHUNK,
         )?;
         return Ok((fp, format!("config.json, {quant}")));
@@ -113,7 +107,7 @@ fn footprint(a: &PlanArgs, config: &Config) -> anyhow::Result<(Footprint, String
     let path = crate::engine::resolve_model_path(&path)?;
     let gguf = GgufFile::open(&path)?;
     let hp = HParams::from_gguf(&gguf)?;
-    let fp = Footprint::from_gguf(&gguf, &hp, ctx_for(hp.context_length)?, PROMPT_CHUNK);
+    let fp = Footprint::from_gguf(&gguf, &hp, hp.context_for(requested)?, PROMPT_CHUNK);
     Ok((fp, "GGUF, as stored".into()))
 }
 

@@ -319,21 +319,7 @@ impl Engine {
             )?),
             None => None,
         };
-        let context = match opts.context_length {
-            Some(0) => {
-                return Err(EngineError::Invalid(
-                    "the context length must be positive".into(),
-                ))
-            }
-            Some(n) if n > hp.context_length => {
-                return Err(EngineError::Invalid(format!(
-                    "a context of {n} tokens exceeds the {} this model was trained for",
-                    hp.context_length
-                )))
-            }
-            Some(n) => n,
-            None => hp.context_length,
-        };
+        let context = hp.context_for(opts.context_length)?;
         let file = std::fs::File::open(&path)
             .map_err(|e| EngineError::Invalid(format!("cannot open {}: {e}", path.display())))?;
         let tensor = |name: &str| {
@@ -352,12 +338,16 @@ impl Engine {
         };
         let model = Transformer::new(hp.clone(), token_embd, output_norm, output, context)?;
         // On the CPU until the plan is applied (which may move it).
-        let vision = vision::load(&gguf, &file, hp.n_embd, &candle_core::Device::Cpu)?;
+        let mut vision = vision::load(&gguf, &file, hp.n_embd, &candle_core::Device::Cpu)?;
+        // The bound the plan budgets images for holds for every image of
+        // this load, whatever the model's processor file says.
+        if let Some(v) = &mut vision {
+            v.processor.cap_pixels(opts.max_image_pixels);
+        }
         let mut footprint = Footprint::from_gguf(&gguf, &hp, context, PROMPT_CHUNK);
         if let Some(v) = &vision {
             let cfg = &v.tower.cfg;
-            let max_pixels = v.processor.max_pixels.min(opts.max_image_pixels);
-            let patches = crate::vision::tower::max_patches(max_pixels, cfg.patch_size);
+            let patches = crate::vision::tower::max_patches(v.processor.max_pixels, cfg.patch_size);
             footprint.vision_bytes = v.tower.bytes() + cfg.activation_bytes(patches);
         }
         if let Some(b) = baseline {
@@ -448,6 +438,23 @@ impl Engine {
     }
 
     /// The weights are random (a file made by `spillway synthesize`).
+    /// Whether this is a RoboBrain model that thinks when asked (from its
+    /// metadata and size; see `vision::tasks::thinking_for`).
+    pub fn supports_thinking(&self) -> Option<bool> {
+        use crate::weights::gguf::Value;
+        let names = ["general.name", "general.basename", "general.finetune"]
+            .into_iter()
+            .filter_map(|k| self.gguf.get(k).and_then(Value::as_str));
+        let text_params = self
+            .gguf
+            .tensors
+            .iter()
+            .filter(|t| !t.name.starts_with("v.") && !t.name.starts_with("mm."))
+            .map(|t| t.elem_count() as u64)
+            .sum();
+        crate::vision::tasks::thinking_for(names, text_params)
+    }
+
     pub fn is_synthetic(&self) -> bool {
         crate::weights::synth::is_synthetic(&self.gguf)
     }

@@ -218,7 +218,7 @@ impl Engine {
         })?;
         let mut cfg = v.processor.clone();
         if let Some(m) = max_pixels {
-            cfg.max_pixels = cfg.max_pixels.min(m).max(cfg.min_pixels);
+            cfg.cap_pixels(m);
         }
         let prepared =
             preprocess::prepare(img, &cfg).map_err(|e| EngineError::Invalid(e.to_string()))?;

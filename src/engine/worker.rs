@@ -255,10 +255,7 @@ impl Worker {
             return;
         }
         let before = engine.placement().clone();
-        let thinking = self
-            .model_path
-            .as_deref()
-            .and_then(|p| crate::vision::tasks::supports_thinking(&p.to_string_lossy()));
+        let thinking = engine.supports_thinking();
         let suffix = crate::vision::tasks::thinking_suffix(thinking, req.think);
         let prompt = match image_prompt(engine, &req, suffix) {
             Ok(p) => p,
@@ -377,9 +374,7 @@ fn model_info(engine: &mut Engine, req: &LoadRequest) -> ModelInfo {
         vision: engine.vision().map(|v| {
             Box::new(crate::protocol::VisionInfo {
                 processor: v.processor.clone(),
-                thinking: crate::vision::tasks::supports_thinking(
-                    &req.model_path.to_string_lossy(),
-                ),
+                thinking: engine.supports_thinking(),
             })
         }),
     }

@@ -39,7 +39,7 @@ pub struct DeviceRope {
 
 impl DeviceRope {
     pub fn new(hp: &HParams, max_positions: usize, device: &Device) -> Result<Self, ModelError> {
-        let (cos, sin) = rope_tables(hp, max_positions);
+        let (cos, sin) = rope_tables(hp, max_positions)?;
         let half = hp.head_dim / 2;
         Ok(DeviceRope {
             cos: Tensor::from_vec(cos, (max_positions, half), device)?,

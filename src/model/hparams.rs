@@ -46,6 +46,39 @@ pub enum RopeStyle {
     Halves,
 }
 
+/// What a size read from a file can honestly be. The largest models of 2026
+/// stay far inside these (126 layers, 16k hidden, 262k vocabulary, 10M
+/// context); a larger value is a corrupt or hand-edited file, refused before
+/// it sizes a table, a loop or an allocation.
+pub mod limits {
+    pub const LAYERS: usize = 1024;
+    pub const EMBEDDING: usize = 1 << 17;
+    pub const FEED_FORWARD: usize = 1 << 20;
+    pub const HEADS: usize = 1024;
+    pub const HEAD_DIM: usize = 1024;
+    pub const VOCAB: usize = 1 << 23;
+    pub const CONTEXT: usize = 1 << 24;
+}
+
+/// The context a model gets when the user names none: its training context,
+/// but no more than this (a 128k-token f32 KV cache of an 8B model is 16 GiB,
+/// which would push layers out of memory for room a chat rarely uses).
+pub const DEFAULT_CONTEXT: usize = 32_768;
+
+/// The size `v` read from key `what`, when it is a positive integer no
+/// larger than `max`.
+fn bounded(what: &str, v: Option<u64>, max: usize) -> Result<usize, ModelError> {
+    match v {
+        Some(n) if n > 0 && n <= max as u64 => Ok(n as usize),
+        Some(n) => Err(ModelError::Format(format!(
+            "{what} = {n} is not a plausible size (at most {max})"
+        ))),
+        None => Err(ModelError::Format(format!(
+            "{what} is missing or not a size"
+        ))),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct HParams {
     pub arch: Arch,
@@ -82,15 +115,12 @@ impl HParams {
             arch: arch_name.clone(),
         })?;
         let key = |k: &str| format!("{arch_name}.{k}");
-        let req = |k: &str| -> Result<usize, ModelError> {
+        let req = |k: &str, max: usize| -> Result<usize, ModelError> {
             let full = key(k);
             let v = g
                 .get(&full)
                 .ok_or_else(|| ModelError::Format(format!("metadata key {full} is missing")))?;
-            v.as_u64()
-                .and_then(|v| usize::try_from(v).ok())
-                .filter(|&v| v > 0 && v < (1 << 31))
-                .ok_or_else(|| ModelError::Format(format!("metadata {full} = {v:?} is not a size")))
+            bounded(&format!("metadata {full}"), v.as_u64(), max)
         };
         let opt_f32 = |k: &str, default: f32| -> f32 {
             g.get(&key(k))
@@ -98,20 +128,25 @@ impl HParams {
                 .map(|v| v as f32)
                 .unwrap_or(default)
         };
-        let n_layer = req("block_count")?;
-        let n_embd = req("embedding_length")?;
-        let n_ff = req("feed_forward_length")?;
-        let n_head = req("attention.head_count")?;
+        let n_layer = req("block_count", limits::LAYERS)?;
+        let n_embd = req("embedding_length", limits::EMBEDDING)?;
+        let n_ff = req("feed_forward_length", limits::FEED_FORWARD)?;
+        let n_head = req("attention.head_count", limits::HEADS)?;
         let n_head_kv = if g.get(&key("attention.head_count_kv")).is_some() {
-            req("attention.head_count_kv")?
+            req("attention.head_count_kv", limits::HEADS)?
         } else {
             n_head
         };
         let head_dim = if g.get(&key("attention.key_length")).is_some() {
-            req("attention.key_length")?
+            req("attention.key_length", limits::HEAD_DIM)?
         } else {
             n_embd / n_head
         };
+        if head_dim == 0 || head_dim > limits::HEAD_DIM {
+            return Err(ModelError::Format(format!(
+                "head size {head_dim} is not plausible"
+            )));
+        }
         if n_head % n_head_kv != 0 {
             return Err(ModelError::Format(format!(
                 "{n_head} attention heads are not a multiple of {n_head_kv} KV heads"
@@ -127,12 +162,13 @@ impl HParams {
                 )));
             }
         }
-        let context_length = req("context_length")?;
+        let context_length = req("context_length", limits::CONTEXT)?;
+        check_block_count(g, n_layer)?;
         let embd = g
             .tensor("token_embd.weight")
             .ok_or_else(|| ModelError::Format("tensor token_embd.weight is missing".into()))?;
         let n_vocab = match embd.shape.as_slice() {
-            [v, d] if *d == n_embd => *v,
+            [v, d] if *d == n_embd && *v <= limits::VOCAB => *v,
             other => {
                 return Err(ModelError::Format(format!(
                     "token_embd.weight has shape {other:?}, expected [vocab, {n_embd}]"
@@ -200,33 +236,31 @@ impl HParams {
         // A key of the text model, falling back to the top level (re-saved
         // configs move keys between the two).
         let get = |k: &str| text.get(k).or_else(|| top.get(k));
-        let size = |k: &str| -> Result<usize, ModelError> {
-            get(k)
-                .and_then(serde_json::Value::as_u64)
-                .and_then(|v| usize::try_from(v).ok())
-                .filter(|&v| v > 0 && v < (1 << 31))
-                .ok_or_else(|| {
-                    ModelError::Format(format!("config.json: {k} is missing or not a size"))
-                })
+        let size = |k: &str, max: usize| -> Result<usize, ModelError> {
+            bounded(
+                &format!("config.json: {k}"),
+                get(k).and_then(serde_json::Value::as_u64),
+                max,
+            )
         };
         let float = |k: &str, default: f64| {
             get(k)
                 .and_then(serde_json::Value::as_f64)
                 .unwrap_or(default)
         };
-        let n_embd = size("hidden_size")?;
-        let n_head = size("num_attention_heads")?;
+        let n_embd = size("hidden_size", limits::EMBEDDING)?;
+        let n_head = size("num_attention_heads", limits::HEADS)?;
         let n_head_kv = if get("num_key_value_heads").is_some_and(|v| !v.is_null()) {
-            size("num_key_value_heads")?
+            size("num_key_value_heads", limits::HEADS)?
         } else {
             n_head
         };
         let head_dim = if get("head_dim").is_some_and(|v| !v.is_null()) {
-            size("head_dim")?
+            size("head_dim", limits::HEAD_DIM)?
         } else {
             n_embd / n_head
         };
-        if n_head % n_head_kv != 0 || head_dim % 2 != 0 {
+        if n_head % n_head_kv != 0 || head_dim % 2 != 0 || head_dim == 0 {
             return Err(ModelError::Format(format!(
                 "config.json: {n_head} heads, {n_head_kv} KV heads and head size {head_dim} do not fit together"
             )));
@@ -253,14 +287,14 @@ impl HParams {
         Ok(HParams {
             arch,
             arch_name: model_type.to_string(),
-            n_layer: size("num_hidden_layers")?,
+            n_layer: size("num_hidden_layers", limits::LAYERS)?,
             n_embd,
-            n_ff: size("intermediate_size")?,
+            n_ff: size("intermediate_size", limits::FEED_FORWARD)?,
             n_head,
             n_head_kv,
             head_dim,
-            n_vocab: size("vocab_size")?,
-            context_length: size("max_position_embeddings")?,
+            n_vocab: size("vocab_size", limits::VOCAB)?,
+            context_length: size("max_position_embeddings", limits::CONTEXT)?,
             // transformers 5 writes it under rope_parameters.
             rope_freq_base: get("rope_theta")
                 .or_else(|| get("rope_parameters").and_then(|r| r.get("rope_theta")))
@@ -276,6 +310,24 @@ impl HParams {
         })
     }
 
+    /// The context to plan for: the one the user asked for (never more than
+    /// the model was trained for), else the training context capped at
+    /// [`DEFAULT_CONTEXT`]. Rotary tables and the KV cache are sized by this,
+    /// never by the file's header alone.
+    pub fn context_for(&self, requested: Option<usize>) -> Result<usize, ModelError> {
+        match requested {
+            Some(0) => Err(ModelError::Invalid(
+                "the context length must be positive".into(),
+            )),
+            Some(n) if n > self.context_length => Err(ModelError::Invalid(format!(
+                "a context of {n} tokens exceeds the {} this model was trained for",
+                self.context_length
+            ))),
+            Some(n) => Ok(n),
+            None => Ok(self.context_length.min(DEFAULT_CONTEXT)),
+        }
+    }
+
     /// Whether this is a vision-language model's text half (positions in
     /// three dimensions).
     pub fn is_multimodal(&self) -> bool {
@@ -286,6 +338,36 @@ impl HParams {
     pub fn kv_bytes_per_token(&self) -> u64 {
         (2 * self.n_layer * self.n_head_kv * self.head_dim * 4) as u64
     }
+}
+
+/// `block_count` must be the number of blocks whose tensors the file holds:
+/// `blk.0.` to `blk.{n-1}.`, none missing and none beyond.
+fn check_block_count(g: &GgufFile, n_layer: usize) -> Result<(), ModelError> {
+    let mut present = std::collections::BTreeSet::new();
+    for t in &g.tensors {
+        let Some(rest) = t.name.strip_prefix("blk.") else {
+            continue;
+        };
+        let index = rest.split('.').next().and_then(|i| i.parse::<usize>().ok());
+        match index {
+            Some(i) if i < n_layer => {
+                present.insert(i);
+            }
+            _ => {
+                return Err(ModelError::Format(format!(
+                    "tensor {} lies outside the {n_layer} blocks the metadata declares",
+                    t.name
+                )))
+            }
+        }
+    }
+    if present.len() != n_layer {
+        return Err(ModelError::Format(format!(
+            "the metadata declares {n_layer} blocks but the file holds tensors for {}",
+            present.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Checks M-RoPE sections (temporal, height, width; a trailing zero as

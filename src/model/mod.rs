@@ -21,6 +21,9 @@ pub enum ModelError {
     Unsupported { arch: String },
     #[error("malformed model: {0}")]
     Format(String),
+    /// A request the model cannot serve (e.g. a context beyond its training).
+    #[error("{0}")]
+    Invalid(String),
     #[error("the conversation needs {needed} tokens but the context holds {context}")]
     ContextFull { needed: usize, context: usize },
     #[error(transparent)]

@@ -155,13 +155,26 @@ pub trait LayerProvider {
 
 /// The rotary tables for positions `0..max_positions`: `max_positions ×
 /// head_dim/2` cosines, then sines.
-pub(crate) fn rope_tables(hp: &HParams, max_positions: usize) -> (Vec<f32>, Vec<f32>) {
+/// Fails, rather than aborting, when the tables do not fit in memory.
+pub(crate) fn rope_tables(
+    hp: &HParams,
+    max_positions: usize,
+) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
     let half = hp.head_dim / 2;
     let inv_freq: Vec<f32> = (0..half)
         .map(|i| 1.0 / hp.rope_freq_base.powf(2.0 * i as f32 / hp.head_dim as f32))
         .collect();
-    let mut cos = Vec::with_capacity(max_positions * half);
-    let mut sin = Vec::with_capacity(max_positions * half);
+    let table = || -> Result<Vec<f32>, ModelError> {
+        let n = max_positions.saturating_mul(half);
+        let mut v = Vec::new();
+        v.try_reserve_exact(n).map_err(|_| {
+            ModelError::Invalid(format!(
+                "not enough memory for the rotary tables of a {max_positions}-token context; ask for a shorter context"
+            ))
+        })?;
+        Ok(v)
+    };
+    let (mut cos, mut sin) = (table()?, table()?);
     for p in 0..max_positions {
         for f in &inv_freq {
             let a = p as f32 * f;
@@ -169,7 +182,7 @@ pub(crate) fn rope_tables(hp: &HParams, max_positions: usize) -> (Vec<f32>, Vec<
             sin.push(a.sin());
         }
     }
-    (cos, sin)
+    Ok((cos, sin))
 }
 
 /// Copies a device hidden state (`n × n_embd`) back into host memory.
@@ -314,7 +327,7 @@ impl Transformer {
                 "token_embd.weight has the wrong shape".into(),
             ));
         }
-        let (cos, sin) = rope_tables(&hp, max_positions);
+        let (cos, sin) = rope_tables(&hp, max_positions)?;
         Ok(Transformer {
             cos,
             sin,

@@ -221,13 +221,8 @@ impl Footprint {
         let stored = crate::weights::convert::stored_type(config);
         // The text model's tensors exactly as the converter writes them;
         // the vision tower is counted with its activations below.
-        let laid = crate::weights::convert::layout(
-            &hp,
-            config,
-            quant,
-            !hp.tied_embeddings,
-            &|_| stored,
-        )?;
+        let laid =
+            crate::weights::convert::layout(&hp, config, quant, !hp.tied_embeddings, &|_| stored)?;
         let mut tensors = Vec::with_capacity(laid.len());
         for t in laid.into_iter().filter(|t| !t.name.starts_with("v.")) {
             tensors.push(TensorBytes {

@@ -40,7 +40,13 @@ pub enum View {
 pub struct Streaming {
     pub req_id: ReqId,
     pub conv_id: String,
+    /// When the growing reply was last saved (it is saved at least every
+    /// [`STREAM_SAVE_EVERY`], so a crash loses at most that much).
+    pub saved_at: Instant,
 }
+
+/// How often a reply being streamed is saved as it grows.
+pub const STREAM_SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Something shown at the top of the window until dismissed.
 #[derive(Debug, Clone, PartialEq)]
@@ -171,6 +177,9 @@ pub struct SpillwayApp {
     pub think: bool,
     pub textures: images::Textures,
     attachments_dir: PathBuf,
+    /// Image files being read and checked off the UI thread, in the order
+    /// they were attached.
+    attaching: Vec<std::thread::JoinHandle<Result<Attachment, String>>>,
 }
 
 impl SpillwayApp {
@@ -203,20 +212,32 @@ impl SpillwayApp {
             }
         }
         let settings_path = config_dir.map(|d| d.join("settings.yaml"));
+        let mut settings_writable = true;
         let settings = match settings_path.as_deref() {
             Some(p) => match Settings::load(p, config) {
                 Ok(s) => s,
                 Err(e) => {
-                    banners.push(Banner::error(
-                        "Your settings could not be read",
-                        &e,
-                        "The defaults are in use; saving settings replaces the file.",
-                    ));
+                    // The unreadable file is kept aside before defaults can
+                    // be saved over it.
+                    let kept = match super::settings::keep_aside(p) {
+                        Ok(to) => format!(
+                            "The defaults are in use; your file is kept as {}.",
+                            to.display()
+                        ),
+                        Err(err) => {
+                            settings_writable = false;
+                            format!(
+                                "The defaults are in use; your file could not be kept aside ({err}), so settings are not saved over it this session."
+                            )
+                        }
+                    };
+                    banners.push(Banner::error("Your settings could not be read", &e, &kept));
                     Settings::from_config(config)
                 }
             },
             None => Settings::from_config(config),
         };
+        let settings_path = settings_path.filter(|_| settings_writable);
         if conversations.is_empty() {
             conversations.push(Conversation::new(&settings.system_prompt));
         }
@@ -251,20 +272,51 @@ impl SpillwayApp {
             think: false,
             textures: images::Textures::default(),
             attachments_dir,
+            attaching: Vec::new(),
         }
     }
 
     /// Attaches an image file to the message being written (a copy is
     /// kept with the history); a file that is not a readable image is a
     /// banner.
+    ///
+    /// The file is read (up to the size an image can be) and decoded on a
+    /// thread of its own, so a large or slow file never stalls the window;
+    /// it joins the composer when ready ([`SpillwayApp::poll_attaching`]).
     pub fn attach_file(&mut self, path: &std::path::Path) {
-        match images::attach_file(path, &self.attachments_dir) {
+        let (path, dir) = (path.to_path_buf(), self.attachments_dir.clone());
+        let job = std::thread::Builder::new()
+            .name("attach".into())
+            .spawn(move || images::attach_file(&path, &dir));
+        match job {
+            Ok(j) => self.attaching.push(j),
+            Err(e) => self.attached(Err(format!("cannot start reading the image: {e}"))),
+        }
+    }
+
+    fn attached(&mut self, r: Result<Attachment, String>) {
+        match r {
             Ok(a) => self.attachments.push(a),
             Err(e) => self.banners.push(Banner::error(
                 "The image was not attached",
                 &e,
                 "Attach a PNG, JPEG, WebP, BMP or GIF file.",
             )),
+        }
+    }
+
+    /// Takes the images that finished reading (all of them, waiting, when
+    /// `wait`), in the order they were attached.
+    pub fn poll_attaching(&mut self, wait: bool) {
+        while let Some(j) = self.attaching.first() {
+            if !wait && !j.is_finished() {
+                break;
+            }
+            let j = self.attaching.remove(0);
+            let r = j
+                .join()
+                .unwrap_or_else(|_| Err("reading the image failed unexpectedly".into()));
+            self.attached(r);
         }
     }
 
@@ -374,6 +426,8 @@ impl SpillwayApp {
         if text.is_empty() || self.streaming.is_some() {
             return;
         }
+        // An image still being read belongs to this message.
+        self.poll_attaching(true);
         if let Some(problem) = self.image_problem() {
             self.banners.push(problem);
             return;
@@ -433,6 +487,7 @@ impl SpillwayApp {
         self.streaming = Some(Streaming {
             req_id,
             conv_id: conv.id.clone(),
+            saved_at: Instant::now(),
         });
         self.save_current();
         let s = &self.settings;
@@ -606,9 +661,18 @@ impl SpillwayApp {
                 let Some(s) = self.streaming.as_ref().filter(|s| s.req_id == req_id) else {
                     return;
                 };
+                let due = s.saved_at.elapsed() >= STREAM_SAVE_EVERY;
                 if let Some(i) = self.conv_index(&s.conv_id) {
                     if let Some(m) = self.conversations[i].messages.last_mut() {
                         m.text.push_str(&text);
+                        // Until it finishes, the saved reply is incomplete.
+                        m.incomplete = true;
+                    }
+                    if due {
+                        self.save(i);
+                        if let Some(s) = self.streaming.as_mut() {
+                            s.saved_at = Instant::now();
+                        }
                     }
                 }
             }
@@ -659,7 +723,14 @@ impl SpillwayApp {
                 self.telemetry = Some(*s);
             }
             Event::Stopped { error } => {
-                self.streaming = None;
+                // The engine crashed mid-reply: what came is kept.
+                if let Some(i) = self
+                    .streaming
+                    .take()
+                    .and_then(|st| self.conv_index(&st.conv_id))
+                {
+                    self.save(i);
+                }
                 self.loading = None;
                 self.engine_stopped =
                     Some(error.unwrap_or_else(|| "the engine has stopped".into()));
@@ -720,6 +791,11 @@ impl SpillwayApp {
             self.fonts_installed = true;
         }
         self.drain_events();
+        self.poll_attaching(false);
+        if !self.attaching.is_empty() {
+            ui.ctx()
+                .request_repaint_after(std::time::Duration::from_millis(30));
+        }
         self.shortcuts(ui.ctx());
         let mut chat_actions = Vec::new();
         let mut settings_actions = Vec::new();
@@ -922,6 +998,14 @@ impl eframe::App for SpillwayApp {
 
     fn on_exit(&mut self) {
         self.save_settings();
+        // A reply still streaming is saved as far as it came.
+        if let Some(i) = self
+            .streaming
+            .as_ref()
+            .and_then(|st| self.conv_index(&st.conv_id))
+        {
+            self.save(i);
+        }
         let _ = self.link.send(Command::Shutdown);
     }
 }

@@ -82,7 +82,7 @@ pub fn keep_copy(bytes: &[u8], name: &str, ext: &str, dir: &Path) -> Result<Atta
 
 /// Attaches an image file.
 pub fn attach_file(path: &Path, dir: &Path) -> Result<Attachment, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = preprocess::read_file(path).map_err(|e| e.to_string())?;
     let ext = path
         .extension()
         .and_then(|e| e.to_str())

@@ -119,6 +119,20 @@ impl Default for Settings {
     }
 }
 
+/// Renames an unreadable settings file to `NAME.unreadable-SECS`, so that
+/// defaults saved later never overwrite what the user wrote.
+pub fn keep_aside(path: &Path) -> std::io::Result<std::path::PathBuf> {
+    let name = path
+        .file_name()
+        .map_or_else(|| "settings".into(), |n| n.to_string_lossy().into_owned());
+    let to = path.with_file_name(format!(
+        "{name}.unreadable-{}",
+        crate::chat::history::now_secs()
+    ));
+    std::fs::rename(path, &to)?;
+    Ok(to)
+}
+
 impl Settings {
     pub fn from_config(c: &Config) -> Self {
         let g = &c.generation;

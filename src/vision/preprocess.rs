@@ -12,6 +12,8 @@ use std::path::Path;
 pub const MAX_SIDE: u32 = 16_384;
 pub const MAX_PIXELS: u64 = 64 << 20;
 pub const MAX_DECODE_BYTES: u64 = 512 << 20;
+/// Bytes of an image file read at most.
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -61,6 +63,10 @@ impl Default for ProcessorConfig {
     }
 }
 
+/// No image is processed at more pixels than this (about 85k tokens at
+/// Qwen2.5-VL's 28-pixel factor), whatever a processor file says.
+pub const MAX_PIXELS_CEILING: usize = 1 << 26;
+
 impl ProcessorConfig {
     /// From a `preprocessor_config.json` document; missing keys keep the
     /// defaults (transformers 5 also writes `size.shortest_edge` /
@@ -85,13 +91,16 @@ impl ProcessorConfig {
                 [f(0), f(1), f(2)]
             })
         };
-        if let Some(p) = size("patch_size").filter(|&p| p > 0) {
+        // Sizes from the file are taken only within what a processor can
+        // honestly use; others keep the defaults (and the tower's tensor
+        // shapes, checked at load, must then agree).
+        if let Some(p) = size("patch_size").filter(|&p| (1..=64).contains(&p)) {
             c.patch_size = p;
         }
-        if let Some(m) = size("merge_size").filter(|&m| m > 0) {
+        if let Some(m) = size("merge_size").filter(|&m| (1..=8).contains(&m)) {
             c.merge_size = m;
         }
-        if let Some(t) = size("temporal_patch_size").filter(|&t| t > 0) {
+        if let Some(t) = size("temporal_patch_size").filter(|&t| (1..=8).contains(&t)) {
             c.temporal_patch_size = t;
         }
         if let Some(p) = size("min_pixels").or_else(|| sized("shortest_edge")) {
@@ -100,6 +109,7 @@ impl ProcessorConfig {
         if let Some(p) = size("max_pixels").or_else(|| sized("longest_edge")) {
             c.max_pixels = p;
         }
+        c.cap_pixels(MAX_PIXELS_CEILING);
         if let Some(m) = triple("image_mean") {
             c.mean = m;
         }
@@ -107,6 +117,13 @@ impl ProcessorConfig {
             c.std = s;
         }
         c
+    }
+
+    /// Lowers the pixel bound to `max` (a user's cap, the plan's budget);
+    /// the processor's `min_pixels` never raises it again.
+    pub fn cap_pixels(&mut self, max: usize) {
+        self.max_pixels = self.max_pixels.min(max).max(1);
+        self.min_pixels = self.min_pixels.min(self.max_pixels);
     }
 
     /// Pixels per merged token side: `patch_size · merge_size` (28).
@@ -166,6 +183,8 @@ pub fn smart_resize(
             height: height as u32,
         });
     }
+    // A processor file's min_pixels never lifts an image past max_pixels.
+    let min_pixels = min_pixels.min(max_pixels);
     let f = factor as f64;
     let (hf, wf) = (height as f64, width as f64);
     let mut h = (round_half_even(hf / f) * f) as usize;
@@ -192,12 +211,33 @@ pub struct Rgb {
 
 /// Reads an image file with bounded memory.
 pub fn load(path: &Path) -> Result<Rgb, ImageError> {
+    let bytes = read_file(path)?;
+    decode(&bytes, &path.display().to_string())
+}
+
+/// An image file's bytes, read only up to what an image file can honestly
+/// be (a compressed 64-megapixel image is far smaller): a huge or endless
+/// file (a FIFO, /dev/zero) is refused, not read into memory.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, ImageError> {
+    use std::io::Read;
     let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| ImageError::Io {
+    let io = |source| ImageError::Io {
         path: shown.clone(),
         source,
-    })?;
-    decode(&bytes, &shown)
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(ImageError::Decode {
+            path: shown,
+            reason: format!("the file is larger than {} MiB", MAX_FILE_BYTES >> 20),
+        });
+    }
+    Ok(bytes)
 }
 
 /// Decodes image bytes (PNG, JPEG, WebP, BMP, GIF) to RGB, compositing any

@@ -88,14 +88,19 @@ impl FromStr for Task {
 }
 
 /// Whether a model answers with a `<think>` section when asked: RoboBrain
-/// 2.0's 7B and 32B do, the 3B does not (the rule of RoboBrain's own code,
-/// by the model's name). `None` for models that are not RoboBrain.
-pub fn supports_thinking(model_name: &str) -> Option<bool> {
-    let name = model_name.to_ascii_lowercase();
-    if !name.contains("robobrain") {
+/// 2.0's 7B and 32B do, the 3B does not. Decided from the model's own
+/// metadata (its names, `general.name`/`basename`/`finetune`, as the
+/// converters write them from the checkpoint) and its size (text-model
+/// parameters), never from what its file happens to be called. `None` for
+/// models that are not RoboBrain.
+pub fn thinking_for<'a>(
+    mut names: impl Iterator<Item = &'a str>,
+    text_params: u64,
+) -> Option<bool> {
+    if !names.any(|n| n.to_ascii_lowercase().contains("robobrain")) {
         return None;
     }
-    Some(!name.contains("3b"))
+    Some(text_params > 5_000_000_000)
 }
 
 /// Text appended after the rendered prompt (after `assistant\n`), as
@@ -316,9 +321,24 @@ mod tests {
 
     #[test]
     fn thinking_by_model() {
-        assert_eq!(supports_thinking("BAAI/RoboBrain2.0-3B"), Some(false));
-        assert_eq!(supports_thinking("BAAI/RoboBrain2.0-7B"), Some(true));
-        assert_eq!(supports_thinking("Qwen/Qwen2.5-VL-3B-Instruct"), None);
+        // The 3B's and 7B's text models (3.1B and 7.1B parameters).
+        assert_eq!(
+            thinking_for(["RoboBrain2.0-3B"].into_iter(), 3_090_000_000),
+            Some(false)
+        );
+        assert_eq!(
+            thinking_for(["RoboBrain2.0 (synthetic)"].into_iter(), 7_070_000_000),
+            Some(true)
+        );
+        // A renamed file of a 3B does not think.
+        assert_eq!(
+            thinking_for(["robobrain-7b-final"].into_iter(), 3_090_000_000),
+            Some(false)
+        );
+        assert_eq!(
+            thinking_for(["Qwen2.5-VL-7B-Instruct"].into_iter(), 7_070_000_000),
+            None
+        );
         assert_eq!(
             thinking_suffix(Some(true), false),
             "<think></think><answer>"

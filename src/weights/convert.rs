@@ -163,12 +163,7 @@ pub fn stored_type(config: &serde_json::Value) -> GgmlType {
 fn jobs(folder: &HfFolder, quant: Quant) -> Result<Vec<TensorPlan>, ConvertError> {
     let hp = &folder.hparams;
     let with_head = folder.tensors.contains_key("output.weight") || !hp.tied_embeddings;
-    let stored = |name: &str| {
-        folder
-            .tensors
-            .get(name)
-            .map_or(GgmlType::BF16, |t| t.dtype)
-    };
+    let stored = |name: &str| folder.tensors.get(name).map_or(GgmlType::BF16, |t| t.dtype);
     let out = layout(hp, &folder.config, quant, with_head, &stored)?;
     for t in &out {
         let src = folder.tensors.get(&t.name).ok_or_else(|| {
@@ -272,15 +267,32 @@ pub const KEPT_JSON_FILES: [(&str, &str); 5] = [
     (HF_PREPROCESSOR_CONFIG, "preprocessor_config.json"),
 ];
 
+/// The model's name for `general.name`: the Hub's (a cache snapshot sits
+/// in `models--ORG--NAME/snapshots/HASH`), else the folder's.
+fn model_name(folder: &HfFolder) -> String {
+    let dir = &folder.dir;
+    let hub = dir
+        .parent()
+        .filter(|p| p.file_name().is_some_and(|n| n == "snapshots"))
+        .and_then(Path::parent)
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("models--"))
+        .and_then(|n| n.split("--").last());
+    match hub {
+        Some(n) => n.to_string(),
+        None => dir
+            .file_name()
+            .map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned()),
+    }
+}
+
 fn metadata(
     folder: &HfFolder,
     quant: Quant,
     source_key: &str,
 ) -> Result<Vec<(String, Value)>, ConvertError> {
-    let name = folder
-        .dir
-        .file_name()
-        .map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
+    let name = model_name(folder);
     let mut m = hparams_metadata(&folder.hparams, &name, quant, source_key);
     let tokenizer = folder.json_file("tokenizer.json")?.ok_or_else(|| {
         ModelError::Format(format!("{} has no tokenizer.json", folder.dir.display()))
@@ -413,7 +425,6 @@ fn write(
         for (j, bytes) in jobs[start..end].iter().zip(encoded) {
             w.write_tensor(&j.name, &bytes?).map_err(werr)?;
         }
-        folder.release_pages();
         if layer.is_some() {
             layers_done += 1;
             progress(layers_done, n_layer)?;

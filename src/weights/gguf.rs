@@ -21,7 +21,25 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 /// value means the file is corrupt, and refusing it bounds allocation.
 const MAX_STRING_BYTES: u64 = 64 << 20;
 const MAX_DIMS: u32 = 4;
+const MAX_TENSORS: u64 = 1 << 18;
 const MAX_ARRAY_DEPTH: u32 = 2;
+/// Metadata array elements in one file, all arrays together. The largest
+/// real vocabularies (262k tokens, with scores, types and merges) hold about
+/// a million; each element costs 32 bytes in memory, so this bounds the
+/// metadata of a hostile file to about 512 MiB.
+const MAX_METADATA_ELEMENTS: u64 = 1 << 24;
+
+/// The fewest bytes one element of metadata type `type_id` takes in the file.
+fn min_value_bytes(type_id: u32) -> u64 {
+    match type_id {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        8 | 10..=12 => 8,
+        9 => 12,
+        _ => 1,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
@@ -158,6 +176,8 @@ pub struct GgufFile {
     pub metadata: BTreeMap<String, Value>,
     pub tensors: Vec<TensorInfo>,
     pub file_size: u64,
+    /// Tensor name → its index in `tensors`.
+    index: std::collections::HashMap<String, usize>,
 }
 
 struct Cursor<R> {
@@ -165,6 +185,8 @@ struct Cursor<R> {
     pos: u64,
     len: u64,
     path: PathBuf,
+    /// Array elements still allowed (see [`MAX_METADATA_ELEMENTS`]).
+    elements_left: u64,
 }
 
 impl<R: Read> Cursor<R> {
@@ -240,11 +262,15 @@ impl<R: Read> Cursor<R> {
                 }
                 let elem_type = self.u32()?;
                 let count = self.u64()?;
-                // Every element takes at least one byte, so a count larger than
-                // what remains is corruption, caught before allocating.
-                if count > self.remaining() {
+                // Every element takes at least its type's smallest encoding,
+                // so a count larger than what remains allows is corruption,
+                // caught before allocating.
+                if count > self.remaining() / min_value_bytes(elem_type)
+                    || count > self.elements_left
+                {
                     return Err(self.corrupt(format!("an array claims {count} elements")));
                 }
+                self.elements_left -= count;
                 let mut items = Vec::with_capacity(count as usize);
                 for _ in 0..count {
                     items.push(self.value(elem_type, depth + 1)?);
@@ -286,6 +312,7 @@ impl GgufFile {
             metadata: entries.into_iter().collect(),
             tensors: Vec::new(),
             file_size: 0,
+            index: Default::default(),
         }
     }
 
@@ -295,6 +322,7 @@ impl GgufFile {
             pos: 0,
             len: file_size,
             path: path.clone(),
+            elements_left: MAX_METADATA_ELEMENTS,
         };
         if file_size < 4 {
             return Err(GgufError::Corrupt {
@@ -312,7 +340,12 @@ impl GgufFile {
         }
         let tensor_count = cur.u64()?;
         let kv_count = cur.u64()?;
-        if tensor_count > cur.remaining() / 24 || kv_count > cur.remaining() / 12 {
+        // The largest real files (mixture-of-experts checkpoints with one
+        // tensor per expert) hold tens of thousands of tensors.
+        if tensor_count > cur.remaining() / 24
+            || tensor_count > MAX_TENSORS
+            || kv_count > cur.remaining() / 12
+        {
             return Err(cur.corrupt(format!(
                 "header claims {tensor_count} tensors and {kv_count} metadata entries"
             )));
@@ -346,7 +379,11 @@ impl GgufFile {
         };
         let data_start = cur.pos.div_ceil(alignment) * alignment;
         let mut tensors = Vec::with_capacity(raw_tensors.len());
+        let mut index = std::collections::HashMap::with_capacity(raw_tensors.len());
         for (name, dims, type_id, offset) in raw_tensors {
+            if index.insert(name.clone(), tensors.len()).is_some() {
+                return Err(cur.corrupt(format!("tensor '{name}' appears twice")));
+            }
             let ggml_type =
                 GgmlType::from_id(type_id).map_err(|kind| GgufError::UnsupportedType {
                     path: path.clone(),
@@ -394,6 +431,7 @@ impl GgufFile {
             metadata,
             tensors,
             file_size,
+            index,
         })
     }
 
@@ -402,7 +440,7 @@ impl GgufFile {
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensors.iter().find(|t| t.name == name)
+        self.index.get(name).and_then(|&i| self.tensors.get(i))
     }
 
     pub fn architecture(&self) -> Option<&str> {

@@ -18,7 +18,16 @@ pub struct PlannedTensor {
 
 impl PlannedTensor {
     fn bytes(&self) -> io::Result<u64> {
-        let elems = self.shape.iter().map(|&d| d as u64).product::<u64>();
+        let elems = self
+            .shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{}: its shape overflows", self.name),
+                )
+            })?;
         self.ggml_type.bytes_for(elems).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -112,7 +121,10 @@ impl<W: Write + Seek> GgufWriter<W> {
             }
             out.write_all(&t.ggml_type.id().to_le_bytes())?;
             out.write_all(&offset.to_le_bytes())?;
-            offset = (offset + t.bytes()?).div_ceil(ALIGNMENT) * ALIGNMENT;
+            offset = offset
+                .checked_add(t.bytes()?)
+                .and_then(|o| o.checked_next_multiple_of(ALIGNMENT))
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "tensors overflow"))?;
         }
         let pos = out.stream_position()?;
         let data_start = pos.div_ceil(ALIGNMENT) * ALIGNMENT;
@@ -164,6 +176,12 @@ impl<W: Write + Seek> GgufWriter<W> {
         self.out.write_all(&vec![0u8; pad as usize])?;
         self.next += 1;
         Ok(())
+    }
+
+    /// The header and table written so far, without any tensor bytes
+    /// (the fuzzer appends the bytes of the file it mutates).
+    pub fn into_header(self) -> W {
+        self.out
     }
 
     /// Checks every tensor was written and hands the writer back.

@@ -1,15 +1,18 @@
 //! Hugging Face model folders: `config.json` (flat, or with a nested
 //! `text_config`), safetensors weights (one file or shards listed in
 //! `model.safetensors.index.json`), the tokenizer files and
-//! `generation_config.json`. Tensors are read from memory maps one at a time
-//! and named as GGUF names them, so the converter (`weights::convert`) can
+//! `generation_config.json`. Tensors are read one at a time with positioned
+//! reads (not memory maps: a shard that shrinks while it is read, e.g. a
+//! download still being written or a file replaced underneath, is an I/O
+//! error, not a SIGBUS) and named as GGUF names them, so the converter (`weights::convert`) can
 //! write a GGUF the rest of Spillway loads like any other.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
 use serde_json::Value as Json;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 
 use crate::model::hparams::{Arch, HParams};
 use crate::model::ModelError;
@@ -80,7 +83,7 @@ pub struct HfFolder {
     pub hparams: HParams,
     /// The safetensors files, in index order.
     pub shards: Vec<PathBuf>,
-    maps: Vec<Mmap>,
+    files: Vec<File>,
     /// GGUF name → where the tensor is (vision tower tensors under `v.`).
     pub tensors: BTreeMap<String, SourceTensor>,
 }
@@ -93,29 +96,26 @@ impl HfFolder {
             .map_err(|e| bad(&config_path, format!("not valid JSON: {e}")))?;
         let hparams = HParams::from_hf_config(&config)?;
         let shards = shard_files(dir)?;
-        let mut maps = Vec::with_capacity(shards.len());
+        let mut files = Vec::with_capacity(shards.len());
         let mut tensors = BTreeMap::new();
         for (i, path) in shards.iter().enumerate() {
-            let file = std::fs::File::open(path).map_err(io(path))?;
-            // SAFETY: the mapping is read-only; a file changed underneath
-            // while converting gives wrong numbers, not unsafety in Rust
-            // terms that this process could cause.
-            let map = unsafe { Mmap::map(&file) }.map_err(io(path))?;
-            for t in read_header(path, &map, i)? {
+            let file = File::open(path).map_err(io(path))?;
+            for t in read_header(path, &file, i)? {
                 if let Some(name) = gguf_name(&t.hf_name) {
                     if tensors.insert(name.clone(), t).is_some() {
                         return Err(bad(path, format!("tensor {name} appears twice")));
                     }
                 }
             }
-            maps.push(map);
+            files.push(file);
         }
+        check_layers_present(&hparams, &tensors, dir)?;
         Ok(HfFolder {
             dir: dir.to_path_buf(),
             config,
             hparams,
             shards,
-            maps,
+            files,
             tensors,
         })
     }
@@ -127,7 +127,15 @@ impl HfFolder {
             .tensors
             .get(gguf_name)
             .ok_or_else(|| bad(&self.dir, format!("tensor {gguf_name} is missing")))?;
-        let bytes = &self.maps[t.shard][t.start..t.end];
+        let path = &self.shards[t.shard];
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(t.end - t.start)
+            .map_err(|_| bad(path, format!("{}: not enough memory to read it", t.hf_name)))?;
+        bytes.resize(t.end - t.start, 0);
+        self.files[t.shard]
+            .read_exact_at(&mut bytes, t.start as u64)
+            .map_err(io(path))?;
         let mut out = vec![0f32; t.elems()];
         match t.dtype {
             GgmlType::F32 => {
@@ -161,19 +169,6 @@ impl HfFolder {
             }
         }
         Ok(out)
-    }
-
-    /// Drops the pages of every mapping from this process (after a layer is
-    /// converted), so the resident set does not grow with the checkpoint.
-    pub fn release_pages(&self) {
-        #[cfg(unix)]
-        for m in &self.maps {
-            // SAFETY: the mapping is a read-only map of a file: dropped pages
-            // are read again from the file when touched, so no data is lost
-            // and no reference into the map becomes invalid. A failure only
-            // leaves the pages to the kernel.
-            let _ = unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
-        }
     }
 
     /// A named JSON file of the folder, when present.
@@ -246,19 +241,75 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, HfError> {
 }
 
 /// The tensor table of one safetensors file, checked against its size.
-fn read_header(path: &Path, map: &[u8], shard: usize) -> Result<Vec<SourceTensor>, HfError> {
-    if map.len() < 8 {
+fn read_header(path: &Path, file: &File, shard: usize) -> Result<Vec<SourceTensor>, HfError> {
+    let file_len = file.metadata().map_err(io(path))?.len();
+    if file_len < 8 {
         return Err(bad(path, "too short to be a safetensors file"));
     }
-    let n = u64::from_le_bytes(map[..8].try_into().unwrap_or_default());
+    let mut len = [0u8; 8];
+    file.read_exact_at(&mut len, 0).map_err(io(path))?;
+    let n = u64::from_le_bytes(len);
     let header_end = 8u64
         .checked_add(n)
-        .filter(|&e| e <= map.len() as u64 && n <= 100 << 20)
-        .ok_or_else(|| bad(path, format!("header of {n} bytes does not fit the file")))?
-        as usize;
-    let header: serde_json::Map<String, Json> = serde_json::from_slice(&map[8..header_end])
+        .filter(|&e| e <= file_len && n <= 100 << 20)
+        .ok_or_else(|| bad(path, format!("header of {n} bytes does not fit the file")))?;
+    let mut text = vec![0u8; n as usize];
+    file.read_exact_at(&mut text, 8).map_err(io(path))?;
+    let header = parse_header(path, &text, header_end as usize, file_len)?;
+    Ok(header
+        .into_iter()
+        .map(|mut t| {
+            t.shard = shard;
+            t
+        })
+        .collect())
+}
+
+/// `num_hidden_layers` must be the number of layers whose tensors the
+/// checkpoint holds (GGUF names `blk.0.` to `blk.{n-1}.`).
+fn check_layers_present(
+    hp: &HParams,
+    tensors: &BTreeMap<String, SourceTensor>,
+    dir: &Path,
+) -> Result<(), HfError> {
+    let mut present = std::collections::BTreeSet::new();
+    for name in tensors.keys() {
+        if let Some(i) = name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok())
+        {
+            present.insert(i);
+        }
+    }
+    let expected = (0..hp.n_layer).collect::<std::collections::BTreeSet<_>>();
+    if present != expected {
+        return Err(bad(
+            dir,
+            format!(
+                "config.json declares {} layers but the weights hold {}",
+                hp.n_layer,
+                present.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The tensor table of a safetensors header (`text`, the JSON after the
+/// length), whose data starts at `header_end` of a file of `file_len` bytes.
+pub fn parse_header(
+    path: &Path,
+    text: &[u8],
+    header_end: usize,
+    file_len: u64,
+) -> Result<Vec<SourceTensor>, HfError> {
+    let shard = 0;
+    let header: serde_json::Map<String, Json> = serde_json::from_slice(text)
         .map_err(|e| bad(path, format!("header is not valid JSON: {e}")))?;
-    let data_len = map.len() - header_end;
+    let data_len = usize::try_from(file_len)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(header_end);
     let mut out = Vec::new();
     for (name, info) in header {
         if name == "__metadata__" {

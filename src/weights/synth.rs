@@ -24,9 +24,9 @@ use super::convert::{
     hparams_metadata, layout, write_atomically, ConvertError, TensorPlan, HF_CONFIG,
     HF_GENERATION_CONFIG, HF_PREPROCESSOR_CONFIG,
 };
-use super::tokenizer::HF_CHAT_TEMPLATE;
 use super::gguf::{GgufFile, Value};
 use super::gguf_write::{GgufWriter, PlannedTensor};
+use super::tokenizer::HF_CHAT_TEMPLATE;
 use super::GgmlType;
 use crate::model::hparams::HParams;
 use crate::model::ModelError;
@@ -141,7 +141,11 @@ pub fn synthesize(
     meta.extend(tok.metadata);
     let template = read_text(&dir.join("chat_template.json"))?
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(String::from));
+        .and_then(|v| {
+            v.get("chat_template")
+                .and_then(|t| t.as_str())
+                .map(String::from)
+        });
     if let Some(t) = template {
         meta.retain(|(k, _)| k != "tokenizer.chat_template");
         meta.push(("tokenizer.chat_template".into(), Value::String(t.clone())));
@@ -166,32 +170,36 @@ pub fn synthesize(
     for t in &tensors {
         total = total.saturating_add(t.bytes()?);
     }
-    write_atomically(&tensors, out, &mut |planned: Vec<PlannedTensor>, tmp: &Path| {
-        let werr = |source: std::io::Error| ConvertError::Write {
-            path: tmp.to_path_buf(),
-            source,
-        };
-        let file = std::fs::File::create(tmp).map_err(werr)?;
-        let mut w = GgufWriter::new(
-            std::io::BufWriter::with_capacity(8 << 20, file),
-            &meta,
-            planned,
-        )
-        .map_err(werr)?;
-        let mut done = 0u64;
-        for t in &tensors {
-            w.write_tensor_with(&t.name, &mut |sink| {
-                write_tensor(t, opts.seed, sink, &mut |n| {
-                    done += n;
-                    progress(done, total);
-                })
-            })
+    write_atomically(
+        &tensors,
+        out,
+        &mut |planned: Vec<PlannedTensor>, tmp: &Path| {
+            let werr = |source: std::io::Error| ConvertError::Write {
+                path: tmp.to_path_buf(),
+                source,
+            };
+            let file = std::fs::File::create(tmp).map_err(werr)?;
+            let mut w = GgufWriter::new(
+                std::io::BufWriter::with_capacity(8 << 20, file),
+                &meta,
+                planned,
+            )
             .map_err(werr)?;
-        }
-        let buf = w.finish().map_err(werr)?;
-        let file = buf.into_inner().map_err(|e| werr(e.into_error()))?;
-        file.sync_all().map_err(werr)
-    })?;
+            let mut done = 0u64;
+            for t in &tensors {
+                w.write_tensor_with(&t.name, &mut |sink| {
+                    write_tensor(t, opts.seed, sink, &mut |n| {
+                        done += n;
+                        progress(done, total);
+                    })
+                })
+                .map_err(werr)?;
+            }
+            let buf = w.finish().map_err(werr)?;
+            let file = buf.into_inner().map_err(|e| werr(e.into_error()))?;
+            file.sync_all().map_err(werr)
+        },
+    )?;
     let file_bytes = std::fs::metadata(out).map_or(0, |m| m.len());
     Ok(SynthReport {
         tensors,
@@ -261,15 +269,19 @@ fn adapt_tokenizer(
     let tokens_v = array("tokenizer.ggml.tokens").ok_or_else(|| bad("no tokenizer.ggml.tokens"))?;
     let mut tokens: Vec<String> = tokens_v
         .iter()
-        .map(|v| v.as_str().map(String::from).ok_or_else(|| bad("a token is not a string")))
+        .map(|v| {
+            v.as_str()
+                .map(String::from)
+                .ok_or_else(|| bad("a token is not a string"))
+        })
         .collect::<Result<_, _>>()?;
     let donor_n = tokens.len();
     let mut types: Vec<i32> = match array("tokenizer.ggml.token_type") {
         Some(a) => a.iter().map(|v| v.as_i64().unwrap_or(1) as i32).collect(),
         None => vec![1; donor_n],
     };
-    let mut scores: Option<Vec<f32>> =
-        array("tokenizer.ggml.scores").map(|a| a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect());
+    let mut scores: Option<Vec<f32>> = array("tokenizer.ggml.scores")
+        .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect());
     if types.len() != donor_n || scores.as_ref().is_some_and(|s| s.len() != donor_n) {
         return Err(bad("token types or scores do not match the tokens"));
     }
@@ -308,7 +320,9 @@ fn adapt_tokenizer(
                 continue
             }
             "tokenizer.ggml.merges" => {
-                let merges = value.as_array().ok_or_else(|| bad("merges are not an array"))?;
+                let merges = value
+                    .as_array()
+                    .ok_or_else(|| bad("merges are not an array"))?;
                 let kept: Vec<Value> = merges
                     .iter()
                     .filter_map(Value::as_str)
@@ -612,7 +626,12 @@ mod tests {
     #[test]
     fn the_donor_tokenizer_is_cut_and_padded() {
         let donor = default_tokenizer().unwrap();
-        let n = donor.get("tokenizer.ggml.tokens").unwrap().as_array().unwrap().len();
+        let n = donor
+            .get("tokenizer.ggml.tokens")
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len();
         // Cut: merges only over kept tokens, specials placed.
         let cut = adapt_tokenizer(&donor, 1000, &[(990, "<|image_pad|>")]).unwrap();
         assert_eq!((cut.kept, cut.padded), (1000, 0));
@@ -629,7 +648,10 @@ mod tests {
         let tok2 = crate::weights::tokenizer::TextTokenizer::from_gguf(&g).unwrap();
         let full = crate::weights::tokenizer::TextTokenizer::from_gguf(&donor).unwrap();
         let text = "The quick brown fox, 1234 times.";
-        assert_eq!(tok2.encode(text, false).unwrap(), full.encode(text, false).unwrap());
+        assert_eq!(
+            tok2.encode(text, false).unwrap(),
+            full.encode(text, false).unwrap()
+        );
         assert_eq!(tok2.vocab_size(), n + 100);
     }
 }

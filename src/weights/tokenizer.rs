@@ -127,12 +127,29 @@ fn token_id(g: &GgufFile, key: &str, n_vocab: usize) -> Option<u32> {
 /// converter derives merges the same way: every split of a piece into two
 /// pieces that exist is a merge, ranked by the merged piece's score (higher
 /// merges first), so BPE reproduces SentencePiece's greedy choice.
-fn merges_from_scores(tokens: &[&str], scores: &[f32], types: &[i32]) -> Vec<(String, String)> {
+///
+/// The work is bounded: every split hashes the piece's bytes, so a vocabulary
+/// whose pieces add up to more than [`MAX_MERGE_WORK`] bytes hashed (real ones
+/// need a few tens of millions) is refused rather than ground through.
+fn merges_from_scores(
+    tokens: &[&str],
+    scores: &[f32],
+    types: &[i32],
+) -> Result<Vec<(String, String)>, TokenizerError> {
     let index: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (*t, i)).collect();
     let mut ranked: Vec<(f32, usize, usize, String, String)> = Vec::new();
+    let mut work: u64 = 0;
     for (id, piece) in tokens.iter().enumerate() {
         if types.get(id).copied().unwrap_or(1) != 1 {
             continue;
+        }
+        let splits = piece.chars().count().saturating_sub(1) as u64;
+        work = work.saturating_add(splits.saturating_mul(piece.len() as u64));
+        if work > MAX_MERGE_WORK {
+            return Err(TokenizerError::Malformed(format!(
+                "the SentencePiece vocabulary's pieces are too long to derive merges from (token {id} is {} bytes)",
+                piece.len()
+            )));
         }
         let score = scores.get(id).copied().unwrap_or(0.0);
         for (cut, _) in piece.char_indices().skip(1) {
@@ -143,8 +160,11 @@ fn merges_from_scores(tokens: &[&str], scores: &[f32], types: &[i32]) -> Vec<(St
         }
     }
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-    ranked.into_iter().map(|(_, _, _, l, r)| (l, r)).collect()
+    Ok(ranked.into_iter().map(|(_, _, _, l, r)| (l, r)).collect())
 }
+
+/// Bytes hashed while deriving SentencePiece merges, at most.
+const MAX_MERGE_WORK: u64 = 1 << 28;
 
 /// Metadata keys of a converted GGUF holding a Hugging Face folder's files.
 pub const HF_TOKENIZER_JSON: &str = "spillway.hf.tokenizer_json";
@@ -229,7 +249,7 @@ impl TextTokenizer {
                     .and_then(Value::as_array)
                     .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect())
                     .unwrap_or_default();
-                let merges = merges_from_scores(&tokens, &scores, &types);
+                let merges = merges_from_scores(&tokens, &scores, &types)?;
                 let unk = token_id(g, "tokenizer.ggml.unknown_token_id", n_vocab)
                     .map(|id| tokens[id as usize].to_string());
                 let prepend = g

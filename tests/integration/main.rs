@@ -9,6 +9,7 @@ mod errors;
 mod generation;
 mod hf;
 mod placement;
+mod reliability;
 mod synth;
 mod tokenizer;
 mod ui;

@@ -81,12 +81,12 @@ fn synthetic_files_match_the_plan_to_the_byte_and_are_deterministic() {
         assert_eq!(r["file_bytes"].as_u64(), Some(g.file_size));
         assert!(spillway::weights::synth::is_synthetic(&g));
         if quant == "q4_k_m" {
-            let types: std::collections::BTreeSet<String> = g
-                .tensors
-                .iter()
-                .map(|t| t.ggml_type.to_string())
-                .collect();
-            assert!(types.contains("Q4_K") && types.contains("Q6_K"), "{types:?}");
+            let types: std::collections::BTreeSet<String> =
+                g.tensors.iter().map(|t| t.ggml_type.to_string()).collect();
+            assert!(
+                types.contains("Q4_K") && types.contains("Q6_K"),
+                "{types:?}"
+            );
         }
     }
     let a = std::fs::read(dir.path().join("m-q4_k_m.gguf")).unwrap();
@@ -124,7 +124,10 @@ fn a_synthetic_model_runs_and_says_so() {
     ]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
-    assert!(stderr.contains("synthetic weights — speed tests only"), "{stderr}");
+    assert!(
+        stderr.contains("synthetic weights — speed tests only"),
+        "{stderr}"
+    );
     let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(v["generated_tokens"].as_array().unwrap().len(), 8);
     assert!(v["prompt_tokens"].as_array().unwrap().len() > 5);
@@ -151,7 +154,11 @@ fn a_synthetic_model_runs_and_says_so() {
 fn a_synthetic_vision_model_reads_an_image() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixtures().join("qwen2_5_vl_tiny");
-    for f in ["config.json", "preprocessor_config.json", "chat_template.json"] {
+    for f in [
+        "config.json",
+        "preprocessor_config.json",
+        "chat_template.json",
+    ] {
         std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
     }
     let out = dir.path().join("vl.gguf");

@@ -153,13 +153,7 @@ fn sentencepiece_vocabulary_from_gguf_matches_hugging_face() {
     metadata.insert("tokenizer.ggml.bos_token_id".into(), Value::U32(1));
     metadata.insert("tokenizer.ggml.eos_token_id".into(), Value::U32(2));
     metadata.insert("tokenizer.ggml.unknown_token_id".into(), Value::U32(0));
-    let g = GgufFile {
-        path: PathBuf::from("synthetic.gguf"),
-        version: 3,
-        metadata,
-        tensors: Vec::new(),
-        file_size: 0,
-    };
+    let g = GgufFile::from_metadata(metadata.into_iter().collect());
     let spm = TextTokenizer::from_gguf(&g).unwrap();
     assert!(spm.special.add_bos, "llama vocabularies add BOS by default");
     let texts = [

@@ -512,7 +512,9 @@ fn pointing_answer_is_drawn_on_the_image() {
         .input_mut()
         .dropped_files
         .push(std::sync::Arc::new(Dropped(image)));
-    f.harness.run_steps(4);
+    f.harness.run_steps(1);
+    f.harness.state_mut().poll_attaching(true);
+    f.harness.run_steps(3);
     assert_eq!(f.app().attachments.len(), 1);
     // The composer shows the image with its size and token cost.
     f.harness.get_by_label("224×168 · 12 tokens");
@@ -571,10 +573,12 @@ fn bad_images_and_text_models() {
     let mut f = fixture();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images");
     f.harness.state_mut().attach_file(&dir.join("corrupt.png"));
+    f.harness.state_mut().poll_attaching(true);
     f.harness.run_steps(2);
     assert!(f.app().attachments.is_empty());
     f.harness.get_by_label("The image was not attached");
     f.harness.state_mut().attach_file(&dir.join("odd.png"));
+    f.harness.state_mut().poll_attaching(true);
     f.harness.run_steps(2);
     f.type_and_send("what is this?");
     assert!(f.engine.commands.try_recv().is_err(), "nothing was sent");
@@ -597,6 +601,7 @@ fn thinking_is_folded_and_its_answer_drawn() {
     let image =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2_5_vl_tiny/image.png");
     f.harness.state_mut().attach_file(&image);
+    f.harness.state_mut().poll_attaching(true);
     f.harness.state_mut().task = spillway::vision::tasks::Task::Grounding;
     f.harness.run_steps(2);
     f.harness.get_by_label("Think first").click();
