@@ -1,6 +1,7 @@
 //! The calibration behind the planner's speed predictions: how fast this
-//! machine's CPU kernels stream quantized weights (decode) and multiply them
-//! (prompts), and how fast the disk under the offload folder reads. It takes
+//! machine streams memory with the compute threads (decode reads every
+//! weight once and runs at memory speed), how fast its CPU kernels multiply
+//! quantized weights (prompts), and how fast the disk under the offload folder reads. It takes
 //! about a second, and its result is cached in the platform cache directory,
 //! keyed by the CPU, the thread count and the offload folder.
 //!
@@ -52,7 +53,7 @@ fn key(offload_dir: &Path) -> String {
         .find(|d| !d.as_os_str().is_empty() && d.exists())
         .unwrap_or(Path::new("."));
     format!(
-        "q4k|{}|{}|{}",
+        "bw|{}|{}|{}",
         crate::kernels::isa::active().name(),
         crate::kernels::pool::threads(),
         std::fs::canonicalize(existing)
@@ -118,7 +119,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Runs the measurements (about a second).
 pub fn measure(offload_dir: &Path) -> CpuRates {
-    let (ram_bytes_per_sec, cpu_flops) = measure_cpu().unwrap_or((10e9, 50e9));
+    let ram_bytes_per_sec = measure_bandwidth().unwrap_or(10e9);
+    let cpu_flops = measure_cpu().unwrap_or(50e9);
     CpuRates {
         ram_bytes_per_sec,
         cpu_flops,
@@ -126,23 +128,22 @@ pub fn measure(offload_dir: &Path) -> CpuRates {
     }
 }
 
-/// Decode and prompt throughput of the Q4_K kernels (the format most of
-/// a 4-bit model's bytes are in) on a 72 MiB weight, larger than any cache:
-/// (weight bytes/s at one row, flops at 64 rows). Q4_0, measured before,
-/// is compute-bound on small machines and predicted 7B decode 40 % slow.
-fn measure_cpu() -> Option<(f64, f64)> {
-    let (out, inp) = (16384usize, 4096 * 2);
-    let dtype = GgmlDType::Q4K;
+/// Prompt throughput of the Q4_0 kernels on a 64 MiB weight (larger than
+/// any cache): flops at 64 rows. (Decode is memory-bound: see
+/// [`measure_bandwidth`]. This kernel's single-row rate, used for decode
+/// before, predicted 7B decode 38 % slow.)
+fn measure_cpu() -> Option<f64> {
+    measure_flops(GgmlDType::Q4_0, 16384, 8192, 64)
+}
+
+fn measure_flops(dtype: GgmlDType, out: usize, inp: usize, m: usize) -> Option<f64> {
     let len = out * inp / dtype.block_size() * dtype.type_size();
     let mut buf = AlignedBytes::new(len).ok()?;
-    // Every block: d 1.0 (f16 0x3C00), dmin 0, small sub-block scales,
-    // nibbles 8.
+    // Every block: scale 1.0 (f16 0x3C00), nibbles 8 (zero after the offset).
     for block in buf.as_mut_slice().chunks_exact_mut(dtype.type_size()) {
         block[0] = 0x00;
         block[1] = 0x3C;
-        block[2..4].fill(0);
-        block[4..16].fill(0x11);
-        block[16..].fill(0x88);
+        block[2..].fill(0x88);
     }
     let w = Linear::shared(Arc::new(buf), 0, len, dtype, (out, inp), None).ok()?;
     let best = |m: usize| -> Option<f64> {
@@ -161,10 +162,49 @@ fn measure_cpu() -> Option<(f64, f64)> {
         }
         Some(best.max(1e-9))
     };
-    let decode = len as f64 / best(1)?;
-    let m = 64;
-    let prompt = 2.0 * (out * inp * m) as f64 / best(m)?;
-    Some((decode, prompt))
+    Some(2.0 * (out * inp * m) as f64 / best(m)?)
+}
+
+/// How fast this machine streams memory with the compute threads: a
+/// parallel read of a 256 MiB buffer (far larger than any cache), the best
+/// of five (on a shared machine the others measure its neighbours). Decoding a token reads every weight once, and the kernels run at
+/// memory speed, so this is the decode rate of the RAM tier.
+fn measure_bandwidth() -> Option<f64> {
+    const LEN: usize = 256 << 20;
+    let threads = crate::kernels::pool::threads().max(1);
+    let mut buf: Vec<u64> = Vec::new();
+    buf.try_reserve_exact(LEN / 8).ok()?;
+    buf.extend((0..LEN / 8).map(|i| i as u64));
+    let chunk = buf.len().div_ceil(threads);
+    let mut times = Vec::with_capacity(5);
+    let mut total = 0u64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let sums: Vec<u64> = std::thread::scope(|s| {
+            let handles: Vec<_> = buf
+                .chunks(chunk)
+                .map(|c| {
+                    s.spawn(move || {
+                        // Eight independent lanes, so the adds vectorise and
+                        // the loads, not the adds, set the pace.
+                        let mut lanes = [0u64; 8];
+                        for block in c.chunks_exact(8) {
+                            for (l, v) in lanes.iter_mut().zip(block) {
+                                *l = l.wrapping_add(*v);
+                            }
+                        }
+                        lanes.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+        });
+        times.push(t.elapsed().as_secs_f64());
+        total = total.wrapping_add(sums.iter().fold(0, |a, &b| a.wrapping_add(b)));
+    }
+    std::hint::black_box(total);
+    times.sort_by(f64::total_cmp);
+    Some(LEN as f64 / times[0].max(1e-9))
 }
 
 /// Sequential direct-I/O reads of a 64 MiB file written under `dir`.
