@@ -9,6 +9,7 @@ mod inspect;
 mod perplexity;
 mod plan;
 mod quantize;
+mod soak;
 mod synthesize;
 
 use std::path::PathBuf;
@@ -74,6 +75,10 @@ enum Command {
     /// Fuzz the readers of model files, configs, templates, images, history
     /// and settings (each input in a memory-limited child process).
     Fuzz(fuzz::FuzzArgs),
+    /// The window's logic without a display, chatting until killed (the
+    /// kill-loop test).
+    #[command(hide = true)]
+    SoakWindow(soak::SoakArgs),
 }
 
 /// Placement options every command that places a model shares.
@@ -328,6 +333,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
     if let Some(Command::Fuzz(a)) = cli.command {
         return fuzz::run(a);
     }
+    if let Some(Command::SoakWindow(a)) = cli.command {
+        return soak::run(a);
+    }
     // An explicit --config must be right; the user's copy in the platform
     // config folder gets a message and the defaults when it is not.
     let mut config_problem = None;
@@ -358,5 +366,6 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Synthesize(a)) => synthesize::run(a, None),
         Some(Command::Download(a)) => download::run(a),
         Some(Command::Fuzz(a)) => fuzz::run(a),
+        Some(Command::SoakWindow(a)) => soak::run(a),
     }
 }

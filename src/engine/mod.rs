@@ -280,7 +280,7 @@ impl Engine {
         progress(LoadStage::Reading);
         let mut gguf = GgufFile::open(&path)?;
         let hp = HParams::from_gguf(&gguf)?;
-        let mut tokenizer = load_tokenizer(&gguf, &path, &hp)?;
+        let (mut tokenizer, tokenizer_warning) = load_tokenizer(&gguf, &path, &hp)?;
         let generation_config = generation_config(&gguf);
         // generation_config.json's EOS ids end a reply too.
         if let Some(eos) = generation_config
@@ -367,7 +367,7 @@ impl Engine {
         CancelCheck::check(&opts.cancel)?;
         // Budget notes ("no NVIDIA GPU", a simulated tier) stay with the
         // budgets for whoever shows them; notices are for what happened.
-        let notices = Vec::new();
+        let notices: Vec<Notice> = tokenizer_warning.into_iter().map(Notice).collect();
         let store = LayerStore::new(&gguf, &hp, opts.disk_source.clone(), gpu)?;
         progress(LoadStage::Planned);
         let mut engine = Engine {
@@ -537,21 +537,56 @@ impl Engine {
     }
 }
 
-/// The tokenizer of a GGUF: a `tokenizer.json` beside the file wins when its
-/// vocabulary fits the model (it is the authoritative Hugging Face form),
-/// otherwise the GGUF's own metadata.
+/// The tokenizer of a GGUF: a `tokenizer.json` beside the file wins when it
+/// is this model's (the authoritative Hugging Face form: the same tokens at
+/// the same ids as the GGUF's vocabulary, or, for a GGUF without one, a
+/// vocabulary that fits the embeddings); otherwise the GGUF's own metadata,
+/// and a warning saying why the file beside it was not used.
 fn load_tokenizer(
     gguf: &GgufFile,
     path: &Path,
     hp: &HParams,
-) -> Result<TextTokenizer, EngineError> {
-    if let Some(dir) = path.parent() {
-        if dir.join("tokenizer.json").is_file() {
-            let tok = TextTokenizer::from_hf_dir(dir)?;
-            if tok.vocab_size() <= hp.n_vocab {
-                return Ok(tok);
+) -> Result<(TextTokenizer, Option<String>), EngineError> {
+    let Some(dir) = path.parent().filter(|d| d.join("tokenizer.json").is_file()) else {
+        return Ok((TextTokenizer::from_gguf(gguf)?, None));
+    };
+    let beside = dir.join("tokenizer.json");
+    let own = gguf
+        .get("tokenizer.ggml.tokens")
+        .and_then(crate::weights::gguf::Value::as_array);
+    let why_not = match TextTokenizer::from_hf_dir(dir) {
+        Err(e) => format!("it could not be read ({e})"),
+        Ok(tok) => match own {
+            None if tok.vocab_size() <= hp.n_vocab => return Ok((tok, None)),
+            None => format!(
+                "its {} tokens do not fit the model's {}",
+                tok.vocab_size(),
+                hp.n_vocab
+            ),
+            Some(tokens) => {
+                let differs = tokens
+                    .iter()
+                    .enumerate()
+                    .find(|(id, t)| tok.token(*id as u32).as_deref() != t.as_str());
+                match differs {
+                    None if tok.vocab_size() == tokens.len() => return Ok((tok, None)),
+                    None => format!(
+                        "it has {} tokens and the model {}",
+                        tok.vocab_size(),
+                        tokens.len()
+                    ),
+                    Some((id, t)) => format!(
+                        "its token {id} is {:?} where the model's is {:?}",
+                        tok.token(id as u32).unwrap_or_default(),
+                        t.as_str().unwrap_or_default()
+                    ),
+                }
             }
-        }
-    }
-    Ok(TextTokenizer::from_gguf(gguf)?)
+        },
+    };
+    let warning = format!(
+        "{} is not this model's tokenizer ({why_not}); using the one inside the GGUF",
+        beside.display()
+    );
+    Ok((TextTokenizer::from_gguf(gguf)?, Some(warning)))
 }

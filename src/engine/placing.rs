@@ -113,7 +113,7 @@ pub(super) fn gpu_tier(
     let tier = if budgets.gpu_simulated {
         let budget = budgets.vram_bytes;
         if request.simulate_with_candle {
-            let name = "simulated GPU (candle CPU device)".to_string();
+            let name = crate::placement::gpu::SIMULATED_GPU.to_string();
             let device = candle_core::Device::Cpu;
             GpuTier::on_device(name, device, budget, request.fail_gpu_alloc)
         } else {

@@ -95,7 +95,7 @@ pub fn run(ends: WorkerEnds, wake: Arc<dyn Fn() + Send + Sync>) {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         Worker {
             engine: None,
-            model_path: None,
+            last_good: None,
             ends,
             wake,
         }
@@ -115,8 +115,9 @@ pub fn run(ends: WorkerEnds, wake: Arc<dyn Fn() + Send + Sync>) {
 
 struct Worker {
     engine: Option<Engine>,
-    /// The loaded model as the user named it (a path or a repo id).
-    model_path: Option<std::path::PathBuf>,
+    /// The last load that succeeded: loaded again when a new one fails, so
+    /// a bad file never leaves the user without the model that worked.
+    last_good: Option<LoadRequest>,
     ends: WorkerEnds,
     wake: Arc<dyn Fn() + Send + Sync>,
 }
@@ -165,6 +166,28 @@ impl Worker {
     fn load(&mut self, req: &LoadRequest) {
         // The old model goes first: two models need not fit together.
         self.engine = None;
+        if let Err(info) = self.try_load(req) {
+            let cancelled = info.kind == ErrorKind::Cancelled;
+            self.send(Event::LoadFailed(info));
+            // The model that worked comes back (not after a cancel: the
+            // user stopped loading on purpose, perhaps to load another).
+            let again = self.last_good.clone().map(|p| LoadRequest {
+                req_id: req.req_id,
+                ..p
+            });
+            if let Some(prev) = again.filter(|p| p != req && !cancelled) {
+                self.send(Event::Notice(format!(
+                    "{} is loaded again.",
+                    prev.model_path.display()
+                )));
+                if let Err(again) = self.try_load(&prev) {
+                    self.send(Event::LoadFailed(again));
+                }
+            }
+        }
+    }
+
+    fn try_load(&mut self, req: &LoadRequest) -> Result<(), ErrorInfo> {
         if let Some(n) = req.threads {
             crate::kernels::pool::set_threads(n.max(1));
         }
@@ -223,17 +246,18 @@ impl Worker {
                 let info = model_info(&mut engine, req);
                 let snapshot = engine.telemetry();
                 self.engine = Some(engine);
-                self.model_path = Some(req.model_path.clone());
+                self.last_good = Some(req.clone());
                 self.send(Event::Loaded(info));
                 self.send(Event::Telemetry(Box::new(snapshot)));
                 self.notices();
+                Ok(())
             }
             Err(e) => {
                 let mut info = error_info(&e);
                 if info.kind == ErrorKind::Other {
                     info.kind = ErrorKind::BadModel;
                 }
-                self.send(Event::LoadFailed(info));
+                Err(info)
             }
         }
     }

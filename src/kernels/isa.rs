@@ -53,6 +53,16 @@ impl Isa {
     }
 
     /// Every level this CPU supports, slowest first.
+    /// `Ok` when this CPU runs `self`'s kernels; every safe entry point
+    /// that takes an ISA checks this before running SIMD code.
+    pub fn check(self) -> Result<(), UnsupportedIsa> {
+        if self.supported() {
+            Ok(())
+        } else {
+            Err(UnsupportedIsa(self.name()))
+        }
+    }
+
     pub fn available() -> Vec<Isa> {
         [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
             .into_iter()
@@ -74,6 +84,11 @@ impl Isa {
         }
     }
 }
+
+/// A kernel was asked to run with an instruction set this CPU lacks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("this CPU cannot run the {0} kernels")]
+pub struct UnsupportedIsa(pub &'static str);
 
 static ACTIVE: OnceLock<Isa> = OnceLock::new();
 

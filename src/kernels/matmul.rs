@@ -20,6 +20,8 @@ use super::{dequant_gemm, ops};
 pub enum MatmulError {
     #[error("matmul shapes do not fit: {0}")]
     Shape(String),
+    #[error(transparent)]
+    Isa(#[from] super::isa::UnsupportedIsa),
 }
 
 /// Which kernel family serves a weight type.
@@ -77,6 +79,7 @@ impl QActs {
         m: usize,
         k: usize,
     ) -> Result<(), MatmulError> {
+        isa.check()?;
         if !k.is_multiple_of(GROUP) || x.len() < m * k {
             return Err(MatmulError::Shape(format!(
                 "cannot quantize {m}×{k} activations from {} values",
@@ -145,6 +148,7 @@ pub fn int8_matmul_with(
     acts: &QActs,
     out: &mut [f32],
 ) -> Result<(), MatmulError> {
+    isa.check()?;
     let (m, k) = (acts.m, acts.k);
     if k % fmt.block_values() != 0 {
         return Err(MatmulError::Shape(format!(
@@ -258,7 +262,7 @@ fn float_dot_matmul(
                         // reader's block storage) and `row` holds k values.
                         let row =
                             unsafe { std::slice::from_raw_parts(row.as_ptr().cast::<f32>(), k) };
-                        unsafe { *o.add(r) = ops::dot_with(isa, row, xc) };
+                        unsafe { *o.add(r) = ops::dot(row, xc) };
                     }
                     continue;
                 }
@@ -321,6 +325,13 @@ pub fn matmul(
                 return Err(MatmulError::Shape(format!(
                     "weight is {} bytes for {n}×{k} {t:?}",
                     w.len()
+                )));
+            }
+            // The casts to f32/u16 rows below need the storage aligned (the
+            // reader's block storage is); a misaligned slice is refused.
+            if !(w.as_ptr() as usize).is_multiple_of(elem) {
+                return Err(MatmulError::Shape(format!(
+                    "{t:?} weight bytes are not {elem}-byte aligned"
                 )));
             }
             float_dot_matmul(t, w, n, k, x, m, out);

@@ -2,7 +2,7 @@
 //! and sums for attention, exp for softmax and SiLU), each with a scalar
 //! version and SIMD versions chosen by [`super::isa::active`].
 
-use super::isa::{self, Isa};
+use super::isa::{self, Isa, UnsupportedIsa};
 
 #[inline]
 pub fn half_to_f32(bits: u16, bf16: bool) -> f32 {
@@ -23,6 +23,46 @@ pub fn silu_scalar(x: f32) -> f32 {
     x / (1.0 + exp_scalar(-x))
 }
 
+/// The kernels above for a given ISA (tests compare every level the CPU
+/// has); an ISA this CPU lacks is an error, never an illegal instruction.
+pub fn dot_with(isa: Isa, a: &[f32], b: &[f32]) -> Result<f32, UnsupportedIsa> {
+    isa.check()?;
+    Ok(dot_on(isa, a, b))
+}
+
+pub fn axpy_with(isa: Isa, y: &mut [f32], alpha: f32, x: &[f32]) -> Result<(), UnsupportedIsa> {
+    isa.check()?;
+    axpy_on(isa, y, alpha, x);
+    Ok(())
+}
+
+pub fn exp_sum_with(isa: Isa, x: &mut [f32], shift: f32) -> Result<f32, UnsupportedIsa> {
+    isa.check()?;
+    Ok(exp_sum_on(isa, x, shift))
+}
+
+pub fn silu_mul_with(isa: Isa, g: &mut [f32], u: &[f32]) -> Result<(), UnsupportedIsa> {
+    isa.check()?;
+    silu_mul_on(isa, g, u);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn attend_with(
+    isa: Isa,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    hd: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) -> Result<(), UnsupportedIsa> {
+    isa.check()?;
+    attend_on(isa, q, k, v, hd, scale, scores, out);
+    Ok(())
+}
+
 /// Whether the x86 SIMD helpers may run for `isa`.
 #[inline(always)]
 fn simd(isa: Isa) -> bool {
@@ -30,10 +70,10 @@ fn simd(isa: Isa) -> bool {
 }
 
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    dot_with(isa::active(), a, b)
+    dot_on(isa::active(), a, b)
 }
 
-pub fn dot_with(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
+fn dot_on(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if simd(isa) {
         // SAFETY: `isa` is supported (only supported levels are active or
@@ -59,10 +99,10 @@ pub fn dot_with(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
 
 /// `y += alpha · x`
 pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
-    axpy_with(isa::active(), y, alpha, x)
+    axpy_on(isa::active(), y, alpha, x)
 }
 
-pub fn axpy_with(isa: Isa, y: &mut [f32], alpha: f32, x: &[f32]) {
+fn axpy_on(isa: Isa, y: &mut [f32], alpha: f32, x: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     if simd(isa) {
         // SAFETY: as in `dot_with`.
@@ -76,10 +116,10 @@ pub fn axpy_with(isa: Isa, y: &mut [f32], alpha: f32, x: &[f32]) {
 
 /// `x[i] = e^(x[i] - shift)`; returns the sum (softmax).
 pub fn exp_sum(x: &mut [f32], shift: f32) -> f32 {
-    exp_sum_with(isa::active(), x, shift)
+    exp_sum_on(isa::active(), x, shift)
 }
 
-pub fn exp_sum_with(isa: Isa, x: &mut [f32], shift: f32) -> f32 {
+fn exp_sum_on(isa: Isa, x: &mut [f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if simd(isa) {
         // SAFETY: as in `dot_with`.
@@ -96,10 +136,10 @@ pub fn exp_sum_with(isa: Isa, x: &mut [f32], shift: f32) -> f32 {
 
 /// `g[i] = silu(g[i]) · u[i]` (the SwiGLU gate).
 pub fn silu_mul(g: &mut [f32], u: &[f32]) {
-    silu_mul_with(isa::active(), g, u)
+    silu_mul_on(isa::active(), g, u)
 }
 
-pub fn silu_mul_with(isa: Isa, g: &mut [f32], u: &[f32]) {
+fn silu_mul_on(isa: Isa, g: &mut [f32], u: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     if simd(isa) {
         // SAFETY: as in `dot_with`.
@@ -123,11 +163,11 @@ pub fn attend(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    attend_with(isa::active(), q, k, v, hd, scale, scores, out)
+    attend_on(isa::active(), q, k, v, hd, scale, scores, out)
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn attend_with(
+fn attend_on(
     isa: Isa,
     q: &[f32],
     k: &[f32],
@@ -146,14 +186,14 @@ pub fn attend_with(
     }
     let mut max = f32::NEG_INFINITY;
     for (j, o) in scores.iter_mut().enumerate() {
-        *o = dot_with(isa, &q[..hd], &k[j * hd..(j + 1) * hd]) * scale;
+        *o = dot_on(isa, &q[..hd], &k[j * hd..(j + 1) * hd]) * scale;
         max = max.max(*o);
     }
-    let inv = 1.0 / exp_sum_with(isa, scores, max);
+    let inv = 1.0 / exp_sum_on(isa, scores, max);
     let out = &mut out[..hd];
     out.fill(0.0);
     for (j, &p) in scores.iter().enumerate() {
-        axpy_with(isa, out, p * inv, &v[j * hd..(j + 1) * hd]);
+        axpy_on(isa, out, p * inv, &v[j * hd..(j + 1) * hd]);
     }
 }
 
@@ -196,23 +236,26 @@ mod tests {
         for isa in Isa::available() {
             for n in [1usize, 7, 8, 15, 16, 17, 64, 131] {
                 let (a, b) = (data(n, 1), data(n, 2));
-                let (d0, d1) = (dot_with(Isa::Scalar, &a, &b), dot_with(isa, &a, &b));
+                let (d0, d1) = (
+                    dot_with(Isa::Scalar, &a, &b).unwrap(),
+                    dot_with(isa, &a, &b).unwrap(),
+                );
                 assert!(
                     (d0 - d1).abs() <= 1e-4 * d0.abs().max(1.0),
                     "{isa:?} dot {n}"
                 );
 
                 let (mut y0, mut y1) = (a.clone(), a.clone());
-                axpy_with(Isa::Scalar, &mut y0, 0.3, &b);
-                axpy_with(isa, &mut y1, 0.3, &b);
+                axpy_with(Isa::Scalar, &mut y0, 0.3, &b).unwrap();
+                axpy_with(isa, &mut y1, 0.3, &b).unwrap();
                 assert!(y0
                     .iter()
                     .zip(&y1)
                     .all(|(p, q)| (p - q).abs() <= 1e-5 * p.abs().max(1.0)));
 
                 let (mut e0, mut e1) = (a.clone(), a.clone());
-                let s0 = exp_sum_with(Isa::Scalar, &mut e0, 3.0);
-                let s1 = exp_sum_with(isa, &mut e1, 3.0);
+                let s0 = exp_sum_with(Isa::Scalar, &mut e0, 3.0).unwrap();
+                let s1 = exp_sum_with(isa, &mut e1, 3.0).unwrap();
                 assert!((s0 - s1).abs() <= 1e-6 * s0, "{isa:?} exp sum {n}");
                 assert!(e0
                     .iter()
@@ -220,8 +263,8 @@ mod tests {
                     .all(|(p, q)| (p - q).abs() <= 1e-6 * p.abs().max(1e-30)));
 
                 let (mut g0, mut g1) = (a.clone(), a.clone());
-                silu_mul_with(Isa::Scalar, &mut g0, &b);
-                silu_mul_with(isa, &mut g1, &b);
+                silu_mul_with(Isa::Scalar, &mut g0, &b).unwrap();
+                silu_mul_with(isa, &mut g1, &b).unwrap();
                 assert!(
                     g0.iter()
                         .zip(&g1)
@@ -245,8 +288,8 @@ mod tests {
                     let scale = 1.0 / (hd as f32).sqrt() * 0.05;
                     let (mut s0, mut s1) = (vec![0f32; len], vec![0f32; len]);
                     let (mut o0, mut o1) = (vec![0f32; hd], vec![0f32; hd]);
-                    attend_with(Isa::Scalar, &q, &k, &v, hd, scale, &mut s0, &mut o0);
-                    attend_with(isa, &q, &k, &v, hd, scale, &mut s1, &mut o1);
+                    attend_with(Isa::Scalar, &q, &k, &v, hd, scale, &mut s0, &mut o0).unwrap();
+                    attend_with(isa, &q, &k, &v, hd, scale, &mut s1, &mut o1).unwrap();
                     for (a, b) in o0.iter().zip(&o1) {
                         assert!(
                             (a - b).abs() <= 1e-4 * a.abs().max(1.0),
@@ -263,10 +306,49 @@ mod tests {
         for isa in Isa::available() {
             let mut x: Vec<f32> = (0..2000).map(|i| -80.0 + i as f32 * 0.045).collect();
             let want: Vec<f64> = x.iter().map(|&v| (v as f64).exp()).collect();
-            exp_sum_with(isa, &mut x, 0.0);
+            exp_sum_with(isa, &mut x, 0.0).unwrap();
             for (g, w) in x.iter().zip(&want) {
                 assert!(((*g as f64) - w).abs() <= 3e-7 * w, "{isa:?}: {g} vs {w}");
             }
+        }
+    }
+
+    /// Every entry point that takes an ISA refuses one this CPU lacks with
+    /// an error (run here with each level the machine does not have; on a
+    /// machine with all of them there is nothing to refuse).
+    #[test]
+    fn an_isa_the_cpu_lacks_is_an_error_not_a_crash() {
+        use crate::kernels::formats::QActs;
+        use crate::kernels::matmul::{int8_matmul_with, MatmulError};
+        let missing: Vec<Isa> = [Isa::Avx2, Isa::Avx512Vnni]
+            .into_iter()
+            .filter(|i| !i.supported())
+            .collect();
+        let (a, b) = (data(64, 1), data(64, 2));
+        for isa in missing {
+            let err = UnsupportedIsa(isa.name());
+            assert_eq!(dot_with(isa, &a, &b), Err(err.clone()));
+            assert_eq!(axpy_with(isa, &mut a.clone(), 0.5, &b), Err(err.clone()));
+            assert_eq!(exp_sum_with(isa, &mut a.clone(), 0.0), Err(err.clone()));
+            assert_eq!(silu_mul_with(isa, &mut a.clone(), &b), Err(err.clone()));
+            let (mut s, mut o) = (vec![0f32; 4], vec![0f32; 16]);
+            assert_eq!(
+                attend_with(isa, &a[..16], &a, &b, 16, 0.1, &mut s, &mut o),
+                Err(err)
+            );
+            let mut acts = QActs::default();
+            assert!(matches!(
+                acts.quantize_with(isa, &a, 2, 32),
+                Err(MatmulError::Isa(_))
+            ));
+            acts.quantize_with(Isa::Scalar, &a, 2, 32).unwrap();
+            let fmt = crate::kernels::formats::Format::Q8_0;
+            let w = vec![0u8; 4 * fmt.block_bytes()];
+            let mut out = vec![0f32; 8];
+            assert!(matches!(
+                int8_matmul_with(isa, fmt, &w, 4, &acts, &mut out),
+                Err(MatmulError::Isa(_))
+            ));
         }
     }
 }

@@ -35,7 +35,8 @@ pub struct Budgets {
     pub ram_bytes: u64,
     /// Free disk under the offload folder.
     pub disk_bytes: u64,
-    /// The GPU's name; "simulated" for the CPU-backed stand-in.
+    /// The GPU's name; [`super::gpu::SIMULATED_GPU`] for the CPU-backed
+    /// stand-in.
     pub gpu_name: Option<String>,
     /// The GPU tier is the CPU-backed stand-in.
     pub gpu_simulated: bool,
@@ -85,7 +86,7 @@ impl Budgets {
                     "no NVIDIA GPU: a simulated GPU tier of {} (CPU-backed) stands in",
                     crate::placement::planner::human(v)
                 ));
-                (v, Some("simulated".to_string()), true)
+                (v, Some(super::gpu::SIMULATED_GPU.to_string()), true)
             }
             (None, None) => {
                 notes.push(

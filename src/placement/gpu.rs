@@ -30,12 +30,16 @@ pub struct GpuTier {
     fail_at: Option<u64>,
 }
 
+/// How a simulated GPU tier (a VRAM cap without an NVIDIA GPU) is named
+/// everywhere it shows: it holds its layers in CPU memory.
+pub const SIMULATED_GPU: &str = "simulated GPU (CPU memory)";
+
 impl GpuTier {
     /// A CPU-backed stand-in holding at most `budget_bytes`, running the
     /// host kernels (bit-identical to RAM layers).
     pub fn simulated(budget_bytes: u64, fail_at: Option<u64>) -> Self {
         GpuTier {
-            name: "simulated GPU".into(),
+            name: SIMULATED_GPU.into(),
             device: None,
             budget_bytes: AtomicU64::new(budget_bytes),
             used_bytes: AtomicU64::new(0),

@@ -386,8 +386,6 @@ impl SpillwayApp {
 
     /// Asks the engine to load `path` with the current settings.
     pub fn load_model(&mut self, path: PathBuf) {
-        self.settings.remember_model(&path);
-        self.save_settings();
         self.loading = Some(LoadProgress::Reading);
         self.model = None;
         let req_id = self.next_req;
@@ -572,6 +570,23 @@ impl SpillwayApp {
                     .push(Banner::error("Not deleted", &e.to_string(), ""));
             }
         }
+        // Its image copies go too, unless another conversation (or the
+        // message being written) still uses them. Only files inside the
+        // attachments folder are ever removed.
+        let in_use: std::collections::HashSet<&std::path::Path> = self
+            .conversations
+            .iter()
+            .flat_map(|c| c.messages.iter())
+            .flat_map(|m| m.images.iter())
+            .chain(self.attachments.iter())
+            .map(|a| a.path.as_path())
+            .collect();
+        for a in conv.messages.iter().flat_map(|m| m.images.iter()) {
+            if !in_use.contains(a.path.as_path()) && a.path.parent() == Some(&self.attachments_dir)
+            {
+                let _ = std::fs::remove_file(&a.path);
+            }
+        }
         if self.conversations.is_empty() {
             self.conversations
                 .push(Conversation::new(&self.settings.system_prompt));
@@ -645,6 +660,9 @@ impl SpillwayApp {
             Event::Loaded(info) => {
                 self.loading = None;
                 self.preview = None;
+                // Only a model that loaded is remembered for the next start.
+                self.settings.remember_model(&info.path);
+                self.save_settings();
                 self.model = Some(info);
             }
             // A cancelled load was cleared when Cancel was clicked; another

@@ -43,10 +43,22 @@ pub fn panel_ui(ui: &mut egui::Ui, app: &mut SpillwayApp) -> Vec<PlacementAction
         ui.small(note);
     }
     let p = &model.placement;
+    // Without an NVIDIA GPU a VRAM cap makes a simulated tier: never
+    // called a GPU or VRAM without saying so.
+    let simulated = model
+        .gpu_name
+        .as_deref()
+        .is_some_and(|n| n == crate::placement::gpu::SIMULATED_GPU);
+    let gpu_label = if simulated {
+        crate::placement::gpu::SIMULATED_GPU
+    } else {
+        "VRAM"
+    };
     ui.label(format!(
-        "{}: {} GPU · {} RAM · {} disk layers",
+        "{}: {} {} · {} RAM · {} disk layers",
         p.mode,
         p.count(Tier::Gpu),
+        if simulated { gpu_label } else { "GPU" },
         p.count(Tier::Ram),
         p.count(Tier::Disk)
     ));
@@ -58,7 +70,7 @@ pub fn panel_ui(ui: &mut egui::Ui, app: &mut SpillwayApp) -> Vec<PlacementAction
     layer_strip_ui(ui, p, &model.layer_bytes, &ms);
     ui.horizontal(|ui| {
         for (t, name) in [
-            (Tier::Gpu, "VRAM"),
+            (Tier::Gpu, gpu_label),
             (Tier::Ram, "RAM"),
             (Tier::Disk, "disk"),
         ] {

@@ -399,6 +399,11 @@ impl TextTokenizer {
         Ok(Self::assemble(inner, bos, eos, end, add_bos, chat_template))
     }
 
+    /// The token string of `id`, as the vocabulary writes it.
+    pub fn token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

@@ -251,3 +251,154 @@ fn fuzz_corpus_replays_and_a_short_run_finds_nothing() {
     );
     assert_eq!(stdout.lines().count(), 8, "{stdout}");
 }
+
+/// A `tokenizer.json` beside a GGUF is used only when it is the model's
+/// (same tokens); another model's is named in a warning and the GGUF's own
+/// tokenizer is used.
+#[test]
+fn a_foreign_tokenizer_json_beside_a_gguf_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    std::fs::write(&model, tiny_gguf(dir.path())).unwrap();
+    let run = || {
+        spillway(&[
+            "generate",
+            "--model",
+            path_str(&model),
+            "--prompt",
+            "hello",
+            "--max-tokens",
+            "1",
+            "--greedy",
+            "--json",
+        ])
+    };
+    let own = run();
+    assert!(own.status.success());
+    let own_json: serde_json::Value = serde_json::from_slice(&own.stdout).unwrap();
+    // Mistral's tokenizer (700 tokens, like this model's cut of SmolLM2's,
+    // but other tokens) beside the file.
+    std::fs::copy(
+        fixtures().join("mistral_tiny/tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("is not this model's tokenizer"), "{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["prompt_tokens"], own_json["prompt_tokens"]);
+    // A broken one is a warning too, not a failed load.
+    std::fs::write(dir.path().join("tokenizer.json"), b"{ not json").unwrap();
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The window killed (`kill -9`) at random instants while replies stream
+/// and conversations are saved, 50 times: every history file parses, no
+/// message saved before a kill is missing or shorter after it, and replies
+/// cut off mid-stream were saved as far as they had come (at least every
+/// second), not lost.
+#[test]
+fn killed_at_random_instants_the_history_loses_nothing_saved() {
+    use spillway::chat::history::Conversation;
+    use std::collections::HashMap;
+    let dir = tempfile::tempdir().unwrap();
+    // A real small model: replies take seconds, so kills land mid-reply.
+    let model = crate::common::smollm2();
+    let data = dir.path().join("soak");
+    let conversations = data.join("data/conversations");
+    let mut rng = spillway::fuzz::Rng::new(50);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let mut saved: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    let mut cut_replies = std::collections::HashSet::new();
+    let mut kills = 0;
+    while kills < 50 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {kills} kills in time"
+        );
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+            .args([
+                "soak-window",
+                "--model",
+                path_str(&model),
+                "--data",
+                path_str(&data),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(
+            300 + rng.below(2700) as u64,
+        ));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the window exited by itself"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+        let mut now: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for e in std::fs::read_dir(&conversations)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.contains(".tmp-") {
+                continue;
+            }
+            let bytes = std::fs::read(e.path()).unwrap();
+            let c: Conversation = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|err| panic!("kill {kills}: {name} does not parse: {err}"));
+            // A reply cut off by the kill, kept as far as it had streamed.
+            if c.messages
+                .last()
+                .is_some_and(|m| m.incomplete && !m.text.is_empty())
+            {
+                cut_replies.insert(name.clone());
+            }
+            let msgs = c
+                .messages
+                .iter()
+                .map(|m| (m.role.clone(), m.text.clone()))
+                .collect();
+            now.insert(name, msgs);
+        }
+        for (name, before) in &saved {
+            let after = now
+                .get(name)
+                .unwrap_or_else(|| panic!("kill {kills}: {name} is gone"));
+            assert!(
+                after.len() >= before.len(),
+                "kill {kills}: {name} lost messages"
+            );
+            for (i, (b, a)) in before.iter().zip(after).enumerate() {
+                assert_eq!(b.0, a.0, "kill {kills}: {name} message {i}'s role");
+                assert!(
+                    a.1.starts_with(&b.1),
+                    "kill {kills}: {name} message {i} lost text"
+                );
+            }
+        }
+        saved = now;
+    }
+    assert!(
+        saved.len() >= 10,
+        "only {} conversations saved",
+        saved.len()
+    );
+    let cut = cut_replies.len();
+    eprintln!(
+        "{} conversations, {cut} replies saved part-way when killed",
+        saved.len()
+    );
+    assert!(cut >= 5, "only {cut} replies were saved part-way");
+}

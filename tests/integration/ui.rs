@@ -405,6 +405,32 @@ fn real_engine_replies_in_the_window() {
         harness.state().banners
     );
     harness.get_by_label_contains(reply.trim().lines().next().unwrap());
+    // A file that fails to load does not cost the model that works: the
+    // banner says why, and the previous model is loaded again (and stays
+    // the one remembered for the next start).
+    let bad = dirs.path().join("broken.gguf");
+    std::fs::write(&bad, b"GGUF\x03\x00\x00\x00 truncated").unwrap();
+    harness.state_mut().load_model(bad);
+    harness.step();
+    assert!(harness.state().model.is_none());
+    while harness.state().model.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the previous model did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        harness.step();
+    }
+    assert_eq!(harness.state().model.as_ref().unwrap().path, smollm2());
+    assert!(harness
+        .state()
+        .banners
+        .iter()
+        .any(|b| b.title == "The model did not load"));
+    assert_eq!(
+        harness.state().settings.last_model.as_deref(),
+        Some(smollm2().as_path())
+    );
     let _ = harness.state().link.send(Command::Shutdown);
 }
 
@@ -630,6 +656,14 @@ fn thinking_is_folded_and_its_answer_drawn() {
         "folded"
     );
     f.harness.get_by_label("Box 1 from 10, 20 to 60, 70");
+    // Deleting the conversation removes its copy of the image.
+    let copy = f.app().current_conversation().messages[0].images[0]
+        .path
+        .clone();
+    assert!(copy.exists());
+    let current = f.app().current;
+    f.harness.state_mut().delete_conversation(current);
+    assert!(!copy.exists(), "{} is left behind", copy.display());
 }
 
 /// A model with random weights says so in the top bar, and a real one
@@ -648,4 +682,20 @@ fn a_synthetic_model_is_labelled() {
     }));
     f.harness
         .get_by_label("synthetic weights — speed tests only");
+}
+
+/// Without an NVIDIA GPU, a VRAM cap makes a simulated tier, and the
+/// placement panel never calls it a GPU or VRAM without saying so.
+#[test]
+fn a_simulated_gpu_tier_says_so() {
+    let mut f = fixture();
+    f.event(Event::Loaded(ModelInfo {
+        placement: placement(2, 2),
+        gpu_name: Some(spillway::placement::gpu::SIMULATED_GPU.into()),
+        ..model_info()
+    }));
+    f.harness
+        .get_by_label_contains("2 simulated GPU (CPU memory) · 2 RAM");
+    f.harness.get_by_label("simulated GPU (CPU memory)");
+    assert!(f.harness.query_by_label("VRAM").is_none());
 }
