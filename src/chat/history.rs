@@ -428,4 +428,45 @@ mod tests {
         // Still there for the user to look at: never overwritten.
         assert!(bad.exists());
     }
+
+    /// A hand-edited id cannot reach outside the folder: the id is the
+    /// file's name, and saving or deleting a bad id is refused.
+    #[test]
+    fn an_id_from_inside_a_file_never_names_a_path() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("history");
+        let h = History::open(&dir).unwrap();
+        let mut c = conv("hi");
+        c.id = "../../escaped".into();
+        fs::write(dir.join("c1.json"), serde_json::to_vec(&c).unwrap()).unwrap();
+        let (convs, damaged) = h.load_all();
+        assert!(damaged.is_empty());
+        assert_eq!(convs[0].id, "c1");
+        h.save(&convs[0]).unwrap();
+        h.delete(&convs[0].id).unwrap();
+        assert!(!dir.join("c1.json").exists());
+        assert!(h.save(&c).is_err());
+        assert!(h.delete("../history").is_err());
+        let names: Vec<_> = fs::read_dir(root.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("history")]);
+    }
+
+    /// Another window's save in progress (a live process's temporary file)
+    /// is left alone; a dead process's is cleaned.
+    #[test]
+    fn another_windows_save_in_progress_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(dir.path()).unwrap();
+        let live = dir.path().join("c1.json.tmp-1");
+        let dead = dir.path().join(format!("c2.json.tmp-{}", u32::MAX - 7));
+        fs::write(&live, b"{").unwrap();
+        fs::write(&dead, b"{").unwrap();
+        h.load_all();
+        assert!(live.exists(), "pid 1's save was removed");
+        assert!(!dead.exists());
+    }
 }

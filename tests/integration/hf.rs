@@ -227,6 +227,30 @@ fn a_truncated_checkpoint_is_a_clear_error() {
     assert_eq!(std::fs::read_dir(cache.path()).map_or(0, |d| d.count()), 0);
 }
 
+/// A shard that shrinks after the folder was opened (a download still being
+/// written, a file replaced underneath) is an I/O error when its tensors
+/// are read, not a SIGBUS that kills the process (the reads are positioned
+/// reads, not a memory map).
+#[test]
+fn a_shard_that_shrinks_while_read_is_an_error_not_a_signal() {
+    let src = copy_of(&fixture("mistral_tiny"));
+    let folder = spillway::weights::hf::HfFolder::open(src.path()).unwrap();
+    let weights = src.path().join("model.safetensors");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let mut errors = 0;
+    for name in folder.tensors.keys() {
+        if folder.read_f32(name).is_err() {
+            errors += 1;
+        }
+    }
+    assert!(errors > 0, "every tensor read from a 4 KiB file");
+}
+
 /// Writes a safetensors file of bf16 tensors with pseudo-random values,
 /// streamed (never held whole); returns its size.
 fn write_bf16_safetensors(path: &Path, tensors: &[(String, Vec<usize>)], seed: u64) -> u64 {

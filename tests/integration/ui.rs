@@ -699,3 +699,57 @@ fn a_simulated_gpu_tier_says_so() {
     f.harness.get_by_label("simulated GPU (CPU memory)");
     assert!(f.harness.query_by_label("VRAM").is_none());
 }
+
+/// An image file larger than any image can honestly be is refused without
+/// reading it into memory, on its own thread.
+#[test]
+fn an_oversized_image_file_is_refused() {
+    let mut f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let huge = dir.path().join("huge.png");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(300 << 20)
+        .unwrap();
+    f.harness.state_mut().attach_file(&huge);
+    f.harness.state_mut().poll_attaching(true);
+    f.harness.run_steps(2);
+    assert!(f.app().attachments.is_empty());
+    f.harness.get_by_label_contains("larger than 256 MiB");
+}
+
+/// A settings file that fails to parse is kept aside before defaults can
+/// be saved over it, and the banner says where.
+#[test]
+fn unreadable_settings_are_kept_aside() {
+    let dirs = tempfile::tempdir().unwrap();
+    let config_dir = dirs.path().join("config");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(config_dir.join("settings.yaml"), "mode: [unclosed\n").unwrap();
+    let (link, _engine) = worker::channel();
+    let mut app = SpillwayApp::new(
+        link,
+        &Config::defaults().unwrap(),
+        Some(dirs.path().join("data")),
+        Some(config_dir.clone()),
+    );
+    let kept: Vec<_> = std::fs::read_dir(&config_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let aside = kept
+        .iter()
+        .find(|n| n.starts_with("settings.yaml.unreadable-"))
+        .unwrap_or_else(|| panic!("{kept:?}"));
+    assert_eq!(
+        std::fs::read_to_string(config_dir.join(aside)).unwrap(),
+        "mode: [unclosed\n"
+    );
+    let banner = &app.banners[0];
+    assert!(banner.advice.contains(aside.as_str()), "{banner:?}");
+    // Saving now writes the defaults beside the kept file.
+    app.save_settings();
+    assert!(config_dir.join("settings.yaml").exists());
+    assert!(config_dir.join(aside).exists());
+}
