@@ -33,6 +33,9 @@ pub struct LoadRequest {
     /// The largest image the plan budgets the vision tower for (pixels
     /// after resizing).
     pub max_image_pixels: usize,
+    /// Disk-tier layers are read from copies in the offload folder
+    /// (`placement.offload_dir`) instead of the model file.
+    pub copy_disk_layers: bool,
 }
 
 /// One reply to generate.

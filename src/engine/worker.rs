@@ -188,6 +188,10 @@ impl Worker {
     }
 
     fn try_load(&mut self, req: &LoadRequest) -> Result<(), ErrorInfo> {
+        if req.copy_disk_layers {
+            // Sessions of Spillway processes that are gone.
+            let _ = crate::placement::offload::clean_stale(&req.placement.offload_dir);
+        }
         if let Some(n) = req.threads {
             crate::kernels::pool::set_threads(n.max(1));
         }
@@ -202,7 +206,13 @@ impl Worker {
             cache_dir: None,
             hub: Default::default(),
             placement: req.placement.clone(),
-            disk_source: DiskSource::ModelFile,
+            // The offload folder chosen in the settings is the one the disk
+            // tier copies into, reads from and cleans.
+            disk_source: if req.copy_disk_layers {
+                DiskSource::OffloadFolder(req.placement.offload_dir.clone())
+            } else {
+                DiskSource::ModelFile
+            },
             context_length: req.context_length,
             max_image_pixels: req.max_image_pixels,
         };

@@ -97,17 +97,16 @@ pub fn bytes(data: &mut Vec<u8>, corpus: &[Vec<u8>], rng: &mut Rng) {
     }
 }
 
-/// A GGUF re-written with its metadata or tensor table changed; the tensor
-/// bytes are carried over as they were.
-fn gguf_structure(base: &[u8], rng: &mut Rng) -> Option<Vec<u8>> {
-    let g = GgufFile::from_bytes(base, std::path::Path::new("seed")).ok()?;
-    let mut meta: Vec<(String, Value)> = g
+/// A GGUF's metadata (less the alignment, which the writer adds) and tensor
+/// table, as the writer takes them.
+fn parts(g: &GgufFile) -> (Vec<(String, Value)>, Vec<PlannedTensor>) {
+    let meta = g
         .metadata
         .iter()
         .filter(|(k, _)| k.as_str() != "general.alignment")
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let mut tensors: Vec<PlannedTensor> = g
+    let tensors = g
         .tensors
         .iter()
         .map(|t| PlannedTensor {
@@ -116,6 +115,34 @@ fn gguf_structure(base: &[u8], rng: &mut Rng) -> Option<Vec<u8>> {
             ggml_type: t.ggml_type,
         })
         .collect();
+    (meta, tensors)
+}
+
+/// The header and table written anew, followed by `base`'s tensor bytes as
+/// they were (the writer pads its table to the data's alignment).
+fn rebuild(
+    base: &[u8],
+    g: &GgufFile,
+    meta: &[(String, Value)],
+    tensors: Vec<PlannedTensor>,
+) -> Option<Vec<u8>> {
+    let data_start = g
+        .tensors
+        .iter()
+        .map(|t| t.file_offset)
+        .min()
+        .unwrap_or(base.len() as u64) as usize;
+    let w = GgufWriter::new(Cursor::new(Vec::new()), meta, tensors).ok()?;
+    let mut out = w.into_header().into_inner();
+    out.extend_from_slice(&base[data_start.min(base.len())..]);
+    Some(out)
+}
+
+/// A GGUF re-written with its metadata or tensor table changed; the tensor
+/// bytes are carried over as they were.
+fn gguf_structure(base: &[u8], rng: &mut Rng) -> Option<Vec<u8>> {
+    let g = GgufFile::from_bytes(base, std::path::Path::new("seed")).ok()?;
+    let (mut meta, mut tensors) = parts(&g);
     for _ in 0..rng.below(3) + 1 {
         match rng.below(10) {
             // The sizes that matter most: counts, lengths, dimensions.
@@ -197,50 +224,23 @@ fn gguf_structure(base: &[u8], rng: &mut Rng) -> Option<Vec<u8>> {
             _ => {}
         }
     }
-    let data_start = g
-        .tensors
-        .iter()
-        .map(|t| t.file_offset)
-        .min()
-        .unwrap_or(base.len() as u64) as usize;
-    let w = GgufWriter::new(Cursor::new(Vec::new()), &meta, tensors).ok()?;
-    let mut out = w.into_header().into_inner();
-    out.extend_from_slice(&base[data_start.min(base.len())..]);
-    Some(out)
+    rebuild(base, &g, &meta, tensors)
 }
 
 /// `base` (a GGUF) with metadata entries set (`Some`) or removed (`None`),
 /// the tensor table and bytes unchanged: hand-edited files for tests.
 pub fn with_metadata(base: &[u8], edits: &[(&str, Option<Value>)]) -> Option<Vec<u8>> {
     let g = GgufFile::from_bytes(base, std::path::Path::new("base")).ok()?;
-    let mut meta: Vec<(String, Value)> = g
-        .metadata
-        .iter()
-        .filter(|(k, _)| k.as_str() != "general.alignment")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    // Only a file with tensors: its data start is where the table ends.
+    g.tensors.first()?;
+    let (mut meta, tensors) = parts(&g);
     for (key, v) in edits {
         meta.retain(|(k, _)| k != key);
         if let Some(v) = v {
             meta.push((key.to_string(), v.clone()));
         }
     }
-    let tensors = g
-        .tensors
-        .iter()
-        .map(|t| PlannedTensor {
-            name: t.name.clone(),
-            shape: t.shape.clone(),
-            ggml_type: t.ggml_type,
-        })
-        .collect();
-    let data_start = g.tensors.iter().map(|t| t.file_offset).min()? as usize;
-    let w = GgufWriter::new(Cursor::new(Vec::new()), &meta, tensors).ok()?;
-    // The writer pads its table to the data's alignment, so the tensors'
-    // offsets stay right.
-    let mut out = w.into_header().into_inner();
-    out.extend_from_slice(&base[data_start..]);
-    Some(out)
+    rebuild(base, &g, &meta, tensors)
 }
 
 /// A metadata value changed: an edge-case integer of the same or another

@@ -180,6 +180,10 @@ pub struct SpillwayApp {
     /// Image files being read and checked off the UI thread, in the order
     /// they were attached.
     attaching: Vec<std::thread::JoinHandle<Result<Attachment, String>>>,
+    /// The converted-model cache and what it holds (bytes, files), read at
+    /// start, after each load and after clearing.
+    pub cache_dir: PathBuf,
+    pub cache_usage: (u64, usize),
 }
 
 impl SpillwayApp {
@@ -242,6 +246,9 @@ impl SpillwayApp {
             conversations.push(Conversation::new(&settings.system_prompt));
         }
         let attachments_dir = images::attachments_dir(history.as_ref().map(History::dir));
+        let cache_dir = crate::weights::convert::cache_dir();
+        // Conversions a crash interrupted leave temporaries; they go now.
+        crate::weights::convert::clean_stale(&cache_dir);
         SpillwayApp {
             link,
             history,
@@ -273,6 +280,8 @@ impl SpillwayApp {
             textures: images::Textures::default(),
             attachments_dir,
             attaching: Vec::new(),
+            cache_usage: crate::weights::convert::cache_usage(&cache_dir),
+            cache_dir,
         }
     }
 
@@ -399,6 +408,7 @@ impl SpillwayApp {
             quant: self.settings.quant(),
             threads: self.settings.threads,
             max_image_pixels: self.settings.max_image_pixels,
+            copy_disk_layers: self.settings.copy_disk_layers,
         };
         self.send(Command::Load(req));
     }
@@ -662,6 +672,7 @@ impl SpillwayApp {
                 self.preview = None;
                 // Only a model that loaded is remembered for the next start.
                 self.settings.remember_model(&info.path);
+                self.cache_usage = crate::weights::convert::cache_usage(&self.cache_dir);
                 self.save_settings();
                 self.model = Some(info);
             }
@@ -838,9 +849,11 @@ impl SpillwayApp {
                 chat_actions.extend(chat::chat_ui(ui, self, &mut cache));
                 self.md_cache = cache;
             }
-            View::Settings => {
-                settings_actions.extend(settings::settings_ui(ui, &mut self.settings))
-            }
+            View::Settings => settings_actions.extend(settings::settings_ui(
+                ui,
+                &mut self.settings,
+                self.cache_usage,
+            )),
         });
 
         for a in chat_actions {
@@ -975,6 +988,18 @@ impl SpillwayApp {
                 self.save_settings();
                 let req = self.settings.placement_request();
                 self.send(Command::Apply(req));
+            }
+            SettingsAction::ClearCache => {
+                let freed = crate::weights::convert::clear_cache(&self.cache_dir);
+                self.cache_usage = crate::weights::convert::cache_usage(&self.cache_dir);
+                self.banners.push(Banner::notice(
+                    "Cache cleared",
+                    &format!(
+                        "{} of converted models removed from {}; a model converts again when next loaded.",
+                        crate::placement::planner::human(freed),
+                        self.cache_dir.display()
+                    ),
+                ));
             }
         }
     }

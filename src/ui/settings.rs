@@ -28,6 +28,8 @@ pub enum SettingsAction {
     PreviewPlacement,
     /// Re-place the loaded model with them.
     ApplyPlacement,
+    /// Empty the converted-model cache.
+    ClearCache,
 }
 
 /// The offload choices the pane offers (a GPU-layer count is its own
@@ -52,6 +54,10 @@ pub struct Settings {
     pub vram_cap_gib: Option<f64>,
     pub ram_cap_gib: Option<f64>,
     pub offload_folder: PathBuf,
+    /// Disk-tier layers are read from copies in the offload folder (for a
+    /// model on slow or removable storage) instead of the model file.
+    #[serde(default)]
+    pub copy_disk_layers: bool,
     pub context_length: Option<usize>,
     pub temperature: f32,
     pub top_p: f32,
@@ -101,6 +107,7 @@ impl Default for Settings {
                 vram_cap_gib: None,
                 ram_cap_gib: None,
                 offload_folder: "offload".into(),
+                copy_disk_layers: false,
                 context_length: None,
                 temperature: 0.7,
                 top_p: 0.95,
@@ -150,6 +157,7 @@ impl Settings {
             vram_cap_gib: None,
             ram_cap_gib: None,
             offload_folder: c.offload_folder.clone(),
+            copy_disk_layers: c.copy_disk_layers,
             context_length: c.context_length,
             temperature: g.temperature,
             top_p: g.top_p,
@@ -276,7 +284,12 @@ fn grid_row(ui: &mut egui::Ui, label: &str, widget: impl egui::Widget) -> bool {
     changed
 }
 
-pub fn settings_ui(ui: &mut egui::Ui, s: &mut Settings) -> Vec<SettingsAction> {
+/// `cache`: what the converted-model cache holds (bytes, files).
+pub fn settings_ui(
+    ui: &mut egui::Ui,
+    s: &mut Settings,
+    cache: (u64, usize),
+) -> Vec<SettingsAction> {
     let mut actions = Vec::new();
     let mut changed = false;
     egui::ScrollArea::vertical().show(ui, |ui| {
@@ -367,8 +380,35 @@ pub fn settings_ui(ui: &mut egui::Ui, s: &mut Settings) -> Vec<SettingsAction> {
             if ui.button("Choose…").clicked() {
                 if let Some(p) = rfd::FileDialog::new().pick_folder() {
                     s.offload_folder = p;
+                    // A folder chosen is a folder to use.
+                    s.copy_disk_layers = true;
                     changed = true;
                 }
+            }
+        });
+        changed |= ui
+            .checkbox(
+                &mut s.copy_disk_layers,
+                "Read disk layers from copies in the offload folder",
+            )
+            .on_hover_text(
+                "For a model on slow or removable storage: disk-tier layers are copied into \
+                 the offload folder at load and read from there; the copies are removed \
+                 when the model is unloaded.",
+            )
+            .changed();
+        ui.horizontal(|ui| {
+            ui.label(format!(
+                "Converted models: {} in {} file{}",
+                crate::placement::planner::human(cache.0),
+                cache.1,
+                if cache.1 == 1 { "" } else { "s" }
+            ));
+            if ui
+                .add_enabled(cache.1 > 0, egui::Button::new("Clear cache"))
+                .clicked()
+            {
+                actions.push(SettingsAction::ClearCache);
             }
         });
         ui.horizontal(|ui| {

@@ -509,6 +509,67 @@ pub fn cache_dir() -> PathBuf {
     }
 }
 
+/// What the converted-model cache holds: bytes and files (converted GGUFs
+/// and leftovers of interrupted conversions).
+pub fn cache_usage(dir: &Path) -> (u64, usize) {
+    cache_files(dir)
+        .iter()
+        .filter_map(|p| p.metadata().ok())
+        .fold((0, 0), |(b, n), m| (b + m.len(), n + 1))
+}
+
+/// The files of the cache folder that Spillway writes there: `*.gguf` and
+/// their `*.gguf.tmpPID` temporaries (nothing else is ever touched).
+fn cache_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .filter(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            name.is_some_and(|n| n.ends_with(".gguf") || tmp_pid(&n).is_some())
+        })
+        .collect()
+}
+
+/// The process that writes `NAME.gguf.tmpPID`.
+fn tmp_pid(name: &str) -> Option<u32> {
+    name.rsplit_once(".gguf.tmp")
+        .and_then(|(_, pid)| pid.parse().ok())
+}
+
+/// Removes the temporaries of conversions whose process is gone (killed
+/// or crashed mid-write); returns how many.
+pub fn clean_stale(dir: &Path) -> usize {
+    cache_files(dir)
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            name.and_then(|n| tmp_pid(&n)).is_some_and(|pid| {
+                pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+            })
+        })
+        .filter(|p| std::fs::remove_file(p).is_ok())
+        .count()
+}
+
+/// Empties the cache (converted GGUFs and dead conversions' temporaries;
+/// a conversion running now keeps its file). Returns the bytes freed.
+pub fn clear_cache(dir: &Path) -> u64 {
+    clean_stale(dir);
+    cache_files(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .filter_map(|p| {
+            let len = p.metadata().ok()?.len();
+            std::fs::remove_file(&p).ok().map(|()| len)
+        })
+        .sum()
+}
+
 /// The converted GGUF of `dir` under `quant`: from the cache when an entry
 /// with the same key exists, else converted now (`progress` per layer).
 /// Returns the path and whether it was converted now.
@@ -523,9 +584,9 @@ pub fn cached_gguf(
     let name = dir
         .file_name()
         .map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
-    let out = cache
-        .unwrap_or_else(cache_dir)
-        .join(format!("{name}-{quant}-{key}.gguf"));
+    let cache = cache.unwrap_or_else(cache_dir);
+    clean_stale(&cache);
+    let out = cache.join(format!("{name}-{quant}-{key}.gguf"));
     if out.is_file() {
         return Ok((out, false));
     }

@@ -573,4 +573,29 @@ pub(crate) mod tests {
         std::fs::write(&p, b"PK\x03\x04 this is a zip").unwrap();
         assert!(matches!(GgufFile::open(&p), Err(GgufError::NotGguf { .. })));
     }
+
+    /// An array's count is bounded by what its element type needs: 2^20
+    /// u64 elements in a file of 1 MiB are refused before allocating
+    /// (32 bytes a `Value` would have asked for 32 MiB; a larger claim,
+    /// gigabytes).
+    #[test]
+    fn array_counts_are_bounded_by_their_element_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.gguf");
+        let mut out = Vec::new();
+        out.extend(b"GGUF");
+        out.extend(3u32.to_le_bytes());
+        out.extend(0u64.to_le_bytes());
+        out.extend(1u64.to_le_bytes());
+        let key = "tokenizer.ggml.scores";
+        out.extend((key.len() as u64).to_le_bytes());
+        out.extend(key.as_bytes());
+        out.extend(9u32.to_le_bytes()); // array
+        out.extend(10u32.to_le_bytes()); // of u64
+        out.extend((1u64 << 20).to_le_bytes());
+        out.extend(vec![0u8; 1 << 20]); // room for 2^20 bytes, not 2^20 u64s
+        std::fs::write(&p, &out).unwrap();
+        let err = GgufFile::open(&p).unwrap_err().to_string();
+        assert!(err.contains("claims 1048576 elements"), "{err}");
+    }
 }

@@ -529,4 +529,21 @@ mod stream_tests {
             }
         }
     }
+
+    /// Deriving merges from a SentencePiece vocabulary is bounded: a piece
+    /// of a million characters (every split a hash of the whole piece,
+    /// 10^12 bytes hashed before) is refused at once.
+    #[test]
+    fn merge_derivation_is_bounded() {
+        let long = "a".repeat(1 << 20);
+        let tokens = vec!["a", "aa", long.as_str()];
+        let started = std::time::Instant::now();
+        let r = merges_from_scores(&tokens, &[0.0, 1.0, 2.0], &[1, 1, 1]);
+        assert!(r.is_err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(
+            merges_from_scores(&tokens[..2], &[0.0, 1.0], &[1, 1]).unwrap(),
+            vec![("a".to_string(), "a".to_string())]
+        );
+    }
 }

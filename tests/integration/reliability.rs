@@ -314,7 +314,7 @@ fn killed_at_random_instants_the_history_loses_nothing_saved() {
     let data = dir.path().join("soak");
     let conversations = data.join("data/conversations");
     let mut rng = spillway::fuzz::Rng::new(50);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(420);
     let mut saved: HashMap<String, Vec<(String, String)>> = HashMap::new();
     let mut cut_replies = std::collections::HashSet::new();
     let mut kills = 0;
@@ -323,6 +323,15 @@ fn killed_at_random_instants_the_history_loses_nothing_saved() {
             std::time::Instant::now() < deadline,
             "only {kills} kills in time"
         );
+        let names = || -> std::collections::HashSet<std::ffi::OsString> {
+            std::fs::read_dir(&conversations)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect()
+        };
+        let before = names();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
             .args([
                 "soak-window",
@@ -335,9 +344,14 @@ fn killed_at_random_instants_the_history_loses_nothing_saved() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(
-            300 + rng.below(2700) as u64,
-        ));
+        // Once this run's first message is saved (its reply is streaming),
+        // a random instant within the next 2.5 s: while tokens stream,
+        // while saves are written, or as the next message starts.
+        let started = std::time::Instant::now();
+        while names().is_subset(&before) && started.elapsed().as_secs() < 60 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(rng.below(2500) as u64));
         assert!(
             child.try_wait().unwrap().is_none(),
             "the window exited by itself"

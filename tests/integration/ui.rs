@@ -753,3 +753,85 @@ fn unreadable_settings_are_kept_aside() {
     assert!(config_dir.join("settings.yaml").exists());
     assert!(config_dir.join(aside).exists());
 }
+
+/// The settings pane shows what the converted-model cache holds and
+/// clears it: converted GGUFs and dead conversions' leftovers go, a file
+/// Spillway did not write stays.
+#[test]
+fn the_converted_model_cache_is_shown_and_cleared() {
+    let mut f = fixture();
+    let cache = tempfile::tempdir().unwrap();
+    std::fs::write(cache.path().join("m-q4_k_m-abc.gguf"), vec![0u8; 3 << 20]).unwrap();
+    std::fs::write(
+        cache
+            .path()
+            .join(format!("m-q8_0-def.gguf.tmp{}", u32::MAX - 3)),
+        vec![0u8; 1 << 20],
+    )
+    .unwrap();
+    std::fs::write(cache.path().join("notes.txt"), b"mine").unwrap();
+    // A temporary of a dead conversion is cleaned as soon as it is seen.
+    assert_eq!(spillway::weights::convert::clean_stale(cache.path()), 1);
+    f.harness.state_mut().cache_dir = cache.path().to_path_buf();
+    f.harness.state_mut().cache_usage = spillway::weights::convert::cache_usage(cache.path());
+    f.harness.get_by_label("Settings").click();
+    f.harness.run_steps(4);
+    f.harness
+        .get_by_label_contains("Converted models: 3 MiB in 1 file");
+    f.harness.get_by_label("Clear cache").click();
+    f.harness.run_steps(4);
+    f.harness
+        .get_by_label_contains("Converted models: 0 B in 0 files");
+    f.harness.get_by_label("Cache cleared");
+    let left: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("notes.txt")]);
+}
+
+/// The offload folder chosen in the settings is the one the disk tier
+/// copies its layers into and reads from while the model is loaded (with
+/// "read disk layers from copies" on), and its session goes with the model.
+#[test]
+fn the_settings_offload_folder_is_the_disk_tiers() {
+    use spillway::engine::DiskLayers;
+    use spillway::protocol::LoadRequest;
+    let folder = tempfile::tempdir().unwrap();
+    let link = worker::spawn(std::sync::Arc::new(|| {}));
+    let req = LoadRequest {
+        req_id: 1,
+        model_path: smollm2(),
+        placement: spillway::engine::PlacementRequest {
+            disk_layers: Some(DiskLayers::All),
+            offload_dir: folder.path().to_path_buf(),
+            ..Default::default()
+        },
+        context_length: Some(256),
+        threads: None,
+        quant: spillway::placement::Quant::AsStored,
+        max_image_pixels: 1 << 20,
+        copy_disk_layers: true,
+    };
+    link.commands.send(Command::Load(req)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match link.events.recv_timeout(Duration::from_secs(120)).unwrap() {
+            Event::Loaded(_) => break,
+            Event::LoadFailed(e) => panic!("{e:?}"),
+            _ => assert!(Instant::now() < deadline),
+        }
+    }
+    let session: Vec<_> = std::fs::read_dir(folder.path())
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(session.len(), 1, "one session folder");
+    let copies = std::fs::read_dir(session[0].path()).unwrap().count();
+    assert!(
+        copies > 0,
+        "the disk layers are copied into the chosen folder"
+    );
+    let _ = link.commands.send(Command::Shutdown);
+}

@@ -392,8 +392,11 @@ unsafe fn tile<F: Fmt, D: Dot, const RM: usize, const RN: usize>(
     for b in 0..blocks {
         if PF > 0 {
             for r in 0..RM {
+                // A prefetch may point past the weights (it is only a
+                // hint): wrapping arithmetic, never `add` out of bounds.
                 _mm_prefetch::<_MM_HINT_T0>(
-                    t.w.add((r0 + r) * t.row_bytes + b * F::BYTES + PF).cast(),
+                    t.w.wrapping_add((r0 + r) * t.row_bytes + b * F::BYTES + PF)
+                        .cast(),
                 );
             }
         }
@@ -470,7 +473,7 @@ unsafe fn row_dot<F: Fmt, D: Dot>(t: &TileArgs, r: usize, c: usize) -> f32 {
     let mut g = 0;
     while g + 4 <= gpr {
         if PF > 0 {
-            _mm_prefetch::<_MM_HINT_T0>(w.add(g / F::GROUPS * F::BYTES + PF).cast());
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(g / F::GROUPS * F::BYTES + PF).cast());
         }
         // Plain loops, not closures: closures would not inherit the
         // caller's target features.
@@ -531,7 +534,7 @@ unsafe fn block_row_dot<F: Fmt, D: Dot>(
     for b in 0..blocks {
         let blk = w.add(b * F::BYTES);
         if PF > 0 {
-            _mm_prefetch::<_MM_HINT_T0>(blk.add(PF).cast());
+            _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PF).cast());
         }
         let mut p = [_mm256_setzero_si256(); 8];
         for (g, pg) in p.iter_mut().enumerate() {
