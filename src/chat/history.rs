@@ -230,7 +230,10 @@ impl History {
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some((_, pid)) = name.rsplit_once(TMP_MARK) {
                 // Another window's save in progress is not ours to remove.
-                if !pid.parse::<u32>().is_ok_and(process_alive) {
+                if !pid
+                    .parse::<u32>()
+                    .is_ok_and(crate::telemetry::process_alive)
+                {
                     let _ = fs::remove_file(&path);
                 }
                 continue;
@@ -249,9 +252,11 @@ impl History {
             else {
                 continue;
             };
-            let parsed = read_bounded(&path).and_then(|b| {
-                serde_json::from_slice::<Conversation>(&b).map_err(|e| e.to_string())
-            });
+            let parsed = read_at_most(&path, MAX_HISTORY_FILE_BYTES)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    serde_json::from_slice::<Conversation>(&b).map_err(|e| e.to_string())
+                });
             match parsed {
                 Ok(mut c) => {
                     c.id = id;
@@ -311,22 +316,19 @@ fn valid_id(id: &str) -> bool {
 /// than this is not read into memory.
 const MAX_HISTORY_FILE_BYTES: u64 = 256 << 20;
 
-fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+/// The bytes of `path`, read only up to `limit`: a larger (or endless)
+/// file is an error of kind `FileTooLarge`, never read into memory.
+pub fn read_at_most(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let f = File::open(path).map_err(|e| e.to_string())?;
     let mut bytes = Vec::new();
-    f.take(MAX_HISTORY_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
-    if bytes.len() as u64 > MAX_HISTORY_FILE_BYTES {
-        return Err(format!("larger than {} MiB", MAX_HISTORY_FILE_BYTES >> 20));
+    File::open(path)?.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("the file is larger than {} MiB", limit >> 20),
+        ));
     }
     Ok(bytes)
-}
-
-/// Whether process `pid` is running (its in-progress files are its own).
-fn process_alive(pid: u32) -> bool {
-    pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Writes `bytes` to `path` so that a crash leaves either the old content

@@ -437,7 +437,6 @@ impl Engine {
         }
     }
 
-    /// The weights are random (a file made by `spillway synthesize`).
     /// Whether this is a RoboBrain model that thinks when asked (from its
     /// metadata and size; see `vision::tasks::thinking_for`).
     pub fn supports_thinking(&self) -> Option<bool> {
@@ -455,6 +454,7 @@ impl Engine {
         crate::vision::tasks::thinking_for(names, text_params)
     }
 
+    /// The weights are random (a file made by `spillway synthesize`).
     pub fn is_synthetic(&self) -> bool {
         crate::weights::synth::is_synthetic(&self.gguf)
     }

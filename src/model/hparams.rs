@@ -340,16 +340,21 @@ impl HParams {
     }
 }
 
+/// The block index of a tensor named as GGUF names them (`blk.N.…`);
+/// `None` for tensors outside the blocks (and the vision tower's `v.blk.`).
+pub fn block_index(name: &str) -> Option<usize> {
+    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
+}
+
 /// `block_count` must be the number of blocks whose tensors the file holds:
 /// `blk.0.` to `blk.{n-1}.`, none missing and none beyond.
 fn check_block_count(g: &GgufFile, n_layer: usize) -> Result<(), ModelError> {
     let mut present = std::collections::BTreeSet::new();
     for t in &g.tensors {
-        let Some(rest) = t.name.strip_prefix("blk.") else {
+        if !t.name.starts_with("blk.") {
             continue;
-        };
-        let index = rest.split('.').next().and_then(|i| i.parse::<usize>().ok());
-        match index {
+        }
+        match block_index(&t.name) {
             Some(i) if i < n_layer => {
                 present.insert(i);
             }

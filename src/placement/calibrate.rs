@@ -48,10 +48,7 @@ pub fn cache_file() -> Option<PathBuf> {
 fn key(offload_dir: &Path) -> String {
     // The folder may not exist yet: its nearest existing ancestor names the
     // filesystem measured.
-    let existing = offload_dir
-        .ancestors()
-        .find(|d| !d.as_os_str().is_empty() && d.exists())
-        .unwrap_or(Path::new("."));
+    let existing = crate::telemetry::machine::nearest_existing(offload_dir);
     format!(
         "bw|{}|{}|{}",
         crate::kernels::isa::active().name(),
@@ -213,16 +210,7 @@ fn measure_disk(dir: &Path) -> Option<f64> {
     const CHUNK: usize = 8 << 20;
     // The folder may not exist yet: measure on the filesystem it would be
     // made on (its nearest existing ancestor) rather than create it.
-    let dir = dir
-        .ancestors()
-        .find(|d| d.as_os_str().is_empty() || d.is_dir())
-        .map(|d| {
-            if d.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                d
-            }
-        })?;
+    let dir = crate::telemetry::machine::nearest_existing(dir);
     let path = dir.join(format!(".spillway-calibrate-{}", std::process::id()));
     let result = (|| {
         let mut buf = AlignedBytes::new(CHUNK).ok()?;

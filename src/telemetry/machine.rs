@@ -111,17 +111,18 @@ impl Machine {
     }
 }
 
+/// `path`, or its nearest ancestor that exists (a relative path's last is
+/// the working directory): the filesystem a folder not made yet would be on.
+pub fn nearest_existing(path: &Path) -> &Path {
+    path.ancestors()
+        .find(|d| !d.as_os_str().is_empty() && d.exists())
+        .unwrap_or(Path::new("."))
+}
+
 /// Free bytes for an unprivileged user on the file system holding `path`
 /// (or its nearest existing ancestor); `None` where it cannot be read.
 pub fn disk_free_bytes(path: &Path) -> Option<u64> {
-    let mut p = path;
-    while !p.exists() {
-        p = match p.parent()? {
-            // A relative path's last ancestor is "": the working directory.
-            q if q.as_os_str().is_empty() => Path::new("."),
-            q => q,
-        };
-    }
+    let p = nearest_existing(path);
     #[cfg(unix)]
     {
         use std::os::unix::ffi::OsStrExt;

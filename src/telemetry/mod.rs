@@ -8,6 +8,12 @@ pub mod snapshot;
 
 pub use snapshot::{Sink, Snapshot};
 
+/// Whether process `pid` is running (this process counts as running): its
+/// temporary files are its own, not leftovers to clean.
+pub fn process_alive(pid: u32) -> bool {
+    pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Resident-set readings of this process, in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RssBytes {

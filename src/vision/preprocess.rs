@@ -219,25 +219,20 @@ pub fn load(path: &Path) -> Result<Rgb, ImageError> {
 /// be (a compressed 64-megapixel image is far smaller): a huge or endless
 /// file (a FIFO, /dev/zero) is refused, not read into memory.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, ImageError> {
-    use std::io::Read;
     let shown = path.display().to_string();
-    let io = |source| ImageError::Io {
-        path: shown.clone(),
-        source,
-    };
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .map_err(io)?
-        .take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(ImageError::Decode {
-            path: shown,
-            reason: format!("the file is larger than {} MiB", MAX_FILE_BYTES >> 20),
-        });
-    }
-    Ok(bytes)
+    crate::chat::history::read_at_most(path, MAX_FILE_BYTES).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::FileTooLarge {
+            ImageError::Decode {
+                path: shown,
+                reason: source.to_string(),
+            }
+        } else {
+            ImageError::Io {
+                path: shown,
+                source,
+            }
+        }
+    })
 }
 
 /// Decodes image bytes (PNG, JPEG, WebP, BMP, GIF) to RGB, compositing any

@@ -548,9 +548,8 @@ pub fn clean_stale(dir: &Path) -> usize {
         .into_iter()
         .filter(|p| {
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
-            name.and_then(|n| tmp_pid(&n)).is_some_and(|pid| {
-                pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
-            })
+            name.and_then(|n| tmp_pid(&n))
+                .is_some_and(|pid| !crate::telemetry::process_alive(pid))
         })
         .filter(|p| std::fs::remove_file(p).is_ok())
         .count()

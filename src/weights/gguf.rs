@@ -556,15 +556,21 @@ pub(crate) mod tests {
         }
     }
 
-    #[test]
-    fn absurd_lengths_are_rejected_before_allocating() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("m.gguf");
+    /// A GGUF v3 header with no tensors and one metadata entry to follow.
+    fn one_entry_header() -> Vec<u8> {
         let mut out = Vec::new();
         out.extend(b"GGUF");
         out.extend(3u32.to_le_bytes());
         out.extend(0u64.to_le_bytes());
         out.extend(1u64.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn absurd_lengths_are_rejected_before_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.gguf");
+        let mut out = one_entry_header();
         out.extend(u64::MAX.to_le_bytes()); // key length
         out.extend([0u8; 64]);
         std::fs::write(&p, &out).unwrap();
@@ -582,11 +588,7 @@ pub(crate) mod tests {
     fn array_counts_are_bounded_by_their_element_size() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.gguf");
-        let mut out = Vec::new();
-        out.extend(b"GGUF");
-        out.extend(3u32.to_le_bytes());
-        out.extend(0u64.to_le_bytes());
-        out.extend(1u64.to_le_bytes());
+        let mut out = one_entry_header();
         let key = "tokenizer.ggml.scores";
         out.extend((key.len() as u64).to_le_bytes());
         out.extend(key.as_bytes());

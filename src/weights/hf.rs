@@ -255,14 +255,7 @@ fn read_header(path: &Path, file: &File, shard: usize) -> Result<Vec<SourceTenso
         .ok_or_else(|| bad(path, format!("header of {n} bytes does not fit the file")))?;
     let mut text = vec![0u8; n as usize];
     file.read_exact_at(&mut text, 8).map_err(io(path))?;
-    let header = parse_header(path, &text, header_end as usize, file_len)?;
-    Ok(header
-        .into_iter()
-        .map(|mut t| {
-            t.shard = shard;
-            t
-        })
-        .collect())
+    parse_header(path, &text, header_end as usize, file_len, shard)
 }
 
 /// `num_hidden_layers` must be the number of layers whose tensors the
@@ -272,16 +265,10 @@ fn check_layers_present(
     tensors: &BTreeMap<String, SourceTensor>,
     dir: &Path,
 ) -> Result<(), HfError> {
-    let mut present = std::collections::BTreeSet::new();
-    for name in tensors.keys() {
-        if let Some(i) = name
-            .strip_prefix("blk.")
-            .and_then(|r| r.split('.').next())
-            .and_then(|i| i.parse::<usize>().ok())
-        {
-            present.insert(i);
-        }
-    }
+    let present: std::collections::BTreeSet<usize> = tensors
+        .keys()
+        .filter_map(|n| crate::model::hparams::block_index(n))
+        .collect();
     let expected = (0..hp.n_layer).collect::<std::collections::BTreeSet<_>>();
     if present != expected {
         return Err(bad(
@@ -296,15 +283,15 @@ fn check_layers_present(
     Ok(())
 }
 
-/// The tensor table of a safetensors header (`text`, the JSON after the
+/// The tensor table of shard `shard`'s header (`text`, the JSON after the
 /// length), whose data starts at `header_end` of a file of `file_len` bytes.
-pub fn parse_header(
+fn parse_header(
     path: &Path,
     text: &[u8],
     header_end: usize,
     file_len: u64,
+    shard: usize,
 ) -> Result<Vec<SourceTensor>, HfError> {
-    let shard = 0;
     let header: serde_json::Map<String, Json> = serde_json::from_slice(text)
         .map_err(|e| bad(path, format!("header is not valid JSON: {e}")))?;
     let data_len = usize::try_from(file_len)
