@@ -48,6 +48,9 @@ impl Message {
 
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// The source reads `enable_thinking`.
+    thinks: bool,
+    enable_thinking: Option<bool>,
     bos_token: String,
     eos_token: String,
 }
@@ -134,10 +137,24 @@ impl ChatTemplate {
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| TemplateError::Syntax(e.to_string()))?;
         Ok(ChatTemplate {
+            thinks: source.contains("enable_thinking"),
+            enable_thinking: None,
             env,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
         })
+    }
+
+    /// Whether the template has a thinking switch (`enable_thinking`, as
+    /// Qwen3's has).
+    pub fn has_thinking_switch(&self) -> bool {
+        self.thinks
+    }
+
+    /// Sets the template's `enable_thinking` (unset: the template's own
+    /// default, thinking for Qwen3).
+    pub fn set_thinking(&mut self, on: Option<bool>) {
+        self.enable_thinking = on;
     }
 
     /// Renders the conversation; with `add_generation_prompt` the text ends
@@ -162,15 +179,17 @@ impl ChatTemplate {
             buf: Vec::new(),
             limit: TEMPLATE_OUTPUT_BYTES.saturating_add(input.saturating_mul(2)),
         };
-        let rendered = tmpl.render_captured_to(
-            minijinja::context! {
-                messages => messages,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => self.bos_token,
-                eos_token => self.eos_token,
-            },
-            &mut out,
-        );
+        let base = minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+        };
+        let ctx = match self.enable_thinking {
+            Some(on) => minijinja::context! { enable_thinking => on, ..base },
+            None => base,
+        };
+        let rendered = tmpl.render_captured_to(ctx, &mut out);
         match rendered {
             Ok(_) => String::from_utf8(out.buf)
                 .map_err(|_| TemplateError::Render("the template wrote invalid UTF-8".into())),

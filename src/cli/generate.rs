@@ -69,10 +69,11 @@ pub struct GenerateArgs {
     /// words it, and the answer's coordinates are parsed.
     #[arg(long, value_name = "TASK", default_value = "general", value_parser = parse_task)]
     task: Task,
-    /// Let a RoboBrain 2.0 model that can think (7B, 32B) think first.
+    /// Let a model that can think (Qwen3, RoboBrain 2.0 7B and 32B) think
+    /// first.
     #[arg(long, conflicts_with = "no_think")]
     think: bool,
-    /// Ask a thinking RoboBrain model to answer directly (its default).
+    /// Ask a thinking model to answer directly (the default).
     #[arg(long)]
     no_think: bool,
     /// Upper bound on an image's pixels after resizing: 784 pixels a token
@@ -228,9 +229,9 @@ pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
     }
     let thinking = engine.supports_thinking();
     if a.think && thinking != Some(true) {
-        eprintln!("note: this model does not think (RoboBrain 2.0 7B and 32B do); --think ignored");
+        eprintln!("note: this model does not think (Qwen3 and RoboBrain 2.0 7B and 32B do); --think ignored");
     }
-    let suffix = tasks::thinking_suffix(thinking, a.think);
+    let suffix = engine.thinking_prompt(a.think);
     let prompt = if a.raw {
         Prompt::text(engine.text_tokens(a.prompt.as_deref().unwrap_or_default())?)
     } else {

@@ -294,6 +294,9 @@ impl Engine {
             }
         }
         self.kv.truncate(shared);
+        // A sliding-window layer may not hold what the prefix needs; then
+        // the cache starts over.
+        let shared = self.kv.len();
         self.cached.truncate(shared);
         self.cached_pos.truncate(shared);
         self.cached_images.retain(|&(s, _)| s < shared);

@@ -34,9 +34,7 @@ pub use generate::{FinishReason, GenerateParams, Generation};
 pub use perplexity::Perplexity;
 pub use placing::{plan_for, Notice, PlacementRequest};
 
-/// Tokens per forward pass while reading a prompt: bounds the attention
-/// scratch (heads × chunk × context floats) without slowing long prompts.
-pub const PROMPT_CHUNK: usize = 512;
+pub use crate::model::PROMPT_CHUNK;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -279,7 +277,7 @@ impl Engine {
         };
         progress(LoadStage::Reading);
         let mut gguf = GgufFile::open(&path)?;
-        let hp = HParams::from_gguf(&gguf)?;
+        let mut hp = HParams::from_gguf(&gguf)?;
         let (mut tokenizer, tokenizer_warning) = load_tokenizer(&gguf, &path, &hp)?;
         let generation_config = generation_config(&gguf);
         // generation_config.json's EOS ids end a reply too.
@@ -326,6 +324,21 @@ impl Engine {
             gguf.tensor(name)
                 .ok_or_else(|| ModelError::Format(format!("tensor {name} is missing")))
         };
+        // Llama 3's rotary scaling: the divisors llama.cpp stores.
+        if let Some(info) = gguf.tensor("rope_freqs.weight") {
+            if info.elem_count() != hp.head_dim / 2 {
+                return Err(ModelError::Format(format!(
+                    "rope_freqs.weight holds {} values, expected {}",
+                    info.elem_count(),
+                    hp.head_dim / 2
+                ))
+                .into());
+            }
+            let factors = crate::model::transformer::to_f32_vec(
+                &read_qtensor(&file, info).map_err(ModelError::from)?,
+            )?;
+            hp.rope_freq_factors = Some(factors);
+        }
         let token_embd =
             read_qtensor(&file, tensor("token_embd.weight")?).map_err(ModelError::from)?;
         let norm_info = tensor("output_norm.weight")?;
@@ -371,7 +384,7 @@ impl Engine {
         let store = LayerStore::new(&gguf, &hp, opts.disk_source.clone(), gpu)?;
         progress(LoadStage::Planned);
         let mut engine = Engine {
-            kv: KvCache::new(hp.n_layer, hp.n_head_kv, hp.head_dim, context),
+            kv: KvCache::for_model(&hp, context, PROMPT_CHUNK),
             scratch: Scratch::default(),
             gguf,
             model,
@@ -437,10 +450,41 @@ impl Engine {
         }
     }
 
+    /// Whether the chat template switches thinking on and off itself
+    /// (Qwen3's `enable_thinking`), rather than by a prompt suffix.
+    pub fn thinking_in_template(&self) -> bool {
+        self.template
+            .as_ref()
+            .is_some_and(|t| t.has_thinking_switch())
+    }
+
+    /// The prompt suffix that asks for thinking (`think`) or a direct
+    /// answer: RoboBrain's `<think>` tags, or for a template with a
+    /// thinking switch, the switch set (and no suffix).
+    pub fn thinking_prompt(&mut self, think: bool) -> &'static str {
+        if self.thinking_in_template() {
+            if let Some(t) = &mut self.template {
+                t.set_thinking(Some(think));
+            }
+            return "";
+        }
+        crate::vision::tasks::thinking_suffix(self.supports_thinking(), think)
+    }
+
+    /// Sets a thinking switch of the chat template (`None`: its default).
+    pub fn set_template_thinking(&mut self, on: Option<bool>) {
+        if let Some(t) = &mut self.template {
+            t.set_thinking(on);
+        }
+    }
+
     /// Whether this is a RoboBrain model that thinks when asked (from its
     /// metadata and size; see `vision::tasks::thinking_for`).
     pub fn supports_thinking(&self) -> Option<bool> {
         use crate::weights::gguf::Value;
+        if self.thinking_in_template() {
+            return Some(true);
+        }
         let names = ["general.name", "general.basename", "general.finetune"]
             .into_iter()
             .filter_map(|k| self.gguf.get(k).and_then(Value::as_str));
@@ -499,10 +543,11 @@ impl Engine {
 
     /// Bytes of the KV cache for `tokens` tokens.
     pub fn kv_bytes(&self, tokens: usize) -> u64 {
-        self.model
-            .hp
-            .kv_bytes_per_token()
-            .saturating_mul(tokens as u64)
+        let hp = &self.model.hp;
+        let per_position = (2 * hp.n_head_kv * hp.head_dim * 4) as u64;
+        (0..hp.n_layer)
+            .map(|i| per_position * hp.kv_positions(i, tokens, PROMPT_CHUNK) as u64)
+            .sum()
     }
 
     /// Renders `messages` with the model's chat template and tokenizes the

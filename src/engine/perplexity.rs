@@ -24,14 +24,36 @@ impl Engine {
     /// `n_vocab` per token), from an empty cache: for parity checks against
     /// a reference implementation.
     pub fn logits_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        self.logits_in_passes(tokens, PROMPT_CHUNK)
+    }
+
+    /// [`Engine::logits_all`] with passes of `step` tokens (1: as decoding
+    /// runs), from an empty cache.
+    pub fn logits_in_passes(
+        &mut self,
+        tokens: &[u32],
+        step: usize,
+    ) -> Result<Vec<f32>, EngineError> {
+        if step == 0 || step > PROMPT_CHUNK {
+            return Err(EngineError::Invalid(format!(
+                "passes of {step} tokens (1 to {PROMPT_CHUNK})"
+            )));
+        }
         self.reset();
         let mut out = Vec::with_capacity(tokens.len() * self.model.hp.n_vocab);
-        for (i, chunk) in tokens.chunks(PROMPT_CHUNK).enumerate() {
-            let logits = self.step(chunk, i * PROMPT_CHUNK, LogitsFor::All)?;
+        for (i, chunk) in tokens.chunks(step).enumerate() {
+            let logits = self.step(chunk, i * step, LogitsFor::All)?;
             out.extend_from_slice(logits);
         }
         self.reset();
         Ok(out)
+    }
+
+    /// The experts each token of the last forward pass was routed to, per
+    /// layer (`tokens × n_expert_used`, most probable first); empty for
+    /// dense models.
+    pub fn last_routes(&self) -> &[Vec<u32>] {
+        &self.scratch.routes
     }
 
     /// `chunks = None` scores every whole chunk of the text.

@@ -131,9 +131,10 @@ pub(super) fn gpu_tier(
     };
     Some(GpuCharges {
         tier: Arc::new(tier),
-        kv_bytes_per_layer: fp.kv_bytes_per_layer,
+        kv_layer_bytes: fp.kv_layer_bytes.clone(),
         activation_bytes: fp.gpu_scratch_bytes,
         capacity: fp.context,
+        chunk: fp.prompt_chunk,
     })
 }
 

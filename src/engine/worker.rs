@@ -289,8 +289,7 @@ impl Worker {
             return;
         }
         let before = engine.placement().clone();
-        let thinking = engine.supports_thinking();
-        let suffix = crate::vision::tasks::thinking_suffix(thinking, req.think);
+        let suffix = engine.thinking_prompt(req.think);
         let prompt = match image_prompt(engine, &req, suffix) {
             Ok(p) => p,
             Err(e) => {

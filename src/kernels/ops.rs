@@ -209,6 +209,35 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// RMSNorm of each `w.len()`-wide row of `x`, in place (per-head query and
+/// key norms).
+pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let d = w.len();
+    for xr in x.chunks_exact_mut(d) {
+        let ms = dot(xr, xr) / d as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for (v, g) in xr.iter_mut().zip(w) {
+            *v *= inv * g;
+        }
+    }
+}
+
+/// `g[i] = gelu(g[i]) · u[i]` with GELU's tanh approximation (Gemma's
+/// GeGLU); `u` is scratch afterwards. `gelu(x) = x·σ(y)` with `y =
+/// x·(c₁ + c₂x²)`, so this is the SwiGLU kernel on `y` with `u` divided by
+/// `c₁ + c₂x²` (never below c₁): one vectorised pass, no tanh.
+pub fn gelu_tanh_mul(g: &mut [f32], u: &mut [f32]) {
+    // 2·√(2/π) and 2·√(2/π)·0.044715.
+    const C1: f32 = 1.595_769_1;
+    const C2: f32 = 0.071_354_82;
+    for (x, v) in g.iter_mut().zip(u.iter_mut()) {
+        let s = C1 + C2 * *x * *x;
+        *x *= s;
+        *v /= s;
+    }
+    silu_mul(g, u);
+}
+
 /// `y += x`
 pub fn add(y: &mut [f32], x: &[f32]) {
     for (o, v) in y.iter_mut().zip(x) {

@@ -21,8 +21,11 @@
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use super::hparams::{HParams, RopeStyle};
-use super::transformer::{rope_tables, to_f32_vec, BlockTensors, TensorSource};
+use super::kv_cache::Window;
+use super::transformer::{rope_tables, to_f32_vec, BlockTensors, Ffn, TensorSource};
 use super::ModelError;
 
 /// At most this many bytes of attention scores per query chunk.
@@ -34,23 +37,36 @@ pub struct DeviceRope {
     /// `max_positions × head_dim/2`.
     cos: Tensor,
     sin: Tensor,
+    /// The sliding layers' tables, when the model has them.
+    local: Option<(Tensor, Tensor)>,
     style: RopeStyle,
 }
 
 impl DeviceRope {
     pub fn new(hp: &HParams, max_positions: usize, device: &Device) -> Result<Self, ModelError> {
-        let (cos, sin) = rope_tables(hp, max_positions)?;
+        let (cos, sin) = rope_tables(hp, max_positions, false)?;
         let half = hp.head_dim / 2;
+        let local = if hp.sliding_window > 0 {
+            let (c, s) = rope_tables(hp, max_positions, true)?;
+            Some((
+                Tensor::from_vec(c, (max_positions, half), device)?,
+                Tensor::from_vec(s, (max_positions, half), device)?,
+            ))
+        } else {
+            None
+        };
         Ok(DeviceRope {
             cos: Tensor::from_vec(cos, (max_positions, half), device)?,
             sin: Tensor::from_vec(sin, (max_positions, half), device)?,
+            local,
             style: hp.rope_style,
         })
     }
 
     /// Bytes the tables take on the device.
     pub fn bytes(&self) -> u64 {
-        2 * self.cos.elem_count() as u64 * 4
+        let tables = if self.local.is_some() { 4 } else { 2 };
+        tables * self.cos.elem_count() as u64 * 4
     }
 
     /// Rotates `x` (`heads × n × head_dim`) to positions `pos..pos + n`,
@@ -60,13 +76,18 @@ impl DeviceRope {
         x: &Tensor,
         pos: usize,
         angles: Option<(&Tensor, &Tensor)>,
+        local: bool,
     ) -> Result<Tensor, ModelError> {
         let n = x.dim(1)?;
+        let (tc, ts) = match (&self.local, local) {
+            (Some((c, s)), true) => (c, s),
+            _ => (&self.cos, &self.sin),
+        };
         let (cos, sin) = match angles {
             Some((c, s)) => (c.clone(), s.clone()),
             None => (
-                self.cos.narrow(0, pos, n)?.contiguous()?,
-                self.sin.narrow(0, pos, n)?.contiguous()?,
+                tc.narrow(0, pos, n)?.contiguous()?,
+                ts.narrow(0, pos, n)?.contiguous()?,
             ),
         };
         let x = x.unsqueeze(0)?.contiguous()?;
@@ -128,13 +149,23 @@ impl Projection {
 #[derive(Debug)]
 pub struct DeviceBlock {
     w: BlockTensors<Tensor, Projection>,
-    /// `n_head_kv × capacity × head_dim` each.
+    /// `n_head_kv × slots × head_dim` each.
     k_cache: Tensor,
     v_cache: Tensor,
+    /// A sliding layer's window (its cache holds `slots` positions from
+    /// `base`), as the host cache keeps it.
+    window: Option<Window>,
+    base: AtomicUsize,
+    /// A sliding layer (its own rotary base).
+    is_local: bool,
+    /// The context length.
+    capacity: usize,
     n_head: usize,
     n_head_kv: usize,
     head_dim: usize,
     rms_eps: f32,
+    attn_scale: f64,
+    gelu: bool,
     device: Device,
     /// At most this many bytes of attention scores per query chunk.
     scores_bytes: usize,
@@ -154,10 +185,17 @@ impl DeviceBlock {
     /// with a KV cache for `capacity` positions.
     pub fn load(
         hp: &HParams,
+        layer: usize,
         src: &mut dyn TensorSource,
         device: &Device,
         capacity: usize,
+        chunk: usize,
     ) -> Result<Self, ModelError> {
+        if hp.moe.is_some() {
+            return Err(ModelError::Invalid(
+                "the GPU tier does not run mixture-of-experts layers yet".into(),
+            ));
+        }
         let w = BlockTensors::read(
             hp,
             src,
@@ -174,15 +212,28 @@ impl DeviceBlock {
                 })
             },
         )?;
-        let kv_shape = (hp.n_head_kv, capacity, hp.head_dim);
+        let window = Window::of(hp, layer, capacity, chunk);
+        let kv_shape = (
+            hp.n_head_kv,
+            window.map_or(capacity, |w| w.slots),
+            hp.head_dim,
+        );
         Ok(DeviceBlock {
             w,
             k_cache: Tensor::zeros(kv_shape, DType::F32, device)?,
             v_cache: Tensor::zeros(kv_shape, DType::F32, device)?,
+            window,
+            base: AtomicUsize::new(0),
+            is_local: hp.is_sliding(layer),
+            capacity,
             n_head: hp.n_head,
             n_head_kv: hp.n_head_kv,
             head_dim: hp.head_dim,
             rms_eps: hp.rms_eps,
+            attn_scale: hp
+                .attn_scale
+                .map_or(1.0 / (hp.head_dim as f64).sqrt(), f64::from),
+            gelu: hp.gelu,
             device: device.clone(),
             scores_bytes: SCORES_BYTES,
         })
@@ -193,6 +244,10 @@ impl DeviceBlock {
     }
 
     fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn slots(&self) -> usize {
         self.k_cache.dims()[1]
     }
 
@@ -218,35 +273,80 @@ impl DeviceBlock {
         let heads = |t: Tensor, count: usize| -> Result<Tensor, ModelError> {
             Ok(t.reshape((n, count, hd))?.transpose(0, 1)?.contiguous()?)
         };
-        let q = rope.apply(&heads(self.w.wq.forward(&h)?, nh)?, pos, angles)?;
-        let k = rope.apply(&heads(self.w.wk.forward(&h)?, nkv)?, pos, angles)?;
+        let mut q = heads(self.w.wq.forward(&h)?, nh)?;
+        let mut k = heads(self.w.wk.forward(&h)?, nkv)?;
+        if let (Some(qn), Some(kn)) = (&self.w.q_norm, &self.w.k_norm) {
+            q = candle_nn::ops::rms_norm(&q, qn, self.rms_eps)?;
+            k = candle_nn::ops::rms_norm(&k, kn, self.rms_eps)?;
+        }
+        let local = self.is_local;
+        let q = rope.apply(&q, pos, angles, local)?;
+        let k = rope.apply(&k, pos, angles, local)?;
         let v = heads(self.w.wv.forward(&h)?, nkv)?;
-        self.k_cache.slice_set(&k.contiguous()?, 1, pos)?;
-        self.v_cache.slice_set(&v, 1, pos)?;
-        let att = self.attention(&q, pos)?;
-        let x = (x + self.w.wo.forward(&att)?)?;
+        let base = self.make_room(pos, n)?;
+        self.k_cache.slice_set(&k.contiguous()?, 1, pos - base)?;
+        self.v_cache.slice_set(&v, 1, pos - base)?;
+        let att = self.attention(&q, pos, base)?;
+        let mut o = self.w.wo.forward(&att)?;
+        if let Some(norm) = &self.w.post_attn_norm {
+            o = candle_nn::ops::rms_norm(&o, norm, self.rms_eps)?;
+        }
+        let x = (x + o)?;
 
         let h = candle_nn::ops::rms_norm(&x, &self.w.ffn_norm, self.rms_eps)?;
-        let gate = self.w.w_gate.forward(&h)?.silu()?;
-        let up = self.w.w_up.forward(&h)?;
-        Ok((&x + self.w.w_down.forward(&(gate * up)?)?)?)
+        let Ffn::Dense { gate, up, down } = &self.w.ffn else {
+            return Err(ModelError::Invalid(
+                "the GPU tier does not run mixture-of-experts layers yet".into(),
+            ));
+        };
+        let g = gate.forward(&h)?;
+        let g = if self.gelu { g.gelu()? } else { g.silu()? };
+        let mut o = down.forward(&(g * up.forward(&h)?)?)?;
+        if let Some(norm) = &self.w.post_ffn_norm {
+            o = candle_nn::ops::rms_norm(&o, norm, self.rms_eps)?;
+        }
+        Ok((&x + o)?)
+    }
+
+    /// The slot of position 0 after making room for `n` positions at `pos`:
+    /// a sliding layer moves the part of its window still needed to the
+    /// front when the pass would run past its buffer.
+    fn make_room(&self, pos: usize, n: usize) -> Result<usize, ModelError> {
+        let Some(w) = self.window else {
+            return Ok(0);
+        };
+        let old = self.base.load(Ordering::Relaxed);
+        let base = w.base_for(old, pos, n)?;
+        if base != old {
+            let (from, count) = (base - old, pos - base);
+            for cache in [&self.k_cache, &self.v_cache] {
+                if count > 0 {
+                    let kept = cache.narrow(1, from, count)?.contiguous()?;
+                    cache.slice_set(&kept, 1, 0)?;
+                }
+            }
+            self.base.store(base, Ordering::Relaxed);
+        }
+        Ok(base)
     }
 
     /// Causal attention of `q` (`n_head × n × head_dim`, at positions
-    /// `pos..`) over the cached keys `0..pos + n`; `n × n_head·head_dim`.
-    fn attention(&self, q: &Tensor, pos: usize) -> Result<Tensor, ModelError> {
+    /// `pos..`) over the cached keys (from `base` to `pos + n`, the sliding
+    /// window's only for a local layer); `n × n_head·head_dim`.
+    fn attention(&self, q: &Tensor, pos: usize, base: usize) -> Result<Tensor, ModelError> {
         let (nh, nkv, hd) = (self.n_head, self.n_head_kv, self.head_dim);
         let rep = nh / nkv;
         let n = q.dim(1)?;
-        let len = pos + n;
+        let len = pos + n - base;
         // The query heads of one KV group share its keys: fold them into the
         // query rows (heads are grouped consecutively).
         let q = q.reshape((nkv, rep, n, hd))?;
         let keys_t = self.k_cache.narrow(1, 0, len)?.t()?;
         let values = self.v_cache.narrow(1, 0, len)?;
-        let scale = 1.0 / (hd as f64).sqrt();
+        let scale = self.attn_scale;
         let per_query = nh * len * 4;
         let chunk = (self.scores_bytes / per_query.max(1)).clamp(1, n);
+        let window = self.window.map_or(0, |w| w.window);
         let mut outs = Vec::with_capacity(n.div_ceil(chunk));
         for start in (0..n).step_by(chunk) {
             let c = chunk.min(n - start);
@@ -255,8 +355,8 @@ impl DeviceBlock {
                 .contiguous()?
                 .reshape((nkv, rep * c, hd))?;
             let scores = (qc.matmul(&keys_t)? * scale)?.reshape((nkv, rep, c, len))?;
-            let scores = if pos + start + c < len || c > 1 {
-                scores.broadcast_add(&self.causal_mask(pos + start, c, len)?)?
+            let scores = if pos + start + c < len + base || c > 1 || (window > 0 && len > window) {
+                scores.broadcast_add(&self.causal_mask(pos + start, c, base, len, window)?)?
             } else {
                 scores
             };
@@ -272,38 +372,71 @@ impl DeviceBlock {
     /// `j`, a huge negative number after it (whose exponential is exactly
     /// zero, as minus infinity's). Built on the device from two position
     /// ranges, so a long prompt uploads `c + len` numbers, not `c × len`.
-    fn causal_mask(&self, first: usize, c: usize, len: usize) -> Result<Tensor, ModelError> {
-        let keys = Tensor::arange(0u32, len as u32, &self.device)?.unsqueeze(0)?;
+    /// Keys are positions `base..base + len`; with a `window`, a query
+    /// also stops seeing keys `window` or more positions behind it.
+    fn causal_mask(
+        &self,
+        first: usize,
+        c: usize,
+        base: usize,
+        len: usize,
+        window: usize,
+    ) -> Result<Tensor, ModelError> {
+        let keys = Tensor::arange(base as u32, (base + len) as u32, &self.device)?.unsqueeze(0)?;
         let queries =
             Tensor::arange(first as u32, (first + c) as u32, &self.device)?.unsqueeze(1)?;
-        let visible = keys.broadcast_le(&queries)?.to_dtype(DType::F32)?;
+        let mut visible = keys.broadcast_le(&queries)?.to_dtype(DType::F32)?;
+        if window > 0 {
+            // key + window > query
+            let shifted = (keys.to_dtype(DType::F32)? + window as f64)?;
+            let recent = shifted
+                .broadcast_gt(&queries.to_dtype(DType::F32)?)?
+                .to_dtype(DType::F32)?;
+            visible = (visible * recent)?;
+        }
         Ok(visible.affine(1e30, -1e30)?)
     }
 
     /// The first `len` cached positions, token major (`len × n_head_kv·
-    /// head_dim` keys, then values), as the host KV cache takes them.
+    /// head_dim` keys, then values), as the host KV cache takes them
+    /// (zeros where a sliding layer no longer holds them).
     pub fn export_kv(&self, len: usize) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
+        let base = self.base.load(Ordering::Relaxed).min(len);
+        let width = self.n_head_kv * self.head_dim;
         let rows = |t: &Tensor| -> Result<Vec<f32>, ModelError> {
-            Ok(t.narrow(1, 0, len)?
-                .transpose(0, 1)?
-                .contiguous()?
-                .flatten_all()?
-                .to_vec1::<f32>()?)
+            let mut out = vec![0f32; base * width];
+            out.extend(
+                t.narrow(1, 0, len - base)?
+                    .transpose(0, 1)?
+                    .contiguous()?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            );
+            Ok(out)
         };
         Ok((rows(&self.k_cache)?, rows(&self.v_cache)?))
     }
 
-    /// Writes `len` positions (token major, as [`DeviceBlock::export_kv`]
-    /// gives them) at the start of the cache.
+    /// Takes `len` positions (token major, as [`DeviceBlock::export_kv`]
+    /// gives them); a sliding layer keeps the part it needs.
     pub fn import_kv(&self, k: &[f32], v: &[f32], len: usize) -> Result<(), ModelError> {
+        let base = match self.window {
+            Some(w) if len > self.slots() => w.keep_from(len),
+            _ => 0,
+        };
+        self.base.store(base, Ordering::Relaxed);
         if len == 0 {
             return Ok(());
         }
         let (nkv, hd) = (self.n_head_kv, self.head_dim);
         let put = |cache: &Tensor, rows: &[f32]| -> Result<(), ModelError> {
-            let t = Tensor::from_slice(&rows[..len * nkv * hd], (len, nkv, hd), &self.device)?
-                .transpose(0, 1)?
-                .contiguous()?;
+            let t = Tensor::from_slice(
+                &rows[base * nkv * hd..len * nkv * hd],
+                (len - base, nkv, hd),
+                &self.device,
+            )?
+            .transpose(0, 1)?
+            .contiguous()?;
             Ok(cache.slice_set(&t, 1, 0)?)
         };
         put(&self.k_cache, k)?;
@@ -370,6 +503,17 @@ mod tests {
             has_qkv_bias: true,
             mrope_sections: None,
             tied_embeddings: true,
+            qk_norm: false,
+            post_norms: false,
+            gelu: false,
+            embed_scale: None,
+            attn_scale: None,
+            sliding_window: 0,
+            sliding: Vec::new(),
+            rope_freq_base_swa: 10_000.0,
+            rope_freq_scale: 1.0,
+            rope_freq_factors: None,
+            moe: None,
         }
     }
 
@@ -409,7 +553,8 @@ mod tests {
             let hp = hparams(style);
             let dev = Device::Cpu;
             let rope = DeviceRope::new(&hp, 64, &dev).unwrap();
-            let mut block = DeviceBlock::load(&hp, &mut Random(7, hp.clone()), &dev, 64).unwrap();
+            let mut block =
+                DeviceBlock::load(&hp, 0, &mut Random(7, hp.clone()), &dev, 64, 16).unwrap();
             let x = Tensor::randn(0f32, 1.0, (20, 32), &dev).unwrap();
             let whole = block.forward(&x, 0, &rope, None).unwrap();
             let (k, v) = block.export_kv(20).unwrap();
@@ -440,7 +585,8 @@ mod tests {
                 .forward(&x.narrow(0, 12, 8).unwrap(), 0, &rope, None)
                 .unwrap();
             assert!(diff(&alone, &whole.narrow(0, 12, 8).unwrap()) > 1e-3);
-            let other = DeviceBlock::load(&hp, &mut Random(7, hp.clone()), &dev, 64).unwrap();
+            let other =
+                DeviceBlock::load(&hp, 0, &mut Random(7, hp.clone()), &dev, 64, 16).unwrap();
             other.import_kv(&k, &v, 20).unwrap();
             assert_eq!(other.export_kv(20).unwrap(), (k, v));
             // Past the context: an error, not a panic.

@@ -7,23 +7,44 @@ use crate::weights::gguf::{GgufFile, Value};
 
 use super::ModelError;
 
-/// Architectures whose forward pass Spillway implements.
+/// Architectures whose forward pass Spillway implements. Mixture-of-experts
+/// is a property of the hyper-parameters ([`HParams::moe`]), not an
+/// architecture: `qwen3moe` is Qwen3 with experts, Mixtral is Llama with
+/// experts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
-    /// Llama, Mistral, SmolLM and other `llama`-tagged GGUFs.
+    /// Llama (1–3.x), Mistral, Mixtral, SmolLM and other `llama`-tagged GGUFs.
     Llama,
     Qwen2,
+    /// Qwen3 and Qwen3-MoE: per-head q/k RMSNorm, no biases.
+    Qwen3,
+    /// Gemma 3 (text): (1 + w) norms stored shifted, four norms a layer,
+    /// GELU-tanh, scaled embeddings, sliding-window layers.
+    Gemma3,
 }
 
 impl Arch {
-    pub const SUPPORTED: &'static str =
-        "llama (Llama, Mistral, SmolLM), mistral, qwen2, qwen2vl (Qwen2.5-VL, RoboBrain 2.0)";
+    pub const SUPPORTED: &'static str = "llama (Llama 1-3.x, Mistral, Mixtral, SmolLM), mistral, qwen2, qwen2vl (Qwen2.5-VL, RoboBrain 2.0), qwen3, qwen3moe, gemma3";
 
     fn from_gguf_name(name: &str) -> Option<Self> {
         match name {
             "llama" | "mistral" => Some(Arch::Llama),
             "qwen2" | "qwen2vl" => Some(Arch::Qwen2),
+            "qwen3" | "qwen3moe" => Some(Arch::Qwen3),
+            "gemma3" => Some(Arch::Gemma3),
             _ => None,
+        }
+    }
+
+    /// The GGUF architecture name for these hyper-parameters.
+    pub fn gguf_name(hp: &HParams) -> &'static str {
+        match hp.arch {
+            Arch::Llama => "llama",
+            Arch::Qwen2 if hp.is_multimodal() => "qwen2vl",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 if hp.moe.is_some() => "qwen3moe",
+            Arch::Qwen3 => "qwen3",
+            Arch::Gemma3 => "gemma3",
         }
     }
 }
@@ -33,8 +54,56 @@ impl fmt::Display for Arch {
         f.write_str(match self {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+            Arch::Gemma3 => "gemma3",
         })
     }
+}
+
+/// A mixture-of-experts feed-forward block: a router picks `n_expert_used`
+/// of `n_expert` SwiGLU experts per token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moe {
+    pub n_expert: usize,
+    pub n_expert_used: usize,
+    /// Each expert's hidden width.
+    pub n_ff_exp: usize,
+    /// The picked experts' probabilities are renormalised to sum to one
+    /// (Qwen3-MoE's `norm_topk_prob`, Mixtral).
+    pub norm_topk: bool,
+}
+
+/// At most this many experts a layer (the largest of 2026 have 512).
+pub const MAX_EXPERTS: usize = 4096;
+
+/// Llama 3's rotary scaling (`rope_scaling.rope_type = "llama3"`): the
+/// divisor of each rotary frequency, as llama.cpp stores them in
+/// `rope_freqs.weight`.
+pub fn llama3_rope_factors(
+    base: f32,
+    head_dim: usize,
+    factor: f64,
+    low_freq_factor: f64,
+    high_freq_factor: f64,
+    original_context: f64,
+) -> Vec<f32> {
+    let low_wavelen = original_context / low_freq_factor;
+    let high_wavelen = original_context / high_freq_factor;
+    (0..head_dim / 2)
+        .map(|i| {
+            let freq = 1.0 / (base as f64).powf(2.0 * i as f64 / head_dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor as f32
+            } else {
+                let smooth = (original_context / wavelen - low_freq_factor)
+                    / (high_freq_factor - low_freq_factor);
+                (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
+            }
+        })
+        .collect()
 }
 
 /// How rotary embeddings pair up dimensions. llama.cpp's converter permutes
@@ -58,6 +127,7 @@ pub mod limits {
     pub const HEAD_DIM: usize = 1024;
     pub const VOCAB: usize = 1 << 23;
     pub const CONTEXT: usize = 1 << 24;
+    pub const EXPERTS: usize = super::MAX_EXPERTS;
 }
 
 /// The context a model gets when the user names none: its training context,
@@ -103,6 +173,30 @@ pub struct HParams {
     /// `head_dim/2` frequencies take their angle from the temporal, height
     /// and width position.
     pub mrope_sections: Option<[usize; 3]>,
+    /// RMSNorm of each query and key head before the rotation (Qwen3,
+    /// Gemma 3).
+    pub qk_norm: bool,
+    /// Norms after the attention and after the MLP too (Gemma's sandwich).
+    pub post_norms: bool,
+    /// GELU (tanh approximation) gates the MLP instead of SiLU.
+    pub gelu: bool,
+    /// Token embeddings are multiplied by this (Gemma: √n_embd).
+    pub embed_scale: Option<f32>,
+    /// The attention score scale; `None` is `1/√head_dim`.
+    pub attn_scale: Option<f32>,
+    /// Sliding-window attention: a local layer's query sees itself and the
+    /// `sliding_window - 1` keys before it. 0: none.
+    pub sliding_window: usize,
+    /// Which layers are local (sliding); empty when none are.
+    pub sliding: Vec<bool>,
+    /// The rotary base of the local layers.
+    pub rope_freq_base_swa: f32,
+    /// Linear rotary scaling of the global layers (positions × this).
+    pub rope_freq_scale: f32,
+    /// Divisors of the rotary frequencies (Llama 3's scaling), from
+    /// `rope_freqs.weight` or computed from config.json.
+    pub rope_freq_factors: Option<Vec<f32>>,
+    pub moe: Option<Moe>,
 }
 
 impl HParams {
@@ -190,6 +284,96 @@ impl HParams {
             }
             None => None,
         };
+        let moe = match g.get(&key("expert_count")).and_then(Value::as_u64) {
+            None | Some(0) => None,
+            Some(_) => {
+                let n_expert = req("expert_count", limits::EXPERTS)?;
+                let n_expert_used = req("expert_used_count", n_expert)?;
+                let n_ff_exp = if g.get(&key("expert_feed_forward_length")).is_some() {
+                    req("expert_feed_forward_length", limits::FEED_FORWARD)?
+                } else {
+                    n_ff
+                };
+                if let Some(f) = g.get(&key("expert_gating_func")).and_then(Value::as_u64) {
+                    if f != 1 {
+                        return Err(ModelError::Format(format!(
+                            "expert gating function {f} is not supported (only softmax)"
+                        )));
+                    }
+                }
+                if g.get(&key("expert_shared_count"))
+                    .and_then(Value::as_u64)
+                    .is_some_and(|n| n > 0)
+                {
+                    return Err(ModelError::Format(
+                        "shared experts are not supported yet".into(),
+                    ));
+                }
+                Some(Moe {
+                    n_expert,
+                    n_expert_used,
+                    n_ff_exp,
+                    norm_topk: g
+                        .get(&key("expert_weights_norm"))
+                        .and_then(Value::as_bool)
+                        .unwrap_or(true),
+                })
+            }
+        };
+        let gemma = arch == Arch::Gemma3;
+        let sliding_window = match g.get(&key("attention.sliding_window")) {
+            Some(v) if gemma => bounded("attention.sliding_window", v.as_u64(), limits::CONTEXT)?,
+            _ => 0,
+        };
+        let sliding = if sliding_window > 0 {
+            match g.get(&key("attention.sliding_window_pattern")) {
+                Some(Value::Array(a)) => {
+                    let v: Vec<bool> = a.iter().filter_map(Value::as_bool).collect();
+                    if v.len() != n_layer {
+                        return Err(ModelError::Format(format!(
+                            "the sliding-window pattern lists {} layers of {n_layer}",
+                            v.len()
+                        )));
+                    }
+                    v
+                }
+                Some(v) => sliding_pattern(
+                    n_layer,
+                    bounded(
+                        "attention.sliding_window_pattern",
+                        v.as_u64(),
+                        limits::LAYERS,
+                    )?,
+                ),
+                None => sliding_pattern(n_layer, 6),
+            }
+        } else {
+            Vec::new()
+        };
+        let rope_freq_scale = match g.get(&key("rope.scaling.type")).and_then(Value::as_str) {
+            Some("linear") => {
+                let f = opt_f32("rope.scaling.factor", 1.0);
+                if !(f.is_finite() && f >= 1.0) {
+                    return Err(ModelError::Format(format!(
+                        "rope scaling factor {f} is not plausible"
+                    )));
+                }
+                1.0 / f
+            }
+            _ => 1.0,
+        };
+        let attn_scale = match g.get(&key("attention.scale")).and_then(Value::as_f64) {
+            Some(v) if v.is_finite() && v > 0.0 => Some(v as f32),
+            Some(v) => {
+                return Err(ModelError::Format(format!(
+                    "attention scale {v} is not plausible"
+                )))
+            }
+            // Gemma 3 27B scales by its hidden size per head, the others
+            // by the head size (as llama.cpp does).
+            None if gemma && n_layer == 62 => Some(1.0 / ((n_embd / n_head) as f32).sqrt()),
+            None => None,
+        };
         Ok(HParams {
             arch,
             n_layer,
@@ -203,12 +387,23 @@ impl HParams {
             rope_freq_base: opt_f32("rope.freq_base", 10_000.0),
             rope_style: match arch {
                 Arch::Llama => RopeStyle::Interleaved,
-                Arch::Qwen2 => RopeStyle::Halves,
+                Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma3 => RopeStyle::Halves,
             },
             rms_eps: opt_f32("attention.layer_norm_rms_epsilon", 1e-5),
             has_qkv_bias: g.tensor("blk.0.attn_q.bias").is_some(),
             tied_embeddings: g.tensor("output.weight").is_none(),
             mrope_sections,
+            qk_norm: g.tensor("blk.0.attn_q_norm.weight").is_some(),
+            post_norms: gemma,
+            gelu: gemma,
+            embed_scale: gemma.then(|| (n_embd as f32).sqrt()),
+            attn_scale,
+            sliding_window,
+            sliding,
+            rope_freq_base_swa: opt_f32("rope.freq_base_swa", 10_000.0),
+            rope_freq_scale,
+            rope_freq_factors: None,
+            moe,
             arch_name,
         })
     }
@@ -225,8 +420,10 @@ impl HParams {
             .and_then(serde_json::Value::as_str)
             .ok_or_else(|| ModelError::Format("config.json has no model_type".into()))?;
         let arch = match model_type {
-            "llama" | "mistral" => Arch::Llama,
+            "llama" | "mistral" | "mixtral" => Arch::Llama,
             "qwen2" | "qwen2_5_vl" => Arch::Qwen2,
+            "qwen3" | "qwen3_moe" => Arch::Qwen3,
+            "gemma3" | "gemma3_text" => Arch::Gemma3,
             other => {
                 return Err(ModelError::Unsupported {
                     arch: other.to_string(),
@@ -284,29 +481,199 @@ impl HParams {
         } else {
             None
         };
+        let n_layer = size("num_hidden_layers", limits::LAYERS)?;
+        let n_ff = size("intermediate_size", limits::FEED_FORWARD)?;
+        let gemma = arch == Arch::Gemma3;
+        let flag = |k: &str| get(k).and_then(serde_json::Value::as_bool);
+        let null_or_missing = |k: &str| get(k).is_none_or(serde_json::Value::is_null);
+        if arch == Arch::Qwen3 && flag("attention_bias") == Some(true) {
+            return Err(ModelError::Format(
+                "config.json: Qwen3 with attention biases is not supported".into(),
+            ));
+        }
+        if gemma
+            && !(null_or_missing("final_logit_softcapping")
+                && null_or_missing("attn_logit_softcapping"))
+        {
+            return Err(ModelError::Format(
+                "config.json: logit soft-capping (Gemma 2) is not supported".into(),
+            ));
+        }
+        let moe = match model_type {
+            "qwen3_moe" => {
+                let dense_layers = get("mlp_only_layers")
+                    .and_then(serde_json::Value::as_array)
+                    .is_some_and(|a| !a.is_empty());
+                let step = get("decoder_sparse_step")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(1);
+                if dense_layers || step != 1 {
+                    return Err(ModelError::Format(
+                        "config.json: Qwen3-MoE with dense layers between the sparse ones is not supported".into(),
+                    ));
+                }
+                let n_expert = size("num_experts", limits::EXPERTS)?;
+                Some(Moe {
+                    n_expert,
+                    n_expert_used: size("num_experts_per_tok", n_expert)?,
+                    n_ff_exp: size("moe_intermediate_size", limits::FEED_FORWARD)?,
+                    norm_topk: flag("norm_topk_prob").unwrap_or(false),
+                })
+            }
+            "mixtral" => {
+                let n_expert = size("num_local_experts", limits::EXPERTS)?;
+                Some(Moe {
+                    n_expert,
+                    n_expert_used: size("num_experts_per_tok", n_expert)?,
+                    n_ff_exp: n_ff,
+                    norm_topk: true,
+                })
+            }
+            _ => None,
+        };
+        // Rotary parameters: flat (`rope_theta`, `rope_scaling`), or
+        // transformers 5's `rope_parameters`, per attention kind for Gemma.
+        let params = get("rope_parameters");
+        let global = params
+            .and_then(|p| p.get("full_attention"))
+            .or(params)
+            .or_else(|| get("rope_scaling").filter(|v| !v.is_null()));
+        let rope_freq_base = get("rope_theta")
+            .or_else(|| global.and_then(|r| r.get("rope_theta")))
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(10_000.0) as f32;
+        let rope_freq_base_swa = get("rope_local_base_freq")
+            .or_else(|| {
+                params
+                    .and_then(|p| p.get("sliding_attention"))
+                    .and_then(|r| r.get("rope_theta"))
+            })
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(10_000.0) as f32;
+        let scaling = get("rope_scaling")
+            .filter(|v| !v.is_null())
+            .or(global)
+            .filter(|r| r.get("rope_type").or_else(|| r.get("type")).is_some());
+        let scaling_kind = scaling
+            .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("default");
+        let scaling_num = |k: &str, default: f64| {
+            scaling
+                .and_then(|r| r.get(k))
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(default)
+        };
+        let factor = scaling_num("factor", 1.0);
+        if !(factor.is_finite() && factor >= 1.0) {
+            return Err(ModelError::Format(format!(
+                "config.json: rope scaling factor {factor} is not plausible"
+            )));
+        }
+        let (mut rope_freq_scale, mut rope_freq_factors) = (1.0f32, None);
+        match scaling_kind {
+            "default" => {}
+            "linear" => rope_freq_scale = (1.0 / factor) as f32,
+            "llama3" => {
+                let (low, high) = (
+                    scaling_num("low_freq_factor", 1.0),
+                    scaling_num("high_freq_factor", 4.0),
+                );
+                let original = scaling_num("original_max_position_embeddings", 8192.0);
+                if !(high > low && low > 0.0 && original >= 1.0) {
+                    return Err(ModelError::Format(format!(
+                        "config.json: llama3 rope scaling with low_freq_factor {low}, high_freq_factor {high}, original context {original} is not plausible"
+                    )));
+                }
+                rope_freq_factors = Some(llama3_rope_factors(
+                    rope_freq_base,
+                    head_dim,
+                    factor,
+                    low,
+                    high,
+                    original,
+                ));
+            }
+            other => {
+                return Err(ModelError::Format(format!(
+                    "config.json: rope scaling of type {other} is not supported"
+                )))
+            }
+        }
+        let (sliding_window, sliding) = if gemma {
+            let window = size("sliding_window", limits::CONTEXT)?;
+            let types = get("layer_types").and_then(serde_json::Value::as_array);
+            let sliding = match types {
+                Some(t) => {
+                    let v: Vec<bool> = t
+                        .iter()
+                        .map(|x| x.as_str() == Some("sliding_attention"))
+                        .collect();
+                    if v.len() != n_layer {
+                        return Err(ModelError::Format(format!(
+                            "config.json: layer_types lists {} layers of {n_layer}",
+                            v.len()
+                        )));
+                    }
+                    v
+                }
+                None => {
+                    let pattern = get("sliding_window_pattern")
+                        .or_else(|| get("_sliding_window_pattern"))
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(6);
+                    if pattern == 0 || pattern > limits::LAYERS as u64 {
+                        return Err(ModelError::Format(format!(
+                            "config.json: sliding_window_pattern {pattern} is not plausible"
+                        )));
+                    }
+                    sliding_pattern(n_layer, pattern as usize)
+                }
+            };
+            (window, sliding)
+        } else {
+            (0, Vec::new())
+        };
+        let attn_scale = if gemma {
+            let s = float("query_pre_attn_scalar", head_dim as f64);
+            if !(s.is_finite() && s > 0.0) {
+                return Err(ModelError::Format(format!(
+                    "config.json: query_pre_attn_scalar {s} is not plausible"
+                )));
+            }
+            Some((1.0 / s.sqrt()) as f32)
+        } else {
+            None
+        };
         Ok(HParams {
             arch,
             arch_name: model_type.to_string(),
-            n_layer: size("num_hidden_layers", limits::LAYERS)?,
+            n_layer,
             n_embd,
-            n_ff: size("intermediate_size", limits::FEED_FORWARD)?,
+            n_ff,
             n_head,
             n_head_kv,
             head_dim,
             n_vocab: size("vocab_size", limits::VOCAB)?,
             context_length: size("max_position_embeddings", limits::CONTEXT)?,
-            // transformers 5 writes it under rope_parameters.
-            rope_freq_base: get("rope_theta")
-                .or_else(|| get("rope_parameters").and_then(|r| r.get("rope_theta")))
-                .and_then(serde_json::Value::as_f64)
-                .unwrap_or(10_000.0) as f32,
+            rope_freq_base,
             rope_style: RopeStyle::Halves,
             rms_eps: float("rms_norm_eps", 1e-6) as f32,
             has_qkv_bias: arch == Arch::Qwen2,
-            tied_embeddings: get("tie_word_embeddings")
-                .and_then(serde_json::Value::as_bool)
-                .unwrap_or(false),
+            // Gemma ties its head to the embeddings unless told otherwise.
+            tied_embeddings: flag("tie_word_embeddings").unwrap_or(gemma),
             mrope_sections,
+            qk_norm: matches!(arch, Arch::Qwen3 | Arch::Gemma3),
+            post_norms: gemma,
+            gelu: gemma,
+            embed_scale: gemma.then(|| (n_embd as f32).sqrt()),
+            attn_scale,
+            sliding_window,
+            sliding,
+            rope_freq_base_swa,
+            rope_freq_scale,
+            rope_freq_factors,
+            moe,
         })
     }
 
@@ -328,16 +695,33 @@ impl HParams {
         }
     }
 
+    /// Whether layer `i` attends to a sliding window only.
+    pub fn is_sliding(&self, i: usize) -> bool {
+        self.sliding_window > 0 && self.sliding.get(i).copied().unwrap_or(false)
+    }
+
+    /// Positions layer `i`'s KV cache holds at a `context`-token context:
+    /// all of them, or for a sliding layer the window plus one prompt
+    /// chunk and a chunk to roll back into (see [`super::kv_cache`]).
+    pub fn kv_positions(&self, i: usize, context: usize, chunk: usize) -> usize {
+        if self.is_sliding(i) {
+            context.min(self.sliding_window + 2 * chunk)
+        } else {
+            context
+        }
+    }
+
     /// Whether this is a vision-language model's text half (positions in
     /// three dimensions).
     pub fn is_multimodal(&self) -> bool {
         self.mrope_sections.is_some()
     }
+}
 
-    /// Bytes of K and V for one token across all layers, at f32.
-    pub fn kv_bytes_per_token(&self) -> u64 {
-        (2 * self.n_layer * self.n_head_kv * self.head_dim * 4) as u64
-    }
+/// llama.cpp's sliding pattern `n`: every `n`-th layer is global, the
+/// others local.
+fn sliding_pattern(n_layer: usize, n: usize) -> Vec<bool> {
+    (0..n_layer).map(|i| (i + 1) % n != 0).collect()
 }
 
 /// The block index of a tensor named as GGUF names them (`blk.N.…`);

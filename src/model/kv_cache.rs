@@ -1,16 +1,85 @@
 //! The key/value cache: one preallocated f32 buffer per layer for keys and
-//! one for values, laid out `[kv head][position][head_dim]` so attention
-//! reads each head's keys contiguously, in place, never copied.
+//! one for values, laid out `[kv head][slot][head_dim]` so attention reads
+//! each head's keys contiguously, in place, never copied.
 //!
-//! Buffers are allocated zeroed for the whole context at a layer's first
-//! use; the operating system backs such pages lazily, so resident memory
-//! grows with the tokens actually cached, not with the context length.
+//! Buffers are allocated zeroed at a layer's first use; the operating
+//! system backs such pages lazily, so resident memory grows with the tokens
+//! actually cached, not with the context length.
+//!
+//! A sliding-window layer (Gemma 3's local layers) keeps only the positions
+//! its queries can still see: its buffer holds [`Window::slots`] positions
+//! starting at `base`. When a pass would run past the end, the last
+//! `window - 1 + chunk` positions move to the front (one copy per prompt
+//! chunk of tokens, never per token) — the window for the next queries and
+//! a chunk of history to roll back into.
 
+use super::hparams::HParams;
 use super::ModelError;
+
+/// The positions a sliding layer keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Keys a query sees (itself included).
+    pub window: usize,
+    /// Positions the buffer holds.
+    pub slots: usize,
+    /// Tokens a pass runs at most (the engine's prompt chunk).
+    pub chunk: usize,
+}
+
+impl Window {
+    /// Layer `layer`'s window at a `context`-token context, `None` when
+    /// the layer keeps every position (or the context fits its buffer).
+    pub fn of(hp: &HParams, layer: usize, context: usize, chunk: usize) -> Option<Self> {
+        let slots = hp.kv_positions(layer, context, chunk);
+        (hp.is_sliding(layer) && slots < context).then_some(Window {
+            window: hp.sliding_window,
+            slots,
+            chunk,
+        })
+    }
+
+    /// The first position kept once `len` positions are cached and a
+    /// compaction happens: the window and a chunk before the next one.
+    pub fn keep_from(&self, len: usize) -> usize {
+        len.saturating_sub(self.window - 1 + self.chunk)
+    }
+
+    /// Where the buffer must start for a pass of `n` tokens at `pos` when it
+    /// starts at `base` now: `base` if they fit, else a later start.
+    pub fn base_for(&self, base: usize, pos: usize, n: usize) -> Result<usize, ModelError> {
+        if pos < base {
+            return Err(ModelError::Format(format!(
+                "position {pos} was dropped from the sliding window (it starts at {base})"
+            )));
+        }
+        if pos + n - base <= self.slots {
+            return Ok(base);
+        }
+        let new = self.keep_from(pos).max(pos + n - self.slots.min(pos + n));
+        if pos + n - new > self.slots || new > pos.saturating_sub(self.window - 1) {
+            return Err(ModelError::Format(format!(
+                "a pass of {n} tokens does not fit a sliding window of {} positions",
+                self.slots
+            )));
+        }
+        Ok(new)
+    }
+
+    /// Whether the positions a query at `len` needs are still held when
+    /// the buffer starts at `base`.
+    pub fn serves(&self, base: usize, len: usize) -> bool {
+        base <= len.saturating_sub(self.window - 1)
+    }
+}
 
 #[derive(Debug)]
 pub struct KvCache {
     layers: Vec<Option<(Vec<f32>, Vec<f32>)>>,
+    /// Per layer: the sliding window, if it keeps only that.
+    windows: Vec<Option<Window>>,
+    /// Per layer: the position of slot 0.
+    base: Vec<usize>,
     n_head_kv: usize,
     head_dim: usize,
     capacity: usize,
@@ -22,27 +91,56 @@ pub struct KvCache {
 pub struct LayerKv<'a> {
     pub k: &'a [f32],
     pub v: &'a [f32],
+    /// Slots per head.
     pub capacity: usize,
     pub head_dim: usize,
+    /// The position of slot 0.
+    pub base: usize,
+    /// A query sees this many keys at most (its own included); 0: all.
+    pub window: usize,
 }
 
 impl LayerKv<'_> {
-    /// Offset of `(kv head, position)` in `k` and `v`.
+    /// Offset of `(kv head, position)` in `k` and `v`; `pos` is at least
+    /// `base` (the cache holds nothing before).
     #[inline]
     pub fn at(&self, head: usize, pos: usize) -> usize {
-        (head * self.capacity + pos) * self.head_dim
+        (head * self.capacity + pos - self.base) * self.head_dim
+    }
+
+    /// The first position a query at `pos` attends to.
+    #[inline]
+    pub fn first_seen(&self, pos: usize) -> usize {
+        if self.window == 0 {
+            0
+        } else {
+            (pos + 1).saturating_sub(self.window)
+        }
     }
 }
 
 impl KvCache {
+    /// A cache of `capacity` positions in every layer.
     pub fn new(n_layer: usize, n_head_kv: usize, head_dim: usize, capacity: usize) -> Self {
         KvCache {
             layers: (0..n_layer).map(|_| None).collect(),
+            windows: vec![None; n_layer],
+            base: vec![0; n_layer],
             n_head_kv,
             head_dim,
             capacity,
             len: 0,
         }
+    }
+
+    /// The cache of a model at a `capacity`-token context whose passes run
+    /// `chunk` tokens at most: sliding layers keep their window only.
+    pub fn for_model(hp: &HParams, capacity: usize, chunk: usize) -> Self {
+        let mut c = Self::new(hp.n_layer, hp.n_head_kv, hp.head_dim, capacity);
+        c.windows = (0..hp.n_layer)
+            .map(|i| Window::of(hp, i, capacity, chunk))
+            .collect();
+        c
     }
 
     /// Tokens whose keys and values are cached.
@@ -58,15 +156,32 @@ impl KvCache {
         self.capacity
     }
 
+    fn slots(&self, layer: usize) -> usize {
+        self.windows[layer].map_or(self.capacity, |w| w.slots)
+    }
+
     /// Bytes the cache takes once every layer is in use and full.
     pub fn full_bytes(&self) -> usize {
-        self.layers.len() * 2 * self.n_head_kv * self.capacity * self.head_dim * 4
+        (0..self.layers.len())
+            .map(|i| 2 * self.n_head_kv * self.slots(i) * self.head_dim * 4)
+            .sum()
     }
 
     /// Forgets everything after the first `len` tokens (a shared prefix kept
-    /// across turns, or a rollback after a cancelled step).
+    /// across turns, or a rollback after a cancelled step). When a sliding
+    /// layer no longer holds what the next query would see, nothing is
+    /// kept: [`KvCache::len`] says what was.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+        let lost = self
+            .windows
+            .iter()
+            .zip(&self.base)
+            .any(|(w, &b)| w.is_some_and(|w| !w.serves(b, self.len)));
+        if lost || self.len == 0 {
+            self.len = 0;
+            self.base.iter_mut().for_each(|b| *b = 0);
+        }
     }
 
     /// Marks `len` tokens as cached once every layer has written them.
@@ -84,21 +199,27 @@ impl KvCache {
         k: &[f32],
         v: &[f32],
     ) -> Result<(), ModelError> {
-        let (kvh, hd, cap) = (self.n_head_kv, self.head_dim, self.capacity);
-        if pos + n > cap {
+        let (kvh, hd) = (self.n_head_kv, self.head_dim);
+        if pos + n > self.capacity {
             return Err(ModelError::ContextFull {
                 needed: pos + n,
-                context: cap,
+                context: self.capacity,
             });
         }
         let width = kvh * hd;
         if k.len() < n * width || v.len() < n * width {
             return Err(ModelError::Format("key/value rows are too short".into()));
         }
-        let slot = self
-            .layers
-            .get_mut(layer)
-            .ok_or_else(|| ModelError::Format(format!("no KV slot for layer {layer}")))?;
+        if layer >= self.layers.len() {
+            return Err(ModelError::Format(format!("no KV slot for layer {layer}")));
+        }
+        let cap = self.slots(layer);
+        let old_base = self.base[layer];
+        let base = match self.windows[layer] {
+            Some(w) => w.base_for(old_base, pos, n)?,
+            None => 0,
+        };
+        let slot = &mut self.layers[layer];
         if slot.is_none() {
             let size = kvh * cap * hd;
             *slot = Some((zeroed(size)?, zeroed(size)?));
@@ -106,9 +227,19 @@ impl KvCache {
         let Some((kc, vc)) = slot.as_mut() else {
             unreachable!("slot filled above")
         };
+        if base != old_base {
+            // Keep positions base..pos, moved to the front.
+            let (from, count) = (base - old_base, pos - base);
+            for h in 0..kvh {
+                let src = (h * cap + from) * hd..(h * cap + from + count) * hd;
+                kc.copy_within(src.clone(), h * cap * hd);
+                vc.copy_within(src, h * cap * hd);
+            }
+            self.base[layer] = base;
+        }
         for t in 0..n {
             for h in 0..kvh {
-                let dst = (h * cap + pos + t) * hd;
+                let dst = (h * cap + pos - base + t) * hd;
                 let src = t * width + h * hd;
                 kc[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
                 vc[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
@@ -123,28 +254,66 @@ impl KvCache {
         if let Some(slot) = self.layers.get_mut(layer) {
             *slot = None;
         }
+        if let Some(b) = self.base.get_mut(layer) {
+            *b = 0;
+        }
     }
 
     /// The first `len` positions of `layer`, token major (`len × n_head_kv·
-    /// head_dim` keys, then values), as [`KvCache::write`] takes them; `None`
-    /// when the layer has no buffers.
+    /// head_dim` keys, then values), as [`KvCache::import`] takes them
+    /// (positions a sliding layer no longer holds are zeros); `None` when
+    /// the layer has no buffers.
     pub fn rows(&self, layer: usize, len: usize) -> Option<(Vec<f32>, Vec<f32>)> {
         let Some(Some((k, v))) = self.layers.get(layer) else {
             return None;
         };
-        let (kvh, hd, cap) = (self.n_head_kv, self.head_dim, self.capacity);
-        let len = len.min(cap);
+        let (kvh, hd, cap, base) = (
+            self.n_head_kv,
+            self.head_dim,
+            self.slots(layer),
+            self.base[layer],
+        );
+        let len = len.min(base + cap);
         let gather = |src: &[f32]| -> Vec<f32> {
-            let mut out = Vec::with_capacity(len * kvh * hd);
-            for t in 0..len {
+            let mut out = vec![0f32; len * kvh * hd];
+            for t in base..len {
                 for h in 0..kvh {
-                    let at = (h * cap + t) * hd;
-                    out.extend_from_slice(&src[at..at + hd]);
+                    let at = (h * cap + t - base) * hd;
+                    let to = (t * kvh + h) * hd;
+                    out[to..to + hd].copy_from_slice(&src[at..at + hd]);
                 }
             }
             out
         };
         Some((gather(k), gather(v)))
+    }
+
+    /// Takes `len` positions of `layer` (token major, as [`KvCache::rows`]
+    /// gives them); a sliding layer keeps the part it needs.
+    pub fn import(
+        &mut self,
+        layer: usize,
+        len: usize,
+        k: &[f32],
+        v: &[f32],
+    ) -> Result<(), ModelError> {
+        let from = match self.windows.get(layer).copied().flatten() {
+            Some(w) if len > w.slots => w.keep_from(len),
+            _ => 0,
+        };
+        let width = self.n_head_kv * self.head_dim;
+        if k.len() < len * width || v.len() < len * width {
+            return Err(ModelError::Format("key/value rows are too short".into()));
+        }
+        self.release(layer);
+        self.base[layer] = from;
+        self.write(
+            layer,
+            from,
+            len - from,
+            &k[from * width..len * width],
+            &v[from * width..len * width],
+        )
     }
 
     /// The cached keys and values of `layer`.
@@ -153,8 +322,10 @@ impl KvCache {
             Some(Some((k, v))) => Ok(LayerKv {
                 k,
                 v,
-                capacity: self.capacity,
+                capacity: self.slots(layer),
                 head_dim: self.head_dim,
+                base: self.base[layer],
+                window: self.windows[layer].map_or(0, |w| w.window),
             }),
             _ => Err(ModelError::Format(format!(
                 "layer {layer} has no KV cache yet"
@@ -168,4 +339,51 @@ impl KvCache {
 fn zeroed(n: usize) -> Result<Vec<f32>, ModelError> {
     crate::placement::alloc::zeroed_vec::<f32>(n)
         .map_err(|e| ModelError::Format(format!("cannot allocate the KV cache: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sliding layer of window 4 with 2-token passes keeps 8 slots; after
+    /// 40 tokens in passes of 1 and 2 it still serves every query's window,
+    /// and the positions it reports are those written.
+    #[test]
+    fn sliding_layer_keeps_the_window_through_compactions() {
+        let w = Window {
+            window: 4,
+            slots: 8,
+            chunk: 2,
+        };
+        let mut c = KvCache::new(1, 1, 2, 64);
+        c.windows[0] = Some(w);
+        let mut pos = 0;
+        while pos < 40 {
+            let n = if pos % 3 == 0 { 2 } else { 1 };
+            let k: Vec<f32> = (pos..pos + n).flat_map(|p| [p as f32, 0.5]).collect();
+            c.write(0, pos, n, &k, &k).unwrap();
+            pos += n;
+            c.set_len(pos);
+            let l = c.layer(0).unwrap();
+            for q in pos - n..pos {
+                for p in l.first_seen(q)..=q {
+                    assert_eq!(l.k[l.at(0, p)], p as f32, "query {q} key {p}");
+                }
+            }
+        }
+        assert_eq!(c.full_bytes(), 2 * 8 * 2 * 4);
+        // A rollback inside the kept history keeps the cache ...
+        c.truncate(pos - 1);
+        assert_eq!(c.len(), pos - 1);
+        // ... one past it forgets everything.
+        c.truncate(pos - 9);
+        assert_eq!(c.len(), 0);
+        // Rows round-trip through import.
+        let k: Vec<f32> = (0..20).flat_map(|p| [p as f32, 1.0]).collect();
+        c.import(0, 20, &k, &k).unwrap();
+        let (rk, _) = c.rows(0, 20).unwrap();
+        assert_eq!(&rk[2 * 15..], &k[2 * 15..]);
+        // A pass larger than the buffer can hold is an error, not a panic.
+        assert!(c.write(0, 20, 9, &[0.0; 18], &[0.0; 18]).is_err());
+    }
 }

@@ -18,6 +18,12 @@ use super::ModelError;
 enum Weight {
     /// A tensor of its own (RAM-tier and non-layer weights).
     Tensor(Arc<QTensor>),
+    /// Rows of a tensor (one expert of a stacked expert tensor).
+    Slice {
+        tensor: Arc<QTensor>,
+        at: usize,
+        len: usize,
+    },
     /// A range of a disk layer's read buffer, shared by the layer's
     /// projections and reused for the next disk layer once they are dropped.
     Shared {
@@ -39,8 +45,10 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// A projection over `weight`; a tensor of more than two dimensions
+    /// (stacked experts) is its rows one after another.
     pub fn new(weight: Arc<QTensor>, bias: Option<Vec<f32>>) -> Result<Self, ModelError> {
-        let (out_features, in_features) = weight.shape().dims2()?;
+        let (out_features, in_features) = flat_dims(weight.shape().dims())?;
         let dtype = weight.dtype();
         Self::checked(
             Weight::Tensor(weight),
@@ -79,6 +87,49 @@ impl Linear {
         Self::checked(weight, dtype, out_features, in_features, bias)
     }
 
+    /// Rows `start..start + count` of this projection (expert `e` of a
+    /// stacked expert tensor), sharing its bytes.
+    pub fn rows(&self, start: usize, count: usize) -> Result<Self, ModelError> {
+        let dtype = self.dtype();
+        let row = self.in_features / dtype.block_size() * dtype.type_size();
+        if start
+            .checked_add(count)
+            .is_none_or(|end| end > self.out_features)
+            || self.bias.is_some()
+        {
+            return Err(ModelError::Format(format!(
+                "rows {start}..{} of a {}-row weight",
+                start.saturating_add(count),
+                self.out_features
+            )));
+        }
+        let weight = match &self.weight {
+            Weight::Tensor(t) => Weight::Slice {
+                tensor: t.clone(),
+                at: start * row,
+                len: count * row,
+            },
+            Weight::Slice { tensor, at, .. } => Weight::Slice {
+                tensor: tensor.clone(),
+                at: at + start * row,
+                len: count * row,
+            },
+            Weight::Shared { buf, at, dtype, .. } => Weight::Shared {
+                buf: buf.clone(),
+                at: at + start * row,
+                len: count * row,
+                dtype: *dtype,
+            },
+        };
+        Ok(Linear {
+            weight,
+            bias: None,
+            out_features: count,
+            in_features: self.in_features,
+            kernel: self.kernel,
+        })
+    }
+
     fn checked(
         weight: Weight,
         dtype: GgmlDType,
@@ -110,7 +161,7 @@ impl Linear {
 
     fn dtype(&self) -> GgmlDType {
         match &self.weight {
-            Weight::Tensor(t) => t.dtype(),
+            Weight::Tensor(t) | Weight::Slice { tensor: t, .. } => t.dtype(),
             Weight::Shared { dtype, .. } => *dtype,
         }
     }
@@ -118,6 +169,10 @@ impl Linear {
     fn bytes(&self) -> Result<Cow<'_, [u8]>, ModelError> {
         Ok(match &self.weight {
             Weight::Tensor(t) => t.data()?,
+            Weight::Slice { tensor, at, len } => match tensor.data()? {
+                Cow::Borrowed(b) => Cow::Borrowed(&b[*at..*at + *len]),
+                Cow::Owned(v) => Cow::Owned(v[*at..*at + *len].to_vec()),
+            },
             Weight::Shared { buf, at, len, .. } => Cow::Borrowed(&buf.as_slice()[*at..*at + *len]),
         })
     }
@@ -158,5 +213,15 @@ impl Linear {
             }
         }
         Ok(())
+    }
+}
+
+/// A weight's shape as (rows, row length): leading dimensions multiplied.
+pub fn flat_dims(dims: &[usize]) -> Result<(usize, usize), ModelError> {
+    match dims {
+        [.., last] if dims.len() >= 2 => Ok((dims[..dims.len() - 1].iter().product(), *last)),
+        _ => Err(ModelError::Format(format!(
+            "a weight of shape {dims:?} is not a matrix"
+        ))),
     }
 }

@@ -12,6 +12,11 @@ pub mod transformer;
 
 use crate::weights::read::ReadError;
 
+/// Tokens per forward pass while reading a prompt: bounds the attention
+/// scratch (heads × chunk × context floats) without slowing long prompts,
+/// and sizes a sliding-window layer's KV cache.
+pub const PROMPT_CHUNK: usize = 512;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(

@@ -31,10 +31,35 @@ pub struct BlockTensors<V, P> {
     pub wk: P,
     pub wv: P,
     pub wo: P,
+    /// Per-head query and key norms (Qwen3, Gemma 3).
+    pub q_norm: Option<V>,
+    pub k_norm: Option<V>,
+    /// The norm of the attention output (Gemma 3).
+    pub post_attn_norm: Option<V>,
     pub ffn_norm: V,
-    pub w_gate: P,
-    pub w_up: P,
-    pub w_down: P,
+    pub ffn: Ffn<P>,
+    /// The norm of the MLP output (Gemma 3).
+    pub post_ffn_norm: Option<V>,
+}
+
+/// A block's feed-forward part.
+#[derive(Debug)]
+pub enum Ffn<P> {
+    Dense {
+        gate: P,
+        up: P,
+        down: P,
+    },
+    /// Mixture of experts: the router (`n_expert × n_embd`) and the experts'
+    /// projections stacked as llama.cpp stores them — gate and up
+    /// `n_expert·n_ff_exp × n_embd`, down `n_expert·n_embd × n_ff_exp` —
+    /// so expert `e` is a range of rows of each.
+    Moe {
+        router: P,
+        gate: P,
+        up: P,
+        down: P,
+    },
 }
 
 /// One transformer block's weights for the host kernels.
@@ -59,18 +84,46 @@ impl<V, P> BlockTensors<V, P> {
         } else {
             (None, None, None)
         };
+        let mut opt =
+            |src: &mut dyn TensorSource, on: bool, name: &str| -> Result<Option<V>, ModelError> {
+                if on {
+                    vector(src, name).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+        let q_norm = opt(src, hp.qk_norm, "attn_q_norm.weight")?;
+        let k_norm = opt(src, hp.qk_norm, "attn_k_norm.weight")?;
+        let post_attn_norm = opt(src, hp.post_norms, "post_attention_norm.weight")?;
+        let post_ffn_norm = opt(src, hp.post_norms, "post_ffw_norm.weight")?;
         let attn_norm = vector(src, "attn_norm.weight")?;
         let ffn_norm = vector(src, "ffn_norm.weight")?;
+        let ffn = if hp.moe.is_some() {
+            Ffn::Moe {
+                router: matrix(src, "ffn_gate_inp.weight", None)?,
+                gate: matrix(src, "ffn_gate_exps.weight", None)?,
+                up: matrix(src, "ffn_up_exps.weight", None)?,
+                down: matrix(src, "ffn_down_exps.weight", None)?,
+            }
+        } else {
+            Ffn::Dense {
+                gate: matrix(src, "ffn_gate.weight", None)?,
+                up: matrix(src, "ffn_up.weight", None)?,
+                down: matrix(src, "ffn_down.weight", None)?,
+            }
+        };
         Ok(BlockTensors {
             attn_norm,
             wq: matrix(src, "attn_q.weight", bq)?,
             wk: matrix(src, "attn_k.weight", bk)?,
             wv: matrix(src, "attn_v.weight", bv)?,
             wo: matrix(src, "attn_output.weight", None)?,
+            q_norm,
+            k_norm,
+            post_attn_norm,
             ffn_norm,
-            w_gate: matrix(src, "ffn_gate.weight", None)?,
-            w_up: matrix(src, "ffn_up.weight", None)?,
-            w_down: matrix(src, "ffn_down.weight", None)?,
+            ffn,
+            post_ffn_norm,
         })
     }
 }
@@ -106,15 +159,37 @@ impl LayerWeights {
             ("attn_v.weight", vec![kv, d]),
             ("attn_output.weight", vec![d, q]),
             ("ffn_norm.weight", vec![d]),
-            ("ffn_gate.weight", vec![ff, d]),
-            ("ffn_up.weight", vec![ff, d]),
-            ("ffn_down.weight", vec![d, ff]),
         ];
+        match hp.moe {
+            Some(m) => v.extend([
+                ("ffn_gate_inp.weight", vec![m.n_expert, d]),
+                ("ffn_gate_exps.weight", vec![m.n_expert, m.n_ff_exp, d]),
+                ("ffn_up_exps.weight", vec![m.n_expert, m.n_ff_exp, d]),
+                ("ffn_down_exps.weight", vec![m.n_expert, d, m.n_ff_exp]),
+            ]),
+            None => v.extend([
+                ("ffn_gate.weight", vec![ff, d]),
+                ("ffn_up.weight", vec![ff, d]),
+                ("ffn_down.weight", vec![d, ff]),
+            ]),
+        }
         if hp.has_qkv_bias {
             v.extend([
                 ("attn_q.bias", vec![q]),
                 ("attn_k.bias", vec![kv]),
                 ("attn_v.bias", vec![kv]),
+            ]);
+        }
+        if hp.qk_norm {
+            v.extend([
+                ("attn_q_norm.weight", vec![hd]),
+                ("attn_k_norm.weight", vec![hd]),
+            ]);
+        }
+        if hp.post_norms {
+            v.extend([
+                ("post_attention_norm.weight", vec![d]),
+                ("post_ffw_norm.weight", vec![d]),
             ]);
         }
         v
@@ -154,15 +229,34 @@ pub trait LayerProvider {
 }
 
 /// The rotary tables for positions `0..max_positions`: `max_positions ×
-/// head_dim/2` cosines, then sines.
+/// head_dim/2` cosines, then sines; `local`: the sliding layers' (their own
+/// base, no scaling).
 /// Fails, rather than aborting, when the tables do not fit in memory.
 pub(crate) fn rope_tables(
     hp: &HParams,
     max_positions: usize,
+    local: bool,
 ) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
     let half = hp.head_dim / 2;
+    let (base, scale, factors) = if local {
+        (hp.rope_freq_base_swa, 1.0, None)
+    } else {
+        (
+            hp.rope_freq_base,
+            hp.rope_freq_scale,
+            hp.rope_freq_factors.as_deref(),
+        )
+    };
+    if factors.is_some_and(|f| f.len() != half || f.iter().any(|&x| !(x.is_finite() && x > 0.0))) {
+        return Err(ModelError::Format(format!(
+            "rope_freqs.weight must hold {half} positive factors"
+        )));
+    }
     let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / hp.rope_freq_base.powf(2.0 * i as f32 / hp.head_dim as f32))
+        .map(|i| {
+            let f = 1.0 / base.powf(2.0 * i as f32 / hp.head_dim as f32);
+            scale * factors.map_or(f, |x| f / x[i])
+        })
         .collect();
     let table = || -> Result<Vec<f32>, ModelError> {
         let n = max_positions.saturating_mul(half);
@@ -247,6 +341,18 @@ pub struct Scratch {
     gate: Vec<f32>,
     up: Vec<f32>,
     acts: QActs,
+    /// Router logits (`n × n_expert`), the rows routed to one expert, and
+    /// the weighted sum of the experts' outputs.
+    router: Vec<f32>,
+    expert_in: Vec<f32>,
+    expert_out: Vec<f32>,
+    moe_out: Vec<f32>,
+    /// The experts each token of the last pass was routed to, per layer
+    /// (`n × n_expert_used`, most probable first).
+    pub routes: Vec<Vec<u32>>,
+    /// How many tokens each layer's experts have served since the scratch
+    /// was made (`n_layer × n_expert`).
+    pub expert_tokens: Vec<Vec<u64>>,
     logits: Vec<f32>,
     /// Rotary cosines and sines of this pass's tokens (`n × head_dim/2`)
     /// when positions are given per token.
@@ -290,6 +396,9 @@ pub struct Transformer {
     /// `max_positions × head_dim/2` cosines and sines.
     cos: Vec<f32>,
     sin: Vec<f32>,
+    /// The same for the sliding-window layers when their base differs.
+    cos_swa: Vec<f32>,
+    sin_swa: Vec<f32>,
     max_positions: usize,
 }
 
@@ -327,10 +436,17 @@ impl Transformer {
                 "token_embd.weight has the wrong shape".into(),
             ));
         }
-        let (cos, sin) = rope_tables(&hp, max_positions)?;
+        let (cos, sin) = rope_tables(&hp, max_positions, false)?;
+        let (cos_swa, sin_swa) = if hp.sliding_window > 0 {
+            rope_tables(&hp, max_positions, true)?
+        } else {
+            (Vec::new(), Vec::new())
+        };
         Ok(Transformer {
             cos,
             sin,
+            cos_swa,
+            sin_swa,
             max_positions,
             hp,
             token_embd,
@@ -380,7 +496,7 @@ impl Transformer {
         let (qd, kvd) = (hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim);
         let floats = n * (2 * hp.n_embd + qd + 2 * kvd + qd + 2 * hp.n_ff) + n * hp.n_vocab;
         let acts = n * hp.n_ff.max(qd);
-        (floats + self.cos.len() + self.sin.len()) * 4 + acts
+        (floats + 2 * self.cos.len() + 2 * self.cos_swa.len()) * 4 + acts
     }
 
     /// Runs `tokens` at positions `pos..`, writing their keys and values into
@@ -422,19 +538,20 @@ impl Transformer {
         grow(&mut s.k, n * kvd);
         grow(&mut s.v, n * kvd);
         grow(&mut s.att, n * qd);
-        grow(&mut s.gate, n * hp.n_ff);
-        grow(&mut s.up, n * hp.n_ff);
+        let ff = hp.n_ff.max(hp.moe.map_or(0, |m| m.n_ff_exp));
+        grow(&mut s.gate, n * ff);
+        grow(&mut s.up, n * ff);
 
         let et = self.token_embd.dtype();
         let row_bytes = d / et.block_size() * et.type_size();
         let embd = self.token_embd.data()?;
         for (i, &t) in tokens.iter().enumerate() {
             let t = t as usize;
-            dequant_gemm::dequantize_rows(
-                et,
-                &embd[t * row_bytes..(t + 1) * row_bytes],
-                &mut s.x[i * d..(i + 1) * d],
-            )?;
+            let row = &mut s.x[i * d..(i + 1) * d];
+            dequant_gemm::dequantize_rows(et, &embd[t * row_bytes..(t + 1) * row_bytes], row)?;
+            if let Some(scale) = hp.embed_scale {
+                row.iter_mut().for_each(|v| *v *= scale);
+            }
         }
         for &(i, row) in input.embeds {
             if i >= n || row.len() != d {
@@ -596,6 +713,7 @@ impl Transformer {
 
     /// Rotates each `head_dim` slice of `x` (`n` tokens × `heads` heads) to
     /// its position: slots `pos..`, or the angles `rope_for` computed.
+    #[allow(clippy::too_many_arguments)]
     fn rope(
         &self,
         x: &mut [f32],
@@ -603,15 +721,21 @@ impl Transformer {
         heads: usize,
         pos: usize,
         custom: Option<(&[f32], &[f32])>,
+        local: bool,
     ) {
         let hd = self.hp.head_dim;
         let half = hd / 2;
+        let (tc, ts) = if local {
+            (&self.cos_swa, &self.sin_swa)
+        } else {
+            (&self.cos, &self.sin)
+        };
         for t in 0..n {
             let (cos, sin) = match custom {
                 Some((c, s)) => (&c[t * half..(t + 1) * half], &s[t * half..(t + 1) * half]),
                 None => {
                     let base = (pos + t) * half;
-                    (&self.cos[base..base + half], &self.sin[base..base + half])
+                    (&tc[base..base + half], &ts[base..base + half])
                 }
             };
             for h in 0..heads {
@@ -644,7 +768,7 @@ impl Transformer {
         let (hd, nh) = (hp.head_dim, hp.n_head);
         let n_rep = nh / hp.n_head_kv;
         let qd = nh * hd;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = hp.attn_scale.unwrap_or(1.0 / (hd as f32).sqrt());
         let chunk = n.div_ceil(8).max(1);
         let q_chunks = n.div_ceil(chunk);
         let tasks = Tasks::new(nh * q_chunks);
@@ -656,12 +780,14 @@ impl Transformer {
                     let (head, qc) = (t / q_chunks, t % q_chunks);
                     let g = head / n_rep;
                     for i in qc * chunk..((qc + 1) * chunk).min(n) {
-                        let len = pos + i + 1;
+                        let end = pos + i + 1;
+                        let first = kv.first_seen(pos + i);
+                        let len = end - first;
                         if scores.len() < len {
                             scores.resize(len, 0.0);
                         }
                         let qv = &q[i * qd + head * hd..i * qd + (head + 1) * hd];
-                        let rows = kv.at(g, 0)..kv.at(g, len);
+                        let rows = kv.at(g, first)..kv.at(g, first) + len * hd;
                         // SAFETY: this task alone writes head `head` of query
                         // `i`; the slice lies inside `out` (n × qd).
                         let o = unsafe {
@@ -694,17 +820,20 @@ impl Transformer {
         custom_rope: bool,
     ) -> Result<(), ModelError> {
         let hp = &self.hp;
-        let (d, qd, kvd, ff) = (
+        let (d, qd, kvd) = (
             hp.n_embd,
             hp.n_head * hp.head_dim,
             hp.n_head_kv * hp.head_dim,
-            hp.n_ff,
         );
         ops::rms_norm(&s.x[..n * d], &w.attn_norm, hp.rms_eps, &mut s.h[..n * d]);
         self.project(&w.wq, n, d, |s| (&s.h, &mut s.q), s)?;
         // k and v read the same quantized input as q.
         w.wk.forward(&s.h[..n * d], n, &s.acts, &mut s.k)?;
         w.wv.forward(&s.h[..n * d], n, &s.acts, &mut s.v)?;
+        if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+            ops::rms_norm_in_place(&mut s.q[..n * qd], qn, hp.rms_eps);
+            ops::rms_norm_in_place(&mut s.k[..n * kvd], kn, hp.rms_eps);
+        }
         let half = hp.head_dim / 2;
         // Per-token angles only where the pass has them (the scratch is
         // empty for text models).
@@ -713,21 +842,138 @@ impl Transformer {
         } else {
             None
         };
-        self.rope(&mut s.q[..n * qd], n, hp.n_head, pos, custom);
-        self.rope(&mut s.k[..n * kvd], n, hp.n_head_kv, pos, custom);
+        let local = hp.is_sliding(layer);
+        self.rope(&mut s.q[..n * qd], n, hp.n_head, pos, custom, local);
+        self.rope(&mut s.k[..n * kvd], n, hp.n_head_kv, pos, custom, local);
         kv.write(layer, pos, n, &s.k, &s.v)?;
         self.attention(kv.layer(layer)?, &s.q, n, pos, &mut s.att[..n * qd]);
         self.project(&w.wo, n, qd, |s| (&s.att, &mut s.h), s)?;
+        if let Some(norm) = &w.post_attn_norm {
+            ops::rms_norm_in_place(&mut s.h[..n * d], norm, hp.rms_eps);
+        }
         ops::add(&mut s.x[..n * d], &s.h[..n * d]);
 
         ops::rms_norm(&s.x[..n * d], &w.ffn_norm, hp.rms_eps, &mut s.h[..n * d]);
-        self.project(&w.w_gate, n, d, |s| (&s.h, &mut s.gate), s)?;
-        w.w_up.forward(&s.h[..n * d], n, &s.acts, &mut s.up)?;
-        ops::silu_mul(&mut s.gate[..n * ff], &s.up[..n * ff]);
-        self.project(&w.w_down, n, ff, |s| (&s.gate, &mut s.h), s)?;
+        match &w.ffn {
+            Ffn::Dense { gate, up, down } => {
+                let ff = gate.out_features();
+                self.project(gate, n, d, |s| (&s.h, &mut s.gate), s)?;
+                up.forward(&s.h[..n * d], n, &s.acts, &mut s.up)?;
+                self.activate(&mut s.gate[..n * ff], &mut s.up[..n * ff]);
+                self.project(down, n, ff, |s| (&s.gate, &mut s.h), s)?;
+            }
+            Ffn::Moe {
+                router,
+                gate,
+                up,
+                down,
+            } => self.moe(layer, n, router, gate, up, down, s)?,
+        }
+        if let Some(norm) = &w.post_ffn_norm {
+            ops::rms_norm_in_place(&mut s.h[..n * d], norm, hp.rms_eps);
+        }
         ops::add(&mut s.x[..n * d], &s.h[..n * d]);
         Ok(())
     }
+
+    /// The MLP's gate activation times `up`, into `gate`.
+    fn activate(&self, gate: &mut [f32], up: &mut [f32]) {
+        if self.hp.gelu {
+            ops::gelu_tanh_mul(gate, up);
+        } else {
+            ops::silu_mul(gate, up);
+        }
+    }
+
+    /// The mixture-of-experts block on the normed rows in `s.h`, its output
+    /// written back to `s.h`: each token's router picks `n_expert_used`
+    /// experts (softmax, top-k, renormalised when the model says so); each
+    /// expert runs once on all the rows routed to it.
+    #[allow(clippy::too_many_arguments)]
+    fn moe(
+        &self,
+        layer: usize,
+        n: usize,
+        router: &Linear,
+        gate: &Linear,
+        up: &Linear,
+        down: &Linear,
+        s: &mut Scratch,
+    ) -> Result<(), ModelError> {
+        let hp = &self.hp;
+        let m = hp
+            .moe
+            .ok_or_else(|| ModelError::Format("an expert block in a dense model".into()))?;
+        let (d, ff, e_n, k) = (hp.n_embd, m.n_ff_exp, m.n_expert, m.n_expert_used);
+        self.project(router, n, d, |s| (&s.h, &mut s.router), s)?;
+        let routes = route(&s.router[..n * e_n], n, e_n, k, m.norm_topk);
+        if s.routes.len() < hp.n_layer {
+            s.routes.resize(hp.n_layer, Vec::new());
+        }
+        s.routes[layer] = routes.iter().map(|&(e, _)| e as u32).collect();
+        if s.expert_tokens.len() < hp.n_layer {
+            s.expert_tokens.resize(hp.n_layer, Vec::new());
+        }
+        let counts = &mut s.expert_tokens[layer];
+        counts.resize(e_n, 0);
+        // Tokens (and weights) per expert, in expert order.
+        let mut by_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e_n];
+        for (i, &(e, p)) in routes.iter().enumerate() {
+            by_expert[e].push((i / k, p));
+            counts[e] += 1;
+        }
+        grow(&mut s.moe_out, n * d);
+        s.moe_out[..n * d].fill(0.0);
+        for (e, rows) in by_expert.iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            let r = rows.len();
+            grow(&mut s.expert_in, r * d);
+            for (j, &(t, _)) in rows.iter().enumerate() {
+                s.expert_in[j * d..(j + 1) * d].copy_from_slice(&s.h[t * d..(t + 1) * d]);
+            }
+            let (g, u, dn) = (
+                gate.rows(e * ff, ff)?,
+                up.rows(e * ff, ff)?,
+                down.rows(e * d, d)?,
+            );
+            self.project(&g, r, d, |s| (&s.expert_in, &mut s.gate), s)?;
+            u.forward(&s.expert_in[..r * d], r, &s.acts, &mut s.up)?;
+            self.activate(&mut s.gate[..r * ff], &mut s.up[..r * ff]);
+            self.project(&dn, r, ff, |s| (&s.gate, &mut s.expert_out), s)?;
+            for (j, &(t, p)) in rows.iter().enumerate() {
+                ops::axpy(
+                    &mut s.moe_out[t * d..(t + 1) * d],
+                    p,
+                    &s.expert_out[j * d..(j + 1) * d],
+                );
+            }
+        }
+        s.h[..n * d].copy_from_slice(&s.moe_out[..n * d]);
+        Ok(())
+    }
+}
+
+/// Each of `n` tokens' `k` experts and their weights (token major, most
+/// probable first; ties go to the lower index) from router logits
+/// (`n × n_expert`): softmax over all experts, the top `k`, renormalised to
+/// sum to one when `norm`.
+pub fn route(logits: &[f32], n: usize, n_expert: usize, k: usize, norm: bool) -> Vec<(usize, f32)> {
+    let mut out = Vec::with_capacity(n * k);
+    let mut order: Vec<usize> = Vec::with_capacity(n_expert);
+    for row in logits.chunks_exact(n_expert).take(n) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
+        order.clear();
+        order.extend(0..n_expert);
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let top = &order[..k];
+        let probs: Vec<f32> = top.iter().map(|&e| (row[e] - max).exp() / sum).collect();
+        let total: f32 = if norm { probs.iter().sum() } else { 1.0 };
+        out.extend(top.iter().zip(&probs).map(|(&e, &p)| (e, p / total)));
+    }
+    out
 }
 
 /// Index of the largest logit (the first on ties).

@@ -82,7 +82,9 @@ impl Quant {
         is_vector: bool,
         stored: GgmlType,
     ) -> GgmlType {
-        if is_vector {
+        // Routers stay f32 as llama.cpp keeps them: a small error there
+        // sends a token to another expert.
+        if is_vector || name.contains("ffn_gate_inp") {
             return GgmlType::F32;
         }
         // The vision tower of a vision-language model keeps 8 bits under
@@ -164,8 +166,9 @@ pub struct Footprint {
     pub head_bytes: u64,
     pub head_elems: u64,
     pub head_tied: bool,
-    /// Keys and values of one layer for `context` tokens (f32).
-    pub kv_bytes_per_layer: u64,
+    /// Keys and values of each layer for `context` tokens (f32; a
+    /// sliding-window layer's only for its window).
+    pub kv_layer_bytes: Vec<u64>,
     /// Activations of a prompt chunk on the CPU (residual stream, q/k/v,
     /// MLP, logits, rotary tables, 8-bit activations).
     pub cpu_scratch_bytes: u64,
@@ -271,7 +274,12 @@ impl Footprint {
             head_bytes = head_bytes.saturating_add(embeddings_bytes);
             head_elems = head_elems.saturating_add((hp.n_vocab * hp.n_embd) as u64);
         }
-        let kv_bytes_per_layer = (2 * hp.n_head_kv * hp.head_dim * 4) as u64 * context as u64;
+        let kv_layer_bytes = (0..hp.n_layer)
+            .map(|i| {
+                (2 * hp.n_head_kv * hp.head_dim * 4) as u64
+                    * hp.kv_positions(i, context, prompt_chunk) as u64
+            })
+            .collect();
         let n = prompt_chunk as u64;
         let (d, qd, kvd, ff) = (
             hp.n_embd as u64,
@@ -299,7 +307,7 @@ impl Footprint {
             head_bytes,
             head_elems,
             head_tied,
-            kv_bytes_per_layer,
+            kv_layer_bytes,
             cpu_scratch_bytes,
             gpu_scratch_bytes,
             vision_bytes,
@@ -321,8 +329,12 @@ impl Footprint {
 
     /// KV cache bytes of every layer for the context.
     pub fn kv_cache_bytes(&self) -> u64 {
-        self.kv_bytes_per_layer
-            .saturating_mul(self.n_layer() as u64)
+        self.kv_layer_bytes.iter().sum()
+    }
+
+    /// KV cache bytes of layer `i` for the context.
+    pub fn kv_bytes(&self, i: usize) -> u64 {
+        self.kv_layer_bytes.get(i).copied().unwrap_or(0)
     }
 
     /// RAM the disk tier's read buffers take with `disk_layers` layers on

@@ -220,7 +220,7 @@ fn usage(fp: &Footprint, l: Layout) -> (TierBytes, TierBytes, TierBytes) {
         match l.tier(i, n) {
             Tier::Gpu => {
                 w.gpu += b;
-                kv.gpu += fp.kv_bytes_per_layer;
+                kv.gpu += fp.kv_bytes(i);
             }
             t => {
                 if t == Tier::Disk {
@@ -228,7 +228,7 @@ fn usage(fp: &Footprint, l: Layout) -> (TierBytes, TierBytes, TierBytes) {
                 } else {
                     w.ram += b;
                 }
-                kv.ram += fp.kv_bytes_per_layer;
+                kv.ram += fp.kv_bytes(i);
             }
         }
     }

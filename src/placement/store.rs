@@ -278,12 +278,7 @@ impl TensorSource for BufferTensors<'_> {
 
     fn linear(&mut self, suffix: &str, bias: Option<Vec<f32>>) -> Result<Linear, ModelError> {
         let (info, at, len) = self.find(suffix)?;
-        let [out, inp] = info.shape[..] else {
-            return Err(ModelError::Format(format!(
-                "tensor blk.{}.{suffix} is not a matrix",
-                self.layer
-            )));
-        };
+        let (out, inp) = crate::model::linear::flat_dims(&info.shape)?;
         Linear::shared(
             self.buf.clone(),
             at,
@@ -352,12 +347,14 @@ pub struct LayerStore {
 #[derive(Debug, Clone)]
 pub struct GpuCharges {
     pub tier: Arc<GpuTier>,
-    /// A GPU layer's KV cache for the whole context.
-    pub kv_bytes_per_layer: u64,
+    /// Each GPU layer's KV cache for the whole context.
+    pub kv_layer_bytes: Vec<u64>,
     /// A forward pass's activations on the device.
     pub activation_bytes: u64,
-    /// Positions a GPU layer's KV cache holds (the context length).
+    /// The context length.
     pub capacity: usize,
+    /// Tokens a forward pass runs at most (sizes sliding windows' caches).
+    pub chunk: usize,
 }
 
 impl LayerStore {
@@ -514,7 +511,7 @@ impl LayerStore {
                 let Some(g) = self.gpu.clone() else {
                     return Err(ModelError::Format("no GPU tier to place layers on".into()));
                 };
-                let bytes = self.layer_bytes(i) + g.kv_bytes_per_layer;
+                let bytes = self.layer_bytes(i) + g.kv_layer_bytes.get(i).copied().unwrap_or(0);
                 g.tier.alloc(bytes, || format!("layer {i}"))?;
                 let mut src = FileTensors {
                     file: &self.model_file,
@@ -522,8 +519,10 @@ impl LayerStore {
                     layer: i,
                 };
                 let layer = match &g.tier.device {
-                    Some(device) => DeviceBlock::load(&self.hp, &mut src, device, g.capacity)
-                        .map(|b| GpuLayer::Device(Box::new(b))),
+                    Some(device) => {
+                        DeviceBlock::load(&self.hp, i, &mut src, device, g.capacity, g.chunk)
+                            .map(|b| GpuLayer::Device(Box::new(b)))
+                    }
                     None => {
                         LayerWeights::load(&self.hp, &mut src).map(|w| GpuLayer::Host(Box::new(w)))
                     }
@@ -617,7 +616,7 @@ impl LayerStore {
             if let Slot::Gpu(GpuLayer::Device(block), _) = &self.slots[i] {
                 if len > 0 {
                     let (k, v) = block.export_kv(len)?;
-                    kv.write(i, 0, len, &k, &v)?;
+                    kv.import(i, len, &k, &v)?;
                 }
             }
             if matches!(new, Slot::Gpu(GpuLayer::Device(_), _)) {

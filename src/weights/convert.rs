@@ -27,7 +27,10 @@ use crate::placement::Quant;
 
 /// Bumped whenever the converter's output changes, so old cache entries are
 /// not reused.
-const CONVERTER_VERSION: u32 = 2;
+const CONVERTER_VERSION: u32 = 3;
+
+/// Llama 3's rotary divisors, as llama.cpp names them.
+pub const ROPE_FREQS: &str = "rope_freqs.weight";
 
 /// The generation_config.json of the source, kept in the GGUF.
 pub const HF_GENERATION_CONFIG: &str = "spillway.hf.generation_config_json";
@@ -111,6 +114,9 @@ pub fn layout(
         }
     }
     wanted.push(("output_norm.weight".into(), None, vec![hp.n_embd]));
+    if hp.rope_freq_factors.is_some() {
+        wanted.push(("rope_freqs.weight".into(), None, vec![hp.head_dim / 2]));
+    }
     if with_head {
         wanted.push(("output.weight".into(), None, vec![hp.n_vocab, hp.n_embd]));
     }
@@ -166,6 +172,29 @@ fn jobs(folder: &HfFolder, quant: Quant) -> Result<Vec<TensorPlan>, ConvertError
     let stored = |name: &str| folder.tensors.get(name).map_or(GgmlType::BF16, |t| t.dtype);
     let out = layout(hp, &folder.config, quant, with_head, &stored)?;
     for t in &out {
+        if t.name == ROPE_FREQS {
+            continue;
+        }
+        if let Some(parts) = super::hf::expert_parts(&t.name, hp) {
+            for part in parts {
+                let src = folder.tensors.get(&part).ok_or_else(|| {
+                    ModelError::Format(format!(
+                        "{}: the checkpoint has no tensor for {part}",
+                        folder.dir.display()
+                    ))
+                })?;
+                if src.shape[..] != t.shape[1..] {
+                    return Err(ModelError::Format(format!(
+                        "{} has shape {:?}, config.json implies {:?}",
+                        src.hf_name,
+                        src.shape,
+                        &t.shape[1..]
+                    ))
+                    .into());
+                }
+            }
+            continue;
+        }
         let src = folder.tensors.get(&t.name).ok_or_else(|| {
             ModelError::Format(format!(
                 "{}: the checkpoint has no tensor for {}",
@@ -217,11 +246,7 @@ pub fn hparams_metadata(
     quant: Quant,
     source_key: &str,
 ) -> Vec<(String, Value)> {
-    let arch = match hp.arch {
-        Arch::Llama => "llama",
-        Arch::Qwen2 if hp.is_multimodal() => "qwen2vl",
-        Arch::Qwen2 => "qwen2",
-    };
+    let arch = Arch::gguf_name(hp);
     let k = |s: &str| format!("{arch}.{s}");
     let u = |v: usize| Value::U32(v as u32);
     let mut m = vec![
@@ -243,6 +268,36 @@ pub fn hparams_metadata(
         ("spillway.quant".into(), Value::String(quant.to_string())),
         ("spillway.source".into(), Value::String(source_key.into())),
     ];
+    if let Some(moe) = hp.moe {
+        m.extend([
+            (k("expert_count"), u(moe.n_expert)),
+            (k("expert_used_count"), u(moe.n_expert_used)),
+            (k("expert_feed_forward_length"), u(moe.n_ff_exp)),
+            (k("expert_weights_norm"), Value::Bool(moe.norm_topk)),
+        ]);
+    }
+    if hp.sliding_window > 0 {
+        m.extend([
+            (k("attention.sliding_window"), u(hp.sliding_window)),
+            (
+                k("attention.sliding_window_pattern"),
+                Value::Array(hp.sliding.iter().map(|&b| Value::Bool(b)).collect()),
+            ),
+            (k("rope.freq_base_swa"), Value::F32(hp.rope_freq_base_swa)),
+        ]);
+    }
+    if let Some(scale) = hp.attn_scale {
+        m.push((k("attention.scale"), Value::F32(scale)));
+    }
+    if hp.rope_freq_scale != 1.0 {
+        m.extend([
+            (k("rope.scaling.type"), Value::String("linear".into())),
+            (
+                k("rope.scaling.factor"),
+                Value::F32(1.0 / hp.rope_freq_scale),
+            ),
+        ]);
+    }
     if let Some(sec) = hp.mrope_sections {
         m.push((
             k("rope.dimension_sections"),

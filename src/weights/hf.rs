@@ -101,7 +101,7 @@ impl HfFolder {
         for (i, path) in shards.iter().enumerate() {
             let file = File::open(path).map_err(io(path))?;
             for t in read_header(path, &file, i)? {
-                if let Some(name) = gguf_name(&t.hf_name) {
+                if let Some(name) = gguf_name(&t.hf_name, hparams.arch) {
                     if tensors.insert(name.clone(), t).is_some() {
                         return Err(bad(path, format!("tensor {name} appears twice")));
                     }
@@ -123,6 +123,32 @@ impl HfFolder {
     /// The tensor's values as f32 (exact for bf16, f16 and f32 sources), rows
     /// of the query and key projections reordered for GGUF's llama layout.
     pub fn read_f32(&self, gguf_name: &str) -> Result<Vec<f32>, HfError> {
+        let hp = &self.hparams;
+        if gguf_name == super::convert::ROPE_FREQS {
+            return hp
+                .rope_freq_factors
+                .clone()
+                .ok_or_else(|| bad(&self.dir, "the config has no llama3 rope scaling"));
+        }
+        // Experts stored one tensor each are stacked as llama.cpp stores
+        // them.
+        if let Some(parts) = expert_parts(gguf_name, hp) {
+            let mut out = Vec::new();
+            for p in parts {
+                out.extend(self.read_f32(&p)?);
+            }
+            return Ok(out);
+        }
+        let mut out = self.read_stored(gguf_name)?;
+        // Gemma multiplies by (1 + w); GGUF stores the gain itself, as
+        // llama.cpp's converter writes it.
+        if hp.arch == Arch::Gemma3 && gguf_name.ends_with("norm.weight") {
+            out.iter_mut().for_each(|v| *v += 1.0);
+        }
+        Ok(out)
+    }
+
+    fn read_stored(&self, gguf_name: &str) -> Result<Vec<f32>, HfError> {
         let t = self
             .tensors
             .get(gguf_name)
@@ -353,7 +379,7 @@ fn parse_header(
 
 /// The GGUF name of a checkpoint tensor; `None` for tensors the text model
 /// does not use (the vision tower, rotary caches).
-pub fn gguf_name(hf: &str) -> Option<String> {
+pub fn gguf_name(hf: &str, arch: Arch) -> Option<String> {
     // Text-model prefixes of the different layouts: Llama/Mistral/Qwen2
     // (`model.`), Qwen2.5-VL as first released (`model.` + `visual.`) and
     // as re-saved by newer transformers (`model.language_model.`).
@@ -378,7 +404,30 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         return Some("output.weight".into());
     }
     let (i, module, kind) = indexed(rest.strip_prefix("layers.")?)?;
+    // Experts, one tensor each (Qwen3-MoE's `mlp.experts.K.gate_proj`,
+    // Mixtral's `block_sparse_moe.experts.K.w1`): named by their stack
+    // and index.
+    let expert = module
+        .strip_prefix("mlp.experts.")
+        .or_else(|| module.strip_prefix("block_sparse_moe.experts."));
+    if let Some((k, proj)) = expert.and_then(|e| e.split_once('.')) {
+        let stack = match proj {
+            "gate_proj" | "w1" => "ffn_gate_exps",
+            "up_proj" | "w3" => "ffn_up_exps",
+            "down_proj" | "w2" => "ffn_down_exps",
+            _ => return None,
+        };
+        let k: usize = k.parse().ok()?;
+        return Some(format!("blk.{i}.{stack}.{kind}.{k}"));
+    }
+    let gemma = arch == Arch::Gemma3;
     let gguf = match module {
+        "post_attention_layernorm" if gemma => "post_attention_norm",
+        "pre_feedforward_layernorm" if gemma => "ffn_norm",
+        "post_feedforward_layernorm" if gemma => "post_ffw_norm",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
+        "mlp.gate" | "block_sparse_moe.gate" => "ffn_gate_inp",
         "self_attn.q_proj" => "attn_q",
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
@@ -391,6 +440,25 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         _ => return None,
     };
     Some(format!("blk.{i}.{gguf}.{kind}"))
+}
+
+/// The per-expert source tensors of a stacked expert tensor
+/// (`blk.N.ffn_gate_exps.weight` → `blk.N.ffn_gate_exps.weight.0`, …), or
+/// `None` for any other name.
+pub fn expert_parts(gguf_name: &str, hp: &HParams) -> Option<Vec<String>> {
+    let moe = hp.moe?;
+    let stacked = [
+        "ffn_gate_exps.weight",
+        "ffn_up_exps.weight",
+        "ffn_down_exps.weight",
+    ]
+    .iter()
+    .any(|s| gguf_name.ends_with(s));
+    stacked.then(|| {
+        (0..moe.n_expert)
+            .map(|k| format!("{gguf_name}.{k}"))
+            .collect()
+    })
 }
 
 /// `N.module.path.kind` → (N, `module.path`, `kind`).
@@ -489,7 +557,7 @@ mod tests {
             ("visual.rotary_pos_emb.inv_freq", None),
             ("model.layers.0.self_attn.rotary_emb.inv_freq", None),
         ] {
-            assert_eq!(gguf_name(hf).as_deref(), gguf, "{hf}");
+            assert_eq!(gguf_name(hf, Arch::Qwen2).as_deref(), gguf, "{hf}");
         }
     }
 

@@ -187,6 +187,15 @@ pub fn synthesize(
             .map_err(werr)?;
             let mut done = 0u64;
             for t in &tensors {
+                // Llama 3's rotary divisors are the config's, not noise.
+                if let (super::convert::ROPE_FREQS, Some(f)) =
+                    (t.name.as_str(), &hp.rope_freq_factors)
+                {
+                    let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    w.write_tensor(&t.name, &bytes).map_err(werr)?;
+                    done += bytes.len() as u64;
+                    continue;
+                }
                 w.write_tensor_with(&t.name, &mut |sink| {
                     write_tensor(t, opts.seed, sink, &mut |n| {
                         done += n;
