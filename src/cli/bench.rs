@@ -291,6 +291,18 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
     };
     let (mut pp_runs, mut tg_runs, mut bounds) = (Vec::new(), Vec::new(), Vec::new());
     let (mut l_pp, mut l_tg) = (Vec::new(), Vec::new());
+    // One untimed prompt and decode step first, as llama-bench warms up
+    // (first-touch pages of the KV cache and scratch, clocks); a cold
+    // benchmark measures the cold start itself.
+    if !a.cold {
+        if a.prompt_tokens > 0 {
+            b.prompt()?;
+        }
+        if a.gen_tokens > 0 {
+            b.engine.reset();
+            b.engine.feed(&synthetic_tokens(1, vocab), &b.never)?;
+        }
+    }
     for round in 1..=a.repetitions {
         if a.prompt_tokens > 0 {
             pp_runs.push(b.prompt()?);

@@ -28,6 +28,10 @@ pub fn qwen05() -> PathBuf {
     model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "qwen05")
 }
 
+pub fn gemma3() -> PathBuf {
+    model("gemma-3-270m-q4_k_m.gguf", "gemma3")
+}
+
 pub fn spillway(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_spillway"))
         .args(args)

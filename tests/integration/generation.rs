@@ -171,3 +171,13 @@ fn qwen05_disk_tier_is_token_identical_and_bounded() {
     );
     assert_within_disk_bound(&disk);
 }
+
+/// Gemma 3 270M (sliding-window layers, scaled embeddings, GELU, Q5_0/
+/// Q8_0/Q4_K/Q6_K mix): llama.cpp's perplexity from the build beside it
+/// (`llama-perplexity -c 256 -t 2`, vendor/llama.cpp of llama-cpp-python
+/// 0.3.36: 22.4761; `../shared/models.md` lists 22.525 from another build;
+/// see docs/BENCHMARKS.md).
+#[test]
+fn gemma3_perplexity_matches_llama_cpp() {
+    assert_perplexity_near(&crate::common::gemma3(), 22.4761);
+}

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use spillway::weights::gguf::{GgufFile, Value};
 use spillway::weights::tokenizer::TextTokenizer;
 
-use crate::common::{qwen05, smollm2};
+use crate::common::{gemma3, qwen05, smollm2};
 
 const HARD_TEXTS: [&str; 8] = [
     "Héllo wörld, ça va? Ångström naïve façade",
@@ -60,7 +60,11 @@ fn qwen2_round_trips_hard_text() {
 fn ids_match_llama_cpp() {
     let reference: serde_json::Value =
         serde_json::from_str(include_str!("../fixtures/llama_cpp_tokens.json")).unwrap();
-    for (model, path) in [("smollm2", smollm2()), ("qwen05", qwen05())] {
+    for (model, path) in [
+        ("smollm2", smollm2()),
+        ("qwen05", qwen05()),
+        ("gemma3", gemma3()),
+    ] {
         let tok = gguf_tokenizer(path);
         let cases = reference[model].as_array().expect("cases per model");
         assert!(!cases.is_empty());
@@ -72,7 +76,16 @@ fn ids_match_llama_cpp() {
                 .iter()
                 .map(|v| v.as_u64().unwrap() as u32)
                 .collect();
-            assert_eq!(tok.encode(text, false).unwrap(), want, "{model}: {text:?}");
+            let got = tok.encode(text, false).unwrap();
+            if let Some(at) = got.iter().zip(&want).position(|(a, b)| a != b) {
+                panic!(
+                    "{model}: {:?}: ids differ from token {at}: {:?} vs llama.cpp's {:?}",
+                    text.chars().take(60).collect::<String>(),
+                    &got[at..(at + 8).min(got.len())],
+                    &want[at..(at + 8).min(want.len())]
+                );
+            }
+            assert_eq!(got.len(), want.len(), "{model}: {text:?}");
         }
     }
 }

@@ -21,7 +21,11 @@ TEXTS = [
 MODELS = {
     "smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf",
     "qwen05": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    "gemma3": "gemma-3-270m-q4_k_m.gguf",
 }
+# Gemma 3 (SentencePiece without a dummy prefix) is also checked on the
+# perplexity text, whose token ids decide its perplexity.
+PPL_TEXT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "ppl.txt")
 
 def main():
     tool = sys.argv[1]
@@ -29,7 +33,11 @@ def main():
     out = {}
     for key, name in MODELS.items():
         cases = []
-        for text in TEXTS:
+        texts = list(TEXTS)
+        if key == "gemma3":
+            with open(PPL_TEXT, encoding="utf-8", newline="") as f:
+                texts.append(f.read())
+        for text in texts:
             with tempfile.NamedTemporaryFile("w", delete=False, encoding="utf-8", newline="") as f:
                 f.write(text)
             res = subprocess.run([tool, "-m", os.path.join(models, name), "-f", f.name,
