@@ -83,13 +83,23 @@ fn synthetic_tokens(n: usize, vocab: usize) -> Vec<u32> {
 struct Timed {
     tokens_per_sec: f64,
     disk_wait_secs: f64,
+    /// Layers and experts read from disk.
     disk_bytes: u64,
+    /// Routed experts of disk-tier layers found in their cache, and read.
+    expert_hits: u64,
+    expert_misses: u64,
 }
 
 impl Timed {
     fn json(&self) -> Value {
         json!({"tokens_per_sec": self.tokens_per_sec,
-            "disk_wait_secs": self.disk_wait_secs, "disk_bytes": self.disk_bytes})
+            "disk_wait_secs": self.disk_wait_secs, "disk_bytes": self.disk_bytes,
+            "expert_hits": self.expert_hits, "expert_misses": self.expert_misses})
+    }
+
+    fn hit_rate(&self) -> Option<f64> {
+        let all = self.expert_hits + self.expert_misses;
+        (all > 0).then(|| self.expert_hits as f64 / all as f64)
     }
 }
 
@@ -204,14 +214,18 @@ fn timed_on(
         stats.wait_nanos.load(Ordering::Relaxed),
         stats.bytes_read.load(Ordering::Relaxed),
     );
+    let (h0, m0, x0, xw0) = engine.store().expert_stats.snapshot();
     let t = Instant::now();
     f(engine)?;
     let secs = t.elapsed().as_secs_f64();
     let stats = &engine.store().stats;
+    let (h1, m1, x1, xw1) = engine.store().expert_stats.snapshot();
     Ok(Timed {
         tokens_per_sec: n as f64 / secs,
-        disk_wait_secs: (stats.wait_nanos.load(Ordering::Relaxed) - w0) as f64 / 1e9,
-        disk_bytes: stats.bytes_read.load(Ordering::Relaxed) - b0,
+        disk_wait_secs: (stats.wait_nanos.load(Ordering::Relaxed) - w0 + xw1 - xw0) as f64 / 1e9,
+        disk_bytes: stats.bytes_read.load(Ordering::Relaxed) - b0 + x1 - x0,
+        expert_hits: h1 - h0,
+        expert_misses: m1 - m0,
     })
 }
 
@@ -349,6 +363,34 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let offload_bytes = b.engine.store().offload_bytes();
     let bound_ratio =
         (!bounds.is_empty()).then(|| median(&bounds.iter().map(Bound::ratio).collect::<Vec<_>>()));
+    // A mixture-of-experts model with experts on disk: how often the cache
+    // served a routed expert, and the disk bytes a decoded token read
+    // against the routed experts' bytes (what it would read with no cache).
+    let experts = {
+        let p = b.engine.placement();
+        let fp = b.engine.footprint();
+        let on_disk: Vec<usize> = (0..p.layers.len())
+            .filter(|&i| p.layers[i] == Tier::Disk)
+            .collect();
+        fp.experts.as_ref().filter(|_| !on_disk.is_empty()).map(|x| {
+            let rate = |v: &[Timed]| {
+                let r: Vec<f64> = v.iter().filter_map(Timed::hit_rate).collect();
+                (!r.is_empty()).then(|| median(&r))
+            };
+            let per_token: Vec<f64> = tg_runs
+                .iter()
+                .map(|t| t.disk_bytes as f64 / a.gen_tokens.max(1) as f64)
+                .collect();
+            json!({
+                "decode_hit_rate": rate(&tg_runs),
+                "prompt_hit_rate": rate(&pp_runs),
+                "disk_bytes_per_token": (!per_token.is_empty()).then(|| median(&per_token)),
+                "routed_bytes_per_token": on_disk.iter().map(|&i| x.n_used as u64 * fp.expert_bytes(i)).sum::<u64>(),
+                "cache_experts": on_disk.iter().map(|&i| p.experts.get(i).map_or(0, |s| s.ram)).sum::<usize>(),
+                "disk_experts": on_disk.iter().map(|&i| p.experts.get(i).map_or(0, |s| s.disk)).sum::<usize>(),
+            })
+        })
+    };
     if a.json {
         let runs = |v: &[Timed]| v.iter().map(Timed::json).collect::<Vec<_>>();
         let mut out = json!({
@@ -384,6 +426,9 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
             "gpu": b.engine.budgets().gpu_name,
             "synthetic": b.engine.is_synthetic(),
         });
+        if let Some(x) = &experts {
+            out["experts"] = x.clone();
+        }
         if a.disk_bound {
             out["disk_bound"] = json!({
                 "ratio": bound_ratio,
@@ -429,6 +474,16 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
             } else {
                 String::new()
             }
+        );
+    }
+    if let Some(x) = &experts {
+        println!(
+            "experts: decode hit rate {:.1}% ({:.1}% prompt), {:.1} MB read from disk per token; routed experts of disk layers {:.1} MB per token; cache {} experts",
+            x["decode_hit_rate"].as_f64().unwrap_or(0.0) * 100.0,
+            x["prompt_hit_rate"].as_f64().unwrap_or(0.0) * 100.0,
+            x["disk_bytes_per_token"].as_f64().unwrap_or(0.0) / 1e6,
+            x["routed_bytes_per_token"].as_f64().unwrap_or(0.0) / 1e6,
+            x["cache_experts"],
         );
     }
     if let (Some(r), Some(last)) = (bound_ratio, bounds.last()) {

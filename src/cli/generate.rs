@@ -273,6 +273,9 @@ pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
             .map(|i| store.layer_bytes(i))
             .max()
             .unwrap_or(0);
+        let (hits, misses, bytes, _) = store.expert_stats.snapshot();
+        let experts_json = serde_json::json!({ "hits": hits, "misses": misses, "bytes_read": bytes,
+            "cache": engine.placement().experts.iter().map(|x| x.ram).collect::<Vec<_>>() });
         let out = serde_json::json!({
             "prompt_tokens": gen.prompt_tokens,
             "generated_tokens": gen.generated_tokens,
@@ -294,6 +297,9 @@ pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
                 "offload_folder_bytes": store.offload_bytes(),
             },
             "tiers": store.tiers().iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+            // Experts of disk-tier mixture-of-experts layers: routed ones
+            // found in the cache, read from disk, and the bytes read.
+            "experts": experts_json,
             "images": paths.iter().zip(&prompt.images).map(|(p, i)| serde_json::json!({
                 "path": p,
                 "grid_thw": i.prepared.grid_thw,

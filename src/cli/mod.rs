@@ -106,6 +106,11 @@ pub struct PlacementArgs {
     /// the CPU device, the code path of a real GPU (for testing it).
     #[arg(long, hide = true)]
     simulate_with_candle: bool,
+    /// Experts each mixture-of-experts layer on disk keeps cached in RAM
+    /// (default: as many as the RAM budget allows); the others are read
+    /// from disk when a token is routed to them.
+    #[arg(long, value_name = "N")]
+    expert_cache: Option<usize>,
 }
 
 impl PlacementArgs {
@@ -130,6 +135,7 @@ impl PlacementArgs {
             offload_dir,
             fail_gpu_alloc: None,
             simulate_with_candle: self.simulate_with_candle,
+            expert_cache: self.expert_cache,
         }
     }
 }

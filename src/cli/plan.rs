@@ -154,11 +154,25 @@ fn to_json(fp: &Footprint, b: &Budgets, p: &Placement) -> serde_json::Value {
             "ram": tier_json(p, Tier::Ram),
             "disk": tier_json(p, Tier::Disk),
         },
-        "layers": p.layers.iter().enumerate().map(|(i, t)| serde_json::json!({
-            "index": i,
-            "tier": t.to_string(),
-            "bytes": fp.layer_bytes[i],
-        })).collect::<Vec<_>>(),
+        "layers": p.layers.iter().enumerate().map(|(i, t)| {
+            let mut l = serde_json::json!({
+                "index": i,
+                "tier": t.to_string(),
+                "bytes": fp.layer_bytes[i],
+            });
+            // A mixture-of-experts layer: its dense part's tier, and where
+            // its experts are.
+            if let Some(x) = p.experts.get(i) {
+                let dense = if *t == Tier::Gpu { "gpu" } else { "ram" };
+                l["dense"] = serde_json::json!({ "tier": dense, "bytes": fp.dense_bytes(i) });
+                l["experts"] = serde_json::json!({
+                    "ram": x.ram,
+                    "disk": x.disk,
+                    "bytes_each": fp.expert_bytes(i),
+                });
+            }
+            l
+        }).collect::<Vec<_>>(),
         "head": { "tier": p.head.to_string(), "bytes": fp.head_bytes },
         "embeddings": { "tier": "ram", "bytes": fp.embeddings_bytes },
         "vision": p.vision.map(|t| serde_json::json!({ "tier": t.to_string(), "bytes": fp.vision_bytes })),
@@ -197,7 +211,18 @@ fn print_text(fp: &Footprint, source: &str, b: &Budgets, p: &Placement) {
     );
     println!();
     for (i, t) in p.layers.iter().enumerate() {
-        println!("  layer {i:>3}  {t:<4}  {:>9}", human(fp.layer_bytes[i]));
+        match p.experts.get(i) {
+            Some(x) => println!(
+                "  layer {i:>3}  {t:<4}  {:>9}  dense {} in {}, experts {} in RAM, {} on disk ({} each)",
+                human(fp.layer_bytes[i]),
+                human(fp.dense_bytes(i)),
+                if *t == Tier::Gpu { "VRAM" } else { "RAM" },
+                x.ram,
+                x.disk,
+                human(fp.expert_bytes(i))
+            ),
+            None => println!("  layer {i:>3}  {t:<4}  {:>9}", human(fp.layer_bytes[i])),
+        }
     }
     println!(
         "  head       {:<4}  {:>9}",

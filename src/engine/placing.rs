@@ -34,6 +34,9 @@ pub struct PlacementRequest {
     /// The simulated GPU tier runs its layers as candle blocks on the CPU
     /// device (the code path of a real GPU) instead of the host kernels.
     pub simulate_with_candle: bool,
+    /// Manual override: experts each disk-tier mixture-of-experts layer
+    /// keeps in RAM (default: as many as the RAM budget allows).
+    pub expert_cache: Option<usize>,
 }
 
 /// What happened to placement, for the user (re-plans after an
@@ -94,7 +97,27 @@ pub fn plan_for(
                 _ => Tier::Ram,
             })
             .collect();
-        p = planner::describe(fp, &layers, p.head, request.mode, rates);
+        p = planner::describe(
+            fp,
+            &layers,
+            p.head,
+            request.mode,
+            rates,
+            budgets.ram_bytes,
+            None,
+        );
+    }
+    if let (Some(cap), Some(_)) = (request.expert_cache, &fp.experts) {
+        let layers = p.layers.clone();
+        p = planner::describe(
+            fp,
+            &layers,
+            p.head,
+            request.mode,
+            rates,
+            budgets.ram_bytes,
+            Some(cap),
+        );
     }
     Ok(p)
 }
@@ -108,6 +131,17 @@ pub(super) fn gpu_tier(
     fp: &Footprint,
 ) -> Option<GpuCharges> {
     if budgets.vram_bytes == 0 {
+        return None;
+    }
+    // Device blocks run dense layers only; the host-backed stand-in runs
+    // any layer.
+    let on_device = !budgets.gpu_simulated || request.simulate_with_candle;
+    if fp.experts.is_some() && on_device {
+        budgets.notes.push(
+            "the GPU tier does not run mixture-of-experts layers yet; planning for RAM and disk"
+                .into(),
+        );
+        budgets.vram_bytes = 0;
         return None;
     }
     let tier = if budgets.gpu_simulated {
@@ -194,6 +228,8 @@ impl Engine {
     ) -> Result<(), EngineError> {
         for _ in 0..=self.placing.footprint.n_layer() + 1 {
             let result = self.charge_gpu_base(&p).and_then(|()| {
+                self.store
+                    .set_expert_capacity(p.experts.iter().map(|x| x.ram).collect());
                 let moved = self.store.apply(&p.layers, &mut self.kv, progress)?;
                 // The head runs on the device when the plan puts it there
                 // and the tier has one (the host-kernel simulation has not).

@@ -50,16 +50,37 @@ pub enum Ffn<P> {
         up: P,
         down: P,
     },
-    /// Mixture of experts: the router (`n_expert × n_embd`) and the experts'
-    /// projections stacked as llama.cpp stores them — gate and up
-    /// `n_expert·n_ff_exp × n_embd`, down `n_expert·n_embd × n_ff_exp` —
-    /// so expert `e` is a range of rows of each.
+    /// Mixture of experts: the router (`n_expert × n_embd`) and the
+    /// experts.
     Moe {
         router: P,
-        gate: P,
-        up: P,
-        down: P,
+        experts: Experts<P>,
     },
+}
+
+/// A mixture-of-experts layer's experts.
+#[derive(Debug)]
+pub enum Experts<P> {
+    /// In memory, stacked as llama.cpp stores them — gate and up
+    /// `n_expert·n_ff_exp × n_embd`, down `n_expert·n_embd × n_ff_exp` — so
+    /// expert `e` is a range of rows of each.
+    Stacked { gate: P, up: P, down: P },
+    /// On disk, read when a token is routed to them (through a cache).
+    OnDemand(Arc<dyn ExpertSource>),
+}
+
+/// One expert's projections.
+#[derive(Debug)]
+pub struct Expert {
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+/// Where a layer's experts come from when they are not in memory.
+pub trait ExpertSource: Send + Sync + std::fmt::Debug {
+    /// Experts `ids` (ascending, distinct), in that order.
+    fn fetch(&self, ids: &[usize]) -> Result<Vec<Arc<Expert>>, ModelError>;
 }
 
 /// One transformer block's weights for the host kernels.
@@ -99,12 +120,16 @@ impl<V, P> BlockTensors<V, P> {
         let attn_norm = vector(src, "attn_norm.weight")?;
         let ffn_norm = vector(src, "ffn_norm.weight")?;
         let ffn = if hp.moe.is_some() {
-            Ffn::Moe {
-                router: matrix(src, "ffn_gate_inp.weight", None)?,
-                gate: matrix(src, "ffn_gate_exps.weight", None)?,
-                up: matrix(src, "ffn_up_exps.weight", None)?,
-                down: matrix(src, "ffn_down_exps.weight", None)?,
-            }
+            let router = matrix(src, "ffn_gate_inp.weight", None)?;
+            let experts = match src.experts() {
+                Some(on_demand) => Experts::OnDemand(on_demand),
+                None => Experts::Stacked {
+                    gate: matrix(src, "ffn_gate_exps.weight", None)?,
+                    up: matrix(src, "ffn_up_exps.weight", None)?,
+                    down: matrix(src, "ffn_down_exps.weight", None)?,
+                },
+            };
+            Ffn::Moe { router, experts }
         } else {
             Ffn::Dense {
                 gate: matrix(src, "ffn_gate.weight", None)?,
@@ -136,6 +161,12 @@ pub trait TensorSource {
     /// bytes already (the disk tier's read buffer) share them instead.
     fn linear(&mut self, suffix: &str, bias: Option<Vec<f32>>) -> Result<Linear, ModelError> {
         Linear::new(Arc::new(self.qtensor(suffix)?), bias)
+    }
+
+    /// A source that keeps a mixture-of-experts layer's experts on disk
+    /// hands out their reader; the stacked tensors are then not read.
+    fn experts(&mut self) -> Option<Arc<dyn ExpertSource>> {
+        None
     }
 }
 
@@ -862,12 +893,7 @@ impl Transformer {
                 self.activate(&mut s.gate[..n * ff], &mut s.up[..n * ff]);
                 self.project(down, n, ff, |s| (&s.gate, &mut s.h), s)?;
             }
-            Ffn::Moe {
-                router,
-                gate,
-                up,
-                down,
-            } => self.moe(layer, n, router, gate, up, down, s)?,
+            Ffn::Moe { router, experts } => self.moe(layer, n, router, experts, s)?,
         }
         if let Some(norm) = &w.post_ffn_norm {
             ops::rms_norm_in_place(&mut s.h[..n * d], norm, hp.rms_eps);
@@ -889,15 +915,12 @@ impl Transformer {
     /// written back to `s.h`: each token's router picks `n_expert_used`
     /// experts (softmax, top-k, renormalised when the model says so); each
     /// expert runs once on all the rows routed to it.
-    #[allow(clippy::too_many_arguments)]
     fn moe(
         &self,
         layer: usize,
         n: usize,
         router: &Linear,
-        gate: &Linear,
-        up: &Linear,
-        down: &Linear,
+        experts: &Experts<Linear>,
         s: &mut Scratch,
     ) -> Result<(), ModelError> {
         let hp = &self.hp;
@@ -922,26 +945,34 @@ impl Transformer {
             by_expert[e].push((i / k, p));
             counts[e] += 1;
         }
+        let used: Vec<usize> = (0..e_n).filter(|&e| !by_expert[e].is_empty()).collect();
+        let weights: Vec<Arc<Expert>> = match experts {
+            Experts::Stacked { gate, up, down } => used
+                .iter()
+                .map(|&e| {
+                    Ok(Arc::new(Expert {
+                        gate: gate.rows(e * ff, ff)?,
+                        up: up.rows(e * ff, ff)?,
+                        down: down.rows(e * d, d)?,
+                    }))
+                })
+                .collect::<Result<_, ModelError>>()?,
+            Experts::OnDemand(source) => source.fetch(&used)?,
+        };
         grow(&mut s.moe_out, n * d);
         s.moe_out[..n * d].fill(0.0);
-        for (e, rows) in by_expert.iter().enumerate() {
-            if rows.is_empty() {
-                continue;
-            }
+        for (&e, w) in used.iter().zip(&weights) {
+            let rows = &by_expert[e];
             let r = rows.len();
             grow(&mut s.expert_in, r * d);
             for (j, &(t, _)) in rows.iter().enumerate() {
                 s.expert_in[j * d..(j + 1) * d].copy_from_slice(&s.h[t * d..(t + 1) * d]);
             }
-            let (g, u, dn) = (
-                gate.rows(e * ff, ff)?,
-                up.rows(e * ff, ff)?,
-                down.rows(e * d, d)?,
-            );
-            self.project(&g, r, d, |s| (&s.expert_in, &mut s.gate), s)?;
+            let (g, u, dn) = (&w.gate, &w.up, &w.down);
+            self.project(g, r, d, |s| (&s.expert_in, &mut s.gate), s)?;
             u.forward(&s.expert_in[..r * d], r, &s.acts, &mut s.up)?;
             self.activate(&mut s.gate[..r * ff], &mut s.up[..r * ff]);
-            self.project(&dn, r, ff, |s| (&s.gate, &mut s.expert_out), s)?;
+            self.project(dn, r, ff, |s| (&s.gate, &mut s.expert_out), s)?;
             for (j, &(t, p)) in rows.iter().enumerate() {
                 ops::axpy(
                     &mut s.moe_out[t * d..(t + 1) * d],

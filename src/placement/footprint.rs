@@ -144,6 +144,17 @@ pub const CPU_RUNTIME_BYTES: u64 = 24 << 20;
 /// merges), measured on the test models' tokenizers.
 pub const TOKENIZER_BYTES_PER_ENTRY: u64 = 200;
 
+/// A mixture-of-experts model's experts: one expert's bytes and values in
+/// each layer (its rows of the three stacked expert tensors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpertBytes {
+    pub n_expert: usize,
+    /// Experts a token runs in each layer.
+    pub n_used: usize,
+    pub bytes: Vec<u64>,
+    pub elems: Vec<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Footprint {
     /// What the footprint is of (a file name or repo).
@@ -158,6 +169,9 @@ pub struct Footprint {
     pub layer_bytes: Vec<u64>,
     /// Weight values of each block (for compute-time predictions).
     pub layer_elems: Vec<u64>,
+    /// The experts of a mixture-of-experts model (their bytes are part of
+    /// `layer_bytes`; the rest of a layer is its dense part).
+    pub experts: Option<ExpertBytes>,
     /// Token embedding table (only the rows of a prompt's tokens are read,
     /// so it stays in RAM).
     pub embeddings_bytes: u64,
@@ -269,6 +283,24 @@ impl Footprint {
                 None => {}
             }
         }
+        let experts = hp.moe.map(|m| {
+            let (mut bytes, mut elems) = (vec![0u64; hp.n_layer], vec![0u64; hp.n_layer]);
+            for t in &tensors {
+                if let Some(i) = t
+                    .layer
+                    .filter(|&i| i < hp.n_layer && t.name.contains("_exps."))
+                {
+                    bytes[i] += t.bytes / m.n_expert as u64;
+                    elems[i] += t.elems / m.n_expert as u64;
+                }
+            }
+            ExpertBytes {
+                n_expert: m.n_expert,
+                n_used: m.n_expert_used,
+                bytes,
+                elems,
+            }
+        });
         let head_tied = !tensors.iter().any(|t| t.name == "output.weight");
         if head_tied {
             head_bytes = head_bytes.saturating_add(embeddings_bytes);
@@ -303,6 +335,7 @@ impl Footprint {
             tensors,
             layer_bytes,
             layer_elems,
+            experts,
             embeddings_bytes,
             head_bytes,
             head_elems,
@@ -337,9 +370,44 @@ impl Footprint {
         self.kv_layer_bytes.get(i).copied().unwrap_or(0)
     }
 
+    /// Bytes of one expert of layer `i` (0 for a dense model).
+    pub fn expert_bytes(&self, i: usize) -> u64 {
+        self.experts
+            .as_ref()
+            .and_then(|e| e.bytes.get(i).copied())
+            .unwrap_or(0)
+    }
+
+    /// Bytes of layer `i` besides its experts: attention, norms, router.
+    pub fn dense_bytes(&self, i: usize) -> u64 {
+        let n = self.experts.as_ref().map_or(0, |e| e.n_expert as u64);
+        self.layer_bytes[i].saturating_sub(n * self.expert_bytes(i))
+    }
+
+    /// Bytes and values of layer `i` one token runs: all of a dense layer,
+    /// the dense part and the routed experts of a mixture-of-experts one.
+    pub fn active(&self, i: usize) -> (u64, u64) {
+        match &self.experts {
+            Some(e) => {
+                let k = e.n_used as u64;
+                let all = e.n_expert as u64;
+                (
+                    self.dense_bytes(i) + k * e.bytes[i],
+                    self.layer_elems[i].saturating_sub(all * e.elems[i]) + k * e.elems[i],
+                )
+            }
+            None => (self.layer_bytes[i], self.layer_elems[i]),
+        }
+    }
+
     /// RAM the disk tier's read buffers take with `disk_layers` layers on
-    /// disk (see [`super::store::staging_buffers`]).
+    /// disk (see [`super::store::staging_buffers`]). A mixture-of-experts
+    /// layer on disk keeps its dense part in RAM and reads experts straight
+    /// into their cache: no staging.
     pub fn disk_staging_bytes(&self, disk_layers: impl Iterator<Item = usize>) -> u64 {
+        if self.experts.is_some() {
+            return 0;
+        }
         let largest = disk_layers.map(|i| self.layer_bytes[i]).max().unwrap_or(0);
         if largest == 0 {
             return 0;

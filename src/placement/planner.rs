@@ -116,6 +116,17 @@ pub struct Placement {
     pub peak: TierBytes,
     pub predicted_prompt_tokens_per_sec: f64,
     pub predicted_decode_tokens_per_sec: f64,
+    /// A mixture-of-experts model's experts per layer: how many RAM holds
+    /// and how many stay on disk (read only when a token is routed to them,
+    /// into a cache of the RAM count). Empty for dense models.
+    pub experts: Vec<ExpertSplit>,
+}
+
+/// Where one layer's experts are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ExpertSplit {
+    pub ram: usize,
+    pub disk: usize,
 }
 
 impl Placement {
@@ -211,7 +222,10 @@ impl Layout {
     }
 }
 
-/// Bytes per tier of a layout: (weights, kv, peak).
+/// Bytes per tier of a layout: (weights, kv, peak). A mixture-of-experts
+/// layer on disk keeps its dense part in RAM (it runs for every token);
+/// its experts are on disk (the cache RAM gives them is added by
+/// [`placement`]).
 fn usage(fp: &Footprint, l: Layout) -> (TierBytes, TierBytes, TierBytes) {
     let n = fp.n_layer();
     let mut w = TierBytes::default();
@@ -223,7 +237,10 @@ fn usage(fp: &Footprint, l: Layout) -> (TierBytes, TierBytes, TierBytes) {
                 kv.gpu += fp.kv_bytes(i);
             }
             t => {
-                if t == Tier::Disk {
+                if t == Tier::Disk && fp.experts.is_some() {
+                    w.ram += fp.dense_bytes(i);
+                    w.disk += b - fp.dense_bytes(i);
+                } else if t == Tier::Disk {
                     w.disk += b;
                 } else {
                     w.ram += b;
@@ -264,11 +281,17 @@ fn usage(fp: &Footprint, l: Layout) -> (TierBytes, TierBytes, TierBytes) {
 /// bandwidth in decode, its multiply-adds over its throughput in prompts;
 /// disk reads overlap compute (the prefetch thread), so a pass takes the
 /// longer of the two.
-fn predict(fp: &Footprint, l: Layout, rates: &Rates) -> (f64, f64) {
+/// A mixture-of-experts layer runs its dense part and its routed experts;
+/// on disk, a routed expert is read when the cache (`experts[i].ram` of
+/// them) misses — `1 - ram/n` of the time if routing were uniform — and a
+/// prompt chunk touches nearly every expert.
+fn predict(fp: &Footprint, l: Layout, rates: &Rates, experts: &[ExpertSplit]) -> (f64, f64) {
     let n = fp.n_layer();
     let (mut gpu_b, mut cpu_b, mut disk_b, mut gpu_e, mut cpu_e) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    let mut disk_prompt_b = 0f64;
     for i in 0..n {
-        let (b, e) = (fp.layer_bytes[i] as f64, fp.layer_elems[i] as f64);
+        let (b, e) = fp.active(i);
+        let (b, e) = (b as f64, e as f64);
         match l.tier(i, n) {
             Tier::Gpu => {
                 gpu_b += b;
@@ -277,8 +300,18 @@ fn predict(fp: &Footprint, l: Layout, rates: &Rates) -> (f64, f64) {
             t => {
                 cpu_b += b;
                 cpu_e += e;
-                if t == Tier::Disk {
-                    disk_b += b;
+                match (t, &fp.experts, experts.get(i)) {
+                    (Tier::Disk, Some(x), Some(split)) => {
+                        let miss = split.disk as f64 / x.n_expert.max(1) as f64;
+                        let one = fp.expert_bytes(i) as f64;
+                        disk_b += x.n_used as f64 * one * miss;
+                        disk_prompt_b += split.disk as f64 * one;
+                    }
+                    (Tier::Disk, _, _) => {
+                        disk_b += b;
+                        disk_prompt_b += b;
+                    }
+                    _ => {}
                 }
             }
         }
@@ -302,15 +335,69 @@ fn predict(fp: &Footprint, l: Layout, rates: &Rates) -> (f64, f64) {
     };
     let prompt =
         (2.0 * chunk * (gpu_e / rates.gpu_flops + cpu_e / rates.cpu_flops) + head_secs + crossings)
-            .max(disk_b / rates.disk_bytes_per_sec);
+            .max(disk_prompt_b / rates.disk_bytes_per_sec);
     (chunk / prompt.max(1e-12), 1.0 / decode.max(1e-12))
 }
 
-fn placement(fp: &Footprint, l: Layout, mode: Mode, rates: &Rates) -> Placement {
+/// Each layer's experts in RAM and on disk: all in RAM for RAM and GPU
+/// layers; for disk layers, the RAM left under `ram` after everything else
+/// becomes expert cache, shared evenly between them.
+fn expert_split(
+    fp: &Footprint,
+    l: Layout,
+    ram_used: u64,
+    ram: u64,
+    cap: Option<usize>,
+) -> Vec<ExpertSplit> {
+    let Some(x) = &fp.experts else {
+        return Vec::new();
+    };
     let n = fp.n_layer();
-    let (weights, kv, peak) = usage(fp, l);
-    let (prompt, decode) = predict(fp, l, rates);
+    let disk: Vec<usize> = (0..n).filter(|&i| l.tier(i, n) == Tier::Disk).collect();
+    let spare = ram.saturating_sub(ram_used);
+    let per_layer = spare / disk.len().max(1) as u64;
+    (0..n)
+        .map(|i| {
+            if l.tier(i, n) != Tier::Disk {
+                return ExpertSplit {
+                    ram: x.n_expert,
+                    disk: 0,
+                };
+            }
+            let fit = match cap {
+                Some(c) => c.min(x.n_expert),
+                None => (per_layer / fp.expert_bytes(i).max(1)).min(x.n_expert as u64) as usize,
+            };
+            ExpertSplit {
+                ram: fit,
+                disk: x.n_expert - fit,
+            }
+        })
+        .collect()
+}
+
+fn placement(
+    fp: &Footprint,
+    l: Layout,
+    mode: Mode,
+    rates: &Rates,
+    ram: u64,
+    expert_cap: Option<usize>,
+) -> Placement {
+    let n = fp.n_layer();
+    let (mut weights, kv, mut peak) = usage(fp, l);
+    let experts = expert_split(fp, l, peak.ram, ram, expert_cap);
+    // The expert cache is RAM the placement uses.
+    let cached: u64 = (0..n)
+        .filter(|&i| l.tier(i, n) == Tier::Disk)
+        .map(|i| experts.get(i).map_or(0, |s| s.ram as u64) * fp.expert_bytes(i))
+        .sum();
+    weights.ram += cached;
+    weights.disk = weights.disk.saturating_sub(cached);
+    peak.ram += cached;
+    let (prompt, decode) = predict(fp, l, rates, &experts);
     Placement {
+        experts,
         mode,
         layers: (0..n).map(|i| l.tier(i, n)).collect(),
         head: if l.head_gpu { Tier::Gpu } else { Tier::Ram },
@@ -356,9 +443,19 @@ fn fill_gpu(fp: &Footprint, vram: u64, limit: usize) -> Layout {
     l
 }
 
-/// The fewest disk layers that let RAM hold the rest, or `None`.
+/// The fewest disk layers that let RAM hold the rest, or `None`. A
+/// mixture-of-experts model that does not fit whole keeps every layer's
+/// dense part in RAM (it runs for every token) and splits the RAM left
+/// between the layers' expert caches: all its layers off the GPU go to
+/// the disk tier together.
 fn fill_ram(fp: &Footprint, ram: u64, l: Layout) -> Option<Layout> {
     let n = fp.n_layer();
+    if fp.experts.is_some() {
+        return [0, n - l.gpu]
+            .into_iter()
+            .map(|disk| Layout { disk, ..l })
+            .find(|&c| usage(fp, c).2.ram <= ram);
+    }
     (0..=n - l.gpu)
         .map(|disk| Layout { disk, ..l })
         .find(|&c| usage(fp, c).2.ram <= ram)
@@ -511,7 +608,7 @@ pub fn plan(
             suggestion: "free disk space under the offload folder or choose another one".into(),
         });
     }
-    Ok(placement(fp, layout, mode, rates))
+    Ok(placement(fp, layout, mode, rates, ram, None))
 }
 
 /// A placement given layer by layer (a manual override such as
@@ -523,6 +620,8 @@ pub fn describe(
     head: Tier,
     mode: Mode,
     rates: &Rates,
+    ram: u64,
+    expert_cap: Option<usize>,
 ) -> Placement {
     let n = fp.n_layer();
     let gpu = layers.iter().filter(|&&t| t == Tier::Gpu).count();
@@ -533,7 +632,7 @@ pub fn describe(
         head_gpu: head == Tier::Gpu,
         vision_gpu: false,
     };
-    let mut p = placement(fp, l, mode, rates);
+    let mut p = placement(fp, l, mode, rates, ram, expert_cap);
     p.layers = layers.to_vec();
     p
 }

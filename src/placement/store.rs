@@ -30,7 +30,9 @@ use crate::model::device_block::{DeviceBlock, DeviceRope};
 use crate::model::hparams::HParams;
 use crate::model::kv_cache::KvCache;
 use crate::model::linear::Linear;
-use crate::model::transformer::{Block, LayerProvider, LayerWeights, TensorSource};
+use crate::model::transformer::{
+    Block, Expert, ExpertSource, LayerProvider, LayerWeights, TensorSource,
+};
 use crate::model::ModelError;
 use crate::weights::gguf::{GgufFile, TensorInfo};
 use crate::weights::read::{qtensor_from_bytes, read_exact_at, read_qtensor};
@@ -210,6 +212,9 @@ fn read_one(file: &File, buf: &mut [u8], span: Span) -> std::io::Result<()> {
 
 enum Slot {
     Resident(Box<LayerWeights>),
+    /// A mixture-of-experts layer whose dense part is in RAM and whose
+    /// experts are read from disk when routed to (through its cache).
+    Experts(Box<LayerWeights>),
     Disk(DiskLayer),
     /// A layer of the GPU tier, and the bytes charged for it (weights and
     /// KV cache) on the device.
@@ -240,6 +245,8 @@ struct FileTensors<'a> {
     file: &'a File,
     tensors: &'a [TensorInfo],
     layer: usize,
+    /// Where the experts come from when they stay on disk.
+    experts: Option<Arc<dyn ExpertSource>>,
 }
 
 impl TensorSource for FileTensors<'_> {
@@ -248,6 +255,195 @@ impl TensorSource for FileTensors<'_> {
             self.file,
             find_tensor(self.tensors, suffix, self.layer)?,
         )?)
+    }
+
+    fn experts(&mut self) -> Option<Arc<dyn ExpertSource>> {
+        self.experts.clone()
+    }
+}
+
+/// Counters of the experts read from disk, all layers together.
+#[derive(Debug, Default)]
+pub struct ExpertStats {
+    /// Routed experts found in the cache.
+    pub hits: AtomicU64,
+    /// Routed experts read from disk.
+    pub misses: AtomicU64,
+    pub bytes_read: AtomicU64,
+    /// Time the compute thread waited for expert reads, in nanoseconds.
+    pub wait_nanos: AtomicU64,
+}
+
+impl ExpertStats {
+    /// (hits, misses, bytes read, wait nanoseconds).
+    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+            self.bytes_read.load(Ordering::Relaxed),
+            self.wait_nanos.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A disk-tier mixture-of-experts layer's experts: each read when a token
+/// is first routed to it (its rows of the three stacked tensors, read in
+/// parallel with the layer's other misses), then kept in a cache of
+/// `capacity` experts, the least recently used out first.
+#[derive(Debug)]
+pub struct ExpertCache {
+    file: Arc<File>,
+    layer: usize,
+    /// gate, up and down: the stacked tensor and one expert's bytes in it.
+    parts: [(TensorInfo, u64); 3],
+    capacity: usize,
+    /// expert → (weights, last use).
+    entries: Mutex<(std::collections::HashMap<usize, (Arc<Expert>, u64)>, u64)>,
+    stats: Arc<ExpertStats>,
+}
+
+impl ExpertCache {
+    fn new(
+        file: Arc<File>,
+        layer: usize,
+        tensors: &[TensorInfo],
+        capacity: usize,
+        stats: Arc<ExpertStats>,
+    ) -> Result<Self, ModelError> {
+        let part = |name: &str| -> Result<(TensorInfo, u64), ModelError> {
+            let t = find_tensor(tensors, name, layer)?;
+            let n = *t.shape.first().unwrap_or(&1) as u64;
+            if n == 0 || t.size_bytes % n != 0 {
+                return Err(ModelError::Format(format!(
+                    "blk.{layer}.{name} does not split into whole experts"
+                )));
+            }
+            Ok((t.clone(), t.size_bytes / n))
+        };
+        Ok(ExpertCache {
+            parts: [
+                part("ffn_gate_exps.weight")?,
+                part("ffn_up_exps.weight")?,
+                part("ffn_down_exps.weight")?,
+            ],
+            file,
+            layer,
+            capacity,
+            entries: Mutex::new((std::collections::HashMap::new(), 0)),
+            stats,
+        })
+    }
+
+    /// Reads expert `e` from the file into one buffer holding its three
+    /// projections.
+    fn read(&self, e: usize) -> Result<Expert, ModelError> {
+        let mut offsets = [0usize; 3];
+        let mut total = 0usize;
+        for (k, (_, bytes)) in self.parts.iter().enumerate() {
+            offsets[k] = total;
+            total = (total + *bytes as usize).next_multiple_of(64);
+        }
+        let mut buf = AlignedBytes::new(total.max(1)).map_err(|err| {
+            ModelError::Format(format!("cannot allocate an expert buffer: {err}"))
+        })?;
+        for (k, (t, bytes)) in self.parts.iter().enumerate() {
+            let at = offsets[k];
+            let dst = &mut buf.as_mut_slice()[at..at + *bytes as usize];
+            read_exact_at(&self.file, dst, t.file_offset + e as u64 * bytes).map_err(|err| {
+                ModelError::Format(format!(
+                    "cannot read expert {e} of blk.{}.{}: {err}",
+                    self.layer, t.name
+                ))
+            })?;
+        }
+        self.stats
+            .bytes_read
+            .fetch_add(self.parts.iter().map(|p| p.1).sum(), Ordering::Relaxed);
+        let buf = Arc::new(buf);
+        let linear = |k: usize| -> Result<Linear, ModelError> {
+            let (t, bytes) = &self.parts[k];
+            let (rows, cols) = match t.shape[..] {
+                [_, rows, cols] => (rows, cols),
+                _ => {
+                    return Err(ModelError::Format(format!(
+                        "blk.{}.{} is not a stack of matrices",
+                        self.layer, t.name
+                    )))
+                }
+            };
+            Linear::shared(
+                buf.clone(),
+                offsets[k],
+                *bytes as usize,
+                t.ggml_type.to_candle(),
+                (rows, cols),
+                None,
+            )
+        };
+        Ok(Expert {
+            gate: linear(0)?,
+            up: linear(1)?,
+            down: linear(2)?,
+        })
+    }
+}
+
+impl ExpertSource for ExpertCache {
+    fn fetch(&self, ids: &[usize]) -> Result<Vec<Arc<Expert>>, ModelError> {
+        let mut found: Vec<Option<Arc<Expert>>> = vec![None; ids.len()];
+        {
+            let mut guard = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let (map, tick) = &mut *guard;
+            for (slot, e) in found.iter_mut().zip(ids) {
+                if let Some((w, used)) = map.get_mut(e) {
+                    *tick += 1;
+                    *used = *tick;
+                    *slot = Some(w.clone());
+                }
+            }
+        }
+        let missing: Vec<usize> = (0..ids.len()).filter(|&j| found[j].is_none()).collect();
+        self.stats
+            .hits
+            .fetch_add((ids.len() - missing.len()) as u64, Ordering::Relaxed);
+        self.stats
+            .misses
+            .fetch_add(missing.len() as u64, Ordering::Relaxed);
+        if !missing.is_empty() {
+            let waited = Instant::now();
+            // The misses of one layer are read at once: several requests
+            // in flight keep a fast drive busy.
+            let read: Vec<Result<Expert, ModelError>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = missing
+                    .iter()
+                    .map(|&j| scope.spawn(move || self.read(ids[j])))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or(Err(ModelError::PrefetchLost)))
+                    .collect()
+            });
+            self.stats
+                .wait_nanos
+                .fetch_add(waited.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            let mut guard = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let (map, tick) = &mut *guard;
+            for (&j, r) in missing.iter().zip(read) {
+                let w = Arc::new(r?);
+                found[j] = Some(w.clone());
+                if self.capacity == 0 {
+                    continue;
+                }
+                if map.len() >= self.capacity {
+                    if let Some(old) = map.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
+                        map.remove(&old);
+                    }
+                }
+                *tick += 1;
+                map.insert(ids[j], (w, *tick));
+            }
+        }
+        Ok(found.into_iter().flatten().collect())
     }
 }
 
@@ -338,6 +534,10 @@ pub struct LayerStore {
     /// The next pass's first disk layer, being read.
     read_ahead: Mutex<Option<ReadAhead>>,
     pub stats: DiskStats,
+    /// Experts read from disk (mixture-of-experts layers on the disk tier).
+    pub expert_stats: Arc<ExpertStats>,
+    /// Experts each disk-tier layer's cache holds (from the plan).
+    expert_capacity: Vec<usize>,
     gpu: Option<GpuCharges>,
     /// The rotary tables on the GPU tier's device, when it has one.
     rope: Option<DeviceRope>,
@@ -420,11 +620,19 @@ impl LayerStore {
             buffers: Mutex::new(Vec::new()),
             read_ahead: Mutex::new(None),
             stats: DiskStats::default(),
+            expert_stats: Arc::new(ExpertStats::default()),
+            expert_capacity: Vec::new(),
             gpu: None,
             rope: None,
         };
         store.set_gpu(gpu)?;
         Ok(store)
+    }
+
+    /// How many experts each disk-tier layer keeps in RAM (the plan's
+    /// split); layers placed afterwards use it.
+    pub fn set_expert_capacity(&mut self, per_layer: Vec<usize>) {
+        self.expert_capacity = per_layer;
     }
 
     /// Gives the store a GPU tier (or takes it away) while no layer is on it.
@@ -504,8 +712,29 @@ impl LayerStore {
                     file: &self.model_file,
                     tensors: &self.layer_tensors[i],
                     layer: i,
+                    experts: None,
                 },
             )?)),
+            Tier::Disk if self.hp.moe.is_some() => {
+                let d = self.disk_layer(i)?;
+                let capacity = self.expert_capacity.get(i).copied().unwrap_or(0);
+                let cache = ExpertCache::new(
+                    d.file.clone(),
+                    i,
+                    &d.tensors,
+                    capacity,
+                    self.expert_stats.clone(),
+                )?;
+                Slot::Experts(Box::new(LayerWeights::load(
+                    &self.hp,
+                    &mut FileTensors {
+                        file: &d.file,
+                        tensors: &d.tensors,
+                        layer: i,
+                        experts: Some(Arc::new(cache)),
+                    },
+                )?))
+            }
             Tier::Disk => Slot::Disk(self.disk_layer(i)?),
             Tier::Gpu => {
                 let Some(g) = self.gpu.clone() else {
@@ -517,6 +746,7 @@ impl LayerStore {
                     file: &self.model_file,
                     tensors: &self.layer_tensors[i],
                     layer: i,
+                    experts: None,
                 };
                 let layer = match &g.tier.device {
                     Some(device) => {
@@ -642,7 +872,7 @@ impl LayerStore {
     pub fn tier(&self, i: usize) -> Tier {
         match self.slots[i] {
             Slot::Resident(_) => Tier::Ram,
-            Slot::Disk(_) => Tier::Disk,
+            Slot::Disk(_) | Slot::Experts(_) => Tier::Disk,
             Slot::Gpu(..) => Tier::Gpu,
         }
     }
@@ -676,7 +906,7 @@ impl LayerStore {
             .iter()
             .filter_map(|s| match s {
                 Slot::Disk(d) => Some(d.span.map_or(usize::MAX, Span::buffer_len)),
-                Slot::Resident(_) | Slot::Gpu(..) => None,
+                Slot::Resident(_) | Slot::Experts(_) | Slot::Gpu(..) => None,
             })
             .max()
             .unwrap_or(usize::MAX)
@@ -828,6 +1058,7 @@ fn fetch(
                     file: &d.file,
                     tensors: &d.tensors,
                     layer: i,
+                    experts: None,
                 },
             )?;
             (w, None)
@@ -876,7 +1107,9 @@ impl LayerStore {
     /// Layer `i` as the model runs it, for a layer in RAM or on the GPU.
     fn resident(&self, i: usize) -> Option<Block<'_>> {
         match &self.slots[i] {
-            Slot::Resident(w) | Slot::Gpu(GpuLayer::Host(w), _) => Some(Block::Host(w)),
+            Slot::Resident(w) | Slot::Experts(w) | Slot::Gpu(GpuLayer::Host(w), _) => {
+                Some(Block::Host(w))
+            }
             Slot::Gpu(GpuLayer::Device(block), _) => Some(Block::Device {
                 block,
                 rope: self.rope.as_ref()?,
@@ -994,7 +1227,7 @@ impl LayerStore {
             });
             for (i, slot) in self.slots.iter().enumerate() {
                 match slot {
-                    Slot::Resident(_) | Slot::Gpu(..) => {
+                    Slot::Resident(_) | Slot::Experts(_) | Slot::Gpu(..) => {
                         f(i, self.resident(i).ok_or_else(no_rope)?)?
                     }
                     Slot::Disk(_) => {

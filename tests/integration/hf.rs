@@ -528,3 +528,118 @@ fn sliding_window_cache_agrees_across_pass_sizes() {
         assert!(err < 1e-3, "passes of {step}: logits differ by {err}");
     }
 }
+
+/// Mixture-of-experts placement on the Qwen3-MoE fixture: with every
+/// layer on disk the dense parts stay in RAM and experts are read only when
+/// routed. Without an expert cache every routed expert of every pass is
+/// read (each read one expert's bytes) and the greedy tokens are the RAM
+/// ones; with a cache of every expert each is read once at most; with a
+/// cache of 3 of 8 (least recently used out) the tokens are the same again.
+#[test]
+fn moe_experts_on_disk_are_read_when_routed() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = fixture("qwen3_moe_tiny");
+    let r = reference(&dir);
+    let chat = dir.join("messages.json");
+    let base = ["--dtype", "f32", "--quant", "none", "--think"];
+    let ram = greedy8(&dir, &chat, &base, cache.path());
+    assert_eq!(
+        tokens_of(&ram),
+        r.generated.iter().map(|&t| t as i64).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        ram["experts"]["misses"].as_u64(),
+        Some(0),
+        "RAM layers read nothing"
+    );
+    // One expert's bytes in this file (bf16 gate, up and down of 32 × 64).
+    let expert_bytes = 3 * 32 * 64 * 2;
+    for (cap, most_misses) in [("0", None), ("8", Some(2 * 8)), ("3", None)] {
+        let mut args = base.to_vec();
+        args.extend(["--disk-layers", "all", "--expert-cache", cap]);
+        let out = greedy8(&dir, &chat, &args, cache.path());
+        assert_eq!(
+            tokens_of(&out),
+            tokens_of(&ram),
+            "expert cache {cap}: tokens"
+        );
+        assert!(out["tiers"].as_array().unwrap().iter().all(|t| t == "disk"));
+        let x = &out["experts"];
+        let (hits, misses) = (x["hits"].as_u64().unwrap(), x["misses"].as_u64().unwrap());
+        assert_eq!(
+            x["bytes_read"].as_u64(),
+            Some(misses * expert_bytes),
+            "cache {cap}"
+        );
+        assert!(misses > 0);
+        match most_misses {
+            Some(m) => assert!(
+                misses <= m && hits > 0,
+                "cache {cap}: {hits} hits, {misses} misses"
+            ),
+            None if cap == "0" => {
+                // The prompt pass routes to 8 + 7 distinct experts, each
+                // of the 7 decode passes to 2 per layer.
+                assert_eq!(hits, 0);
+                assert_eq!(misses, 15 + 7 * 2 * 2, "every routed expert read");
+            }
+            None => assert!(
+                hits > 0 && misses < 15 + 7 * 2 * 2,
+                "cache {cap}: {hits}/{misses}"
+            ),
+        }
+    }
+}
+
+/// `plan` of Qwen3-30B-A3B (48 layers of 128 experts) under a RAM cap
+/// keeps every dense part in RAM and gives the rest of the RAM to the
+/// experts, evenly; with room for everything, every layer is in RAM.
+#[test]
+fn moe_plan_splits_layers_into_dense_parts_and_experts() {
+    let config = fixture("configs/qwen3-30b-a3b/config.json");
+    let plan = |ram: &str| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+            .args(["plan", "--model"])
+            .arg(&config)
+            .args([
+                "--quant", "q4_k_m", "--ctx", "4096", "--ram", ram, "--vram", "0", "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let mut cached = Vec::new();
+    for ram in ["4GiB", "8GiB"] {
+        let p = plan(ram);
+        let layers = p["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 48);
+        let mut in_ram = 0;
+        for l in layers {
+            assert_eq!(l["tier"], "disk");
+            assert_eq!(l["dense"]["tier"], "ram");
+            let (r, d) = (
+                l["experts"]["ram"].as_u64().unwrap(),
+                l["experts"]["disk"].as_u64().unwrap(),
+            );
+            assert_eq!(r + d, 128);
+            in_ram += r;
+        }
+        assert!(
+            p["tiers"]["ram"]["peak_bytes"].as_u64().unwrap()
+                <= spillway::placement::planner::parse_bytes(ram).unwrap()
+        );
+        cached.push(in_ram);
+    }
+    assert!(cached[0] > 0 && cached[1] > 2 * cached[0], "{cached:?}");
+    let all = plan("24GiB");
+    assert!(all["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["tier"] == "ram" && l["experts"]["disk"] == 0));
+}

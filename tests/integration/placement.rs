@@ -267,6 +267,7 @@ fn plan_command_from_a_gguf_and_a_config() {
 fn candle_request(mode: Mode) -> PlacementRequest {
     PlacementRequest {
         simulate_with_candle: true,
+        expert_cache: None,
         ..request(mode, Some(1024 * MIB), None)
     }
 }

@@ -35,6 +35,7 @@ fn placement(gpu: usize, ram: usize) -> Placement {
         peak: TierBytes::default(),
         predicted_prompt_tokens_per_sec: 300.0,
         predicted_decode_tokens_per_sec: 42.0,
+        experts: Vec::new(),
     }
 }
 
