@@ -160,10 +160,20 @@ impl Bench<'_> {
         }
         let first = synthetic_tokens(1, self.vocab);
         let (n, path, never) = (self.args.gen_tokens, self.path.clone(), &self.never);
+        // Random weights' greedy choice repeats one token, which would
+        // route every step to the same experts; a synthetic model is fed
+        // varied tokens instead, as text is.
+        let varied = self
+            .engine
+            .is_synthetic()
+            .then(|| synthetic_tokens(n + 1, self.vocab));
         let mut run = |e: &mut Engine| -> anyhow::Result<()> {
             let mut logits = e.feed(&first, never)?.unwrap_or_default();
-            for _ in 1..n {
-                let t = argmax(&logits);
+            for step in 1..n {
+                let t = match &varied {
+                    Some(v) => v[step],
+                    None => argmax(&logits),
+                };
                 if cold {
                     drop_page_cache(&path);
                 }
@@ -388,6 +398,7 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
                 "routed_bytes_per_token": on_disk.iter().map(|&i| x.n_used as u64 * fp.expert_bytes(i)).sum::<u64>(),
                 "cache_experts": on_disk.iter().map(|&i| p.experts.get(i).map_or(0, |s| s.ram)).sum::<usize>(),
                 "disk_experts": on_disk.iter().map(|&i| p.experts.get(i).map_or(0, |s| s.disk)).sum::<usize>(),
+                "busiest_tenth_share": b.engine.busiest_tenth_share(),
             })
         })
     };
@@ -478,12 +489,13 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
     }
     if let Some(x) = &experts {
         println!(
-            "experts: decode hit rate {:.1}% ({:.1}% prompt), {:.1} MB read from disk per token; routed experts of disk layers {:.1} MB per token; cache {} experts",
+            "experts: decode hit rate {:.1}% ({:.1}% prompt), {:.1} MB read from disk per token; routed experts of disk layers {:.1} MB per token; cache {} experts; busiest tenth took {:.1}% of routes",
             x["decode_hit_rate"].as_f64().unwrap_or(0.0) * 100.0,
             x["prompt_hit_rate"].as_f64().unwrap_or(0.0) * 100.0,
             x["disk_bytes_per_token"].as_f64().unwrap_or(0.0) / 1e6,
             x["routed_bytes_per_token"].as_f64().unwrap_or(0.0) / 1e6,
             x["cache_experts"],
+            x["busiest_tenth_share"].as_f64().unwrap_or(0.0) * 100.0,
         );
     }
     if let (Some(r), Some(last)) = (bound_ratio, bounds.last()) {

@@ -31,6 +31,12 @@ pub struct SynthesizeArgs {
     /// vocabulary (default: SmolLM2's, built in).
     #[arg(long, value_name = "GGUF")]
     tokenizer: Option<PathBuf>,
+    /// Skew a mixture-of-experts router as trained ones are: in each layer
+    /// the expert of rank r (a seeded order) gets its router row scaled by
+    /// (r + 1)^-S, so a few experts win most tokens. 0: random weights'
+    /// nearly uniform routing.
+    #[arg(long, value_name = "S", default_value_t = 0.0)]
+    router_skew: f32,
     /// Print one JSON object (path, bytes, seconds, MB/s, peak memory).
     #[arg(long)]
     json: bool,
@@ -48,6 +54,7 @@ pub fn run(a: SynthesizeArgs, config: Option<PathBuf>) -> anyhow::Result<ExitCod
         quant: a.quant,
         seed: a.seed,
         tokenizer: a.tokenizer.clone(),
+        router_skew: a.router_skew,
     };
     let report = synth::synthesize(&opts, &a.out, &mut |done, total| {
         bar.set_length(total >> 20);

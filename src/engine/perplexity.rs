@@ -56,6 +56,25 @@ impl Engine {
         &self.scratch.routes
     }
 
+    /// Tokens each layer's experts served since the model was loaded
+    /// (`n_layer × n_expert`; empty for dense models).
+    pub fn expert_tokens(&self) -> &[Vec<u64>] {
+        &self.scratch.expert_tokens
+    }
+
+    /// The share of routed tokens the busiest tenth of each layer's experts
+    /// took (0.1 when routing is uniform), over all layers.
+    pub fn busiest_tenth_share(&self) -> Option<f64> {
+        let (mut top, mut all) = (0u64, 0u64);
+        for counts in &self.scratch.expert_tokens {
+            let mut c = counts.clone();
+            c.sort_unstable_by(|a, b| b.cmp(a));
+            top += c.iter().take(c.len().div_ceil(10)).sum::<u64>();
+            all += c.iter().sum::<u64>();
+        }
+        (all > 0).then(|| top as f64 / all as f64)
+    }
+
     /// `chunks = None` scores every whole chunk of the text.
     pub fn perplexity(
         &mut self,

@@ -51,6 +51,7 @@ impl Engine {
             layer_ms_per_token: self.layer_ms_per_token.clone(),
             ..Snapshot::default()
         };
+        (s.expert_hits, s.expert_misses, s.expert_bytes_read, _) = store.expert_stats.snapshot();
         s.set_ram(machine.ram());
         s
     }

@@ -352,6 +352,7 @@ pub fn seeds(target: Target) -> anyhow::Result<Vec<Vec<u8>>> {
                     quant,
                     seed: i as u64,
                     tokenizer: None,
+                    router_skew: 0.0,
                 };
                 let file = sub.join("model.gguf");
                 crate::weights::synth::synthesize(&opts, &file, &mut |_, _| {})?;

@@ -75,12 +75,17 @@ pub struct Expert {
     pub gate: Linear,
     pub up: Linear,
     pub down: Linear,
+    /// The buffer they lie in, when read from disk (given back for reuse).
+    pub buf: Option<Arc<crate::placement::alloc::AlignedBytes>>,
 }
 
 /// Where a layer's experts come from when they are not in memory.
 pub trait ExpertSource: Send + Sync + std::fmt::Debug {
     /// Experts `ids` (ascending, distinct), in that order.
     fn fetch(&self, ids: &[usize]) -> Result<Vec<Arc<Expert>>, ModelError>;
+
+    /// The experts a pass fetched, once it is done with them.
+    fn release(&self, _experts: Vec<Arc<Expert>>) {}
 }
 
 /// One transformer block's weights for the host kernels.
@@ -954,6 +959,7 @@ impl Transformer {
                         gate: gate.rows(e * ff, ff)?,
                         up: up.rows(e * ff, ff)?,
                         down: down.rows(e * d, d)?,
+                        buf: None,
                     }))
                 })
                 .collect::<Result<_, ModelError>>()?,
@@ -982,6 +988,9 @@ impl Transformer {
             }
         }
         s.h[..n * d].copy_from_slice(&s.moe_out[..n * d]);
+        if let Experts::OnDemand(source) = experts {
+            source.release(weights);
+        }
         Ok(())
     }
 }

@@ -298,9 +298,14 @@ pub struct ExpertCache {
     parts: [(TensorInfo, u64); 3],
     capacity: usize,
     /// expert → (weights, last use).
-    entries: Mutex<(std::collections::HashMap<usize, (Arc<Expert>, u64)>, u64)>,
+    entries: Mutex<(ExpertMap, u64)>,
+    /// Buffers of evicted experts, reused for the next reads (a fresh
+    /// allocation costs a page fault per 4 KiB).
+    free: Mutex<Vec<AlignedBytes>>,
     stats: Arc<ExpertStats>,
 }
+
+type ExpertMap = std::collections::HashMap<usize, (Arc<Expert>, u64)>;
 
 impl ExpertCache {
     fn new(
@@ -330,6 +335,7 @@ impl ExpertCache {
             layer,
             capacity,
             entries: Mutex::new((std::collections::HashMap::new(), 0)),
+            free: Mutex::new(Vec::new()),
             stats,
         })
     }
@@ -343,9 +349,18 @@ impl ExpertCache {
             offsets[k] = total;
             total = (total + *bytes as usize).next_multiple_of(64);
         }
-        let mut buf = AlignedBytes::new(total.max(1)).map_err(|err| {
-            ModelError::Format(format!("cannot allocate an expert buffer: {err}"))
-        })?;
+        let reused = self
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .filter(|b| b.len() == total.max(1));
+        let mut buf = match reused {
+            Some(b) => b,
+            None => AlignedBytes::new(total.max(1)).map_err(|err| {
+                ModelError::Format(format!("cannot allocate an expert buffer: {err}"))
+            })?,
+        };
         for (k, (t, bytes)) in self.parts.iter().enumerate() {
             let at = offsets[k];
             let dst = &mut buf.as_mut_slice()[at..at + *bytes as usize];
@@ -384,7 +399,23 @@ impl ExpertCache {
             gate: linear(0)?,
             up: linear(1)?,
             down: linear(2)?,
+            buf: Some(buf),
         })
+    }
+
+    /// Takes back an expert's buffer when nothing else holds the expert.
+    fn recycle(&self, expert: Arc<Expert>) {
+        let Ok(mut e) = Arc::try_unwrap(expert) else {
+            return;
+        };
+        let buf = e.buf.take();
+        drop(e);
+        if let Some(Ok(b)) = buf.map(Arc::try_unwrap) {
+            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            if free.len() < 16 {
+                free.push(b);
+            }
+        }
     }
 }
 
@@ -428,6 +459,7 @@ impl ExpertSource for ExpertCache {
                 .fetch_add(waited.elapsed().as_nanos() as u64, Ordering::Relaxed);
             let mut guard = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             let (map, tick) = &mut *guard;
+            let mut evicted = Vec::new();
             for (&j, r) in missing.iter().zip(read) {
                 let w = Arc::new(r?);
                 found[j] = Some(w.clone());
@@ -435,15 +467,27 @@ impl ExpertSource for ExpertCache {
                     continue;
                 }
                 if map.len() >= self.capacity {
-                    if let Some(old) = map.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
-                        map.remove(&old);
+                    let oldest = map.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k);
+                    if let Some((old, _)) = oldest.and_then(|k| map.remove(&k)) {
+                        evicted.push(old);
                     }
                 }
                 *tick += 1;
                 map.insert(ids[j], (w, *tick));
             }
+            drop(guard);
+            // An expert this pass still uses comes back through `release`.
+            for w in evicted {
+                self.recycle(w);
+            }
         }
         Ok(found.into_iter().flatten().collect())
+    }
+
+    fn release(&self, experts: Vec<Arc<Expert>>) {
+        for e in experts {
+            self.recycle(e);
+        }
     }
 }
 

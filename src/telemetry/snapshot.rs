@@ -26,6 +26,11 @@ pub struct Snapshot {
     pub decode_tokens_per_sec: f64,
     /// Milliseconds each layer took per token in the last pass.
     pub layer_ms_per_token: Vec<f64>,
+    /// Routed experts of disk-tier layers found in their RAM cache, read
+    /// from disk, and the bytes read, since the model was loaded.
+    pub expert_hits: u64,
+    pub expert_misses: u64,
+    pub expert_bytes_read: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]

@@ -83,6 +83,9 @@ pub fn panel_ui(ui: &mut egui::Ui, app: &mut SpillwayApp) -> Vec<PlacementAction
         "predicted: {:.0} prompt · {:.1} decode tokens/s",
         p.predicted_prompt_tokens_per_sec, p.predicted_decode_tokens_per_sec
     ));
+    if let Some(line) = experts_line(p, app.telemetry.as_ref()) {
+        ui.label(line);
+    }
 
     ui.separator();
     gauges_ui(ui, app);
@@ -92,7 +95,29 @@ pub fn panel_ui(ui: &mut egui::Ui, app: &mut SpillwayApp) -> Vec<PlacementAction
     actions
 }
 
-/// One cell per layer, coloured by tier.
+/// A mixture-of-experts model's experts: how many RAM caches, how many
+/// stay on disk, and how often the cache served a routed expert.
+pub fn experts_line(p: &Placement, t: Option<&crate::telemetry::Snapshot>) -> Option<String> {
+    let (ram, disk) = p
+        .experts
+        .iter()
+        .fold((0, 0), |(r, d), x| (r + x.ram, d + x.disk));
+    if disk == 0 {
+        return None;
+    }
+    let mut line = format!("experts: {ram} in RAM, {disk} on disk (read when routed)");
+    if let Some(t) = t.filter(|t| t.expert_hits + t.expert_misses > 0) {
+        line += &format!(
+            " · cache hit rate {:.0}% · {} read",
+            100.0 * t.expert_hits as f64 / (t.expert_hits + t.expert_misses) as f64,
+            human(t.expert_bytes_read)
+        );
+    }
+    Some(line)
+}
+
+/// One cell per layer, coloured by tier; a mixture-of-experts layer on
+/// disk is split: its experts cached in RAM below, those on disk above.
 pub fn layer_strip_ui(ui: &mut egui::Ui, p: &Placement, layer_bytes: &[u64], ms: &[f64]) {
     let n = p.layers.len().max(1);
     let width = ui.available_width();
@@ -103,11 +128,31 @@ pub fn layer_strip_ui(ui: &mut egui::Ui, p: &Placement, layer_bytes: &[u64], ms:
             rect.min + Vec2::new(i as f32 * cell, 0.0),
             Vec2::new(cell, rect.height()),
         );
-        ui.painter().rect_filled(r.shrink(0.5), 1.0, tier_color(t));
+        let split = p.experts.get(i).filter(|x| x.disk > 0);
+        match split {
+            Some(x) => {
+                let cell = r.shrink(0.5);
+                let ram_share = x.ram as f32 / (x.ram + x.disk).max(1) as f32;
+                let cut = cell.bottom() - cell.height() * ram_share;
+                let (top, bottom) = cell.split_top_bottom_at_y(cut);
+                ui.painter().rect_filled(top, 1.0, tier_color(Tier::Disk));
+                ui.painter().rect_filled(bottom, 1.0, tier_color(Tier::Ram));
+            }
+            None => {
+                ui.painter().rect_filled(r.shrink(0.5), 1.0, tier_color(t));
+            }
+        }
         let id = ui.scope_id().with(("layer", i));
         let resp = ui.interact(r, id, Sense::hover());
+        let what = match split {
+            Some(x) => format!(
+                "layer {i}: dense part in RAM, {} experts cached in RAM, {} on disk",
+                x.ram, x.disk
+            ),
+            None => format!("layer {i}: {t}"),
+        };
         resp.on_hover_text(format!(
-            "layer {i}: {t}\n{}{}",
+            "{what}\n{}{}",
             human(layer_bytes.get(i).copied().unwrap_or(0)),
             ms.get(i)
                 .map(|m| format!("\n{m:.2} ms per token"))

@@ -65,6 +65,8 @@ pub struct SynthOptions {
     /// A GGUF whose `tokenizer.*` metadata to use (any model or a
     /// vocabulary-only file); `None`: SmolLM2's tokenizer.
     pub tokenizer: Option<PathBuf>,
+    /// Router row scales (r + 1)^-skew by a seeded expert rank (0: none).
+    pub router_skew: f32,
 }
 
 /// What was written.
@@ -187,6 +189,12 @@ pub fn synthesize(
             .map_err(werr)?;
             let mut done = 0u64;
             for t in &tensors {
+                if opts.router_skew > 0.0 && t.name.ends_with("ffn_gate_inp.weight") {
+                    let bytes = skewed_router(t, opts.seed, opts.router_skew);
+                    w.write_tensor(&t.name, &bytes).map_err(werr)?;
+                    done += bytes.len() as u64;
+                    continue;
+                }
                 // Llama 3's rotary divisors are the config's, not noise.
                 if let (super::convert::ROPE_FREQS, Some(f)) =
                     (t.name.as_str(), &hp.rope_freq_factors)
@@ -374,6 +382,29 @@ fn adapt_tokenizer(
         kept,
         padded,
     })
+}
+
+/// A router (`n_expert × n_embd`, f32) whose expert of rank `r` in a
+/// seeded order has its row scaled by `(r + 1)^-skew`: a larger row spreads
+/// its logits wider, so it lands in the top-k far more often.
+fn skewed_router(t: &TensorPlan, seed: u64, skew: f32) -> Vec<u8> {
+    let (rows, cols) = (t.shape[0], *t.shape.last().unwrap_or(&1));
+    let mut rng = Rng::new(piece_seed(seed, &t.name, u64::MAX));
+    // A seeded permutation: which expert is hottest differs per layer.
+    let mut rank: Vec<usize> = (0..rows).collect();
+    for i in (1..rows).rev() {
+        rank.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    let std = 1.0 / (cols as f32).sqrt();
+    let mut out = Vec::with_capacity(rows * cols * 4);
+    for &r in &rank {
+        let scale = std * ((r + 1) as f32).powf(-skew) * 3f32.sqrt();
+        for _ in 0..cols {
+            let v = (rng.unit() * 2.0 - 1.0) * scale;
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
 }
 
 /// SplitMix64: tiny, fast and good enough for weights nobody reads.
