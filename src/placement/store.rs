@@ -354,7 +354,7 @@ impl ExpertCache {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop()
-            .filter(|b| b.len() == total.max(1));
+            .filter(|b| b.len() >= total);
         let mut buf = match reused {
             Some(b) => b,
             None => AlignedBytes::new(total.max(1)).map_err(|err| {

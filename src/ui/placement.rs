@@ -281,3 +281,40 @@ fn preview_ui(ui: &mut egui::Ui, app: &SpillwayApp, actions: &mut Vec<PlacementA
         None => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::planner::{ExpertSplit, TierBytes};
+    use crate::placement::Mode;
+
+    /// A MoE placement's panel line names the split and, once experts were
+    /// routed, the cache's hit rate; a dense model has none.
+    #[test]
+    fn experts_line_shows_split_and_hit_rate() {
+        let mut p = Placement {
+            mode: Mode::Auto,
+            layers: vec![Tier::Disk; 2],
+            head: Tier::Ram,
+            vision: None,
+            weights: TierBytes::default(),
+            kv: TierBytes::default(),
+            peak: TierBytes::default(),
+            predicted_prompt_tokens_per_sec: 1.0,
+            predicted_decode_tokens_per_sec: 1.0,
+            experts: vec![ExpertSplit { ram: 3, disk: 5 }; 2],
+        };
+        let mut t = crate::telemetry::Snapshot::default();
+        assert_eq!(
+            experts_line(&p, Some(&t)).unwrap(),
+            "experts: 6 in RAM, 10 on disk (read when routed)"
+        );
+        t.expert_hits = 3;
+        t.expert_misses = 1;
+        t.expert_bytes_read = 1 << 20;
+        let line = experts_line(&p, Some(&t)).unwrap();
+        assert!(line.contains("cache hit rate 75%"), "{line}");
+        p.experts.clear();
+        assert_eq!(experts_line(&p, Some(&t)), None);
+    }
+}
