@@ -54,10 +54,12 @@ fn info() -> ModelInfo {
             peak: TierBytes::default(),
             predicted_prompt_tokens_per_sec: 60.0,
             predicted_decode_tokens_per_sec: 6.0,
+            experts: Vec::new(),
         },
         budget_notes: vec![],
         gpu_name: None,
         synthetic: false,
+        thinking: None,
         vision: Some(Box::new(VisionInfo {
             processor: spillway::vision::ProcessorConfig::default(),
             thinking: Some(false),

@@ -47,7 +47,7 @@ pub struct ReplyRequest {
     pub messages: Vec<Message>,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
-    /// Let a RoboBrain model that can think (7B, 32B) think first.
+    /// Let a model that can think (Qwen3, RoboBrain 7B/32B) think first.
     pub think: bool,
     /// Upper bound on an image's pixels after resizing (its token cost).
     pub max_pixels: Option<usize>,
@@ -151,6 +151,10 @@ pub struct ModelInfo {
     pub vision: Option<Box<VisionInfo>>,
     /// The weights are random (`spillway synthesize`): good for speed
     /// tests only.
+    /// `Some(true)` when the model thinks when asked (Qwen3's template
+    /// switch, RoboBrain 7B/32B), `Some(false)` for RoboBrain 3B, `None`
+    /// otherwise.
+    pub thinking: Option<bool>,
     pub synthetic: bool,
 }
 

@@ -82,21 +82,28 @@ pub fn plan_for(
     rates: &Rates,
 ) -> Result<Placement, EngineError> {
     let mut p = planner::plan(fp, budgets, request.mode, rates)?;
-    if let Some(disk) = request.disk_layers {
+    // Manual overrides: disk layers, and experts cached per disk layer.
+    let cap = request.expert_cache.filter(|_| fp.experts.is_some());
+    if request.disk_layers.is_some() || cap.is_some() {
         let n = p.layers.len();
         let off_gpu = p.layers.iter().filter(|&&t| t != Tier::Gpu).count();
-        let want = match disk {
-            DiskLayers::None => 0,
-            DiskLayers::Count(k) => k.min(off_gpu),
-            DiskLayers::All => off_gpu,
+        let layers: Vec<Tier> = match request.disk_layers {
+            Some(disk) => {
+                let want = match disk {
+                    DiskLayers::None => 0,
+                    DiskLayers::Count(k) => k.min(off_gpu),
+                    DiskLayers::All => off_gpu,
+                };
+                (0..n)
+                    .map(|i| match p.layers[i] {
+                        Tier::Gpu => Tier::Gpu,
+                        _ if i < want => Tier::Disk,
+                        _ => Tier::Ram,
+                    })
+                    .collect()
+            }
+            None => p.layers.clone(),
         };
-        let layers: Vec<Tier> = (0..n)
-            .map(|i| match p.layers[i] {
-                Tier::Gpu => Tier::Gpu,
-                _ if i < want => Tier::Disk,
-                _ => Tier::Ram,
-            })
-            .collect();
         p = planner::describe(
             fp,
             &layers,
@@ -104,19 +111,7 @@ pub fn plan_for(
             request.mode,
             rates,
             budgets.ram_bytes,
-            None,
-        );
-    }
-    if let (Some(cap), Some(_)) = (request.expert_cache, &fp.experts) {
-        let layers = p.layers.clone();
-        p = planner::describe(
-            fp,
-            &layers,
-            p.head,
-            request.mode,
-            rates,
-            budgets.ram_bytes,
-            Some(cap),
+            cap,
         );
     }
     Ok(p)

@@ -404,6 +404,7 @@ fn model_info(engine: &mut Engine, req: &LoadRequest) -> ModelInfo {
         budget_notes: engine.budgets().notes.clone(),
         gpu_name: engine.budgets().gpu_name.clone(),
         synthetic: engine.is_synthetic(),
+        thinking: engine.supports_thinking(),
         vision: engine.vision().map(|v| {
             Box::new(crate::protocol::VisionInfo {
                 processor: v.processor.clone(),

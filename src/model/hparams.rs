@@ -572,7 +572,8 @@ impl HParams {
         }
         let (mut rope_freq_scale, mut rope_freq_factors) = (1.0f32, None);
         match scaling_kind {
-            "default" => {}
+            // Qwen2.5-VL's multimodal sections are read above.
+            "default" | "mrope" => {}
             "linear" => rope_freq_scale = (1.0 / factor) as f32,
             "llama3" => {
                 let (low, high) = (

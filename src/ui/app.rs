@@ -173,7 +173,7 @@ pub struct SpillwayApp {
     pub attachments: Vec<Attachment>,
     /// The RoboBrain task the next message is sent in.
     pub task: Task,
-    /// Let a thinking RoboBrain model think first.
+    /// Let a model that can think (Qwen3, RoboBrain 7B/32B) think first.
     pub think: bool,
     pub textures: images::Textures,
     attachments_dir: PathBuf,
@@ -380,12 +380,12 @@ impl SpillwayApp {
         images::processor(model, self.settings.max_image_pixels)
     }
 
-    /// Whether the loaded model thinks when asked (RoboBrain 7B/32B).
+    /// Whether the loaded model thinks when asked (Qwen3, RoboBrain
+    /// 7B/32B).
     pub fn model_can_think(&self) -> bool {
         self.model
             .as_ref()
-            .and_then(|m| m.vision.as_ref())
-            .and_then(|v| v.thinking)
+            .and_then(|m| m.thinking.or(m.vision.as_ref().and_then(|v| v.thinking)))
             .unwrap_or(false)
     }
 

@@ -342,7 +342,7 @@ fn composer_tools_ui(
             .on_hover_text("RoboBrain 2.0 task modes: the question is worded as RoboBrain expects and the answer drawn on the image");
         if app.model_can_think() {
             ui.checkbox(&mut app.think, "Think first")
-                .on_hover_text("RoboBrain 7B/32B reason in <think> before answering");
+                .on_hover_text("Qwen3 and RoboBrain 7B/32B reason in <think> before answering (folded under \"Thinking\")");
         }
         if app.task != Task::General {
             ui.weak(app.task.hint());

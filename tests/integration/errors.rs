@@ -104,11 +104,11 @@ fn truncated_real_model() {
 #[test]
 fn unsupported_architecture() {
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("gemma.gguf");
-    std::fs::write(&p, gguf_with_arch("gemma3")).unwrap();
+    let p = dir.path().join("mamba.gguf");
+    std::fs::write(&p, gguf_with_arch("mamba")).unwrap();
     assert_clean_failure(
         &["generate", "--model", path_str(&p), "--prompt", "hi"],
-        "unsupported architecture 'gemma3'",
+        "unsupported architecture 'mamba'",
     );
 }
 

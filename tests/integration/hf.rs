@@ -598,20 +598,20 @@ fn moe_experts_on_disk_are_read_when_routed() {
 fn moe_plan_splits_layers_into_dense_parts_and_experts() {
     let config = fixture("configs/qwen3-30b-a3b/config.json");
     let plan = |ram: &str| -> serde_json::Value {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
-            .args(["plan", "--model"])
-            .arg(&config)
-            .args([
-                "--quant", "q4_k_m", "--ctx", "4096", "--ram", ram, "--vram", "0", "--json",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        crate::common::spillway_json(&[
+            "plan",
+            "--model",
+            config.to_str().unwrap(),
+            "--quant",
+            "q4_k_m",
+            "--ctx",
+            "4096",
+            "--ram",
+            ram,
+            "--vram",
+            "0",
+            "--json",
+        ])
     };
     let mut cached = Vec::new();
     for ram in ["4GiB", "8GiB"] {

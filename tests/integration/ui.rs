@@ -50,6 +50,7 @@ fn model_info() -> ModelInfo {
         budget_notes: vec![],
         gpu_name: None,
         synthetic: false,
+        thinking: None,
         vision: None,
     }
 }
@@ -679,6 +680,7 @@ fn a_synthetic_model_is_labelled() {
     f.event(Event::Loaded(ModelInfo {
         name: "Mistral-7B-Instruct-v0.3 (synthetic)".into(),
         synthetic: true,
+        thinking: None,
         ..model_info()
     }));
     f.harness
@@ -835,4 +837,19 @@ fn the_settings_offload_folder_is_the_disk_tiers() {
         "the disk layers are copied into the chosen folder"
     );
     let _ = link.commands.send(Command::Shutdown);
+}
+
+/// A text model that thinks when asked (Qwen3's template switch) offers
+/// "Think first"; one that does not, does not.
+#[test]
+fn a_thinking_text_model_offers_think_first() {
+    let mut f = fixture();
+    f.event(Event::Loaded(model_info()));
+    assert!(f.harness.query_by_label("Think first").is_none());
+    f.event(Event::Loaded(ModelInfo {
+        name: "Qwen3-0.6B".into(),
+        thinking: Some(true),
+        ..model_info()
+    }));
+    f.harness.get_by_label("Think first");
 }
