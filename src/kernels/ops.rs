@@ -228,8 +228,8 @@ pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
 /// `c₁ + c₂x²` (never below c₁): one vectorised pass, no tanh.
 pub fn gelu_tanh_mul(g: &mut [f32], u: &mut [f32]) {
     // 2·√(2/π) and 2·√(2/π)·0.044715.
-    const C1: f32 = 1.595_769_1;
-    const C2: f32 = 0.071_354_82;
+    const C1: f32 = 2.0 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
+    const C2: f32 = C1 * 0.044715;
     for (x, v) in g.iter_mut().zip(u.iter_mut()) {
         let s = C1 + C2 * *x * *x;
         *x *= s;
