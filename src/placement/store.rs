@@ -293,6 +293,9 @@ impl ExpertStats {
 #[derive(Debug)]
 pub struct ExpertCache {
     file: Arc<File>,
+    /// The same file opened for direct I/O (reads bypass the page cache,
+    /// as the disk tier's layers do), when the system allows it.
+    direct: Option<Arc<File>>,
     layer: usize,
     /// gate, up and down: the stacked tensor and one expert's bytes in it.
     parts: [(TensorInfo, u64); 3],
@@ -310,6 +313,7 @@ type ExpertMap = std::collections::HashMap<usize, (Arc<Expert>, u64)>;
 impl ExpertCache {
     fn new(
         file: Arc<File>,
+        direct: Option<Arc<File>>,
         layer: usize,
         tensors: &[TensorInfo],
         capacity: usize,
@@ -332,6 +336,7 @@ impl ExpertCache {
                 part("ffn_down_exps.weight")?,
             ],
             file,
+            direct,
             layer,
             capacity,
             entries: Mutex::new((std::collections::HashMap::new(), 0)),
@@ -343,11 +348,20 @@ impl ExpertCache {
     /// Reads expert `e` from the file into one buffer holding its three
     /// projections.
     fn read(&self, e: usize) -> Result<Expert, ModelError> {
+        // Each projection's rows lie in whole aligned blocks of the buffer,
+        // as direct I/O reads them: `offsets[k]` is where its data starts.
+        let mut spans = [Span { start: 0, len: 0 }; 3];
         let mut offsets = [0usize; 3];
         let mut total = 0usize;
-        for (k, (_, bytes)) in self.parts.iter().enumerate() {
-            offsets[k] = total;
-            total = (total + *bytes as usize).next_multiple_of(64);
+        for (k, (t, bytes)) in self.parts.iter().enumerate() {
+            let at = t.file_offset + e as u64 * bytes;
+            let start = at / DIRECT_ALIGN as u64 * DIRECT_ALIGN as u64;
+            spans[k] = Span {
+                start,
+                len: (at - start) as usize + *bytes as usize,
+            };
+            offsets[k] = total + (at - start) as usize;
+            total += spans[k].buffer_len();
         }
         let reused = self
             .free
@@ -362,14 +376,23 @@ impl ExpertCache {
             })?,
         };
         for (k, (t, bytes)) in self.parts.iter().enumerate() {
-            let at = offsets[k];
-            let dst = &mut buf.as_mut_slice()[at..at + *bytes as usize];
-            read_exact_at(&self.file, dst, t.file_offset + e as u64 * bytes).map_err(|err| {
-                ModelError::Format(format!(
-                    "cannot read expert {e} of blk.{}.{}: {err}",
-                    self.layer, t.name
-                ))
-            })?;
+            let block = offsets[k] - (spans[k].len - *bytes as usize);
+            let direct = self.direct.as_ref().is_some_and(|f| {
+                let slot = &mut buf.as_mut_slice()[block..block + spans[k].buffer_len()];
+                read_one(f, slot, spans[k]).is_ok()
+            });
+            if !direct {
+                let at = offsets[k];
+                let dst = &mut buf.as_mut_slice()[at..at + *bytes as usize];
+                read_exact_at(&self.file, dst, t.file_offset + e as u64 * bytes).map_err(
+                    |err| {
+                        ModelError::Format(format!(
+                            "cannot read expert {e} of blk.{}.{}: {err}",
+                            self.layer, t.name
+                        ))
+                    },
+                )?;
+            }
         }
         self.stats
             .bytes_read
@@ -764,6 +787,7 @@ impl LayerStore {
                 let capacity = self.expert_capacity.get(i).copied().unwrap_or(0);
                 let cache = ExpertCache::new(
                     d.file.clone(),
+                    d.direct.clone(),
                     i,
                     &d.tensors,
                     capacity,
