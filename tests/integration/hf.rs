@@ -691,3 +691,35 @@ fn synthetic_moe_tokens_do_not_depend_on_placement() {
         assert!(disk["experts"]["misses"].as_u64().unwrap() > 0);
     }
 }
+
+/// The GPU tier's code path (candle blocks, run on the CPU device by the
+/// simulated tier): Qwen3's q/k norms and Gemma 3's sandwich norms, GELU,
+/// attention scale, local rotary base and sliding window give the fixtures'
+/// greedy tokens with every layer and the head on the device.
+#[test]
+fn device_blocks_run_qwen3_and_gemma3() {
+    let cache = tempfile::tempdir().unwrap();
+    for name in ["qwen3_tiny_text", "gemma3_tiny_text"] {
+        let dir = fixture(name);
+        let r = reference(&dir);
+        let args = [
+            "--dtype",
+            "f32",
+            "--quant",
+            "none",
+            "--vram",
+            "2GiB",
+            "--mode",
+            "full-gpu",
+            "--simulate-with-candle",
+        ];
+        let out = greedy8(&dir, &dir.join("messages.json"), &args, cache.path());
+        assert!(
+            out["tiers"].as_array().unwrap().iter().all(|t| t == "gpu"),
+            "{name}: {}",
+            out["tiers"]
+        );
+        let got: Vec<u32> = tokens_of(&out).into_iter().map(|t| t as u32).collect();
+        assert_eq!(got, r.generated, "{name}: greedy on the device path");
+    }
+}
