@@ -777,3 +777,79 @@ fn mrope_sections(
     }
     Ok([v[0], v[1], v[2]])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gemma_config() -> serde_json::Value {
+        serde_json::from_str(include_str!(
+            "../../tests/fixtures/gemma3_tiny_text/config.json"
+        ))
+        .unwrap()
+    }
+
+    /// Gemma 3's local layers from either config layout: the older
+    /// `sliding_window_pattern` and the newer explicit `layer_types`
+    /// (transformers 5 with `rope_parameters` per attention kind).
+    #[test]
+    fn gemma_sliding_layers_from_both_config_layouts() {
+        let old = HParams::from_hf_config(&gemma_config()).unwrap();
+        assert_eq!(old.sliding, [true, false, true, false]);
+        assert_eq!((old.sliding_window, old.rope_freq_base_swa), (8, 10_000.0));
+        assert_eq!(old.rope_freq_base, 1_000_000.0);
+        assert!((old.attn_scale.unwrap() - 24f32.powf(-0.5)).abs() < 1e-7);
+        assert!(old.tied_embeddings && old.qk_norm && old.post_norms && old.gelu);
+        let mut new = gemma_config();
+        let m = new.as_object_mut().unwrap();
+        for k in [
+            "sliding_window_pattern",
+            "rope_theta",
+            "rope_local_base_freq",
+        ] {
+            m.remove(k);
+        }
+        m.insert(
+            "layer_types".into(),
+            serde_json::json!([
+                "sliding_attention",
+                "sliding_attention",
+                "full_attention",
+                "sliding_attention"
+            ]),
+        );
+        m.insert(
+            "rope_parameters".into(),
+            serde_json::json!({
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}
+            }),
+        );
+        let hp = HParams::from_hf_config(&new).unwrap();
+        assert_eq!(hp.sliding, [true, true, false, true]);
+        assert_eq!(
+            (hp.rope_freq_base, hp.rope_freq_base_swa),
+            (1_000_000.0, 10_000.0)
+        );
+        // A layer list of the wrong length is refused.
+        new["layer_types"] = serde_json::json!(["full_attention"]);
+        assert!(HParams::from_hf_config(&new).is_err());
+    }
+
+    /// Llama 3.1's rotary divisors: 1 for short wavelengths, the factor for
+    /// long ones, smooth between (the values transformers computes, as
+    /// `inv_freq / divisor`).
+    #[test]
+    fn llama3_rope_factors_follow_the_wavelengths() {
+        let f = llama3_rope_factors(500_000.0, 128, 8.0, 1.0, 4.0, 8192.0);
+        assert_eq!(f.len(), 64);
+        assert_eq!(f[0], 1.0);
+        assert_eq!(f[63], 8.0);
+        assert!(
+            f.windows(2).all(|w| w[0] <= w[1]),
+            "divisors grow with wavelength"
+        );
+        let between = f.iter().filter(|&&x| x > 1.0 && x < 8.0).count();
+        assert!(between > 0, "some frequencies are smoothed");
+    }
+}
