@@ -325,7 +325,7 @@ impl Engine {
                 .ok_or_else(|| ModelError::Format(format!("tensor {name} is missing")))
         };
         // Llama 3's rotary scaling: the divisors llama.cpp stores.
-        if let Some(info) = gguf.tensor("rope_freqs.weight") {
+        if let Some(info) = gguf.tensor(crate::weights::convert::ROPE_FREQS) {
             if info.elem_count() != hp.head_dim / 2 {
                 return Err(ModelError::Format(format!(
                     "rope_freqs.weight holds {} values, expected {}",
@@ -463,9 +463,7 @@ impl Engine {
     /// thinking switch, the switch set (and no suffix).
     pub fn thinking_prompt(&mut self, think: bool) -> &'static str {
         if self.thinking_in_template() {
-            if let Some(t) = &mut self.template {
-                t.set_thinking(Some(think));
-            }
+            self.set_template_thinking(Some(think));
             return "";
         }
         crate::vision::tasks::thinking_suffix(self.supports_thinking(), think)
@@ -544,9 +542,8 @@ impl Engine {
     /// Bytes of the KV cache for `tokens` tokens.
     pub fn kv_bytes(&self, tokens: usize) -> u64 {
         let hp = &self.model.hp;
-        let per_position = (2 * hp.n_head_kv * hp.head_dim * 4) as u64;
         (0..hp.n_layer)
-            .map(|i| per_position * hp.kv_positions(i, tokens, PROMPT_CHUNK) as u64)
+            .map(|i| hp.kv_bytes(i, tokens, PROMPT_CHUNK))
             .sum()
     }
 

@@ -233,7 +233,7 @@ impl DeviceBlock {
             attn_scale: hp
                 .attn_scale
                 .map_or(1.0 / (hp.head_dim as f64).sqrt(), f64::from),
-            gelu: hp.gelu,
+            gelu: hp.gelu(),
             device: device.clone(),
             scores_bytes: SCORES_BYTES,
         })
@@ -504,9 +504,6 @@ mod tests {
             mrope_sections: None,
             tied_embeddings: true,
             qk_norm: false,
-            post_norms: false,
-            gelu: false,
-            embed_scale: None,
             attn_scale: None,
             sliding_window: 0,
             sliding: Vec::new(),

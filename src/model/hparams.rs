@@ -176,12 +176,6 @@ pub struct HParams {
     /// RMSNorm of each query and key head before the rotation (Qwen3,
     /// Gemma 3).
     pub qk_norm: bool,
-    /// Norms after the attention and after the MLP too (Gemma's sandwich).
-    pub post_norms: bool,
-    /// GELU (tanh approximation) gates the MLP instead of SiLU.
-    pub gelu: bool,
-    /// Token embeddings are multiplied by this (Gemma: √n_embd).
-    pub embed_scale: Option<f32>,
     /// The attention score scale; `None` is `1/√head_dim`.
     pub attn_scale: Option<f32>,
     /// Sliding-window attention: a local layer's query sees itself and the
@@ -394,9 +388,6 @@ impl HParams {
             tied_embeddings: g.tensor("output.weight").is_none(),
             mrope_sections,
             qk_norm: g.tensor("blk.0.attn_q_norm.weight").is_some(),
-            post_norms: gemma,
-            gelu: gemma,
-            embed_scale: gemma.then(|| (n_embd as f32).sqrt()),
             attn_scale,
             sliding_window,
             sliding,
@@ -665,9 +656,6 @@ impl HParams {
             tied_embeddings: flag("tie_word_embeddings").unwrap_or(gemma),
             mrope_sections,
             qk_norm: matches!(arch, Arch::Qwen3 | Arch::Gemma3),
-            post_norms: gemma,
-            gelu: gemma,
-            embed_scale: gemma.then(|| (n_embd as f32).sqrt()),
             attn_scale,
             sliding_window,
             sliding,
@@ -696,6 +684,21 @@ impl HParams {
         }
     }
 
+    /// Norms after the attention and after the MLP too (Gemma's sandwich).
+    pub fn post_norms(&self) -> bool {
+        self.arch == Arch::Gemma3
+    }
+
+    /// GELU (tanh approximation) gates the MLP instead of SiLU (Gemma).
+    pub fn gelu(&self) -> bool {
+        self.arch == Arch::Gemma3
+    }
+
+    /// Token embeddings are multiplied by this (Gemma: √n_embd).
+    pub fn embed_scale(&self) -> Option<f32> {
+        (self.arch == Arch::Gemma3).then(|| (self.n_embd as f32).sqrt())
+    }
+
     /// Whether layer `i` attends to a sliding window only.
     pub fn is_sliding(&self, i: usize) -> bool {
         self.sliding_window > 0 && self.sliding.get(i).copied().unwrap_or(false)
@@ -710,6 +713,13 @@ impl HParams {
         } else {
             context
         }
+    }
+
+    /// Bytes of layer `i`'s keys and values (f32) at a `context`-token
+    /// context whose passes run `chunk` tokens at most.
+    pub fn kv_bytes(&self, i: usize, context: usize, chunk: usize) -> u64 {
+        (2 * self.n_head_kv * self.head_dim * 4) as u64
+            * self.kv_positions(i, context, chunk) as u64
     }
 
     /// Whether this is a vision-language model's text half (positions in
@@ -799,7 +809,7 @@ mod tests {
         assert_eq!((old.sliding_window, old.rope_freq_base_swa), (8, 10_000.0));
         assert_eq!(old.rope_freq_base, 1_000_000.0);
         assert!((old.attn_scale.unwrap() - 24f32.powf(-0.5)).abs() < 1e-7);
-        assert!(old.tied_embeddings && old.qk_norm && old.post_norms && old.gelu);
+        assert!(old.tied_embeddings && old.qk_norm && old.post_norms() && old.gelu());
         let mut new = gemma_config();
         let m = new.as_object_mut().unwrap();
         for k in [

@@ -120,8 +120,8 @@ impl<V, P> BlockTensors<V, P> {
             };
         let q_norm = opt(src, hp.qk_norm, "attn_q_norm.weight")?;
         let k_norm = opt(src, hp.qk_norm, "attn_k_norm.weight")?;
-        let post_attn_norm = opt(src, hp.post_norms, "post_attention_norm.weight")?;
-        let post_ffn_norm = opt(src, hp.post_norms, "post_ffw_norm.weight")?;
+        let post_attn_norm = opt(src, hp.post_norms(), "post_attention_norm.weight")?;
+        let post_ffn_norm = opt(src, hp.post_norms(), "post_ffw_norm.weight")?;
         let attn_norm = vector(src, "attn_norm.weight")?;
         let ffn_norm = vector(src, "ffn_norm.weight")?;
         let ffn = if hp.moe.is_some() {
@@ -222,7 +222,7 @@ impl LayerWeights {
                 ("attn_k_norm.weight", vec![hd]),
             ]);
         }
-        if hp.post_norms {
+        if hp.post_norms() {
             v.extend([
                 ("post_attention_norm.weight", vec![d]),
                 ("post_ffw_norm.weight", vec![d]),
@@ -585,7 +585,7 @@ impl Transformer {
             let t = t as usize;
             let row = &mut s.x[i * d..(i + 1) * d];
             dequant_gemm::dequantize_rows(et, &embd[t * row_bytes..(t + 1) * row_bytes], row)?;
-            if let Some(scale) = hp.embed_scale {
+            if let Some(scale) = hp.embed_scale() {
                 row.iter_mut().for_each(|v| *v *= scale);
             }
         }
@@ -909,7 +909,7 @@ impl Transformer {
 
     /// The MLP's gate activation times `up`, into `gate`.
     fn activate(&self, gate: &mut [f32], up: &mut [f32]) {
-        if self.hp.gelu {
+        if self.hp.gelu() {
             ops::gelu_tanh_mul(gate, up);
         } else {
             ops::silu_mul(gate, up);

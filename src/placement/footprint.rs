@@ -307,10 +307,7 @@ impl Footprint {
             head_elems = head_elems.saturating_add((hp.n_vocab * hp.n_embd) as u64);
         }
         let kv_layer_bytes = (0..hp.n_layer)
-            .map(|i| {
-                (2 * hp.n_head_kv * hp.head_dim * 4) as u64
-                    * hp.kv_positions(i, context, prompt_chunk) as u64
-            })
+            .map(|i| hp.kv_bytes(i, context, prompt_chunk))
             .collect();
         let n = prompt_chunk as u64;
         let (d, qd, kvd, ff) = (

@@ -349,9 +349,10 @@ impl ExpertCache {
     /// projections.
     fn read(&self, e: usize) -> Result<Expert, ModelError> {
         // Each projection's rows lie in whole aligned blocks of the buffer,
-        // as direct I/O reads them: `offsets[k]` is where its data starts.
+        // as direct I/O reads them: its blocks start at `blocks[k]`, its
+        // data at `offsets[k]`.
         let mut spans = [Span { start: 0, len: 0 }; 3];
-        let mut offsets = [0usize; 3];
+        let (mut blocks, mut offsets) = ([0usize; 3], [0usize; 3]);
         let mut total = 0usize;
         for (k, (t, bytes)) in self.parts.iter().enumerate() {
             let at = t.file_offset + e as u64 * bytes;
@@ -360,6 +361,7 @@ impl ExpertCache {
                 start,
                 len: (at - start) as usize + *bytes as usize,
             };
+            blocks[k] = total;
             offsets[k] = total + (at - start) as usize;
             total += spans[k].buffer_len();
         }
@@ -376,9 +378,8 @@ impl ExpertCache {
             })?,
         };
         for (k, (t, bytes)) in self.parts.iter().enumerate() {
-            let block = offsets[k] - (spans[k].len - *bytes as usize);
             let direct = self.direct.as_ref().is_some_and(|f| {
-                let slot = &mut buf.as_mut_slice()[block..block + spans[k].buffer_len()];
+                let slot = &mut buf.as_mut_slice()[blocks[k]..blocks[k] + spans[k].buffer_len()];
                 read_one(f, slot, spans[k]).is_ok()
             });
             if !direct {

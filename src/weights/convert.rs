@@ -115,7 +115,7 @@ pub fn layout(
     }
     wanted.push(("output_norm.weight".into(), None, vec![hp.n_embd]));
     if hp.rope_freq_factors.is_some() {
-        wanted.push(("rope_freqs.weight".into(), None, vec![hp.head_dim / 2]));
+        wanted.push((ROPE_FREQS.into(), None, vec![hp.head_dim / 2]));
     }
     if with_head {
         wanted.push(("output.weight".into(), None, vec![hp.n_vocab, hp.n_embd]));

@@ -128,6 +128,28 @@ pub(crate) fn generate_json(dir: &Path, args: &[&str], cache: &Path) -> serde_js
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Fixture `name` converted as stored: the chat template (with its
+/// thinking switch set as `thinking` says) gives the reference's prompt
+/// ids, and the logits at every position are the reference's within 1e-3.
+/// Returns the reference, the engine, the prompt ids and the logit error.
+fn stored_matches_reference(
+    name: &str,
+    thinking: Option<bool>,
+    cache: &Path,
+) -> (Reference, Engine, Vec<u32>, f32) {
+    let dir = fixture(name);
+    let r = reference(&dir);
+    let mut e = load(&dir, Quant::AsStored, cache);
+    e.set_template_thinking(thinking);
+    let ids = e.chat_tokens(&messages(&dir), true).unwrap();
+    assert_eq!(ids, r.input_ids, "{name}: prompt ids");
+    let logits = e.logits_all(&ids).unwrap();
+    let err = max_abs_diff(&logits, &r.logits);
+    eprintln!("{name}: as stored, max |logit - reference| = {err:.2e}");
+    assert!(err < 1e-3, "{name}: logits differ by {err}");
+    (r, e, ids, err)
+}
+
 /// Prompt ids from the chat template, logits at every position (f32,
 /// weights as stored) and the 8 greedy tokens match transformers; Q8_0 keeps
 /// the greedy tokens; the 4-bit scheme's logit error stays where it was
@@ -142,14 +164,7 @@ fn hugging_face_folders_match_transformers() {
     // to Q5_0 and Q8_0 as llama.cpp does; the >1 GB test covers Q4_K.)
     for (name, q8_bound, q4_bound) in [("mistral_tiny", 1.1, 6.6), ("qwen2_tiny_text", 1.3, 8.6)] {
         let dir = fixture(name);
-        let r = reference(&dir);
-        let mut e = load(&dir, Quant::AsStored, cache.path());
-        let ids = e.chat_tokens(&messages(&dir), true).unwrap();
-        assert_eq!(ids, r.input_ids, "{name}: prompt ids");
-        let logits = e.logits_all(&ids).unwrap();
-        let err = max_abs_diff(&logits, &r.logits);
-        eprintln!("{name}: as stored, max |logit - reference| = {err:.2e}");
-        assert!(err < 1e-3, "{name}: logits differ by {err}");
+        let (r, _, ids, err) = stored_matches_reference(name, None, cache.path());
         assert_eq!(
             greedy_cli(&dir, "none", cache.path()),
             r.generated,
@@ -468,16 +483,8 @@ fn qwen3_moe_gemma3_and_llama3_rope_match_transformers() {
         "llama3_rope_tiny",
     ] {
         let dir = fixture(name);
-        let r = reference(&dir);
-        let mut e = load(&dir, Quant::AsStored, cache.path());
         let thinking = thinking_of(&dir);
-        e.set_template_thinking(thinking);
-        let ids = e.chat_tokens(&messages(&dir), true).unwrap();
-        assert_eq!(ids, r.input_ids, "{name}: prompt ids");
-        let logits = e.logits_all(&ids).unwrap();
-        let err = max_abs_diff(&logits, &r.logits);
-        eprintln!("{name}: as stored, max |logit - reference| = {err:.2e}");
-        assert!(err < 1e-3, "{name}: logits differ by {err}");
+        let (r, e, ids, _) = stored_matches_reference(name, thinking, cache.path());
         if name == "qwen3_moe_tiny" {
             for layer in 0..2 {
                 let want = reference_routes(&dir, layer);
