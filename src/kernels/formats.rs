@@ -5,8 +5,10 @@
 //! `d · isc[i / 16] · v[i] + bias`, with `v` a small integer (unsigned for
 //! the affine formats, signed for the symmetric ones) and `isc` integer
 //! sub-scales (only Q6_K has two per group; others use 1). Activations are
-//! quantized per 32 values (`x ≈ da · aq`, `aq` in −127..=127) with the
-//! group sum kept, so a group's dot product is
+//! quantized to `aq` in −127..=127 with one scale per span — 32 values for
+//! the 32-value formats, 256 for the K-quants, as llama.cpp's Q8_0 and Q8_K
+//! activations are (the scale is stored per group either way) — with the
+//! group sum kept (`x ≈ da · aq`), so a group's dot product is
 //! `d · da · Σ isc·v·aq + bias · da · Σ aq`, integer inside, float outside.
 //! The scalar code here is the reference every SIMD path must agree with.
 
@@ -222,6 +224,8 @@ pub struct QActs {
     pub s: Vec<f32>,
     pub m: usize,
     pub k: usize,
+    /// Values that share one scale: [`GROUP`] or a K-quant block (256).
+    pub span: usize,
 }
 
 impl QActs {
@@ -243,7 +247,13 @@ impl QActs {
 #[inline(always)]
 pub fn quantize_group(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
+    (amax / 127.0, quantize_scaled(x, q, amax))
+}
+
+/// Scalar quantization of values whose span's largest magnitude is
+/// `amax`: returns the sum of q.
+#[inline(always)]
+pub fn quantize_scaled(x: &[f32], q: &mut [i8], amax: f32) -> i32 {
     let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
     let mut sum = 0i32;
     for (o, &v) in q.iter_mut().zip(x) {
@@ -251,7 +261,7 @@ pub fn quantize_group(x: &[f32], q: &mut [i8]) -> (f32, i32) {
         *o = r as i8;
         sum += r;
     }
-    (d, sum)
+    sum
 }
 
 /// Scalar dot product of weight row `w` (whole blocks) with activation row

@@ -47,6 +47,24 @@ impl Kernel {
     pub fn wants_qacts(self) -> bool {
         matches!(self, Kernel::Int8(_))
     }
+
+    /// Activation values that share one scale for this kernel: a whole
+    /// block for the K-quants (llama.cpp's Q8_K), a group otherwise (Q8_0).
+    /// Any span gives a correct product; this one rounds as llama.cpp does.
+    pub fn act_span(self) -> usize {
+        match self {
+            Kernel::Int8(f @ (Format::Q4K | Format::Q5K | Format::Q6K)) => f.block_values(),
+            _ => GROUP,
+        }
+    }
+
+    /// [`Kernel::act_span`] for rows of `k` values (per 32 when `k` holds
+    /// no whole spans).
+    pub fn act_span_for(self, k: usize) -> usize {
+        Some(self.act_span())
+            .filter(|s| k.is_multiple_of(*s))
+            .unwrap_or(GROUP)
+    }
 }
 
 /// Batches up to this size use the float dot-product path for F16/BF16/F32
@@ -67,42 +85,73 @@ impl Out {
 }
 
 impl QActs {
-    /// Quantizes `x` (`m` rows of `k` values; `k` a multiple of 32).
+    /// Quantizes `x` (`m` rows of `k` values; `k` a multiple of 32), one
+    /// scale per 32 values.
     pub fn quantize(&mut self, x: &[f32], m: usize, k: usize) -> Result<(), MatmulError> {
-        self.quantize_with(isa::active(), x, m, k)
+        self.quantize_with(isa::active(), x, m, k, GROUP)
     }
 
+    /// Quantizes `x` for `kernel`, one scale per [`Kernel::act_span`]
+    /// values when `k` holds whole spans (per 32 otherwise).
+    pub fn quantize_for(
+        &mut self,
+        kernel: Kernel,
+        x: &[f32],
+        m: usize,
+        k: usize,
+    ) -> Result<(), MatmulError> {
+        self.quantize_with(isa::active(), x, m, k, kernel.act_span_for(k))
+    }
+
+    /// Quantizes with one scale per `span` values (a multiple of 32 that
+    /// divides `k`).
     pub fn quantize_with(
         &mut self,
         isa: Isa,
         x: &[f32],
         m: usize,
         k: usize,
+        span: usize,
     ) -> Result<(), MatmulError> {
         isa.check()?;
-        if !k.is_multiple_of(GROUP) || x.len() < m * k {
+        if !k.is_multiple_of(GROUP)
+            || x.len() < m * k
+            || !span.is_multiple_of(GROUP)
+            || span == 0
+            || !k.is_multiple_of(span)
+        {
             return Err(MatmulError::Shape(format!(
-                "cannot quantize {m}×{k} activations from {} values",
+                "cannot quantize {m}×{k} activations from {} values in spans of {span}",
                 x.len()
             )));
         }
         self.resize(m, k);
+        self.span = span;
         #[cfg(target_arch = "x86_64")]
         if isa != Isa::Scalar {
             // SAFETY: AVX2 is supported (every non-scalar level includes it);
-            // `resize` sized the buffers for m×k and x holds m×k values.
+            // `resize` sized the buffers for m×k, x holds m×k values and
+            // `span` (a multiple of 32) divides k.
             unsafe { super::x86::quantize_avx2(x, self, 0..m) };
             return Ok(());
         }
         let _ = isa;
         let gpr = k / GROUP;
         for r in 0..m {
-            for g in 0..gpr {
-                let at = r * k + g * GROUP;
-                let (d, sum) =
-                    formats::quantize_group(&x[at..at + GROUP], &mut self.q[at..at + GROUP]);
-                self.d[r * gpr + g] = d;
-                self.s[r * gpr + g] = d * sum as f32;
+            for sp in (0..k).step_by(span) {
+                let at = r * k + sp;
+                let amax = x[at..at + span].iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                for g in sp / GROUP..(sp + span) / GROUP {
+                    let at = r * k + g * GROUP;
+                    let sum = formats::quantize_scaled(
+                        &x[at..at + GROUP],
+                        &mut self.q[at..at + GROUP],
+                        amax,
+                    );
+                    self.d[r * gpr + g] = d;
+                    self.s[r * gpr + g] = d * sum as f32;
+                }
             }
         }
         Ok(())
@@ -383,8 +432,13 @@ mod tests {
                 let bytes = q.data().unwrap();
                 for m in [1usize, 2, 3, 70] {
                     let x = rand_vec(m * k, 7 + m as u64);
+                    // K-quants take one activation scale per block.
+                    let span = Kernel::Int8(fmt).act_span();
                     let mut acts = QActs::default();
-                    acts.quantize_with(Isa::Scalar, &x, m, k).unwrap();
+                    acts.quantize_with(Isa::Scalar, &x, m, k, span).unwrap();
+                    for scales in acts.d.chunks_exact(span / GROUP) {
+                        assert!(scales.iter().all(|&d| d == scales[0]), "{fmt:?} one scale a span");
+                    }
                     let mut want = vec![0f32; m * n];
                     int8_matmul_with(Isa::Scalar, fmt, &bytes, n, &acts, &mut want).unwrap();
                     for c in 0..m {
@@ -407,7 +461,7 @@ mod tests {
                     }
                     for isa in Isa::available() {
                         let mut a2 = QActs::default();
-                        a2.quantize_with(isa, &x, m, k).unwrap();
+                        a2.quantize_with(isa, &x, m, k, span).unwrap();
                         assert_eq!(a2.q, acts.q, "{isa:?} quantized values");
                         assert_eq!(a2.d, acts.d);
                         let mut got = vec![0f32; m * n];

@@ -367,10 +367,10 @@ mod tests {
             );
             let mut acts = QActs::default();
             assert!(matches!(
-                acts.quantize_with(isa, &a, 2, 32),
+                acts.quantize_with(isa, &a, 2, 32, 32),
                 Err(MatmulError::Isa(_))
             ));
-            acts.quantize_with(Isa::Scalar, &a, 2, 32).unwrap();
+            acts.quantize_with(Isa::Scalar, &a, 2, 32, 32).unwrap();
             let fmt = crate::kernels::formats::Format::Q8_0;
             let w = vec![0u8; 4 * fmt.block_bytes()];
             let mut out = vec![0f32; 8];

@@ -190,6 +190,19 @@ impl Linear {
         self.kernel.wants_qacts()
     }
 
+    /// Quantizes `x` (`m` rows of `in_features`) into `acts` as this
+    /// weight's kernel rounds them (see [`crate::kernels::matmul::Kernel::act_span`]).
+    pub fn quantize_input(&self, x: &[f32], m: usize, acts: &mut QActs) -> Result<(), ModelError> {
+        acts.quantize_for(self.kernel, x, m, self.in_features)
+            .map_err(|e| ModelError::Format(e.to_string()))
+    }
+
+    /// Whether `acts` (quantized for another weight over the same input)
+    /// are rounded as this weight's kernel would round them.
+    pub fn shares_qacts(&self, acts: &QActs) -> bool {
+        !self.wants_qacts() || acts.span == self.kernel.act_span_for(self.in_features)
+    }
+
     /// `out (m × out_features) = x (m × in_features) · Wᵀ (+ b)`. `acts` holds
     /// `x` quantized ([`QActs::quantize`]) when [`Linear::wants_qacts`];
     /// several projections of one input share it.

@@ -148,7 +148,7 @@ fn measure_flops(dtype: GgmlDType, out: usize, inp: usize, m: usize) -> Option<f
             .map(|i| ((i % 13) as f32 - 6.0) * 0.1)
             .collect();
         let mut acts = QActs::default();
-        acts.quantize(&x, m, inp).ok()?;
+        w.quantize_input(&x, m, &mut acts).ok()?;
         let mut y = vec![0f32; m * out];
         w.forward(&x, m, &acts, &mut y).ok()?;
         let mut best = f64::MAX;

@@ -98,6 +98,12 @@ fn disk_tier_is_token_identical_and_bounded() {
 /// Perplexity of tests/fixtures/ppl.txt at ctx 256 (16 chunks) must be
 /// within 0.5% of llama.cpp's figure (docs/BENCHMARKS.md).
 fn assert_perplexity_near(model: &std::path::Path, reference: f64) {
+    assert_perplexity_near_all(model, &[reference]);
+}
+
+/// The perplexity of `ppl.txt` at ctx 256 is within 0.5% of every figure
+/// in `references` (llama.cpp builds).
+fn assert_perplexity_near_all(model: &std::path::Path, references: &[f64]) {
     let text = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ppl.txt");
     let out = spillway_json(&[
         "perplexity",
@@ -111,10 +117,12 @@ fn assert_perplexity_near(model: &std::path::Path, reference: f64) {
     ]);
     let ppl = out["ppl"].as_f64().unwrap();
     assert_eq!(out["chunks"].as_u64(), Some(16));
-    assert!(
-        (ppl - reference).abs() / reference < 0.005,
-        "perplexity {ppl} is not within 0.5% of llama.cpp's {reference}"
-    );
+    for &reference in references {
+        assert!(
+            (ppl - reference).abs() / reference < 0.005,
+            "perplexity {ppl} is not within 0.5% of llama.cpp's {reference}"
+        );
+    }
 }
 
 /// With every layer on disk, resident memory stays within non-layer weights
@@ -173,11 +181,12 @@ fn qwen05_disk_tier_is_token_identical_and_bounded() {
 }
 
 /// Gemma 3 270M (sliding-window layers, scaled embeddings, GELU, Q5_0/
-/// Q8_0/Q4_K/Q6_K mix): llama.cpp's perplexity from the build beside it
-/// (`llama-perplexity -c 256 -t 2`, vendor/llama.cpp of llama-cpp-python
-/// 0.3.36: 22.4761; `../shared/models.md` lists 22.525 from another build;
-/// see docs/BENCHMARKS.md).
+/// Q8_0/Q4_K/Q6_K mix): within 0.5% of llama.cpp's 22.525
+/// (`../shared/models.md`) and of the build beside it (`llama-perplexity
+/// -c 256 -t 2`, vendor/llama.cpp of llama-cpp-python 0.3.36: 22.4761;
+/// see docs/BENCHMARKS.md). K-quant projections round their inputs per
+/// 256 values, as llama.cpp's Q8_K does (per 32 missed by 0.56%).
 #[test]
 fn gemma3_perplexity_matches_llama_cpp() {
-    assert_perplexity_near(&crate::common::gemma3(), 22.4761);
+    assert_perplexity_near_all(&crate::common::gemma3(), &[22.525, 22.4761]);
 }

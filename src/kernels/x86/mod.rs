@@ -647,25 +647,23 @@ pub unsafe fn matmul_vnni(
 // ---------------------------------------------------------------------------
 // Activation quantization.
 
-/// Quantizes rows `rows` of `x` (`k` values each) into `a`.
+/// Quantizes rows `rows` of `x` (`k` values each) into `a`, one scale per
+/// `a.span` values (a multiple of 32 dividing `k`).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn quantize_avx2(x: &[f32], a: &mut QActs, rows: std::ops::Range<usize>) {
     let k = a.k;
     let gpr = k / GROUP;
+    let per_span = a.span.max(GROUP) / GROUP;
     let sign_mask = _mm256_set1_ps(-0.0);
     let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for r in rows {
-        for g in 0..gpr {
-            let p = x.as_ptr().add(r * k + g * GROUP);
-            let v = [
-                _mm256_loadu_ps(p),
-                _mm256_loadu_ps(p.add(8)),
-                _mm256_loadu_ps(p.add(16)),
-                _mm256_loadu_ps(p.add(24)),
-            ];
-            let mut m = _mm256_andnot_ps(sign_mask, v[0]);
-            for vi in &v[1..] {
-                m = _mm256_max_ps(m, _mm256_andnot_ps(sign_mask, *vi));
+        for g0 in (0..gpr).step_by(per_span) {
+            let mut m = _mm256_setzero_ps();
+            for g in g0..g0 + per_span {
+                let p = x.as_ptr().add(r * k + g * GROUP);
+                for j in 0..4 {
+                    m = _mm256_max_ps(m, _mm256_andnot_ps(sign_mask, _mm256_loadu_ps(p.add(8 * j))));
+                }
             }
             let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
             let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -673,27 +671,31 @@ pub unsafe fn quantize_avx2(x: &[f32], a: &mut QActs, rows: std::ops::Range<usiz
             let amax = _mm_cvtss_f32(m);
             let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
             let idv = _mm256_set1_ps(id);
-            let q = [
-                _mm256_cvtps_epi32(_mm256_mul_ps(v[0], idv)),
-                _mm256_cvtps_epi32(_mm256_mul_ps(v[1], idv)),
-                _mm256_cvtps_epi32(_mm256_mul_ps(v[2], idv)),
-                _mm256_cvtps_epi32(_mm256_mul_ps(v[3], idv)),
-            ];
-            let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-            let s = _mm_add_epi32(
-                _mm256_castsi256_si128(sum),
-                _mm256_extracti128_si256(sum, 1),
-            );
-            let s = _mm_hadd_epi32(s, s);
-            let s = _mm_hadd_epi32(s, s);
-            let isum = _mm_cvtsi128_si32(s);
-            let w16a = _mm256_packs_epi32(q[0], q[1]);
-            let w16b = _mm256_packs_epi32(q[2], q[3]);
-            let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w16a, w16b), perm);
-            _mm256_storeu_si256(a.q.as_mut_ptr().add(r * k + g * GROUP).cast(), bytes);
             let d = amax / 127.0;
-            a.d[r * gpr + g] = d;
-            a.s[r * gpr + g] = d * isum as f32;
+            for g in g0..g0 + per_span {
+                let p = x.as_ptr().add(r * k + g * GROUP);
+                let q = [
+                    _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p), idv)),
+                    _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p.add(8)), idv)),
+                    _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p.add(16)), idv)),
+                    _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p.add(24)), idv)),
+                ];
+                let sum =
+                    _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+                let s = _mm_add_epi32(
+                    _mm256_castsi256_si128(sum),
+                    _mm256_extracti128_si256(sum, 1),
+                );
+                let s = _mm_hadd_epi32(s, s);
+                let s = _mm_hadd_epi32(s, s);
+                let isum = _mm_cvtsi128_si32(s);
+                let w16a = _mm256_packs_epi32(q[0], q[1]);
+                let w16b = _mm256_packs_epi32(q[2], q[3]);
+                let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w16a, w16b), perm);
+                _mm256_storeu_si256(a.q.as_mut_ptr().add(r * k + g * GROUP).cast(), bytes);
+                a.d[r * gpr + g] = d;
+                a.s[r * gpr + g] = d * isum as f32;
+            }
         }
     }
 }
