@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use crate::engine::Engine;
 use crate::model::transformer::argmax;
+use crate::placement::store::ExpertCounts;
 use crate::placement::Tier;
 use crate::telemetry;
 
@@ -85,21 +86,18 @@ struct Timed {
     disk_wait_secs: f64,
     /// Layers and experts read from disk.
     disk_bytes: u64,
-    /// Routed experts of disk-tier layers found in their cache, and read.
-    expert_hits: u64,
-    expert_misses: u64,
+    /// Experts of disk-tier layers: found in their cache or read ahead,
+    /// read on demand.
+    experts: ExpertCounts,
 }
 
 impl Timed {
     fn json(&self) -> Value {
+        let x = &self.experts;
         json!({"tokens_per_sec": self.tokens_per_sec,
             "disk_wait_secs": self.disk_wait_secs, "disk_bytes": self.disk_bytes,
-            "expert_hits": self.expert_hits, "expert_misses": self.expert_misses})
-    }
-
-    fn hit_rate(&self) -> Option<f64> {
-        let all = self.expert_hits + self.expert_misses;
-        (all > 0).then(|| self.expert_hits as f64 / all as f64)
+            "expert_hits": x.hits, "expert_misses": x.misses,
+            "experts_read_ahead": x.read_ahead, "experts_read_ahead_used": x.read_ahead_used})
     }
 }
 
@@ -224,18 +222,17 @@ fn timed_on(
         stats.wait_nanos.load(Ordering::Relaxed),
         stats.bytes_read.load(Ordering::Relaxed),
     );
-    let (h0, m0, x0, xw0) = engine.store().expert_stats.snapshot();
+    let x0 = engine.store().expert_stats.snapshot();
     let t = Instant::now();
     f(engine)?;
     let secs = t.elapsed().as_secs_f64();
     let stats = &engine.store().stats;
-    let (h1, m1, x1, xw1) = engine.store().expert_stats.snapshot();
+    let x = engine.store().expert_stats.snapshot().since(x0);
     Ok(Timed {
         tokens_per_sec: n as f64 / secs,
-        disk_wait_secs: (stats.wait_nanos.load(Ordering::Relaxed) - w0 + xw1 - xw0) as f64 / 1e9,
-        disk_bytes: stats.bytes_read.load(Ordering::Relaxed) - b0 + x1 - x0,
-        expert_hits: h1 - h0,
-        expert_misses: m1 - m0,
+        disk_wait_secs: (stats.wait_nanos.load(Ordering::Relaxed) - w0 + x.wait_nanos) as f64 / 1e9,
+        disk_bytes: stats.bytes_read.load(Ordering::Relaxed) - b0 + x.bytes_read,
+        experts: x,
     })
 }
 
@@ -383,8 +380,8 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
             .filter(|&i| p.layers[i] == Tier::Disk)
             .collect();
         fp.experts.as_ref().filter(|_| !on_disk.is_empty()).map(|x| {
-            let rate = |v: &[Timed]| {
-                let r: Vec<f64> = v.iter().filter_map(Timed::hit_rate).collect();
+            let rate = |v: &[Timed], f: fn(&ExpertCounts) -> Option<f64>| {
+                let r: Vec<f64> = v.iter().filter_map(|t| f(&t.experts)).collect();
                 (!r.is_empty()).then(|| median(&r))
             };
             let per_token: Vec<f64> = tg_runs
@@ -392,8 +389,13 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
                 .map(|t| t.disk_bytes as f64 / a.gen_tokens.max(1) as f64)
                 .collect();
             json!({
-                "decode_hit_rate": rate(&tg_runs),
-                "prompt_hit_rate": rate(&pp_runs),
+                "decode_hit_rate": rate(&tg_runs, ExpertCounts::hit_rate),
+                "prompt_hit_rate": rate(&pp_runs, ExpertCounts::hit_rate),
+                "read_ahead": b.engine.store().expert_read_ahead(),
+                // Experts read ahead that a token was then routed to.
+                "decode_read_ahead_accuracy": rate(&tg_runs, ExpertCounts::read_ahead_accuracy),
+                // The compute thread's wait for expert reads, per decoded token.
+                "decode_wait_secs_per_token": (!tg_runs.is_empty()).then(|| median(&tg_runs.iter().map(|t| t.disk_wait_secs / a.gen_tokens.max(1) as f64).collect::<Vec<_>>())),
                 "disk_bytes_per_token": (!per_token.is_empty()).then(|| median(&per_token)),
                 "routed_bytes_per_token": on_disk.iter().map(|&i| x.n_used as u64 * fp.expert_bytes(i)).sum::<u64>(),
                 "cache_experts": on_disk.iter().map(|&i| p.experts.get(i).map_or(0, |s| s.ram)).sum::<usize>(),
@@ -489,9 +491,12 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
     }
     if let Some(x) = &experts {
         println!(
-            "experts: decode hit rate {:.1}% ({:.1}% prompt), {:.1} MB read from disk per token; routed experts of disk layers {:.1} MB per token; cache {} experts; busiest tenth took {:.1}% of routes",
+            "experts: decode hit rate {:.1}% ({:.1}% prompt), read ahead {}, {:.1}% of them used, {:.1} ms wait per token; {:.1} MB read from disk per token; routed experts of disk layers {:.1} MB per token; cache {} experts; busiest tenth took {:.1}% of routes",
             x["decode_hit_rate"].as_f64().unwrap_or(0.0) * 100.0,
             x["prompt_hit_rate"].as_f64().unwrap_or(0.0) * 100.0,
+            if x["read_ahead"].as_bool() == Some(true) { "on" } else { "off" },
+            x["decode_read_ahead_accuracy"].as_f64().unwrap_or(0.0) * 100.0,
+            x["decode_wait_secs_per_token"].as_f64().unwrap_or(0.0) * 1e3,
             x["disk_bytes_per_token"].as_f64().unwrap_or(0.0) / 1e6,
             x["routed_bytes_per_token"].as_f64().unwrap_or(0.0) / 1e6,
             x["cache_experts"],

@@ -111,6 +111,10 @@ pub struct PlacementArgs {
     /// from disk when a token is routed to them.
     #[arg(long, value_name = "N")]
     expert_cache: Option<usize>,
+    /// Read disk-tier experts only when a token is routed to them, not
+    /// ahead from the layer before's prediction.
+    #[arg(long)]
+    no_expert_read_ahead: bool,
 }
 
 impl PlacementArgs {
@@ -136,6 +140,7 @@ impl PlacementArgs {
             fail_gpu_alloc: None,
             simulate_with_candle: self.simulate_with_candle,
             expert_cache: self.expert_cache,
+            no_expert_read_ahead: self.no_expert_read_ahead,
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct PlacementRequest {
     /// Manual override: experts each disk-tier mixture-of-experts layer
     /// keeps in RAM (default: as many as the RAM budget allows).
     pub expert_cache: Option<usize>,
+    /// Read disk-tier experts only when routed, never ahead (to measure
+    /// what reading ahead gains).
+    pub no_expert_read_ahead: bool,
 }
 
 /// What happened to placement, for the user (re-plans after an
@@ -225,6 +228,8 @@ impl Engine {
             let result = self.charge_gpu_base(&p).and_then(|()| {
                 self.store
                     .set_expert_capacity(p.experts.iter().map(|x| x.ram).collect());
+                self.store
+                    .set_expert_read_ahead(!self.placing.request.no_expert_read_ahead);
                 let moved = self.store.apply(&p.layers, &mut self.kv, progress)?;
                 // The head runs on the device when the plan puts it there
                 // and the tier has one (the host-kernel simulation has not).

@@ -437,7 +437,10 @@ mod tests {
                     let mut acts = QActs::default();
                     acts.quantize_with(Isa::Scalar, &x, m, k, span).unwrap();
                     for scales in acts.d.chunks_exact(span / GROUP) {
-                        assert!(scales.iter().all(|&d| d == scales[0]), "{fmt:?} one scale a span");
+                        assert!(
+                            scales.iter().all(|&d| d == scales[0]),
+                            "{fmt:?} one scale a span"
+                        );
                     }
                     let mut want = vec![0f32; m * n];
                     int8_matmul_with(Isa::Scalar, fmt, &bytes, n, &acts, &mut want).unwrap();

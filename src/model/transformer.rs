@@ -86,6 +86,10 @@ pub trait ExpertSource: Send + Sync + std::fmt::Debug {
 
     /// The experts a pass fetched, once it is done with them.
     fn release(&self, _experts: Vec<Arc<Expert>>) {}
+
+    /// Experts `ids` (most probable first) will probably be fetched soon:
+    /// a source that reads them may start now, in the background.
+    fn read_ahead(&self, _ids: &[usize]) {}
 }
 
 /// One transformer block's weights for the host kernels.
@@ -262,6 +266,13 @@ pub trait LayerProvider {
         &self,
         f: &mut dyn FnMut(usize, Block<'_>) -> Result<(), ModelError>,
     ) -> Result<(), ModelError>;
+
+    /// Layer `i`'s weights when they stay in host memory while the layers
+    /// before it run and its experts are read on demand: the layer before
+    /// predicts which of them to read ahead.
+    fn read_ahead_layer(&self, _i: usize) -> Option<&LayerWeights> {
+        None
+    }
 }
 
 /// The rotary tables for positions `0..max_positions`: `max_positions ×
@@ -383,6 +394,10 @@ pub struct Scratch {
     expert_in: Vec<f32>,
     expert_out: Vec<f32>,
     moe_out: Vec<f32>,
+    /// The next layer's normed input and router logits as predicted for
+    /// reading its experts ahead.
+    ahead: Vec<f32>,
+    ahead_logits: Vec<f32>,
     /// The experts each token of the last pass was routed to, per layer
     /// (`n × n_expert_used`, most probable first).
     pub routes: Vec<Vec<u32>>,
@@ -619,7 +634,8 @@ impl Transformer {
                     if let Some(x) = on_device.take() {
                         download(&x, &mut s.x[..n * d])?;
                     }
-                    self.block(w, i, pos, n, kv, s, custom_rope)?;
+                    let next = layers.read_ahead_layer(i + 1);
+                    self.block(w, next, i, pos, n, kv, s, custom_rope)?;
                 }
                 Block::Device { block, rope } => {
                     let x = match on_device.take() {
@@ -703,11 +719,32 @@ impl Transformer {
         grow(out, m * linear.out_features());
         let r = (|| {
             if linear.wants_qacts() {
-                acts.quantize(&x[..m * k], m, k)
-                    .map_err(|e| ModelError::Format(e.to_string()))?;
+                linear.quantize_input(&x[..m * k], m, &mut acts)?;
             }
             linear.forward(&x[..m * k], m, &acts, out)
         })();
+        s.acts = acts;
+        r
+    }
+
+    /// [`Transformer::project`] on the input the last projection quantized,
+    /// quantized again only where `linear` rounds it differently (a Q6_K
+    /// value projection beside Q4_K keys rounds the same; a Q8_0 one not).
+    fn project_again(
+        &self,
+        linear: &Linear,
+        m: usize,
+        k: usize,
+        io: impl FnOnce(&mut Scratch) -> (&Vec<f32>, &mut Vec<f32>),
+        s: &mut Scratch,
+    ) -> Result<(), ModelError> {
+        if !linear.shares_qacts(&s.acts) {
+            return self.project(linear, m, k, io, s);
+        }
+        let acts = std::mem::take(&mut s.acts);
+        let (x, out) = io(s);
+        grow(out, m * linear.out_features());
+        let r = linear.forward(&x[..m * k], m, &acts, out);
         s.acts = acts;
         r
     }
@@ -845,9 +882,11 @@ impl Transformer {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
         w: &LayerWeights,
+        next: Option<&LayerWeights>,
         layer: usize,
         pos: usize,
         n: usize,
@@ -864,8 +903,8 @@ impl Transformer {
         ops::rms_norm(&s.x[..n * d], &w.attn_norm, hp.rms_eps, &mut s.h[..n * d]);
         self.project(&w.wq, n, d, |s| (&s.h, &mut s.q), s)?;
         // k and v read the same quantized input as q.
-        w.wk.forward(&s.h[..n * d], n, &s.acts, &mut s.k)?;
-        w.wv.forward(&s.h[..n * d], n, &s.acts, &mut s.v)?;
+        self.project_again(&w.wk, n, d, |s| (&s.h, &mut s.k), s)?;
+        self.project_again(&w.wv, n, d, |s| (&s.h, &mut s.v), s)?;
         if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
             ops::rms_norm_in_place(&mut s.q[..n * qd], qn, hp.rms_eps);
             ops::rms_norm_in_place(&mut s.k[..n * kvd], kn, hp.rms_eps);
@@ -894,11 +933,11 @@ impl Transformer {
             Ffn::Dense { gate, up, down } => {
                 let ff = gate.out_features();
                 self.project(gate, n, d, |s| (&s.h, &mut s.gate), s)?;
-                up.forward(&s.h[..n * d], n, &s.acts, &mut s.up)?;
+                self.project_again(up, n, d, |s| (&s.h, &mut s.up), s)?;
                 self.activate(&mut s.gate[..n * ff], &mut s.up[..n * ff]);
                 self.project(down, n, ff, |s| (&s.gate, &mut s.h), s)?;
             }
-            Ffn::Moe { router, experts } => self.moe(layer, n, router, experts, s)?,
+            Ffn::Moe { router, experts } => self.moe(layer, n, router, experts, next, s)?,
         }
         if let Some(norm) = &w.post_ffn_norm {
             ops::rms_norm_in_place(&mut s.h[..n * d], norm, hp.rms_eps);
@@ -926,6 +965,7 @@ impl Transformer {
         n: usize,
         router: &Linear,
         experts: &Experts<Linear>,
+        next: Option<&LayerWeights>,
         s: &mut Scratch,
     ) -> Result<(), ModelError> {
         let hp = &self.hp;
@@ -951,6 +991,9 @@ impl Transformer {
             counts[e] += 1;
         }
         let used: Vec<usize> = (0..e_n).filter(|&e| !by_expert[e].is_empty()).collect();
+        if let Some(next) = next {
+            self.read_ahead(n, next, s)?;
+        }
         grow(&mut s.moe_out, n * d);
         s.moe_out[..n * d].fill(0.0);
         // Experts on disk come in groups: a prompt that routes to every
@@ -979,7 +1022,7 @@ impl Transformer {
                 }
                 let (g, u, dn) = (&w.gate, &w.up, &w.down);
                 self.project(g, r, d, |s| (&s.expert_in, &mut s.gate), s)?;
-                u.forward(&s.expert_in[..r * d], r, &s.acts, &mut s.up)?;
+                self.project_again(u, r, d, |s| (&s.expert_in, &mut s.up), s)?;
                 self.activate(&mut s.gate[..r * ff], &mut s.up[..r * ff]);
                 self.project(dn, r, ff, |s| (&s.gate, &mut s.expert_out), s)?;
                 for (j, &(t, p)) in rows.iter().enumerate() {
@@ -995,6 +1038,52 @@ impl Transformer {
             }
         }
         s.h[..n * d].copy_from_slice(&s.moe_out[..n * d]);
+        Ok(())
+    }
+
+    /// Predicts the experts layer `next` will route these tokens to — its
+    /// norm and router applied to the residual stream as it enters this
+    /// layer's experts (one block changes it little) — and asks its source
+    /// to read them while this layer's experts and the next attention run.
+    /// Only for passes whose predicted experts make one group (decoding):
+    /// a prompt's layer reads its experts group by group anyway.
+    fn read_ahead(&self, n: usize, next: &LayerWeights, s: &mut Scratch) -> Result<(), ModelError> {
+        let (
+            Some(m),
+            Ffn::Moe {
+                router,
+                experts: Experts::OnDemand(source),
+            },
+        ) = (self.hp.moe, &next.ffn)
+        else {
+            return Ok(());
+        };
+        let (d, e_n) = (self.hp.n_embd, m.n_expert);
+        grow(&mut s.ahead, n * d);
+        ops::rms_norm(
+            &s.x[..n * d],
+            &next.ffn_norm,
+            self.hp.rms_eps,
+            &mut s.ahead[..n * d],
+        );
+        self.project(router, n, d, |s| (&s.ahead, &mut s.ahead_logits), s)?;
+        let routes = route(
+            &s.ahead_logits[..n * e_n],
+            n,
+            e_n,
+            m.n_expert_used,
+            m.norm_topk,
+        );
+        let mut score = vec![0f32; e_n];
+        for &(e, p) in &routes {
+            score[e] += p;
+        }
+        let mut ids: Vec<usize> = (0..e_n).filter(|&e| score[e] > 0.0).collect();
+        if ids.len() > EXPERT_GROUP {
+            return Ok(());
+        }
+        ids.sort_by(|&a, &b| score[b].total_cmp(&score[a]));
+        source.read_ahead(&ids);
         Ok(())
     }
 }

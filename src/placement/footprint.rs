@@ -400,15 +400,12 @@ impl Footprint {
     /// RAM the disk tier's read buffers take with `disk_layers` layers on
     /// disk (see [`super::store::staging_buffers`]). A mixture-of-experts
     /// layer on disk keeps its dense part in RAM and reads experts straight
-    /// into buffers of their own: a group at a time, plus those kept for
-    /// reuse.
+    /// into buffers of their own: a group at a time, a layer's reads ahead,
+    /// and those kept for reuse.
     pub fn disk_staging_bytes(&self, disk_layers: impl Iterator<Item = usize>) -> u64 {
         if self.experts.is_some() {
-            // A group of experts read at once, and the buffers kept for
-            // reuse.
             let one = disk_layers.map(|i| self.expert_bytes(i)).max().unwrap_or(0);
-            let group = crate::model::transformer::EXPERT_GROUP as u64;
-            return one * (group + 16);
+            return one * super::experts::TRANSIENT_EXPERTS as u64;
         }
         let largest = disk_layers.map(|i| self.layer_bytes[i]).max().unwrap_or(0);
         if largest == 0 {

@@ -10,6 +10,7 @@
 pub mod alloc;
 pub mod budget;
 pub mod calibrate;
+pub mod experts;
 pub mod footprint;
 pub mod gpu;
 pub mod offload;

@@ -30,14 +30,14 @@ use crate::model::device_block::{DeviceBlock, DeviceRope};
 use crate::model::hparams::HParams;
 use crate::model::kv_cache::KvCache;
 use crate::model::linear::Linear;
-use crate::model::transformer::{
-    Block, Expert, ExpertSource, LayerProvider, LayerWeights, TensorSource,
-};
+use crate::model::transformer::{Block, ExpertSource, LayerProvider, LayerWeights, TensorSource};
 use crate::model::ModelError;
 use crate::weights::gguf::{GgufFile, TensorInfo};
 use crate::weights::read::{qtensor_from_bytes, read_exact_at, read_qtensor};
 
 use super::alloc::{AlignedBytes, DIRECT_ALIGN};
+use super::experts::{ExpertCache, ExpertIo};
+pub use super::experts::{ExpertCounts, ExpertStats};
 use super::gpu::GpuTier;
 use super::offload::{write_all_at_end, OffloadError, OffloadSession};
 
@@ -96,11 +96,11 @@ struct DiskLayer {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Span {
+pub(super) struct Span {
     /// File offset, a multiple of [`DIRECT_ALIGN`].
-    start: u64,
+    pub(super) start: u64,
     /// Bytes from `start` to the end of the last tensor.
-    len: usize,
+    pub(super) len: usize,
 }
 
 impl Span {
@@ -121,7 +121,7 @@ impl Span {
     }
 
     /// Buffer bytes a direct read needs: whole aligned blocks.
-    fn buffer_len(self) -> usize {
+    pub(super) fn buffer_len(self) -> usize {
         self.len.next_multiple_of(DIRECT_ALIGN)
     }
 }
@@ -188,7 +188,7 @@ fn read_direct(file: &File, buf: &mut [u8], span: Span) -> std::io::Result<()> {
 
 /// Reads `span` into `buf` with direct I/O: whole aligned blocks from an
 /// aligned offset (the last read may stop short at the end of the file).
-fn read_one(file: &File, buf: &mut [u8], span: Span) -> std::io::Result<()> {
+pub(super) fn read_one(file: &File, buf: &mut [u8], span: Span) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::FileExt;
@@ -229,7 +229,7 @@ enum GpuLayer {
 }
 
 /// Layer `layer`'s tensor named `suffix` (the name after `blk.N.`).
-fn find_tensor<'t>(
+pub(super) fn find_tensor<'t>(
     tensors: &'t [TensorInfo],
     suffix: &str,
     layer: usize,
@@ -259,259 +259,6 @@ impl TensorSource for FileTensors<'_> {
 
     fn experts(&mut self) -> Option<Arc<dyn ExpertSource>> {
         self.experts.clone()
-    }
-}
-
-/// Counters of the experts read from disk, all layers together.
-#[derive(Debug, Default)]
-pub struct ExpertStats {
-    /// Routed experts found in the cache.
-    pub hits: AtomicU64,
-    /// Routed experts read from disk.
-    pub misses: AtomicU64,
-    pub bytes_read: AtomicU64,
-    /// Time the compute thread waited for expert reads, in nanoseconds.
-    pub wait_nanos: AtomicU64,
-}
-
-impl ExpertStats {
-    /// (hits, misses, bytes read, wait nanoseconds).
-    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
-        (
-            self.hits.load(Ordering::Relaxed),
-            self.misses.load(Ordering::Relaxed),
-            self.bytes_read.load(Ordering::Relaxed),
-            self.wait_nanos.load(Ordering::Relaxed),
-        )
-    }
-}
-
-/// A disk-tier mixture-of-experts layer's experts: each read when a token
-/// is first routed to it (its rows of the three stacked tensors, read in
-/// parallel with the layer's other misses), then kept in a cache of
-/// `capacity` experts, the least recently used out first.
-#[derive(Debug)]
-pub struct ExpertCache {
-    file: Arc<File>,
-    /// The same file opened for direct I/O (reads bypass the page cache,
-    /// as the disk tier's layers do), when the system allows it.
-    direct: Option<Arc<File>>,
-    layer: usize,
-    /// gate, up and down: the stacked tensor and one expert's bytes in it.
-    parts: [(TensorInfo, u64); 3],
-    capacity: usize,
-    /// expert → (weights, last use).
-    entries: Mutex<(ExpertMap, u64)>,
-    /// Buffers of evicted experts, reused for the next reads (a fresh
-    /// allocation costs a page fault per 4 KiB).
-    free: Mutex<Vec<AlignedBytes>>,
-    stats: Arc<ExpertStats>,
-}
-
-type ExpertMap = std::collections::HashMap<usize, (Arc<Expert>, u64)>;
-
-impl ExpertCache {
-    fn new(
-        file: Arc<File>,
-        direct: Option<Arc<File>>,
-        layer: usize,
-        tensors: &[TensorInfo],
-        capacity: usize,
-        stats: Arc<ExpertStats>,
-    ) -> Result<Self, ModelError> {
-        let part = |name: &str| -> Result<(TensorInfo, u64), ModelError> {
-            let t = find_tensor(tensors, name, layer)?;
-            let n = *t.shape.first().unwrap_or(&1) as u64;
-            if n == 0 || t.size_bytes % n != 0 {
-                return Err(ModelError::Format(format!(
-                    "blk.{layer}.{name} does not split into whole experts"
-                )));
-            }
-            Ok((t.clone(), t.size_bytes / n))
-        };
-        Ok(ExpertCache {
-            parts: [
-                part("ffn_gate_exps.weight")?,
-                part("ffn_up_exps.weight")?,
-                part("ffn_down_exps.weight")?,
-            ],
-            file,
-            direct,
-            layer,
-            capacity,
-            entries: Mutex::new((std::collections::HashMap::new(), 0)),
-            free: Mutex::new(Vec::new()),
-            stats,
-        })
-    }
-
-    /// Reads expert `e` from the file into one buffer holding its three
-    /// projections.
-    fn read(&self, e: usize) -> Result<Expert, ModelError> {
-        // Each projection's rows lie in whole aligned blocks of the buffer,
-        // as direct I/O reads them: its blocks start at `blocks[k]`, its
-        // data at `offsets[k]`.
-        let mut spans = [Span { start: 0, len: 0 }; 3];
-        let (mut blocks, mut offsets) = ([0usize; 3], [0usize; 3]);
-        let mut total = 0usize;
-        for (k, (t, bytes)) in self.parts.iter().enumerate() {
-            let at = t.file_offset + e as u64 * bytes;
-            let start = at / DIRECT_ALIGN as u64 * DIRECT_ALIGN as u64;
-            spans[k] = Span {
-                start,
-                len: (at - start) as usize + *bytes as usize,
-            };
-            blocks[k] = total;
-            offsets[k] = total + (at - start) as usize;
-            total += spans[k].buffer_len();
-        }
-        let reused = self
-            .free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .filter(|b| b.len() >= total);
-        let mut buf = match reused {
-            Some(b) => b,
-            None => AlignedBytes::new(total.max(1)).map_err(|err| {
-                ModelError::Format(format!("cannot allocate an expert buffer: {err}"))
-            })?,
-        };
-        for (k, (t, bytes)) in self.parts.iter().enumerate() {
-            let direct = self.direct.as_ref().is_some_and(|f| {
-                let slot = &mut buf.as_mut_slice()[blocks[k]..blocks[k] + spans[k].buffer_len()];
-                read_one(f, slot, spans[k]).is_ok()
-            });
-            if !direct {
-                let at = offsets[k];
-                let dst = &mut buf.as_mut_slice()[at..at + *bytes as usize];
-                read_exact_at(&self.file, dst, t.file_offset + e as u64 * bytes).map_err(
-                    |err| {
-                        ModelError::Format(format!(
-                            "cannot read expert {e} of blk.{}.{}: {err}",
-                            self.layer, t.name
-                        ))
-                    },
-                )?;
-            }
-        }
-        self.stats
-            .bytes_read
-            .fetch_add(self.parts.iter().map(|p| p.1).sum(), Ordering::Relaxed);
-        let buf = Arc::new(buf);
-        let linear = |k: usize| -> Result<Linear, ModelError> {
-            let (t, bytes) = &self.parts[k];
-            let (rows, cols) = match t.shape[..] {
-                [_, rows, cols] => (rows, cols),
-                _ => {
-                    return Err(ModelError::Format(format!(
-                        "blk.{}.{} is not a stack of matrices",
-                        self.layer, t.name
-                    )))
-                }
-            };
-            Linear::shared(
-                buf.clone(),
-                offsets[k],
-                *bytes as usize,
-                t.ggml_type.to_candle(),
-                (rows, cols),
-                None,
-            )
-        };
-        Ok(Expert {
-            gate: linear(0)?,
-            up: linear(1)?,
-            down: linear(2)?,
-            buf: Some(buf),
-        })
-    }
-
-    /// Takes back an expert's buffer when nothing else holds the expert.
-    fn recycle(&self, expert: Arc<Expert>) {
-        let Ok(mut e) = Arc::try_unwrap(expert) else {
-            return;
-        };
-        let buf = e.buf.take();
-        drop(e);
-        if let Some(Ok(b)) = buf.map(Arc::try_unwrap) {
-            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-            if free.len() < 16 {
-                free.push(b);
-            }
-        }
-    }
-}
-
-impl ExpertSource for ExpertCache {
-    fn fetch(&self, ids: &[usize]) -> Result<Vec<Arc<Expert>>, ModelError> {
-        let mut found: Vec<Option<Arc<Expert>>> = vec![None; ids.len()];
-        {
-            let mut guard = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            let (map, tick) = &mut *guard;
-            for (slot, e) in found.iter_mut().zip(ids) {
-                if let Some((w, used)) = map.get_mut(e) {
-                    *tick += 1;
-                    *used = *tick;
-                    *slot = Some(w.clone());
-                }
-            }
-        }
-        let missing: Vec<usize> = (0..ids.len()).filter(|&j| found[j].is_none()).collect();
-        self.stats
-            .hits
-            .fetch_add((ids.len() - missing.len()) as u64, Ordering::Relaxed);
-        self.stats
-            .misses
-            .fetch_add(missing.len() as u64, Ordering::Relaxed);
-        if !missing.is_empty() {
-            let waited = Instant::now();
-            // The misses of one layer are read at once: several requests
-            // in flight keep a fast drive busy.
-            let read: Vec<Result<Expert, ModelError>> = std::thread::scope(|scope| {
-                let handles: Vec<_> = missing
-                    .iter()
-                    .map(|&j| scope.spawn(move || self.read(ids[j])))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or(Err(ModelError::PrefetchLost)))
-                    .collect()
-            });
-            self.stats
-                .wait_nanos
-                .fetch_add(waited.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            let mut guard = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            let (map, tick) = &mut *guard;
-            let mut evicted = Vec::new();
-            for (&j, r) in missing.iter().zip(read) {
-                let w = Arc::new(r?);
-                found[j] = Some(w.clone());
-                if self.capacity == 0 {
-                    continue;
-                }
-                if map.len() >= self.capacity {
-                    let oldest = map.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k);
-                    if let Some((old, _)) = oldest.and_then(|k| map.remove(&k)) {
-                        evicted.push(old);
-                    }
-                }
-                *tick += 1;
-                map.insert(ids[j], (w, *tick));
-            }
-            drop(guard);
-            // An expert this pass still uses comes back through `release`.
-            for w in evicted {
-                self.recycle(w);
-            }
-        }
-        Ok(found.into_iter().flatten().collect())
-    }
-
-    fn release(&self, experts: Vec<Arc<Expert>>) {
-        for e in experts {
-            self.recycle(e);
-        }
     }
 }
 
@@ -604,6 +351,8 @@ pub struct LayerStore {
     pub stats: DiskStats,
     /// Experts read from disk (mixture-of-experts layers on the disk tier).
     pub expert_stats: Arc<ExpertStats>,
+    /// What the layers' expert caches share (buffers, reader threads).
+    expert_io: Arc<ExpertIo>,
     /// Experts each disk-tier layer's cache holds (from the plan).
     expert_capacity: Vec<usize>,
     gpu: Option<GpuCharges>,
@@ -677,6 +426,7 @@ impl LayerStore {
             }
             layer_tensors.push(tensors);
         }
+        let expert_io = ExpertIo::new(true);
         let mut store = LayerStore {
             hp: hp.clone(),
             model_file: Arc::new(file),
@@ -688,7 +438,8 @@ impl LayerStore {
             buffers: Mutex::new(Vec::new()),
             read_ahead: Mutex::new(None),
             stats: DiskStats::default(),
-            expert_stats: Arc::new(ExpertStats::default()),
+            expert_stats: expert_io.stats.clone(),
+            expert_io,
             expert_capacity: Vec::new(),
             gpu: None,
             rope: None,
@@ -701,6 +452,16 @@ impl LayerStore {
     /// split); layers placed afterwards use it.
     pub fn set_expert_capacity(&mut self, per_layer: Vec<usize>) {
         self.expert_capacity = per_layer;
+    }
+
+    /// Whether disk-tier experts the next layer will probably use are read
+    /// while the layer before it computes (on by default).
+    pub fn set_expert_read_ahead(&self, on: bool) {
+        self.expert_io.set_read_ahead(on);
+    }
+
+    pub fn expert_read_ahead(&self) -> bool {
+        self.expert_io.read_ahead()
     }
 
     /// Gives the store a GPU tier (or takes it away) while no layer is on it.
@@ -792,7 +553,7 @@ impl LayerStore {
                     i,
                     &d.tensors,
                     capacity,
-                    self.expert_stats.clone(),
+                    self.expert_io.clone(),
                 )?;
                 Slot::Experts(Box::new(LayerWeights::load(
                     &self.hp,
@@ -800,7 +561,7 @@ impl LayerStore {
                         file: &d.file,
                         tensors: &d.tensors,
                         layer: i,
-                        experts: Some(Arc::new(cache)),
+                        experts: Some(cache),
                     },
                 )?))
             }
@@ -1169,6 +930,13 @@ impl LayerProvider for LayerStore {
             g.tier.free(g.activation_bytes);
         }
         result
+    }
+
+    fn read_ahead_layer(&self, i: usize) -> Option<&LayerWeights> {
+        match self.slots.get(i) {
+            Some(Slot::Experts(w)) => Some(w),
+            _ => None,
+        }
     }
 }
 

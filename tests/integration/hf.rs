@@ -542,6 +542,7 @@ fn sliding_window_cache_agrees_across_pass_sizes() {
 /// read (each read one expert's bytes) and the greedy tokens are the RAM
 /// ones; with a cache of every expert each is read once at most; with a
 /// cache of 3 of 8 (least recently used out) the tokens are the same again.
+/// Reading the next layer's predicted experts ahead changes no token.
 #[test]
 fn moe_experts_on_disk_are_read_when_routed() {
     let cache = tempfile::tempdir().unwrap();
@@ -561,9 +562,11 @@ fn moe_experts_on_disk_are_read_when_routed() {
     );
     // One expert's bytes in this file (bf16 gate, up and down of 32 × 64).
     let expert_bytes = 3 * 32 * 64 * 2;
+    // Reading ahead off: every expert read is a routed one.
     for (cap, most_misses) in [("0", None), ("8", Some(2 * 8)), ("3", None)] {
         let mut args = base.to_vec();
         args.extend(["--disk-layers", "all", "--expert-cache", cap]);
+        args.push("--no-expert-read-ahead");
         let out = greedy8(&dir, &chat, &args, cache.path());
         assert_eq!(
             tokens_of(&out),
@@ -594,6 +597,37 @@ fn moe_experts_on_disk_are_read_when_routed() {
                 hits > 0 && misses < 15 + 7 * 2 * 2,
                 "cache {cap}: {hits}/{misses}"
             ),
+        }
+        assert_eq!(x["read_ahead"].as_u64(), Some(0));
+    }
+    // Reading ahead on (the default): layer 0 predicts layer 1's experts in
+    // each pass (2 a decode pass; the prompt's are at most the 8 this model
+    // has, one group). The tokens are the same; every routed expert is read
+    // on demand or was read ahead; a read ahead costs one expert's bytes.
+    for cap in ["0", "3"] {
+        let mut args = base.to_vec();
+        args.extend(["--disk-layers", "all", "--expert-cache", cap]);
+        let out = greedy8(&dir, &chat, &args, cache.path());
+        assert_eq!(tokens_of(&out), tokens_of(&ram), "read ahead, cache {cap}");
+        let x = &out["experts"];
+        let n = |k: &str| x[k].as_u64().unwrap();
+        let (misses, ahead, used) = (n("misses"), n("read_ahead"), n("read_ahead_used"));
+        assert_eq!(
+            n("bytes_read"),
+            (misses + ahead) * expert_bytes,
+            "cache {cap}"
+        );
+        assert!(
+            ahead > 0 && ahead <= 8 + 7 * 2,
+            "cache {cap}: {ahead} read ahead"
+        );
+        assert!(
+            used > 0 && used <= ahead,
+            "cache {cap}: {used} of {ahead} used"
+        );
+        if cap == "0" {
+            assert_eq!(n("hits"), used, "with no cache only reads ahead hit");
+            assert_eq!(misses + used, 15 + 7 * 2 * 2);
         }
     }
 }

@@ -662,7 +662,10 @@ pub unsafe fn quantize_avx2(x: &[f32], a: &mut QActs, rows: std::ops::Range<usiz
             for g in g0..g0 + per_span {
                 let p = x.as_ptr().add(r * k + g * GROUP);
                 for j in 0..4 {
-                    m = _mm256_max_ps(m, _mm256_andnot_ps(sign_mask, _mm256_loadu_ps(p.add(8 * j))));
+                    m = _mm256_max_ps(
+                        m,
+                        _mm256_andnot_ps(sign_mask, _mm256_loadu_ps(p.add(8 * j))),
+                    );
                 }
             }
             let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
