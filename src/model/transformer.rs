@@ -714,17 +714,7 @@ impl Transformer {
         io: impl FnOnce(&mut Scratch) -> (&Vec<f32>, &mut Vec<f32>),
         s: &mut Scratch,
     ) -> Result<(), ModelError> {
-        let mut acts = std::mem::take(&mut s.acts);
-        let (x, out) = io(s);
-        grow(out, m * linear.out_features());
-        let r = (|| {
-            if linear.wants_qacts() {
-                linear.quantize_input(&x[..m * k], m, &mut acts)?;
-            }
-            linear.forward(&x[..m * k], m, &acts, out)
-        })();
-        s.acts = acts;
-        r
+        self.project_with(linear, m, k, io, s, true)
     }
 
     /// [`Transformer::project`] on the input the last projection quantized,
@@ -738,13 +728,28 @@ impl Transformer {
         io: impl FnOnce(&mut Scratch) -> (&Vec<f32>, &mut Vec<f32>),
         s: &mut Scratch,
     ) -> Result<(), ModelError> {
-        if !linear.shares_qacts(&s.acts) {
-            return self.project(linear, m, k, io, s);
-        }
-        let acts = std::mem::take(&mut s.acts);
+        let quantize = !linear.shares_qacts(&s.acts);
+        self.project_with(linear, m, k, io, s, quantize)
+    }
+
+    fn project_with(
+        &self,
+        linear: &Linear,
+        m: usize,
+        k: usize,
+        io: impl FnOnce(&mut Scratch) -> (&Vec<f32>, &mut Vec<f32>),
+        s: &mut Scratch,
+        quantize: bool,
+    ) -> Result<(), ModelError> {
+        let mut acts = std::mem::take(&mut s.acts);
         let (x, out) = io(s);
         grow(out, m * linear.out_features());
-        let r = linear.forward(&x[..m * k], m, &acts, out);
+        let r = (|| {
+            if quantize && linear.wants_qacts() {
+                linear.quantize_input(&x[..m * k], m, &mut acts)?;
+            }
+            linear.forward(&x[..m * k], m, &acts, out)
+        })();
         s.acts = acts;
         r
     }
@@ -991,14 +996,11 @@ impl Transformer {
             counts[e] += 1;
         }
         let used: Vec<usize> = (0..e_n).filter(|&e| !by_expert[e].is_empty()).collect();
-        if let Some(next) = next {
-            self.read_ahead(n, next, s)?;
-        }
         grow(&mut s.moe_out, n * d);
         s.moe_out[..n * d].fill(0.0);
         // Experts on disk come in groups: a prompt that routes to every
         // expert holds one group's buffers at a time, not the layer's.
-        for group in used.chunks(EXPERT_GROUP) {
+        for (g, group) in used.chunks(EXPERT_GROUP).enumerate() {
             let weights: Vec<Arc<Expert>> = match experts {
                 Experts::Stacked { gate, up, down } => group
                     .iter()
@@ -1013,6 +1015,11 @@ impl Transformer {
                     .collect::<Result<_, ModelError>>()?,
                 Experts::OnDemand(source) => source.fetch(group)?,
             };
+            // The next layer's reads start once this layer's own are done
+            // (not competing with them), and overlap its compute.
+            if let (0, Some(next)) = (g, next) {
+                self.read_ahead(n, next, s)?;
+            }
             for (&e, w) in group.iter().zip(&weights) {
                 let rows = &by_expert[e];
                 let r = rows.len();
@@ -1043,8 +1050,9 @@ impl Transformer {
 
     /// Predicts the experts layer `next` will route these tokens to — its
     /// norm and router applied to the residual stream as it enters this
-    /// layer's experts (one block changes it little) — and asks its source
-    /// to read them while this layer's experts and the next attention run.
+    /// layer's experts (in a trained model one block changes it little) —
+    /// and asks its source to read them while this layer's experts and the
+    /// next attention run.
     /// Only for passes whose predicted experts make one group (decoding):
     /// a prompt's layer reads its experts group by group anyway.
     fn read_ahead(&self, n: usize, next: &LayerWeights, s: &mut Scratch) -> Result<(), ModelError> {

@@ -4,12 +4,15 @@
 //!
 //! Reads on demand happen on the compute path: a layer's misses are read at
 //! once, each on its own thread. Reads ahead happen on a few reader threads
-//! the model's caches share: while layer n computes, the layer before the
-//! next one's router has named the experts layer n+1 will probably use
-//! (see [`crate::model::transformer`]), and they are read meanwhile. A layer
-//! whose routed expert is still being read ahead waits for that read rather
-//! than starting another. Buffers of evicted experts go to one pool of the
-//! model's, from which the next reads take theirs.
+//! the model's caches share: once layer n has its own experts, it predicts
+//! with layer n+1's router which experts that layer will use (see
+//! [`crate::model::transformer`]), and they are read while layer n computes
+//! and layer n+1 attends. A layer whose routed expert is still being read
+//! ahead waits for that read rather than starting another. A layer stops
+//! reading ahead while its predictions are mostly wrong (each wrong one
+//! costs a read and a buffer), and probes now and then. Buffers of evicted
+//! experts go to one pool of the model's, from which the next reads take
+//! theirs.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -96,6 +99,23 @@ impl ExpertCounts {
 /// Experts of one layer being read ahead or read ahead and not yet asked
 /// for, at most (a decode pass's prediction is one group).
 pub const READ_AHEAD_MAX: usize = EXPERT_GROUP;
+
+/// A layer reads ahead only while at least this share of its recent reads
+/// ahead were used: a wrong one costs a read that competes with the disk's
+/// other reads and a buffer. Judged after [`GATE_SAMPLE`] reads ahead;
+/// while paused, every [`PROBE_EVERY`]th prediction is still read, to see
+/// whether the routing has become predictable.
+const READ_AHEAD_MIN_ACCURACY: f64 = 0.5;
+const GATE_SAMPLE: u32 = 32;
+const PROBE_EVERY: u32 = 8;
+
+/// Whether a layer whose recent reads ahead were `issued`, `used` of them,
+/// reads its `prediction`th prediction ahead.
+fn worth_reading_ahead(issued: u32, used: u32, prediction: u32) -> bool {
+    issued < GATE_SAMPLE
+        || used as f64 >= READ_AHEAD_MIN_ACCURACY * issued as f64
+        || prediction.is_multiple_of(PROBE_EVERY)
+}
 
 /// Threads that read experts ahead, shared by a model's caches.
 const READERS: usize = 8;
@@ -207,12 +227,35 @@ struct Entry {
 struct CacheState {
     map: HashMap<usize, Entry>,
     tick: u64,
+    /// This layer's recent reads ahead and how many were used (halved
+    /// together now and then, so they follow the conversation).
+    ahead_issued: u32,
+    ahead_used: u32,
+    /// Predictions made (read or skipped).
+    predictions: u32,
 }
 
 impl CacheState {
     fn touch(&mut self) -> u64 {
         self.tick += 1;
         self.tick
+    }
+
+    /// Expert `e` for a pass routed to it: `None` when absent, `Some(None)`
+    /// while it is being read ahead, else the expert (now the most
+    /// recently used; a read ahead counted as used).
+    fn take(&mut self, e: usize, stats: &ExpertStats) -> Option<Option<Arc<Expert>>> {
+        let tick = self.touch();
+        let entry = self.map.get_mut(&e)?;
+        let Some(w) = entry.w.clone() else {
+            return Some(None);
+        };
+        entry.used = tick;
+        if std::mem::take(&mut entry.fresh) {
+            stats.read_ahead_used.fetch_add(1, Ordering::Relaxed);
+            self.ahead_used += 1;
+        }
+        Some(Some(w))
     }
 }
 
@@ -445,18 +488,9 @@ impl ExpertSource for ExpertCache {
         {
             let mut st = lock(&self.state);
             for (j, &e) in ids.iter().enumerate() {
-                let tick = st.touch();
-                match st.map.get_mut(&e) {
-                    Some(entry) => match &entry.w {
-                        Some(w) => {
-                            found[j] = Some(w.clone());
-                            entry.used = tick;
-                            if std::mem::take(&mut entry.fresh) {
-                                stats.read_ahead_used.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        None => ahead.push(j),
-                    },
+                match st.take(e, stats) {
+                    Some(Some(w)) => found[j] = Some(w),
+                    Some(None) => ahead.push(j),
                     None => missing.push(j),
                 }
             }
@@ -480,14 +514,8 @@ impl ExpertSource for ExpertCache {
             }
             let mut failed = Vec::new();
             for &j in &ahead {
-                let tick = st.touch();
-                match st.map.get_mut(&ids[j]) {
-                    Some(entry) => {
-                        found[j] = entry.w.clone();
-                        entry.used = tick;
-                        entry.fresh = false;
-                        stats.read_ahead_used.fetch_add(1, Ordering::Relaxed);
-                    }
+                match st.take(ids[j], stats) {
+                    Some(w) => found[j] = w,
                     None => failed.push(j),
                 }
             }
@@ -526,10 +554,11 @@ impl ExpertSource for ExpertCache {
             }
         }
         // What was read ahead for this pass and not routed to is an
-        // ordinary entry now: the least recently used go first.
+        // ordinary entry now, and the first to go (it must not push out
+        // experts that were used).
         for entry in st.map.values_mut() {
-            if entry.w.is_some() {
-                entry.fresh = false;
+            if entry.w.is_some() && std::mem::take(&mut entry.fresh) {
+                entry.used = 0;
             }
         }
         let evicted = self.trim(&mut st);
@@ -559,6 +588,14 @@ impl ExpertSource for ExpertCache {
             return;
         };
         let mut st = lock(&self.state);
+        st.predictions = st.predictions.wrapping_add(1);
+        if !worth_reading_ahead(st.ahead_issued, st.ahead_used, st.predictions) {
+            return;
+        }
+        if st.ahead_issued >= 4 * GATE_SAMPLE {
+            st.ahead_issued /= 2;
+            st.ahead_used /= 2;
+        }
         let mut pending = st
             .map
             .values()
@@ -592,7 +629,87 @@ impl ExpertSource for ExpertCache {
                 break;
             }
             pending += 1;
+            st.ahead_issued += 1;
             self.io.stats.read_ahead.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::GgmlType;
+    use std::io::Write;
+
+    /// A file of three stacked f32 tensors of 4 experts, each 2 × 32.
+    fn cache(capacity: usize, io: Arc<ExpertIo>) -> (tempfile::NamedTempFile, Arc<ExpertCache>) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let values: Vec<u8> = (0..3 * 4 * 64)
+            .flat_map(|i| (i as f32).to_le_bytes())
+            .collect();
+        f.write_all(&values).unwrap();
+        let part = |k: u64, name: &str| TensorInfo {
+            name: name.into(),
+            shape: vec![4, 2, 32],
+            ggml_type: GgmlType::F32,
+            file_offset: k * 1024,
+            size_bytes: 1024,
+        };
+        let tensors = [
+            part(0, "ffn_gate_exps.weight"),
+            part(1, "ffn_up_exps.weight"),
+            part(2, "ffn_down_exps.weight"),
+        ];
+        let file = Arc::new(File::open(f.path()).unwrap());
+        let c = ExpertCache::new(file, None, 0, &tensors, capacity, io).unwrap();
+        (f, c)
+    }
+
+    /// An expert read ahead and then routed to is a hit that cost one
+    /// read; one read ahead and not routed to costs a read and is evicted
+    /// first; with reading ahead off nothing is read before it is asked for.
+    #[test]
+    fn reads_ahead_are_used_once_and_wrong_ones_go_first() {
+        let io = ExpertIo::new(true);
+        let (_f, c) = cache(1, io.clone());
+        c.read_ahead(&[2]);
+        let got = c.fetch(&[2]).unwrap();
+        assert_eq!(got.len(), 1);
+        c.release(got);
+        let x = io.stats.snapshot();
+        assert_eq!(
+            (x.hits, x.misses, x.read_ahead, x.read_ahead_used),
+            (1, 0, 1, 1)
+        );
+        assert_eq!(x.bytes_read, 3 * 256);
+        // A wrong prediction: 3 is read ahead, 1 is routed; the cache (of
+        // one) keeps 1, the unused 3 goes, 2 (older) too.
+        c.read_ahead(&[3]);
+        while lock(&c.state).map.get(&3).is_some_and(|e| e.w.is_none()) {
+            std::thread::yield_now();
+        }
+        c.release(c.fetch(&[1]).unwrap());
+        let x = io.stats.snapshot();
+        assert_eq!((x.misses, x.read_ahead, x.read_ahead_used), (1, 2, 1));
+        let kept: Vec<usize> = lock(&c.state).map.keys().copied().collect();
+        assert_eq!(kept, vec![1]);
+        io.set_read_ahead(false);
+        c.read_ahead(&[0]);
+        assert_eq!(io.stats.snapshot().read_ahead, 2);
+        // Every buffer came back to the pool.
+        assert!(lock(&io.free).len() >= 2);
+    }
+
+    /// Reading ahead pauses once most recent reads ahead went unused, and
+    /// still probes every 8th prediction.
+    #[test]
+    fn reading_ahead_pauses_while_predictions_are_wrong() {
+        assert!(worth_reading_ahead(GATE_SAMPLE - 1, 0, 1));
+        assert!(worth_reading_ahead(GATE_SAMPLE, GATE_SAMPLE / 2, 1));
+        assert!(!worth_reading_ahead(GATE_SAMPLE, GATE_SAMPLE / 2 - 1, 1));
+        let probes = (1..=64)
+            .filter(|&p| worth_reading_ahead(GATE_SAMPLE, 0, p))
+            .count();
+        assert_eq!(probes, 64 / PROBE_EVERY as usize);
     }
 }
