@@ -621,7 +621,10 @@ impl ExpertSource for ExpertCache {
             );
             let me = me.clone();
             let job: Job = Box::new(move || {
-                let r = me.read(e);
+                // A read that panicked still arrives (as an error), so the
+                // layer waiting for it reads on demand instead of hanging.
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| me.read(e)))
+                    .unwrap_or(Err(ModelError::PrefetchLost));
                 me.arrive(e, r);
             });
             if readers.send(job).is_err() {

@@ -603,7 +603,7 @@ fn moe_experts_on_disk_are_read_when_routed() {
     // Reading ahead on (the default): layer 0 predicts layer 1's experts in
     // each pass (2 a decode pass; the prompt's are at most the 8 this model
     // has, one group). The tokens are the same; every routed expert is read
-    // on demand or was read ahead; a read ahead costs one expert's bytes.
+    // on demand or was read ahead; a read costs one expert's bytes.
     for cap in ["0", "3"] {
         let mut args = base.to_vec();
         args.extend(["--disk-layers", "all", "--expert-cache", cap]);
@@ -612,10 +612,12 @@ fn moe_experts_on_disk_are_read_when_routed() {
         let x = &out["experts"];
         let n = |k: &str| x[k].as_u64().unwrap();
         let (misses, ahead, used) = (n("misses"), n("read_ahead"), n("read_ahead_used"));
-        assert_eq!(
-            n("bytes_read"),
-            (misses + ahead) * expert_bytes,
-            "cache {cap}"
+        // The last pass's reads ahead may still be in flight at the end.
+        let bytes = n("bytes_read");
+        assert_eq!(bytes % expert_bytes, 0, "cache {cap}: whole experts");
+        assert!(
+            bytes >= (misses + used) * expert_bytes && bytes <= (misses + ahead) * expert_bytes,
+            "cache {cap}: {bytes} bytes for {misses} misses, {used} of {ahead} read ahead used"
         );
         assert!(
             ahead > 0 && ahead <= 8 + 7 * 2,
