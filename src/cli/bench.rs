@@ -222,12 +222,12 @@ fn timed_on(
         stats.wait_nanos.load(Ordering::Relaxed),
         stats.bytes_read.load(Ordering::Relaxed),
     );
-    let x0 = engine.store().expert_stats.snapshot();
+    let x0 = engine.store().expert_stats().snapshot();
     let t = Instant::now();
     f(engine)?;
     let secs = t.elapsed().as_secs_f64();
     let stats = &engine.store().stats;
-    let x = engine.store().expert_stats.snapshot().since(x0);
+    let x = engine.store().expert_stats().snapshot().since(x0);
     Ok(Timed {
         tokens_per_sec: n as f64 / secs,
         disk_wait_secs: (stats.wait_nanos.load(Ordering::Relaxed) - w0 + x.wait_nanos) as f64 / 1e9,

@@ -273,7 +273,7 @@ pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
             .map(|i| store.layer_bytes(i))
             .max()
             .unwrap_or(0);
-        let x = store.expert_stats.snapshot();
+        let x = store.expert_stats().snapshot();
         let experts_json = serde_json::json!({ "hits": x.hits, "misses": x.misses, "bytes_read": x.bytes_read,
             "read_ahead": x.read_ahead, "read_ahead_used": x.read_ahead_used,
             "cache": engine.placement().experts.iter().map(|x| x.ram).collect::<Vec<_>>() });

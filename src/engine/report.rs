@@ -51,7 +51,7 @@ impl Engine {
             layer_ms_per_token: self.layer_ms_per_token.clone(),
             ..Snapshot::default()
         };
-        let x = store.expert_stats.snapshot();
+        let x = store.expert_stats().snapshot();
         (s.expert_hits, s.expert_misses, s.expert_bytes_read) = (x.hits, x.misses, x.bytes_read);
         s.set_ram(machine.ram());
         s

@@ -243,13 +243,6 @@ impl QActs {
     }
 }
 
-/// Scalar quantization of one group: returns (d, sum of q).
-#[inline(always)]
-pub fn quantize_group(x: &[f32], q: &mut [i8]) -> (f32, i32) {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    (amax / 127.0, quantize_scaled(x, q, amax))
-}
-
 /// Scalar quantization of values whose span's largest magnitude is
 /// `amax`: returns the sum of q.
 #[inline(always)]

@@ -887,7 +887,6 @@ impl Transformer {
     }
 
     #[allow(clippy::too_many_arguments)]
-    #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
         w: &LayerWeights,

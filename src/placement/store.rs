@@ -349,9 +349,8 @@ pub struct LayerStore {
     /// The next pass's first disk layer, being read.
     read_ahead: Mutex<Option<ReadAhead>>,
     pub stats: DiskStats,
-    /// Experts read from disk (mixture-of-experts layers on the disk tier).
-    pub expert_stats: Arc<ExpertStats>,
-    /// What the layers' expert caches share (buffers, reader threads).
+    /// What the layers' expert caches share (counters, buffers, reader
+    /// threads).
     expert_io: Arc<ExpertIo>,
     /// Experts each disk-tier layer's cache holds (from the plan).
     expert_capacity: Vec<usize>,
@@ -438,7 +437,6 @@ impl LayerStore {
             buffers: Mutex::new(Vec::new()),
             read_ahead: Mutex::new(None),
             stats: DiskStats::default(),
-            expert_stats: expert_io.stats.clone(),
             expert_io,
             expert_capacity: Vec::new(),
             gpu: None,
@@ -462,6 +460,11 @@ impl LayerStore {
 
     pub fn expert_read_ahead(&self) -> bool {
         self.expert_io.read_ahead()
+    }
+
+    /// Experts read from disk (mixture-of-experts layers on the disk tier).
+    pub fn expert_stats(&self) -> &ExpertStats {
+        &self.expert_io.stats
     }
 
     /// Gives the store a GPU tier (or takes it away) while no layer is on it.
