@@ -51,6 +51,8 @@ pub struct ReplyRequest {
     pub think: bool,
     /// Upper bound on an image's pixels after resizing (its token cost).
     pub max_pixels: Option<usize>,
+    /// The reply ends before any of these strings (which are not sent).
+    pub stop: Vec<String>,
 }
 
 /// What the window needs to know of a vision-language model.
@@ -173,6 +175,9 @@ pub enum Finish {
 pub struct ReplyStats {
     pub time_to_first_token_secs: f64,
     pub prompt_tokens: usize,
+    /// Prompt tokens served from the KV cache of an earlier request.
+    #[serde(default)]
+    pub reused_tokens: usize,
     pub generated_tokens: usize,
     pub decode_tokens_per_sec: f64,
 }
@@ -197,6 +202,8 @@ pub enum ErrorKind {
     NoModel,
     /// The user cancelled it (a load).
     Cancelled,
+    /// The request itself is wrong (an unreadable image, an empty prompt).
+    Invalid,
     Other,
 }
 
@@ -220,7 +227,7 @@ impl ErrorInfo {
                 "Start a new conversation, or raise the context length in Settings."
             }
             ErrorKind::NoModel => "Open a model in Settings first.",
-            ErrorKind::Cancelled | ErrorKind::Other => "",
+            ErrorKind::Cancelled | ErrorKind::Invalid | ErrorKind::Other => "",
         }
     }
 }
@@ -231,6 +238,14 @@ pub enum Event {
     Loaded(ModelInfo),
     LoadFailed(ErrorInfo),
     Unloaded,
+    /// Reply `req_id` passed its checks (images read, the prompt fits the
+    /// context) and its prompt is being computed: `prompt_tokens` long,
+    /// `opened_thinking` when the prompt itself opened a `<think>` block.
+    Started {
+        req_id: ReqId,
+        prompt_tokens: usize,
+        opened_thinking: bool,
+    },
     /// Text of reply `req_id`, as it is decoded.
     Token {
         req_id: ReqId,

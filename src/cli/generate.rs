@@ -9,11 +9,10 @@ use clap::Args;
 
 use crate::chat::Message;
 use crate::config::Config;
-use crate::engine::vision::{image_paths, Prompt};
+use crate::engine::vision::{image_sources, Prompt};
 use crate::engine::GenerateParams;
 use crate::model::sampler::SamplingParams;
 use crate::telemetry;
-use crate::vision::preprocess;
 use crate::vision::tasks::{self, Task};
 
 use super::{cancel_flag, ModelArgs};
@@ -118,6 +117,8 @@ impl GenerateArgs {
             min_p: self.min_p.unwrap_or(g.min_p),
             repetition_penalty,
             repetition_window: 64,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: self.seed.unwrap_or(g.seed),
         };
         let valid = p.temperature >= 0.0
@@ -214,10 +215,10 @@ pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
         .as_ref()
         .and_then(|c| c.parent())
         .map_or_else(|| PathBuf::from("."), PathBuf::from);
-    let paths = image_paths(&messages, &base).map_err(anyhow::Error::msg)?;
-    let mut images = Vec::with_capacity(paths.len());
-    for p in &paths {
-        let rgb = preprocess::load(p)?;
+    let sources = image_sources(&messages, &base).map_err(anyhow::Error::msg)?;
+    let mut images = Vec::with_capacity(sources.len());
+    for source in &sources {
+        let rgb = source.load()?;
         images.push(engine.prepare_image(&rgb, Some(a.max_pixels))?);
     }
     if a.task.needs_one_image() && images.len() != 1 {
@@ -258,8 +259,8 @@ pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let shapes = tasks::parse_shapes(a.task, &split.answer);
     let first = prompt.images.first().map(|i| &i.prepared);
     let mapped = first.map(|p| shapes.to_image(p.resized, p.original));
-    if let (Some(out), Some(path), Some(m)) = (&a.annotate, paths.first(), &mapped) {
-        let img = preprocess::load(path)?;
+    if let (Some(out), Some(path), Some(m)) = (&a.annotate, sources.first(), &mapped) {
+        let img = path.load()?;
         crate::vision::annotate::save(&img, m, out)?;
         if !json {
             eprintln!("annotated image saved to {}", out.display());
@@ -301,8 +302,11 @@ pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
             // Experts of disk-tier mixture-of-experts layers: routed ones
             // found in the cache, read from disk, and the bytes read.
             "experts": experts_json,
-            "images": paths.iter().zip(&prompt.images).map(|(p, i)| serde_json::json!({
-                "path": p,
+            "images": sources.iter().zip(&prompt.images).map(|(p, i)| serde_json::json!({
+                "path": match p {
+                    crate::engine::vision::ImageSource::File(f) => f.display().to_string(),
+                    crate::engine::vision::ImageSource::Data(_) => "data: URL".to_string(),
+                },
                 "grid_thw": i.prepared.grid_thw,
                 "resized": [i.prepared.resized.0, i.prepared.resized.1],
                 "original": [i.prepared.original.0, i.prepared.original.1],

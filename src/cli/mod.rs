@@ -9,6 +9,7 @@ mod inspect;
 mod perplexity;
 mod plan;
 mod quantize;
+mod serve;
 mod soak;
 mod synthesize;
 
@@ -52,6 +53,9 @@ pub struct Cli {
 enum Command {
     /// Generate a reply to a prompt or a conversation, streamed to stdout.
     Generate(generate::GenerateArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API
+    /// (/v1/chat/completions, /v1/models, /health, /v1/spillway/status).
+    Serve(serve::ServeArgs),
     /// Perplexity of a text file, computed as llama.cpp computes it.
     Perplexity(perplexity::PerplexityArgs),
     /// Prompt and decode speed: median tokens/s over repeated runs.
@@ -369,6 +373,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Generate(a)) => generate::run(a, &config),
+        Some(Command::Serve(a)) => serve::run(a, &config),
         Some(Command::Perplexity(a)) => perplexity::run(a, &config),
         Some(Command::Bench(a)) => bench::run(a, &config),
         Some(Command::Inspect(a)) => inspect::run(a),

@@ -121,10 +121,28 @@ pub fn load(
     }))
 }
 
-/// The image parts of `messages` in order (`{"type": "image", "path": …}`,
-/// also `"image"` / `"image_url"` holding a path or `file://` URL),
-/// relative paths taken from `base`.
-pub fn image_paths(messages: &[Message], base: &Path) -> Result<Vec<PathBuf>, String> {
+/// Where an image of a message comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    File(PathBuf),
+    /// A `data:` URL (base64), as the OpenAI API sends images.
+    Data(String),
+}
+
+impl ImageSource {
+    pub fn load(&self) -> Result<Rgb, preprocess::ImageError> {
+        match self {
+            ImageSource::File(p) => preprocess::load(p),
+            ImageSource::Data(url) => preprocess::decode_data_url(url),
+        }
+    }
+}
+
+/// The images of a conversation, in order: content parts of type `image` /
+/// `image_url` (or with an `image`/`image_url` key) holding a path (relative
+/// ones resolved against `base`), a `file://` URL or a `data:` URL. Remote
+/// URLs are refused: nothing is downloaded behind the user's back.
+pub fn image_sources(messages: &[Message], base: &Path) -> Result<Vec<ImageSource>, String> {
     let mut out = Vec::new();
     for m in messages {
         let Some(parts) = m.content.as_array() else {
@@ -148,18 +166,21 @@ pub fn image_paths(messages: &[Message], base: &Path) -> Result<Vec<PathBuf>, St
                     _ => None,
                 })
                 .ok_or("an image part has no path")?;
-            if raw.starts_with("http://") || raw.starts_with("https://") || raw.starts_with("data:")
-            {
+            if raw.starts_with("data:") {
+                out.push(ImageSource::Data(raw));
+                continue;
+            }
+            if raw.starts_with("http://") || raw.starts_with("https://") {
                 return Err(format!(
-                    "image {raw}: only local files are read (download it first)"
+                    "image {raw}: only local files and data: URLs are read (download it first)"
                 ));
             }
             let path = PathBuf::from(raw.strip_prefix("file://").unwrap_or(&raw));
-            out.push(if path.is_absolute() {
+            out.push(ImageSource::File(if path.is_absolute() {
                 path
             } else {
                 base.join(path)
-            });
+            }));
         }
     }
     Ok(out)

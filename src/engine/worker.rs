@@ -5,8 +5,9 @@
 //! with `Finished`. A panic inside the engine ends the thread with a
 //! `Stopped` event carrying its message, so the window can offer a restart.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -24,25 +25,80 @@ use crate::telemetry::Sink;
 /// Telemetry snapshots at most this often while generating.
 const TELEMETRY_EVERY: Duration = Duration::from_millis(250);
 
-/// The window's end of the worker: send commands, drain events, stop a
-/// reply. Built by [`spawn`], or by a test around its own channel ends.
-pub struct EngineLink {
-    pub commands: Sender<Command>,
-    pub events: Receiver<Event>,
-    /// Replies with an id below this are stopped.
-    pub stop_below: Arc<AtomicU64>,
+/// Requests (replies or loads) stopped by their id: shared by every end
+/// that submits work, so stopping one request never touches another's.
+#[derive(Debug, Default)]
+pub struct StopSet(Mutex<HashSet<ReqId>>);
+
+impl StopSet {
+    pub fn stop(&self, id: ReqId) {
+        self.lock().insert(id);
+    }
+
+    pub fn is_stopped(&self, id: ReqId) -> bool {
+        self.lock().contains(&id)
+    }
+
+    /// Forgets `id` once its request has ended.
+    pub fn clear(&self, id: ReqId) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<ReqId>> {
+        // A panic elsewhere cannot leave a set of ids half-updated.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
-impl EngineLink {
+/// What may submit work to the worker: its command queue, the stop marks
+/// and the id counter. Cheap to clone; the window and the API server each
+/// hold one, so their requests share one ordered queue.
+#[derive(Clone)]
+pub struct Submitter {
+    pub commands: Sender<Command>,
+    pub stopped: Arc<StopSet>,
+    ids: Arc<AtomicU64>,
+}
+
+impl Submitter {
     /// Sends `cmd`; false when the worker is gone.
     pub fn send(&self, cmd: Command) -> bool {
         self.commands.send(cmd).is_ok()
     }
 
-    /// Stops reply `req_id` (and any earlier one) at the next token, or
+    /// Stops reply `req_id` at its next token (or before it starts), or
     /// cancels load `req_id` at the next layer.
     pub fn stop(&self, req_id: ReqId) {
-        self.stop_below.fetch_max(req_id + 1, Ordering::SeqCst);
+        self.stopped.stop(req_id);
+    }
+
+    /// A request id no one else has.
+    pub fn next_id(&self) -> ReqId {
+        self.ids.fetch_add(1, Ordering::SeqCst)
+    }
+}
+
+/// The window's end of the worker: send commands, drain events, stop a
+/// reply. Built by [`spawn`], or by a test around its own channel ends.
+pub struct EngineLink {
+    pub submit: Submitter,
+    pub events: Receiver<Event>,
+}
+
+impl EngineLink {
+    /// Sends `cmd`; false when the worker is gone.
+    pub fn send(&self, cmd: Command) -> bool {
+        self.submit.send(cmd)
+    }
+
+    /// Stops reply `req_id` at the next token, or cancels load `req_id` at
+    /// the next layer.
+    pub fn stop(&self, req_id: ReqId) {
+        self.submit.stop(req_id);
+    }
+
+    pub fn next_id(&self) -> ReqId {
+        self.submit.next_id()
     }
 }
 
@@ -51,24 +107,27 @@ impl EngineLink {
 pub struct WorkerEnds {
     pub commands: Receiver<Command>,
     pub events: Sender<Event>,
-    pub stop_below: Arc<AtomicU64>,
+    pub stopped: Arc<StopSet>,
 }
 
 /// A link and the worker ends it talks to, not yet attached to a thread.
 pub fn channel() -> (EngineLink, WorkerEnds) {
     let (ctx, crx) = crossbeam_channel::unbounded();
     let (etx, erx) = crossbeam_channel::unbounded();
-    let stop = Arc::new(AtomicU64::new(0));
+    let stopped = Arc::new(StopSet::default());
     (
         EngineLink {
-            commands: ctx,
+            submit: Submitter {
+                commands: ctx,
+                stopped: stopped.clone(),
+                ids: Arc::new(AtomicU64::new(1)),
+            },
             events: erx,
-            stop_below: stop.clone(),
         },
         WorkerEnds {
             commands: crx,
             events: etx,
-            stop_below: stop,
+            stopped,
         },
     )
 }
@@ -88,18 +147,43 @@ pub fn spawn(wake: Arc<dyn Fn() + Send + Sync>) -> EngineLink {
     link
 }
 
+/// Starts the inference thread around a model already loaded (`spillway
+/// serve`): it sends `Loaded` first, as after a `Load` command.
+pub fn spawn_loaded(
+    engine: Engine,
+    info: ModelInfo,
+    wake: Arc<dyn Fn() + Send + Sync>,
+) -> std::io::Result<EngineLink> {
+    let (link, ends) = channel();
+    std::thread::Builder::new()
+        .name("spillway-engine".into())
+        .spawn(move || run_with(ends, wake, Some((engine, info))))?;
+    Ok(link)
+}
+
 /// The worker loop; returns when `Shutdown` arrives or the window is gone.
 pub fn run(ends: WorkerEnds, wake: Arc<dyn Fn() + Send + Sync>) {
+    run_with(ends, wake, None)
+}
+
+fn run_with(
+    ends: WorkerEnds,
+    wake: Arc<dyn Fn() + Send + Sync>,
+    loaded: Option<(Engine, ModelInfo)>,
+) {
     let events = ends.events.clone();
     let waker = wake.clone();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        Worker {
+        let mut worker = Worker {
             engine: None,
             last_good: None,
             ends,
             wake,
+        };
+        if let Some((engine, info)) = loaded {
+            worker.adopt(engine, info);
         }
-        .serve()
+        worker.serve()
     }));
     let error = outcome.err().map(|p| {
         let msg = p
@@ -195,12 +279,10 @@ impl Worker {
         if let Some(n) = req.threads {
             crate::kernels::pool::set_threads(n.max(1));
         }
-        let stop_below = self.ends.stop_below.clone();
+        let stopped = self.ends.stopped.clone();
         let id = req.req_id;
         let opts = LoadOptions {
-            cancel: Some(CancelCheck::new(move || {
-                stop_below.load(Ordering::SeqCst) > id
-            })),
+            cancel: Some(CancelCheck::new(move || stopped.is_stopped(id))),
             model_path: req.model_path.clone(),
             quant: req.quant,
             cache_dir: None,
@@ -242,29 +324,18 @@ impl Worker {
             let _ = events.send(Event::LoadProgress(p));
             wake();
         };
-        match Engine::load(&opts, &mut progress) {
+        let loaded = Engine::load(&opts, &mut progress);
+        self.ends.stopped.clear(id);
+        match loaded {
             Ok(mut engine) => {
-                let events = self.ends.events.clone();
-                let wake = self.wake.clone();
-                engine.set_telemetry_sink(Some(Sink::new(
-                    TELEMETRY_EVERY,
-                    Box::new(move |s| {
-                        let _ = events.send(Event::Telemetry(Box::new(s)));
-                        wake();
-                    }),
-                )));
-                let info = model_info(&mut engine, req);
-                let snapshot = engine.telemetry();
-                self.engine = Some(engine);
+                let info = model_info(&mut engine, &req.model_path);
                 self.last_good = Some(req.clone());
-                self.send(Event::Loaded(info));
-                self.send(Event::Telemetry(Box::new(snapshot)));
-                self.notices();
+                self.adopt(engine, info);
                 Ok(())
             }
             Err(e) => {
                 let mut info = error_info(&e);
-                if info.kind == ErrorKind::Other {
+                if matches!(info.kind, ErrorKind::Other | ErrorKind::Invalid) {
                     info.kind = ErrorKind::BadModel;
                 }
                 Err(info)
@@ -272,10 +343,34 @@ impl Worker {
         }
     }
 
+    /// Makes `engine` the one that answers, telling the window.
+    fn adopt(&mut self, mut engine: Engine, info: ModelInfo) {
+        let events = self.ends.events.clone();
+        let wake = self.wake.clone();
+        engine.set_telemetry_sink(Some(Sink::new(
+            TELEMETRY_EVERY,
+            Box::new(move |s| {
+                let _ = events.send(Event::Telemetry(Box::new(s)));
+                wake();
+            }),
+        )));
+        let snapshot = engine.telemetry();
+        self.engine = Some(engine);
+        self.send(Event::Loaded(info));
+        self.send(Event::Telemetry(Box::new(snapshot)));
+        self.notices();
+    }
+
     fn reply(&mut self, req: ReplyRequest) {
         let id = req.req_id;
-        let stop_below = self.ends.stop_below.clone();
-        let stopped = move || stop_below.load(Ordering::SeqCst) > id;
+        self.answer(req);
+        self.ends.stopped.clear(id);
+    }
+
+    fn answer(&mut self, req: ReplyRequest) {
+        let id = req.req_id;
+        let stop_set = self.ends.stopped.clone();
+        let stopped = move || stop_set.is_stopped(id);
         let Some(engine) = self.engine.as_mut() else {
             self.send(Event::ReplyFailed {
                 req_id: id,
@@ -297,10 +392,29 @@ impl Worker {
                 return;
             }
         };
+        let context = engine.context_length();
+        if prompt.tokens.len() >= context {
+            self.fail(
+                id,
+                &EngineError::ContextExceeded {
+                    prompt_tokens: prompt.tokens.len(),
+                    context,
+                },
+            );
+            return;
+        }
+        self.send(Event::Started {
+            req_id: id,
+            prompt_tokens: prompt.tokens.len(),
+            opened_thinking: suffix.ends_with("<think>"),
+        });
+        let Some(engine) = self.engine.as_mut() else {
+            return;
+        };
         let params = GenerateParams {
             max_tokens: req.max_tokens,
             sampling: req.sampling.clone(),
-            stop: Vec::new(),
+            stop: req.stop.clone(),
             ignore_eos: false,
         };
         let cancel = AtomicBool::new(stopped());
@@ -327,6 +441,7 @@ impl Worker {
                 let stats = ReplyStats {
                     time_to_first_token_secs: first_token.unwrap_or(g.prompt_secs + g.decode_secs),
                     prompt_tokens: g.prompt_tokens.len(),
+                    reused_tokens: g.reused_tokens,
                     generated_tokens: g.generated_tokens.len(),
                     decode_tokens_per_sec: g.decode_tokens_per_sec(),
                 };
@@ -385,18 +500,18 @@ fn no_model() -> ErrorInfo {
     ErrorInfo::new(ErrorKind::NoModel, "no model is loaded")
 }
 
-fn model_info(engine: &mut Engine, req: &LoadRequest) -> ModelInfo {
+/// What the window shows of `engine`, loaded from `path`.
+pub fn model_info(engine: &mut Engine, path: &std::path::Path) -> ModelInfo {
     let store = engine.store();
     let layer_bytes = (0..store.n_layers())
         .map(|i| store.layer_bytes(i))
         .collect();
-    let name = req
-        .model_path
+    let name = path
         .file_stem()
         .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
     ModelInfo {
         name,
-        path: req.model_path.clone(),
+        path: path.to_path_buf(),
         n_layers: engine.hparams().n_layer,
         context_length: engine.context_length(),
         layer_bytes,
@@ -421,12 +536,13 @@ fn image_prompt(
     req: &ReplyRequest,
     suffix: &str,
 ) -> Result<super::vision::Prompt, EngineError> {
-    let paths = super::vision::image_paths(&req.messages, std::path::Path::new("/"))
+    let sources = super::vision::image_sources(&req.messages, std::path::Path::new("/"))
         .map_err(EngineError::Invalid)?;
-    let mut images = Vec::with_capacity(paths.len());
-    for p in &paths {
-        let rgb =
-            crate::vision::preprocess::load(p).map_err(|e| EngineError::Invalid(e.to_string()))?;
+    let mut images = Vec::with_capacity(sources.len());
+    for source in &sources {
+        let rgb = source
+            .load()
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
         images.push(engine.prepare_image(&rgb, req.max_pixels)?);
     }
     engine.chat_prompt(&req.messages, images, suffix)
@@ -445,6 +561,7 @@ pub fn error_info(e: &EngineError) -> ErrorInfo {
         | EngineError::Model(ModelError::Format(_) | ModelError::Unsupported { .. }) => {
             ErrorKind::BadModel
         }
+        EngineError::Invalid(_) => ErrorKind::Invalid,
         _ => ErrorKind::Other,
     };
     ErrorInfo::new(kind, e.to_string())

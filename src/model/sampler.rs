@@ -21,6 +21,11 @@ pub struct SamplingParams {
     pub repetition_penalty: f32,
     /// How many recent tokens the penalty looks at.
     pub repetition_window: usize,
+    /// OpenAI's penalties on the tokens of this reply so far: each logit
+    /// drops by `frequency_penalty` times the token's count, and by
+    /// `presence_penalty` once it has appeared. 0 disables.
+    pub frequency_penalty: f32,
+    pub presence_penalty: f32,
     pub seed: u64,
 }
 
@@ -33,6 +38,8 @@ impl SamplingParams {
             min_p: 0.0,
             repetition_penalty: 1.0,
             repetition_window: 64,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: 0,
         }
     }
@@ -51,6 +58,8 @@ impl Default for SamplingParams {
             min_p: 0.05,
             repetition_penalty: 1.1,
             repetition_window: 64,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: 42,
         }
     }
@@ -61,6 +70,8 @@ pub struct Sampler {
     rng: StdRng,
     /// Reused across steps: (token, probability) candidates.
     candidates: Vec<(u32, f32)>,
+    /// How often each token was sampled so far (for the OpenAI penalties).
+    counts: std::collections::HashMap<u32, u32>,
 }
 
 impl Sampler {
@@ -69,6 +80,7 @@ impl Sampler {
             rng: StdRng::seed_from_u64(params.seed),
             params,
             candidates: Vec::new(),
+            counts: Default::default(),
         }
     }
 
@@ -79,7 +91,20 @@ impl Sampler {
     /// Picks the next token. `recent` is the conversation so far (for the
     /// repetition penalty). `logits` is modified in place.
     pub fn sample(&mut self, logits: &mut [f32], recent: &[u32]) -> u32 {
+        let t = self.pick(logits, recent);
+        if self.params.frequency_penalty != 0.0 || self.params.presence_penalty != 0.0 {
+            *self.counts.entry(t).or_default() += 1;
+        }
+        t
+    }
+
+    fn pick(&mut self, logits: &mut [f32], recent: &[u32]) -> u32 {
         let p = &self.params;
+        for (&t, &n) in &self.counts {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l -= p.frequency_penalty * n as f32 + p.presence_penalty;
+            }
+        }
         if p.repetition_penalty != 1.0 && p.repetition_penalty > 0.0 {
             let start = recent.len().saturating_sub(p.repetition_window);
             let mut seen = recent[start..].to_vec();
@@ -159,6 +184,23 @@ mod tests {
     fn greedy_takes_the_largest() {
         let mut s = Sampler::new(SamplingParams::greedy());
         assert_eq!(s.sample(&mut [0.1, 3.0, 2.0], &[]), 1);
+    }
+
+    #[test]
+    fn frequency_and_presence_penalties_count_this_reply() {
+        let mut p = SamplingParams::greedy();
+        p.frequency_penalty = 0.6;
+        let mut s = Sampler::new(p.clone());
+        // Token 0 leads by 1.0: it wins twice (penalised 0.6, then 1.2).
+        let logits = [2.0, 1.0, 0.0];
+        let picks: Vec<u32> = (0..3).map(|_| s.sample(&mut logits.clone(), &[])).collect();
+        assert_eq!(picks, [0, 0, 1]);
+        // Presence: one fixed penalty, however often.
+        p.frequency_penalty = 0.0;
+        p.presence_penalty = 1.5;
+        let mut s = Sampler::new(p);
+        let picks: Vec<u32> = (0..3).map(|_| s.sample(&mut logits.clone(), &[])).collect();
+        assert_eq!(picks, [0, 1, 1]);
     }
 
     #[test]

@@ -150,7 +150,6 @@ pub struct SpillwayApp {
     pub current: usize,
     pub composer: String,
     pub streaming: Option<Streaming>,
-    next_req: ReqId,
     pub model: Option<ModelInfo>,
     pub loading: Option<LoadProgress>,
     pub banners: Vec<Banner>,
@@ -256,7 +255,6 @@ impl SpillwayApp {
             current: 0,
             composer: String::new(),
             streaming: None,
-            next_req: 1,
             model: None,
             loading: None,
             banners,
@@ -397,8 +395,7 @@ impl SpillwayApp {
     pub fn load_model(&mut self, path: PathBuf) {
         self.loading = Some(LoadProgress::Reading);
         self.model = None;
-        let req_id = self.next_req;
-        self.next_req += 1;
+        let req_id = self.link.next_id();
         self.loading_id = Some(req_id);
         let req = LoadRequest {
             req_id,
@@ -482,8 +479,7 @@ impl SpillwayApp {
             self.save_current();
             return;
         }
-        let req_id = self.next_req;
-        self.next_req += 1;
+        let req_id = self.link.next_id();
         let conv = &mut self.conversations[self.current];
         conv.messages.push(ChatMessage {
             incomplete: true,
@@ -506,6 +502,7 @@ impl SpillwayApp {
             sampling: s.sampling(),
             think: self.think && self.model_can_think(),
             max_pixels: Some(s.max_image_pixels),
+            stop: Vec::new(),
         };
         self.send(Command::Generate(req));
     }
@@ -686,6 +683,7 @@ impl SpillwayApp {
                     .push(Banner::from_error("The model did not load", &err));
             }
             Event::Unloaded => self.model = None,
+            Event::Started { .. } => {}
             Event::Token { req_id, text } => {
                 let Some(s) = self.streaming.as_ref().filter(|s| s.req_id == req_id) else {
                     return;

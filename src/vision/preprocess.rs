@@ -235,6 +235,39 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, ImageError> {
     })
 }
 
+/// Decodes an image sent inline as a `data:` URL
+/// (`data:image/png;base64,…`), as the OpenAI API carries them. The
+/// payload is measured before it is decoded.
+pub fn decode_data_url(url: &str) -> Result<Rgb, ImageError> {
+    use base64::Engine as _;
+    const NAME: &str = "the image in the data: URL";
+    let bad = |reason: &str| ImageError::Decode {
+        path: NAME.into(),
+        reason: reason.into(),
+    };
+    let rest = url
+        .strip_prefix("data:")
+        .ok_or_else(|| bad("not a data: URL"))?;
+    let (head, payload) = rest
+        .split_once(',')
+        .ok_or_else(|| bad("a data: URL needs a comma before its data"))?;
+    if !head.split(';').any(|p| p.eq_ignore_ascii_case("base64")) {
+        return Err(bad("only base64 data: URLs are read"));
+    }
+    if payload.len() as u64 > MAX_FILE_BYTES / 3 * 4 + 4 {
+        return Err(bad("larger than an image file can honestly be"));
+    }
+    // Line breaks and spaces are allowed in a base64 payload.
+    let clean: Vec<u8> = payload
+        .bytes()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&clean)
+        .map_err(|e| bad(&format!("bad base64: {e}")))?;
+    decode(&bytes, NAME)
+}
+
 /// Decodes image bytes (PNG, JPEG, WebP, BMP, GIF) to RGB, compositing any
 /// alpha over white as the reference processor does. `name` is for errors.
 pub fn decode(bytes: &[u8], name: &str) -> Result<Rgb, ImageError> {

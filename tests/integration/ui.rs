@@ -160,12 +160,7 @@ fn send_stream_stop_regenerate_edit_and_switch() {
     // Stop: the link marks the request stopped; the engine answers.
     f.harness.get_by_label("Stop").click();
     f.harness.run_steps(4);
-    assert!(
-        f.engine
-            .stop_below
-            .load(std::sync::atomic::Ordering::SeqCst)
-            > id
-    );
+    assert!(f.engine.stopped.is_stopped(id));
     stream(&mut f, id, &["carries water"], Finish::Cancelled);
     assert!(f.app().streaming.is_none());
     f.harness.get_by_label_contains("(stopped)");
