@@ -106,6 +106,7 @@ fn main() -> eframe::Result<()> {
                         stats: ReplyStats {
                             time_to_first_token_secs: 0.0,
                             prompt_tokens: 0,
+                            reused_tokens: 0,
                             generated_tokens: answer.split(' ').count(),
                             decode_tokens_per_sec: 0.0,
                         },

@@ -53,6 +53,8 @@ pub struct ReplyRequest {
     pub max_pixels: Option<usize>,
     /// The reply ends before any of these strings (which are not sent).
     pub stop: Vec<String>,
+    /// Keep going past the end-of-turn token (API clients that measure).
+    pub ignore_eos: bool,
 }
 
 /// What the window needs to know of a vision-language model.

@@ -415,7 +415,7 @@ impl Worker {
             max_tokens: req.max_tokens,
             sampling: req.sampling.clone(),
             stop: req.stop.clone(),
-            ignore_eos: false,
+            ignore_eos: req.ignore_eos,
         };
         let cancel = AtomicBool::new(stopped());
         let started = Instant::now();

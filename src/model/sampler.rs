@@ -195,12 +195,13 @@ mod tests {
         let logits = [2.0, 1.0, 0.0];
         let picks: Vec<u32> = (0..3).map(|_| s.sample(&mut logits.clone(), &[])).collect();
         assert_eq!(picks, [0, 0, 1]);
-        // Presence: one fixed penalty, however often.
+        // Presence: one fixed penalty, however often: once both have
+        // appeared, the larger logit wins again.
         p.frequency_penalty = 0.0;
         p.presence_penalty = 1.5;
         let mut s = Sampler::new(p);
-        let picks: Vec<u32> = (0..3).map(|_| s.sample(&mut logits.clone(), &[])).collect();
-        assert_eq!(picks, [0, 1, 1]);
+        let picks: Vec<u32> = (0..4).map(|_| s.sample(&mut logits.clone(), &[])).collect();
+        assert_eq!(picks, [0, 1, 0, 0]);
     }
 
     #[test]

@@ -73,6 +73,11 @@ impl Dispatch {
         self.lock().status.clone()
     }
 
+    /// Whether the engine is computing an API request now.
+    pub fn running(&self) -> bool {
+        self.lock().running.is_some()
+    }
+
     /// Requests waiting or running.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
@@ -220,5 +225,87 @@ impl Drop for Ticket {
         }
         self.dispatch.lock().routes.remove(&self.id);
         self.dispatch.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::worker;
+    use crate::model::sampler::SamplingParams;
+    use crate::protocol::{Finish, ReplyStats};
+
+    fn request() -> ReplyRequest {
+        ReplyRequest {
+            req_id: 0,
+            messages: Vec::new(),
+            max_tokens: 1,
+            sampling: SamplingParams::greedy(),
+            think: false,
+            max_pixels: None,
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+
+    #[test]
+    fn the_queue_is_bounded_and_a_dropped_request_is_stopped() {
+        let (link, ends) = worker::channel();
+        let d = Dispatch::new(link.submit.clone(), 2);
+        let a = d.submit(request()).unwrap();
+        let b = d.submit(request()).unwrap();
+        assert_eq!(d.submit(request()).err(), Some(QueueFull { limit: 2 }));
+        assert_eq!(d.in_flight(), 2);
+        // Ids are the link's, in order, and reach the worker's queue.
+        let ids: Vec<ReqId> = ends
+            .commands
+            .try_iter()
+            .map(|c| match c {
+                Command::Generate(r) => r.req_id,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, [a.id, b.id]);
+        // The client of `b` went away: only `b` is stopped, its place freed.
+        let b_id = b.id;
+        drop(b);
+        assert!(ends.stopped.is_stopped(b_id));
+        assert!(!ends.stopped.is_stopped(a.id));
+        assert_eq!(d.in_flight(), 1);
+        let c = d.submit(request()).unwrap();
+        assert_ne!(c.id, b_id);
+    }
+
+    #[test]
+    fn events_reach_their_request_and_the_rest_reach_the_status() {
+        let (link, _ends) = worker::channel();
+        let d = Dispatch::new(link.submit.clone(), 4);
+        let mut t = d.submit(request()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let token = Event::Token {
+            req_id: t.id,
+            text: "hi".into(),
+        };
+        assert!(d.route(&token));
+        // The window's own reply is not the API's.
+        assert!(!d.route(&Event::Token {
+            req_id: t.id + 100,
+            text: "x".into()
+        }));
+        assert!(!d.route(&Event::Telemetry(Box::default())));
+        assert!(d.status().telemetry.is_some());
+        assert_eq!(rt.block_on(t.next()), Some(token));
+        let done = Event::Finished {
+            req_id: t.id,
+            finish: Finish::EndOfTurn,
+            stats: ReplyStats::default(),
+        };
+        assert!(d.route(&done));
+        assert_eq!(rt.block_on(t.next()), Some(done));
+        let id = t.id;
+        drop(t);
+        // Finished: not stopped, counted as served.
+        assert!(!link.submit.stopped.is_stopped(id));
+        assert_eq!((d.in_flight(), d.served()), (0, 1));
     }
 }

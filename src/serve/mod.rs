@@ -257,6 +257,7 @@ async fn status(State(s): State<Shared>) -> Json<Value> {
         "telemetry": st.telemetry,
         "queue": {
             "in_flight": s.dispatch.in_flight(),
+            "running": s.dispatch.running(),
             "limit": s.dispatch.queue_limit(),
             "served": s.dispatch.served(),
         },
@@ -417,8 +418,10 @@ async fn chat_completions(
         max_tokens: checked.max_tokens.unwrap_or(usize::MAX),
         sampling: checked.sampling.clone(),
         think: checked.think && thinking,
-        max_pixels: None,
+        // What the plan budgeted the vision tower for.
+        max_pixels: Some(crate::placement::footprint::DEFAULT_MAX_IMAGE_PIXELS),
         stop: checked.stop.clone(),
+        ignore_eos: checked.ignore_eos,
     };
     let mut ticket = s.dispatch.submit(request).map_err(|full| {
         ApiError::new(

@@ -108,6 +108,9 @@ pub struct ChatRequest {
     pub frequency_penalty: Option<f32>,
     pub presence_penalty: Option<f32>,
     pub n: Option<i64>,
+    /// vLLM's extension: keep generating past the end-of-turn token.
+    #[serde(default)]
+    pub ignore_eos: bool,
     /// vLLM's switch for templates that think (`{"enable_thinking": …}`).
     pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
     /// Everything else, checked against what Spillway cannot do.
@@ -136,6 +139,7 @@ pub struct Checked {
     pub max_tokens: Option<usize>,
     pub stop: Vec<String>,
     pub think: bool,
+    pub ignore_eos: bool,
     pub stream: bool,
     pub include_usage: bool,
     /// `http(s)` image URLs to fetch first (allowed by the server's flag),
@@ -288,6 +292,7 @@ impl ChatRequest {
             max_tokens,
             stop,
             think,
+            ignore_eos: self.ignore_eos,
             stream: self.stream,
             include_usage: self.stream_options.is_some_and(|o| o.include_usage),
             remote_images,

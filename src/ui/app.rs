@@ -503,6 +503,7 @@ impl SpillwayApp {
             think: self.think && self.model_can_think(),
             max_pixels: Some(s.max_image_pixels),
             stop: Vec::new(),
+            ignore_eos: false,
         };
         self.send(Command::Generate(req));
     }

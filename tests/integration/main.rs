@@ -10,6 +10,7 @@ mod generation;
 mod hf;
 mod placement;
 mod reliability;
+mod serve;
 mod synth;
 mod tokenizer;
 mod ui;

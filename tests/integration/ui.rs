@@ -139,6 +139,7 @@ fn stream(f: &mut Fixture, req_id: u64, pieces: &[&str], finish: Finish) {
         stats: ReplyStats {
             time_to_first_token_secs: 0.25,
             prompt_tokens: 10,
+            reused_tokens: 0,
             generated_tokens: pieces.len(),
             decode_tokens_per_sec: 12.5,
         },
@@ -812,7 +813,7 @@ fn the_settings_offload_folder_is_the_disk_tiers() {
         max_image_pixels: 1 << 20,
         copy_disk_layers: true,
     };
-    link.commands.send(Command::Load(req)).unwrap();
+    assert!(link.send(Command::Load(req)));
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         match link.events.recv_timeout(Duration::from_secs(120)).unwrap() {
@@ -831,7 +832,7 @@ fn the_settings_offload_folder_is_the_disk_tiers() {
         copies > 0,
         "the disk layers are copied into the chosen folder"
     );
-    let _ = link.commands.send(Command::Shutdown);
+    link.send(Command::Shutdown);
 }
 
 /// A text model that thinks when asked (Qwen3's template switch) offers

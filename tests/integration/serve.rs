@@ -1,0 +1,145 @@
+//! `spillway serve` against the official OpenAI Python client
+//! (tests/reference/openai_client.py; `openai` from PyPI, installed by the
+//! test command): replies equal `spillway generate`'s, token counts equal
+//! the tokenizer's, errors have OpenAI's shape and status, four clients at
+//! once, a closed stream frees the engine, and an image as a data: URL.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{smollm2, spillway_json};
+
+/// A `spillway serve` child, killed when dropped.
+struct Server {
+    child: Child,
+    base_url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const KEY: &str = "sk-spillway-test";
+
+fn serve(model: &Path, extra: &[&str], cache: Option<&Path>) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready.json");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spillway"));
+    cmd.args(["serve", "--port", "0", "--api-key", KEY, "--model"])
+        .arg(model)
+        .arg("--ready-file")
+        .arg(&ready)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if let Some(c) = cache {
+        cmd.env("SPILLWAY_CACHE_DIR", c);
+    }
+    let mut child = cmd.spawn().expect("spillway serve starts");
+    let start = Instant::now();
+    loop {
+        if let Ok(b) = std::fs::read(&ready) {
+            let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+            return Server {
+                child,
+                base_url: v["base_url"].as_str().unwrap().to_string(),
+                _dir: dir,
+            };
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("spillway serve exited early: {status}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "serve never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn client(args: &[&str], expected: &serde_json::Value) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = dir.path().join("expected.json");
+    std::fs::write(&exp, expected.to_string()).unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/openai_client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(&args[..3])
+        .arg(&exp)
+        .args(&args[3..])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "the OpenAI client's checks failed (is `openai` installed? the test command installs it):\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    eprintln!("client report: {last}");
+    serde_json::from_str(last).unwrap()
+}
+
+/// The fields of `generate --json` the client compares against.
+fn expected(v: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "text": v["text"],
+        "prompt_tokens": v["prompt_tokens"].as_array().map_or(0, Vec::len),
+        "generated_tokens": v["generated_tokens"].as_array().map_or(0, Vec::len),
+        "finish_reason": if v["finish_reason"] == "length" { "length" } else { "stop" },
+    })
+}
+
+#[test]
+fn openai_client_against_spillway_serve() {
+    let m = smollm2();
+    let model = m.to_str().unwrap();
+    let want = spillway_json(&[
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "Name the capital of France.",
+        "--greedy",
+        "--max-tokens",
+        "24",
+        "--ctx",
+        "512",
+        "--json",
+    ]);
+    let server = serve(&m, &["--ctx", "512", "--max-body-mib", "1"], None);
+    let report = client(&["text", &server.base_url, KEY], &expected(&want));
+    assert!(report["whole"].as_str().unwrap().contains("Paris"), "{report}");
+    // 3000 tokens would take a minute: the engine stopped within seconds.
+    assert!(report["freed_after_close_secs"].as_f64().unwrap() < 5.0);
+    assert!(report["next_reply_secs"].as_f64().unwrap() < 10.0);
+}
+
+#[test]
+fn openai_client_sends_an_image() {
+    let dir = crate::hf::fixture("qwen2_5_vl_tiny");
+    let cache = tempfile::tempdir().unwrap();
+    let image = dir.join("image.png");
+    let want = crate::hf::generate_json(
+        &dir,
+        &[
+            "--prompt",
+            "Describe the image.",
+            "--image",
+            image.to_str().unwrap(),
+            "--greedy",
+            "--max-tokens",
+            "8",
+        ],
+        cache.path(),
+    );
+    let server = serve(&dir, &[], Some(cache.path()));
+    let report = client(
+        &["image", &server.base_url, KEY, image.to_str().unwrap()],
+        &expected(&want),
+    );
+    assert_eq!(report["image_reply"], want["text"]);
+}
