@@ -10,6 +10,7 @@ use clap::Args;
 
 use crate::config::Config;
 use crate::engine::worker;
+use crate::protocol::Event;
 use crate::serve::{self, openai::Defaults, Dispatch, ServeOptions};
 
 use super::ModelArgs;
@@ -27,7 +28,12 @@ pub struct ServeArgs {
     port: u16,
     /// Clients must send "Authorization: Bearer KEY" (default: the
     /// SPILLWAY_API_KEY environment variable, else no key).
-    #[arg(long, value_name = "KEY", env = "SPILLWAY_API_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "SPILLWAY_API_KEY",
+        hide_env_values = true
+    )]
     api_key: Option<String>,
     /// Fetch images named by http(s) URLs (off: only inline data: URLs).
     #[arg(long)]
@@ -73,23 +79,29 @@ pub fn run(a: ServeArgs, config: &Config) -> anyhow::Result<ExitCode> {
     };
     let info = worker::model_info(&mut engine, &a.model.model);
     let name = info.name.clone();
-    let link = worker::spawn_loaded(engine, info, Arc::new(|| {}))
-        .context("cannot start the engine thread")?;
-    let dispatch = Dispatch::new(link.submit.clone(), a.queue);
-    // The worker's events, routed to the requests they belong to.
-    let router = dispatch.clone();
-    let events = link.events.clone();
-    std::thread::Builder::new()
-        .name("spillway-events".into())
-        .spawn(move || {
-            while let Ok(e) = events.recv() {
-                if let crate::protocol::Event::Notice(n) = &e {
+    // The worker's events are routed to their requests on the worker's own
+    // thread, right after each is sent: no thread of ours wakes per token.
+    let slot: Arc<std::sync::OnceLock<(Arc<Dispatch>, crossbeam_channel::Receiver<Event>)>> =
+        Arc::default();
+    let route = slot.clone();
+    let wake = Arc::new(move || {
+        if let Some((dispatch, events)) = route.get() {
+            while let Ok(e) = events.try_recv() {
+                if let Event::Notice(n) = &e {
                     eprintln!("note: {n}");
                 }
-                router.route(&e);
+                dispatch.route(&e);
             }
-        })
-        .context("cannot start the event thread")?;
+        }
+    });
+    let link =
+        worker::spawn_loaded(engine, info, wake).context("cannot start the engine thread")?;
+    let dispatch = Dispatch::new(link.submit.clone(), a.queue);
+    let _ = slot.set((dispatch.clone(), link.events.clone()));
+    // What the worker said before the slot was set (the model loaded).
+    while let Ok(e) = link.events.try_recv() {
+        dispatch.route(&e);
+    }
     let running = serve::start(
         dispatch,
         ServeOptions {
@@ -104,7 +116,8 @@ pub fn run(a: ServeArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let url = format!("http://{}/v1", running.addr);
     eprintln!("serving {name} at {url} (Ctrl-C stops)");
     if let Some(path) = &a.ready_file {
-        let body = serde_json::json!({ "addr": running.addr.to_string(), "base_url": url, "model": name });
+        let body =
+            serde_json::json!({ "addr": running.addr.to_string(), "base_url": url, "model": name });
         crate::chat::history::write_atomic(path, body.to_string().as_bytes(), &mut || Ok(()))
             .with_context(|| format!("cannot write {}", path.display()))?;
     }

@@ -136,8 +136,11 @@ impl Dispatch {
                 None
             }
             Event::Stopped { error } => {
-                inner.status.stopped =
-                    Some(error.clone().unwrap_or_else(|| "the engine has stopped".into()));
+                inner.status.stopped = Some(
+                    error
+                        .clone()
+                        .unwrap_or_else(|| "the engine has stopped".into()),
+                );
                 inner.status.model = None;
                 // Every request waiting hears of it: none will be answered.
                 for tx in inner.routes.values() {
@@ -281,7 +284,9 @@ mod tests {
         let (link, _ends) = worker::channel();
         let d = Dispatch::new(link.submit.clone(), 4);
         let mut t = d.submit(request()).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let token = Event::Token {
             req_id: t.id,
             text: "hi".into(),

@@ -100,13 +100,14 @@ impl Drop for Running {
     }
 }
 
-/// Binds `opts.addr` and serves on a thread of its own (a small tokio
+/// Binds `opts.addr` and serves on a thread of its own (a one-thread tokio
 /// runtime; the engine does the heavy work on its thread). Binding errors
 /// (port taken, no permission) come back here.
 pub fn start(dispatch: Arc<Dispatch>, opts: ServeOptions) -> std::io::Result<Running> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("spillway-api")
+    // One thread: the engine is the bottleneck, and on a small machine
+    // every extra thread woken per token takes a core from the compute
+    // pool.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind(opts.addr))?;
@@ -280,10 +281,9 @@ fn engine_error(e: &ErrorInfo) -> ApiError {
             Some("model_not_loaded"),
         ),
         ErrorKind::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "server_error", None),
-        ErrorKind::OutOfMemory
-        | ErrorKind::DoesNotFit
-        | ErrorKind::BadModel
-        | ErrorKind::Other => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None),
+        ErrorKind::OutOfMemory | ErrorKind::DoesNotFit | ErrorKind::BadModel | ErrorKind::Other => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
+        }
     };
     ApiError {
         code,
@@ -316,7 +316,8 @@ async fn fetch_remote_images(checked: &mut Checked) -> Result<(), ApiError> {
 fn fetch_image(url: &str) -> Result<String, ApiError> {
     use base64::Engine as _;
     use std::io::Read;
-    let failed = |why: String| ApiError::bad_request(format!("cannot fetch the image {url}: {why}"));
+    let failed =
+        |why: String| ApiError::bad_request(format!("cannot fetch the image {url}: {why}"));
     let resp = ureq::AgentBuilder::new()
         .timeout(std::time::Duration::from_secs(30))
         .build()
@@ -342,6 +343,18 @@ fn fetch_image(url: &str) -> Result<String, ApiError> {
 
 fn completion_id() -> String {
     format!("chatcmpl-{:016x}", rand::random::<u64>())
+}
+
+/// llama-server's `timings` object, measured by the engine: what a client
+/// can compare its own streaming rate against.
+fn timings(stats: &ReplyStats) -> Value {
+    json!({
+        "prompt_n": stats.prompt_tokens.saturating_sub(stats.reused_tokens),
+        "cache_n": stats.reused_tokens,
+        "prompt_ms": stats.time_to_first_token_secs * 1e3,
+        "predicted_n": stats.generated_tokens,
+        "predicted_per_second": stats.decode_tokens_per_sec,
+    })
 }
 
 fn usage(stats: &ReplyStats) -> Value {
@@ -381,8 +394,9 @@ async fn chat_completions(
             },
         )
     })?;
-    let req: ChatRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("the request is not valid JSON for this route: {e}")))?;
+    let req: ChatRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("the request is not valid JSON for this route: {e}"))
+    })?;
     let st = s.dispatch.status();
     if let Some(why) = st.stopped {
         return Err(engine_gone(Some(why)));
@@ -403,7 +417,10 @@ async fn chat_completions(
                 ..ApiError::new(
                     StatusCode::NOT_FOUND,
                     "invalid_request_error",
-                    format!("The model `{name}` does not exist: this server has `{}`", model.name),
+                    format!(
+                        "The model `{name}` does not exist: this server has `{}`",
+                        model.name
+                    ),
                 )
                 .with_code("model_not_found")
             });
@@ -534,6 +551,7 @@ async fn whole(mut reply: Reply, mut ticket: Ticket) -> Result<Json<Value>, ApiE
                         "finish_reason": finish_reason(finish),
                     }],
                     "usage": usage(&stats),
+                    "timings": timings(&stats),
                 })));
             }
             Some(Event::Stopped { error }) => return Err(engine_gone(error)),
@@ -581,8 +599,7 @@ fn stream(
                     push_delta(&mut st.queued, &st.reply, d);
                 }
                 Some(Event::ReplyFailed { error, .. }) => {
-                    st.queued
-                        .push_back(engine_error(&error).body().to_string());
+                    st.queued.push_back(engine_error(&error).body().to_string());
                 }
                 Some(Event::Finished { finish, stats, .. }) => {
                     let d = st.reply.rest();
@@ -598,6 +615,7 @@ fn stream(
                         let mut u = st.reply.chunk(json!({}), None);
                         u["choices"] = json!([]);
                         u["usage"] = usage(&stats);
+                        u["timings"] = timings(&stats);
                         st.queued.push_back(u.to_string());
                     }
                     st.queued.push_back("[DONE]".into());
@@ -629,6 +647,10 @@ fn push_delta(queued: &mut std::collections::VecDeque<String>, reply: &Reply, d:
         );
     }
     if !d.content.is_empty() {
-        queued.push_back(reply.chunk(json!({ "content": d.content }), None).to_string());
+        queued.push_back(
+            reply
+                .chunk(json!({ "content": d.content }), None)
+                .to_string(),
+        );
     }
 }

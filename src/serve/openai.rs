@@ -157,7 +157,10 @@ const UNSUPPORTED: [(&str, &str); 9] = [
     ("logprobs", "log probabilities are not returned"),
     ("top_logprobs", "log probabilities are not returned"),
     ("logit_bias", "logit_bias is not supported"),
-    ("response_format", "structured output (response_format) is not supported"),
+    (
+        "response_format",
+        "structured output (response_format) is not supported",
+    ),
     ("audio", "audio output is not supported"),
 ];
 
@@ -189,7 +192,11 @@ impl ChatRequest {
     /// Checks every field and builds the engine's request. `defaults` fill
     /// the sampling fields left out; a missing seed is drawn at random, as
     /// OpenAI's replies differ between calls.
-    pub fn check(self, defaults: &Defaults, allow_remote_images: bool) -> Result<Checked, ApiError> {
+    pub fn check(
+        self,
+        defaults: &Defaults,
+        allow_remote_images: bool,
+    ) -> Result<Checked, ApiError> {
         for (key, why) in UNSUPPORTED {
             if let Some(v) = self.rest.get(key) {
                 if unsupported_is_set(key, v) {
@@ -203,7 +210,10 @@ impl ChatRequest {
             }
         }
         if self.messages.is_empty() {
-            return Err(ApiError::bad_param("messages", "messages must not be empty"));
+            return Err(ApiError::bad_param(
+                "messages",
+                "messages must not be empty",
+            ));
         }
         let max_tokens = match (self.max_completion_tokens, self.max_tokens) {
             (Some(n), _) | (None, Some(n)) if n < 1 => {
@@ -230,7 +240,10 @@ impl ChatRequest {
             None => defaults.top_k,
             Some(k) if k <= 0 => {
                 if k < -1 {
-                    return Err(ApiError::bad_param("top_k", "top_k must be -1, 0 or positive"));
+                    return Err(ApiError::bad_param(
+                        "top_k",
+                        "top_k must be -1, 0 or positive",
+                    ));
                 }
                 0
             }
@@ -458,7 +471,10 @@ mod tests {
             ]}]})
         };
         let c = check(msg("data:image/png;base64,AAAA")).unwrap();
-        assert_eq!(c.messages[0].content[1]["image"], "data:image/png;base64,AAAA");
+        assert_eq!(
+            c.messages[0].content[1]["image"],
+            "data:image/png;base64,AAAA"
+        );
         assert!(check(msg("https://example.com/a.png")).is_err());
         assert!(check(msg("/etc/passwd")).is_err());
         let r: ChatRequest = serde_json::from_value(msg("https://example.com/a.png")).unwrap();

@@ -121,7 +121,10 @@ mod tests {
 
     #[test]
     fn tags_split_across_pieces_are_found() {
-        let (r, c) = run(false, &["<th", "ink>\nLet me", " see.</th", "ink>\n\nParis", "."]);
+        let (r, c) = run(
+            false,
+            &["<th", "ink>\nLet me", " see.</th", "ink>\n\nParis", "."],
+        );
         assert_eq!(r, "\nLet me see.");
         assert_eq!(c, "Paris.");
     }

@@ -183,6 +183,16 @@ pub struct SpillwayApp {
     /// start, after each load and after clearing.
     pub cache_dir: PathBuf,
     pub cache_usage: (u64, usize),
+    /// The OpenAI API the window serves (Settings → API server).
+    pub api: Option<ApiServer>,
+    pub api_error: Option<String>,
+}
+
+/// The API server the window runs over its own engine link.
+pub struct ApiServer {
+    pub dispatch: std::sync::Arc<crate::serve::Dispatch>,
+    pub url: String,
+    _running: crate::serve::Running,
 }
 
 impl SpillwayApp {
@@ -248,7 +258,7 @@ impl SpillwayApp {
         let cache_dir = crate::weights::convert::cache_dir();
         // Conversions a crash interrupted leave temporaries; they go now.
         crate::weights::convert::clean_stale(&cache_dir);
-        SpillwayApp {
+        let mut app = SpillwayApp {
             link,
             history,
             conversations,
@@ -280,7 +290,12 @@ impl SpillwayApp {
             attaching: Vec::new(),
             cache_usage: crate::weights::convert::cache_usage(&cache_dir),
             cache_dir,
-        }
+            api: None,
+            api_error: None,
+        };
+        // Serving was on when the window last closed.
+        app.serve_api();
+        app
     }
 
     /// Attaches an image file to the message being written (a copy is
@@ -646,6 +661,8 @@ impl SpillwayApp {
         let start = Instant::now();
         while start.elapsed() < EVENT_BUDGET {
             match self.link.events.try_recv() {
+                // The API's own replies go to their clients.
+                Ok(e) if self.api.as_ref().is_some_and(|a| a.dispatch.route(&e)) => {}
                 Ok(e) => self.apply_event(e),
                 Err(crossbeam_channel::TryRecvError::Empty) => break,
                 Err(crossbeam_channel::TryRecvError::Disconnected) => {
@@ -771,6 +788,10 @@ impl SpillwayApp {
         self.link = link;
         self.engine_stopped = None;
         self.model = None;
+        // The API follows the new engine.
+        if self.api.is_some() {
+            self.serve_api();
+        }
         if let Some(p) = self.settings.last_model.clone() {
             self.load_model(p);
         }
@@ -848,11 +869,15 @@ impl SpillwayApp {
                 chat_actions.extend(chat::chat_ui(ui, self, &mut cache));
                 self.md_cache = cache;
             }
-            View::Settings => settings_actions.extend(settings::settings_ui(
-                ui,
-                &mut self.settings,
-                self.cache_usage,
-            )),
+            View::Settings => {
+                let api = self.api_view();
+                settings_actions.extend(settings::settings_ui(
+                    ui,
+                    &mut self.settings,
+                    self.cache_usage,
+                    &api,
+                ))
+            }
         });
 
         for a in chat_actions {
@@ -988,6 +1013,7 @@ impl SpillwayApp {
                 let req = self.settings.placement_request();
                 self.send(Command::Apply(req));
             }
+            SettingsAction::ServeApi => self.serve_api(),
             SettingsAction::ClearCache => {
                 let freed = crate::weights::convert::clear_cache(&self.cache_dir);
                 self.cache_usage = crate::weights::convert::cache_usage(&self.cache_dir);
@@ -1000,6 +1026,63 @@ impl SpillwayApp {
                     ),
                 ));
             }
+        }
+    }
+
+    /// Starts, restarts or stops the API server as the settings say. It
+    /// shares the loaded model: its requests join the chat's queue.
+    pub fn serve_api(&mut self) {
+        // The old server stops first (it may hold the port).
+        self.api = None;
+        self.api_error = None;
+        if !self.settings.serve_api {
+            return;
+        }
+        let dispatch =
+            crate::serve::Dispatch::new(self.link.submit.clone(), crate::serve::DEFAULT_QUEUE);
+        if let Some(m) = &self.model {
+            dispatch.route(&Event::Loaded(m.clone()));
+        }
+        if let Some(t) = &self.telemetry {
+            dispatch.route(&Event::Telemetry(Box::new(t.clone())));
+        }
+        let s = &self.settings;
+        let g = &s.sampling();
+        let opts = crate::serve::ServeOptions {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], s.serve_port)),
+            api_key: Some(s.serve_key.clone()).filter(|k| !k.is_empty()),
+            allow_remote_images: false,
+            max_body_bytes: crate::serve::DEFAULT_MAX_BODY_BYTES,
+            defaults: crate::serve::openai::Defaults {
+                temperature: g.temperature,
+                top_k: g.top_k,
+                top_p: g.top_p,
+                min_p: g.min_p,
+                repetition_penalty: g.repetition_penalty,
+            },
+        };
+        match crate::serve::start(dispatch.clone(), opts) {
+            Ok(running) => {
+                self.api = Some(ApiServer {
+                    dispatch,
+                    url: format!("http://{}/v1", running.addr),
+                    _running: running,
+                });
+            }
+            Err(e) => {
+                self.api_error = Some(format!(
+                    "The API could not start on port {}: {e}. Choose another port.",
+                    s.serve_port
+                ));
+            }
+        }
+    }
+
+    pub fn api_view(&self) -> settings::ApiView {
+        settings::ApiView {
+            url: self.api.as_ref().map(|a| a.url.clone()),
+            error: self.api_error.clone(),
+            in_flight: self.api.as_ref().map_or(0, |a| a.dispatch.in_flight()),
         }
     }
 

@@ -30,6 +30,19 @@ pub enum SettingsAction {
     ApplyPlacement,
     /// Empty the converted-model cache.
     ClearCache,
+    /// Start, stop or move the API server (`serve_api`, `serve_port`).
+    ServeApi,
+}
+
+/// What the pane shows of the API server the window runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApiView {
+    /// `http://127.0.0.1:PORT/v1` while serving.
+    pub url: Option<String>,
+    /// Why it is not serving (the port is taken).
+    pub error: Option<String>,
+    /// Requests waiting or running.
+    pub in_flight: usize,
 }
 
 /// The offload choices the pane offers (a GPU-layer count is its own
@@ -76,9 +89,19 @@ pub struct Settings {
     /// Upper bound on an image's pixels after resizing: its token cost
     /// (28×28 pixels a token) and the vision tower's memory.
     pub max_image_pixels: usize,
+    /// Serve the OpenAI API on 127.0.0.1:`serve_port` with the loaded model.
+    pub serve_api: bool,
+    pub serve_port: u16,
+    /// The key API clients must send (empty: none). Not written to the
+    /// settings file.
+    #[serde(skip)]
+    pub serve_key: String,
 }
 
 pub use crate::placement::footprint::DEFAULT_MAX_IMAGE_PIXELS;
+
+/// The API server's port unless changed (llama-server's too).
+pub const DEFAULT_SERVE_PORT: u16 = 8080;
 
 /// The quantization choices (`placement::Quant` names).
 pub const QUANTS: [&str; 5] = ["q4_k_m", "q8_0", "f16", "bf16", "none"];
@@ -121,6 +144,9 @@ impl Default for Settings {
                 quant: "none".into(),
                 repo_input: String::new(),
                 max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
+                serve_api: false,
+                serve_port: DEFAULT_SERVE_PORT,
+                serve_key: String::new(),
             },
         }
     }
@@ -171,6 +197,9 @@ impl Settings {
             quant: c.quant.to_string(),
             repo_input: String::new(),
             max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
+            serve_api: false,
+            serve_port: DEFAULT_SERVE_PORT,
+            serve_key: String::new(),
         }
     }
 
@@ -289,6 +318,7 @@ pub fn settings_ui(
     ui: &mut egui::Ui,
     s: &mut Settings,
     cache: (u64, usize),
+    api: &ApiView,
 ) -> Vec<SettingsAction> {
     let mut actions = Vec::new();
     let mut changed = false;
@@ -465,11 +495,77 @@ pub fn settings_ui(
             .add(egui::TextEdit::multiline(&mut s.system_prompt).desired_width(f32::INFINITY))
             .labelled_by(l.id)
             .changed();
+
+        ui.separator();
+        api_ui(ui, s, api, &mut actions);
     });
     if changed {
         actions.push(SettingsAction::Changed);
     }
     actions
+}
+
+/// The API server: on/off, its port and key, and where it serves.
+fn api_ui(ui: &mut egui::Ui, s: &mut Settings, api: &ApiView, actions: &mut Vec<SettingsAction>) {
+    ui.heading("API server");
+    let mut restart = false;
+    ui.horizontal(|ui| {
+        restart |= ui
+            .checkbox(
+                &mut s.serve_api,
+                format!("Serve API on localhost:{}", s.serve_port),
+            )
+            .on_hover_text(
+                "An OpenAI-compatible API (/v1/chat/completions, /v1/models) on this \
+                 computer only, answered by the loaded model; its requests queue with \
+                 the chat's.",
+            )
+            .changed();
+        let l = ui.label("Port");
+        let port = ui
+            .add(egui::DragValue::new(&mut s.serve_port).range(1024..=65535))
+            .labelled_by(l.id);
+        // A new port takes effect when the value is set, not per keystroke.
+        restart |= s.serve_api && (port.drag_stopped() || port.lost_focus());
+    });
+    ui.horizontal(|ui| {
+        let l = ui.label("API key (optional)");
+        let key = ui
+            .add(
+                egui::TextEdit::singleline(&mut s.serve_key)
+                    .password(true)
+                    .hint_text("none")
+                    .desired_width(200.0),
+            )
+            .labelled_by(l.id);
+        restart |= s.serve_api && key.lost_focus();
+    });
+    if let Some(url) = &api.url {
+        ui.horizontal(|ui| {
+            ui.label("Serving at");
+            ui.monospace(url);
+            if ui.small_button("Copy").clicked() {
+                ui.ctx().copy_text(url.clone());
+            }
+        });
+        let key = if s.serve_key.is_empty() {
+            "no key".to_string()
+        } else {
+            format!("key {}", s.serve_key)
+        };
+        ui.small(format!(
+            "{key} · {} request{} waiting or running",
+            api.in_flight,
+            if api.in_flight == 1 { "" } else { "s" }
+        ));
+    }
+    if let Some(e) = &api.error {
+        ui.colored_label(ui.visuals().error_fg_color, e);
+    }
+    if restart {
+        actions.push(SettingsAction::ServeApi);
+        actions.push(SettingsAction::Changed);
+    }
 }
 
 #[cfg(test)]

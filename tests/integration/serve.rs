@@ -54,7 +54,10 @@ fn serve(model: &Path, extra: &[&str], cache: Option<&Path>) -> Server {
         if let Some(status) = child.try_wait().unwrap() {
             panic!("spillway serve exited early: {status}");
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "serve never became ready");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "serve never became ready"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -112,7 +115,10 @@ fn openai_client_against_spillway_serve() {
     ]);
     let server = serve(&m, &["--ctx", "512", "--max-body-mib", "1"], None);
     let report = client(&["text", &server.base_url, KEY], &expected(&want));
-    assert!(report["whole"].as_str().unwrap().contains("Paris"), "{report}");
+    assert!(
+        report["whole"].as_str().unwrap().contains("Paris"),
+        "{report}"
+    );
     // 3000 tokens would take a minute: the engine stopped within seconds.
     assert!(report["freed_after_close_secs"].as_f64().unwrap() < 5.0);
     assert!(report["next_reply_secs"].as_f64().unwrap() < 10.0);

@@ -849,3 +849,87 @@ fn a_thinking_text_model_offers_think_first() {
     }));
     f.harness.get_by_label("Think first");
 }
+
+/// Settings → API server: a client's request joins the chat's queue (the
+/// same engine link), its tokens go back to the client and not into the
+/// conversation, and the pane shows the address.
+#[test]
+fn the_window_serves_the_api_with_its_model() {
+    let mut f = fixture();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    {
+        let app = f.harness.state_mut();
+        app.settings.serve_api = true;
+        app.settings.serve_port = port;
+        app.settings.serve_key = "sk-window".into();
+        app.serve_api();
+    }
+    let url = f.app().api_view().url.expect("the API is served");
+    assert_eq!(url, format!("http://127.0.0.1:{port}/v1"));
+    f.harness.state_mut().view = View::Settings;
+    f.harness.run_steps(2);
+    f.harness.get_by_label(&url);
+
+    let ask = |key: &'static str| {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            match ureq::post(&format!("{url}/chat/completions"))
+                .set("Authorization", &format!("Bearer {key}"))
+                .send_json(serde_json::json!({
+                    "model": "fake-model",
+                    "messages": [{"role": "user", "content": "Say hello"}],
+                    "temperature": 0,
+                })) {
+                Ok(r) => (r.status(), r.into_json::<serde_json::Value>().unwrap()),
+                Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap()),
+                Err(e) => panic!("{e}"),
+            }
+        })
+    };
+    // A wrong key never reaches the engine.
+    let (status, body) = ask("wrong").join().unwrap();
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+
+    let client = ask("sk-window");
+    let (id, messages) = reply_id(f.command());
+    assert_eq!(messages.last().unwrap().content, "Say hello");
+    f.event(Event::Started {
+        req_id: id,
+        prompt_tokens: 9,
+        opened_thinking: false,
+    });
+    f.event(Event::Token {
+        req_id: id,
+        text: "Hello there".into(),
+    });
+    f.event(Event::Finished {
+        req_id: id,
+        finish: Finish::EndOfTurn,
+        stats: ReplyStats {
+            prompt_tokens: 9,
+            generated_tokens: 2,
+            ..ReplyStats::default()
+        },
+    });
+    let (status, body) = client.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "Hello there");
+    assert_eq!(body["usage"]["completion_tokens"], 2);
+    // The API's reply is not the chat's.
+    assert!(f.app().streaming.is_none());
+    assert!(f.app().conversations[f.app().current]
+        .messages
+        .iter()
+        .all(|m| !m.text.contains("Hello there")));
+
+    // Turned off: the port is free again.
+    f.harness.state_mut().settings.serve_api = false;
+    f.harness.state_mut().serve_api();
+    assert!(f.app().api_view().url.is_none());
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port was released");
+}
