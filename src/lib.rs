@@ -10,6 +10,7 @@ pub mod kernels;
 pub mod model;
 pub mod placement;
 pub mod protocol;
+pub mod remote;
 pub mod serve;
 pub mod telemetry;
 pub mod ui;

@@ -88,6 +88,22 @@ pub struct GenerateArgs {
     /// --replace-modes; JSON lists each move (for scripts/gpu-check.sh).
     #[arg(long, value_name = "N", requires = "replace_modes", hide = true)]
     replace_every: Option<usize>,
+    /// Ask an OpenAI-compatible server (vLLM, SGLang, llama-server,
+    /// `spillway serve`) instead of loading a model here: its base URL
+    /// (e.g. http://127.0.0.1:8000/v1); --model then names the server's
+    /// model.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// The server's API key (default: the OPENAI_API_KEY environment
+    /// variable).
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "OPENAI_API_KEY",
+        hide_env_values = true,
+        requires = "server"
+    )]
+    api_key: Option<String>,
     /// The placement modes --replace-every steps through, comma-separated.
     #[arg(long, value_name = "MODE,...", value_delimiter = ',', hide = true)]
     replace_modes: Vec<crate::placement::Mode>,
@@ -189,6 +205,9 @@ pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
         stop: a.stop.clone(),
         ignore_eos: a.ignore_eos,
     };
+    if let Some(url) = a.server.clone() {
+        return remote(&a, &url, &params);
+    }
     // Validate inputs before the (slow) load.
     let messages = if a.raw { Vec::new() } else { a.messages()? };
     let load_start = std::time::Instant::now();
@@ -417,6 +436,73 @@ fn replace_during_reply(
     } else {
         println!("{text}");
         eprintln!("{}", serde_json::to_string_pretty(&out["replacements"])?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `generate --server`: the same reply from an OpenAI-compatible server,
+/// streamed to stdout, or one JSON object with the fields that apply.
+fn remote(a: &GenerateArgs, url: &str, params: &GenerateParams) -> anyhow::Result<ExitCode> {
+    use crate::remote::{ChatRequest, Remote};
+    if a.raw || a.annotate.is_some() || a.replace_every.is_some() {
+        anyhow::bail!("--raw, --annotate and --replace-every need a local model, not --server");
+    }
+    if a.ignore_eos {
+        anyhow::bail!("--ignore-eos is not part of the OpenAI API; it needs a local model");
+    }
+    let messages = a.messages()?;
+    let model = a.model.model.to_string_lossy().into_owned();
+    let server = Remote::new(url, a.api_key.clone());
+    let stop = cancel_flag();
+    let json = a.json;
+    let mut out = std::io::stdout().lock();
+    let think = (a.think || a.no_think).then_some(a.think);
+    let req = ChatRequest {
+        model: &model,
+        messages: &messages,
+        sampling: &params.sampling,
+        max_tokens: Some(params.max_tokens),
+        stop: &params.stop,
+        think,
+    };
+    let mut printed = false;
+    let result = server.chat(&req, &mut |d| {
+        if !json && !d.content.is_empty() {
+            let _ = write!(out, "{}", d.content);
+            let _ = out.flush();
+            printed = true;
+        }
+        !stop.load(std::sync::atomic::Ordering::SeqCst)
+    });
+    if printed {
+        let _ = writeln!(out);
+    }
+    let reply = match result {
+        Ok(r) => r,
+        Err((e, partial)) => {
+            if json && !partial.text.is_empty() {
+                eprintln!("partial reply: {}", partial.text);
+            }
+            let advice = e.advice();
+            anyhow::bail!("{e}{}{advice}", if advice.is_empty() { "" } else { ". " });
+        }
+    };
+    if json {
+        let v = serde_json::json!({
+            "server": server.base_url,
+            "model": model,
+            "text": reply.text,
+            "thinking": reply.reasoning,
+            "finish_reason": reply.finish_reason,
+            "usage": {
+                "prompt_tokens": reply.prompt_tokens,
+                "completion_tokens": reply.completion_tokens,
+            },
+            "time_to_first_token_secs": reply.time_to_first_token_secs,
+            "decode_tokens_per_sec": reply.decode_tokens_per_sec,
+            "cancelled": reply.cancelled,
+        });
+        println!("{v}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{smollm2, spillway_json};
+use crate::common::{smollm2, spillway, spillway_json};
 
 /// A `spillway serve` child, killed when dropped.
 struct Server {
@@ -119,6 +119,46 @@ fn openai_client_against_spillway_serve() {
         report["whole"].as_str().unwrap().contains("Paris"),
         "{report}"
     );
+    // Spillway as the client: the same reply through `generate --server`.
+    let name = report["model"].as_str().unwrap();
+    let remote = spillway_json(&[
+        "generate",
+        "--server",
+        &server.base_url,
+        "--api-key",
+        KEY,
+        "--model",
+        name,
+        "--prompt",
+        "Name the capital of France.",
+        "--greedy",
+        "--max-tokens",
+        "24",
+        "--json",
+    ]);
+    assert_eq!(remote["text"], want["text"]);
+    assert_eq!(
+        remote["usage"]["completion_tokens"],
+        expected(&want)["generated_tokens"]
+    );
+    assert!(remote["decode_tokens_per_sec"].as_f64().unwrap() > 0.0);
+    let out = spillway(&[
+        "generate",
+        "--server",
+        &server.base_url,
+        "--api-key",
+        "wrong",
+        "--model",
+        name,
+        "--prompt",
+        "hi",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refused the API key") && err.lines().count() == 1,
+        "{err}"
+    );
     // 3000 tokens would take a minute: the engine stopped within seconds.
     assert!(report["freed_after_close_secs"].as_f64().unwrap() < 5.0);
     assert!(report["next_reply_secs"].as_f64().unwrap() < 10.0);
@@ -148,4 +188,23 @@ fn openai_client_sends_an_image() {
         &expected(&want),
     );
     assert_eq!(report["image_reply"], want["text"]);
+    // Spillway as the client, the image sent inline.
+    let remote = spillway_json(&[
+        "generate",
+        "--server",
+        &server.base_url,
+        "--api-key",
+        KEY,
+        "--model",
+        "qwen2_5_vl_tiny",
+        "--prompt",
+        "Describe the image.",
+        "--image",
+        image.to_str().unwrap(),
+        "--greedy",
+        "--max-tokens",
+        "8",
+        "--json",
+    ]);
+    assert_eq!(remote["text"], want["text"]);
 }
