@@ -59,6 +59,7 @@ fn info() -> ModelInfo {
         budget_notes: vec![],
         gpu_name: None,
         synthetic: false,
+        remote: None,
         thinking: None,
         vision: Some(Box::new(VisionInfo {
             processor: spillway::vision::ProcessorConfig::default(),

@@ -160,6 +160,9 @@ pub struct ModelInfo {
     /// otherwise.
     pub thinking: Option<bool>,
     pub synthetic: bool,
+    /// The server's base URL when the model runs on an OpenAI-compatible
+    /// server rather than here (no layers to show).
+    pub remote: Option<String>,
 }
 
 /// Why a reply ended.
@@ -206,6 +209,9 @@ pub enum ErrorKind {
     Cancelled,
     /// The request itself is wrong (an unreadable image, an empty prompt).
     Invalid,
+    /// An OpenAI-compatible server failed or refused (the message says what
+    /// to do).
+    Remote,
     Other,
 }
 
@@ -229,7 +235,7 @@ impl ErrorInfo {
                 "Start a new conversation, or raise the context length in Settings."
             }
             ErrorKind::NoModel => "Open a model in Settings first.",
-            ErrorKind::Cancelled | ErrorKind::Invalid | ErrorKind::Other => "",
+            ErrorKind::Cancelled | ErrorKind::Invalid | ErrorKind::Remote | ErrorKind::Other => "",
         }
     }
 }

@@ -131,6 +131,17 @@ impl Remote {
 
     /// The ids of the server's models (`GET /models`).
     pub fn models(&self) -> Result<Vec<String>, RemoteError> {
+        Ok(self
+            .models_with_context()?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// The server's models with their context length where it says
+    /// (vLLM's `max_model_len`, llama-server's `meta.n_ctx_train`; 0 when
+    /// unknown).
+    pub fn models_with_context(&self) -> Result<Vec<(String, usize)>, RemoteError> {
         let resp = self
             .request("GET", "/models")
             .call()
@@ -141,7 +152,14 @@ impl Remote {
         })?;
         Ok(data
             .iter()
-            .filter_map(|m| m["id"].as_str().map(str::to_string))
+            .filter_map(|m| {
+                let id = m["id"].as_str()?.to_string();
+                let ctx = m["max_model_len"]
+                    .as_u64()
+                    .or(m["meta"]["n_ctx_train"].as_u64())
+                    .unwrap_or(0);
+                Some((id, ctx as usize))
+            })
             .collect())
     }
 
@@ -491,4 +509,225 @@ mod tests {
         std::fs::write(&png, b"not an image").unwrap();
         assert!(matches!(request_body(&req), Err(RemoteError::Input(_))));
     }
+}
+
+/// The window's engine when it chats through a server: a thread speaking
+/// the worker's protocol (`Command` in, `Event` out), so the chat, stop,
+/// regenerate, edit, images and history work unchanged. "Loading" checks
+/// the server and its model; a reply streams as `Token` events (a thinking
+/// model's reasoning inside `<think>…</think>`, which the chat folds);
+/// placement commands are answered with a note, as there are no layers
+/// here to place.
+pub fn spawn_worker(
+    remote: Remote,
+    wake: std::sync::Arc<dyn Fn() + Send + Sync>,
+) -> crate::engine::worker::EngineLink {
+    let (link, ends) = crate::engine::worker::channel();
+    let spawned = std::thread::Builder::new()
+        .name("spillway-remote".into())
+        .spawn(move || remote_loop(remote, ends, wake));
+    if let Err(e) = spawned {
+        eprintln!("cannot start the remote engine thread: {e}");
+    }
+    link
+}
+
+fn remote_error(e: &RemoteError) -> crate::protocol::ErrorInfo {
+    use crate::protocol::{ErrorInfo, ErrorKind};
+    let advice = e.advice();
+    let kind = match e {
+        RemoteError::Input(_) => ErrorKind::Invalid,
+        _ => ErrorKind::Remote,
+    };
+    ErrorInfo::new(
+        kind,
+        if advice.is_empty() {
+            e.to_string()
+        } else {
+            format!("{e}. {advice}")
+        },
+    )
+}
+
+/// What the window shows for a model on a server.
+pub fn remote_model_info(
+    remote: &Remote,
+    model: &str,
+    context_length: usize,
+) -> crate::protocol::ModelInfo {
+    use crate::placement::planner::TierBytes;
+    crate::protocol::ModelInfo {
+        name: model.to_string(),
+        path: std::path::PathBuf::from(&remote.base_url),
+        n_layers: 0,
+        context_length,
+        layer_bytes: Vec::new(),
+        placement: crate::placement::Placement {
+            mode: crate::placement::Mode::Auto,
+            layers: Vec::new(),
+            head: crate::placement::Tier::Ram,
+            vision: None,
+            weights: TierBytes::default(),
+            kv: TierBytes::default(),
+            peak: TierBytes::default(),
+            predicted_prompt_tokens_per_sec: 0.0,
+            predicted_decode_tokens_per_sec: 0.0,
+            experts: Vec::new(),
+        },
+        budget_notes: Vec::new(),
+        gpu_name: None,
+        vision: None,
+        thinking: None,
+        synthetic: false,
+        remote: Some(remote.base_url.clone()),
+    }
+}
+
+fn remote_loop(
+    remote: Remote,
+    ends: crate::engine::worker::WorkerEnds,
+    wake: std::sync::Arc<dyn Fn() + Send + Sync>,
+) {
+    use crate::protocol::{Command, ErrorInfo, ErrorKind, Event, Finish, ReplyStats};
+    let send = |e: Event| {
+        let _ = ends.events.send(e);
+        wake();
+    };
+    let mut model: Option<String> = None;
+    while let Ok(cmd) = ends.commands.recv() {
+        match cmd {
+            Command::Load(req) => {
+                send(Event::LoadProgress(crate::protocol::LoadProgress::Reading));
+                let name = req.model_path.to_string_lossy().into_owned();
+                let listed = remote.models_with_context();
+                ends.stopped.clear(req.req_id);
+                match listed {
+                    Ok(models) => match models.iter().find(|(id, _)| *id == name) {
+                        Some((_, ctx)) => {
+                            model = Some(name.clone());
+                            send(Event::Loaded(remote_model_info(&remote, &name, *ctx)));
+                        }
+                        None => send(Event::LoadFailed(ErrorInfo::new(
+                            ErrorKind::Remote,
+                            format!(
+                                "the server at {} has no model {name:?}; it has {}. Pick one in Settings → Engine.",
+                                remote.base_url,
+                                models.iter().map(|m| m.0.as_str()).collect::<Vec<_>>().join(", ")
+                            ),
+                        ))),
+                    },
+                    Err(e) => send(Event::LoadFailed(remote_error(&e))),
+                }
+            }
+            Command::Unload => {
+                model = None;
+                send(Event::Unloaded);
+            }
+            Command::Generate(req) => {
+                let id = req.req_id;
+                let Some(name) = model.clone() else {
+                    send(Event::ReplyFailed {
+                        req_id: id,
+                        error: ErrorInfo::new(ErrorKind::NoModel, "no server model is chosen"),
+                    });
+                    send(Event::Finished {
+                        req_id: id,
+                        finish: Finish::Failed,
+                        stats: ReplyStats::default(),
+                    });
+                    continue;
+                };
+                let chat = ChatRequest {
+                    model: &name,
+                    messages: &req.messages,
+                    sampling: &req.sampling,
+                    max_tokens: Some(req.max_tokens),
+                    stop: &req.stop,
+                    think: req.think.then_some(true),
+                };
+                let mut in_thinking = false;
+                let result = remote.chat(&chat, &mut |d| {
+                    let mut text = String::new();
+                    if !d.reasoning.is_empty() {
+                        if !in_thinking {
+                            text.push_str("<think>");
+                            in_thinking = true;
+                        }
+                        text.push_str(&d.reasoning);
+                    }
+                    if !d.content.is_empty() {
+                        if in_thinking {
+                            text.push_str("</think>");
+                            in_thinking = false;
+                        }
+                        text.push_str(&d.content);
+                    }
+                    send(Event::Token { req_id: id, text });
+                    !ends.stopped.is_stopped(id)
+                });
+                if in_thinking {
+                    send(Event::Token {
+                        req_id: id,
+                        text: "</think>".into(),
+                    });
+                }
+                let stats = |r: &Reply| ReplyStats {
+                    time_to_first_token_secs: r.time_to_first_token_secs,
+                    prompt_tokens: r.prompt_tokens.unwrap_or(0) as usize,
+                    reused_tokens: 0,
+                    generated_tokens: r.completion_tokens.unwrap_or(0) as usize,
+                    decode_tokens_per_sec: r.decode_tokens_per_sec,
+                };
+                match result {
+                    Ok(r) => {
+                        let finish = if r.cancelled {
+                            Finish::Cancelled
+                        } else if r.finish_reason.as_deref() == Some("length") {
+                            Finish::Length
+                        } else {
+                            Finish::EndOfTurn
+                        };
+                        let snapshot = crate::telemetry::Snapshot {
+                            prompt_tokens_per_sec: 0.0,
+                            decode_tokens_per_sec: r.decode_tokens_per_sec,
+                            ..Default::default()
+                        };
+                        send(Event::Telemetry(Box::new(snapshot)));
+                        send(Event::Finished {
+                            req_id: id,
+                            finish,
+                            stats: stats(&r),
+                        });
+                    }
+                    Err((e, partial)) => {
+                        send(Event::ReplyFailed {
+                            req_id: id,
+                            error: remote_error(&e),
+                        });
+                        // What arrived is kept: the reply ends as cut, not failed.
+                        let finish = if partial.text.is_empty() && partial.reasoning.is_empty() {
+                            Finish::Failed
+                        } else {
+                            Finish::Cancelled
+                        };
+                        send(Event::Finished {
+                            req_id: id,
+                            finish,
+                            stats: stats(&partial),
+                        });
+                    }
+                }
+                ends.stopped.clear(id);
+            }
+            Command::Preview(_) => send(Event::Preview(Err(ErrorInfo::new(
+                ErrorKind::Other,
+                "placement applies to models on this computer; the server places its own",
+            )))),
+            Command::Apply(_) => send(Event::Notice(
+                "Placement applies to models on this computer; the server places its own.".into(),
+            )),
+            Command::Shutdown => break,
+        }
+    }
+    send(Event::Stopped { error: None });
 }

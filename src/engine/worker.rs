@@ -519,6 +519,7 @@ pub fn model_info(engine: &mut Engine, path: &std::path::Path) -> ModelInfo {
         budget_notes: engine.budgets().notes.clone(),
         gpu_name: engine.budgets().gpu_name.clone(),
         synthetic: engine.is_synthetic(),
+        remote: None,
         thinking: engine.supports_thinking(),
         vision: engine.vision().map(|v| {
             Box::new(crate::protocol::VisionInfo {

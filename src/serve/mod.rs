@@ -281,9 +281,11 @@ fn engine_error(e: &ErrorInfo) -> ApiError {
             Some("model_not_loaded"),
         ),
         ErrorKind::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "server_error", None),
-        ErrorKind::OutOfMemory | ErrorKind::DoesNotFit | ErrorKind::BadModel | ErrorKind::Other => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
-        }
+        ErrorKind::OutOfMemory
+        | ErrorKind::DoesNotFit
+        | ErrorKind::BadModel
+        | ErrorKind::Remote
+        | ErrorKind::Other => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None),
     };
     ApiError {
         code,

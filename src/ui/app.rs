@@ -183,6 +183,10 @@ pub struct SpillwayApp {
     /// start, after each load and after clearing.
     pub cache_dir: PathBuf,
     pub cache_usage: (u64, usize),
+    /// Asks the window to repaint (given to each engine it starts).
+    pub wake: std::sync::Arc<dyn Fn() + Send + Sync>,
+    /// The server's model list being fetched (Settings → Engine).
+    listing: Option<std::thread::JoinHandle<Result<Vec<String>, String>>>,
     /// The OpenAI API the window serves (Settings → API server).
     pub api: Option<ApiServer>,
     pub api_error: Option<String>,
@@ -290,6 +294,8 @@ impl SpillwayApp {
             attaching: Vec::new(),
             cache_usage: crate::weights::convert::cache_usage(&cache_dir),
             cache_dir,
+            wake: std::sync::Arc::new(|| {}),
+            listing: None,
             api: None,
             api_error: None,
         };
@@ -686,7 +692,9 @@ impl SpillwayApp {
                 self.loading = None;
                 self.preview = None;
                 // Only a model that loaded is remembered for the next start.
-                self.settings.remember_model(&info.path);
+                if info.remote.is_none() {
+                    self.settings.remember_model(&info.path);
+                }
                 self.cache_usage = crate::weights::convert::cache_usage(&self.cache_dir);
                 self.save_settings();
                 self.model = Some(info);
@@ -783,7 +791,8 @@ impl SpillwayApp {
         }
     }
 
-    /// Starts a fresh engine after the old one stopped, reloading the model.
+    /// Starts a fresh engine after the old one stopped, reloading the model
+    /// (or reconnecting to the server's).
     pub fn restart_engine(&mut self, link: EngineLink) {
         self.link = link;
         self.engine_stopped = None;
@@ -792,8 +801,102 @@ impl SpillwayApp {
         if self.api.is_some() {
             self.serve_api();
         }
-        if let Some(p) = self.settings.last_model.clone() {
+        if self.on_server() {
+            self.load_model(PathBuf::from(self.settings.server_model.clone()));
+        } else if let Some(p) = self.settings.last_model.clone() {
             self.load_model(p);
+        }
+    }
+
+    /// Whether the chat goes through an OpenAI-compatible server.
+    pub fn on_server(&self) -> bool {
+        self.settings.engine == "server" && !self.settings.server_model.is_empty()
+    }
+
+    /// The engine the settings name, started in place of the one running
+    /// (the conversations stay; a reply under way ends as stopped).
+    pub fn switch_engine(&mut self) {
+        if let Some(s) = &self.streaming {
+            self.link.stop(s.req_id);
+        }
+        self.link.send(Command::Shutdown);
+        if let Some(i) = self
+            .streaming
+            .take()
+            .and_then(|st| self.conv_index(&st.conv_id))
+        {
+            self.save(i);
+        }
+        let link = if self.on_server() {
+            let s = &self.settings;
+            if let Err(why) = crate::ui::keys::store(&s.server_url, &s.server_key) {
+                if !s.server_key.is_empty() {
+                    self.banners.push(Banner::notice(
+                        "The API key is not saved",
+                        &format!(
+                            "No keyring is available ({why}); the key is kept until Spillway closes."
+                        ),
+                    ));
+                }
+            }
+            let s = &self.settings;
+            let remote =
+                crate::remote::Remote::new(s.server_url.trim(), Some(s.server_key.clone()));
+            crate::remote::spawn_worker(remote, self.wake.clone())
+        } else {
+            crate::engine::worker::spawn(self.wake.clone())
+        };
+        self.restart_engine(link);
+    }
+
+    /// Fetches the server's model list off the UI thread.
+    pub fn list_server_models(&mut self) {
+        let remote = crate::remote::Remote::new(
+            self.settings.server_url.trim(),
+            Some(self.settings.server_key.clone()),
+        );
+        let wake = self.wake.clone();
+        let job = std::thread::Builder::new()
+            .name("list-models".into())
+            .spawn(move || {
+                let r = remote.models().map_err(|e| format!("{e}. {}", e.advice()));
+                wake();
+                r
+            });
+        match job {
+            Ok(j) => self.listing = Some(j),
+            Err(e) => self.banners.push(Banner::error(
+                "The models were not listed",
+                &e.to_string(),
+                "",
+            )),
+        }
+    }
+
+    /// The model list, once fetched.
+    pub fn poll_listing(&mut self, wait: bool) {
+        if !self
+            .listing
+            .as_ref()
+            .is_some_and(|j| wait || j.is_finished())
+        {
+            return;
+        }
+        let Some(job) = self.listing.take() else {
+            return;
+        };
+        match job.join() {
+            Ok(Ok(models)) => {
+                if !models.contains(&self.settings.server_model) {
+                    self.settings.server_model = models.first().cloned().unwrap_or_default();
+                }
+                self.settings.server_models = models;
+            }
+            Ok(Err(e)) => {
+                self.banners
+                    .push(Banner::error("The server's models were not listed", &e, ""))
+            }
+            Err(_) => {}
         }
     }
 
@@ -841,6 +944,7 @@ impl SpillwayApp {
         }
         self.drain_events();
         self.poll_attaching(false);
+        self.poll_listing(false);
         if !self.attaching.is_empty() {
             ui.ctx()
                 .request_repaint_after(std::time::Duration::from_millis(30));
@@ -938,11 +1042,7 @@ impl SpillwayApp {
                     format!("Engine stopped: {why}"),
                 );
                 if ui.button("Restart engine").clicked() {
-                    let ctx = ui.ctx().clone();
-                    let link = crate::engine::worker::spawn(std::sync::Arc::new(move || {
-                        ctx.request_repaint()
-                    }));
-                    self.restart_engine(link);
+                    self.switch_engine();
                 }
             });
         }
@@ -1014,6 +1114,8 @@ impl SpillwayApp {
                 self.send(Command::Apply(req));
             }
             SettingsAction::ServeApi => self.serve_api(),
+            SettingsAction::ListServerModels => self.list_server_models(),
+            SettingsAction::SwitchEngine => self.switch_engine(),
             SettingsAction::ClearCache => {
                 let freed = crate::weights::convert::clear_cache(&self.cache_dir);
                 self.cache_usage = crate::weights::convert::cache_usage(&self.cache_dir);

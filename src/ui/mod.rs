@@ -9,6 +9,7 @@
 pub mod app;
 pub mod chat;
 pub mod images;
+pub mod keys;
 pub mod placement;
 pub mod settings;
 
@@ -76,8 +77,10 @@ pub fn run(
         options,
         Box::new(move |cc| {
             let ctx = cc.egui_ctx.clone();
-            let link = crate::engine::worker::spawn(Arc::new(move || ctx.request_repaint()));
+            let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || ctx.request_repaint());
+            let link = crate::engine::worker::spawn(wake.clone());
             let mut app = SpillwayApp::new(link, &config, data_dir, config_dir);
+            app.wake = wake;
             // A relative offload folder (the defaults' `offload`) means the
             // working directory for the command line; a window started by a
             // double-click has no meaningful one, so it goes in the cache.
@@ -97,7 +100,10 @@ pub fn run(
             let model = model
                 .or_else(|| config.model.as_ref().map(PathBuf::from))
                 .or_else(|| app.settings.last_model.clone());
-            if let Some(path) = model {
+            if app.settings.engine == "server" && !app.settings.server_model.is_empty() {
+                // The chat goes through the server the user chose last.
+                app.switch_engine();
+            } else if let Some(path) = model {
                 app.load_model(path);
             }
             Ok(Box::new(app))

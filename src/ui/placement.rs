@@ -28,6 +28,41 @@ pub fn tier_color(t: Tier) -> Color32 {
     }
 }
 
+/// A model on an OpenAI-compatible server: no layers here, so the server,
+/// the model and what was measured from this side.
+fn remote_ui(ui: &mut egui::Ui, app: &SpillwayApp, server: &str) {
+    let Some(model) = &app.model else {
+        return;
+    };
+    egui::Grid::new("remote").num_columns(2).show(ui, |ui| {
+        ui.label("Server");
+        ui.monospace(server);
+        ui.end_row();
+        ui.label("Model");
+        ui.monospace(&model.name);
+        ui.end_row();
+        if model.context_length > 0 {
+            ui.label("Context");
+            ui.label(format!("{} tokens", model.context_length));
+            ui.end_row();
+        }
+        let last = app.conversations[app.current]
+            .messages
+            .iter()
+            .rev()
+            .find_map(|m| m.stats);
+        ui.label("Time to first token");
+        ui.label(last.map_or("–".into(), |s| {
+            format!("{:.2} s", s.time_to_first_token_secs)
+        }));
+        ui.end_row();
+        ui.label("Tokens/s");
+        ui.label(last.map_or("–".into(), |s| format!("{:.1}", s.decode_tokens_per_sec)));
+        ui.end_row();
+    });
+    ui.small("Measured here, from the stream; the server places the model's layers itself.");
+}
+
 pub fn panel_ui(ui: &mut egui::Ui, app: &mut SpillwayApp) -> Vec<PlacementAction> {
     let mut actions = Vec::new();
     ui.heading("Placement");
@@ -36,6 +71,10 @@ pub fn panel_ui(ui: &mut egui::Ui, app: &mut SpillwayApp) -> Vec<PlacementAction
         preview_ui(ui, app, &mut actions);
         return actions;
     };
+    if let Some(server) = &model.remote {
+        remote_ui(ui, app, server);
+        return actions;
+    }
     if model.gpu_name.is_none() {
         ui.label("No NVIDIA GPU found: layers live in RAM and on disk.");
     }

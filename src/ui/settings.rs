@@ -32,6 +32,10 @@ pub enum SettingsAction {
     ClearCache,
     /// Start, stop or move the API server (`serve_api`, `serve_port`).
     ServeApi,
+    /// Ask the server at `server_url` for its models.
+    ListServerModels,
+    /// Switch engines (this computer, or the server and model chosen).
+    SwitchEngine,
 }
 
 /// What the pane shows of the API server the window runs.
@@ -96,6 +100,20 @@ pub struct Settings {
     /// settings file.
     #[serde(skip)]
     pub serve_key: String,
+    /// Which engine answers: `local` (this computer) or `server` (an
+    /// OpenAI-compatible server).
+    pub engine: String,
+    /// The server's base URL, e.g. http://127.0.0.1:8000/v1.
+    pub server_url: String,
+    /// The server's model the chat uses.
+    pub server_model: String,
+    /// The server's API key: kept in the platform keyring, never in this
+    /// file.
+    #[serde(skip)]
+    pub server_key: String,
+    /// The server's models, as last listed (not saved).
+    #[serde(skip)]
+    pub server_models: Vec<String>,
 }
 
 pub use crate::placement::footprint::DEFAULT_MAX_IMAGE_PIXELS;
@@ -147,6 +165,11 @@ impl Default for Settings {
                 serve_api: false,
                 serve_port: DEFAULT_SERVE_PORT,
                 serve_key: String::new(),
+                engine: "local".into(),
+                server_url: String::new(),
+                server_model: String::new(),
+                server_key: String::new(),
+                server_models: Vec::new(),
             },
         }
     }
@@ -200,6 +223,11 @@ impl Settings {
             serve_api: false,
             serve_port: DEFAULT_SERVE_PORT,
             serve_key: String::new(),
+            engine: "local".into(),
+            server_url: String::new(),
+            server_model: String::new(),
+            server_key: String::new(),
+            server_models: Vec::new(),
         }
     }
 
@@ -221,6 +249,16 @@ impl Settings {
         s.quant
             .parse::<Quant>()
             .map_err(|e| format!("{}: quant: {e}", path.display()))?;
+        if !["local", "server"].contains(&s.engine.as_str()) {
+            return Err(format!(
+                "{}: engine must be local or server, not {:?}",
+                path.display(),
+                s.engine
+            ));
+        }
+        let mut s = s;
+        // The server's key comes from the keyring, never from this file.
+        s.server_key = super::keys::load(&s.server_url).unwrap_or_default();
         Ok(s)
     }
 
@@ -323,6 +361,8 @@ pub fn settings_ui(
     let mut actions = Vec::new();
     let mut changed = false;
     egui::ScrollArea::vertical().show(ui, |ui| {
+        engine_ui(ui, s, &mut actions);
+        ui.separator();
         ui.heading("Model");
         ui.horizontal(|ui| {
             if ui.button("Open GGUF file…").clicked() {
@@ -503,6 +543,86 @@ pub fn settings_ui(
         actions.push(SettingsAction::Changed);
     }
     actions
+}
+
+/// Which engine answers: this computer, or an OpenAI-compatible server
+/// (base URL, key, a model from its list).
+fn engine_ui(ui: &mut egui::Ui, s: &mut Settings, actions: &mut Vec<SettingsAction>) {
+    ui.heading("Engine");
+    ui.horizontal(|ui| {
+        if ui
+            .radio_value(&mut s.engine, "local".to_string(), "This computer")
+            .clicked()
+        {
+            actions.push(SettingsAction::SwitchEngine);
+            actions.push(SettingsAction::Changed);
+        }
+        ui.radio_value(
+            &mut s.engine,
+            "server".to_string(),
+            "OpenAI-compatible server",
+        )
+        .on_hover_text("vLLM, SGLang, llama.cpp's llama-server, Ollama, or another Spillway");
+    });
+    if s.engine != "server" {
+        return;
+    }
+    egui::Grid::new("server").num_columns(2).show(ui, |ui| {
+        let l = ui.label("Base URL");
+        ui.add(
+            egui::TextEdit::singleline(&mut s.server_url)
+                .hint_text("http://127.0.0.1:8000/v1")
+                .desired_width(300.0),
+        )
+        .labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("API key");
+        ui.add(
+            egui::TextEdit::singleline(&mut s.server_key)
+                .password(true)
+                .hint_text("none")
+                .desired_width(300.0),
+        )
+        .labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("Model");
+        ui.horizontal(|ui| {
+            egui::ComboBox::from_id_salt("server-model")
+                .selected_text(if s.server_model.is_empty() {
+                    "choose…"
+                } else {
+                    &s.server_model
+                })
+                .show_ui(ui, |ui| {
+                    for m in s.server_models.clone() {
+                        ui.selectable_value(&mut s.server_model, m.clone(), m);
+                    }
+                })
+                .response
+                .labelled_by(l.id);
+            if ui
+                .add_enabled(
+                    !s.server_url.trim().is_empty(),
+                    egui::Button::new("List models"),
+                )
+                .clicked()
+            {
+                actions.push(SettingsAction::ListServerModels);
+            }
+        });
+        ui.end_row();
+    });
+    let ready = !s.server_url.trim().is_empty() && !s.server_model.is_empty();
+    if ui
+        .add_enabled(ready, egui::Button::new("Connect"))
+        .on_hover_text(
+            "Chat through this server's model; the API key is kept in the platform keyring",
+        )
+        .clicked()
+    {
+        actions.push(SettingsAction::SwitchEngine);
+        actions.push(SettingsAction::Changed);
+    }
 }
 
 /// The API server: on/off, its port and key, and where it serves.

@@ -208,3 +208,85 @@ fn openai_client_sends_an_image() {
     ]);
     assert_eq!(remote["text"], want["text"]);
 }
+
+/// The window with Settings → Engine set to a server (no fake engine: the
+/// remote worker over HTTP to `spillway serve`): it connects, streams a
+/// reply into the conversation, shows the server in the placement panel,
+/// and when the server is gone says so in a banner with advice.
+#[test]
+fn the_window_chats_through_a_server() {
+    use egui_kittest::kittest::Queryable;
+    use spillway::ui::SpillwayApp;
+
+    let m = smollm2();
+    let server = serve(&m, &["--ctx", "512"], None);
+    let (link, _ends) = spillway::engine::worker::channel();
+    let mut app = SpillwayApp::new(
+        link,
+        &spillway::config::Config::defaults().unwrap(),
+        None,
+        None,
+    );
+    app.settings.engine = "server".into();
+    app.settings.server_url = server.base_url.clone();
+    app.settings.server_key = KEY.into();
+    app.settings.temperature = 0.0;
+    app.settings.max_new_tokens = 24;
+    // The model list comes from the server.
+    app.list_server_models();
+    app.poll_listing(true);
+    assert_eq!(app.settings.server_model, "SmolLM2-135M-Instruct.Q4_1");
+    app.switch_engine();
+    let mut harness = egui_kittest::Harness::builder()
+        .with_size(egui::vec2(1200.0, 800.0))
+        .build_ui_state(|ui, app: &mut SpillwayApp| app.frame_ui(ui), app);
+    let until = |h: &mut egui_kittest::Harness<'_, SpillwayApp>,
+                 what: &str,
+                 ok: &dyn Fn(&SpillwayApp) -> bool| {
+        let start = Instant::now();
+        while !ok(h.state()) {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "timed out waiting for {what}"
+            );
+            h.run_steps(1);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    until(&mut harness, "the server's model", &|a| a.model.is_some());
+    assert_eq!(
+        harness.state().model.as_ref().unwrap().remote.as_deref(),
+        Some(server.base_url.as_str())
+    );
+    harness.get_by_label(&server.base_url);
+    let composer = harness.get_by_role(egui::accesskit::Role::MultilineTextInput);
+    composer.focus();
+    harness.run_steps(2);
+    harness
+        .get_by_role(egui::accesskit::Role::MultilineTextInput)
+        .type_text("Name the capital of France.");
+    harness.run_steps(2);
+    harness.get_by_label("Send").click();
+    harness.run_steps(2);
+    until(&mut harness, "the reply", &|a| a.streaming.is_none());
+    let app = harness.state();
+    let reply = app.conversations[app.current].messages.last().unwrap();
+    assert!(reply.text.contains("Paris"), "{:?}", reply.text);
+    assert!(reply.stats.unwrap().decode_tokens_per_sec > 0.0);
+    assert!(reply.stats.unwrap().time_to_first_token_secs > 0.0);
+
+    // The server goes away: the next reply fails with a banner and advice.
+    let url = server.base_url.clone();
+    drop(server);
+    let banners = harness.state().banners.len();
+    harness.state_mut().composer = "And of Italy?".into();
+    harness.get_by_label("Send").click();
+    until(&mut harness, "the failure", &|a| {
+        a.streaming.is_none() && a.banners.len() > banners
+    });
+    let b = harness.state().banners.last().unwrap();
+    assert!(b.message.contains("cannot reach"), "{}", b.message);
+    assert!(b.message.contains("running"), "{}", b.message);
+    // A desktop's real keyring keeps nothing of the test.
+    let _ = spillway::ui::keys::store(&url, "");
+}

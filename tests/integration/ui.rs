@@ -50,6 +50,7 @@ fn model_info() -> ModelInfo {
         budget_notes: vec![],
         gpu_name: None,
         synthetic: false,
+        remote: None,
         thinking: None,
         vision: None,
     }
