@@ -92,6 +92,13 @@ pub struct Reply {
     pub cancelled: bool,
 }
 
+/// A reply that failed: why, and what arrived before.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failed {
+    pub error: RemoteError,
+    pub partial: Reply,
+}
+
 /// What to send: the conversation and the sampling settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatRequest<'a> {
@@ -169,19 +176,20 @@ impl Remote {
         &self,
         req: &ChatRequest,
         on_delta: &mut dyn FnMut(&Delta) -> bool,
-    ) -> Result<Reply, (RemoteError, Reply)> {
-        let body = request_body(req).map_err(|e| (e, Reply::default()))?;
+    ) -> Result<Reply, Box<Failed>> {
+        let failed = |error, partial| Box::new(Failed { error, partial });
+        let body = request_body(req).map_err(|e| failed(e, Reply::default()))?;
         let started = Instant::now();
         let resp = self
             .request("POST", "/chat/completions")
             .set("Accept", "text/event-stream")
             .send_json(body)
-            .map_err(|e| (self.http_error(e, req.model), Reply::default()))?;
+            .map_err(|e| failed(self.http_error(e, req.model), Reply::default()))?;
         let mut reply = Reply::default();
         let outcome = read_stream(resp.into_reader(), started, &mut reply, on_delta);
         match outcome {
             Ok(()) => Ok(reply),
-            Err(e) => Err((e, reply)),
+            Err(e) => Err(failed(e, reply)),
         }
     }
 
@@ -429,88 +437,6 @@ fn read_stream(
     outcome
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn stream(text: &str) -> (Result<(), RemoteError>, Reply, Vec<Delta>) {
-        let mut reply = Reply::default();
-        let mut seen = Vec::new();
-        let r = read_stream(text.as_bytes(), Instant::now(), &mut reply, &mut |d| {
-            seen.push(d.clone());
-            true
-        });
-        (r, reply, seen)
-    }
-
-    #[test]
-    fn a_stream_is_read_to_done() {
-        let (r, reply, seen) = stream(
-            "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n\
-             : keep-alive\n\n\
-             data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"hm\"}}]}\n\n\
-             data: {\"choices\":[{\"delta\":{\"content\":\"Pa\"}}]}\r\n\r\n\
-             data: {\"choices\":[{\"delta\":{\"content\":\"ris\"},\"finish_reason\":\"stop\"}]}\n\n\
-             data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":3}}\n\n\
-             data: [DONE]\n\n",
-        );
-        r.unwrap();
-        assert_eq!(reply.text, "Paris");
-        assert_eq!(reply.reasoning, "hm");
-        assert_eq!(reply.finish_reason.as_deref(), Some("stop"));
-        assert_eq!(
-            (reply.prompt_tokens, reply.completion_tokens),
-            (Some(5), Some(3))
-        );
-        assert_eq!(seen.len(), 3);
-    }
-
-    #[test]
-    fn a_cut_stream_keeps_what_came_and_errors_say_so() {
-        let (r, reply, _) = stream("data: {\"choices\":[{\"delta\":{\"content\":\"Hal\"}}]}\n\n");
-        assert!(matches!(r, Err(RemoteError::Cut { .. })));
-        assert_eq!(reply.text, "Hal");
-        let (r, _, _) =
-            stream("data: {\"error\":{\"message\":\"out of memory\",\"code\":500}}\n\n");
-        assert!(
-            matches!(r, Err(RemoteError::Server { status: 500, .. })),
-            "{r:?}"
-        );
-        let (r, _, _) = stream("data: <html>\n\n");
-        assert!(matches!(r, Err(RemoteError::BadAnswer { .. })));
-    }
-
-    #[test]
-    fn the_body_carries_images_inline_and_only_useful_extensions() {
-        let dir = tempfile::tempdir().unwrap();
-        let png = dir.path().join("a.png");
-        image::RgbImage::new(4, 4).save(&png).unwrap();
-        let messages = [Message {
-            role: "user".into(),
-            content: json!([{"type": "image", "path": png}, {"type": "text", "text": "what?"}]),
-        }];
-        let greedy = SamplingParams::greedy();
-        let req = ChatRequest {
-            model: "m",
-            messages: &messages,
-            sampling: &greedy,
-            max_tokens: Some(8),
-            stop: &[],
-            think: None,
-        };
-        let b = request_body(&req).unwrap();
-        let url = b["messages"][0]["content"][0]["image_url"]["url"]
-            .as_str()
-            .unwrap();
-        assert!(url.starts_with("data:image/png;base64,"), "{url}");
-        assert_eq!(b["temperature"], 0.0);
-        assert!(b.get("top_k").is_none() && b.get("repetition_penalty").is_none());
-        // A file that is not an image is the user's error, before sending.
-        std::fs::write(&png, b"not an image").unwrap();
-        assert!(matches!(request_body(&req), Err(RemoteError::Input(_))));
-    }
-}
-
 /// The window's engine when it chats through a server: a thread speaking
 /// the worker's protocol (`Command` in, `Event` out), so the chat, stop,
 /// regenerate, edit, images and history work unchanged. "Loading" checks
@@ -699,7 +625,8 @@ fn remote_loop(
                             stats: stats(&r),
                         });
                     }
-                    Err((e, partial)) => {
+                    Err(f) => {
+                        let (e, partial) = (f.error, f.partial);
                         send(Event::ReplyFailed {
                             req_id: id,
                             error: remote_error(&e),
@@ -730,4 +657,86 @@ fn remote_loop(
         }
     }
     send(Event::Stopped { error: None });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(text: &str) -> (Result<(), RemoteError>, Reply, Vec<Delta>) {
+        let mut reply = Reply::default();
+        let mut seen = Vec::new();
+        let r = read_stream(text.as_bytes(), Instant::now(), &mut reply, &mut |d| {
+            seen.push(d.clone());
+            true
+        });
+        (r, reply, seen)
+    }
+
+    #[test]
+    fn a_stream_is_read_to_done() {
+        let (r, reply, seen) = stream(
+            "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n\
+             : keep-alive\n\n\
+             data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"hm\"}}]}\n\n\
+             data: {\"choices\":[{\"delta\":{\"content\":\"Pa\"}}]}\r\n\r\n\
+             data: {\"choices\":[{\"delta\":{\"content\":\"ris\"},\"finish_reason\":\"stop\"}]}\n\n\
+             data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":3}}\n\n\
+             data: [DONE]\n\n",
+        );
+        r.unwrap();
+        assert_eq!(reply.text, "Paris");
+        assert_eq!(reply.reasoning, "hm");
+        assert_eq!(reply.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(
+            (reply.prompt_tokens, reply.completion_tokens),
+            (Some(5), Some(3))
+        );
+        assert_eq!(seen.len(), 3);
+    }
+
+    #[test]
+    fn a_cut_stream_keeps_what_came_and_errors_say_so() {
+        let (r, reply, _) = stream("data: {\"choices\":[{\"delta\":{\"content\":\"Hal\"}}]}\n\n");
+        assert!(matches!(r, Err(RemoteError::Cut { .. })));
+        assert_eq!(reply.text, "Hal");
+        let (r, _, _) =
+            stream("data: {\"error\":{\"message\":\"out of memory\",\"code\":500}}\n\n");
+        assert!(
+            matches!(r, Err(RemoteError::Server { status: 500, .. })),
+            "{r:?}"
+        );
+        let (r, _, _) = stream("data: <html>\n\n");
+        assert!(matches!(r, Err(RemoteError::BadAnswer { .. })));
+    }
+
+    #[test]
+    fn the_body_carries_images_inline_and_only_useful_extensions() {
+        let dir = tempfile::tempdir().unwrap();
+        let png = dir.path().join("a.png");
+        image::RgbImage::new(4, 4).save(&png).unwrap();
+        let messages = [Message {
+            role: "user".into(),
+            content: json!([{"type": "image", "path": png}, {"type": "text", "text": "what?"}]),
+        }];
+        let greedy = SamplingParams::greedy();
+        let req = ChatRequest {
+            model: "m",
+            messages: &messages,
+            sampling: &greedy,
+            max_tokens: Some(8),
+            stop: &[],
+            think: None,
+        };
+        let b = request_body(&req).unwrap();
+        let url = b["messages"][0]["content"][0]["image_url"]["url"]
+            .as_str()
+            .unwrap();
+        assert!(url.starts_with("data:image/png;base64,"), "{url}");
+        assert_eq!(b["temperature"], 0.0);
+        assert!(b.get("top_k").is_none() && b.get("repetition_penalty").is_none());
+        // A file that is not an image is the user's error, before sending.
+        std::fs::write(&png, b"not an image").unwrap();
+        assert!(matches!(request_body(&req), Err(RemoteError::Input(_))));
+    }
 }

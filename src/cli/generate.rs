@@ -479,7 +479,8 @@ fn remote(a: &GenerateArgs, url: &str, params: &GenerateParams) -> anyhow::Resul
     }
     let reply = match result {
         Ok(r) => r,
-        Err((e, partial)) => {
+        Err(f) => {
+            let (e, partial) = (f.error, f.partial);
             if json && !partial.text.is_empty() {
                 eprintln!("partial reply: {}", partial.text);
             }
