@@ -210,45 +210,34 @@ fn openai_client_sends_an_image() {
 }
 
 /// The window with Settings → Engine set to a server (no fake engine: the
-/// remote worker over HTTP to `spillway serve`): it connects, streams a
-/// reply into the conversation, shows the server in the placement panel,
-/// and when the server is gone says so in a banner with advice.
-#[test]
-fn the_window_chats_through_a_server() {
+/// remote worker over HTTP): it lists the server's models, connects,
+/// streams a greedy reply into the conversation (`expect`, when given),
+/// shows the server in the placement panel, and when the server is gone
+/// says so in a banner with advice.
+fn window_chats_through(server: Server, key: &str, model: &str, expect: Option<&str>) {
     use egui_kittest::kittest::Queryable;
     use spillway::ui::SpillwayApp;
 
-    let m = smollm2();
-    let server = serve(&m, &["--ctx", "512"], None);
     let (link, _ends) = spillway::engine::worker::channel();
-    let mut app = SpillwayApp::new(
-        link,
-        &spillway::config::Config::defaults().unwrap(),
-        None,
-        None,
-    );
+    let mut app = SpillwayApp::new(link, &spillway::config::Config::defaults().unwrap(), None, None);
     app.settings.engine = "server".into();
     app.settings.server_url = server.base_url.clone();
-    app.settings.server_key = KEY.into();
+    app.settings.server_key = key.into();
     app.settings.temperature = 0.0;
+    app.settings.repetition_penalty = 1.0;
     app.settings.max_new_tokens = 24;
     // The model list comes from the server.
     app.list_server_models();
     app.poll_listing(true);
-    assert_eq!(app.settings.server_model, "SmolLM2-135M-Instruct.Q4_1");
+    assert_eq!(app.settings.server_model, model);
     app.switch_engine();
     let mut harness = egui_kittest::Harness::builder()
         .with_size(egui::vec2(1200.0, 800.0))
         .build_ui_state(|ui, app: &mut SpillwayApp| app.frame_ui(ui), app);
-    let until = |h: &mut egui_kittest::Harness<'_, SpillwayApp>,
-                 what: &str,
-                 ok: &dyn Fn(&SpillwayApp) -> bool| {
+    let until = |h: &mut egui_kittest::Harness<'_, SpillwayApp>, what: &str, ok: &dyn Fn(&SpillwayApp) -> bool| {
         let start = Instant::now();
         while !ok(h.state()) {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "timed out waiting for {what}"
-            );
+            assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
             h.run_steps(1);
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -264,14 +253,17 @@ fn the_window_chats_through_a_server() {
     harness.run_steps(2);
     harness
         .get_by_role(egui::accesskit::Role::MultilineTextInput)
-        .type_text("Name the capital of France.");
+        .type_text(PROMPT);
     harness.run_steps(2);
     harness.get_by_label("Send").click();
     harness.run_steps(2);
     until(&mut harness, "the reply", &|a| a.streaming.is_none());
     let app = harness.state();
     let reply = app.conversations[app.current].messages.last().unwrap();
-    assert!(reply.text.contains("Paris"), "{:?}", reply.text);
+    assert!(!reply.text.is_empty() && !reply.incomplete, "{reply:?}");
+    if let Some(want) = expect {
+        assert_eq!(reply.text, want);
+    }
     assert!(reply.stats.unwrap().decode_tokens_per_sec > 0.0);
     assert!(reply.stats.unwrap().time_to_first_token_secs > 0.0);
 
@@ -281,12 +273,93 @@ fn the_window_chats_through_a_server() {
     let banners = harness.state().banners.len();
     harness.state_mut().composer = "And of Italy?".into();
     harness.get_by_label("Send").click();
-    until(&mut harness, "the failure", &|a| {
-        a.streaming.is_none() && a.banners.len() > banners
-    });
+    until(&mut harness, "the failure", &|a| a.streaming.is_none() && a.banners.len() > banners);
     let b = harness.state().banners.last().unwrap();
     assert!(b.message.contains("cannot reach"), "{}", b.message);
     assert!(b.message.contains("running"), "{}", b.message);
     // A desktop's real keyring keeps nothing of the test.
     let _ = spillway::ui::keys::store(&url, "");
+}
+
+const PROMPT: &str = "Name the capital of France.";
+
+#[test]
+fn the_window_chats_through_spillway_serve() {
+    let m = smollm2();
+    let server = serve(&m, &["--ctx", "512"], None);
+    window_chats_through(server, KEY, "SmolLM2-135M-Instruct.Q4_1", None);
+}
+
+/// llama.cpp's llama-server, built by tests/fetch-llama-server.sh (the test
+/// command runs it), serving SmolLM2 on a free loopback port.
+fn llama_server() -> Server {
+    let bin = std::env::var_os("SPILLWAY_LLAMA_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap())
+                .join(".cache/spillway/llama-server-0.3.36/llama-server")
+        });
+    assert!(
+        bin.is_file(),
+        "{} is missing: run tests/fetch-llama-server.sh (the README's test command does)",
+        bin.display()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(bin)
+        .arg("-m")
+        .arg(smollm2())
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["-c", "1024", "-t", "2", "--alias", "smollm2", "--api-key", KEY])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("llama-server starts");
+    let server = Server {
+        child,
+        base_url: format!("http://127.0.0.1:{port}/v1"),
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = ureq::get(&format!("http://127.0.0.1:{port}/health")).call() {
+            if r.status() == 200 {
+                return server;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "llama-server never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Spillway as the client of an independent server: `generate --server`'s
+/// greedy reply equals llama-server's own greedy completion of the same
+/// chat, and the window streams the same reply from it.
+#[test]
+fn spillway_chats_through_llama_server() {
+    let server = llama_server();
+    let own: serde_json::Value = ureq::post(&format!("{}/chat/completions", server.base_url))
+        .set("Authorization", &format!("Bearer {KEY}"))
+        .send_json(serde_json::json!({
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": PROMPT}],
+            "temperature": 0,
+            "max_tokens": 24,
+        }))
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let want = own["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert!(!want.is_empty());
+    let ours = spillway_json(&[
+        "generate", "--server", &server.base_url, "--api-key", KEY, "--model", "smollm2",
+        "--prompt", PROMPT, "--greedy", "--repeat-penalty", "1", "--max-tokens", "24", "--json",
+    ]);
+    assert_eq!(ours["text"], want.as_str());
+    assert_eq!(ours["usage"]["completion_tokens"], own["usage"]["completion_tokens"]);
+    assert_eq!(ours["usage"]["prompt_tokens"], own["usage"]["prompt_tokens"]);
+    window_chats_through(server, KEY, "smollm2", Some(&want));
 }
