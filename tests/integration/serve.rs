@@ -219,7 +219,12 @@ fn window_chats_through(server: Server, key: &str, model: &str, expect: Option<&
     use spillway::ui::SpillwayApp;
 
     let (link, _ends) = spillway::engine::worker::channel();
-    let mut app = SpillwayApp::new(link, &spillway::config::Config::defaults().unwrap(), None, None);
+    let mut app = SpillwayApp::new(
+        link,
+        &spillway::config::Config::defaults().unwrap(),
+        None,
+        None,
+    );
     app.settings.engine = "server".into();
     app.settings.server_url = server.base_url.clone();
     app.settings.server_key = key.into();
@@ -234,10 +239,15 @@ fn window_chats_through(server: Server, key: &str, model: &str, expect: Option<&
     let mut harness = egui_kittest::Harness::builder()
         .with_size(egui::vec2(1200.0, 800.0))
         .build_ui_state(|ui, app: &mut SpillwayApp| app.frame_ui(ui), app);
-    let until = |h: &mut egui_kittest::Harness<'_, SpillwayApp>, what: &str, ok: &dyn Fn(&SpillwayApp) -> bool| {
+    let until = |h: &mut egui_kittest::Harness<'_, SpillwayApp>,
+                 what: &str,
+                 ok: &dyn Fn(&SpillwayApp) -> bool| {
         let start = Instant::now();
         while !ok(h.state()) {
-            assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "timed out waiting for {what}"
+            );
             h.run_steps(1);
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -273,7 +283,9 @@ fn window_chats_through(server: Server, key: &str, model: &str, expect: Option<&
     let banners = harness.state().banners.len();
     harness.state_mut().composer = "And of Italy?".into();
     harness.get_by_label("Send").click();
-    until(&mut harness, "the failure", &|a| a.streaming.is_none() && a.banners.len() > banners);
+    until(&mut harness, "the failure", &|a| {
+        a.streaming.is_none() && a.banners.len() > banners
+    });
     let b = harness.state().banners.last().unwrap();
     assert!(b.message.contains("cannot reach"), "{}", b.message);
     assert!(b.message.contains("running"), "{}", b.message);
@@ -313,7 +325,16 @@ fn llama_server() -> Server {
         .arg("-m")
         .arg(smollm2())
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["-c", "1024", "-t", "2", "--alias", "smollm2", "--api-key", KEY])
+        .args([
+            "-c",
+            "1024",
+            "-t",
+            "2",
+            "--alias",
+            "smollm2",
+            "--api-key",
+            KEY,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -330,7 +351,10 @@ fn llama_server() -> Server {
                 return server;
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "llama-server never became ready");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "llama-server never became ready"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -352,14 +376,36 @@ fn spillway_chats_through_llama_server() {
         .unwrap()
         .into_json()
         .unwrap();
-    let want = own["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let want = own["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(!want.is_empty());
     let ours = spillway_json(&[
-        "generate", "--server", &server.base_url, "--api-key", KEY, "--model", "smollm2",
-        "--prompt", PROMPT, "--greedy", "--repeat-penalty", "1", "--max-tokens", "24", "--json",
+        "generate",
+        "--server",
+        &server.base_url,
+        "--api-key",
+        KEY,
+        "--model",
+        "smollm2",
+        "--prompt",
+        PROMPT,
+        "--greedy",
+        "--repeat-penalty",
+        "1",
+        "--max-tokens",
+        "24",
+        "--json",
     ]);
     assert_eq!(ours["text"], want.as_str());
-    assert_eq!(ours["usage"]["completion_tokens"], own["usage"]["completion_tokens"]);
-    assert_eq!(ours["usage"]["prompt_tokens"], own["usage"]["prompt_tokens"]);
+    assert_eq!(
+        ours["usage"]["completion_tokens"],
+        own["usage"]["completion_tokens"]
+    );
+    assert_eq!(
+        ours["usage"]["prompt_tokens"],
+        own["usage"]["prompt_tokens"]
+    );
     window_chats_through(server, KEY, "smollm2", Some(&want));
 }
