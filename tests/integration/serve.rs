@@ -86,6 +86,23 @@ fn client(args: &[&str], expected: &serde_json::Value) -> serde_json::Value {
     serde_json::from_str(last).unwrap()
 }
 
+/// `spillway generate --server` against `server` (with the test key): its
+/// JSON.
+fn via_server(server: &Server, model: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec![
+        "generate",
+        "--server",
+        &server.base_url,
+        "--api-key",
+        KEY,
+        "--model",
+        model,
+        "--json",
+    ];
+    all.extend_from_slice(args);
+    spillway_json(&all)
+}
+
 /// The fields of `generate --json` the client compares against.
 fn expected(v: &serde_json::Value) -> serde_json::Value {
     serde_json::json!({
@@ -121,21 +138,17 @@ fn openai_client_against_spillway_serve() {
     );
     // Spillway as the client: the same reply through `generate --server`.
     let name = report["model"].as_str().unwrap();
-    let remote = spillway_json(&[
-        "generate",
-        "--server",
-        &server.base_url,
-        "--api-key",
-        KEY,
-        "--model",
+    let remote = via_server(
+        &server,
         name,
-        "--prompt",
-        "Name the capital of France.",
-        "--greedy",
-        "--max-tokens",
-        "24",
-        "--json",
-    ]);
+        &[
+            "--prompt",
+            "Name the capital of France.",
+            "--greedy",
+            "--max-tokens",
+            "24",
+        ],
+    );
     assert_eq!(remote["text"], want["text"]);
     assert_eq!(
         remote["usage"]["completion_tokens"],
@@ -189,23 +202,19 @@ fn openai_client_sends_an_image() {
     );
     assert_eq!(report["image_reply"], want["text"]);
     // Spillway as the client, the image sent inline.
-    let remote = spillway_json(&[
-        "generate",
-        "--server",
-        &server.base_url,
-        "--api-key",
-        KEY,
-        "--model",
+    let remote = via_server(
+        &server,
         "qwen2_5_vl_tiny",
-        "--prompt",
-        "Describe the image.",
-        "--image",
-        image.to_str().unwrap(),
-        "--greedy",
-        "--max-tokens",
-        "8",
-        "--json",
-    ]);
+        &[
+            "--prompt",
+            "Describe the image.",
+            "--image",
+            image.to_str().unwrap(),
+            "--greedy",
+            "--max-tokens",
+            "8",
+        ],
+    );
     assert_eq!(remote["text"], want["text"]);
 }
 
@@ -381,23 +390,19 @@ fn spillway_chats_through_llama_server() {
         .unwrap()
         .to_string();
     assert!(!want.is_empty());
-    let ours = spillway_json(&[
-        "generate",
-        "--server",
-        &server.base_url,
-        "--api-key",
-        KEY,
-        "--model",
+    let ours = via_server(
+        &server,
         "smollm2",
-        "--prompt",
-        PROMPT,
-        "--greedy",
-        "--repeat-penalty",
-        "1",
-        "--max-tokens",
-        "24",
-        "--json",
-    ]);
+        &[
+            "--prompt",
+            PROMPT,
+            "--greedy",
+            "--repeat-penalty",
+            "1",
+            "--max-tokens",
+            "24",
+        ],
+    );
     assert_eq!(ours["text"], want.as_str());
     assert_eq!(
         ours["usage"]["completion_tokens"],
