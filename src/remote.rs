@@ -711,6 +711,31 @@ mod tests {
     }
 
     #[test]
+    fn a_silent_server_times_out_and_a_closed_port_is_unreachable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Accepts, then never answers.
+        let _hold = std::thread::spawn(move || {
+            let held: Vec<_> = listener.incoming().take(2).collect();
+            std::thread::sleep(Duration::from_secs(5));
+            drop(held);
+        });
+        let mut r = Remote::new(&format!("http://{addr}/v1"), None);
+        r.timeout = Duration::from_millis(500);
+        let e = r.models().unwrap_err();
+        assert!(matches!(e, RemoteError::Timeout { .. }), "{e:?}");
+        assert!(e.advice().contains("try again"));
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let e = Remote::new(&format!("http://{closed}/v1"), None)
+            .models()
+            .unwrap_err();
+        assert!(matches!(e, RemoteError::Unreachable { .. }), "{e:?}");
+    }
+
+    #[test]
     fn the_body_carries_images_inline_and_only_useful_extensions() {
         let dir = tempfile::tempdir().unwrap();
         let png = dir.path().join("a.png");

@@ -285,6 +285,18 @@ fn window_chats_through(server: Server, key: &str, model: &str, expect: Option<&
     }
     assert!(reply.stats.unwrap().decode_tokens_per_sec > 0.0);
     assert!(reply.stats.unwrap().time_to_first_token_secs > 0.0);
+    let first = reply.text.clone();
+    // Regenerate: the reply is replaced by the server's new one (greedy:
+    // the same text).
+    harness.get_by_label("Regenerate").click();
+    harness.run_steps(2);
+    until(&mut harness, "the regenerated reply", &|a| {
+        a.streaming.is_none()
+    });
+    let app = harness.state();
+    let messages = &app.conversations[app.current].messages;
+    assert_eq!(messages.len(), 2, "one question, one reply");
+    assert_eq!(messages[1].text, first);
 
     // The server goes away: the next reply fails with a banner and advice.
     let url = server.base_url.clone();
@@ -303,6 +315,56 @@ fn window_chats_through(server: Server, key: &str, model: &str, expect: Option<&
 }
 
 const PROMPT: &str = "Name the capital of France.";
+
+/// A full queue answers 503 (`--queue 1`: one reply running, the next
+/// refused until it ends).
+#[test]
+fn a_full_queue_is_a_503() {
+    let server = serve(&smollm2(), &["--queue", "1", "--ctx", "4096"], None);
+    let url = format!("{}/chat/completions", server.base_url);
+    let body = |n: usize| {
+        serde_json::json!({
+            "model": "SmolLM2-135M-Instruct.Q4_1",
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": n, "ignore_eos": true, "stream": true,
+        })
+    };
+    let busy = ureq::post(&url)
+        .set("Authorization", &format!("Bearer {KEY}"))
+        .send_json(body(2000))
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(busy.into_reader()));
+    // The first reply is streaming.
+    assert!(lines.next().unwrap().unwrap().starts_with("data: "));
+    match ureq::post(&url)
+        .set("Authorization", &format!("Bearer {KEY}"))
+        .send_json(body(4))
+    {
+        Err(ureq::Error::Status(503, r)) => {
+            let v: serde_json::Value = r.into_json().unwrap();
+            assert_eq!(v["error"]["code"], "queue_full");
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    // Closing the first stream frees the place.
+    drop(lines);
+    let start = Instant::now();
+    loop {
+        let r = ureq::post(&url)
+            .set("Authorization", &format!("Bearer {KEY}"))
+            .send_json(body(4));
+        match r {
+            Ok(r) => {
+                assert_eq!(r.status(), 200);
+                break;
+            }
+            Err(ureq::Error::Status(503, _)) if start.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
 
 #[test]
 fn the_window_chats_through_spillway_serve() {
