@@ -44,6 +44,11 @@ pub struct ServeArgs {
     /// The largest request body in MiB (images come inline).
     #[arg(long, value_name = "MIB", default_value_t = serve::DEFAULT_MAX_BODY_BYTES >> 20)]
     max_body_mib: usize,
+    /// Tokens generated within this many milliseconds are streamed as one
+    /// delta (0: each token at once, one wake-up of server and client per
+    /// token).
+    #[arg(long, value_name = "MS", default_value_t = serve::DEFAULT_STREAM_INTERVAL_MS)]
+    stream_interval_ms: u64,
     /// Write the address served, as JSON, to this file once listening (for
     /// scripts and tests that start the server on port 0).
     #[arg(long, value_name = "FILE", hide = true)]
@@ -110,6 +115,8 @@ pub fn run(a: ServeArgs, config: &Config) -> anyhow::Result<ExitCode> {
             allow_remote_images: a.allow_remote_images,
             max_body_bytes: a.max_body_mib << 20,
             defaults,
+            stream_interval: (a.stream_interval_ms > 0)
+                .then(|| std::time::Duration::from_millis(a.stream_interval_ms)),
         },
     )
     .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;

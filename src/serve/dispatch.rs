@@ -212,10 +212,21 @@ impl Ticket {
     /// The next event of this request; `None` only if the engine is gone.
     pub async fn next(&mut self) -> Option<Event> {
         let e = self.events.recv().await?;
+        self.saw(&e);
+        Some(e)
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_next(&mut self) -> Result<Event, mpsc::error::TryRecvError> {
+        let e = self.events.try_recv()?;
+        self.saw(&e);
+        Ok(e)
+    }
+
+    fn saw(&mut self, e: &Event) {
         if matches!(e, Event::Finished { .. } | Event::Stopped { .. }) {
             self.finished = true;
         }
-        Some(e)
     }
 }
 

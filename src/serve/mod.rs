@@ -34,6 +34,10 @@ use crate::protocol::{ErrorInfo, ErrorKind, Event, Finish, ReplyRequest, ReplySt
 /// Bodies above this are refused before they are read whole (images come
 /// inline as base64).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
+/// Tokens within this many milliseconds stream as one delta: a reader
+/// cannot tell 40 ms apart, and a small machine's compute threads are not
+/// preempted once per token by the server and its client.
+pub const DEFAULT_STREAM_INTERVAL_MS: u64 = 40;
 /// Requests waiting or running at once; more get a 503.
 pub const DEFAULT_QUEUE: usize = 16;
 /// A remote image (with `--allow-remote-images`) larger than this is refused.
@@ -47,6 +51,9 @@ pub struct ServeOptions {
     pub allow_remote_images: bool,
     pub max_body_bytes: usize,
     pub defaults: Defaults,
+    /// Tokens that arrive within this time go out as one streamed delta
+    /// (`None`: each token at once).
+    pub stream_interval: Option<std::time::Duration>,
 }
 
 struct AppState {
@@ -475,7 +482,7 @@ async fn chat_completions(
         splitter: thinking.then(|| ThinkSplitter::new(opened)),
     };
     if checked.stream {
-        Ok(stream(reply, ticket, checked.include_usage).into_response())
+        Ok(stream(reply, ticket, checked.include_usage, s.opts.stream_interval).into_response())
     } else {
         whole(reply, ticket).await.map(IntoResponse::into_response)
     }
@@ -565,29 +572,25 @@ async fn whole(mut reply: Reply, mut ticket: Ticket) -> Result<Json<Value>, ApiE
 
 /// The reply as server-sent events: a role chunk, content (and reasoning)
 /// deltas, a chunk with the finish reason, the usage when asked, `[DONE]`.
-/// Dropping the stream (the client left) drops the ticket, which stops the
-/// reply.
+/// With an `interval`, the tokens that arrive within it go out as one
+/// delta, so the server and the client wake once per interval rather than
+/// once per token (vLLM's `--stream-interval`, in time). Dropping the
+/// stream (the client left) drops the ticket, which stops the reply.
 fn stream(
     reply: Reply,
     ticket: Ticket,
     include_usage: bool,
+    interval: Option<std::time::Duration>,
 ) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
-    struct St {
-        reply: Reply,
-        ticket: Ticket,
-        include_usage: bool,
-        queued: std::collections::VecDeque<String>,
-        done: bool,
-    }
     let first = reply.chunk(json!({ "role": "assistant", "content": "" }), None);
-    let st = St {
+    let st = Streaming {
         reply,
         ticket,
         include_usage,
         queued: [first.to_string()].into(),
         done: false,
     };
-    let events = futures_util::stream::unfold(st, |mut st| async move {
+    let events = futures_util::stream::unfold(st, move |mut st| async move {
         loop {
             if let Some(data) = st.queued.pop_front() {
                 return Some((Ok(SseEvent::default().data(data)), st));
@@ -595,49 +598,95 @@ fn stream(
             if st.done {
                 return None;
             }
-            match st.ticket.next().await {
-                Some(Event::Token { text, .. }) => {
-                    let d = st.reply.split(&text);
-                    push_delta(&mut st.queued, &st.reply, d);
-                }
-                Some(Event::ReplyFailed { error, .. }) => {
-                    st.queued.push_back(engine_error(&error).body().to_string());
-                }
-                Some(Event::Finished { finish, stats, .. }) => {
-                    let d = st.reply.rest();
-                    push_delta(&mut st.queued, &st.reply, d);
-                    if finish != Finish::Failed {
-                        st.queued.push_back(
-                            st.reply
-                                .chunk(json!({}), Some(finish_reason(finish)))
-                                .to_string(),
-                        );
+            let Some(every) = interval else {
+                let e = st.ticket.next().await;
+                st.handle(e);
+                continue;
+            };
+            // One wake-up per interval, however fast the tokens come.
+            tokio::time::sleep(every).await;
+            let mut text = String::new();
+            loop {
+                match st.ticket.try_next() {
+                    Ok(Event::Token { text: t, .. }) => text.push_str(&t),
+                    Ok(e) => {
+                        st.tokens(&text);
+                        text.clear();
+                        st.handle(Some(e));
                     }
-                    if st.include_usage {
-                        let mut u = st.reply.chunk(json!({}), None);
-                        u["choices"] = json!([]);
-                        u["usage"] = usage(&stats);
-                        u["timings"] = timings(&stats);
-                        st.queued.push_back(u.to_string());
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                        st.tokens(&text);
+                        text.clear();
+                        st.handle(None);
+                        break;
                     }
-                    st.queued.push_back("[DONE]".into());
-                    st.done = true;
-                }
-                Some(Event::Stopped { error }) => {
-                    st.queued.push_back(engine_gone(error).body().to_string());
-                    st.queued.push_back("[DONE]".into());
-                    st.done = true;
-                }
-                Some(_) => {}
-                None => {
-                    st.queued.push_back(engine_gone(None).body().to_string());
-                    st.queued.push_back("[DONE]".into());
-                    st.done = true;
                 }
             }
+            st.tokens(&text);
         }
     });
     Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+/// A streamed reply's state: what is queued to send, and whether it ended.
+struct Streaming {
+    reply: Reply,
+    ticket: Ticket,
+    include_usage: bool,
+    queued: std::collections::VecDeque<String>,
+    done: bool,
+}
+
+impl Streaming {
+    fn tokens(&mut self, text: &str) {
+        if !text.is_empty() && !self.done {
+            let d = self.reply.split(text);
+            push_delta(&mut self.queued, &self.reply, d);
+        }
+    }
+
+    fn end(&mut self, error: Option<String>) {
+        self.queued.push_back(engine_gone(error).body().to_string());
+        self.queued.push_back("[DONE]".into());
+        self.done = true;
+    }
+
+    fn handle(&mut self, e: Option<Event>) {
+        if self.done {
+            return;
+        }
+        match e {
+            Some(Event::Token { text, .. }) => self.tokens(&text),
+            Some(Event::ReplyFailed { error, .. }) => {
+                self.queued
+                    .push_back(engine_error(&error).body().to_string());
+            }
+            Some(Event::Finished { finish, stats, .. }) => {
+                let d = self.reply.rest();
+                push_delta(&mut self.queued, &self.reply, d);
+                if finish != Finish::Failed {
+                    self.queued.push_back(
+                        self.reply
+                            .chunk(json!({}), Some(finish_reason(finish)))
+                            .to_string(),
+                    );
+                }
+                if self.include_usage {
+                    let mut u = self.reply.chunk(json!({}), None);
+                    u["choices"] = json!([]);
+                    u["usage"] = usage(&stats);
+                    u["timings"] = timings(&stats);
+                    self.queued.push_back(u.to_string());
+                }
+                self.queued.push_back("[DONE]".into());
+                self.done = true;
+            }
+            Some(Event::Stopped { error }) => self.end(error),
+            Some(_) => {}
+            None => self.end(None),
+        }
+    }
 }
 
 fn push_delta(queued: &mut std::collections::VecDeque<String>, reply: &Reply, d: think::Delta) {

@@ -1155,6 +1155,9 @@ impl SpillwayApp {
             api_key: Some(s.serve_key.clone()).filter(|k| !k.is_empty()),
             allow_remote_images: false,
             max_body_bytes: crate::serve::DEFAULT_MAX_BODY_BYTES,
+            stream_interval: Some(std::time::Duration::from_millis(
+                crate::serve::DEFAULT_STREAM_INTERVAL_MS,
+            )),
             defaults: crate::serve::openai::Defaults {
                 temperature: g.temperature,
                 top_k: g.top_k,

@@ -182,19 +182,17 @@ fn openai_client_sends_an_image() {
     let dir = crate::hf::fixture("qwen2_5_vl_tiny");
     let cache = tempfile::tempdir().unwrap();
     let image = dir.join("image.png");
-    let want = crate::hf::generate_json(
-        &dir,
-        &[
-            "--prompt",
-            "Describe the image.",
-            "--image",
-            image.to_str().unwrap(),
-            "--greedy",
-            "--max-tokens",
-            "8",
-        ],
-        cache.path(),
-    );
+    // The same request locally and through the server.
+    let args = [
+        "--prompt",
+        "Describe the image.",
+        "--image",
+        image.to_str().unwrap(),
+        "--greedy",
+        "--max-tokens",
+        "8",
+    ];
+    let want = crate::hf::generate_json(&dir, &args, cache.path());
     let server = serve(&dir, &[], Some(cache.path()));
     let report = client(
         &["image", &server.base_url, KEY, image.to_str().unwrap()],
@@ -202,19 +200,7 @@ fn openai_client_sends_an_image() {
     );
     assert_eq!(report["image_reply"], want["text"]);
     // Spillway as the client, the image sent inline.
-    let remote = via_server(
-        &server,
-        "qwen2_5_vl_tiny",
-        &[
-            "--prompt",
-            "Describe the image.",
-            "--image",
-            image.to_str().unwrap(),
-            "--greedy",
-            "--max-tokens",
-            "8",
-        ],
-    );
+    let remote = via_server(&server, "qwen2_5_vl_tiny", &args);
     assert_eq!(remote["text"], want["text"]);
 }
 

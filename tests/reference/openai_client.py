@@ -75,7 +75,7 @@ def text_checks(base, key, expected):
         if d.finish_reason:
             finish = d.finish_reason
     assert "".join(parts) == expected["text"], parts
-    assert len(parts) > 3, "the reply must arrive in pieces"
+    assert len(parts) >= 2, "the reply must arrive in pieces"
     assert finish == expected["finish_reason"], finish
     assert usage.completion_tokens == expected["generated_tokens"], usage
     # The same conversation again: its prompt comes from the KV cache.
