@@ -471,7 +471,12 @@ impl SpillwayApp {
 
     /// Why the message being written cannot go with its images and task.
     fn image_problem(&self) -> Option<Banner> {
-        let vision = self.model.as_ref().map(|m| m.vision.is_some());
+        // A server's model says whether it reads images by answering.
+        let vision = self
+            .model
+            .as_ref()
+            .filter(|m| m.remote.is_none())
+            .map(|m| m.vision.is_some());
         if !self.attachments.is_empty() && vision == Some(false) {
             return Some(Banner::error(
                 "This model does not read images",

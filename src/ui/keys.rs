@@ -6,7 +6,13 @@
 const SERVICE: &str = "spillway";
 
 fn entry(url: &str) -> Result<keyring::Entry, String> {
-    keyring::Entry::new(SERVICE, url.trim()).map_err(|e| e.to_string())
+    keyring::Entry::new(SERVICE, url.trim()).map_err(|e| {
+        match (e, keyring::Entry::store_status()) {
+            // Why the platform's store could not be opened says more.
+            (keyring::Error::NoDefaultStore, Err(why)) => why.to_string(),
+            (e, _) => e.to_string(),
+        }
+    })
 }
 
 /// Stores `key` for `url` (an empty key removes it). Err: no keyring is

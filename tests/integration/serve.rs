@@ -462,3 +462,57 @@ fn spillway_chats_through_llama_server() {
     );
     window_chats_through(server, KEY, "smollm2", Some(&want));
 }
+
+/// An image attached in the window reaches a vision model on a server
+/// (inlined as a `data:` URL): the server counts its tokens in the prompt.
+#[test]
+fn the_window_sends_an_image_to_a_server() {
+    use spillway::ui::SpillwayApp;
+
+    let dir = crate::hf::fixture("qwen2_5_vl_tiny");
+    let cache = tempfile::tempdir().unwrap();
+    let server = serve(&dir, &[], Some(cache.path()));
+    let data = tempfile::tempdir().unwrap();
+    let (link, _ends) = spillway::engine::worker::channel();
+    let mut app = SpillwayApp::new(
+        link,
+        &spillway::config::Config::defaults().unwrap(),
+        Some(data.path().to_path_buf()),
+        None,
+    );
+    app.settings.engine = "server".into();
+    app.settings.server_url = server.base_url.clone();
+    app.settings.server_key = KEY.into();
+    app.settings.server_model = "qwen2_5_vl_tiny".into();
+    app.settings.temperature = 0.0;
+    app.settings.max_new_tokens = 4;
+    app.switch_engine();
+    let wait = |app: &mut SpillwayApp, what: &str, ok: &dyn Fn(&SpillwayApp) -> bool| {
+        let start = Instant::now();
+        while !ok(app) {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "timed out waiting for {what}"
+            );
+            app.drain_events();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait(&mut app, "the server's model", &|a| a.model.is_some());
+    app.attach_file(&dir.join("image.png"));
+    app.poll_attaching(true);
+    assert_eq!(app.attachments.len(), 1);
+    app.composer = "Describe the image.".into();
+    app.send_message();
+    wait(&mut app, "the reply", &|a| a.streaming.is_none());
+    let banners: Vec<_> = app.banners.iter().map(|b| b.message.clone()).collect();
+    let reply = app.conversations[app.current]
+        .messages
+        .last()
+        .unwrap_or_else(|| panic!("no reply: {banners:?}"));
+    let stats = reply.stats.expect("a finished reply");
+    // 224×168 pixels are 48 image tokens, all counted by the server.
+    assert!(stats.prompt_tokens > 48, "{stats:?}");
+    assert!(!reply.text.is_empty() && !reply.incomplete, "{reply:?}");
+    let _ = spillway::ui::keys::store(&server.base_url, "");
+}
