@@ -1,8 +1,8 @@
 //! The inference thread behind the window: it owns the [`Engine`] outright,
 //! takes [`Command`]s from a channel and answers with [`Event`]s, waking the
 //! window after each. Nothing here blocks the caller; a reply is stopped
-//! through the link's stop mark, checked between tokens, and always ends
-//! with `Finished`. A panic inside the engine ends the thread with a
+//! by marking its id in the shared [`StopSet`] (checked between tokens;
+//! other requests are untouched) and always ends with `Finished`. A panic inside the engine ends the thread with a
 //! `Stopped` event carrying its message, so the window can offer a restart.
 
 use std::collections::HashSet;
