@@ -261,14 +261,9 @@ fn wire_content(m: &Message) -> Result<Value, RemoteError> {
             out.push(json!({ "type": "text", "text": p["text"] }));
             continue;
         }
-        let src = ["path", "image", "image_url"]
-            .iter()
-            .find_map(|k| match &p[*k] {
-                Value::String(s) => Some(s.clone()),
-                Value::Object(o) => o.get("url").and_then(Value::as_str).map(str::to_string),
-                _ => None,
-            })
-            .ok_or_else(|| RemoteError::Input("an image part has no path".into()))?;
+        let src = crate::engine::vision::image_part_location(p)
+            .unwrap_or_else(|| Err("an image part has no path".into()))
+            .map_err(RemoteError::Input)?;
         let url = if src.starts_with("data:") || src.starts_with("http") {
             src
         } else {

@@ -133,15 +133,6 @@ pub fn run(a: PlanArgs, config: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn tier_json(p: &Placement, tier: Tier) -> serde_json::Value {
-    serde_json::json!({
-        "layers": p.count(tier),
-        "weights_bytes": p.weights.get(tier),
-        "kv_cache_bytes": p.kv.get(tier),
-        "peak_bytes": p.peak.get(tier),
-    })
-}
-
 fn to_json(fp: &Footprint, b: &Budgets, p: &Placement) -> serde_json::Value {
     serde_json::json!({
         "model": fp.name,
@@ -149,11 +140,7 @@ fn to_json(fp: &Footprint, b: &Budgets, p: &Placement) -> serde_json::Value {
         "mode": p.mode.to_string(),
         "weights_bytes": fp.weights_bytes(),
         "kv_cache_bytes": fp.kv_cache_bytes(),
-        "tiers": {
-            "gpu": tier_json(p, Tier::Gpu),
-            "ram": tier_json(p, Tier::Ram),
-            "disk": tier_json(p, Tier::Disk),
-        },
+        "tiers": p.tiers_json(),
         "layers": p.layers.iter().enumerate().map(|(i, t)| {
             let mut l = serde_json::json!({
                 "index": i,

@@ -86,27 +86,18 @@ pub fn run(a: ServeArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let name = info.name.clone();
     // The worker's events are routed to their requests on the worker's own
     // thread, right after each is sent: no thread of ours wakes per token.
-    let slot: Arc<std::sync::OnceLock<(Arc<Dispatch>, crossbeam_channel::Receiver<Event>)>> =
-        Arc::default();
-    let route = slot.clone();
+    let (link, ends) = worker::channel();
+    let dispatch = Dispatch::new(link.submit.clone(), a.queue);
+    let (router, events) = (dispatch.clone(), link.events.clone());
     let wake = Arc::new(move || {
-        if let Some((dispatch, events)) = route.get() {
-            while let Ok(e) = events.try_recv() {
-                if let Event::Notice(n) = &e {
-                    eprintln!("note: {n}");
-                }
-                dispatch.route(&e);
+        while let Ok(e) = events.try_recv() {
+            if let Event::Notice(n) = &e {
+                eprintln!("note: {n}");
             }
+            router.route(&e);
         }
     });
-    let link =
-        worker::spawn_loaded(engine, info, wake).context("cannot start the engine thread")?;
-    let dispatch = Dispatch::new(link.submit.clone(), a.queue);
-    let _ = slot.set((dispatch.clone(), link.events.clone()));
-    // What the worker said before the slot was set (the model loaded).
-    while let Ok(e) = link.events.try_recv() {
-        dispatch.route(&e);
-    }
+    worker::spawn_loaded(engine, info, ends, wake).context("cannot start the engine thread")?;
     let running = serve::start(
         dispatch,
         ServeOptions {

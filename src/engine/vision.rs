@@ -121,6 +121,31 @@ pub fn load(
     }))
 }
 
+/// What an image content part names (`{"type": "image", "path": …}`, or
+/// `image` / `image_url` holding a string or `{"url": …}`): `None` when the
+/// part is not an image, an error when it names nothing.
+pub fn image_part_location(p: &serde_json::Value) -> Option<Result<String, String>> {
+    let ty = p.get("type").and_then(|t| t.as_str());
+    let is_image = ty == Some("image")
+        || ty == Some("image_url")
+        || (ty.is_none() && (p.get("image").is_some() || p.get("image_url").is_some()));
+    if !is_image {
+        return None;
+    }
+    Some(
+        ["path", "image", "image_url"]
+            .iter()
+            .find_map(|k| match p.get(*k) {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(serde_json::Value::Object(o)) => {
+                    o.get("url").and_then(|u| u.as_str()).map(str::to_string)
+                }
+                _ => None,
+            })
+            .ok_or_else(|| "an image part has no path".to_string()),
+    )
+}
+
 /// Where an image of a message comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageSource {
@@ -149,23 +174,10 @@ pub fn image_sources(messages: &[Message], base: &Path) -> Result<Vec<ImageSourc
             continue;
         };
         for p in parts {
-            let ty = p.get("type").and_then(|t| t.as_str());
-            let is_image = ty == Some("image")
-                || ty == Some("image_url")
-                || (ty.is_none() && (p.get("image").is_some() || p.get("image_url").is_some()));
-            if !is_image {
+            let Some(raw) = image_part_location(p) else {
                 continue;
-            }
-            let raw = ["path", "image", "image_url"]
-                .iter()
-                .find_map(|k| match p.get(*k) {
-                    Some(serde_json::Value::String(s)) => Some(s.clone()),
-                    Some(serde_json::Value::Object(o)) => {
-                        o.get("url").and_then(|u| u.as_str()).map(str::to_string)
-                    }
-                    _ => None,
-                })
-                .ok_or("an image part has no path")?;
+            };
+            let raw = raw?;
             if raw.starts_with("data:") {
                 out.push(ImageSource::Data(raw));
                 continue;

@@ -149,16 +149,17 @@ pub fn spawn(wake: Arc<dyn Fn() + Send + Sync>) -> EngineLink {
 
 /// Starts the inference thread around a model already loaded (`spillway
 /// serve`): it sends `Loaded` first, as after a `Load` command.
+/// `ends` come from [`channel`], whose link the caller keeps.
 pub fn spawn_loaded(
     engine: Engine,
     info: ModelInfo,
+    ends: WorkerEnds,
     wake: Arc<dyn Fn() + Send + Sync>,
-) -> std::io::Result<EngineLink> {
-    let (link, ends) = channel();
+) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("spillway-engine".into())
         .spawn(move || run_with(ends, wake, Some((engine, info))))?;
-    Ok(link)
+    Ok(())
 }
 
 /// The worker loop; returns when `Shutdown` arrives or the window is gone.

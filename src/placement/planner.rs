@@ -133,6 +133,26 @@ impl Placement {
     pub fn count(&self, tier: Tier) -> usize {
         self.layers.iter().filter(|&&t| t == tier).count()
     }
+
+    /// One tier as `plan --json` and the API's status show it: layers and
+    /// the weight, KV cache and peak bytes it holds.
+    pub fn tier_json(&self, tier: Tier) -> serde_json::Value {
+        serde_json::json!({
+            "layers": self.count(tier),
+            "weights_bytes": self.weights.get(tier),
+            "kv_cache_bytes": self.kv.get(tier),
+            "peak_bytes": self.peak.get(tier),
+        })
+    }
+
+    /// Every tier, keyed `gpu`, `ram`, `disk`.
+    pub fn tiers_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "gpu": self.tier_json(Tier::Gpu),
+            "ram": self.tier_json(Tier::Ram),
+            "disk": self.tier_json(Tier::Disk),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

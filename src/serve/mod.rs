@@ -224,14 +224,6 @@ async fn status(State(s): State<Shared>) -> Json<Value> {
     let st = s.dispatch.status();
     let model = st.model.as_ref().map(|m| {
         let p = &m.placement;
-        let tier = |t: crate::placement::Tier| {
-            json!({
-                "layers": p.count(t),
-                "weights_bytes": p.weights.get(t),
-                "kv_cache_bytes": p.kv.get(t),
-                "peak_bytes": p.peak.get(t),
-            })
-        };
         json!({
             "id": m.name,
             "path": m.path,
@@ -246,11 +238,7 @@ async fn status(State(s): State<Shared>) -> Json<Value> {
                 }).collect::<Vec<_>>(),
                 "head": p.head.to_string(),
                 "vision": p.vision.map(|t| t.to_string()),
-                "tiers": {
-                    "gpu": tier(crate::placement::Tier::Gpu),
-                    "ram": tier(crate::placement::Tier::Ram),
-                    "disk": tier(crate::placement::Tier::Disk),
-                },
+                "tiers": p.tiers_json(),
                 "predicted_prompt_tokens_per_sec": p.predicted_prompt_tokens_per_sec,
                 "predicted_decode_tokens_per_sec": p.predicted_decode_tokens_per_sec,
             },

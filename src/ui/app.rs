@@ -844,22 +844,22 @@ impl SpillwayApp {
                     ));
                 }
             }
-            let s = &self.settings;
-            let remote =
-                crate::remote::Remote::new(s.server_url.trim(), Some(s.server_key.clone()));
-            crate::remote::spawn_worker(remote, self.wake.clone())
+            crate::remote::spawn_worker(self.remote(), self.wake.clone())
         } else {
             crate::engine::worker::spawn(self.wake.clone())
         };
         self.restart_engine(link);
     }
 
+    /// The server the settings name.
+    fn remote(&self) -> crate::remote::Remote {
+        let s = &self.settings;
+        crate::remote::Remote::new(s.server_url.trim(), Some(s.server_key.clone()))
+    }
+
     /// Fetches the server's model list off the UI thread.
     pub fn list_server_models(&mut self) {
-        let remote = crate::remote::Remote::new(
-            self.settings.server_url.trim(),
-            Some(self.settings.server_key.clone()),
-        );
+        let remote = self.remote();
         let wake = self.wake.clone();
         let job = std::thread::Builder::new()
             .name("list-models".into())
