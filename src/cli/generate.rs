@@ -204,6 +204,7 @@ pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
         sampling: a.sampling(config)?,
         stop: a.stop.clone(),
         ignore_eos: a.ignore_eos,
+        speculative: true,
     };
     if let Some(url) = a.server.clone() {
         return remote(&a, &url, &params);
@@ -321,6 +322,19 @@ pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
             // Experts of disk-tier mixture-of-experts layers: routed ones
             // found in the cache, read from disk, and the bytes read.
             "experts": experts_json,
+            // Speculative decoding: tokens drafted and accepted, the
+            // model's decode passes, and the drafter.
+            "draft_proposed": gen.draft_proposed,
+            "draft_accepted": gen.draft_accepted,
+            "decode_passes": gen.passes,
+            "speculative": engine.speculation().map(|s| serde_json::json!({
+                "drafter": s.drafting.label(),
+                "max_draft": s.max_draft,
+                "draft_model": s.draft.as_ref().map(|d| serde_json::json!({
+                    "file": d.name, "weight_bytes": d.weight_bytes,
+                    "kv_cache_bytes": d.kv_bytes, "tier": d.tier.to_string(),
+                })),
+            })),
             "images": sources.iter().zip(&prompt.images).map(|(p, i)| serde_json::json!({
                 "path": match p {
                     crate::engine::vision::ImageSource::File(f) => f.display().to_string(),
@@ -344,8 +358,16 @@ pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
         println!("{out}");
     } else {
         let _ = writeln!(stdout);
+        let drafted = match gen.draft_proposed {
+            0 => String::new(),
+            p => format!(
+                ", {} of {p} drafted tokens accepted ({:.0}%)",
+                gen.draft_accepted,
+                100.0 * gen.draft_accepted as f64 / p as f64
+            ),
+        };
         eprintln!(
-            "[{} prompt tokens at {:.1} t/s, {} generated at {:.1} t/s, stop: {}]",
+            "[{} prompt tokens at {:.1} t/s, {} generated at {:.1} t/s{drafted}, stop: {}]",
             gen.prompt_tokens.len(),
             gen.prompt_tokens_per_sec(),
             gen.generated_tokens.len(),

@@ -182,6 +182,59 @@ pub struct ModelArgs {
     /// by commands that take images (`generate --max-pixels`).
     #[arg(skip)]
     pub max_image_pixels: Option<usize>,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+}
+
+/// Speculative decoding: a drafter proposes tokens, the model checks them
+/// in one pass (greedy output is unchanged, sampling keeps its
+/// distribution).
+#[derive(Args, Debug, Clone, Default)]
+pub struct SpecArgs {
+    /// A draft model sharing the model's tokenizer (a small model of the
+    /// same family), placed in the fastest tier this model leaves free.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["draft_quant", "lookup_ngram"])]
+    pub draft_model: Option<PathBuf>,
+    /// Self-draft: the model itself quantized to SCHEME (q4_k_m, q8_0),
+    /// made once into the cache, drafts for it.
+    #[arg(long, value_name = "SCHEME", conflicts_with = "lookup_ngram")]
+    pub draft_quant: Option<crate::placement::Quant>,
+    /// Prompt lookup: draft the continuation of the latest earlier text
+    /// matching the last N tokens (N from 1 to 8; 3 suits most text).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=8))]
+    pub lookup_ngram: Option<u64>,
+    /// The most tokens drafted for one pass (1 to 16; default 8). The
+    /// number drafted follows the measured acceptance and pass costs.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub draft_tokens: Option<u64>,
+    /// Always draft --draft-tokens tokens instead of adapting the number.
+    #[arg(long)]
+    pub draft_fixed: bool,
+    /// Benchmarks of synthetic (random-weight) models: accept each drafted
+    /// token with this probability whatever the model says.
+    #[arg(long, value_name = "RATE", hide = true)]
+    pub force_acceptance: Option<f64>,
+}
+
+impl SpecArgs {
+    pub fn options(&self) -> crate::engine::SpecOptions {
+        use crate::engine::Drafting;
+        let drafting = match (&self.draft_model, self.draft_quant, self.lookup_ngram) {
+            (Some(p), _, _) => Drafting::Model(p.clone()),
+            (_, Some(q), _) => Drafting::SelfDraft(q),
+            (_, _, Some(n)) => Drafting::Lookup(n as usize),
+            _ => Drafting::Off,
+        };
+        crate::engine::SpecOptions {
+            drafting,
+            max_draft: self
+                .draft_tokens
+                .map_or(crate::engine::speculative::DEFAULT_DRAFT, |k| k as usize),
+            cache_dir: None,
+            fixed: self.draft_fixed,
+            forced_acceptance: self.force_acceptance,
+        }
+    }
 }
 
 impl ModelArgs {
@@ -269,6 +322,27 @@ impl ModelArgs {
         .with_context(|| format!("cannot load {}", self.model.display()));
         bar.finish_and_clear();
         let mut engine = engine?;
+        let spec = self.spec.options();
+        if spec.drafting != crate::engine::Drafting::Off {
+            let bar = progress_bar("draft");
+            let r = engine.set_speculation(&spec, &mut |stage| match stage {
+                LoadStage::Quantizing { done, total } => {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                    bar.set_message("making the self-draft");
+                }
+                LoadStage::Layers { done, total } => {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                    bar.set_message("draft layers");
+                }
+                _ => bar.set_message("loading the draft"),
+            });
+            bar.finish_and_clear();
+            for n in r.context("cannot set up speculative decoding")? {
+                eprintln!("note: draft: {}", n.0);
+            }
+        }
         if engine.is_synthetic() {
             eprintln!(
                 "warning: {} has {}",

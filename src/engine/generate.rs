@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::model::sampler::{Sampler, SamplingParams};
+
+use super::speculative::{Proposal, Speculation, MAX_DRAFT};
 use crate::model::transformer::{Input, LogitsFor};
 use crate::weights::tokenizer::TextStream;
 
@@ -20,6 +22,8 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
     /// Keep going past end-of-generation tokens (benchmarks, parity checks).
     pub ignore_eos: bool,
+    /// Use the engine's drafter, when it has one.
+    pub speculative: bool,
 }
 
 impl Default for GenerateParams {
@@ -29,6 +33,7 @@ impl Default for GenerateParams {
             sampling: SamplingParams::default(),
             stop: Vec::new(),
             ignore_eos: false,
+            speculative: true,
         }
     }
 }
@@ -68,6 +73,11 @@ pub struct Generation {
     pub finish: FinishReason,
     pub prompt_secs: f64,
     pub decode_secs: f64,
+    /// Speculative decoding: tokens drafted and accepted, and the model's
+    /// forward passes while decoding.
+    pub draft_proposed: usize,
+    pub draft_accepted: usize,
+    pub passes: usize,
 }
 
 impl Generation {
@@ -317,6 +327,9 @@ impl Engine {
             finish: FinishReason::Cancelled,
             prompt_secs: 0.0,
             decode_secs: 0.0,
+            draft_proposed: 0,
+            draft_accepted: 0,
+            passes: 0,
         };
         let fed = self.feed_prompt(
             &prompt[shared..],
@@ -325,7 +338,7 @@ impl Engine {
             LogitsFor::Last,
             cancel,
         )?;
-        let Some(mut logits) = fed else {
+        let Some(logits) = fed else {
             result.prompt_secs = started.elapsed().as_secs_f64();
             return Ok(result);
         };
@@ -333,60 +346,51 @@ impl Engine {
         self.speeds.prompt_tokens_per_sec = result.prompt_tokens_per_sec();
 
         let decode_start = Instant::now();
-        let mut sampler = Sampler::new(params.sampling.clone());
         let tokenizer = self.tokenizer.clone();
-        let tokenizer = &*tokenizer;
-        let mut stream = TextStream::new(tokenizer);
-        let mut filter = StopFilter {
-            stops: &params.stop,
-            text: String::new(),
-            emitted: 0,
+        let mut em = Emitter {
+            params,
+            tokenizer: &tokenizer,
+            stream: TextStream::new(&tokenizer),
+            filter: StopFilter {
+                stops: &params.stop,
+                text: String::new(),
+                emitted: 0,
+            },
+            generated: Vec::new(),
+            on_text,
         };
-        let finish = loop {
-            if cancel.load(Ordering::Relaxed) {
-                break FinishReason::Cancelled;
-            }
-            if result.generated_tokens.len() >= params.max_tokens {
-                break FinishReason::Length;
-            }
-            let token = sampler.sample(&mut logits, &self.cached);
-            if !params.ignore_eos && tokenizer.is_end_of_generation(token) {
-                break FinishReason::EndOfGeneration;
-            }
-            result.generated_tokens.push(token);
-            let piece = stream.push(token)?;
-            let (shown, stopped) = filter.push(&piece);
-            if !shown.is_empty() {
-                on_text(&shown);
-            }
-            if stopped {
-                break FinishReason::Stop;
-            }
-            if result.generated_tokens.len() >= params.max_tokens {
-                break FinishReason::Length;
-            }
-            if self.cached.len() + 1 >= context {
-                break FinishReason::ContextFull;
-            }
-            let pos = self.cached.len();
-            // Generated text continues one past the largest position so far.
-            let next = (!self.cached_pos.is_empty()).then(|| [self.next_position(); 3]);
-            let rope = next.as_ref().map(std::slice::from_ref);
-            let input = Input {
-                tokens: std::slice::from_ref(&token),
-                pos,
-                positions: rope,
-                embeds: &[],
-            };
-            let out = self.step_input(input, LogitsFor::Last)?;
-            logits.copy_from_slice(out);
-            self.cached.push(token);
-            if let Some(p) = next {
-                self.cached_pos.push(p);
-            }
-            let steps = result.generated_tokens.len();
-            self.speeds.decode_tokens_per_sec = rate(steps, decode_start.elapsed().as_secs_f64());
+        // The drafter is moved out while decoding (it may be a second
+        // engine) and put back whatever happens.
+        let mut spec = if params.speculative {
+            self.spec.take()
+        } else {
+            None
         };
+        if let Some(sp) = spec.as_deref_mut() {
+            let computed = prompt.len() - shared;
+            if computed >= 16 {
+                sp.set_prompt_rate(result.prompt_secs / computed as f64);
+            }
+        }
+        let text_only = full.images.is_empty();
+        let decoded = self.decode(
+            logits,
+            &mut em,
+            spec.as_deref_mut(),
+            text_only,
+            decode_start,
+            cancel,
+        );
+        if spec.is_some() {
+            self.spec = spec;
+        }
+        let (finish, stats) = decoded?;
+        result.draft_proposed = stats.proposed;
+        result.draft_accepted = stats.accepted;
+        result.passes = stats.passes;
+        result.generated_tokens = std::mem::take(&mut em.generated);
+        let on_text = em.on_text;
+        let mut filter = em.filter;
         if finish != FinishReason::Stop {
             let rest = filter.flush();
             if !rest.is_empty() {
@@ -397,6 +401,232 @@ impl Engine {
         result.finish = finish;
         result.decode_secs = decode_start.elapsed().as_secs_f64();
         Ok(result)
+    }
+}
+
+/// Turns decided tokens into text: end-of-generation, stop strings and the
+/// token limit end the reply.
+struct Emitter<'a, 'b> {
+    params: &'a GenerateParams,
+    tokenizer: &'a crate::weights::tokenizer::TextTokenizer,
+    stream: TextStream<'a>,
+    filter: StopFilter<'a>,
+    generated: Vec<u32>,
+    on_text: &'b mut dyn FnMut(&str),
+}
+
+impl Emitter<'_, '_> {
+    /// Adds `token` to the reply; returns why the reply ends, if it does.
+    fn emit(&mut self, token: u32) -> Result<Option<FinishReason>, EngineError> {
+        if !self.params.ignore_eos && self.tokenizer.is_end_of_generation(token) {
+            return Ok(Some(FinishReason::EndOfGeneration));
+        }
+        self.generated.push(token);
+        let piece = self.stream.push(token)?;
+        let (shown, stopped) = self.filter.push(&piece);
+        if !shown.is_empty() {
+            (self.on_text)(&shown);
+        }
+        if stopped {
+            return Ok(Some(FinishReason::Stop));
+        }
+        if self.generated.len() >= self.params.max_tokens {
+            return Ok(Some(FinishReason::Length));
+        }
+        Ok(None)
+    }
+}
+
+/// What a reply's decoding did.
+#[derive(Debug, Default, Clone, Copy)]
+struct DecodeStats {
+    proposed: usize,
+    accepted: usize,
+    passes: usize,
+}
+
+impl Engine {
+    /// Decodes from the prompt's last `logits` until the reply ends. With a
+    /// drafter, each token decided is followed by a draft checked in the
+    /// same pass as that token; without one (or when drafting does not
+    /// pay), one token a pass.
+    fn decode(
+        &mut self,
+        mut logits: Vec<f32>,
+        em: &mut Emitter<'_, '_>,
+        mut spec: Option<&mut Speculation>,
+        text_only: bool,
+        decode_start: Instant,
+        cancel: &AtomicBool,
+    ) -> Result<(FinishReason, DecodeStats), EngineError> {
+        let context = self.context_length();
+        let params = em.params;
+        let mut sampler = Sampler::new(params.sampling.clone());
+        let mut draft_sampler = Sampler::new(SamplingParams {
+            seed: params.sampling.seed ^ 0x5eed_d4af,
+            ..params.sampling.clone()
+        });
+        let mut stats = DecodeStats::default();
+        let vocab = self.model.hp.n_vocab;
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                return Ok((FinishReason::Cancelled, stats));
+            }
+            if em.generated.len() >= params.max_tokens {
+                return Ok((FinishReason::Length, stats));
+            }
+            let mut token = sampler.sample(&mut logits, &self.cached);
+            if let Some(f) = em.emit(token)? {
+                return Ok((f, stats));
+            }
+            // `token` is decided and shown; it is fed next, with a draft
+            // after it when there is one, until a pass leaves no decided
+            // token to feed.
+            loop {
+                if self.cached.len() + 1 >= context {
+                    return Ok((FinishReason::ContextFull, stats));
+                }
+                let base = self.cached.len();
+                // A draft never runs past the context or the token limit
+                // (the last token of a round is the model's own).
+                let cap = MAX_DRAFT
+                    .min(context.saturating_sub(base + 2))
+                    .min(params.max_tokens.saturating_sub(em.generated.len() + 1));
+                let proposal = match spec.as_deref_mut() {
+                    Some(sp) => match sp.draft_len(cap) {
+                        0 => Proposal::default(),
+                        k => {
+                            let mut ctx = self.cached.clone();
+                            ctx.push(token);
+                            sp.propose(&ctx, k, text_only, &mut draft_sampler, vocab, cancel)?
+                        }
+                    },
+                    None => Proposal::default(),
+                };
+                let pass_start = Instant::now();
+                if proposal.tokens.is_empty() {
+                    self.feed_one(token, &mut logits)?;
+                    stats.passes += 1;
+                    if let Some(sp) = spec.as_deref_mut() {
+                        sp.observe_pass(1, pass_start.elapsed().as_secs_f64());
+                    }
+                    self.speeds.decode_tokens_per_sec =
+                        rate(em.generated.len(), decode_start.elapsed().as_secs_f64());
+                    break;
+                }
+                let nd = proposal.tokens.len();
+                let mut batch = Vec::with_capacity(nd + 1);
+                batch.push(token);
+                batch.extend_from_slice(&proposal.tokens);
+                let positions: Option<Vec<[u32; 3]>> = (!self.cached_pos.is_empty()).then(|| {
+                    let next = self.next_position();
+                    (next..).take(nd + 1).map(|i| [i; 3]).collect()
+                });
+                let Some(rows) =
+                    self.feed_prompt(&batch, positions.as_deref(), &[], LogitsFor::All, cancel)?
+                else {
+                    self.rewind(base);
+                    return Ok((FinishReason::Cancelled, stats));
+                };
+                stats.passes += 1;
+                let sp = spec
+                    .as_deref_mut()
+                    .expect("a proposal comes from a drafter");
+                sp.observe_pass(nd + 1, pass_start.elapsed().as_secs_f64());
+                // Check the draft token by token against the model's own
+                // choice at each position.
+                let mut accepted = 0;
+                let mut finish = None;
+                let mut next = None;
+                for (i, row) in rows.chunks_exact(vocab).enumerate() {
+                    let mut row = row.to_vec();
+                    let recent = &self.cached[..base + 1 + i];
+                    let (t, ok) = match (proposal.tokens.get(i), sp.forced.as_mut()) {
+                        (Some(&d), None) => {
+                            sampler.verify(&mut row, recent, d, proposal.q[i].as_deref())
+                        }
+                        // A benchmark's forced acceptance (random weights).
+                        (Some(&d), Some((rate, dice))) => {
+                            if rand::Rng::random::<f64>(dice) < *rate {
+                                (d, true)
+                            } else {
+                                (sampler.sample(&mut row, recent), false)
+                            }
+                        }
+                        (None, _) => (sampler.sample(&mut row, recent), false),
+                    };
+                    if let Some(f) = em.emit(t)? {
+                        finish = Some(f);
+                        break;
+                    }
+                    if !ok {
+                        next = Some(t);
+                        break;
+                    }
+                    accepted += 1;
+                }
+                sp.observe_round(nd, accepted);
+                stats.proposed += nd;
+                stats.accepted += accepted;
+                // Keep the decided token and the accepted draft; the rest of
+                // the pass is rolled back (the cache just forgets it).
+                let keep = base + 1 + accepted;
+                let kept_tokens = self.cached[..keep].to_vec();
+                let kept_pos = self.cached_pos.get(..keep).map(<[_]>::to_vec);
+                let had_images = !self.cached_images.is_empty();
+                let kept = self.rewind(keep);
+                if kept < keep {
+                    // A sliding window no longer holds what the kept
+                    // tokens need (it keeps two prompt chunks of history,
+                    // so this takes a pass that moved it): recompute them.
+                    if had_images || kept_pos.is_some() && kept > 0 {
+                        return Err(EngineError::Invalid(
+                            "the sliding-window cache could not roll back a draft".into(),
+                        ));
+                    }
+                    let pos = kept_pos.as_ref().map(|p| &p[kept..]);
+                    if self
+                        .feed_prompt(&kept_tokens[kept..], pos, &[], LogitsFor::Last, cancel)?
+                        .is_none()
+                    {
+                        return Ok((FinishReason::Cancelled, stats));
+                    }
+                }
+                self.speeds.decode_tokens_per_sec =
+                    rate(em.generated.len(), decode_start.elapsed().as_secs_f64());
+                if let Some(f) = finish {
+                    return Ok((f, stats));
+                }
+                match next {
+                    Some(t) => token = t,
+                    None => unreachable!("a round ends with the model's own token"),
+                }
+                if cancel.load(Ordering::Relaxed) {
+                    return Ok((FinishReason::Cancelled, stats));
+                }
+            }
+        }
+    }
+
+    /// Feeds one decided token after the cache (the decode step); its
+    /// logits go to `logits`.
+    fn feed_one(&mut self, token: u32, logits: &mut [f32]) -> Result<(), EngineError> {
+        let pos = self.cached.len();
+        // Generated text continues one past the largest position so far.
+        let next = (!self.cached_pos.is_empty()).then(|| [self.next_position(); 3]);
+        let rope = next.as_ref().map(std::slice::from_ref);
+        let input = Input {
+            tokens: std::slice::from_ref(&token),
+            pos,
+            positions: rope,
+            embeds: &[],
+        };
+        logits.copy_from_slice(self.step_input(input, LogitsFor::Last)?);
+        self.cached.push(token);
+        if let Some(p) = next {
+            self.cached_pos.push(p);
+        }
+        Ok(())
     }
 }
 

@@ -11,6 +11,7 @@ mod generate;
 mod perplexity;
 mod placing;
 mod report;
+pub mod speculative;
 pub mod vision;
 pub mod worker;
 
@@ -33,6 +34,7 @@ use crate::weights::tokenizer::{TextTokenizer, TokenizerError};
 pub use generate::{FinishReason, GenerateParams, Generation};
 pub use perplexity::Perplexity;
 pub use placing::{plan_for, Notice, PlacementRequest};
+pub use speculative::{Drafting, SpecInfo, SpecOptions};
 
 pub use crate::model::PROMPT_CHUNK;
 
@@ -190,6 +192,8 @@ pub struct Engine {
     cached_pos: Vec<[u32; 3]>,
     /// (first token, image hash) of each image in the cache.
     cached_images: Vec<(usize, u64)>,
+    /// Speculative decoding's drafter, when on.
+    spec: Option<Box<speculative::Speculation>>,
 }
 
 /// Finds the model file: a GGUF path, or a folder holding exactly one GGUF.
@@ -396,6 +400,7 @@ impl Engine {
             cached_pos: Vec::new(),
             cached_images: Vec::new(),
             cached: Vec::new(),
+            spec: None,
             sink: None,
             speeds: report::Speeds::default(),
             layer_ms_per_token: Vec::new(),

@@ -417,6 +417,7 @@ impl Worker {
             sampling: req.sampling.clone(),
             stop: req.stop.clone(),
             ignore_eos: req.ignore_eos,
+            speculative: true,
         };
         let cancel = AtomicBool::new(stopped());
         let started = Instant::now();

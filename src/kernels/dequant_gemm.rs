@@ -116,6 +116,18 @@ pub fn matmul_into(
                 let mut tile = cell.borrow_mut();
                 tile.resize(rows * k, 0.0);
                 dequantize_rows(dtype, &bytes[r0 * row_bytes..r1 * row_bytes], &mut tile)?;
+                if m <= super::matmul::BATCH_INVARIANT_ROWS {
+                    // Small batches: one dot product per element, so a row
+                    // gets the same bits in any of them.
+                    for (i, w) in tile.chunks_exact(k).enumerate() {
+                        for (c, xc) in x.chunks_exact(k).enumerate() {
+                            // SAFETY: (c, r0 + i) lies in the m×n output and
+                            // only this task writes its columns.
+                            unsafe { *out.get().add(c * n + r0 + i) = super::ops::dot(w, xc) };
+                        }
+                    }
+                    return Ok(());
+                }
                 // SAFETY: lhs is m×k row-major (x), rhs is the tile read as its
                 // transpose (k×rows), dst is columns r0..r1 of the m×n output;
                 // all three lie inside their buffers, and no other task writes

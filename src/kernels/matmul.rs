@@ -67,9 +67,14 @@ impl Kernel {
     }
 }
 
+/// Batches up to this many rows give each row the same bits as a batch of
+/// one (speculative decoding's verification passes stay within it).
+pub const BATCH_INVARIANT_ROWS: usize = 17;
+
 /// Batches up to this size use the float dot-product path for F16/BF16/F32
-/// weights; larger ones dequantize tiles and run a GEMM.
-const FLOAT_DOT_MAX_ROWS: usize = 4;
+/// weights (each row as in a batch of one); larger ones dequantize tiles
+/// and run a GEMM.
+const FLOAT_DOT_MAX_ROWS: usize = BATCH_INVARIANT_ROWS;
 
 /// An output buffer shared by tasks writing disjoint elements.
 #[derive(Clone, Copy)]
@@ -171,8 +176,9 @@ fn task_shape(n: usize, m: usize, threads: usize) -> (usize, usize) {
 }
 
 /// Batches of at least this many columns unpack weight rows into panels
-/// (the prompt GEMM); smaller ones read the stored blocks directly.
-const GEMM_MIN_COLS: usize = 8;
+/// (the prompt GEMM); smaller ones read the stored blocks directly, each
+/// column as a batch of one would (see [`BATCH_INVARIANT_ROWS`]).
+const GEMM_MIN_COLS: usize = BATCH_INVARIANT_ROWS + 1;
 
 /// Numbers matmul calls, so per-thread panels are never reused across calls.
 static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -298,40 +304,46 @@ fn float_dot_matmul(
     let dst = Out(out.as_mut_ptr());
     pool.run(&|_| {
         while let Some(task) = tasks.next() {
-            let rows = task * tr..((task + 1) * tr).min(n);
-            for c in 0..m {
-                let xc = &x[c * k..(c + 1) * k];
-                // SAFETY: rows and columns are inside the m×n output, which
-                // this task alone writes for these rows.
-                let o = unsafe { dst.ptr().add(c * n) };
-                if t == GgmlDType::F32 {
-                    for r in rows.clone() {
-                        let row = &w[r * k * 4..(r + 1) * k * 4];
-                        // SAFETY: f32 weight bytes are 4-byte aligned (the
-                        // reader's block storage) and `row` holds k values.
-                        let row =
-                            unsafe { std::slice::from_raw_parts(row.as_ptr().cast::<f32>(), k) };
-                        unsafe { *o.add(r) = ops::dot(row, xc) };
+            let task_rows = task * tr..((task + 1) * tr).min(n);
+            // A few rows at a time for all columns: the rows stay in cache.
+            for r0 in task_rows.clone().step_by(8) {
+                let rows = r0..(r0 + 8).min(task_rows.end);
+                for c in 0..m {
+                    let xc = &x[c * k..(c + 1) * k];
+                    // SAFETY: rows and columns are inside the m×n output, which
+                    // this task alone writes for these rows.
+                    let o = unsafe { dst.ptr().add(c * n) };
+                    if t == GgmlDType::F32 {
+                        for r in rows.clone() {
+                            let row = &w[r * k * 4..(r + 1) * k * 4];
+                            // SAFETY: f32 weight bytes are 4-byte aligned (the
+                            // reader's block storage) and `row` holds k values.
+                            let row = unsafe {
+                                std::slice::from_raw_parts(row.as_ptr().cast::<f32>(), k)
+                            };
+                            unsafe { *o.add(r) = ops::dot(row, xc) };
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                let bf16 = t == GgmlDType::BF16;
-                // SAFETY: f16/bf16 storage is 2-byte aligned and holds n×k.
-                let halves = unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<u16>(), n * k) };
-                #[cfg(target_arch = "x86_64")]
-                if isa != Isa::Scalar {
-                    // SAFETY: AVX2 supported; rows inside the n×k matrix.
-                    unsafe { super::x86::half_rows(halves, bf16, k, xc, rows.clone(), o) };
-                    continue;
-                }
-                for r in rows.clone() {
-                    let row = &halves[r * k..(r + 1) * k];
-                    let s: f32 = row
-                        .iter()
-                        .zip(xc)
-                        .map(|(&h, v)| ops::half_to_f32(h, bf16) * v)
-                        .sum();
-                    unsafe { *o.add(r) = s };
+                    let bf16 = t == GgmlDType::BF16;
+                    // SAFETY: f16/bf16 storage is 2-byte aligned and holds n×k.
+                    let halves =
+                        unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<u16>(), n * k) };
+                    #[cfg(target_arch = "x86_64")]
+                    if isa != Isa::Scalar {
+                        // SAFETY: AVX2 supported; rows inside the n×k matrix.
+                        unsafe { super::x86::half_rows(halves, bf16, k, xc, rows.clone(), o) };
+                        continue;
+                    }
+                    for r in rows.clone() {
+                        let row = &halves[r * k..(r + 1) * k];
+                        let s: f32 = row
+                            .iter()
+                            .zip(xc)
+                            .map(|(&h, v)| ops::half_to_f32(h, bf16) * v)
+                            .sum();
+                        unsafe { *o.add(r) = s };
+                    }
                 }
             }
         }
@@ -475,6 +487,58 @@ mod tests {
                                 "{isa:?} {fmt:?} n={n} k={k} m={m} at {i}: {g} vs {e}"
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Speculative decoding checks several tokens in one pass and must
+    /// pick what one-token decoding would: a row's result is the same,
+    /// bit for bit, whatever batch it is computed in (up to
+    /// [`BATCH_INVARIANT_ROWS`]), for every weight type and ISA.
+    #[test]
+    fn a_row_is_bit_identical_in_any_small_batch() {
+        let dev = Device::Cpu;
+        let (n, k) = (70usize, 512usize);
+        let w = Tensor::from_vec(rand_vec(n * k, 5), (n, k), &dev).unwrap();
+        let mut types: Vec<GgmlDType> = Format::ALL.iter().map(|f| f.ggml()).collect();
+        types.extend([
+            GgmlDType::F32,
+            GgmlDType::F16,
+            GgmlDType::BF16,
+            GgmlDType::Q3K,
+        ]);
+        for t in types {
+            let q = QTensor::quantize(&w, t).unwrap();
+            let bytes = q.data().unwrap();
+            let m_max = BATCH_INVARIANT_ROWS;
+            let x = rand_vec(m_max * k, 13);
+            let kernel = Kernel::for_type(t);
+            for isa in Isa::available() {
+                let run = |m: usize, x: &[f32]| {
+                    let mut acts = QActs::default();
+                    acts.quantize_with(isa, x, m, k, kernel.act_span_for(k))
+                        .unwrap();
+                    let mut out = vec![0f32; m * n];
+                    match kernel {
+                        Kernel::Int8(f) => {
+                            int8_matmul_with(isa, f, &bytes, n, &acts, &mut out).unwrap()
+                        }
+                        _ => matmul(t, &bytes, n, k, x, m, &acts, &mut out).unwrap(),
+                    }
+                    out
+                };
+                let single: Vec<Vec<f32>> =
+                    (0..m_max).map(|c| run(1, &x[c * k..(c + 1) * k])).collect();
+                for m in [2usize, 5, 8, 9, m_max] {
+                    let batch = run(m, &x[..m * k]);
+                    for c in 0..m {
+                        let same = batch[c * n..(c + 1) * n]
+                            .iter()
+                            .zip(&single[c])
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{t:?} {isa:?}: row {c} of a batch of {m} differs");
                     }
                 }
             }

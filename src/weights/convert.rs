@@ -647,3 +647,143 @@ pub fn cached_gguf(
     convert(&folder, quant, &out, progress)?;
     Ok((out, true))
 }
+
+/// A GGUF quantized lower: every tensor that `quant` stores in fewer bytes
+/// than it has now is dequantized and re-encoded (by the same per-tensor
+/// rule as conversions), the rest copied as they are; metadata kept. This
+/// is how a self-draft is made from the model already on disk.
+pub fn requantize(
+    src: &Path,
+    quant: Quant,
+    out: &Path,
+    progress: &mut dyn FnMut(usize, usize) -> Result<(), ModelError>,
+) -> Result<(), ConvertError> {
+    let gguf = super::gguf::GgufFile::open(src).map_err(|e| ModelError::Format(e.to_string()))?;
+    let hp = HParams::from_gguf(&gguf)?;
+    let file = std::fs::File::open(src).map_err(|source| ConvertError::Write {
+        path: src.to_path_buf(),
+        source,
+    })?;
+    let layer_of = |name: &str| {
+        name.strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok())
+    };
+    let jobs: Vec<TensorPlan> = gguf
+        .tensors
+        .iter()
+        .map(|t| {
+            let layer = layer_of(&t.name);
+            let row = *t.shape.last().unwrap_or(&1);
+            let want = quant.tensor_type(
+                &t.name,
+                layer,
+                hp.n_layer,
+                row,
+                t.shape.len() == 1,
+                t.ggml_type,
+            );
+            let elems = t.shape.iter().map(|&d| d as u64).product();
+            let smaller = want
+                .bytes_for(elems)
+                .is_some_and(|b| b < t.size_bytes && !t.name.starts_with("v."));
+            TensorPlan {
+                name: t.name.clone(),
+                layer,
+                shape: t.shape.clone(),
+                ggml_type: if smaller { want } else { t.ggml_type },
+            }
+        })
+        .collect();
+    let mut meta: Vec<(String, Value)> = gguf
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.as_str() != "general.alignment" && k.as_str() != "general.file_type")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    meta.push((
+        "spillway.requantized_from".into(),
+        Value::String(src.display().to_string()),
+    ));
+    write_atomically(&jobs, out, &mut |planned, tmp| {
+        let werr = |source: std::io::Error| ConvertError::Write {
+            path: tmp.to_path_buf(),
+            source,
+        };
+        let f = std::fs::File::create(tmp).map_err(werr)?;
+        let mut w = GgufWriter::new(
+            std::io::BufWriter::with_capacity(8 << 20, f),
+            &meta,
+            planned,
+        )
+        .map_err(werr)?;
+        let mut start = 0;
+        let mut done = 0;
+        while start < jobs.len() {
+            let layer = jobs[start].layer;
+            let end = start
+                + jobs[start..]
+                    .iter()
+                    .take_while(|j| j.layer == layer && layer.is_some())
+                    .count()
+                    .max(1);
+            let encoded: Vec<Result<Vec<u8>, ConvertError>> = (start..end)
+                .into_par_iter()
+                .map(|i| {
+                    let (info, job) = (&gguf.tensors[i], &jobs[i]);
+                    let q = super::read::read_qtensor(&file, info).map_err(ModelError::from)?;
+                    if job.ggml_type == info.ggml_type {
+                        return Ok(q.data().map_err(ModelError::from)?.into_owned());
+                    }
+                    let values = crate::model::transformer::to_f32_vec(&q)?;
+                    Ok(encode(values, &job.shape, job.ggml_type)?)
+                })
+                .collect();
+            for (j, bytes) in jobs[start..end].iter().zip(encoded) {
+                w.write_tensor(&j.name, &bytes?).map_err(werr)?;
+            }
+            if layer.is_some() {
+                done += 1;
+                progress(done, hp.n_layer)?;
+            }
+            start = end;
+        }
+        let buf = w.finish().map_err(werr)?;
+        let f = buf.into_inner().map_err(|e| werr(e.into_error()))?;
+        f.sync_all().map_err(werr)
+    })
+}
+
+/// [`requantize`] into the cache (once per source file, size, modification
+/// time and scheme); returns the path.
+pub fn cached_requantized(
+    src: &Path,
+    quant: Quant,
+    cache: Option<PathBuf>,
+    progress: &mut dyn FnMut(usize, usize) -> Result<(), ModelError>,
+) -> Result<PathBuf, ConvertError> {
+    let meta = std::fs::metadata(src).map_err(|source| ConvertError::Write {
+        path: src.to_path_buf(),
+        source,
+    })?;
+    let mut h = Fnv::default();
+    h.add(format!("requantize v{CONVERTER_VERSION} {quant}").as_bytes());
+    h.add(src.as_os_str().as_encoded_bytes());
+    h.add(&meta.len().to_le_bytes());
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    h.add(&mtime.to_le_bytes());
+    let stem = src
+        .file_stem()
+        .map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
+    let cache = cache.unwrap_or_else(cache_dir);
+    clean_stale(&cache);
+    let out = cache.join(format!("{stem}-draft-{quant}-{:016x}.gguf", h.finish()));
+    if !out.is_file() {
+        requantize(src, quant, &out, progress)?;
+    }
+    Ok(out)
+}

@@ -382,6 +382,7 @@ fn a_repo_id_loads_like_a_folder() {
         sampling: spillway::model::sampler::SamplingParams::greedy(),
         stop: Vec::new(),
         ignore_eos: true,
+        speculative: true,
     };
     let gen = e
         .generate(&ids, &params, &Default::default(), &mut |_| {})

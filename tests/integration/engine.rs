@@ -25,6 +25,7 @@ fn greedy(max_tokens: usize) -> GenerateParams {
         sampling: SamplingParams::greedy(),
         stop: Vec::new(),
         ignore_eos: false,
+        speculative: true,
     }
 }
 

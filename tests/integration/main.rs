@@ -11,6 +11,7 @@ mod hf;
 mod placement;
 mod reliability;
 mod serve;
+mod speculative;
 mod synth;
 mod tokenizer;
 mod ui;

@@ -43,6 +43,7 @@ fn reply(e: &mut Engine, conv: &[Message]) -> Vec<u32> {
         sampling: SamplingParams::greedy(),
         stop: Vec::new(),
         ignore_eos: true,
+        speculative: true,
     };
     let prompt = e.chat_tokens(conv, true).unwrap();
     e.generate(&prompt, &params, &never, &mut |_| {})

@@ -379,61 +379,6 @@ unsafe impl Sync for TileArgs {}
 
 const PF: usize = 512;
 
-#[inline(always)]
-unsafe fn tile<F: Fmt, D: Dot, const RM: usize, const RN: usize>(
-    t: &TileArgs,
-    r0: usize,
-    c0: usize,
-) {
-    let gpr = t.k / GROUP;
-    let blocks = t.k / (F::GROUPS * GROUP);
-    let mut acc = [[_mm256_setzero_ps(); RN]; RM];
-    let mut bacc = [[0f32; RN]; RM];
-    for b in 0..blocks {
-        if PF > 0 {
-            for r in 0..RM {
-                // A prefetch may point past the weights (it is only a
-                // hint): wrapping arithmetic, never `add` out of bounds.
-                _mm_prefetch::<_MM_HINT_T0>(
-                    t.w.wrapping_add((r0 + r) * t.row_bytes + b * F::BYTES + PF)
-                        .cast(),
-                );
-            }
-        }
-        for g in 0..F::GROUPS {
-            let gi = b * F::GROUPS + g;
-            let mut a = [_mm256_setzero_si256(); RN];
-            let mut da = [_mm256_setzero_ps(); RN];
-            let mut sa = [0f32; RN];
-            for c in 0..RN {
-                let col = c0 + c;
-                a[c] = _mm256_loadu_si256(t.aq.add(col * t.k + gi * GROUP).cast());
-                da[c] = _mm256_set1_ps(*t.ad.add(col * gpr + gi));
-                if F::BIAS {
-                    sa[c] = *t.asum.add(col * gpr + gi);
-                }
-            }
-            for r in 0..RM {
-                let grp = F::group(t.w.add((r0 + r) * t.row_bytes + b * F::BYTES), g);
-                let d = _mm256_set1_ps(grp.d);
-                for c in 0..RN {
-                    let p = group_product::<F, D>(&grp, a[c]);
-                    acc[r][c] =
-                        _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(p), da[c]), d, acc[r][c]);
-                    if F::BIAS {
-                        bacc[r][c] += grp.bias * sa[c];
-                    }
-                }
-            }
-        }
-    }
-    for r in 0..RM {
-        for c in 0..RN {
-            *t.out.add((c0 + c) * t.n + r0 + r) = hsum(acc[r][c]) + bacc[r][c];
-        }
-    }
-}
-
 /// The integer product of one group with activations `a`, as 8 i32 lanes.
 #[inline(always)]
 unsafe fn group_product<F: Fmt, D: Dot>(grp: &G, a: __m256i) -> __m256i {
@@ -454,22 +399,35 @@ unsafe fn group_product<F: Fmt, D: Dot>(grp: &G, a: __m256i) -> __m256i {
     }
 }
 
-/// One weight row · one activation column, for decode: the row is read
-/// front to back (one stream for the prefetcher), and four groups' integer
-/// sums are gathered into one vector before the float work, which is then
-/// done once per four groups.
+/// One weight row · `RN` activation columns `c0..c0 + RN`, for decode
+/// and small batches: the row is read front to back (one stream for the
+/// prefetcher), each group unpacked once for all columns, and four groups'
+/// integer sums are gathered into one vector before the float work, which
+/// is then done once per four groups. Every column goes through the same
+/// operations in the same order whatever `RN` is, so a token's result does
+/// not depend on the batch it is computed in (speculative decoding relies
+/// on that).
 #[inline(always)]
-unsafe fn row_dot<F: Fmt, D: Dot>(t: &TileArgs, r: usize, c: usize) -> f32 {
+unsafe fn row_dots<F: Fmt, D: Dot, const RN: usize>(
+    t: &TileArgs,
+    r: usize,
+    c0: usize,
+) -> [f32; RN] {
     let gpr = t.k / GROUP;
     let w = t.w.add(r * t.row_bytes);
-    let aq = t.aq.add(c * t.k);
-    let ad = t.ad.add(c * gpr);
-    let asum = t.asum.add(c * gpr);
-    if F::GROUPS == 8 {
-        return block_row_dot::<F, D>(w, aq, ad, asum, gpr / 8);
+    let mut aq = [t.aq; RN];
+    let mut ad = [t.ad; RN];
+    let mut asum = [t.asum; RN];
+    for c in 0..RN {
+        aq[c] = t.aq.add((c0 + c) * t.k);
+        ad[c] = t.ad.add((c0 + c) * gpr);
+        asum[c] = t.asum.add((c0 + c) * gpr);
     }
-    let mut acc = _mm_setzero_ps();
-    let mut bacc = _mm_setzero_ps();
+    if F::GROUPS == 8 {
+        return block_row_dots::<F, D, RN>(w, &aq, &ad, &asum, gpr / 8);
+    }
+    let mut acc = [_mm_setzero_ps(); RN];
+    let mut bacc = [_mm_setzero_ps(); RN];
     let mut g = 0;
     while g + 4 <= gpr {
         if PF > 0 {
@@ -483,113 +441,132 @@ unsafe fn row_dot<F: Fmt, D: Dot>(t: &TileArgs, r: usize, c: usize) -> f32 {
             d: 0.0,
             bias: 0.0,
         }; 4];
-        let mut p = [_mm256_setzero_si256(); 4];
-        for u in 0..4 {
-            grp[u] = F::group(w.add((g + u) / F::GROUPS * F::BYTES), (g + u) % F::GROUPS);
-            p[u] =
-                group_product::<F, D>(&grp[u], _mm256_loadu_si256(aq.add((g + u) * GROUP).cast()));
+        for (u, gr) in grp.iter_mut().enumerate() {
+            *gr = F::group(w.add((g + u) / F::GROUPS * F::BYTES), (g + u) % F::GROUPS);
         }
-        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-        let sum = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
         let d = _mm_setr_ps(grp[0].d, grp[1].d, grp[2].d, grp[3].d);
-        acc = _mm_fmadd_ps(
-            _mm_mul_ps(_mm_cvtepi32_ps(sum), _mm_loadu_ps(ad.add(g))),
-            d,
-            acc,
-        );
-        if F::BIAS {
-            let b = _mm_setr_ps(grp[0].bias, grp[1].bias, grp[2].bias, grp[3].bias);
-            bacc = _mm_fmadd_ps(b, _mm_loadu_ps(asum.add(g)), bacc);
+        let b = _mm_setr_ps(grp[0].bias, grp[1].bias, grp[2].bias, grp[3].bias);
+        for c in 0..RN {
+            let mut p = [_mm256_setzero_si256(); 4];
+            for u in 0..4 {
+                p[u] = group_product::<F, D>(
+                    &grp[u],
+                    _mm256_loadu_si256(aq[c].add((g + u) * GROUP).cast()),
+                );
+            }
+            let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+            let sum = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+            acc[c] = _mm_fmadd_ps(
+                _mm_mul_ps(_mm_cvtepi32_ps(sum), _mm_loadu_ps(ad[c].add(g))),
+                d,
+                acc[c],
+            );
+            if F::BIAS {
+                bacc[c] = _mm_fmadd_ps(b, _mm_loadu_ps(asum[c].add(g)), bacc[c]);
+            }
         }
         g += 4;
     }
-    let s = _mm_add_ps(acc, bacc);
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let mut total = _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+    let mut total = [0f32; RN];
+    for c in 0..RN {
+        let s = _mm_add_ps(acc[c], bacc[c]);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        total[c] = _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+    }
     while g < gpr {
         let grp = F::group(w.add(g / F::GROUPS * F::BYTES), g % F::GROUPS);
-        let p = group_product::<F, D>(&grp, _mm256_loadu_si256(aq.add(g * GROUP).cast()));
-        let v = _mm256_cvtepi32_ps(p);
-        total += hsum(v) * grp.d * *ad.add(g);
-        if F::BIAS {
-            total += grp.bias * *asum.add(g);
+        for c in 0..RN {
+            let p = group_product::<F, D>(&grp, _mm256_loadu_si256(aq[c].add(g * GROUP).cast()));
+            let v = _mm256_cvtepi32_ps(p);
+            total[c] += hsum(v) * grp.d * *ad[c].add(g);
+            if F::BIAS {
+                total[c] += grp.bias * *asum[c].add(g);
+            }
         }
         g += 1;
     }
     total
 }
 
-/// [`row_dot`] for the K-quants: a block's 8 integer sums are reduced into
+/// [`row_dots`] for the K-quants: a block's 8 integer sums are reduced into
 /// one vector and its scales unpacked together.
 #[inline(always)]
-unsafe fn block_row_dot<F: Fmt, D: Dot>(
+unsafe fn block_row_dots<F: Fmt, D: Dot, const RN: usize>(
     w: *const u8,
-    aq: *const i8,
-    ad: *const f32,
-    asum: *const f32,
+    aq: &[*const i8; RN],
+    ad: &[*const f32; RN],
+    asum: &[*const f32; RN],
     blocks: usize,
-) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut bacc = _mm256_setzero_ps();
+) -> [f32; RN] {
+    let mut acc = [_mm256_setzero_ps(); RN];
+    let mut bacc = [_mm256_setzero_ps(); RN];
     for b in 0..blocks {
         let blk = w.add(b * F::BYTES);
         if PF > 0 {
             _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PF).cast());
         }
-        let mut p = [_mm256_setzero_si256(); 8];
-        for (g, pg) in p.iter_mut().enumerate() {
-            let grp = F::group(blk, g);
-            *pg =
-                group_product::<F, D>(&grp, _mm256_loadu_si256(aq.add((8 * b + g) * GROUP).cast()));
+        let mut grp = [G {
+            v: _mm256_setzero_si256(),
+            isc: one_isc(),
+            d: 0.0,
+            bias: 0.0,
+        }; 8];
+        for (g, gr) in grp.iter_mut().enumerate() {
+            *gr = F::group(blk, g);
         }
-        let h01 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-        let h23 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
-        let sum = _mm256_add_epi32(
-            _mm256_permute2x128_si256(h01, h23, 0x20),
-            _mm256_permute2x128_si256(h01, h23, 0x31),
-        );
         let (d, bias) = F::block_scales(blk);
-        acc = _mm256_fmadd_ps(
-            _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_loadu_ps(ad.add(8 * b))),
-            d,
-            acc,
-        );
-        if F::BIAS {
-            bacc = _mm256_fmadd_ps(bias, _mm256_loadu_ps(asum.add(8 * b)), bacc);
+        for c in 0..RN {
+            let mut p = [_mm256_setzero_si256(); 8];
+            for (g, pg) in p.iter_mut().enumerate() {
+                *pg = group_product::<F, D>(
+                    &grp[g],
+                    _mm256_loadu_si256(aq[c].add((8 * b + g) * GROUP).cast()),
+                );
+            }
+            let h01 =
+                _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+            let h23 =
+                _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
+            let sum = _mm256_add_epi32(
+                _mm256_permute2x128_si256(h01, h23, 0x20),
+                _mm256_permute2x128_si256(h01, h23, 0x31),
+            );
+            acc[c] = _mm256_fmadd_ps(
+                _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_loadu_ps(ad[c].add(8 * b))),
+                d,
+                acc[c],
+            );
+            if F::BIAS {
+                bacc[c] = _mm256_fmadd_ps(bias, _mm256_loadu_ps(asum[c].add(8 * b)), bacc[c]);
+            }
         }
     }
-    hsum(_mm256_add_ps(acc, bacc))
+    let mut out = [0f32; RN];
+    for c in 0..RN {
+        out[c] = hsum(_mm256_add_ps(acc[c], bacc[c]));
+    }
+    out
 }
 
-/// Rows `rows` × columns `cols` in full tiles, then the ragged edges.
+/// Rows `rows` × columns `cols`, four columns at a time.
 #[inline(always)]
-unsafe fn region<F: Fmt, D: Dot, const RM: usize, const RN: usize>(
+unsafe fn direct<F: Fmt, D: Dot>(
     t: &TileArgs,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
 ) {
-    let full_r = rows.start + (rows.len() / RM) * RM;
-    let full_c = cols.start + (cols.len() / RN) * RN;
-    let mut c = cols.start;
-    while c < full_c {
-        let mut r = rows.start;
-        while r < full_r {
-            tile::<F, D, RM, RN>(t, r, c);
-            r += RM;
+    for r in rows {
+        let mut c = cols.start;
+        while c + 4 <= cols.end {
+            let v = row_dots::<F, D, 4>(t, r, c);
+            for (i, v) in v.into_iter().enumerate() {
+                *t.out.add((c + i) * t.n + r) = v;
+            }
+            c += 4;
         }
-        for r in full_r..rows.end {
-            tile::<F, D, 1, RN>(t, r, c);
-        }
-        c += RN;
-    }
-    for c in full_c..cols.end {
-        let mut r = rows.start;
-        while r < full_r {
-            tile::<F, D, RM, 1>(t, r, c);
-            r += RM;
-        }
-        for r in full_r..rows.end {
-            tile::<F, D, 1, 1>(t, r, c);
+        while c < cols.end {
+            *t.out.add(c * t.n + r) = row_dots::<F, D, 1>(t, r, c)[0];
+            c += 1;
         }
     }
 }
@@ -603,13 +580,7 @@ unsafe fn dispatch<D: Dot>(
 ) {
     macro_rules! go {
         ($f:ty) => {
-            if cols.len() == 1 {
-                for r in rows {
-                    *t.out.add(cols.start * t.n + r) = row_dot::<$f, D>(t, r, cols.start);
-                }
-            } else {
-                region::<$f, D, 4, 2>(t, rows, cols)
-            }
+            direct::<$f, D>(t, rows, cols)
         };
     }
     match fmt {
