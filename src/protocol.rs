@@ -36,6 +36,8 @@ pub struct LoadRequest {
     /// Disk-tier layers are read from copies in the offload folder
     /// (`placement.offload_dir`) instead of the model file.
     pub copy_disk_layers: bool,
+    /// The drafter set up once the model is loaded.
+    pub speculative: crate::engine::SpecOptions,
 }
 
 /// One reply to generate.
@@ -77,6 +79,9 @@ pub enum Command {
     Preview(PlacementRequest),
     /// Re-places the loaded model live (only the layers that move).
     Apply(PlacementRequest),
+    /// Sets up speculative decoding for the loaded model (or turns it
+    /// off); answered by `Event::Speculation`.
+    Speculate(crate::engine::SpecOptions),
     Shutdown,
 }
 
@@ -163,6 +168,8 @@ pub struct ModelInfo {
     /// The server's base URL when the model runs on an OpenAI-compatible
     /// server rather than here (no layers to show).
     pub remote: Option<String>,
+    /// The drafter of speculative decoding, when on.
+    pub speculation: Option<crate::engine::SpecInfo>,
 }
 
 /// Why a reply ended.
@@ -185,6 +192,18 @@ pub struct ReplyStats {
     pub reused_tokens: usize,
     pub generated_tokens: usize,
     pub decode_tokens_per_sec: f64,
+    /// Speculative decoding: tokens drafted and accepted in this reply.
+    #[serde(default)]
+    pub draft_proposed: usize,
+    #[serde(default)]
+    pub draft_accepted: usize,
+}
+
+impl ReplyStats {
+    /// The share of drafted tokens accepted, when any were drafted.
+    pub fn acceptance(&self) -> Option<f64> {
+        (self.draft_proposed > 0).then(|| self.draft_accepted as f64 / self.draft_proposed as f64)
+    }
 }
 
 /// An error as it crosses the channel: what kind, and the message to show.
@@ -276,6 +295,8 @@ pub enum Event {
     Placed(Placement),
     /// Something the user should know (a re-plan after an out-of-memory).
     Notice(String),
+    /// The drafter now in use (`None`: speculative decoding is off).
+    Speculation(Option<crate::engine::SpecInfo>),
     Telemetry(Box<Snapshot>),
     /// The worker stopped (after `Shutdown`, or because it failed); the
     /// window offers a restart.

@@ -497,6 +497,7 @@ pub fn remote_model_info(
         },
         budget_notes: Vec::new(),
         gpu_name: None,
+        speculation: None,
         vision: None,
         thinking: None,
         synthetic: false,
@@ -598,6 +599,7 @@ fn remote_loop(
                     reused_tokens: 0,
                     generated_tokens: r.completion_tokens.unwrap_or(0) as usize,
                     decode_tokens_per_sec: r.decode_tokens_per_sec,
+                    ..ReplyStats::default()
                 };
                 match result {
                     Ok(r) => {
@@ -648,6 +650,13 @@ fn remote_loop(
             Command::Apply(_) => send(Event::Notice(
                 "Placement applies to models on this computer; the server places its own.".into(),
             )),
+            Command::Speculate(_) => {
+                send(Event::Notice(
+                    "Speculative decoding applies to models on this computer; a server runs its own (vLLM and llama-server have theirs)."
+                        .into(),
+                ));
+                send(Event::Speculation(None));
+            }
             Command::Shutdown => break,
         }
     }

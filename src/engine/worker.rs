@@ -243,6 +243,7 @@ impl Worker {
                     }
                     self.notices();
                 }
+                Command::Speculate(opts) => self.speculate(&opts),
                 Command::Shutdown => return,
             }
         }
@@ -329,6 +330,20 @@ impl Worker {
         self.ends.stopped.clear(id);
         match loaded {
             Ok(mut engine) => {
+                if req.speculative.drafting != super::Drafting::Off {
+                    // A drafter that cannot be set up leaves the model
+                    // loaded, decoding without one.
+                    match engine.set_speculation(&req.speculative, &mut progress) {
+                        Ok(notices) => {
+                            for n in notices {
+                                self.send(Event::Notice(format!("Draft model: {}", n.0)));
+                            }
+                        }
+                        Err(e) => {
+                            self.send(Event::Notice(format!("Speculative decoding is off: {e}")))
+                        }
+                    }
+                }
                 let info = model_info(&mut engine, &req.model_path);
                 self.last_good = Some(req.clone());
                 self.adopt(engine, info);
@@ -342,6 +357,36 @@ impl Worker {
                 Err(info)
             }
         }
+    }
+
+    /// Sets up (or turns off) the loaded model's drafter.
+    fn speculate(&mut self, opts: &super::SpecOptions) {
+        let Some(engine) = self.engine.as_mut() else {
+            self.send(Event::Notice(no_model().message));
+            return;
+        };
+        let events = self.ends.events.clone();
+        let wake = self.wake.clone();
+        let mut progress = |stage: LoadStage| {
+            let p = match stage {
+                LoadStage::Quantizing { done, total } => LoadProgress::Quantizing { done, total },
+                LoadStage::Layers { done, total } => LoadProgress::Layers { done, total },
+                _ => LoadProgress::Reading,
+            };
+            let _ = events.send(Event::LoadProgress(p));
+            wake();
+        };
+        let r = engine.set_speculation(opts, &mut progress);
+        let info = engine.speculation();
+        match r {
+            Ok(notices) => {
+                for n in notices {
+                    self.send(Event::Notice(format!("Draft model: {}", n.0)));
+                }
+            }
+            Err(e) => self.send(Event::Notice(format!("Speculative decoding is off: {e}"))),
+        }
+        self.send(Event::Speculation(info));
     }
 
     /// Makes `engine` the one that answers, telling the window.
@@ -446,6 +491,8 @@ impl Worker {
                     reused_tokens: g.reused_tokens,
                     generated_tokens: g.generated_tokens.len(),
                     decode_tokens_per_sec: g.decode_tokens_per_sec(),
+                    draft_proposed: g.draft_proposed,
+                    draft_accepted: g.draft_accepted,
                 };
                 let finish = match g.finish {
                     super::FinishReason::EndOfGeneration | super::FinishReason::Stop => {
@@ -522,6 +569,7 @@ pub fn model_info(engine: &mut Engine, path: &std::path::Path) -> ModelInfo {
         gpu_name: engine.budgets().gpu_name.clone(),
         synthetic: engine.is_synthetic(),
         remote: None,
+        speculation: engine.speculation(),
         thinking: engine.supports_thinking(),
         vision: engine.vision().map(|v| {
             Box::new(crate::protocol::VisionInfo {

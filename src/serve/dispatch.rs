@@ -131,6 +131,12 @@ impl Dispatch {
                 }
                 None
             }
+            Event::Speculation(s) => {
+                if let Some(m) = &mut inner.status.model {
+                    m.speculation = s.clone();
+                }
+                None
+            }
             Event::Telemetry(s) => {
                 inner.status.telemetry = Some((**s).clone());
                 None

@@ -427,6 +427,7 @@ impl SpillwayApp {
             threads: self.settings.threads,
             max_image_pixels: self.settings.max_image_pixels,
             copy_disk_layers: self.settings.copy_disk_layers,
+            speculative: self.settings.spec_options(),
         };
         self.send(Command::Load(req));
     }
@@ -714,6 +715,12 @@ impl SpillwayApp {
                     .push(Banner::from_error("The model did not load", &err));
             }
             Event::Unloaded => self.model = None,
+            Event::Speculation(s) => {
+                self.loading = None;
+                if let Some(m) = &mut self.model {
+                    m.speculation = s;
+                }
+            }
             Event::Started { .. } => {}
             Event::Token { req_id, text } => {
                 let Some(s) = self.streaming.as_ref().filter(|s| s.req_id == req_id) else {
@@ -742,6 +749,10 @@ impl SpillwayApp {
                 let Some(s) = self.streaming.take_if(|s| s.req_id == req_id) else {
                     return;
                 };
+                if let Some(spec) = self.model.as_mut().and_then(|m| m.speculation.as_mut()) {
+                    spec.proposed += stats.draft_proposed as u64;
+                    spec.accepted += stats.draft_accepted as u64;
+                }
                 if let Some(i) = self.conv_index(&s.conv_id) {
                     let conv = &mut self.conversations[i];
                     if let Some(m) = conv.messages.last_mut() {
@@ -1117,6 +1128,11 @@ impl SpillwayApp {
                 self.save_settings();
                 let req = self.settings.placement_request();
                 self.send(Command::Apply(req));
+            }
+            SettingsAction::ApplySpeculation => {
+                self.save_settings();
+                let opts = self.settings.spec_options();
+                self.send(Command::Speculate(opts));
             }
             SettingsAction::ServeApi => self.serve_api(),
             SettingsAction::ListServerModels => self.list_server_models(),

@@ -234,8 +234,11 @@ pub fn chat_ui(
                                 }
                             }
                             if let Some(s) = &m.stats {
+                                let drafted = s.acceptance().map_or(String::new(), |a| {
+                                    format!(" · {:.0}% of drafted tokens accepted", 100.0 * a)
+                                });
                                 ui.small(format!(
-                                    "first token {:.2} s · {:.1} tokens/s · {} tokens",
+                                    "first token {:.2} s · {:.1} tokens/s · {} tokens{drafted}",
                                     s.time_to_first_token_secs,
                                     s.decode_tokens_per_sec,
                                     s.generated_tokens

@@ -107,6 +107,41 @@ pub fn panel_ui(ui: &mut egui::Ui, app: &mut SpillwayApp) -> Vec<PlacementAction
         .map(|t| t.layer_ms_per_token.clone())
         .unwrap_or_default();
     layer_strip_ui(ui, p, &model.layer_bytes, &ms);
+    if let Some(s) = &model.speculation {
+        let accepted = s.acceptance().map_or(String::new(), |a| {
+            format!(
+                ", {:.0}% of {} drafted tokens accepted",
+                100.0 * a,
+                s.proposed
+            )
+        });
+        match &s.draft {
+            Some(d) => {
+                ui.horizontal(|ui| {
+                    let (r, _) = ui.allocate_exact_size(Vec2::splat(10.0), Sense::hover());
+                    ui.painter().rect_filled(r, 2.0, tier_color(d.tier));
+                    ui.label(format!(
+                        "{} {}: {} weights + {} KV cache in {}{accepted}",
+                        s.drafting.label(),
+                        d.name,
+                        human(d.weight_bytes),
+                        human(d.kv_bytes),
+                        match d.tier {
+                            Tier::Gpu => gpu_label,
+                            Tier::Ram => "RAM",
+                            Tier::Disk => "disk",
+                        }
+                    ));
+                });
+            }
+            None => {
+                ui.label(format!(
+                    "Speculative decoding: {}{accepted}",
+                    s.drafting.label()
+                ));
+            }
+        }
+    }
     ui.horizontal(|ui| {
         for (t, name) in [
             (Tier::Gpu, gpu_label),

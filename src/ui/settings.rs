@@ -36,6 +36,8 @@ pub enum SettingsAction {
     ListServerModels,
     /// Switch engines (this computer, or the server and model chosen).
     SwitchEngine,
+    /// Set up the speculative decoding settings for the loaded model.
+    ApplySpeculation,
 }
 
 /// What the pane shows of the API server the window runs.
@@ -114,6 +116,48 @@ pub struct Settings {
     /// The server's models, as last listed (not saved).
     #[serde(skip)]
     pub server_models: Vec<String>,
+    /// Speculative decoding: one of [`SPECULATIVE`].
+    #[serde(default = "default_speculative")]
+    pub speculative: String,
+    /// Prompt lookup's longest n-gram.
+    #[serde(default = "default_ngram")]
+    pub lookup_ngram: usize,
+    /// The draft model (same tokenizer as the model).
+    #[serde(default)]
+    pub draft_model: Option<PathBuf>,
+    /// The self-draft's scheme (one of [`DRAFT_QUANTS`]).
+    #[serde(default = "default_draft_quant")]
+    pub draft_quant: String,
+    /// The most tokens drafted for one pass.
+    #[serde(default = "default_draft_tokens")]
+    pub draft_tokens: usize,
+}
+
+/// Speculative decoding's choices, and how the pane names them.
+pub const SPECULATIVE: [(&str, &str); 4] = [
+    ("off", "off"),
+    ("lookup", "prompt lookup"),
+    ("draft", "draft model"),
+    ("self", "self-draft"),
+];
+
+/// Self-draft schemes.
+pub const DRAFT_QUANTS: [&str; 2] = ["q4_k_m", "q8_0"];
+
+fn default_speculative() -> String {
+    "off".into()
+}
+
+fn default_ngram() -> usize {
+    crate::engine::speculative::DEFAULT_NGRAM
+}
+
+fn default_draft_quant() -> String {
+    "q4_k_m".into()
+}
+
+fn default_draft_tokens() -> usize {
+    crate::engine::speculative::DEFAULT_DRAFT
 }
 
 pub use crate::placement::footprint::DEFAULT_MAX_IMAGE_PIXELS;
@@ -170,6 +214,11 @@ impl Default for Settings {
                 server_model: String::new(),
                 server_key: String::new(),
                 server_models: Vec::new(),
+                speculative: default_speculative(),
+                lookup_ngram: default_ngram(),
+                draft_model: None,
+                draft_quant: default_draft_quant(),
+                draft_tokens: default_draft_tokens(),
             },
         }
     }
@@ -228,6 +277,11 @@ impl Settings {
             server_model: String::new(),
             server_key: String::new(),
             server_models: Vec::new(),
+            speculative: default_speculative(),
+            lookup_ngram: default_ngram(),
+            draft_model: None,
+            draft_quant: default_draft_quant(),
+            draft_tokens: default_draft_tokens(),
         }
     }
 
@@ -249,6 +303,20 @@ impl Settings {
         s.quant
             .parse::<Quant>()
             .map_err(|e| format!("{}: quant: {e}", path.display()))?;
+        if !SPECULATIVE.iter().any(|(k, _)| *k == s.speculative) {
+            return Err(format!(
+                "{}: speculative must be off, lookup, draft or self, not {:?}",
+                path.display(),
+                s.speculative
+            ));
+        }
+        if !DRAFT_QUANTS.contains(&s.draft_quant.as_str()) {
+            return Err(format!(
+                "{}: draft_quant must be q4_k_m or q8_0, not {:?}",
+                path.display(),
+                s.draft_quant
+            ));
+        }
         if !["local", "server"].contains(&s.engine.as_str()) {
             return Err(format!(
                 "{}: engine must be local or server, not {:?}",
@@ -300,6 +368,27 @@ impl Settings {
             },
             offload_dir: self.offload_folder.clone(),
             ..PlacementRequest::default()
+        }
+    }
+
+    /// Speculative decoding as set (a draft model not chosen yet is off).
+    pub fn spec_options(&self) -> crate::engine::SpecOptions {
+        use crate::engine::Drafting;
+        let drafting = match self.speculative.as_str() {
+            "lookup" => Drafting::Lookup(self.lookup_ngram.clamp(1, 8)),
+            "draft" => match &self.draft_model {
+                Some(p) => Drafting::Model(p.clone()),
+                None => Drafting::Off,
+            },
+            "self" => Drafting::SelfDraft(self.draft_quant.parse().unwrap_or(Quant::Q4KM)),
+            _ => Drafting::Off,
+        };
+        crate::engine::SpecOptions {
+            drafting,
+            max_draft: self
+                .draft_tokens
+                .clamp(1, crate::engine::speculative::MAX_DRAFT),
+            ..Default::default()
         }
     }
 
@@ -537,12 +626,96 @@ pub fn settings_ui(
             .changed();
 
         ui.separator();
+        changed |= speculative_ui(ui, s, &mut actions);
+
+        ui.separator();
         api_ui(ui, s, api, &mut actions);
     });
     if changed {
         actions.push(SettingsAction::Changed);
     }
     actions
+}
+
+/// Speculative decoding: the drafter and its settings, applied to the
+/// loaded model with a button (a draft model takes a while to load).
+fn speculative_ui(ui: &mut egui::Ui, s: &mut Settings, actions: &mut Vec<SettingsAction>) -> bool {
+    let mut changed = false;
+    ui.heading("Speculative decoding");
+    let label = |k: &str| {
+        SPECULATIVE
+            .iter()
+            .find(|(key, _)| *key == k)
+            .map_or("off", |(_, l)| *l)
+    };
+    egui::ComboBox::from_label("Drafter")
+        .selected_text(label(&s.speculative))
+        .show_ui(ui, |ui| {
+            for (k, l) in SPECULATIVE {
+                changed |= ui
+                    .selectable_value(&mut s.speculative, k.to_string(), l)
+                    .changed();
+            }
+        });
+    match s.speculative.as_str() {
+        "lookup" => {
+            changed |= ui
+                .add(egui::Slider::new(&mut s.lookup_ngram, 1..=8).text("longest n-gram"))
+                .changed();
+            ui.small(
+                "Drafts the continuation of earlier text of the conversation: free, and                  fast when a reply repeats (code edits, quotes, summaries).",
+            );
+        }
+        "draft" => {
+            ui.horizontal(|ui| {
+                ui.label("Draft model:");
+                ui.monospace(
+                    s.draft_model
+                        .as_ref()
+                        .map_or("none chosen".into(), |p| p.display().to_string()),
+                );
+                if ui.button("Choose…").clicked() {
+                    if let Some(p) = rfd::FileDialog::new()
+                        .add_filter("GGUF model", &["gguf"])
+                        .pick_file()
+                    {
+                        s.draft_model = Some(p);
+                        changed = true;
+                    }
+                }
+            });
+            ui.small(
+                "A small model with the same tokenizer (a 0.5B for a 7B of its family),                  placed in the fastest memory the model leaves free.",
+            );
+        }
+        "self" => {
+            egui::ComboBox::from_label("Draft quantization")
+                .selected_text(quant_label(&s.draft_quant))
+                .show_ui(ui, |ui| {
+                    for q in DRAFT_QUANTS {
+                        changed |= ui
+                            .selectable_value(&mut s.draft_quant, q.to_string(), quant_label(q))
+                            .changed();
+                    }
+                });
+            ui.small(
+                "The model itself quantized lower, made once into the cache: no second                  download. Pays most when the model's layers are on disk.",
+            );
+        }
+        _ => {}
+    }
+    if s.speculative != "off" {
+        changed |= ui
+            .add(egui::Slider::new(&mut s.draft_tokens, 1..=16).text("most tokens drafted"))
+            .changed();
+    }
+    ui.horizontal(|ui| {
+        if ui.button("Apply to the loaded model").clicked() {
+            actions.push(SettingsAction::ApplySpeculation);
+        }
+        ui.small("Replies stay the same with greedy sampling and keep their odds otherwise.");
+    });
+    changed
 }
 
 /// Which engine answers: this computer, or an OpenAI-compatible server

@@ -51,6 +51,7 @@ fn model_info() -> ModelInfo {
         gpu_name: None,
         synthetic: false,
         remote: None,
+        speculation: None,
         thinking: None,
         vision: None,
     }
@@ -143,6 +144,7 @@ fn stream(f: &mut Fixture, req_id: u64, pieces: &[&str], finish: Finish) {
             reused_tokens: 0,
             generated_tokens: pieces.len(),
             decode_tokens_per_sec: 12.5,
+            ..ReplyStats::default()
         },
     });
 }
@@ -801,6 +803,7 @@ fn the_settings_offload_folder_is_the_disk_tiers() {
     let folder = tempfile::tempdir().unwrap();
     let link = worker::spawn(std::sync::Arc::new(|| {}));
     let req = LoadRequest {
+        speculative: Default::default(),
         req_id: 1,
         model_path: smollm2(),
         placement: spillway::engine::PlacementRequest {
@@ -933,4 +936,72 @@ fn the_window_serves_the_api_with_its_model() {
     f.harness.state_mut().serve_api();
     assert!(f.app().api_view().url.is_none());
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port was released");
+}
+
+/// Settings → Speculative decoding: the drafter chosen is set up for the
+/// loaded model and for the next loads; a reply's speed line and the
+/// placement panel show how many drafted tokens were accepted.
+#[test]
+fn speculative_decoding_is_set_up_and_its_acceptance_shown() {
+    use spillway::engine::{Drafting, SpecInfo};
+    let mut f = fixture();
+    f.harness.state_mut().view = View::Settings;
+    f.harness.run_steps(4);
+    f.harness.get_by_label("Drafter").scroll_to_me();
+    f.harness.run_steps(4);
+    f.harness.get_by_label("Drafter").click();
+    f.harness.run_steps(4);
+    f.harness.get_by_label("prompt lookup").click();
+    f.harness.run_steps(4);
+    f.harness
+        .get_by_label("Apply to the loaded model")
+        .scroll_to_me();
+    f.harness.run_steps(4);
+    f.harness.get_by_label("Apply to the loaded model").click();
+    match f.command() {
+        Command::Speculate(o) => {
+            assert_eq!(o.drafting, Drafting::Lookup(3));
+            assert_eq!(o.max_draft, 8);
+        }
+        other => panic!("expected Speculate, got {other:?}"),
+    }
+    f.event(Event::Speculation(Some(SpecInfo {
+        drafting: Drafting::Lookup(3),
+        draft: None,
+        max_draft: 8,
+        proposed: 0,
+        accepted: 0,
+    })));
+    f.harness.state_mut().view = View::Chat;
+    f.harness.run_steps(4);
+    f.type_and_send("Repeat the code.");
+    let (id, _) = reply_id(f.command());
+    f.event(Event::Token {
+        req_id: id,
+        text: "def f(): pass".into(),
+    });
+    f.event(Event::Finished {
+        req_id: id,
+        finish: Finish::EndOfTurn,
+        stats: ReplyStats {
+            generated_tokens: 50,
+            decode_tokens_per_sec: 30.0,
+            draft_proposed: 40,
+            draft_accepted: 30,
+            ..ReplyStats::default()
+        },
+    });
+    f.harness
+        .get_by_label_contains("30.0 tokens/s · 50 tokens · 75% of drafted tokens accepted");
+    f.harness.get_by_label_contains(
+        "Speculative decoding: prompt lookup, 75% of 40 drafted tokens accepted",
+    );
+    // The next load sets the drafter up too.
+    f.harness
+        .state_mut()
+        .load_model(PathBuf::from("/models/other.gguf"));
+    match f.command() {
+        Command::Load(req) => assert_eq!(req.speculative.drafting, Drafting::Lookup(3)),
+        other => panic!("expected Load, got {other:?}"),
+    }
 }
