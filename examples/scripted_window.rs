@@ -58,6 +58,7 @@ fn info() -> ModelInfo {
         },
         budget_notes: vec![],
         gpu_name: None,
+        speculation: None,
         synthetic: false,
         remote: None,
         thinking: None,
@@ -110,6 +111,7 @@ fn main() -> eframe::Result<()> {
                             reused_tokens: 0,
                             generated_tokens: answer.split(' ').count(),
                             decode_tokens_per_sec: 0.0,
+                            ..ReplyStats::default()
                         },
                     });
                     ctx.request_repaint();

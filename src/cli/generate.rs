@@ -327,6 +327,8 @@ pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
             "draft_proposed": gen.draft_proposed,
             "draft_accepted": gen.draft_accepted,
             "decode_passes": gen.passes,
+            "draft_secs": gen.draft_secs,
+            "decode_secs": gen.decode_secs,
             "speculative": engine.speculation().map(|s| serde_json::json!({
                 "drafter": s.drafting.label(),
                 "max_draft": s.max_draft,

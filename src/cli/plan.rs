@@ -39,6 +39,83 @@ pub struct PlanArgs {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
+    /// Also plan a speculative-decoding draft model (a GGUF) in what the
+    /// model leaves free.
+    #[arg(long, value_name = "PATH", conflicts_with = "draft_quant")]
+    draft_model: Option<PathBuf>,
+    /// Also plan a self-draft: the model (a GGUF) quantized to SCHEME.
+    #[arg(long, value_name = "SCHEME")]
+    draft_quant: Option<Quant>,
+}
+
+/// A draft model's plan: after the model, in what it leaves free (or why
+/// it does not fit there).
+struct DraftPlan {
+    name: String,
+    footprint: Footprint,
+    placement: Result<Placement, String>,
+}
+
+/// The draft's footprint: a GGUF's, or for a self-draft, the model's GGUF
+/// with each tensor in the type requantizing gives it.
+fn draft_footprint(a: &PlanArgs, context: usize) -> anyhow::Result<Option<(String, Footprint)>> {
+    let (path, quant) = match (&a.draft_model, a.draft_quant) {
+        (Some(p), _) => (p.clone(), None),
+        (None, Some(q)) => (a.model.clone(), Some(q)),
+        (None, None) => return Ok(None),
+    };
+    let path = crate::engine::resolve_model_path(&path)?;
+    let mut gguf = GgufFile::open(&path)
+        .with_context(|| format!("cannot read the draft {}", path.display()))?;
+    let hp = HParams::from_gguf(&gguf)?;
+    let mut name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    if let Some(q) = quant {
+        let planned = crate::weights::convert::requantized(&gguf, hp.n_layer, q);
+        for (t, p) in gguf.tensors.iter_mut().zip(planned) {
+            t.ggml_type = p.ggml_type;
+            t.size_bytes = p.bytes()?;
+        }
+        name = format!("{name} self-draft {q}");
+    }
+    Ok(Some((
+        name,
+        Footprint::from_gguf(&gguf, &hp, context, PROMPT_CHUNK),
+    )))
+}
+
+/// Plans the draft in the budgets left once `model` takes its peak bytes:
+/// any mode but CPU-only lets it use the GPU.
+fn plan_draft(
+    a: &PlanArgs,
+    model: &Footprint,
+    budgets: &Budgets,
+    placement: &Placement,
+    request: &crate::engine::PlacementRequest,
+    rates: &crate::placement::Rates,
+) -> anyhow::Result<Option<DraftPlan>> {
+    let Some((name, footprint)) = draft_footprint(a, model.context)? else {
+        return Ok(None);
+    };
+    let mut left = budgets.clone();
+    left.vram_bytes = left.vram_bytes.saturating_sub(placement.peak.gpu);
+    left.ram_bytes = left.ram_bytes.saturating_sub(placement.peak.ram);
+    let mode = match request.mode {
+        crate::placement::Mode::CpuOnly => crate::placement::Mode::CpuOnly,
+        _ => crate::placement::Mode::Auto,
+    };
+    let draft_request = crate::engine::PlacementRequest {
+        mode,
+        ..Default::default()
+    };
+    let placement = crate::engine::plan_for(&footprint, &left, &draft_request, rates)
+        .map_err(|e| e.to_string());
+    Ok(Some(DraftPlan {
+        name,
+        footprint,
+        placement,
+    }))
 }
 
 /// A config.json to plan from: the path itself, or one in the folder when
@@ -122,13 +199,45 @@ pub fn run(a: PlanArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let budgets = Budgets::probe(&mut machine, &request.budget, &offload_dir, Held::default());
     let rates = calibrate::rates(&offload_dir, machine.gpus().first(), budgets.gpu_simulated);
     let placement = crate::engine::plan_for(&fp, &budgets, &request, &rates)?;
+    let draft = plan_draft(&a, &fp, &budgets, &placement, &request, &rates)?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&to_json(&fp, &budgets, &placement))?
-        );
+        let mut out = to_json(&fp, &budgets, &placement);
+        if let Some(d) = &draft {
+            out["draft"] = serde_json::json!({
+                "model": d.name,
+                "weights_bytes": d.footprint.weights_bytes(),
+                "kv_cache_bytes": d.footprint.kv_cache_bytes(),
+                "tiers": d.placement.as_ref().ok().map(Placement::tiers_json),
+                "fits_without_disk": d.placement.as_ref().is_ok_and(|p| p.count(Tier::Disk) == 0),
+                "error": d.placement.as_ref().err(),
+            });
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print_text(&fp, &source, &budgets, &placement);
+        if let Some(d) = &draft {
+            println!();
+            let sizes = format!(
+                "{} · {} of weights + {} of KV cache",
+                d.name,
+                human(d.footprint.weights_bytes()),
+                human(d.footprint.kv_cache_bytes())
+            );
+            match &d.placement {
+                Ok(p) => {
+                    println!(
+                        "draft: {sizes} · {} GPU, {} RAM, {} disk layers",
+                        p.count(Tier::Gpu),
+                        p.count(Tier::Ram),
+                        p.count(Tier::Disk)
+                    );
+                    if p.count(Tier::Disk) > 0 {
+                        println!("note: the draft would need the disk beside this model; loading it is refused (choose a smaller draft or prompt lookup)");
+                    }
+                }
+                Err(e) => println!("draft: {sizes} · does not fit beside the model: {e}"),
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

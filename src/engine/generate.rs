@@ -78,6 +78,8 @@ pub struct Generation {
     pub draft_proposed: usize,
     pub draft_accepted: usize,
     pub passes: usize,
+    /// Seconds spent drafting (included in `decode_secs`).
+    pub draft_secs: f64,
 }
 
 impl Generation {
@@ -330,6 +332,7 @@ impl Engine {
             draft_proposed: 0,
             draft_accepted: 0,
             passes: 0,
+            draft_secs: 0.0,
         };
         let fed = self.feed_prompt(
             &prompt[shared..],
@@ -388,6 +391,7 @@ impl Engine {
         result.draft_proposed = stats.proposed;
         result.draft_accepted = stats.accepted;
         result.passes = stats.passes;
+        result.draft_secs = stats.draft_secs;
         result.generated_tokens = std::mem::take(&mut em.generated);
         let on_text = em.on_text;
         let mut filter = em.filter;
@@ -443,6 +447,7 @@ struct DecodeStats {
     proposed: usize,
     accepted: usize,
     passes: usize,
+    draft_secs: f64,
 }
 
 impl Engine {
@@ -492,6 +497,7 @@ impl Engine {
                 let cap = MAX_DRAFT
                     .min(context.saturating_sub(base + 2))
                     .min(params.max_tokens.saturating_sub(em.generated.len() + 1));
+                let draft_start = Instant::now();
                 let proposal = match spec.as_deref_mut() {
                     Some(sp) => match sp.draft_len(cap) {
                         0 => Proposal::default(),
@@ -503,6 +509,7 @@ impl Engine {
                     },
                     None => Proposal::default(),
                 };
+                stats.draft_secs += draft_start.elapsed().as_secs_f64();
                 let pass_start = Instant::now();
                 if proposal.tokens.is_empty() {
                     self.feed_one(token, &mut logits)?;

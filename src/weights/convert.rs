@@ -664,37 +664,7 @@ pub fn requantize(
         path: src.to_path_buf(),
         source,
     })?;
-    let layer_of = |name: &str| {
-        name.strip_prefix("blk.")
-            .and_then(|r| r.split('.').next())
-            .and_then(|i| i.parse::<usize>().ok())
-    };
-    let jobs: Vec<TensorPlan> = gguf
-        .tensors
-        .iter()
-        .map(|t| {
-            let layer = layer_of(&t.name);
-            let row = *t.shape.last().unwrap_or(&1);
-            let want = quant.tensor_type(
-                &t.name,
-                layer,
-                hp.n_layer,
-                row,
-                t.shape.len() == 1,
-                t.ggml_type,
-            );
-            let elems = t.shape.iter().map(|&d| d as u64).product();
-            let smaller = want
-                .bytes_for(elems)
-                .is_some_and(|b| b < t.size_bytes && !t.name.starts_with("v."));
-            TensorPlan {
-                name: t.name.clone(),
-                layer,
-                shape: t.shape.clone(),
-                ggml_type: if smaller { want } else { t.ggml_type },
-            }
-        })
-        .collect();
+    let jobs = requantized(&gguf, hp.n_layer, quant);
     let mut meta: Vec<(String, Value)> = gguf
         .metadata
         .iter()
@@ -752,6 +722,42 @@ pub fn requantize(
         let f = buf.into_inner().map_err(|e| werr(e.into_error()))?;
         f.sync_all().map_err(werr)
     })
+}
+
+/// The tensors of `gguf` as [`requantize`] writes them: each in the type
+/// `quant` gives it when that is smaller, else as it is (the vision tower
+/// always as it is).
+pub fn requantized(gguf: &super::gguf::GgufFile, n_layer: usize, quant: Quant) -> Vec<TensorPlan> {
+    let layer_of = |name: &str| {
+        name.strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok())
+    };
+    gguf.tensors
+        .iter()
+        .map(|t| {
+            let layer = layer_of(&t.name);
+            let row = *t.shape.last().unwrap_or(&1);
+            let want = quant.tensor_type(
+                &t.name,
+                layer,
+                n_layer,
+                row,
+                t.shape.len() == 1,
+                t.ggml_type,
+            );
+            let elems = t.shape.iter().map(|&d| d as u64).product();
+            let smaller = want
+                .bytes_for(elems)
+                .is_some_and(|b| b < t.size_bytes && !t.name.starts_with("v."));
+            TensorPlan {
+                name: t.name.clone(),
+                layer,
+                shape: t.shape.clone(),
+                ggml_type: if smaller { want } else { t.ggml_type },
+            }
+        })
+        .collect()
 }
 
 /// [`requantize`] into the cache (once per source file, size, modification
