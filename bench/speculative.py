@@ -82,7 +82,7 @@ def llama_run(a, prompt, which):
     if which == "llama-lookup":
         cmd = [a.llama_lookup, "-m", a.model, "--spec-draft-n-max", str(a.draft_tokens or 8)] + common
     else:
-        cmd = [a.llama_speculative, "-m", a.model, "-md", a.llama_draft,
+        cmd = [a.llama_speculative, "-m", a.model, "-md", a.llama_draft, "--spec-type", "draft-simple",
                "--spec-draft-n-max", str(a.draft_tokens or 8), "-td", str(a.threads)] + common
     out = subprocess.run(cmd, capture_output=True, text=True)
     text = out.stdout + out.stderr

@@ -324,6 +324,41 @@ class Check:
         self.record("replace", ok, **figures)
 
 
+def speculative(c):
+    """Speculative decoding on the GPU tier: greedy tokens with prompt lookup
+    (every round drafting 8) against plain decoding — the fixture, and the
+    synthetic 7B (random weights repeat, so lookup drafts are accepted) with
+    its decode speed both ways."""
+    figures, ok = {}, True
+    d = FIXTURES / "mistral_tiny"
+    base = [c.bin, "generate", "--model", d, "--chat", d / "messages.json", "--greedy",
+            "--ignore-eos", "--max-tokens", "24", "--dtype", "f32", "--quant", "none",
+            "--threads", c.args.threads, "--json"] + c.gpu_args()
+    spec = ["--lookup-ngram", "2", "--draft-tokens", "8", "--draft-fixed"]
+    plain = c.json_of(base)
+    drafted = c.json_of(base + spec)
+    same = plain["generated_tokens"] == drafted["generated_tokens"]
+    ok &= same
+    figures["mistral_tiny"] = {"equal": same, "drafted": drafted["draft_proposed"],
+                               "accepted": drafted["draft_accepted"]}
+    model = c.models["q4_k_m"]
+    big = [c.bin, "generate", "--model", model, "--prompt", "Tell me about rivers.",
+           "--greedy", "--ignore-eos", "--max-tokens", "64", "--threads", c.args.threads,
+           "--json"] + c.gpu_args()
+    plain = c.json_of(big)
+    drafted = c.json_of(big + ["--lookup-ngram", "3"])
+    same = plain["generated_tokens"] == drafted["generated_tokens"]
+    ok &= same
+    figures["mistral_7b_q4_k_m"] = {
+        "equal": same,
+        "plain_tokens_per_sec": plain["decode_tokens_per_sec"],
+        "lookup_tokens_per_sec": drafted["decode_tokens_per_sec"],
+        "drafted": drafted["draft_proposed"], "accepted": drafted["draft_accepted"],
+        "passes": drafted["decode_passes"],
+    }
+    c.record("speculative", ok, **figures)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", required=True)
@@ -341,6 +376,7 @@ def main():
         c.step("caps", c.caps)
         c.step("oom", c.oom)
         c.step("replace", c.replace)
+        c.step("speculative", lambda: speculative(c))
     checks = c.results["checks"]
     failed = [k for k, v in checks.items() if not v["ok"]]
     c.results["passed"] = not failed

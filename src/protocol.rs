@@ -169,7 +169,7 @@ pub struct ModelInfo {
     /// server rather than here (no layers to show).
     pub remote: Option<String>,
     /// The drafter of speculative decoding, when on.
-    pub speculation: Option<crate::engine::SpecInfo>,
+    pub speculation: Option<Box<crate::engine::SpecInfo>>,
 }
 
 /// Why a reply ended.

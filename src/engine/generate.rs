@@ -345,8 +345,17 @@ impl Engine {
             result.prompt_secs = started.elapsed().as_secs_f64();
             return Ok(result);
         };
+        let target_secs = started.elapsed().as_secs_f64();
+        // A draft model reads the prompt too, now: its time is the prompt's,
+        // not the reply's.
+        let text_only = full.images.is_empty();
+        if params.speculative && text_only {
+            if let Some(sp) = self.spec.as_deref_mut() {
+                sp.prefill(prompt, cancel)?;
+            }
+        }
         result.prompt_secs = started.elapsed().as_secs_f64();
-        self.speeds.prompt_tokens_per_sec = result.prompt_tokens_per_sec();
+        self.speeds.prompt_tokens_per_sec = rate(prompt.len() - shared, target_secs);
 
         let decode_start = Instant::now();
         let tokenizer = self.tokenizer.clone();
@@ -372,10 +381,9 @@ impl Engine {
         if let Some(sp) = spec.as_deref_mut() {
             let computed = prompt.len() - shared;
             if computed >= 16 {
-                sp.set_prompt_rate(result.prompt_secs / computed as f64);
+                sp.set_prompt_rate(target_secs / computed as f64);
             }
         }
-        let text_only = full.images.is_empty();
         let decoded = self.decode(
             logits,
             &mut em,

@@ -33,6 +33,11 @@ pub const MAX_DRAFT: usize = BATCH_INVARIANT_ROWS - 1;
 /// Default draft length cap.
 pub const DEFAULT_DRAFT: usize = 8;
 
+/// Rounds between probes while drafting does not pay: at first, and at
+/// most (the interval doubles after each probe).
+const PROBE_FIRST: usize = 16;
+const PROBE_LAST: usize = 256;
+
 /// Default longest n-gram prompt lookup matches.
 pub const DEFAULT_NGRAM: usize = 3;
 
@@ -140,8 +145,10 @@ pub struct Speculation {
     /// Decayed counts of drafted tokens checked and accepted.
     checked: f64,
     accepted: f64,
-    /// Rounds since the last probe while drafting looked unprofitable.
+    /// Rounds since the last probe while drafting looked unprofitable,
+    /// and the rounds between probes (doubling while they keep failing).
     idle_rounds: usize,
+    probe_every: usize,
     pub(super) total_proposed: u64,
     pub(super) total_accepted: u64,
 }
@@ -258,6 +265,7 @@ impl Speculation {
             checked: 2.0,
             accepted: 1.0,
             idle_rounds: 0,
+            probe_every: PROBE_FIRST,
             total_proposed: 0,
             total_accepted: 0,
         }
@@ -297,16 +305,24 @@ impl Speculation {
         let Some((a, b)) = self.costs.line() else {
             return max.min(4);
         };
-        let k = best_draft_len(self.alpha(), a, b, self.costs.draft_per_token(), max);
+        let c = self.costs.draft_per_token();
+        let k = best_draft_len(self.alpha(), a, b, c, max);
         if k > 0 {
             self.idle_rounds = 0;
+            self.probe_every = PROBE_FIRST;
             return k;
         }
-        // Drafting looks unprofitable: probe now and then, so a change
-        // (a repetitive stretch of text) is noticed.
+        // Drafting looks unprofitable. When even drafts that are always
+        // right would not pay (a draft as slow as the model), never probe;
+        // otherwise probe now and then, less often while probes fail, so a
+        // change (a repetitive stretch of text) is noticed.
+        if best_draft_len(0.98, a, b, c, max) == 0 {
+            return 0;
+        }
         self.idle_rounds += 1;
-        if self.idle_rounds >= 16 {
+        if self.idle_rounds >= self.probe_every {
             self.idle_rounds = 0;
+            self.probe_every = (self.probe_every * 2).min(PROBE_LAST);
             return 1;
         }
         0
@@ -342,6 +358,18 @@ impl Speculation {
         self.costs
             .observe_draft(p.tokens.len().max(1), started.elapsed().as_secs_f64());
         Ok(p)
+    }
+
+    /// Brings a draft model's cache to the prompt `ctx` (reusing what it
+    /// shares), so drafting the reply's first tokens reads one token.
+    pub(super) fn prefill(&mut self, ctx: &[u32], cancel: &AtomicBool) -> Result<(), EngineError> {
+        if let Drafter::Model(draft) = &mut self.drafter {
+            if ctx.len() < draft.context_length() {
+                let kept = draft.rewind_to_prefix(ctx);
+                draft.feed(&ctx[kept..], cancel)?;
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn info(&self) -> SpecInfo {

@@ -569,7 +569,7 @@ pub fn model_info(engine: &mut Engine, path: &std::path::Path) -> ModelInfo {
         gpu_name: engine.budgets().gpu_name.clone(),
         synthetic: engine.is_synthetic(),
         remote: None,
-        speculation: engine.speculation(),
+        speculation: engine.speculation().map(Box::new),
         thinking: engine.supports_thinking(),
         vision: engine.vision().map(|v| {
             Box::new(crate::protocol::VisionInfo {

@@ -133,7 +133,7 @@ impl Dispatch {
             }
             Event::Speculation(s) => {
                 if let Some(m) = &mut inner.status.model {
-                    m.speculation = s.clone();
+                    m.speculation = s.clone().map(Box::new);
                 }
                 None
             }

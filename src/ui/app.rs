@@ -718,7 +718,7 @@ impl SpillwayApp {
             Event::Speculation(s) => {
                 self.loading = None;
                 if let Some(m) = &mut self.model {
-                    m.speculation = s;
+                    m.speculation = s.map(Box::new);
                 }
             }
             Event::Started { .. } => {}
