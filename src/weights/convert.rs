@@ -441,22 +441,48 @@ fn write(
     tmp: &Path,
     progress: &mut dyn FnMut(usize, usize) -> Result<(), ModelError>,
 ) -> Result<(), ConvertError> {
+    let key = source_key(folder, quant);
+    let meta = metadata(folder, quant, &key)?;
+    let make = |i: usize| -> Result<Vec<u8>, ConvertError> {
+        let j = &jobs[i];
+        let values = folder.read_f32(&j.name)?;
+        Ok(encode(values, &j.shape, j.ggml_type)?)
+    };
+    write_tensors(
+        jobs,
+        &meta,
+        planned,
+        tmp,
+        folder.hparams.n_layer,
+        &make,
+        progress,
+    )
+}
+
+/// Writes the GGUF of `jobs` with `meta` to `tmp`: groups of consecutive
+/// jobs of one layer (or one non-layer tensor) made by `make(index)` in
+/// parallel and written in order, `progress(layers done, n_layer)` after
+/// each layer, then synced.
+fn write_tensors(
+    jobs: &[TensorPlan],
+    meta: &[(String, Value)],
+    planned: Vec<PlannedTensor>,
+    tmp: &Path,
+    n_layer: usize,
+    make: &(dyn Fn(usize) -> Result<Vec<u8>, ConvertError> + Sync),
+    progress: &mut dyn FnMut(usize, usize) -> Result<(), ModelError>,
+) -> Result<(), ConvertError> {
     let werr = |source: std::io::Error| ConvertError::Write {
         path: tmp.to_path_buf(),
         source,
     };
     let file = std::fs::File::create(tmp).map_err(werr)?;
-    let key = source_key(folder, quant);
-    let meta = metadata(folder, quant, &key)?;
     let mut w = GgufWriter::new(
         std::io::BufWriter::with_capacity(8 << 20, file),
-        &meta,
+        meta,
         planned,
     )
     .map_err(werr)?;
-    // Groups of consecutive jobs of one layer (or one non-layer tensor),
-    // each converted in parallel and written in order.
-    let n_layer = folder.hparams.n_layer;
     let mut start = 0;
     let mut layers_done = 0;
     while start < jobs.len() {
@@ -470,13 +496,8 @@ fn write(
         } else {
             start + 1
         };
-        let encoded: Vec<Result<Vec<u8>, ConvertError>> = jobs[start..end]
-            .par_iter()
-            .map(|j| {
-                let values = folder.read_f32(&j.name)?;
-                Ok(encode(values, &j.shape, j.ggml_type)?)
-            })
-            .collect();
+        let encoded: Vec<Result<Vec<u8>, ConvertError>> =
+            (start..end).into_par_iter().map(make).collect();
         for (j, bytes) in jobs[start..end].iter().zip(encoded) {
             w.write_tensor(&j.name, &bytes?).map_err(werr)?;
         }
@@ -675,52 +696,17 @@ pub fn requantize(
         "spillway.requantized_from".into(),
         Value::String(src.display().to_string()),
     ));
-    write_atomically(&jobs, out, &mut |planned, tmp| {
-        let werr = |source: std::io::Error| ConvertError::Write {
-            path: tmp.to_path_buf(),
-            source,
-        };
-        let f = std::fs::File::create(tmp).map_err(werr)?;
-        let mut w = GgufWriter::new(
-            std::io::BufWriter::with_capacity(8 << 20, f),
-            &meta,
-            planned,
-        )
-        .map_err(werr)?;
-        let mut start = 0;
-        let mut done = 0;
-        while start < jobs.len() {
-            let layer = jobs[start].layer;
-            let end = start
-                + jobs[start..]
-                    .iter()
-                    .take_while(|j| j.layer == layer && layer.is_some())
-                    .count()
-                    .max(1);
-            let encoded: Vec<Result<Vec<u8>, ConvertError>> = (start..end)
-                .into_par_iter()
-                .map(|i| {
-                    let (info, job) = (&gguf.tensors[i], &jobs[i]);
-                    let q = super::read::read_qtensor(&file, info).map_err(ModelError::from)?;
-                    if job.ggml_type == info.ggml_type {
-                        return Ok(q.data().map_err(ModelError::from)?.into_owned());
-                    }
-                    let values = crate::model::transformer::to_f32_vec(&q)?;
-                    Ok(encode(values, &job.shape, job.ggml_type)?)
-                })
-                .collect();
-            for (j, bytes) in jobs[start..end].iter().zip(encoded) {
-                w.write_tensor(&j.name, &bytes?).map_err(werr)?;
-            }
-            if layer.is_some() {
-                done += 1;
-                progress(done, hp.n_layer)?;
-            }
-            start = end;
+    let make = |i: usize| -> Result<Vec<u8>, ConvertError> {
+        let (info, job) = (&gguf.tensors[i], &jobs[i]);
+        let q = super::read::read_qtensor(&file, info).map_err(ModelError::from)?;
+        if job.ggml_type == info.ggml_type {
+            return Ok(q.data().map_err(ModelError::from)?.into_owned());
         }
-        let buf = w.finish().map_err(werr)?;
-        let f = buf.into_inner().map_err(|e| werr(e.into_error()))?;
-        f.sync_all().map_err(werr)
+        let values = crate::model::transformer::to_f32_vec(&q)?;
+        Ok(encode(values, &job.shape, job.ggml_type)?)
+    };
+    write_atomically(&jobs, out, &mut |planned, tmp| {
+        write_tensors(&jobs, &meta, planned, tmp, hp.n_layer, &make, progress)
     })
 }
 

@@ -243,38 +243,30 @@ fn self_draft_and_draft_model_keep_greedy_output_on_the_fixture() {
 fn plan_places_the_draft_after_the_model() {
     let m = smollm2();
     let m = path_str(&m);
-    let v = spillway_json(&[
-        "plan",
-        "--model",
-        m,
-        "--draft-model",
-        m,
-        "--mode",
-        "cpu-only",
-        "--ctx",
-        "1024",
-        "--json",
-    ]);
+    let plan = |ram: &[&str]| {
+        let mut args = vec![
+            "plan",
+            "--model",
+            m,
+            "--draft-model",
+            m,
+            "--mode",
+            "cpu-only",
+            "--ctx",
+            "1024",
+            "--json",
+        ];
+        args.extend_from_slice(ram);
+        spillway_json(&args)
+    };
+    let v = plan(&[]);
     assert_eq!(v["draft"]["weights_bytes"], v["weights_bytes"]);
     assert_eq!(v["draft"]["tiers"]["ram"]["layers"], 30);
     assert_eq!(v["draft"]["fits_without_disk"], true);
     // RAM for the model alone (its planned peak and 8 MiB).
     let peak = v["tiers"]["ram"]["peak_bytes"].as_u64().unwrap();
     let cap = format!("{}MiB", (peak >> 20) + 8);
-    let tight = spillway_json(&[
-        "plan",
-        "--model",
-        m,
-        "--draft-model",
-        m,
-        "--mode",
-        "cpu-only",
-        "--ctx",
-        "1024",
-        "--ram",
-        &cap,
-        "--json",
-    ]);
+    let tight = plan(&["--ram", &cap]);
     assert_eq!(tight["tiers"]["disk"]["layers"], 0, "the model itself fits");
     assert_eq!(
         tight["draft"]["fits_without_disk"], false,
