@@ -282,6 +282,11 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
     if a.repetitions == 0 {
         anyhow::bail!("--repetitions must be at least 1");
     }
+    if a.model.spec.options().drafting != crate::engine::Drafting::Off {
+        anyhow::bail!(
+            "bench measures plain decoding; speculative decoding is measured by bench/speculative.py (generate with and without a drafter, alternating)"
+        );
+    }
     let engine = a.model.load(config)?;
     let path = engine.gguf.path.clone();
     let vocab = engine.hparams().n_vocab;

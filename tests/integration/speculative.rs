@@ -174,10 +174,10 @@ fn every_drafter_keeps_greedy_output_on_every_tier() {
 }
 
 #[test]
-fn qwen05_prompt_lookup_keeps_greedy_output_in_ram_and_on_disk() {
+fn qwen05_prompt_lookup_keeps_greedy_output() {
     let cache = tempfile::tempdir().unwrap();
     let drafters = [spec(Drafting::Lookup(3), cache.path())];
-    for (name, placement) in tiers().into_iter().take(2) {
+    for (name, placement) in tiers().into_iter().take(1) {
         let mut e = load(&qwen05(), placement, cache.path());
         let prompt = e.chat_tokens(&edit_prompt(10), true).unwrap();
         let (_, drafted) = same_tokens(&mut e, &prompt, &greedy(32), &drafters, name);
