@@ -406,6 +406,30 @@ fn real_engine_replies_in_the_window() {
         harness.state().banners
     );
     harness.get_by_label_contains(reply.trim().lines().next().unwrap());
+    // Speculative decoding set up on the loaded model by the worker: the
+    // window hears which drafter is in use.
+    let _ = harness
+        .state()
+        .link
+        .send(Command::Speculate(spillway::engine::SpecOptions {
+            drafting: spillway::engine::Drafting::Lookup(3),
+            ..Default::default()
+        }));
+    while harness
+        .state()
+        .model
+        .as_ref()
+        .is_none_or(|m| m.speculation.is_none())
+    {
+        assert!(Instant::now() < deadline, "no drafter was reported");
+        std::thread::sleep(Duration::from_millis(20));
+        harness.step();
+    }
+    let spec = harness.state().model.as_ref().unwrap().speculation.clone();
+    assert_eq!(
+        spec.unwrap().drafting,
+        spillway::engine::Drafting::Lookup(3)
+    );
     // A file that fails to load does not cost the model that works: the
     // banner says why, and the previous model is loaded again (and stays
     // the one remembered for the next start).
