@@ -101,12 +101,8 @@ fn plan_draft(
     let mut left = budgets.clone();
     left.vram_bytes = left.vram_bytes.saturating_sub(placement.peak.gpu);
     left.ram_bytes = left.ram_bytes.saturating_sub(placement.peak.ram);
-    let mode = match request.mode {
-        crate::placement::Mode::CpuOnly => crate::placement::Mode::CpuOnly,
-        _ => crate::placement::Mode::Auto,
-    };
     let draft_request = crate::engine::PlacementRequest {
-        mode,
+        mode: crate::engine::speculative::draft_mode(request.mode),
         ..Default::default()
     };
     let placement = crate::engine::plan_for(&footprint, &left, &draft_request, rates)

@@ -286,13 +286,7 @@ impl Engine {
         // Reuse the shared prefix, but always recompute the last prompt token:
         // its logits start the reply. A prefix ends before the first image
         // that is not the one cached there (image tokens all look alike).
-        let mut shared = self
-            .cached
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(prompt.len() - 1);
+        let mut shared = self.shared_prefix(prompt);
         let merge = self.vision().map_or(2, |v| v.processor.merge_size);
         let starts = self.image_starts(full);
         for (k, (&start, img)) in starts.iter().zip(&full.images).enumerate() {
@@ -305,13 +299,9 @@ impl Engine {
                 break;
             }
         }
-        self.kv.truncate(shared);
         // A sliding-window layer may not hold what the prefix needs; then
         // the cache starts over.
-        let shared = self.kv.len();
-        self.cached.truncate(shared);
-        self.cached_pos.truncate(shared);
-        self.cached_images.retain(|&(s, _)| s < shared);
+        let shared = self.rewind(shared);
         // The images still to compute: those at or after the cut.
         let new_images: Vec<(usize, &PromptImage)> = starts
             .iter()
@@ -510,9 +500,19 @@ impl Engine {
                     Some(sp) => match sp.draft_len(cap) {
                         0 => Proposal::default(),
                         k => {
-                            let mut ctx = self.cached.clone();
-                            ctx.push(token);
-                            sp.propose(&ctx, k, text_only, &mut draft_sampler, vocab, cancel)?
+                            // The context with `token` after it, for the
+                            // drafter to read (taken off again at once).
+                            self.cached.push(token);
+                            let p = sp.propose(
+                                &self.cached,
+                                k,
+                                text_only,
+                                &mut draft_sampler,
+                                vocab,
+                                cancel,
+                            );
+                            self.cached.pop();
+                            p?
                         }
                     },
                     None => Proposal::default(),
@@ -537,7 +537,7 @@ impl Engine {
                     let next = self.next_position();
                     (next..).take(nd + 1).map(|i| [i; 3]).collect()
                 });
-                let Some(rows) =
+                let Some(mut rows) =
                     self.feed_prompt(&batch, positions.as_deref(), &[], LogitsFor::All, cancel)?
                 else {
                     self.rewind(base);
@@ -553,22 +553,21 @@ impl Engine {
                 let mut accepted = 0;
                 let mut finish = None;
                 let mut next = None;
-                for (i, row) in rows.chunks_exact(vocab).enumerate() {
-                    let mut row = row.to_vec();
+                for (i, row) in rows.chunks_exact_mut(vocab).enumerate() {
                     let recent = &self.cached[..base + 1 + i];
                     let (t, ok) = match (proposal.tokens.get(i), sp.forced.as_mut()) {
                         (Some(&d), None) => {
-                            sampler.verify(&mut row, recent, d, proposal.q[i].as_deref())
+                            sampler.verify(row, recent, d, proposal.q[i].as_deref())
                         }
                         // A benchmark's forced acceptance (random weights).
                         (Some(&d), Some((rate, dice))) => {
                             if rand::Rng::random::<f64>(dice) < *rate {
                                 (d, true)
                             } else {
-                                (sampler.sample(&mut row, recent), false)
+                                (sampler.sample(row, recent), false)
                             }
                         }
-                        (None, _) => (sampler.sample(&mut row, recent), false),
+                        (None, _) => (sampler.sample(row, recent), false),
                     };
                     if let Some(f) = em.emit(t)? {
                         finish = Some(f);
@@ -586,26 +585,29 @@ impl Engine {
                 // Keep the decided token and the accepted draft; the rest of
                 // the pass is rolled back (the cache just forgets it).
                 let keep = base + 1 + accepted;
-                let kept_tokens = self.cached[..keep].to_vec();
-                let kept_pos = self.cached_pos.get(..keep).map(<[_]>::to_vec);
-                let had_images = !self.cached_images.is_empty();
-                let kept = self.rewind(keep);
+                self.kv.truncate(keep);
+                let kept = self.kv.len();
                 if kept < keep {
                     // A sliding window no longer holds what the kept
                     // tokens need (it keeps two prompt chunks of history,
                     // so this takes a pass that moved it): recompute them.
-                    if had_images || kept_pos.is_some() && kept > 0 {
+                    let multimodal = !self.cached_pos.is_empty();
+                    if !self.cached_images.is_empty() || multimodal && kept > 0 {
                         return Err(EngineError::Invalid(
                             "the sliding-window cache could not roll back a draft".into(),
                         ));
                     }
-                    let pos = kept_pos.as_ref().map(|p| &p[kept..]);
+                    let redo = self.cached[kept..keep].to_vec();
+                    let redo_pos = self.cached_pos.get(kept..keep).map(<[_]>::to_vec);
+                    self.rewind(kept);
                     if self
-                        .feed_prompt(&kept_tokens[kept..], pos, &[], LogitsFor::Last, cancel)?
+                        .feed_prompt(&redo, redo_pos.as_deref(), &[], LogitsFor::Last, cancel)?
                         .is_none()
                     {
                         return Ok((FinishReason::Cancelled, stats));
                     }
+                } else {
+                    self.rewind(keep);
                 }
                 self.speeds.decode_tokens_per_sec =
                     rate(em.generated.len(), decode_start.elapsed().as_secs_f64());

@@ -577,10 +577,7 @@ impl Engine {
 
     /// Forgets the cached conversation.
     pub fn reset(&mut self) {
-        self.kv.truncate(0);
-        self.cached.clear();
-        self.cached_pos.clear();
-        self.cached_images.clear();
+        self.rewind(0);
     }
 }
 

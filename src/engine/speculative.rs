@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use crate::kernels::matmul::BATCH_INVARIANT_ROWS;
 use crate::model::sampler::Sampler;
-use crate::placement::{Quant, Tier};
+use crate::placement::{Mode, Quant, Tier};
 
 use super::{Engine, EngineError, LoadOptions, Notice};
 
@@ -228,6 +228,16 @@ pub fn best_draft_len(alpha: f64, a: f64, b: f64, c: f64, max: usize) -> usize {
         .unwrap_or(0)
 }
 
+/// The mode a draft model is placed in, after a model placed in `model`:
+/// the fastest tier left (the model's own caps and modes are its own),
+/// except that a CPU-only model gets a CPU-only draft.
+pub fn draft_mode(model: Mode) -> Mode {
+    match model {
+        Mode::CpuOnly => Mode::CpuOnly,
+        _ => Mode::Auto,
+    }
+}
+
 /// Prompt lookup: the tokens that followed the latest earlier occurrence
 /// of the context's last `n` tokens, for the longest `n ≤ ngram` that
 /// occurs, at most `k`.
@@ -387,8 +397,8 @@ impl Speculation {
                         .path
                         .file_name()
                         .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-                    weight_bytes: p.weights.gpu + p.weights.ram + p.weights.disk,
-                    kv_bytes: p.kv.gpu + p.kv.ram + p.kv.disk,
+                    weight_bytes: p.weights.total(),
+                    kv_bytes: p.kv.total(),
                     tier,
                 })
             }
@@ -490,12 +500,7 @@ impl Engine {
         let mut opts = LoadOptions::new(path);
         opts.context_length = Some(self.context_length());
         opts.placement.offload_dir = self.placing.request.offload_dir.clone();
-        // The fastest tier left (the model's own caps and modes are its
-        // own), except that a CPU-only model gets a CPU-only draft.
-        opts.placement.mode = match self.placing.request.mode {
-            crate::placement::Mode::CpuOnly => crate::placement::Mode::CpuOnly,
-            _ => crate::placement::Mode::Auto,
-        };
+        opts.placement.mode = draft_mode(self.placing.request.mode);
         let draft = Engine::load(&opts, progress)?;
         let on_disk = draft.placement().count(Tier::Disk);
         if on_disk > 0 {
@@ -526,14 +531,19 @@ impl Engine {
     /// Drops the cache past the longest prefix shared with `ctx` (always
     /// leaving its last token to compute); returns the tokens kept.
     pub(super) fn rewind_to_prefix(&mut self, ctx: &[u32]) -> usize {
-        let shared = self
-            .cached
+        let shared = self.shared_prefix(ctx);
+        self.rewind(shared)
+    }
+
+    /// How many leading tokens of `ctx` the cache holds, leaving at least
+    /// its last token to compute (its logits are the ones wanted).
+    pub(super) fn shared_prefix(&self, ctx: &[u32]) -> usize {
+        self.cached
             .iter()
             .zip(ctx)
             .take_while(|(a, b)| a == b)
             .count()
-            .min(ctx.len().saturating_sub(1));
-        self.rewind(shared)
+            .min(ctx.len().saturating_sub(1))
     }
 
     /// Keeps the first `n` cached tokens (fewer when a sliding window no

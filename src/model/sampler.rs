@@ -147,10 +147,13 @@ impl Sampler {
             self.note(draft);
             return (draft, true);
         }
-        // The residual: what p holds beyond q.
+        // The residual: what p holds beyond q (q looked up by token once,
+        // not searched per candidate: both may span the vocabulary).
+        let q_of: std::collections::HashMap<u32, f32> =
+            q.map(|q| q.iter().copied().collect()).unwrap_or_default();
         for x in self.candidates.iter_mut() {
             let qx = match q {
-                Some(q) => prob(q, x.0),
+                Some(_) => q_of.get(&x.0).copied().unwrap_or(0.0),
                 None if x.0 == draft => 1.0,
                 None => 0.0,
             };

@@ -89,6 +89,11 @@ pub struct TierBytes {
 }
 
 impl TierBytes {
+    /// Bytes over every tier.
+    pub fn total(&self) -> u64 {
+        self.gpu + self.ram + self.disk
+    }
+
     pub fn get(&self, tier: Tier) -> u64 {
         match tier {
             Tier::Gpu => self.gpu,
