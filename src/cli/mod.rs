@@ -174,10 +174,11 @@ pub struct ModelArgs {
     /// Context length in tokens (default: the config's, else the model's own).
     #[arg(long, value_name = "N")]
     ctx: Option<usize>,
-    /// Compute threads (default: the config's, else every core, leaving one
-    /// for the desktop from six cores up).
-    #[arg(long, value_name = "N")]
-    threads: Option<usize>,
+    /// Compute threads, or `auto`: the cores this process may use (its CPU
+    /// affinity and cgroup quota), leaving one for the desktop from six up.
+    /// Default: the config's, else auto.
+    #[arg(long, value_name = "N|auto", value_parser = parse_threads)]
+    threads: Option<Threads>,
     /// The largest image (pixels after resizing) the plan budgets for; set
     /// by commands that take images (`generate --max-pixels`).
     #[arg(skip)]
@@ -268,7 +269,11 @@ impl ModelArgs {
 
     /// Sets the compute threads, then loads the model with a progress bar.
     fn load(&self, config: &Config) -> anyhow::Result<Engine> {
-        set_threads(self.threads.or(config.threads))?;
+        set_threads(match self.threads {
+            Some(Threads::Auto) => None,
+            Some(Threads::Count(n)) => Some(n),
+            None => config.threads,
+        })?;
         let hf = crate::weights::hf::is_hf_folder(&self.model)
             || self
                 .model
@@ -365,6 +370,24 @@ fn parse_dtype(s: &str) -> Result<crate::config::ComputeDType, String> {
 fn report_notices(engine: &mut Engine) {
     for n in engine.take_notices() {
         eprintln!("note: {}", n.0);
+    }
+}
+
+/// `--threads`: a count or `auto`.
+#[derive(Debug, Clone, Copy)]
+pub enum Threads {
+    Auto,
+    Count(usize),
+}
+
+fn parse_threads(s: &str) -> Result<Threads, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(Threads::Auto);
+    }
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (or auto)".into()),
+        Ok(n) => Ok(Threads::Count(n)),
+        Err(_) => Err(format!("`{s}` is neither a thread count nor auto")),
     }
 }
 

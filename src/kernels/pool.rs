@@ -2,12 +2,19 @@
 //! decode step's few hundred small matmuls each cost well under a microsecond
 //! of synchronisation, and then sleep, so an idle chat costs no CPU.
 //!
-//! A job is a closure run once on every thread (the caller is thread 0);
-//! jobs split their work with an atomic counter ([`Tasks`]). Jobs never
-//! nest. Concurrent callers (two engines, parallel tests) take turns.
+//! A job is a closure run by every thread that arrives while it is open (the
+//! caller is thread 0 and always runs it); jobs split their work into small
+//! tasks taken from an atomic counter ([`Tasks`]), so a job is done once its
+//! tasks are, whoever took them. A worker the system has descheduled (a busy
+//! desktop: a browser, a build) therefore never holds a job up: when the
+//! caller has run out of tasks it closes the job and waits only for the
+//! workers inside it, each finishing the one task it holds; a worker that
+//! wakes up later finds the job closed and skips it. Nobody spins while a
+//! sibling is descheduled: waits spin for a few microseconds, then yield
+//! the core. Jobs never nest. Concurrent callers (two engines, parallel
+//! tests) take turns.
 
-use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -15,33 +22,53 @@ use std::time::{Duration, Instant};
 /// How long an idle worker spins before it sleeps.
 const SPIN: Duration = Duration::from_micros(500);
 
+/// Spins of a wait before it starts yielding the core.
+const SPINS_BEFORE_YIELD: u32 = 256;
+
 type Job = dyn Fn(usize) + Sync;
 
 struct Shared {
-    /// Bumped once per job; workers run the job when they see it change.
+    /// Bumped once per job; workers look for the job when they see it change.
     epoch: AtomicUsize,
-    /// The current job, valid while `pending > 0`.
-    job: UnsafeCell<Option<*const Job>>,
-    /// Workers yet to finish the current job.
-    pending: AtomicUsize,
+    /// The current job: a `*const &Job` on the caller's stack, valid while
+    /// `open` is set and until `active` is back to 0.
+    job: AtomicPtr<()>,
+    /// Whether the current job still takes threads.
+    open: AtomicBool,
+    /// Workers inside the current job (or looking at it).
+    active: AtomicUsize,
+    /// Workers the current job admits (fewer while the desktop is busy).
+    admit: AtomicUsize,
     panicked: AtomicBool,
     stop: AtomicBool,
     sleepers: AtomicUsize,
     lock: Mutex<()>,
     wake: Condvar,
+    /// Tests: milliseconds a worker waits before entering a job, as if the
+    /// system had descheduled it.
+    #[cfg(test)]
+    stall_ms: AtomicUsize,
 }
-
-// SAFETY: `job` is written only by the thread holding `Pool::turn` while no
-// worker reads it (pending == 0), and read by workers only between the epoch
-// bump and their decrement of `pending`.
-unsafe impl Sync for Shared {}
-unsafe impl Send for Shared {}
 
 pub struct Pool {
     shared: Arc<Shared>,
     threads: usize,
-    turn: Mutex<()>,
+    turn: Mutex<Backoff>,
     workers: Vec<JoinHandle<()>>,
+}
+
+/// Spins briefly, then yields the core, until `done` holds.
+#[inline]
+fn wait_until(done: impl Fn() -> bool) {
+    let mut spins = 0u32;
+    while !done() {
+        if spins < SPINS_BEFORE_YIELD {
+            spins += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
 }
 
 impl Pool {
@@ -51,13 +78,17 @@ impl Pool {
     pub fn new(threads: usize) -> Pool {
         let shared = Arc::new(Shared {
             epoch: AtomicUsize::new(0),
-            job: UnsafeCell::new(None),
-            pending: AtomicUsize::new(0),
+            job: AtomicPtr::new(std::ptr::null_mut()),
+            open: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            admit: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
+            #[cfg(test)]
+            stall_ms: AtomicUsize::new(0),
         });
         let workers: Vec<_> = (1..threads.max(1))
             .map_while(|id| {
@@ -71,7 +102,7 @@ impl Pool {
         Pool {
             threads: workers.len() + 1,
             shared,
-            turn: Mutex::new(()),
+            turn: Mutex::new(Backoff::new(workers.len())),
             workers,
         }
     }
@@ -80,33 +111,49 @@ impl Pool {
         self.threads
     }
 
-    /// Runs `f(thread_index)` on every thread of the pool and returns when
-    /// all have finished.
+    /// Runs `f(thread_index)` on the caller and on every worker that joins
+    /// before the caller's own run of it returns, and returns when every
+    /// thread that joined has finished. `f` must split its work with a
+    /// shared counter ([`Tasks`]): any number of threads, even the caller
+    /// alone, must complete it.
     pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
         let s = &*self.shared;
         if self.threads == 1 {
             f(0);
             return;
         }
-        let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
+        let admit = turn.admit();
+        if admit == 0 {
+            return f(0);
+        }
         // SAFETY: the lifetime is erased only for the duration of this call;
-        // we wait below until every worker is done with the pointer.
-        let ptr: *const Job =
+        // the job is closed and every worker inside it has left before we
+        // return.
+        let f: &'static Job =
             unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f) };
-        // SAFETY: no worker reads `job` while pending == 0 (see `Shared`).
-        unsafe { *s.job.get() = Some(ptr) };
-        s.pending.store(self.threads - 1, Ordering::SeqCst);
+        let slot: &&'static Job = &f;
+        s.job
+            .store(slot as *const &Job as *mut (), Ordering::SeqCst);
+        s.admit.store(admit, Ordering::SeqCst);
+        s.open.store(true, Ordering::SeqCst);
         s.epoch.fetch_add(1, Ordering::SeqCst);
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
+        let started = Instant::now();
         let caller = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0)));
-        while s.pending.load(Ordering::Acquire) != 0 {
-            std::hint::spin_loop();
+        // Every task is taken: late workers may skip the job.
+        s.open.store(false, Ordering::SeqCst);
+        let own = started.elapsed();
+        if s.active.load(Ordering::SeqCst) != 0 {
+            wait_until(|| s.active.load(Ordering::SeqCst) == 0);
+            turn.waited(own, started.elapsed() - own);
+        } else {
+            turn.waited(own, Duration::ZERO);
         }
-        // SAFETY: every worker has finished with the job.
-        unsafe { *s.job.get() = None };
+        s.job.store(std::ptr::null_mut(), Ordering::SeqCst);
         if let Err(p) = caller {
             std::panic::resume_unwind(p);
         }
@@ -137,7 +184,8 @@ fn worker(s: &Shared, id: usize) {
     // been posted before this thread got to run).
     let mut seen = 0;
     loop {
-        // Wait for the next job: spin, then sleep.
+        // Wait for the next job: spin (yielding the core when someone else
+        // wants it), then sleep.
         let start = Instant::now();
         let mut spins = 0u32;
         loop {
@@ -145,8 +193,12 @@ fn worker(s: &Shared, id: usize) {
                 break;
             }
             spins = spins.wrapping_add(1);
-            if !spins.is_multiple_of(64) || start.elapsed() < SPIN {
+            if !spins.is_multiple_of(64) {
                 std::hint::spin_loop();
+                continue;
+            }
+            if start.elapsed() < SPIN {
+                std::thread::yield_now();
                 continue;
             }
             let mut g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -157,18 +209,102 @@ fn worker(s: &Shared, id: usize) {
             s.sleepers.fetch_sub(1, Ordering::SeqCst);
             break;
         }
-        seen = s.epoch.load(Ordering::Acquire);
         if s.stop.load(Ordering::SeqCst) {
             return;
         }
-        // SAFETY: the job pointer is valid until we decrement `pending`.
-        if let Some(job) = unsafe { *s.job.get() } {
-            let f = unsafe { &*job };
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(id))).is_err() {
-                s.panicked.store(true, Ordering::SeqCst);
+        #[cfg(test)]
+        {
+            let ms = s.stall_ms.load(Ordering::SeqCst);
+            if ms > 0 {
+                std::thread::sleep(Duration::from_millis(ms as u64));
             }
         }
-        s.pending.fetch_sub(1, Ordering::Release);
+        // Enter before looking: the caller waits for `active` only after
+        // closing the job, so a worker that sees it open may use it.
+        let ahead = s.active.fetch_add(1, Ordering::SeqCst);
+        seen = s.epoch.load(Ordering::SeqCst);
+        if s.open.load(Ordering::SeqCst) && ahead < s.admit.load(Ordering::SeqCst) {
+            let job = s.job.load(Ordering::SeqCst) as *const &Job;
+            if !job.is_null() {
+                // SAFETY: the job is open and we are counted in `active`,
+                // so the caller is still inside `run` and its slot is live.
+                let f = unsafe { *job };
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(id))).is_err() {
+                    s.panicked.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        s.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How many workers a job admits. A job whose caller, out of tasks, waits
+/// for workers longer than it worked itself (and longer than a woken
+/// worker's start) had a worker descheduled in the middle of a task: the
+/// desktop is busy. The next jobs then admit half as many workers, for a
+/// stretch that doubles while it keeps happening (64 jobs, a fraction of a
+/// token, up to 16,384, a second or so of decoding), and then probe the
+/// full pool again; a long run of clean jobs resets the stretch. The
+/// threads left make full use of the cores the desktop leaves.
+#[derive(Debug)]
+struct Backoff {
+    workers: usize,
+    /// Workers admitted for the next `left` jobs.
+    reduced: usize,
+    left: usize,
+    /// The next stretch after another contended job.
+    stretch: usize,
+    /// Clean jobs at full admission since the last contended one.
+    clean: usize,
+}
+
+impl Backoff {
+    const FIRST: usize = 64;
+    const LONGEST: usize = 16_384;
+    /// Clean jobs after which the stretch starts again from `FIRST`.
+    const FORGET: usize = 8_192;
+    /// Waits shorter than this are never contention (a woken worker's
+    /// first task, a cache miss).
+    const NOISE: Duration = Duration::from_micros(300);
+
+    fn new(workers: usize) -> Self {
+        Backoff {
+            workers,
+            reduced: workers,
+            left: 0,
+            stretch: Self::FIRST,
+            clean: 0,
+        }
+    }
+
+    fn admit(&mut self) -> usize {
+        if self.left == 0 {
+            return self.workers;
+        }
+        self.left -= 1;
+        self.reduced
+    }
+
+    /// Records a job: the caller's own time in it and its wait for workers
+    /// after that.
+    fn waited(&mut self, own: Duration, wait: Duration) {
+        if wait > (2 * own).max(Self::NOISE) {
+            let from = if self.left > 0 {
+                self.reduced
+            } else {
+                self.workers
+            };
+            self.reduced = from / 2;
+            self.left = self.stretch;
+            self.stretch = (self.stretch * 2).min(Self::LONGEST);
+            self.clean = 0;
+        } else if self.left == 0 {
+            self.clean += 1;
+            if self.clean >= Self::FORGET {
+                self.stretch = Self::FIRST;
+                self.clean = 0;
+            }
+        }
     }
 }
 
@@ -209,8 +345,10 @@ fn global_slot() -> &'static Mutex<Arc<Pool>> {
     GLOBAL.get_or_init(|| Mutex::new(Arc::new(Pool::new(default_threads()))))
 }
 
-/// Compute threads when the user sets none: every core on small machines,
-/// one left for the UI and the desktop from six cores up.
+/// Compute threads when the user sets none: every core this process may
+/// use (the standard library counts its CPU affinity mask and cgroup CPU
+/// quota, so `taskset` and container limits are honoured) on small
+/// machines, one left for the UI and the desktop from six cores up.
 pub fn default_threads() -> usize {
     let n = std::thread::available_parallelism().map_or(1, |n| n.get());
     if n >= 6 {
@@ -270,23 +408,67 @@ mod tests {
     fn sleeping_workers_wake_and_a_panic_is_reported() {
         let pool = Pool::new(2);
         std::thread::sleep(SPIN * 4);
-        let ran = AtomicUsize::new(0);
-        pool.run(&|_| {
-            ran.fetch_add(1, Ordering::Relaxed);
-        });
-        assert_eq!(ran.load(Ordering::Relaxed), 2);
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            pool.run(&|t| {
+        // Twenty 5 ms tasks: the sleeping worker wakes and takes some.
+        let tasks = Tasks::new(20);
+        let by_worker = AtomicUsize::new(0);
+        pool.run(&|t| {
+            while tasks.next().is_some() {
+                std::thread::sleep(Duration::from_millis(5));
                 if t == 1 {
-                    panic!("boom")
+                    by_worker.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        assert!(
+            by_worker.load(Ordering::Relaxed) > 0,
+            "the worker never woke"
+        );
+        let tasks = Tasks::new(64);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.run(&|_| {
+                while let Some(i) = tasks.next() {
+                    if i == 40 {
+                        panic!("boom")
+                    }
                 }
             })
         }));
         assert!(r.is_err());
         // The pool still works afterwards.
+        let tasks = Tasks::new(10);
+        let ran = AtomicUsize::new(0);
         pool.run(&|_| {
-            ran.fetch_add(1, Ordering::Relaxed);
+            while tasks.next().is_some() {
+                ran.fetch_add(1, Ordering::Relaxed);
+            }
         });
-        assert_eq!(ran.load(Ordering::Relaxed), 4);
+        assert_eq!(ran.load(Ordering::Relaxed), 10);
+    }
+
+    /// A worker that is descheduled when a job is posted (here: held off
+    /// for 300 ms) does not hold the job up: the caller does every task and
+    /// returns; the late worker skips the closed job.
+    #[test]
+    fn a_descheduled_worker_does_not_hold_a_job_up() {
+        let pool = Pool::new(2);
+        pool.shared.stall_ms.store(300, Ordering::SeqCst);
+        // Let the worker reach its stall point, then post jobs.
+        let start = Instant::now();
+        for _ in 0..20 {
+            let tasks = Tasks::new(8);
+            let ran = AtomicUsize::new(0);
+            pool.run(&|_| {
+                while tasks.next().is_some() {
+                    ran.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            assert_eq!(ran.load(Ordering::Relaxed), 8);
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(250),
+            "jobs waited for the stalled worker: {:?}",
+            start.elapsed()
+        );
+        pool.shared.stall_ms.store(0, Ordering::SeqCst);
     }
 }

@@ -190,3 +190,38 @@ fn qwen05_disk_tier_is_token_identical_and_bounded() {
 fn gemma3_perplexity_matches_llama_cpp() {
     assert_perplexity_near_all(&crate::common::gemma3(), &[22.525, 22.4761]);
 }
+
+/// `--threads auto` sizes the pool from the cores the process may use: run
+/// under `taskset -c 0` it takes one thread; a count of 0 is refused.
+#[test]
+fn auto_threads_follow_the_cpu_affinity() {
+    let m = smollm2();
+    let out = std::process::Command::new("taskset")
+        .args(["-c", "0", env!("CARGO_BIN_EXE_spillway")])
+        .args([
+            "bench",
+            "--model",
+            path_str(&m),
+            "--threads",
+            "auto",
+            "--prompt-tokens",
+            "8",
+            "--gen-tokens",
+            "4",
+            "--repetitions",
+            "1",
+            "--json",
+        ])
+        .output()
+        .expect("taskset runs (util-linux)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["threads"], 1, "{v}");
+    let bad = crate::common::spillway(&["bench", "--model", path_str(&m), "--threads", "0"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("at least 1"));
+}
