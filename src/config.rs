@@ -80,6 +80,9 @@ pub struct Config {
     pub offload_folder: PathBuf,
     pub copy_disk_layers: bool,
     pub threads: Option<usize>,
+    /// `runtime.cache_type_k` / `cache_type_v`: how the KV cache stores
+    /// keys and values.
+    pub kv_types: crate::kernels::kv::KvTypes,
 }
 
 /// The file as written: every key optional, so a user's file may hold only
@@ -201,6 +204,8 @@ struct RawOffload {
 struct RawRuntime {
     #[serde(default, deserialize_with = "explicit")]
     threads: Option<Option<usize>>,
+    cache_type_k: Option<crate::kernels::kv::CacheType>,
+    cache_type_v: Option<crate::kernels::kv::CacheType>,
 }
 
 fn parse(text: &str, origin: &str) -> Result<RawConfig, ConfigError> {
@@ -290,6 +295,7 @@ impl Config {
             offload_folder: PathBuf::from("offload"),
             copy_disk_layers: false,
             threads: None,
+            kv_types: Default::default(),
         };
         for (text, origin) in layers {
             let raw = parse(text, origin)?;
@@ -357,6 +363,8 @@ impl Config {
             if let Some(t) = raw.runtime.threads {
                 cfg.threads = t;
             }
+            cfg.kv_types.k = raw.runtime.cache_type_k.unwrap_or(cfg.kv_types.k);
+            cfg.kv_types.v = raw.runtime.cache_type_v.unwrap_or(cfg.kv_types.v);
             cfg.validate(origin)?;
         }
         Ok(cfg)

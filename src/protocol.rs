@@ -38,6 +38,8 @@ pub struct LoadRequest {
     pub copy_disk_layers: bool,
     /// The drafter set up once the model is loaded.
     pub speculative: crate::engine::SpecOptions,
+    /// How the KV cache stores keys and values.
+    pub kv_types: crate::kernels::kv::KvTypes,
 }
 
 /// One reply to generate.
@@ -170,6 +172,8 @@ pub struct ModelInfo {
     pub remote: Option<String>,
     /// The drafter of speculative decoding, when on.
     pub speculation: Option<Box<crate::engine::SpecInfo>>,
+    /// How the KV cache stores keys and values.
+    pub kv_types: crate::kernels::kv::KvTypes,
 }
 
 /// Why a reply ended.

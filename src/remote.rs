@@ -498,6 +498,7 @@ pub fn remote_model_info(
         budget_notes: Vec::new(),
         gpu_name: None,
         speculation: None,
+        kv_types: Default::default(),
         vision: None,
         thinking: None,
         synthetic: false,

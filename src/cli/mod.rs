@@ -185,6 +185,30 @@ pub struct ModelArgs {
     pub max_image_pixels: Option<usize>,
     #[command(flatten)]
     pub spec: SpecArgs,
+    #[command(flatten)]
+    pub kv: KvArgs,
+}
+
+/// How the KV cache stores keys and values (llama.cpp's option names).
+#[derive(Args, Debug, Clone, Default)]
+pub struct KvArgs {
+    /// Key cache type: f32, f16, q8_0 or q4_0 (default: the config's
+    /// `runtime.cache_type_k`, else f16). Keys are the more sensitive half.
+    #[arg(long, value_name = "TYPE")]
+    cache_type_k: Option<crate::kernels::kv::CacheType>,
+    /// Value cache type: f32, f16, q8_0 or q4_0 (default: the config's
+    /// `runtime.cache_type_v`, else f16).
+    #[arg(long, value_name = "TYPE")]
+    cache_type_v: Option<crate::kernels::kv::CacheType>,
+}
+
+impl KvArgs {
+    pub fn types(&self, config: &Config) -> crate::kernels::kv::KvTypes {
+        crate::kernels::kv::KvTypes::new(
+            self.cache_type_k.unwrap_or(config.kv_types.k),
+            self.cache_type_v.unwrap_or(config.kv_types.v),
+        )
+    }
 }
 
 /// Speculative decoding: a drafter proposes tokens, the model checks them
@@ -264,6 +288,7 @@ impl ModelArgs {
             max_image_pixels: self
                 .max_image_pixels
                 .unwrap_or(crate::placement::footprint::DEFAULT_MAX_IMAGE_PIXELS),
+            kv_types: self.kv.types(config),
         }
     }
 

@@ -46,6 +46,8 @@ pub struct PlanArgs {
     /// Also plan a self-draft: the model (a GGUF) quantized to SCHEME.
     #[arg(long, value_name = "SCHEME")]
     draft_quant: Option<Quant>,
+    #[command(flatten)]
+    kv: super::KvArgs,
 }
 
 /// A draft model's plan: after the model, in what it leaves free (or why
@@ -185,7 +187,12 @@ fn footprint(a: &PlanArgs, config: &Config) -> anyhow::Result<(Footprint, String
 }
 
 pub fn run(a: PlanArgs, config: &Config) -> anyhow::Result<ExitCode> {
-    let (fp, source) = footprint(&a, config)?;
+    let (mut fp, source) = footprint(&a, config)?;
+    let kv_types = a.kv.types(config);
+    kv_types
+        .check(fp.hp.head_dim)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    fp.set_kv_types(kv_types);
     let offload_dir = a
         .offload_dir
         .clone()
@@ -245,6 +252,7 @@ fn to_json(fp: &Footprint, b: &Budgets, p: &Placement) -> serde_json::Value {
         "mode": p.mode.to_string(),
         "weights_bytes": fp.weights_bytes(),
         "kv_cache_bytes": fp.kv_cache_bytes(),
+        "kv_types": { "k": fp.kv_types.k, "v": fp.kv_types.v },
         "tiers": p.tiers_json(),
         "layers": p.layers.iter().enumerate().map(|(i, t)| {
             let mut l = serde_json::json!({
@@ -283,11 +291,12 @@ fn to_json(fp: &Footprint, b: &Budgets, p: &Placement) -> serde_json::Value {
 
 fn print_text(fp: &Footprint, source: &str, b: &Budgets, p: &Placement) {
     println!(
-        "{} ({source}) · {} of weights · context {} ({} of KV cache) · mode {}",
+        "{} ({source}) · {} of weights · context {} ({} of KV cache, {}) · mode {}",
         fp.name,
         human(fp.weights_bytes()),
         fp.context,
         human(fp.kv_cache_bytes()),
+        fp.kv_types,
         p.mode
     );
     let gpu = match (&b.gpu_name, b.gpu_simulated) {

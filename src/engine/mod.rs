@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::chat::{ChatTemplate, Message, TemplateError};
+pub use crate::kernels::kv::{CacheType, KvTypes};
 use crate::model::hparams::HParams;
 use crate::model::kv_cache::KvCache;
 use crate::model::transformer::{Input, LogitsFor, Scratch, Transformer};
@@ -128,6 +129,8 @@ pub struct LoadOptions {
     /// The largest image (in pixels after resizing) the plan budgets the
     /// vision tower's activations for.
     pub max_image_pixels: usize,
+    /// How the KV cache stores keys and values (default f16 both).
+    pub kv_types: KvTypes,
 }
 
 impl LoadOptions {
@@ -145,6 +148,7 @@ impl LoadOptions {
             cache_dir: None,
             hub: Default::default(),
             max_image_pixels: crate::placement::footprint::DEFAULT_MAX_IMAGE_PIXELS,
+            kv_types: KvTypes::default(),
         }
     }
 }
@@ -361,7 +365,11 @@ impl Engine {
         if let Some(v) = &mut vision {
             v.processor.cap_pixels(opts.max_image_pixels);
         }
-        let mut footprint = Footprint::from_gguf(&gguf, &hp, context, PROMPT_CHUNK);
+        opts.kv_types
+            .check(hp.head_dim)
+            .map_err(ModelError::Invalid)?;
+        let mut footprint =
+            Footprint::from_gguf(&gguf, &hp, context, PROMPT_CHUNK).with_kv_types(opts.kv_types);
         if let Some(v) = &vision {
             let cfg = &v.tower.cfg;
             let patches = crate::vision::tower::max_patches(v.processor.max_pixels, cfg.patch_size);
@@ -388,7 +396,7 @@ impl Engine {
         let store = LayerStore::new(&gguf, &hp, opts.disk_source.clone(), gpu)?;
         progress(LoadStage::Planned);
         let mut engine = Engine {
-            kv: KvCache::for_model(&hp, context, PROMPT_CHUNK),
+            kv: KvCache::for_model(&hp, context, PROMPT_CHUNK, opts.kv_types)?,
             scratch: Scratch::default(),
             gguf,
             model,
@@ -544,11 +552,17 @@ impl Engine {
             .sum()
     }
 
+    /// How the KV cache stores keys and values.
+    pub fn kv_types(&self) -> KvTypes {
+        self.kv.types()
+    }
+
     /// Bytes of the KV cache for `tokens` tokens.
     pub fn kv_bytes(&self, tokens: usize) -> u64 {
         let hp = &self.model.hp;
+        let types = self.kv.types();
         (0..hp.n_layer)
-            .map(|i| hp.kv_bytes(i, tokens, PROMPT_CHUNK))
+            .map(|i| hp.kv_bytes(i, tokens, PROMPT_CHUNK, types))
             .sum()
     }
 

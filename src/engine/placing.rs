@@ -163,7 +163,8 @@ pub(super) fn gpu_tier(
     };
     Some(GpuCharges {
         tier: Arc::new(tier),
-        kv_layer_bytes: fp.kv_layer_bytes.clone(),
+        kv_layer_bytes: fp.kv_gpu_layer_bytes.clone(),
+        kv_types: fp.kv_types.on_gpu(),
         activation_bytes: fp.gpu_scratch_bytes,
         capacity: fp.context,
         chunk: fp.prompt_chunk,

@@ -499,6 +499,7 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let mut opts = LoadOptions::new(path);
         opts.context_length = Some(self.context_length());
+        opts.kv_types = self.kv.types();
         opts.placement.offload_dir = self.placing.request.offload_dir.clone();
         opts.placement.mode = draft_mode(self.placing.request.mode);
         let draft = Engine::load(&opts, progress)?;

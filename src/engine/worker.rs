@@ -299,6 +299,7 @@ impl Worker {
             },
             context_length: req.context_length,
             max_image_pixels: req.max_image_pixels,
+            kv_types: req.kv_types,
         };
         let events = self.ends.events.clone();
         let wake = self.wake.clone();
@@ -570,6 +571,7 @@ pub fn model_info(engine: &mut Engine, path: &std::path::Path) -> ModelInfo {
         synthetic: engine.is_synthetic(),
         remote: None,
         speculation: engine.speculation().map(Box::new),
+        kv_types: engine.kv_types(),
         thinking: engine.supports_thinking(),
         vision: engine.vision().map(|v| {
             Box::new(crate::protocol::VisionInfo {

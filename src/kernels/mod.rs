@@ -6,12 +6,15 @@
 //!   activations, and the scalar reference kernels.
 //! - `x86`: AVX2 and AVX-512 VNNI builds of the same generic kernels.
 //! - [`ops`]: the rest of the decode step (dots, softmax exp, SiLU, norms).
+//! - [`kv`]: the KV cache's storage types and attention reading them in
+//!   place.
 //! - [`isa`]: runtime CPU feature detection.
 //! - [`dequant_gemm`]: the f32 fallback for types without integer kernels.
 
 pub mod dequant_gemm;
 pub mod formats;
 pub mod isa;
+pub mod kv;
 pub mod matmul;
 pub mod ops;
 pub mod pool;

@@ -149,7 +149,8 @@ impl Projection {
 #[derive(Debug)]
 pub struct DeviceBlock {
     w: BlockTensors<Tensor, Projection>,
-    /// `n_head_kv × slots × head_dim` each.
+    /// `n_head_kv × slots × head_dim` each, in f32 or f16 (the GPU tier's
+    /// storage of the configured KV types).
     k_cache: Tensor,
     v_cache: Tensor,
     /// A sliding layer's window (its cache holds `slots` positions from
@@ -171,6 +172,14 @@ pub struct DeviceBlock {
     scores_bytes: usize,
 }
 
+/// The device type of a KV cache stored as `t` (block types: f16).
+fn device_type(t: crate::kernels::kv::CacheType) -> DType {
+    match t {
+        crate::kernels::kv::CacheType::F32 => DType::F32,
+        _ => DType::F16,
+    }
+}
+
 /// A host tensor moved to `device` in its stored type.
 pub(crate) fn to_device(t: QTensor, device: &Device) -> Result<QTensor, ModelError> {
     if device.is_cpu() {
@@ -190,6 +199,7 @@ impl DeviceBlock {
         device: &Device,
         capacity: usize,
         chunk: usize,
+        kv_types: crate::kernels::kv::KvTypes,
     ) -> Result<Self, ModelError> {
         if hp.moe.is_some() {
             return Err(ModelError::Invalid(
@@ -220,8 +230,8 @@ impl DeviceBlock {
         );
         Ok(DeviceBlock {
             w,
-            k_cache: Tensor::zeros(kv_shape, DType::F32, device)?,
-            v_cache: Tensor::zeros(kv_shape, DType::F32, device)?,
+            k_cache: Tensor::zeros(kv_shape, device_type(kv_types.k), device)?,
+            v_cache: Tensor::zeros(kv_shape, device_type(kv_types.v), device)?,
             window,
             base: AtomicUsize::new(0),
             is_local: hp.is_sliding(layer),
@@ -284,8 +294,16 @@ impl DeviceBlock {
         let k = rope.apply(&k, pos, angles, local)?;
         let v = heads(self.w.wv.forward(&h)?, nkv)?;
         let base = self.make_room(pos, n)?;
-        self.k_cache.slice_set(&k.contiguous()?, 1, pos - base)?;
-        self.v_cache.slice_set(&v, 1, pos - base)?;
+        self.k_cache.slice_set(
+            &k.to_dtype(self.k_cache.dtype())?.contiguous()?,
+            1,
+            pos - base,
+        )?;
+        self.v_cache.slice_set(
+            &v.to_dtype(self.v_cache.dtype())?.contiguous()?,
+            1,
+            pos - base,
+        )?;
         let att = self.attention(&q, pos, base)?;
         let mut o = self.w.wo.forward(&att)?;
         if let Some(norm) = &self.w.post_attn_norm {
@@ -341,8 +359,10 @@ impl DeviceBlock {
         // The query heads of one KV group share its keys: fold them into the
         // query rows (heads are grouped consecutively).
         let q = q.reshape((nkv, rep, n, hd))?;
-        let keys_t = self.k_cache.narrow(1, 0, len)?.t()?;
-        let values = self.v_cache.narrow(1, 0, len)?;
+        // f16 storage is widened for the product (candle's matmuls take
+        // one type; the scores and softmax stay in f32).
+        let keys_t = self.k_cache.narrow(1, 0, len)?.to_dtype(DType::F32)?.t()?;
+        let values = self.v_cache.narrow(1, 0, len)?.to_dtype(DType::F32)?;
         let scale = self.attn_scale;
         let per_query = nh * len * 4;
         let chunk = (self.scores_bytes / per_query.max(1)).clamp(1, n);
@@ -407,6 +427,7 @@ impl DeviceBlock {
             let mut out = vec![0f32; base * width];
             out.extend(
                 t.narrow(1, 0, len - base)?
+                    .to_dtype(DType::F32)?
                     .transpose(0, 1)?
                     .contiguous()?
                     .flatten_all()?
@@ -436,6 +457,7 @@ impl DeviceBlock {
                 &self.device,
             )?
             .transpose(0, 1)?
+            .to_dtype(cache.dtype())?
             .contiguous()?;
             Ok(cache.slice_set(&t, 1, 0)?)
         };
@@ -550,8 +572,16 @@ mod tests {
             let hp = hparams(style);
             let dev = Device::Cpu;
             let rope = DeviceRope::new(&hp, 64, &dev).unwrap();
-            let mut block =
-                DeviceBlock::load(&hp, 0, &mut Random(7, hp.clone()), &dev, 64, 16).unwrap();
+            let mut block = DeviceBlock::load(
+                &hp,
+                0,
+                &mut Random(7, hp.clone()),
+                &dev,
+                64,
+                16,
+                crate::kernels::kv::KvTypes::F32,
+            )
+            .unwrap();
             let x = Tensor::randn(0f32, 1.0, (20, 32), &dev).unwrap();
             let whole = block.forward(&x, 0, &rope, None).unwrap();
             let (k, v) = block.export_kv(20).unwrap();
@@ -582,8 +612,16 @@ mod tests {
                 .forward(&x.narrow(0, 12, 8).unwrap(), 0, &rope, None)
                 .unwrap();
             assert!(diff(&alone, &whole.narrow(0, 12, 8).unwrap()) > 1e-3);
-            let other =
-                DeviceBlock::load(&hp, 0, &mut Random(7, hp.clone()), &dev, 64, 16).unwrap();
+            let other = DeviceBlock::load(
+                &hp,
+                0,
+                &mut Random(7, hp.clone()),
+                &dev,
+                64,
+                16,
+                crate::kernels::kv::KvTypes::F32,
+            )
+            .unwrap();
             other.import_kv(&k, &v, 20).unwrap();
             assert_eq!(other.export_kv(20).unwrap(), (k, v));
             // Past the context: an error, not a panic.

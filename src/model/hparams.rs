@@ -715,10 +715,16 @@ impl HParams {
         }
     }
 
-    /// Bytes of layer `i`'s keys and values (f32) at a `context`-token
-    /// context whose passes run `chunk` tokens at most.
-    pub fn kv_bytes(&self, i: usize, context: usize, chunk: usize) -> u64 {
-        (2 * self.n_head_kv * self.head_dim * 4) as u64
+    /// Bytes of layer `i`'s keys and values stored as `types` at a
+    /// `context`-token context whose passes run `chunk` tokens at most.
+    pub fn kv_bytes(
+        &self,
+        i: usize,
+        context: usize,
+        chunk: usize,
+        types: crate::kernels::kv::KvTypes,
+    ) -> u64 {
+        (self.n_head_kv * types.row_bytes(self.head_dim)) as u64
             * self.kv_positions(i, context, chunk) as u64
     }
 

@@ -1,6 +1,9 @@
-//! The key/value cache: one preallocated f32 buffer per layer for keys and
-//! one for values, laid out `[kv head][slot][head_dim]` so attention reads
-//! each head's keys contiguously, in place, never copied.
+//! The key/value cache: one preallocated buffer per layer for keys and one
+//! for values, laid out `[kv head][slot][row]` so attention reads each
+//! head's keys contiguously, in place, never copied. Keys and values are
+//! each stored in their own [`CacheType`] (f32, f16, q8_0, q4_0: a row is a
+//! head's `head_dim` values, quantized in 32-value blocks), which attention
+//! decodes in registers as it reads.
 //!
 //! Buffers are allocated zeroed at a layer's first use; the operating
 //! system backs such pages lazily, so resident memory grows with the tokens
@@ -15,6 +18,7 @@
 
 use super::hparams::HParams;
 use super::ModelError;
+use crate::kernels::kv::{CacheType, KvTypes, Rows};
 
 /// The positions a sliding layer keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +79,10 @@ impl Window {
 
 #[derive(Debug)]
 pub struct KvCache {
+    /// Per layer: key and value bytes (in `f32` vectors: 4-byte aligned).
     layers: Vec<Option<(Vec<f32>, Vec<f32>)>>,
+    k_type: CacheType,
+    v_type: CacheType,
     /// Per layer: the sliding window, if it keeps only that.
     windows: Vec<Option<Window>>,
     /// Per layer: the position of slot 0.
@@ -89,8 +96,10 @@ pub struct KvCache {
 /// One layer's keys and values, read-only.
 #[derive(Clone, Copy)]
 pub struct LayerKv<'a> {
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+    pub k: &'a [u8],
+    pub v: &'a [u8],
+    pub k_type: CacheType,
+    pub v_type: CacheType,
     /// Slots per head.
     pub capacity: usize,
     pub head_dim: usize,
@@ -100,12 +109,34 @@ pub struct LayerKv<'a> {
     pub window: usize,
 }
 
-impl LayerKv<'_> {
-    /// Offset of `(kv head, position)` in `k` and `v`; `pos` is at least
+impl<'a> LayerKv<'a> {
+    /// Row of `(kv head, position)` in `k` and `v`; `pos` is at least
     /// `base` (the cache holds nothing before).
     #[inline]
     pub fn at(&self, head: usize, pos: usize) -> usize {
-        (head * self.capacity + pos - self.base) * self.head_dim
+        head * self.capacity + pos - self.base
+    }
+
+    /// Head `head`'s keys and values for positions `first..first + len`.
+    #[inline]
+    pub fn rows(&self, head: usize, first: usize, len: usize) -> (Rows<'a>, Rows<'a>) {
+        let r = self.at(head, first);
+        let (kb, vb) = (
+            self.k_type.row_bytes(self.head_dim),
+            self.v_type.row_bytes(self.head_dim),
+        );
+        (
+            Rows {
+                ty: self.k_type,
+                bytes: &self.k[r * kb..(r + len) * kb],
+                hd: self.head_dim,
+            },
+            Rows {
+                ty: self.v_type,
+                bytes: &self.v[r * vb..(r + len) * vb],
+                hd: self.head_dim,
+            },
+        )
     }
 
     /// The first position a query at `pos` attends to.
@@ -120,10 +151,12 @@ impl LayerKv<'_> {
 }
 
 impl KvCache {
-    /// A cache of `capacity` positions in every layer.
+    /// An f32 cache of `capacity` positions in every layer.
     pub fn new(n_layer: usize, n_head_kv: usize, head_dim: usize, capacity: usize) -> Self {
         KvCache {
             layers: (0..n_layer).map(|_| None).collect(),
+            k_type: CacheType::F32,
+            v_type: CacheType::F32,
             windows: vec![None; n_layer],
             base: vec![0; n_layer],
             n_head_kv,
@@ -135,12 +168,43 @@ impl KvCache {
 
     /// The cache of a model at a `capacity`-token context whose passes run
     /// `chunk` tokens at most: sliding layers keep their window only.
-    pub fn for_model(hp: &HParams, capacity: usize, chunk: usize) -> Self {
+    pub fn for_model(
+        hp: &HParams,
+        capacity: usize,
+        chunk: usize,
+        types: KvTypes,
+    ) -> Result<Self, ModelError> {
         let mut c = Self::new(hp.n_layer, hp.n_head_kv, hp.head_dim, capacity);
+        c.set_types(types)?;
         c.windows = (0..hp.n_layer)
             .map(|i| Window::of(hp, i, capacity, chunk))
             .collect();
-        c
+        Ok(c)
+    }
+
+    /// Stores keys and values in these types from now on; what is cached
+    /// is kept (re-encoded).
+    pub fn set_types(&mut self, types: KvTypes) -> Result<(), ModelError> {
+        types.check(self.head_dim).map_err(ModelError::Invalid)?;
+        let (k, v) = (types.k, types.v);
+        if (k, v) == (self.k_type, self.v_type) {
+            return Ok(());
+        }
+        let len = self.len;
+        let kept: Vec<_> = (0..self.layers.len()).map(|i| self.rows(i, len)).collect();
+        (self.k_type, self.v_type) = (k, v);
+        for (i, rows) in kept.into_iter().enumerate() {
+            self.release(i);
+            if let Some((k, v)) = rows {
+                self.import(i, len, &k, &v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The key and value storage types.
+    pub fn types(&self) -> KvTypes {
+        KvTypes::new(self.k_type, self.v_type)
     }
 
     /// Tokens whose keys and values are cached.
@@ -160,10 +224,19 @@ impl KvCache {
         self.windows[layer].map_or(self.capacity, |w| w.slots)
     }
 
+    /// Bytes of a row of keys and of values.
+    fn row_bytes(&self) -> (usize, usize) {
+        (
+            self.k_type.row_bytes(self.head_dim),
+            self.v_type.row_bytes(self.head_dim),
+        )
+    }
+
     /// Bytes the cache takes once every layer is in use and full.
     pub fn full_bytes(&self) -> usize {
+        let (kb, vb) = self.row_bytes();
         (0..self.layers.len())
-            .map(|i| 2 * self.n_head_kv * self.slots(i) * self.head_dim * 4)
+            .map(|i| self.n_head_kv * self.slots(i) * (kb + vb))
             .sum()
     }
 
@@ -219,30 +292,40 @@ impl KvCache {
             Some(w) => w.base_for(old_base, pos, n)?,
             None => 0,
         };
+        let (kb, vb) = self.row_bytes();
+        let (kt, vt) = (self.k_type, self.v_type);
         let slot = &mut self.layers[layer];
         if slot.is_none() {
-            let size = kvh * cap * hd;
-            *slot = Some((zeroed(size)?, zeroed(size)?));
+            *slot = Some((
+                zeroed((kvh * cap * kb).div_ceil(4))?,
+                zeroed((kvh * cap * vb).div_ceil(4))?,
+            ));
         }
         let Some((kc, vc)) = slot.as_mut() else {
             unreachable!("slot filled above")
         };
+        let (kc, vc) = (bytes_mut(kc), bytes_mut(vc));
         if base != old_base {
             // Keep positions base..pos, moved to the front.
             let (from, count) = (base - old_base, pos - base);
             for h in 0..kvh {
-                let src = (h * cap + from) * hd..(h * cap + from + count) * hd;
-                kc.copy_within(src.clone(), h * cap * hd);
-                vc.copy_within(src, h * cap * hd);
+                kc.copy_within(
+                    (h * cap + from) * kb..(h * cap + from + count) * kb,
+                    h * cap * kb,
+                );
+                vc.copy_within(
+                    (h * cap + from) * vb..(h * cap + from + count) * vb,
+                    h * cap * vb,
+                );
             }
             self.base[layer] = base;
         }
         for t in 0..n {
             for h in 0..kvh {
-                let dst = (h * cap + pos - base + t) * hd;
+                let row = h * cap + pos - base + t;
                 let src = t * width + h * hd;
-                kc[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
-                vc[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+                kt.encode(&k[src..src + hd], &mut kc[row * kb..(row + 1) * kb]);
+                vt.encode(&v[src..src + hd], &mut vc[row * vb..(row + 1) * vb]);
             }
         }
         Ok(())
@@ -274,18 +357,19 @@ impl KvCache {
             self.base[layer],
         );
         let len = len.min(base + cap);
-        let gather = |src: &[f32]| -> Vec<f32> {
+        let gather = |src: &[f32], ty: CacheType| -> Vec<f32> {
+            let (src, rb) = (bytes(src), ty.row_bytes(hd));
             let mut out = vec![0f32; len * kvh * hd];
             for t in base..len {
                 for h in 0..kvh {
-                    let at = (h * cap + t - base) * hd;
+                    let at = (h * cap + t - base) * rb;
                     let to = (t * kvh + h) * hd;
-                    out[to..to + hd].copy_from_slice(&src[at..at + hd]);
+                    ty.decode(&src[at..at + rb], &mut out[to..to + hd]);
                 }
             }
             out
         };
-        Some((gather(k), gather(v)))
+        Some((gather(k, self.k_type), gather(v, self.v_type)))
     }
 
     /// Takes `len` positions of `layer` (token major, as [`KvCache::rows`]
@@ -320,8 +404,10 @@ impl KvCache {
     pub fn layer(&self, layer: usize) -> Result<LayerKv<'_>, ModelError> {
         match self.layers.get(layer) {
             Some(Some((k, v))) => Ok(LayerKv {
-                k,
-                v,
+                k: bytes(k),
+                v: bytes(v),
+                k_type: self.k_type,
+                v_type: self.v_type,
                 capacity: self.slots(layer),
                 head_dim: self.head_dim,
                 base: self.base[layer],
@@ -332,6 +418,17 @@ impl KvCache {
             ))),
         }
     }
+}
+
+/// A buffer's bytes.
+fn bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: any f32 storage is valid bytes; the length is in bounds.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+fn bytes_mut(v: &mut [f32]) -> &mut [u8] {
+    // SAFETY: as above; any bytes written make valid f32 storage.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
 /// A zeroed f32 buffer whose pages the system provides on first touch; an
@@ -367,7 +464,10 @@ mod tests {
             let l = c.layer(0).unwrap();
             for q in pos - n..pos {
                 for p in l.first_seen(q)..=q {
-                    assert_eq!(l.k[l.at(0, p)], p as f32, "query {q} key {p}");
+                    let (k, _) = l.rows(0, p, 1);
+                    let mut x = [0f32; 2];
+                    k.ty.decode(k.bytes, &mut x);
+                    assert_eq!(x[0], p as f32, "query {q} key {p}");
                 }
             }
         }

@@ -865,21 +865,13 @@ impl Transformer {
                             scores.resize(len, 0.0);
                         }
                         let qv = &q[i * qd + head * hd..i * qd + (head + 1) * hd];
-                        let rows = kv.at(g, first)..kv.at(g, first) + len * hd;
+                        let (keys, values) = kv.rows(g, first, len);
                         // SAFETY: this task alone writes head `head` of query
                         // `i`; the slice lies inside `out` (n × qd).
                         let o = unsafe {
                             std::slice::from_raw_parts_mut(dst.ptr().add(i * qd + head * hd), hd)
                         };
-                        ops::attend(
-                            qv,
-                            &kv.k[rows.clone()],
-                            &kv.v[rows],
-                            hd,
-                            scale,
-                            &mut scores[..len],
-                            o,
-                        );
+                        crate::kernels::kv::attend(qv, keys, values, scale, &mut scores[..len], o);
                     }
                 }
             })

@@ -10,6 +10,7 @@
 //! that name gives them. It never guesses a size by formula when the tensor
 //! table is known.
 
+use crate::kernels::kv::KvTypes;
 use std::fmt;
 use std::str::FromStr;
 
@@ -180,9 +181,14 @@ pub struct Footprint {
     pub head_bytes: u64,
     pub head_elems: u64,
     pub head_tied: bool,
-    /// Keys and values of each layer for `context` tokens (f32; a
+    /// How the KV cache stores keys and values (see
+    /// [`Footprint::set_kv_types`]).
+    pub kv_types: KvTypes,
+    /// Keys and values of each layer for `context` tokens in `kv_types` (a
     /// sliding-window layer's only for its window).
     pub kv_layer_bytes: Vec<u64>,
+    /// The same on the GPU tier (which keeps block types as f16).
+    pub kv_gpu_layer_bytes: Vec<u64>,
     /// Activations of a prompt chunk on the CPU (residual stream, q/k/v,
     /// MLP, logits, rotary tables, 8-bit activations).
     pub cpu_scratch_bytes: u64,
@@ -306,8 +312,12 @@ impl Footprint {
             head_bytes = head_bytes.saturating_add(embeddings_bytes);
             head_elems = head_elems.saturating_add((hp.n_vocab * hp.n_embd) as u64);
         }
+        let kv_types = KvTypes::default();
         let kv_layer_bytes = (0..hp.n_layer)
-            .map(|i| hp.kv_bytes(i, context, prompt_chunk))
+            .map(|i| hp.kv_bytes(i, context, prompt_chunk, kv_types))
+            .collect();
+        let kv_gpu_layer_bytes = (0..hp.n_layer)
+            .map(|i| hp.kv_bytes(i, context, prompt_chunk, kv_types.on_gpu()))
             .collect();
         let n = prompt_chunk as u64;
         let (d, qd, kvd, ff) = (
@@ -337,7 +347,9 @@ impl Footprint {
             head_bytes,
             head_elems,
             head_tied,
+            kv_types,
             kv_layer_bytes,
+            kv_gpu_layer_bytes,
             cpu_scratch_bytes,
             gpu_scratch_bytes,
             vision_bytes,
@@ -365,6 +377,30 @@ impl Footprint {
     /// KV cache bytes of layer `i` for the context.
     pub fn kv_bytes(&self, i: usize) -> u64 {
         self.kv_layer_bytes.get(i).copied().unwrap_or(0)
+    }
+
+    /// KV cache bytes of layer `i` for the context on the GPU tier.
+    pub fn kv_gpu_bytes(&self, i: usize) -> u64 {
+        self.kv_gpu_layer_bytes.get(i).copied().unwrap_or(0)
+    }
+
+    /// Sizes the KV cache for keys and values stored as `types` (default
+    /// f16 for both).
+    pub fn set_kv_types(&mut self, types: KvTypes) {
+        let (hp, ctx, chunk) = (&self.hp, self.context, self.prompt_chunk);
+        self.kv_types = types;
+        self.kv_layer_bytes = (0..hp.n_layer)
+            .map(|i| hp.kv_bytes(i, ctx, chunk, types))
+            .collect();
+        self.kv_gpu_layer_bytes = (0..hp.n_layer)
+            .map(|i| hp.kv_bytes(i, ctx, chunk, types.on_gpu()))
+            .collect();
+    }
+
+    /// The same footprint with the KV cache stored as `types`.
+    pub fn with_kv_types(mut self, types: KvTypes) -> Self {
+        self.set_kv_types(types);
+        self
     }
 
     /// Bytes of one expert of layer `i` (0 for a dense model).

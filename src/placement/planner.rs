@@ -259,7 +259,7 @@ fn usage(fp: &Footprint, l: Layout) -> (TierBytes, TierBytes, TierBytes) {
         match l.tier(i, n) {
             Tier::Gpu => {
                 w.gpu += b;
-                kv.gpu += fp.kv_bytes(i);
+                kv.gpu += fp.kv_gpu_bytes(i);
             }
             t => {
                 if t == Tier::Disk && fp.experts.is_some() {

@@ -58,8 +58,8 @@ fn mistral_footprints_match_published_gguf_sizes() {
         );
     }
     let fp = mistral(Quant::Q4KM, 4096);
-    // 32 layers × 2 × 8 KV heads × 128 × f32 × 4096 tokens.
-    assert_eq!(fp.kv_cache_bytes(), 32 * 2 * 8 * 128 * 4 * 4096);
+    // 32 layers × 2 × 8 KV heads × 128 × f16 (the default) × 4096 tokens.
+    assert_eq!(fp.kv_cache_bytes(), 32 * 2 * 8 * 128 * 2 * 4096);
     assert_eq!(fp.layer_bytes.len(), 32);
     // Layers with Q6_K attn_v/ffn_down are larger than the others.
     assert!(fp.layer_bytes[0] > fp.layer_bytes[4]);
@@ -67,6 +67,39 @@ fn mistral_footprints_match_published_gguf_sizes() {
         mistral(Quant::Q4KM, 32768).kv_cache_bytes(),
         8 * fp.kv_cache_bytes()
     );
+}
+
+/// The KV cache is sized in its types, K and V separately: at 32k tokens
+/// Mistral-7B's is 8 GiB in f32, 4 in f16, 2.125 in q8_0 (34 bytes a 32-
+/// value block), 1.125 in q4_0 (18 bytes); the GPU tier keeps block types
+/// as f16, so a plan with GPU layers charges them that; and a plan that
+/// cannot fit an f32 cache at all fits in RAM with q8_0.
+#[test]
+fn kv_cache_is_sized_in_its_types() {
+    use crate::kernels::kv::{CacheType as C, KvTypes};
+    let fp = mistral(Quant::Q4KM, 32768);
+    let gib =
+        |t: KvTypes| fp.clone().with_kv_types(t).kv_cache_bytes() as f64 / (1u64 << 30) as f64;
+    assert_eq!(gib(KvTypes::F32), 8.0);
+    assert_eq!(gib(KvTypes::new(C::F16, C::F16)), 4.0);
+    assert_eq!(gib(KvTypes::new(C::Q8_0, C::Q8_0)), 2.125);
+    assert_eq!(gib(KvTypes::new(C::Q4_0, C::Q4_0)), 1.125);
+    assert_eq!(gib(KvTypes::new(C::Q8_0, C::Q4_0)), 1.625);
+    let q8 = fp.clone().with_kv_types(KvTypes::new(C::Q8_0, C::Q8_0));
+    assert_eq!(q8.kv_gpu_bytes(0), fp.kv_bytes(0));
+    assert_eq!(q8.kv_bytes(0) * 64, fp.kv_bytes(0) * 34);
+    // RAM for the Q4_K_M weights and a q8_0 cache, not an f32 one.
+    let b = budgets(0, 4_400_000_000 + (7u64 << 29));
+    assert!(plan(
+        &fp.clone().with_kv_types(KvTypes::F32),
+        &b,
+        Mode::Auto,
+        &rates()
+    )
+    .is_err());
+    let p = plan(&q8, &b, Mode::Auto, &rates()).unwrap();
+    assert_eq!(p.count(Tier::Disk), 0);
+    assert_eq!(p.kv.ram, q8.kv_cache_bytes());
 }
 
 /// Layers are contiguous: disk first, then RAM, then GPU.

@@ -365,6 +365,8 @@ pub struct GpuCharges {
     pub tier: Arc<GpuTier>,
     /// Each GPU layer's KV cache for the whole context.
     pub kv_layer_bytes: Vec<u64>,
+    /// How the GPU tier stores keys and values (f32 or f16).
+    pub kv_types: crate::kernels::kv::KvTypes,
     /// A forward pass's activations on the device.
     pub activation_bytes: u64,
     /// The context length.
@@ -582,10 +584,10 @@ impl LayerStore {
                     experts: None,
                 };
                 let layer = match &g.tier.device {
-                    Some(device) => {
-                        DeviceBlock::load(&self.hp, i, &mut src, device, g.capacity, g.chunk)
-                            .map(|b| GpuLayer::Device(Box::new(b)))
-                    }
+                    Some(device) => DeviceBlock::load(
+                        &self.hp, i, &mut src, device, g.capacity, g.chunk, g.kv_types,
+                    )
+                    .map(|b| GpuLayer::Device(Box::new(b))),
                     None => {
                         LayerWeights::load(&self.hp, &mut src).map(|w| GpuLayer::Host(Box::new(w)))
                     }

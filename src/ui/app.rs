@@ -428,6 +428,7 @@ impl SpillwayApp {
             max_image_pixels: self.settings.max_image_pixels,
             copy_disk_layers: self.settings.copy_disk_layers,
             speculative: self.settings.spec_options(),
+            kv_types: self.settings.kv_types(),
         };
         self.send(Command::Load(req));
     }

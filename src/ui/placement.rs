@@ -107,6 +107,27 @@ pub fn panel_ui(ui: &mut egui::Ui, app: &mut SpillwayApp) -> Vec<PlacementAction
         .map(|t| t.layer_ms_per_token.clone())
         .unwrap_or_default();
     layer_strip_ui(ui, p, &model.layer_bytes, &ms);
+    // The KV cache for the whole context, where it lives.
+    let kv: Vec<String> = [
+        (p.kv.gpu, gpu_label),
+        (p.kv.ram, "RAM"),
+        (p.kv.disk, "disk"),
+    ]
+    .into_iter()
+    .filter(|(b, _)| *b > 0)
+    .map(|(b, tier)| format!("{} in {tier}", human(b)))
+    .collect();
+    if !kv.is_empty() {
+        ui.label(format!(
+            "KV cache ({}, {} tokens): {}",
+            model.kv_types,
+            model.context_length,
+            kv.join(" · ")
+        ))
+        .on_hover_text(
+            "Keys and values for the whole context, by where each layer keeps them. A GPU layer keeps q8_0/q4_0 as f16 (its attention reads f32 and f16).",
+        );
+    }
     if let Some(s) = &model.speculation {
         let accepted = s.acceptance().map_or(String::new(), |a| {
             format!(

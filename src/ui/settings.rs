@@ -5,6 +5,7 @@
 //! YAML, written atomically; a file that cannot be read gives a message and
 //! the defaults.
 
+use crate::kernels::kv::{CacheType, KvTypes};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -131,6 +132,11 @@ pub struct Settings {
     /// The most tokens drafted for one pass.
     #[serde(default = "default_draft_tokens")]
     pub draft_tokens: usize,
+    /// How the KV cache stores keys and values (from the next load).
+    #[serde(default)]
+    pub cache_type_k: CacheType,
+    #[serde(default)]
+    pub cache_type_v: CacheType,
 }
 
 /// Speculative decoding's choices, and how the pane names them.
@@ -219,6 +225,8 @@ impl Default for Settings {
                 draft_model: None,
                 draft_quant: default_draft_quant(),
                 draft_tokens: default_draft_tokens(),
+                cache_type_k: CacheType::default(),
+                cache_type_v: CacheType::default(),
             },
         }
     }
@@ -282,6 +290,8 @@ impl Settings {
             draft_model: None,
             draft_quant: default_draft_quant(),
             draft_tokens: default_draft_tokens(),
+            cache_type_k: c.kv_types.k,
+            cache_type_v: c.kv_types.v,
         }
     }
 
@@ -344,6 +354,10 @@ impl Settings {
         self.recent_models.insert(0, path.to_path_buf());
         self.recent_models.truncate(RECENT_MODELS);
         self.last_model = Some(path.to_path_buf());
+    }
+
+    pub fn kv_types(&self) -> KvTypes {
+        KvTypes::new(self.cache_type_k, self.cache_type_v)
     }
 
     pub fn quant(&self) -> Quant {
@@ -619,6 +633,7 @@ pub fn settings_ui(
             );
         });
         changed |= optional(ui, "Threads", &mut s.threads, 4, 1..=256, "");
+        changed |= kv_ui(ui, s);
         let l = ui.label("Default system prompt for new conversations:");
         changed |= ui
             .add(egui::TextEdit::multiline(&mut s.system_prompt).desired_width(f32::INFINITY))
@@ -635,6 +650,31 @@ pub fn settings_ui(
         actions.push(SettingsAction::Changed);
     }
     actions
+}
+
+/// The KV cache's key and value types (used from the next load).
+fn kv_ui(ui: &mut egui::Ui, s: &mut Settings) -> bool {
+    let mut changed = false;
+    ui.horizontal(|ui| {
+        ui.label("KV cache").on_hover_text(
+            "How keys and values are stored: f16 halves f32's memory; q8_0 halves f16's with \
+             a perplexity change under 0.5 %; q4_0 saves most but costs quality (keys are \
+             the more sensitive half). Used from the next load.",
+        );
+        for (label, ty) in [
+            ("keys", &mut s.cache_type_k),
+            ("values", &mut s.cache_type_v),
+        ] {
+            egui::ComboBox::from_label(label)
+                .selected_text(ty.name())
+                .show_ui(ui, |ui| {
+                    for t in CacheType::ALL {
+                        changed |= ui.selectable_value(ty, t, t.name()).changed();
+                    }
+                });
+        }
+    });
+    changed
 }
 
 /// Speculative decoding: the drafter and its settings, applied to the

@@ -52,6 +52,7 @@ fn model_info() -> ModelInfo {
         synthetic: false,
         remote: None,
         speculation: None,
+        kv_types: Default::default(),
         thinking: None,
         vision: None,
     }
@@ -828,6 +829,7 @@ fn the_settings_offload_folder_is_the_disk_tiers() {
     let link = worker::spawn(std::sync::Arc::new(|| {}));
     let req = LoadRequest {
         speculative: Default::default(),
+        kv_types: Default::default(),
         req_id: 1,
         model_path: smollm2(),
         placement: spillway::engine::PlacementRequest {

@@ -14,6 +14,7 @@ use std::arch::x86_64::*;
 use super::formats::{k_scale_min, Format, QActs, GROUP};
 
 mod float;
+pub mod kv;
 mod panel;
 
 pub use float::{attend, axpy, dot_f32, exp_sum, half_rows, silu_mul};

@@ -1,0 +1,484 @@
+//! The KV cache's storage types (llama.cpp's `--cache-type-k/-v` names)
+//! and attention that reads them in place: each key and value row is
+//! decoded in registers as the scores and the weighted sum stream past it,
+//! never into a dequantized copy.
+//!
+//! A row is one KV head's `head_dim` values at one position: `f32`, `f16`,
+//! or 32-value blocks of `q8_0` (an f16 scale and 32 signed bytes) or `q4_0`
+//! (an f16 scale and 16 bytes of 4-bit values, element `j` in the low
+//! nibble of byte `j`, element `j + 16` in its high nibble), as ggml stores
+//! them, quantized as ggml's reference quantizers do.
+
+use super::isa::{self, Isa, UnsupportedIsa};
+use half::f16;
+
+/// How the cache stores keys or values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheType {
+    F32,
+    #[default]
+    F16,
+    Q8_0,
+    Q4_0,
+}
+
+/// The storage types of keys and of values (K is the more sensitive: a
+/// common choice is `q8_0` keys with `q4_0` values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct KvTypes {
+    pub k: CacheType,
+    pub v: CacheType,
+}
+
+impl KvTypes {
+    pub const F32: KvTypes = KvTypes {
+        k: CacheType::F32,
+        v: CacheType::F32,
+    };
+
+    pub fn new(k: CacheType, v: CacheType) -> Self {
+        KvTypes { k, v }
+    }
+
+    /// Bytes of one position of one KV head: a key row and a value row.
+    pub fn row_bytes(self, hd: usize) -> usize {
+        self.k.row_bytes(hd) + self.v.row_bytes(hd)
+    }
+
+    pub fn check(self, hd: usize) -> Result<(), String> {
+        self.k.check(hd)?;
+        self.v.check(hd)
+    }
+
+    /// What the GPU tier stores: its attention runs on the device's own
+    /// matmuls, which read f32 and f16; block types are kept as f16 there.
+    pub fn on_gpu(self) -> KvTypes {
+        let dev = |t: CacheType| if t.is_quantized() { CacheType::F16 } else { t };
+        KvTypes::new(dev(self.k), dev(self.v))
+    }
+}
+
+impl std::fmt::Display for KvTypes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "K {} / V {}", self.k, self.v)
+    }
+}
+
+/// Values per quantization block.
+pub const QK: usize = 32;
+
+impl CacheType {
+    pub const ALL: [CacheType; 4] = [
+        CacheType::F32,
+        CacheType::F16,
+        CacheType::Q8_0,
+        CacheType::Q4_0,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheType::F32 => "f32",
+            CacheType::F16 => "f16",
+            CacheType::Q8_0 => "q8_0",
+            CacheType::Q4_0 => "q4_0",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<CacheType, String> {
+        CacheType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| format!("`{s}` is not a KV cache type (f32, f16, q8_0 or q4_0)"))
+    }
+
+    /// Bytes of a row of `hd` values (`hd` checked by [`CacheType::check`]).
+    pub fn row_bytes(self, hd: usize) -> usize {
+        match self {
+            CacheType::F32 => 4 * hd,
+            CacheType::F16 => 2 * hd,
+            CacheType::Q8_0 => hd / QK * 34,
+            CacheType::Q4_0 => hd / QK * 18,
+        }
+    }
+
+    /// Whether rows of `hd` values can be stored in this type.
+    pub fn check(self, hd: usize) -> Result<(), String> {
+        match self {
+            CacheType::Q8_0 | CacheType::Q4_0 if !hd.is_multiple_of(QK) => Err(format!(
+                "a {} KV cache needs a head size that is a multiple of {QK}; this model's is {hd} (use f16 or f32)",
+                self.name()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the type is a block-quantized one.
+    pub fn is_quantized(self) -> bool {
+        matches!(self, CacheType::Q8_0 | CacheType::Q4_0)
+    }
+
+    /// Stores `src` (a multiple of the row length) into `dst`.
+    pub fn encode(self, src: &[f32], dst: &mut [u8]) {
+        match self {
+            CacheType::F32 => {
+                for (d, s) in dst.chunks_exact_mut(4).zip(src) {
+                    d.copy_from_slice(&s.to_le_bytes());
+                }
+            }
+            CacheType::F16 => {
+                for (d, s) in dst.chunks_exact_mut(2).zip(src) {
+                    d.copy_from_slice(&f16::from_f32(*s).to_le_bytes());
+                }
+            }
+            CacheType::Q8_0 => {
+                for (d, s) in dst.chunks_exact_mut(34).zip(src.chunks_exact(QK)) {
+                    let amax = s.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    let scale = amax / 127.0;
+                    let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+                    d[..2].copy_from_slice(&f16::from_f32(scale).to_le_bytes());
+                    for (q, x) in d[2..].iter_mut().zip(s) {
+                        *q = ((x * inv).round() as i8) as u8;
+                    }
+                }
+            }
+            CacheType::Q4_0 => {
+                for (d, s) in dst.chunks_exact_mut(18).zip(src.chunks_exact(QK)) {
+                    // The value of largest magnitude, sign kept, maps to -8.
+                    let max = s
+                        .iter()
+                        .fold(0f32, |m, &x| if x.abs() > m.abs() { x } else { m });
+                    let scale = max / -8.0;
+                    let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+                    d[..2].copy_from_slice(&f16::from_f32(scale).to_le_bytes());
+                    let q = |x: f32| ((x * inv + 8.5) as u8).min(15);
+                    for j in 0..QK / 2 {
+                        d[2 + j] = q(s[j]) | (q(s[j + QK / 2]) << 4);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads `dst.len()` values (whole rows) back from `src`.
+    pub fn decode(self, src: &[u8], dst: &mut [f32]) {
+        match self {
+            CacheType::F32 => {
+                for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                    *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+                }
+            }
+            CacheType::F16 => {
+                for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                    *d = f16::from_le_bytes([s[0], s[1]]).to_f32();
+                }
+            }
+            CacheType::Q8_0 => {
+                for (d, s) in dst.chunks_exact_mut(QK).zip(src.chunks_exact(34)) {
+                    let scale = f16::from_le_bytes([s[0], s[1]]).to_f32();
+                    for (o, &q) in d.iter_mut().zip(&s[2..]) {
+                        *o = q as i8 as f32 * scale;
+                    }
+                }
+            }
+            CacheType::Q4_0 => {
+                for (d, s) in dst.chunks_exact_mut(QK).zip(src.chunks_exact(18)) {
+                    let scale = f16::from_le_bytes([s[0], s[1]]).to_f32();
+                    for j in 0..QK / 2 {
+                        d[j] = ((s[2 + j] & 15) as i32 - 8) as f32 * scale;
+                        d[j + QK / 2] = ((s[2 + j] >> 4) as i32 - 8) as f32 * scale;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for CacheType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for CacheType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        CacheType::parse(s)
+    }
+}
+
+/// One KV head's cached rows: `len` rows of `hd` values in type `ty`, the
+/// first for the first position attended to.
+#[derive(Clone, Copy)]
+pub struct Rows<'a> {
+    pub ty: CacheType,
+    pub bytes: &'a [u8],
+    pub hd: usize,
+}
+
+impl Rows<'_> {
+    fn row(&self, j: usize) -> &[u8] {
+        let rb = self.ty.row_bytes(self.hd);
+        &self.bytes[j * rb..(j + 1) * rb]
+    }
+}
+
+/// Attention of one query row over `scores.len()` cached rows of one KV
+/// head: `out = softmax(scale · K q) · V`. `scores` is scratch.
+pub fn attend(
+    q: &[f32],
+    k: Rows<'_>,
+    v: Rows<'_>,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_on(isa::active(), q, k, v, scale, scores, out)
+}
+
+/// [`attend`] on a given ISA (tests compare every level the CPU has); an
+/// ISA this CPU lacks is an error.
+pub fn attend_with(
+    isa: Isa,
+    q: &[f32],
+    k: Rows<'_>,
+    v: Rows<'_>,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) -> Result<(), UnsupportedIsa> {
+    isa.check()?;
+    attend_on(isa, q, k, v, scale, scores, out);
+    Ok(())
+}
+
+fn attend_on(
+    isa: Isa,
+    q: &[f32],
+    k: Rows<'_>,
+    v: Rows<'_>,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let (len, hd) = (scores.len(), k.hd);
+    assert!(
+        v.hd == hd
+            && q.len() >= hd
+            && out.len() >= hd
+            && k.bytes.len() >= len * k.ty.row_bytes(hd)
+            && v.bytes.len() >= len * v.ty.row_bytes(hd)
+    );
+    if k.ty == CacheType::F32 && v.ty == CacheType::F32 {
+        // The f32 kernel as it always was (bit for bit).
+        // SAFETY: f32 rows are stored in 4-byte aligned buffers.
+        let (kf, vf) = unsafe { (as_f32(k.bytes), as_f32(v.bytes)) };
+        return super::ops::attend_with(isa, q, kf, vf, hd, scale, scores, out)
+            .expect("the ISA was checked");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar && hd.is_multiple_of(8) {
+        // SAFETY: the ISA is supported (checked or active); sizes asserted.
+        return unsafe { super::x86::kv::attend(q, k, v, scale, scores, out) };
+    }
+    let _ = isa;
+    // Scalar: one decoded row at a time on the stack.
+    let mut row = [0f32; 512];
+    let mut heap = Vec::new();
+    let row: &mut [f32] = if hd <= row.len() {
+        &mut row[..hd]
+    } else {
+        heap.resize(hd, 0.0);
+        &mut heap
+    };
+    let mut max = f32::NEG_INFINITY;
+    for (j, s) in scores.iter_mut().enumerate() {
+        k.ty.decode(k.row(j), row);
+        *s = row.iter().zip(&q[..hd]).map(|(a, b)| a * b).sum::<f32>() * scale;
+        max = max.max(*s);
+    }
+    let mut sum = 0.0;
+    for s in scores.iter_mut() {
+        *s = super::ops::exp_scalar(*s - max);
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    let out = &mut out[..hd];
+    out.fill(0.0);
+    for (j, &p) in scores.iter().enumerate() {
+        v.ty.decode(v.row(j), row);
+        for (o, x) in out.iter_mut().zip(row.iter()) {
+            *o += p * inv * x;
+        }
+    }
+}
+
+/// The floats of an f32 row buffer.
+///
+/// # Safety
+/// `b` must start 4-byte aligned (the cache's buffers are `f32` vectors).
+unsafe fn as_f32(b: &[u8]) -> &[f32] {
+    debug_assert!((b.as_ptr() as usize).is_multiple_of(4));
+    std::slice::from_raw_parts(b.as_ptr().cast::<f32>(), b.len() / 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// f32 storage round-trips exactly, f16 within its rounding, the block
+    /// types within half a step of their block's scale; the quantizers
+    /// match ggml's reference rounding on known values.
+    #[test]
+    fn every_type_round_trips_within_its_step() {
+        let x = values(4 * 64, 7);
+        for ty in CacheType::ALL {
+            let mut b = vec![0u8; 4 * ty.row_bytes(64)];
+            ty.encode(&x, &mut b);
+            let mut y = vec![0f32; x.len()];
+            ty.decode(&b, &mut y);
+            for (blk, (xs, ys)) in x.chunks(32).zip(y.chunks(32)).enumerate() {
+                let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let tol = match ty {
+                    CacheType::F32 => 0.0,
+                    CacheType::F16 => amax / 1024.0,
+                    CacheType::Q8_0 => amax / 127.0 * 0.51,
+                    // The clamped end of the range (+8 steps is 7) loses a step.
+                    CacheType::Q4_0 => amax / 8.0 * 1.01,
+                };
+                for (a, b) in xs.iter().zip(ys) {
+                    assert!(
+                        (a - b).abs() <= tol + amax * 1e-3 * (ty != CacheType::F32) as u8 as f32,
+                        "{ty} block {blk}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+        // ggml: q8_0 of [1, -0.5, 0, …] is scale 1/127, values 127, -64
+        // (round half away from zero), 0.
+        let mut one = vec![0f32; 32];
+        one[0] = 1.0;
+        one[1] = -0.5;
+        let mut b = vec![0u8; 34];
+        CacheType::Q8_0.encode(&one, &mut b);
+        assert_eq!((b[2] as i8, b[3] as i8, b[4] as i8), (127, -64, 0));
+        // q4_0: the largest magnitude (-1) maps to 0 (that is, -8), zero
+        // to 8, 0.5 to 4.
+        one[0] = -1.0;
+        one[1] = 0.5;
+        let mut b = vec![0u8; 18];
+        CacheType::Q4_0.encode(&one, &mut b);
+        assert_eq!((b[2] & 15, b[3] & 15, b[4] & 15), (0, 12, 8));
+        assert_eq!(CacheType::parse("Q8_0"), Ok(CacheType::Q8_0));
+        assert!(CacheType::parse("q5_1").is_err());
+        assert!(CacheType::Q4_0.check(80).is_err());
+        assert!(CacheType::F16.check(80).is_ok());
+    }
+
+    /// Attention over each stored type, K and V separately, on every ISA
+    /// the host has, equals f32 attention over the decoded rows (the same
+    /// numbers: reading in place changes nothing but the memory read), and
+    /// an ISA the host lacks is refused.
+    #[test]
+    fn attention_on_every_cache_type_matches_f32_attention_of_its_rows() {
+        for hd in [32usize, 64, 128, 40] {
+            for len in [1usize, 3, 4, 7, 33] {
+                let q = values(hd, 1);
+                let k = values(len * hd, 2);
+                let v = values(len * hd, 3);
+                for kt in CacheType::ALL {
+                    for vt in CacheType::ALL {
+                        if kt.check(hd).is_err() || vt.check(hd).is_err() {
+                            continue;
+                        }
+                        let enc = |ty: CacheType, x: &[f32]| {
+                            // 4-byte aligned, as the cache allocates.
+                            let mut w = vec![0f32; (len * ty.row_bytes(hd)).div_ceil(4)];
+                            let b = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    w.as_mut_ptr().cast::<u8>(),
+                                    len * ty.row_bytes(hd),
+                                )
+                            };
+                            ty.encode(x, b);
+                            let mut back = vec![0f32; x.len()];
+                            ty.decode(b, &mut back);
+                            (w, back)
+                        };
+                        let (kw, kf) = enc(kt, &k);
+                        let (vw, vf) = enc(vt, &v);
+                        let bytes = |w: &Vec<f32>, ty: CacheType| unsafe {
+                            std::slice::from_raw_parts(
+                                w.as_ptr().cast::<u8>(),
+                                len * ty.row_bytes(hd),
+                            )
+                        };
+                        let mut want = vec![0f32; hd];
+                        let mut sc = vec![0f32; len];
+                        super::super::ops::attend_with(
+                            Isa::Scalar,
+                            &q,
+                            &kf,
+                            &vf,
+                            hd,
+                            0.125,
+                            &mut sc,
+                            &mut want,
+                        )
+                        .unwrap();
+                        for isa in Isa::available() {
+                            let mut got = vec![0f32; hd];
+                            attend_with(
+                                isa,
+                                &q,
+                                Rows {
+                                    ty: kt,
+                                    bytes: bytes(&kw, kt),
+                                    hd,
+                                },
+                                Rows {
+                                    ty: vt,
+                                    bytes: bytes(&vw, vt),
+                                    hd,
+                                },
+                                0.125,
+                                &mut sc,
+                                &mut got,
+                            )
+                            .unwrap();
+                            for (a, b) in got.iter().zip(&want) {
+                                assert!(
+                                    (a - b).abs() < 1e-5,
+                                    "{kt}/{vt} hd {hd} len {len} {isa:?}: {a} vs {b}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let missing = [Isa::Avx2, Isa::Avx512Vnni]
+            .into_iter()
+            .find(|i| !i.supported());
+        if let Some(isa) = missing {
+            let r = Rows {
+                ty: CacheType::F16,
+                bytes: &[0u8; 64],
+                hd: 32,
+            };
+            assert!(attend_with(isa, &[0.0; 32], r, r, 1.0, &mut [0.0], &mut [0.0; 32]).is_err());
+        }
+    }
+}
