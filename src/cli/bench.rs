@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// Tokens for the decode test (0 skips it).
     #[arg(long, value_name = "N", default_value_t = 128)]
     gen_tokens: usize,
+    /// Tokens already in the context before each test (llama-bench's
+    /// `-d`): attention then reads this many cached keys and values.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    depth: usize,
     /// Runs of each test; the median is reported.
     #[arg(long, value_name = "N", default_value_t = 3)]
     repetitions: usize,
@@ -136,8 +140,18 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    fn prompt(&mut self) -> anyhow::Result<Timed> {
+    /// Empties the context, then fills `--depth` tokens (untimed).
+    fn reset_to_depth(&mut self) -> anyhow::Result<()> {
         self.engine.reset();
+        if self.args.depth > 0 {
+            let filler = synthetic_tokens(self.args.depth + 7, self.vocab);
+            self.engine.feed(&filler[7..], &self.never)?;
+        }
+        Ok(())
+    }
+
+    fn prompt(&mut self) -> anyhow::Result<Timed> {
+        self.reset_to_depth()?;
         if self.args.cold {
             drop_page_cache(&self.path);
         }
@@ -152,7 +166,7 @@ impl Bench<'_> {
     }
 
     fn decode(&mut self, cold: bool) -> anyhow::Result<Timed> {
-        self.engine.reset();
+        self.reset_to_depth()?;
         if cold {
             drop_page_cache(&self.path);
         }
@@ -243,6 +257,8 @@ fn llama_bench(
     threads: usize,
     pp: usize,
     tg: usize,
+    depth: usize,
+    kv: crate::kernels::kv::KvTypes,
 ) -> anyhow::Result<(Option<f64>, Option<f64>)> {
     let out = std::process::Command::new(exe)
         .args([
@@ -256,6 +272,16 @@ fn llama_bench(
             &pp.to_string(),
             "-n",
             &tg.to_string(),
+            "-d",
+            &depth.to_string(),
+            // The same cache types; llama.cpp needs flash attention for a
+            // quantized V cache, and uses it for all of them here.
+            "-ctk",
+            kv.k.name(),
+            "-ctv",
+            kv.v.name(),
+            "-fa",
+            "on",
             "-r",
             "1",
             "-o",
@@ -291,7 +317,7 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let path = engine.gguf.path.clone();
     let vocab = engine.hparams().n_vocab;
     let ctx = engine.context_length();
-    if a.prompt_tokens >= ctx || a.gen_tokens + 1 >= ctx {
+    if a.depth + a.prompt_tokens >= ctx || a.depth + a.gen_tokens + 1 >= ctx {
         anyhow::bail!("the test lengths exceed the context ({ctx} tokens); raise --ctx");
     }
     let disk_layers = engine
@@ -343,7 +369,15 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
             }
         }
         if let Some(exe) = &a.compare_llama {
-            let (p, t) = llama_bench(exe, &path, threads, a.prompt_tokens, a.gen_tokens)?;
+            let (p, t) = llama_bench(
+                exe,
+                &path,
+                threads,
+                a.prompt_tokens,
+                a.gen_tokens,
+                a.depth,
+                b.engine.kv_types(),
+            )?;
             l_pp.extend(p);
             l_tg.extend(t);
             if !a.json {
@@ -418,6 +452,8 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
             "disk_layers": disk_layers,
             "cold": a.cold,
             "prompt_tokens": a.prompt_tokens,
+            "depth": a.depth,
+            "kv_types": b.engine.kv_types(),
             "gen_tokens": a.gen_tokens,
             "pp_tokens_per_sec": median(&pp),
             "tg_tokens_per_sec": median(&tg),

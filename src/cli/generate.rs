@@ -316,6 +316,7 @@ pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
                 "ram_layer_bytes": store.tier_bytes(crate::placement::Tier::Ram),
                 "disk_layer_bytes": store.tier_bytes(crate::placement::Tier::Disk),
                 "kv_cache_bytes": engine.kv_bytes(engine.cached_tokens().len()),
+                "kv_types": engine.kv_types(),
                 "offload_folder_bytes": store.offload_bytes(),
             },
             "tiers": store.tiers().iter().map(|t| t.to_string()).collect::<Vec<_>>(),

@@ -225,3 +225,56 @@ fn auto_threads_follow_the_cpu_affinity() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("at least 1"));
 }
+
+/// The KV cache types on a real model: `plan` sizes the cache in them (K
+/// and V separately, exactly), `generate` reports them, and an unknown
+/// type is refused with the list of types.
+#[test]
+fn kv_cache_types_are_planned_and_reported() {
+    let m = smollm2();
+    let plan = |k: &str, v: &str| {
+        spillway_json(&[
+            "plan",
+            "--model",
+            path_str(&m),
+            "--ctx",
+            "4096",
+            "--cache-type-k",
+            k,
+            "--cache-type-v",
+            v,
+            "--json",
+        ])
+    };
+    let f32 = plan("f32", "f32");
+    let mixed = plan("q8_0", "q4_0");
+    let kv = |p: &serde_json::Value| p["kv_cache_bytes"].as_u64().unwrap();
+    // A 64-value row: 256 + 256 bytes in f32, 68 + 36 in q8_0 + q4_0.
+    assert_eq!(kv(&mixed) * 512, kv(&f32) * 104);
+    assert_eq!(mixed["kv_types"]["k"], "q8_0");
+    assert_eq!(mixed["kv_types"]["v"], "q4_0");
+    // The default is f16 for both: half of f32.
+    let default = spillway_json(&["plan", "--model", path_str(&m), "--ctx", "4096", "--json"]);
+    assert_eq!(kv(&default) * 2, kv(&f32));
+    let out = spillway_json(&[
+        "generate",
+        "--model",
+        path_str(&m),
+        "--prompt",
+        "Name the capital of France.",
+        "--greedy",
+        "--max-tokens",
+        "8",
+        "--cache-type-k",
+        "q8_0",
+        "--cache-type-v",
+        "q8_0",
+        "--json",
+    ]);
+    assert_eq!(out["memory"]["kv_types"]["k"], "q8_0");
+    assert!(out["text"].as_str().unwrap().contains("Paris"), "{out}");
+    let bad = crate::common::spillway(&["plan", "--model", path_str(&m), "--cache-type-v", "q5_1"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("q8_0") && err.contains("q4_0"), "{err}");
+}
