@@ -59,6 +59,45 @@ impl KvTypes {
     }
 }
 
+impl KvTypes {
+    /// Keys stored in a block type are rotated first by an orthonormal
+    /// Walsh–Hadamard transform over blocks of this many values (the head
+    /// size's largest power-of-two factor, at least 64), queries likewise,
+    /// so scores are unchanged while an outlier's energy spreads over its
+    /// block before quantizing (the QuaRot idea; llama.cpp does the same
+    /// for quantized caches). `None` for f32/f16 keys or odd head sizes.
+    pub fn k_rotation(self, hd: usize) -> Option<usize> {
+        (self.k.is_quantized() && hd.is_multiple_of(64)).then(|| 1 << hd.trailing_zeros())
+    }
+
+    /// Values stored in a block type are rotated in blocks of 64, and the
+    /// attention output rotated back (the transform is its own inverse).
+    pub fn v_rotation(self, hd: usize) -> Option<usize> {
+        (self.v.is_quantized() && hd.is_multiple_of(64)).then_some(64)
+    }
+}
+
+/// The orthonormal Walsh–Hadamard transform of each `block`-value chunk of
+/// `x` (`block` a power of two), in place; applying it twice gives `x`.
+pub fn hadamard(x: &mut [f32], block: usize) {
+    debug_assert!(block.is_power_of_two());
+    let norm = 1.0 / (block as f32).sqrt();
+    for b in x.chunks_exact_mut(block) {
+        let mut h = 1;
+        while h < block {
+            for i in (0..block).step_by(2 * h) {
+                for j in i..i + h {
+                    let (a, c) = (b[j], b[j + h]);
+                    b[j] = a + c;
+                    b[j + h] = a - c;
+                }
+            }
+            h *= 2;
+        }
+        b.iter_mut().for_each(|v| *v *= norm);
+    }
+}
+
 impl std::fmt::Display for KvTypes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "K {} / V {}", self.k, self.v)
@@ -167,6 +206,13 @@ impl CacheType {
                 for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
                     *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
                 }
+            }
+            CacheType::F16 if (src.as_ptr() as usize).is_multiple_of(2) => {
+                use half::slice::HalfFloatSliceExt;
+                let n = dst.len().min(src.len() / 2);
+                // SAFETY: aligned (checked), in bounds; any bits are an f16.
+                let h = unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<f16>(), n) };
+                h.convert_to_f32_slice(&mut dst[..n]);
             }
             CacheType::F16 => {
                 for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
@@ -385,6 +431,29 @@ mod tests {
         assert!(CacheType::parse("q5_1").is_err());
         assert!(CacheType::Q4_0.check(80).is_err());
         assert!(CacheType::F16.check(80).is_ok());
+    }
+
+    /// The transform is orthonormal and its own inverse: dot products are
+    /// kept, and a vector comes back.
+    #[test]
+    fn hadamard_keeps_dot_products_and_inverts_itself() {
+        let (a, b) = (values(128, 4), values(128, 5));
+        let (mut ha, mut hb) = (a.clone(), b.clone());
+        hadamard(&mut ha, 128);
+        hadamard(&mut hb, 128);
+        let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>();
+        assert!((dot(&a, &b) - dot(&ha, &hb)).abs() < 1e-4);
+        hadamard(&mut ha, 128);
+        for (x, y) in a.iter().zip(&ha) {
+            assert!((x - y).abs() < 1e-5);
+        }
+        let t = KvTypes::new(CacheType::Q4_0, CacheType::Q8_0);
+        assert_eq!(
+            (t.k_rotation(64), t.k_rotation(192), t.k_rotation(256)),
+            (Some(64), Some(64), Some(256))
+        );
+        assert_eq!((t.v_rotation(128), t.v_rotation(96)), (Some(64), None));
+        assert_eq!(KvTypes::default().k_rotation(128), None);
     }
 
     /// Attention over each stored type, K and V separately, on every ISA

@@ -505,34 +505,11 @@ impl DeviceHead {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::hparams::Arch;
 
     fn hparams(rope_style: RopeStyle) -> HParams {
         HParams {
-            arch: Arch::Llama,
-            arch_name: "llama".into(),
-            n_layer: 1,
-            n_embd: 32,
-            n_ff: 48,
-            n_head: 4,
-            n_head_kv: 2,
-            head_dim: 8,
-            n_vocab: 16,
-            context_length: 64,
-            rope_freq_base: 10000.0,
             rope_style,
-            rms_eps: 1e-5,
-            has_qkv_bias: true,
-            mrope_sections: None,
-            tied_embeddings: true,
-            qk_norm: false,
-            attn_scale: None,
-            sliding_window: 0,
-            sliding: Vec::new(),
-            rope_freq_base_swa: 10_000.0,
-            rope_freq_scale: 1.0,
-            rope_freq_factors: None,
-            moe: None,
+            ..HParams::test_llama()
         }
     }
 

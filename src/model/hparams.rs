@@ -728,6 +728,37 @@ impl HParams {
             * self.kv_positions(i, context, chunk) as u64
     }
 
+    /// A small llama for tests: 1 layer, 4 heads over 2 KV heads of 8.
+    #[cfg(test)]
+    pub fn test_llama() -> HParams {
+        HParams {
+            arch: Arch::Llama,
+            arch_name: "llama".into(),
+            n_layer: 1,
+            n_embd: 32,
+            n_ff: 48,
+            n_head: 4,
+            n_head_kv: 2,
+            head_dim: 8,
+            n_vocab: 16,
+            context_length: 64,
+            rope_freq_base: 10000.0,
+            rope_style: RopeStyle::Interleaved,
+            rms_eps: 1e-5,
+            has_qkv_bias: true,
+            mrope_sections: None,
+            tied_embeddings: true,
+            qk_norm: false,
+            attn_scale: None,
+            sliding_window: 0,
+            sliding: Vec::new(),
+            rope_freq_base_swa: 10_000.0,
+            rope_freq_scale: 1.0,
+            rope_freq_factors: None,
+            moe: None,
+        }
+    }
+
     /// Whether this is a vision-language model's text half (positions in
     /// three dimensions).
     pub fn is_multimodal(&self) -> bool {

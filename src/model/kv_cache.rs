@@ -3,7 +3,10 @@
 //! head's keys contiguously, in place, never copied. Keys and values are
 //! each stored in their own [`CacheType`] (f32, f16, q8_0, q4_0: a row is a
 //! head's `head_dim` values, quantized in 32-value blocks), which attention
-//! decodes in registers as it reads.
+//! decodes in registers as it reads. Block-type keys and values are stored
+//! rotated (`KvTypes::k_rotation`/`v_rotation`): attention rotates the
+//! queries and its output to match, and [`KvCache::rows`] gives them back
+//! unrotated.
 //!
 //! Buffers are allocated zeroed at a layer's first use; the operating
 //! system backs such pages lazily, so resident memory grows with the tokens
@@ -18,7 +21,7 @@
 
 use super::hparams::HParams;
 use super::ModelError;
-use crate::kernels::kv::{CacheType, KvTypes, Rows};
+use crate::kernels::kv::{hadamard, CacheType, KvTypes, Rows};
 
 /// The positions a sliding layer keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,12 +323,40 @@ impl KvCache {
             }
             self.base[layer] = base;
         }
+        let types = KvTypes::new(kt, vt);
+        let (krot, vrot) = (types.k_rotation(hd), types.v_rotation(hd));
+        let mut stack = [0f32; 512];
+        let mut heap = Vec::new();
+        let tmp: &mut [f32] = if hd <= stack.len() {
+            &mut stack[..hd]
+        } else {
+            heap.resize(hd, 0.0);
+            &mut heap
+        };
+        let mut put = |ty: CacheType, rot: Option<usize>, x: &[f32], dst: &mut [u8]| match rot {
+            Some(b) => {
+                tmp.copy_from_slice(x);
+                hadamard(tmp, b);
+                ty.encode(tmp, dst);
+            }
+            None => ty.encode(x, dst),
+        };
         for t in 0..n {
             for h in 0..kvh {
                 let row = h * cap + pos - base + t;
                 let src = t * width + h * hd;
-                kt.encode(&k[src..src + hd], &mut kc[row * kb..(row + 1) * kb]);
-                vt.encode(&v[src..src + hd], &mut vc[row * vb..(row + 1) * vb]);
+                put(
+                    kt,
+                    krot,
+                    &k[src..src + hd],
+                    &mut kc[row * kb..(row + 1) * kb],
+                );
+                put(
+                    vt,
+                    vrot,
+                    &v[src..src + hd],
+                    &mut vc[row * vb..(row + 1) * vb],
+                );
             }
         }
         Ok(())
@@ -357,7 +388,8 @@ impl KvCache {
             self.base[layer],
         );
         let len = len.min(base + cap);
-        let gather = |src: &[f32], ty: CacheType| -> Vec<f32> {
+        let types = self.types();
+        let gather = |src: &[f32], ty: CacheType, rot: Option<usize>| -> Vec<f32> {
             let (src, rb) = (bytes(src), ty.row_bytes(hd));
             let mut out = vec![0f32; len * kvh * hd];
             for t in base..len {
@@ -365,11 +397,17 @@ impl KvCache {
                     let at = (h * cap + t - base) * rb;
                     let to = (t * kvh + h) * hd;
                     ty.decode(&src[at..at + rb], &mut out[to..to + hd]);
+                    if let Some(b) = rot {
+                        hadamard(&mut out[to..to + hd], b);
+                    }
                 }
             }
             out
         };
-        Some((gather(k, self.k_type), gather(v, self.v_type)))
+        Some((
+            gather(k, self.k_type, types.k_rotation(hd)),
+            gather(v, self.v_type, types.v_rotation(hd)),
+        ))
     }
 
     /// Takes `len` positions of `layer` (token major, as [`KvCache::rows`]
@@ -485,5 +523,37 @@ mod tests {
         assert_eq!(&rk[2 * 15..], &k[2 * 15..]);
         // A pass larger than the buffer can hold is an error, not a panic.
         assert!(c.write(0, 20, 9, &[0.0; 18], &[0.0; 18]).is_err());
+    }
+
+    /// Block-type rows are stored rotated and come back unrotated from
+    /// `rows` (what the GPU tier imports), within the type's step; changing
+    /// the types re-encodes what is cached.
+    #[test]
+    fn quantized_rows_come_back_unrotated() {
+        let x: Vec<f32> = (0..3 * 128)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        for types in [
+            KvTypes::new(CacheType::Q8_0, CacheType::Q8_0),
+            KvTypes::new(CacheType::Q4_0, CacheType::F16),
+            KvTypes::F32,
+        ] {
+            let mut c = KvCache::new(1, 2, 64, 16);
+            c.write(0, 0, 3, &x, &x).unwrap();
+            c.set_len(3);
+            c.set_types(types).unwrap();
+            let (k, v) = c.rows(0, 3).unwrap();
+            let tol = |t: CacheType| match t {
+                CacheType::Q4_0 => 0.6,
+                CacheType::Q8_0 => 0.05,
+                _ => 0.0,
+            };
+            for (a, b) in x.iter().zip(&k) {
+                assert!((a - b).abs() <= tol(types.k) + 0.06, "{types}: {a} vs {b}");
+            }
+            for (a, b) in x.iter().zip(&v) {
+                assert!((a - b).abs() <= tol(types.v) + 0.06, "{types}: {a} vs {b}");
+            }
+        }
     }
 }

@@ -430,6 +430,30 @@ fn grow(v: &mut Vec<f32>, n: usize) {
 thread_local! {
     /// Each compute thread's attention scores for one query.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each compute thread's tiled-attention state (see [`Tiles`]).
+    static TILES: std::cell::RefCell<Tiles> = std::cell::RefCell::new(Tiles::default());
+}
+
+/// Passes of at least this many tokens run tiled attention; smaller ones
+/// (decode, speculative verification) give each query the kernel a single
+/// token gets.
+const TILED_MIN_TOKENS: usize = 32;
+/// Query positions of a tiled task (times the heads of one KV group).
+const TILE_QUERIES: usize = 16;
+/// Keys of a tile: decoded once into L1-sized scratch, used by every query
+/// row of the task.
+const TILE_KEYS: usize = 64;
+
+/// Scratch of one tiled-attention task: a tile of keys and values as f32,
+/// and per query row its running maximum, sum and output.
+#[derive(Default)]
+struct Tiles {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    scores: Vec<f32>,
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    out: Vec<f32>,
 }
 
 /// Everything outside the blocks: embeddings, final norm, output head, and the
@@ -841,8 +865,22 @@ impl Transformer {
 
     /// Causal attention of `n` queries at positions `pos..` over the layer's
     /// cached keys `0..pos + n`, in parallel over heads and query chunks.
-    fn attention(&self, kv: LayerKv<'_>, q: &[f32], n: usize, pos: usize, out: &mut [f32]) {
-        let hp = &self.hp;
+    fn attention(hp: &HParams, kv: LayerKv<'_>, q: &[f32], n: usize, pos: usize, out: &mut [f32]) {
+        if n >= TILED_MIN_TOKENS {
+            return Self::attention_tiled(hp, kv, q, n, pos, out);
+        }
+        Self::attention_rows(hp, kv, q, n, pos, out)
+    }
+
+    /// Attention query by query (the kernel a single token gets).
+    fn attention_rows(
+        hp: &HParams,
+        kv: LayerKv<'_>,
+        q: &[f32],
+        n: usize,
+        pos: usize,
+        out: &mut [f32],
+    ) {
         let (hd, nh) = (hp.head_dim, hp.n_head);
         let n_rep = nh / hp.n_head_kv;
         let qd = nh * hd;
@@ -872,6 +910,108 @@ impl Transformer {
                             std::slice::from_raw_parts_mut(dst.ptr().add(i * qd + head * hd), hd)
                         };
                         crate::kernels::kv::attend(qv, keys, values, scale, &mut scores[..len], o);
+                    }
+                }
+            })
+        });
+    }
+
+    /// Attention for a long pass, tiled: a task takes the query heads of
+    /// one KV group at [`TILE_QUERIES`] positions and walks the keys they
+    /// see in tiles of [`TILE_KEYS`], each decoded once into scratch that
+    /// stays in cache for every query row, with a running (online) softmax
+    /// per row. Memory per thread is a tile and the rows' outputs, whatever
+    /// the length; every key and value is read from the cache once per task
+    /// instead of once per query.
+    fn attention_tiled(
+        hp: &HParams,
+        kv: LayerKv<'_>,
+        q: &[f32],
+        n: usize,
+        pos: usize,
+        out: &mut [f32],
+    ) {
+        let (hd, nh, nkv) = (hp.head_dim, hp.n_head, hp.n_head_kv);
+        let rep = nh / nkv;
+        let qd = nh * hd;
+        let scale = hp.attn_scale.unwrap_or(1.0 / (hd as f32).sqrt());
+        let blocks = n.div_ceil(TILE_QUERIES);
+        let tasks = Tasks::new(nkv * blocks);
+        let dst = Out(out.as_mut_ptr());
+        pool::run(&|_| {
+            TILES.with(|cell| {
+                let t = &mut *cell.borrow_mut();
+                while let Some(task) = tasks.next() {
+                    // Later blocks (more keys) first: the long tasks start early.
+                    let (g, b) = (task % nkv, blocks - 1 - task / nkv);
+                    let (i0, i1) = (b * TILE_QUERIES, ((b + 1) * TILE_QUERIES).min(n));
+                    let rows = (i1 - i0) * rep;
+                    for buf in [&mut t.k, &mut t.v] {
+                        grow(buf, TILE_KEYS * hd);
+                    }
+                    grow(&mut t.scores, TILE_KEYS);
+                    grow(&mut t.out, rows * hd);
+                    t.max.clear();
+                    t.max.resize(rows, f32::NEG_INFINITY);
+                    t.sum.clear();
+                    t.sum.resize(rows, 0.0);
+                    t.out[..rows * hd].fill(0.0);
+                    let (first, end) = (kv.first_seen(pos + i0), pos + i1);
+                    let mut k0 = first;
+                    while k0 < end {
+                        let k1 = (k0 + TILE_KEYS).min(end);
+                        let (keys, values) = kv.rows(g, k0, k1 - k0);
+                        keys.ty.decode(keys.bytes, &mut t.k[..(k1 - k0) * hd]);
+                        values.ty.decode(values.bytes, &mut t.v[..(k1 - k0) * hd]);
+                        for i in i0..i1 {
+                            let p = pos + i;
+                            let (lo, hi) = (k0.max(kv.first_seen(p)), k1.min(p + 1));
+                            if lo >= hi {
+                                continue;
+                            }
+                            for r in 0..rep {
+                                let head = g * rep + r;
+                                let row = (i - i0) * rep + r;
+                                let qv = &q[i * qd + head * hd..i * qd + (head + 1) * hd];
+                                let sc = &mut t.scores[..hi - lo];
+                                let mut m = f32::NEG_INFINITY;
+                                for (j, s) in sc.iter_mut().enumerate() {
+                                    let kr = (lo - k0 + j) * hd;
+                                    *s = ops::dot(qv, &t.k[kr..kr + hd]) * scale;
+                                    m = m.max(*s);
+                                }
+                                let o = &mut t.out[row * hd..(row + 1) * hd];
+                                if m > t.max[row] {
+                                    let c = ops::exp_scalar(t.max[row] - m);
+                                    t.sum[row] *= c;
+                                    o.iter_mut().for_each(|x| *x *= c);
+                                    t.max[row] = m;
+                                }
+                                t.sum[row] += ops::exp_sum(sc, t.max[row]);
+                                for (j, &w) in sc.iter().enumerate() {
+                                    let vr = (lo - k0 + j) * hd;
+                                    ops::axpy(o, w, &t.v[vr..vr + hd]);
+                                }
+                            }
+                        }
+                        k0 = k1;
+                    }
+                    for i in i0..i1 {
+                        for r in 0..rep {
+                            let (head, row) = (g * rep + r, (i - i0) * rep + r);
+                            let inv = 1.0 / t.sum[row];
+                            // SAFETY: this task alone writes head `head` of
+                            // query `i`; the slice lies inside `out` (n × qd).
+                            let o = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    dst.ptr().add(i * qd + head * hd),
+                                    hd,
+                                )
+                            };
+                            for (d, s) in o.iter_mut().zip(&t.out[row * hd..(row + 1) * hd]) {
+                                *d = s * inv;
+                            }
+                        }
                     }
                 }
             })
@@ -917,7 +1057,17 @@ impl Transformer {
         self.rope(&mut s.q[..n * qd], n, hp.n_head, pos, custom, local);
         self.rope(&mut s.k[..n * kvd], n, hp.n_head_kv, pos, custom, local);
         kv.write(layer, pos, n, &s.k, &s.v)?;
-        self.attention(kv.layer(layer)?, &s.q, n, pos, &mut s.att[..n * qd]);
+        // Block-type caches hold rotated keys and values (see
+        // `KvTypes::k_rotation`): queries turn with the keys, and the
+        // output turns back from the values' rotation.
+        let types = kv.types();
+        if let Some(b) = types.k_rotation(hp.head_dim) {
+            crate::kernels::kv::hadamard(&mut s.q[..n * qd], b);
+        }
+        Self::attention(hp, kv.layer(layer)?, &s.q, n, pos, &mut s.att[..n * qd]);
+        if let Some(b) = types.v_rotation(hp.head_dim) {
+            crate::kernels::kv::hadamard(&mut s.att[..n * qd], b);
+        }
         self.project(&w.wo, n, qd, |s| (&s.att, &mut s.h), s)?;
         if let Some(norm) = &w.post_attn_norm {
             ops::rms_norm_in_place(&mut s.h[..n * d], norm, hp.rms_eps);
@@ -1128,4 +1278,46 @@ pub fn log_softmax_at(row: &[f32], index: usize) -> f64 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let sum: f64 = row.iter().map(|&v| ((v as f64) - max).exp()).sum();
     (row[index] as f64 - max) - sum.ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::kv::{CacheType as C, KvTypes};
+
+    /// Tiled attention (any pass of 32 tokens or more) equals attention
+    /// query by query: grouped heads, a prompt after cached tokens, every
+    /// cache type, a sliding window.
+    #[test]
+    fn tiled_attention_equals_attention_by_query() {
+        let mut hp = HParams::test_llama();
+        (hp.n_head, hp.n_head_kv, hp.head_dim) = (6, 2, 64);
+        let (nkv, hd, qd) = (hp.n_head_kv, hp.head_dim, hp.n_head * hp.head_dim);
+        let val = |i: usize| ((i * 7919 % 2003) as f32 / 1001.0 - 1.0) * 2.0;
+        for (types, window) in [
+            (KvTypes::F32, 0),
+            (KvTypes::new(C::F16, C::Q8_0), 0),
+            (KvTypes::new(C::Q4_0, C::F16), 0),
+            (KvTypes::F32, 40),
+        ] {
+            let (pos, n) = (70, 150);
+            let mut kv = KvCache::new(1, nkv, hd, 256);
+            kv.set_types(types).unwrap();
+            let k: Vec<f32> = (0..(pos + n) * nkv * hd).map(val).collect();
+            let v: Vec<f32> = (0..(pos + n) * nkv * hd).map(|i| val(i + 17)).collect();
+            kv.write(0, 0, pos + n, &k, &v).unwrap();
+            let mut layer = kv.layer(0).unwrap();
+            layer.window = window;
+            let q: Vec<f32> = (0..n * qd).map(|i| val(i + 5)).collect();
+            let (mut a, mut b) = (vec![0f32; n * qd], vec![0f32; n * qd]);
+            Transformer::attention_tiled(&hp, layer, &q, n, pos, &mut a);
+            Transformer::attention_rows(&hp, layer, &q, n, pos, &mut b);
+            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                assert!(
+                    (x - y).abs() < 1e-4,
+                    "{types} window {window}: [{i}] {x} vs {y}"
+                );
+            }
+        }
+    }
 }
