@@ -138,6 +138,38 @@ fn assert_within_disk_bound(out: &serde_json::Value) {
     assert!(peak < bound, "peak RSS {peak} exceeds the bound {bound}");
 }
 
+/// Quantized KV caches keep perplexity: SmolLM2 at ctx 256 with q8_0
+/// keys and values, and with q4_0 for both, is no worse than llama.cpp's
+/// with the same cache types (+0.5 %: `bench/kv-perplexity.sh`, flash
+/// attention on, docs/BENCHMARKS.md), and no better than an f32 cache can
+/// honestly be (-2 % of llama.cpp's f32 figure).
+#[test]
+fn quantized_kv_caches_keep_perplexity() {
+    let text = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ppl.txt");
+    let m = smollm2();
+    for (k, v, llama) in [("q8_0", "q8_0", 25.4974), ("q4_0", "q4_0", 26.6994)] {
+        let out = spillway_json(&[
+            "perplexity",
+            "--model",
+            path_str(&m),
+            "--file",
+            text,
+            "--ctx",
+            "256",
+            "--cache-type-k",
+            k,
+            "--cache-type-v",
+            v,
+            "--json",
+        ]);
+        let ppl = out["ppl"].as_f64().unwrap();
+        assert!(
+            ppl <= llama * 1.005 && ppl >= 25.5506 * 0.98,
+            "K {k} / V {v}: perplexity {ppl}, llama.cpp {llama}"
+        );
+    }
+}
+
 #[test]
 fn smollm2_perplexity_matches_llama_cpp() {
     assert_perplexity_near(&smollm2(), 25.517);
