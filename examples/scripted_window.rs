@@ -59,6 +59,7 @@ fn info() -> ModelInfo {
         budget_notes: vec![],
         gpu_name: None,
         speculation: None,
+        kv_types: Default::default(),
         synthetic: false,
         remote: None,
         thinking: None,
