@@ -162,7 +162,8 @@ pub struct ModelArgs {
     #[arg(long, value_name = "SCHEME")]
     quant: Option<crate::placement::Quant>,
     /// Compute precision: auto or f32, what the CPU and GPU kernels compute
-    /// in (f16 and bf16 are refused, not silently computed in f32).
+    /// in (f16 and bf16 are refused, not silently computed in f32); f32
+    /// also keeps the KV cache in f32 unless --cache-type-k/-v say else.
     #[arg(long, value_name = "DTYPE", value_parser = parse_dtype)]
     dtype: Option<crate::config::ComputeDType>,
     #[command(flatten)]
@@ -263,6 +264,17 @@ impl SpecArgs {
 }
 
 impl ModelArgs {
+    /// The KV cache types: the flags', else f32 under `--dtype f32` (all
+    /// of the model's state in f32, as a reference run wants), else the
+    /// config's.
+    fn kv_types(&self, config: &Config) -> crate::kernels::kv::KvTypes {
+        let all_f32 = self.dtype.or(config.dtype) == Some(crate::config::ComputeDType::F32);
+        if all_f32 && self.kv.cache_type_k.is_none() && self.kv.cache_type_v.is_none() {
+            return crate::kernels::kv::KvTypes::F32;
+        }
+        self.kv.types(config)
+    }
+
     fn load_options(&self, config: &Config) -> LoadOptions {
         LoadOptions {
             model_path: self.model.clone(),
@@ -288,7 +300,7 @@ impl ModelArgs {
             max_image_pixels: self
                 .max_image_pixels
                 .unwrap_or(crate::placement::footprint::DEFAULT_MAX_IMAGE_PIXELS),
-            kv_types: self.kv.types(config),
+            kv_types: self.kv_types(config),
         }
     }
 

@@ -434,10 +434,12 @@ thread_local! {
     static TILES: std::cell::RefCell<Tiles> = std::cell::RefCell::new(Tiles::default());
 }
 
-/// Passes of at least this many tokens run tiled attention; smaller ones
-/// (decode, speculative verification) give each query the kernel a single
-/// token gets.
+/// Passes of at least this many tokens over at least [`TILED_MIN_KEYS`]
+/// keys run tiled attention; smaller ones (decode, speculative
+/// verification, short prompts, whose keys stay in cache anyway) give each
+/// query the kernel a single token gets.
 const TILED_MIN_TOKENS: usize = 32;
+const TILED_MIN_KEYS: usize = 1024;
 /// Query positions of a tiled task (times the heads of one KV group).
 const TILE_QUERIES: usize = 16;
 /// Keys of a tile: decoded once into L1-sized scratch, used by every query
@@ -866,7 +868,7 @@ impl Transformer {
     /// Causal attention of `n` queries at positions `pos..` over the layer's
     /// cached keys `0..pos + n`, in parallel over heads and query chunks.
     fn attention(hp: &HParams, kv: LayerKv<'_>, q: &[f32], n: usize, pos: usize, out: &mut [f32]) {
-        if n >= TILED_MIN_TOKENS {
+        if n >= TILED_MIN_TOKENS && pos + n >= TILED_MIN_KEYS {
             return Self::attention_tiled(hp, kv, q, n, pos, out);
         }
         Self::attention_rows(hp, kv, q, n, pos, out)

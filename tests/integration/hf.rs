@@ -58,6 +58,8 @@ pub(crate) fn load(dir: &Path, quant: Quant, cache: &Path) -> Engine {
     let mut opts = LoadOptions::new(dir);
     opts.quant = quant;
     opts.cache_dir = Some(cache.to_path_buf());
+    // Parity with transformers (f32 throughout) wants an f32 cache.
+    opts.kv_types = spillway::engine::KvTypes::F32;
     Engine::load(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 

@@ -230,7 +230,8 @@ fn plan_command_from_a_gguf_and_a_config() {
     assert!(j["weights_bytes"].as_u64().unwrap() > 50 * MIB);
     assert_eq!(
         j["kv_cache_bytes"].as_u64().unwrap(),
-        30 * 2 * 3 * 64 * 4 * 2048
+        // 30 layers × K and V × 3 KV heads × 64 × f16 (the default) × 2048.
+        30 * 2 * 3 * 64 * 2 * 2048
     );
     assert!(j["predicted_decode_tokens_per_sec"].as_f64().unwrap() > 0.0);
     assert!(j["predicted_prompt_tokens_per_sec"].as_f64().unwrap() > 0.0);

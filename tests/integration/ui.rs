@@ -355,20 +355,16 @@ fn frame_time_while_streaming() {
     assert!(c99 < 8.0, "CPU p99 {c99:.2} ms");
 }
 
-/// The window stays responsive while the real engine decodes on every
-/// core and another program keeps one core busy (`yes`, as a build or a
-/// browser would): frames are measured in wall time, scheduling included
-/// (figures in docs/BENCHMARKS.md, "A busy desktop").
-#[test]
-fn the_window_stays_responsive_while_decoding_on_a_busy_desktop() {
-    let dirs = tempfile::tempdir().unwrap();
-    let link = worker::spawn(std::sync::Arc::new(|| {}));
-    let mut config = Config::defaults().unwrap();
-    config.generation.max_new_tokens = 160;
+/// A window with the real engine and SmolLM2 loaded (greedy, 512 tokens
+/// of context), and the deadline its test runs under.
+fn real_engine_window(
+    mut config: Config,
+    data: &std::path::Path,
+) -> (Harness<'static, SpillwayApp>, Instant) {
     config.generation.temperature = 0.0;
     config.context_length = Some(512);
-    config.threads = Some(2);
-    let app = SpillwayApp::new(link, &config, Some(dirs.path().join("data")), None);
+    let link = worker::spawn(std::sync::Arc::new(|| {}));
+    let app = SpillwayApp::new(link, &config, Some(data.join("data")), None);
     let mut harness = Harness::builder()
         .with_size(egui::vec2(1200.0, 800.0))
         .build_ui_state(|ui, app: &mut SpillwayApp| app.frame_ui(ui), app);
@@ -384,6 +380,20 @@ fn the_window_stays_responsive_while_decoding_on_a_busy_desktop() {
         std::thread::sleep(Duration::from_millis(20));
         harness.step();
     }
+    (harness, deadline)
+}
+
+/// The window stays responsive while the real engine decodes on every
+/// core and another program keeps one core busy (`yes`, as a build or a
+/// browser would): frames are measured in wall time, scheduling included
+/// (figures in docs/BENCHMARKS.md, "A busy desktop").
+#[test]
+fn the_window_stays_responsive_while_decoding_on_a_busy_desktop() {
+    let dirs = tempfile::tempdir().unwrap();
+    let mut config = Config::defaults().unwrap();
+    config.generation.max_new_tokens = 160;
+    config.threads = Some(2);
+    let (mut harness, deadline) = real_engine_window(config, dirs.path());
     harness.run_steps(4);
     harness
         .get_by_role(egui::accesskit::Role::MultilineTextInput)
@@ -441,27 +451,9 @@ fn the_window_stays_responsive_while_decoding_on_a_busy_desktop() {
 #[test]
 fn real_engine_replies_in_the_window() {
     let dirs = tempfile::tempdir().unwrap();
-    let link = worker::spawn(std::sync::Arc::new(|| {}));
     let mut config = Config::defaults().unwrap();
     config.generation.max_new_tokens = 12;
-    config.generation.temperature = 0.0;
-    config.context_length = Some(512);
-    let app = SpillwayApp::new(link, &config, Some(dirs.path().join("data")), None);
-    let mut harness = Harness::builder()
-        .with_size(egui::vec2(1200.0, 800.0))
-        .build_ui_state(|ui, app: &mut SpillwayApp| app.frame_ui(ui), app);
-    harness.state_mut().load_model(smollm2());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while harness.state().model.is_none() {
-        assert!(Instant::now() < deadline, "the model did not load");
-        assert!(
-            harness.state().banners.is_empty(),
-            "{:?}",
-            harness.state().banners
-        );
-        std::thread::sleep(Duration::from_millis(20));
-        harness.step();
-    }
+    let (mut harness, deadline) = real_engine_window(config, dirs.path());
     harness.run_steps(4);
     let composer = harness.get_by_role(egui::accesskit::Role::MultilineTextInput);
     composer.focus();

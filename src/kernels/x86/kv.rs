@@ -153,6 +153,28 @@ unsafe fn attend_t<K: Load, V: Load>(
     }
 }
 
+/// Attention of one query row over `scores.len()` f32 rows of one KV head
+/// (`k` and `v` hold the head's rows, `hd` floats each, `hd` a multiple of
+/// 8, from position 0). Scores are computed four keys at a time and the
+/// output stays in registers while the values stream past.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn attend_f32(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    hd: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let rows = |x: &[f32]| Rows {
+        ty: CacheType::F32,
+        bytes: std::slice::from_raw_parts(x.as_ptr().cast::<u8>(), std::mem::size_of_val(x)),
+        hd,
+    };
+    attend_t::<F32, F32>(q, rows(k), rows(v), scale, scores, out)
+}
+
 /// Attention of one query row over `scores.len()` rows of one KV head in
 /// their stored types. `hd` must be a multiple of 8 (of 32 for the block
 /// types), the slices long enough, f32 rows 4-byte aligned, and the CPU

@@ -17,7 +17,8 @@ mod float;
 pub mod kv;
 mod panel;
 
-pub use float::{attend, axpy, dot_f32, exp_sum, half_rows, silu_mul};
+pub use float::{axpy, dot_f32, exp_sum, half_rows, silu_mul};
+pub use kv::attend_f32 as attend;
 pub use panel::{gemm_avx2, gemm_vnni};
 
 // ---------------------------------------------------------------------------
