@@ -240,8 +240,9 @@ fn worker(s: &Shared, id: usize) {
 
 /// How many workers a job admits. A job whose caller, out of tasks, waits
 /// for workers longer than it worked itself (and longer than a woken
-/// worker's start) had a worker descheduled in the middle of a task: the
-/// desktop is busy. The next jobs then admit half as many workers, for a
+/// worker's start) had a worker descheduled in the middle of a task; two
+/// such jobs close together mean the desktop is busy. The next jobs then
+/// admit half as many workers, for a
 /// stretch that doubles while it keeps happening (64 jobs, a fraction of a
 /// token, up to 16,384, a second or so of decoding), and then probe the
 /// full pool again; a long run of clean jobs resets the stretch. The
@@ -256,6 +257,9 @@ struct Backoff {
     stretch: usize,
     /// Clean jobs at full admission since the last contended one.
     clean: usize,
+    /// Jobs since the last contended one (a lone one — a virtual machine's
+    /// host taking a core for a moment — is not a busy desktop).
+    since: usize,
 }
 
 impl Backoff {
@@ -263,6 +267,8 @@ impl Backoff {
     const LONGEST: usize = 16_384;
     /// Clean jobs after which the stretch starts again from `FIRST`.
     const FORGET: usize = 8_192;
+    /// A contended job backs off only this soon after another.
+    const AGAIN: usize = 256;
     /// Waits shorter than this are never contention (a woken worker's
     /// first task, a cache miss).
     const NOISE: Duration = Duration::from_micros(300);
@@ -274,6 +280,7 @@ impl Backoff {
             left: 0,
             stretch: Self::FIRST,
             clean: 0,
+            since: usize::MAX,
         }
     }
 
@@ -288,7 +295,13 @@ impl Backoff {
     /// Records a job: the caller's own time in it and its wait for workers
     /// after that.
     fn waited(&mut self, own: Duration, wait: Duration) {
+        self.since = self.since.saturating_add(1);
         if wait > (2 * own).max(Self::NOISE) {
+            let lone = self.since > Self::AGAIN;
+            self.since = 0;
+            if lone && self.left == 0 {
+                return;
+            }
             let from = if self.left > 0 {
                 self.reduced
             } else {
@@ -470,5 +483,27 @@ mod tests {
             start.elapsed()
         );
         pool.shared.stall_ms.store(0, Ordering::SeqCst);
+    }
+
+    /// A lone slow job (a host taking a core for a moment) changes
+    /// nothing; two close together halve the workers for a stretch that
+    /// doubles while it recurs, then the full pool is probed again.
+    #[test]
+    fn backoff_needs_two_contended_jobs_close_together() {
+        let (fast, slow) = (Duration::from_micros(50), Duration::from_millis(3));
+        let mut b = Backoff::new(3);
+        b.waited(fast, slow);
+        assert_eq!(b.admit(), 3);
+        for _ in 0..300 {
+            b.waited(fast, Duration::ZERO);
+        }
+        b.waited(fast, slow);
+        assert_eq!(b.admit(), 3, "300 jobs apart: still lone");
+        b.waited(fast, slow);
+        let admitted: Vec<usize> = (0..Backoff::FIRST).map(|_| b.admit()).collect();
+        assert!(admitted.iter().all(|&a| a == 1), "{admitted:?}");
+        assert_eq!(b.admit(), 3, "the full pool is probed after the stretch");
+        b.waited(fast, slow);
+        assert_eq!(b.stretch, 4 * Backoff::FIRST);
     }
 }
