@@ -658,7 +658,7 @@ fn kv_ui(ui: &mut egui::Ui, s: &mut Settings) -> bool {
     ui.horizontal(|ui| {
         ui.label("KV cache").on_hover_text(
             "How keys and values are stored: f16 halves f32's memory; q8_0 halves f16's with \
-             a perplexity change under 0.5 %; q4_0 saves most but costs quality (keys are \
+             a perplexity change under 1 %; q4_0 saves most but costs quality (keys are \
              the more sensitive half). Used from the next load.",
         );
         for (label, ty) in [
