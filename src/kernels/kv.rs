@@ -315,19 +315,20 @@ fn attend_on(
             && k.bytes.len() >= len * k.ty.row_bytes(hd)
             && v.bytes.len() >= len * v.ty.row_bytes(hd)
     );
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar && hd.is_multiple_of(8) {
+        // SAFETY: the ISA is supported (checked or active); sizes asserted.
+        // f32/f32 is the generic kernel's f32 instance: the f32 kernel bit
+        // for bit.
+        return unsafe { super::x86::kv::attend(q, k, v, scale, scores, out) };
+    }
     if k.ty == CacheType::F32 && v.ty == CacheType::F32 {
-        // The f32 kernel as it always was (bit for bit).
+        // The scalar f32 kernel as it always was (bit for bit).
         // SAFETY: f32 rows are stored in 4-byte aligned buffers.
         let (kf, vf) = unsafe { (as_f32(k.bytes), as_f32(v.bytes)) };
         return super::ops::attend_with(isa, q, kf, vf, hd, scale, scores, out)
             .expect("the ISA was checked");
     }
-    #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Scalar && hd.is_multiple_of(8) {
-        // SAFETY: the ISA is supported (checked or active); sizes asserted.
-        return unsafe { super::x86::kv::attend(q, k, v, scale, scores, out) };
-    }
-    let _ = isa;
     // Scalar: one decoded row at a time on the stack.
     let mut row = [0f32; 512];
     let mut heap = Vec::new();
