@@ -360,6 +360,110 @@ fn attend_on(
     }
 }
 
+/// Keys of one tile of tiled (flash) attention: the row stride of a tile's
+/// scores and of its transposed keys.
+pub const TILE_KEYS: usize = 64;
+
+/// Scores of a tile: `s[r·TILE_KEYS + j] = q_r · k_j` for every query row
+/// `r < rows` (`q`: `rows × hd`, already scaled) and every key `j <
+/// TILE_KEYS` of the tile, whose keys come transposed (`kt[d·TILE_KEYS +
+/// j]`, unused columns zero). Register-blocked: six rows × sixteen keys of
+/// accumulators, each key vector loaded once for six rows.
+pub fn tile_scores(q: &[f32], rows: usize, hd: usize, kt: &[f32], s: &mut [f32]) {
+    tile_scores_on(isa::active(), q, rows, hd, kt, s)
+}
+
+/// [`tile_scores`] on a given ISA; an ISA this CPU lacks is an error.
+pub fn tile_scores_with(
+    isa: Isa,
+    q: &[f32],
+    rows: usize,
+    hd: usize,
+    kt: &[f32],
+    s: &mut [f32],
+) -> Result<(), UnsupportedIsa> {
+    isa.check()?;
+    tile_scores_on(isa, q, rows, hd, kt, s);
+    Ok(())
+}
+
+fn tile_scores_on(isa: Isa, q: &[f32], rows: usize, hd: usize, kt: &[f32], s: &mut [f32]) {
+    assert!(q.len() >= rows * hd && kt.len() >= hd * TILE_KEYS && s.len() >= rows * TILE_KEYS);
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar {
+        // SAFETY: the ISA is supported (checked or active); sizes asserted.
+        return unsafe {
+            super::x86::kv::tile_scores(q.as_ptr(), rows, hd, kt.as_ptr(), s.as_mut_ptr())
+        };
+    }
+    let _ = isa;
+    for r in 0..rows {
+        let sr = &mut s[r * TILE_KEYS..(r + 1) * TILE_KEYS];
+        sr.fill(0.0);
+        for (d, &x) in q[r * hd..(r + 1) * hd].iter().enumerate() {
+            for (o, k) in sr.iter_mut().zip(&kt[d * TILE_KEYS..(d + 1) * TILE_KEYS]) {
+                *o += x * k;
+            }
+        }
+    }
+}
+
+/// The weighted values of a tile: `o_r += Σ_{j<keys} p[r·TILE_KEYS + j] ·
+/// v_j` for every row `r < rows` (`v`: `keys × hd`, `o`: `rows × hd`).
+/// Register-blocked like [`tile_scores`]: six rows × sixteen dimensions of
+/// the output stay in registers while the tile's values stream past.
+pub fn tile_accumulate(p: &[f32], rows: usize, keys: usize, v: &[f32], hd: usize, o: &mut [f32]) {
+    tile_accumulate_on(isa::active(), p, rows, keys, v, hd, o)
+}
+
+/// [`tile_accumulate`] on a given ISA; an ISA this CPU lacks is an error.
+pub fn tile_accumulate_with(
+    isa: Isa,
+    p: &[f32],
+    rows: usize,
+    keys: usize,
+    v: &[f32],
+    hd: usize,
+    o: &mut [f32],
+) -> Result<(), UnsupportedIsa> {
+    isa.check()?;
+    tile_accumulate_on(isa, p, rows, keys, v, hd, o);
+    Ok(())
+}
+
+fn tile_accumulate_on(
+    isa: Isa,
+    p: &[f32],
+    rows: usize,
+    keys: usize,
+    v: &[f32],
+    hd: usize,
+    o: &mut [f32],
+) {
+    assert!(
+        keys <= TILE_KEYS
+            && p.len() >= rows * TILE_KEYS
+            && v.len() >= keys * hd
+            && o.len() >= rows * hd
+    );
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar && hd.is_multiple_of(8) {
+        // SAFETY: the ISA is supported (checked or active); sizes asserted.
+        return unsafe {
+            super::x86::kv::tile_accumulate(p.as_ptr(), rows, keys, v.as_ptr(), hd, o.as_mut_ptr())
+        };
+    }
+    let _ = isa;
+    for r in 0..rows {
+        let or = &mut o[r * hd..(r + 1) * hd];
+        for (j, &w) in p[r * TILE_KEYS..r * TILE_KEYS + keys].iter().enumerate() {
+            for (x, y) in or.iter_mut().zip(&v[j * hd..(j + 1) * hd]) {
+                *x += w * y;
+            }
+        }
+    }
+}
+
 /// The floats of an f32 row buffer.
 ///
 /// # Safety
@@ -549,6 +653,64 @@ mod tests {
                 hd: 32,
             };
             assert!(attend_with(isa, &[0.0; 32], r, r, 1.0, &mut [0.0], &mut [0.0; 32]).is_err());
+        }
+    }
+
+    /// The tile kernels against the plain definition of a product, on every
+    /// ISA the host has, for row counts around the six-row blocks, head
+    /// sizes with and without a sixteen-wide remainder (and one the SIMD
+    /// path leaves to scalar), and partial tiles; a missing ISA is refused.
+    #[test]
+    fn tile_kernels_match_the_plain_products() {
+        for hd in [8usize, 24, 64, 72, 12] {
+            for rows in [1usize, 5, 6, 7, 13, 48] {
+                for keys in [1usize, 17, TILE_KEYS] {
+                    let q = values(rows * hd, 3);
+                    let mut kt = values(hd * TILE_KEYS, 5);
+                    for d in 0..hd {
+                        kt[d * TILE_KEYS + keys..(d + 1) * TILE_KEYS].fill(0.0);
+                    }
+                    let p = values(rows * TILE_KEYS, 9);
+                    let v = values(keys * hd, 11);
+                    let o0 = values(rows * hd, 13);
+                    for isa in Isa::available() {
+                        let mut s = vec![f32::NAN; rows * TILE_KEYS];
+                        tile_scores_with(isa, &q, rows, hd, &kt, &mut s).unwrap();
+                        let mut o = o0.clone();
+                        tile_accumulate_with(isa, &p, rows, keys, &v, hd, &mut o).unwrap();
+                        for r in 0..rows {
+                            for j in 0..TILE_KEYS {
+                                let want: f32 =
+                                    (0..hd).map(|d| q[r * hd + d] * kt[d * TILE_KEYS + j]).sum();
+                                let got = s[r * TILE_KEYS + j];
+                                assert!(
+                                    (got - want).abs() < 1e-4,
+                                    "scores hd {hd} rows {rows} {isa:?} ({r},{j}): {got} vs {want}"
+                                );
+                            }
+                            for d in 0..hd {
+                                let want = o0[r * hd + d]
+                                    + (0..keys)
+                                        .map(|j| p[r * TILE_KEYS + j] * v[j * hd + d])
+                                        .sum::<f32>();
+                                let got = o[r * hd + d];
+                                assert!(
+                                    (got - want).abs() < 1e-4,
+                                    "values hd {hd} rows {rows} keys {keys} {isa:?}: {got} vs {want}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let missing = [Isa::Avx2, Isa::Avx512Vnni]
+            .into_iter()
+            .find(|i| !i.supported());
+        if let Some(isa) = missing {
+            let (q, kt, mut s) = ([0f32; 8], [0f32; 8 * TILE_KEYS], [0f32; TILE_KEYS]);
+            assert!(tile_scores_with(isa, &q, 1, 8, &kt, &mut s).is_err());
+            assert!(tile_accumulate_with(isa, &s, 1, 1, &q, 8, &mut [0f32; 8]).is_err());
         }
     }
 }

@@ -18,6 +18,7 @@ use super::kv_cache::{KvCache, LayerKv};
 use super::linear::Linear;
 use super::ModelError;
 use crate::kernels::formats::QActs;
+use crate::kernels::kv::{tile_accumulate, tile_scores, TILE_KEYS};
 use crate::kernels::matmul::Out;
 use crate::kernels::pool::{self, Tasks};
 use crate::kernels::{dequant_gemm, ops};
@@ -442,15 +443,16 @@ const TILED_MIN_TOKENS: usize = 32;
 const TILED_MIN_KEYS: usize = 1024;
 /// Query positions of a tiled task (times the heads of one KV group).
 const TILE_QUERIES: usize = 16;
-/// Keys of a tile: decoded once into L1-sized scratch, used by every query
-/// row of the task.
-const TILE_KEYS: usize = 64;
 
 /// Scratch of one tiled-attention task: a tile of keys and values as f32,
 /// and per query row its running maximum, sum and output.
 #[derive(Default)]
 struct Tiles {
+    /// The task's query rows, scaled.
+    q: Vec<f32>,
     k: Vec<f32>,
+    /// The keys transposed (`hd × TILE_KEYS`).
+    kt: Vec<f32>,
     v: Vec<f32>,
     scores: Vec<f32>,
     max: Vec<f32>,
@@ -948,54 +950,78 @@ impl Transformer {
                     let (g, b) = (task % nkv, blocks - 1 - task / nkv);
                     let (i0, i1) = (b * TILE_QUERIES, ((b + 1) * TILE_QUERIES).min(n));
                     let rows = (i1 - i0) * rep;
-                    for buf in [&mut t.k, &mut t.v] {
+                    for buf in [&mut t.k, &mut t.v, &mut t.kt] {
                         grow(buf, TILE_KEYS * hd);
                     }
-                    grow(&mut t.scores, TILE_KEYS);
+                    grow(&mut t.scores, rows * TILE_KEYS);
+                    grow(&mut t.q, rows * hd);
                     grow(&mut t.out, rows * hd);
                     t.max.clear();
                     t.max.resize(rows, f32::NEG_INFINITY);
                     t.sum.clear();
                     t.sum.resize(rows, 0.0);
                     t.out[..rows * hd].fill(0.0);
+                    // The task's query rows, scaled, one after another:
+                    // row (i - i0)·rep + r is head g·rep + r of query i.
+                    for i in i0..i1 {
+                        for r in 0..rep {
+                            let src = i * qd + (g * rep + r) * hd;
+                            let row = (i - i0) * rep + r;
+                            for (d, x) in t.q[row * hd..(row + 1) * hd]
+                                .iter_mut()
+                                .zip(&q[src..src + hd])
+                            {
+                                *d = x * scale;
+                            }
+                        }
+                    }
                     let (first, end) = (kv.first_seen(pos + i0), pos + i1);
                     let mut k0 = first;
                     while k0 < end {
                         let k1 = (k0 + TILE_KEYS).min(end);
-                        let (keys, values) = kv.rows(g, k0, k1 - k0);
-                        keys.ty.decode(keys.bytes, &mut t.k[..(k1 - k0) * hd]);
-                        values.ty.decode(values.bytes, &mut t.v[..(k1 - k0) * hd]);
+                        let keys_n = k1 - k0;
+                        let (keys, values) = kv.rows(g, k0, keys_n);
+                        keys.ty.decode(keys.bytes, &mut t.k[..keys_n * hd]);
+                        values.ty.decode(values.bytes, &mut t.v[..keys_n * hd]);
+                        // Keys transposed for the score kernel; columns past
+                        // the tile's keys stay zero.
+                        if keys_n < TILE_KEYS {
+                            t.kt[..TILE_KEYS * hd].fill(0.0);
+                        }
+                        for j in 0..keys_n {
+                            for d in 0..hd {
+                                t.kt[d * TILE_KEYS + j] = t.k[j * hd + d];
+                            }
+                        }
+                        tile_scores(&t.q, rows, hd, &t.kt, &mut t.scores);
+                        // Each row's visible keys, a running softmax over
+                        // them; the rest of its weights are zero.
                         for i in i0..i1 {
                             let p = pos + i;
                             let (lo, hi) = (k0.max(kv.first_seen(p)), k1.min(p + 1));
-                            if lo >= hi {
-                                continue;
-                            }
                             for r in 0..rep {
-                                let head = g * rep + r;
                                 let row = (i - i0) * rep + r;
-                                let qv = &q[i * qd + head * hd..i * qd + (head + 1) * hd];
-                                let sc = &mut t.scores[..hi - lo];
-                                let mut m = f32::NEG_INFINITY;
-                                for (j, s) in sc.iter_mut().enumerate() {
-                                    let kr = (lo - k0 + j) * hd;
-                                    *s = ops::dot(qv, &t.k[kr..kr + hd]) * scale;
-                                    m = m.max(*s);
+                                let sc = &mut t.scores[row * TILE_KEYS..(row + 1) * TILE_KEYS];
+                                if lo >= hi {
+                                    sc[..keys_n].fill(0.0);
+                                    continue;
                                 }
-                                let o = &mut t.out[row * hd..(row + 1) * hd];
+                                let (a, z) = (lo - k0, hi - k0);
+                                let m = sc[a..z].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
                                 if m > t.max[row] {
                                     let c = ops::exp_scalar(t.max[row] - m);
                                     t.sum[row] *= c;
-                                    o.iter_mut().for_each(|x| *x *= c);
+                                    t.out[row * hd..(row + 1) * hd]
+                                        .iter_mut()
+                                        .for_each(|x| *x *= c);
                                     t.max[row] = m;
                                 }
-                                t.sum[row] += ops::exp_sum(sc, t.max[row]);
-                                for (j, &w) in sc.iter().enumerate() {
-                                    let vr = (lo - k0 + j) * hd;
-                                    ops::axpy(o, w, &t.v[vr..vr + hd]);
-                                }
+                                t.sum[row] += ops::exp_sum(&mut sc[a..z], t.max[row]);
+                                sc[..a].fill(0.0);
+                                sc[z..keys_n].fill(0.0);
                             }
                         }
+                        tile_accumulate(&t.scores, rows, keys_n, &t.v, hd, &mut t.out);
                         k0 = k1;
                     }
                     for i in i0..i1 {

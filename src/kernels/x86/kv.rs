@@ -9,7 +9,7 @@ use std::arch::x86_64::*;
 
 use super::float::exp_sum;
 use super::hsum;
-use crate::kernels::kv::{CacheType, Rows, QK};
+use crate::kernels::kv::{CacheType, Rows, QK, TILE_KEYS};
 
 /// Eight values of a row from value `i` (a multiple of 8).
 trait Load {
@@ -202,5 +202,128 @@ pub unsafe fn attend(
         CacheType::F16 => by_v!(F16),
         CacheType::Q8_0 => by_v!(Q8),
         CacheType::Q4_0 => by_v!(Q4),
+    }
+}
+
+/// Scores of `R` query rows against sixteen keys from column `c`, for each
+/// group of sixteen columns of the tile.
+#[inline(always)]
+unsafe fn scores_rows<const R: usize>(q: *const f32, hd: usize, kt: *const f32, s: *mut f32) {
+    for c in (0..TILE_KEYS).step_by(16) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for d in 0..hd {
+            let k0 = _mm256_loadu_ps(kt.add(d * TILE_KEYS + c));
+            let k1 = _mm256_loadu_ps(kt.add(d * TILE_KEYS + c + 8));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let x = _mm256_set1_ps(*q.add(r * hd + d));
+                a[0] = _mm256_fmadd_ps(x, k0, a[0]);
+                a[1] = _mm256_fmadd_ps(x, k1, a[1]);
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(s.add(r * TILE_KEYS + c), a[0]);
+            _mm256_storeu_ps(s.add(r * TILE_KEYS + c + 8), a[1]);
+        }
+    }
+}
+
+/// See `kernels::kv::tile_scores`; pointers must cover the sizes it
+/// asserts, and the CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn tile_scores(q: *const f32, rows: usize, hd: usize, kt: *const f32, s: *mut f32) {
+    let mut r = 0;
+    while r + 6 <= rows {
+        scores_rows::<6>(q.add(r * hd), hd, kt, s.add(r * TILE_KEYS));
+        r += 6;
+    }
+    let (q, s) = (q.add(r * hd), s.add(r * TILE_KEYS));
+    match rows - r {
+        1 => scores_rows::<1>(q, hd, kt, s),
+        2 => scores_rows::<2>(q, hd, kt, s),
+        3 => scores_rows::<3>(q, hd, kt, s),
+        4 => scores_rows::<4>(q, hd, kt, s),
+        5 => scores_rows::<5>(q, hd, kt, s),
+        _ => {}
+    }
+}
+
+/// `W` vectors of `R` output rows from dimension `d`: loaded, every key's
+/// weighted value added, stored back.
+#[inline(always)]
+unsafe fn accumulate_rows<const R: usize, const W: usize>(
+    p: *const f32,
+    keys: usize,
+    v: *const f32,
+    hd: usize,
+    o: *mut f32,
+    d: usize,
+) {
+    let mut acc = [[_mm256_setzero_ps(); W]; R];
+    for (r, a) in acc.iter_mut().enumerate() {
+        for (w, x) in a.iter_mut().enumerate() {
+            *x = _mm256_loadu_ps(o.add(r * hd + d + 8 * w));
+        }
+    }
+    for j in 0..keys {
+        let mut vs = [_mm256_setzero_ps(); W];
+        for (w, x) in vs.iter_mut().enumerate() {
+            *x = _mm256_loadu_ps(v.add(j * hd + d + 8 * w));
+        }
+        for (r, a) in acc.iter_mut().enumerate() {
+            let pw = _mm256_set1_ps(*p.add(r * TILE_KEYS + j));
+            for (x, y) in a.iter_mut().zip(&vs) {
+                *x = _mm256_fmadd_ps(pw, *y, *x);
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        for (w, x) in a.iter().enumerate() {
+            _mm256_storeu_ps(o.add(r * hd + d + 8 * w), *x);
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn accumulate_block<const R: usize>(
+    p: *const f32,
+    keys: usize,
+    v: *const f32,
+    hd: usize,
+    o: *mut f32,
+) {
+    let mut d = 0;
+    while d + 16 <= hd {
+        accumulate_rows::<R, 2>(p, keys, v, hd, o, d);
+        d += 16;
+    }
+    if d < hd {
+        accumulate_rows::<R, 1>(p, keys, v, hd, o, d);
+    }
+}
+
+/// See `kernels::kv::tile_accumulate`; `hd` a multiple of 8, pointers
+/// covering the sizes it asserts, and the CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn tile_accumulate(
+    p: *const f32,
+    rows: usize,
+    keys: usize,
+    v: *const f32,
+    hd: usize,
+    o: *mut f32,
+) {
+    let mut r = 0;
+    while r + 6 <= rows {
+        accumulate_block::<6>(p.add(r * TILE_KEYS), keys, v, hd, o.add(r * hd));
+        r += 6;
+    }
+    let (p, o) = (p.add(r * TILE_KEYS), o.add(r * hd));
+    match rows - r {
+        1 => accumulate_block::<1>(p, keys, v, hd, o),
+        2 => accumulate_block::<2>(p, keys, v, hd, o),
+        3 => accumulate_block::<3>(p, keys, v, hd, o),
+        4 => accumulate_block::<4>(p, keys, v, hd, o),
+        5 => accumulate_block::<5>(p, keys, v, hd, o),
+        _ => {}
     }
 }
