@@ -490,6 +490,7 @@ pub fn remote_model_info(
             vision: None,
             weights: TierBytes::default(),
             kv: TierBytes::default(),
+            kv_tiers: Vec::new(),
             peak: TierBytes::default(),
             predicted_prompt_tokens_per_sec: 0.0,
             predicted_decode_tokens_per_sec: 0.0,

@@ -320,6 +320,7 @@ pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
                 "offload_folder_bytes": store.offload_bytes(),
             },
             "tiers": store.tiers().iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+            "kv_tiers": store.kv_tiers().iter().map(|t| t.to_string()).collect::<Vec<_>>(),
             // Experts of disk-tier mixture-of-experts layers: routed ones
             // found in the cache, read from disk, and the bytes read.
             "experts": experts_json,
@@ -445,6 +446,7 @@ fn replace_during_reply(
             "moved_layers": engine.last_moved(),
             "seconds": t.elapsed().as_secs_f64(),
             "tiers": engine.store().tiers().iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+            "kv_tiers": engine.store().kv_tiers().iter().map(|t| t.to_string()).collect::<Vec<_>>(),
         }));
     }
     let text = engine.tokenizer().decode(&generated, true)?;

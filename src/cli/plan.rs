@@ -259,6 +259,7 @@ fn to_json(fp: &Footprint, b: &Budgets, p: &Placement) -> serde_json::Value {
                 "index": i,
                 "tier": t.to_string(),
                 "bytes": fp.layer_bytes[i],
+                "kv_tier": p.kv_tiers.get(i).map(|t| t.to_string()),
             });
             // A mixture-of-experts layer: its dense part's tier, and where
             // its experts are.
@@ -321,6 +322,10 @@ fn print_text(fp: &Footprint, source: &str, b: &Budgets, p: &Placement) {
                 x.ram,
                 x.disk,
                 human(fp.expert_bytes(i))
+            ),
+            None if *t == Tier::Gpu && p.kv_tiers.get(i) == Some(&Tier::Ram) => println!(
+                "  layer {i:>3}  {t:<4}  {:>9}  KV cache in RAM (attention on the CPU)",
+                human(fp.layer_bytes[i])
             ),
             None => println!("  layer {i:>3}  {t:<4}  {:>9}", human(fp.layer_bytes[i])),
         }

@@ -107,9 +107,14 @@ pub fn plan_for(
             }
             None => p.layers.clone(),
         };
+        // GPU layers keep their caches where the plan put them.
+        let kv_in_ram = (0..n)
+            .filter(|&i| p.layers[i] == Tier::Gpu && p.kv_tiers[i] == Tier::Ram)
+            .count();
         p = planner::describe(
             fp,
             &layers,
+            kv_in_ram,
             p.head,
             request.mode,
             rates,
@@ -231,6 +236,7 @@ impl Engine {
                     .set_expert_capacity(p.experts.iter().map(|x| x.ram).collect());
                 self.store
                     .set_expert_read_ahead(!self.placing.request.no_expert_read_ahead);
+                self.store.set_kv_tiers(&p.kv_tiers);
                 let moved = self.store.apply(&p.layers, &mut self.kv, progress)?;
                 // The head runs on the device when the plan puts it there
                 // and the tier has one (the host-kernel simulation has not).

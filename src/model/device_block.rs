@@ -149,10 +149,11 @@ impl Projection {
 #[derive(Debug)]
 pub struct DeviceBlock {
     w: BlockTensors<Tensor, Projection>,
-    /// `n_head_kv × slots × head_dim` each, in f32 or f16 (the GPU tier's
-    /// storage of the configured KV types).
-    k_cache: Tensor,
-    v_cache: Tensor,
+    /// Keys and values, `n_head_kv × slots × head_dim` each, in f32 or f16
+    /// (the GPU tier's storage of the configured KV types); `None` when the
+    /// layer's cache is in RAM (the host cache holds it and the host runs
+    /// the attention: see [`DeviceBlock::qkv`] and [`DeviceBlock::finish`]).
+    cache: Option<(Tensor, Tensor)>,
     /// A sliding layer's window (its cache holds `slots` positions from
     /// `base`), as the host cache keeps it.
     window: Option<Window>,
@@ -199,7 +200,7 @@ impl DeviceBlock {
         device: &Device,
         capacity: usize,
         chunk: usize,
-        kv_types: crate::kernels::kv::KvTypes,
+        kv_types: Option<crate::kernels::kv::KvTypes>,
     ) -> Result<Self, ModelError> {
         if hp.moe.is_some() {
             return Err(ModelError::Invalid(
@@ -228,10 +229,16 @@ impl DeviceBlock {
             window.map_or(capacity, |w| w.slots),
             hp.head_dim,
         );
+        let cache = match kv_types {
+            Some(t) => Some((
+                Tensor::zeros(kv_shape, device_type(t.k), device)?,
+                Tensor::zeros(kv_shape, device_type(t.v), device)?,
+            )),
+            None => None,
+        };
         Ok(DeviceBlock {
             w,
-            k_cache: Tensor::zeros(kv_shape, device_type(kv_types.k), device)?,
-            v_cache: Tensor::zeros(kv_shape, device_type(kv_types.v), device)?,
+            cache,
             window,
             base: AtomicUsize::new(0),
             is_local: hp.is_sliding(layer),
@@ -258,7 +265,36 @@ impl DeviceBlock {
     }
 
     fn slots(&self) -> usize {
-        self.k_cache.dims()[1]
+        self.window.map_or(self.capacity, |w| w.slots)
+    }
+
+    /// Gives the block a KV cache of its own on its device, in `types` (as
+    /// [`DeviceBlock::load`] with types); empty until imported into.
+    pub fn make_cache(&mut self, types: crate::kernels::kv::KvTypes) -> Result<(), ModelError> {
+        let shape = (self.n_head_kv, self.slots(), self.head_dim);
+        self.cache = Some((
+            Tensor::zeros(shape, device_type(types.k), &self.device)?,
+            Tensor::zeros(shape, device_type(types.v), &self.device)?,
+        ));
+        self.base.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Frees the block's own KV cache: from now on the host's holds it.
+    pub fn drop_cache(&mut self) {
+        self.cache = None;
+    }
+
+    /// Whether the block keeps its KV cache on its device (otherwise the
+    /// host's cache holds it).
+    pub fn kv_on_device(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    fn device_cache(&self) -> Result<&(Tensor, Tensor), ModelError> {
+        self.cache
+            .as_ref()
+            .ok_or_else(|| ModelError::Format("this GPU layer keeps its KV cache in RAM".into()))
     }
 
     /// Runs the block on `x` (`n × n_embd`, on this device) for positions
@@ -270,6 +306,47 @@ impl DeviceBlock {
         rope: &DeviceRope,
         angles: Option<(&Tensor, &Tensor)>,
     ) -> Result<Tensor, ModelError> {
+        let (k_cache, v_cache) = self.device_cache()?;
+        let (q, k, v) = self.project(x, pos, rope, angles)?;
+        let n = x.dim(0)?;
+        let base = self.make_room(pos, n)?;
+        k_cache.slice_set(&k.to_dtype(k_cache.dtype())?.contiguous()?, 1, pos - base)?;
+        v_cache.slice_set(&v.to_dtype(v_cache.dtype())?.contiguous()?, 1, pos - base)?;
+        let att = self.attention(&q, pos, base)?;
+        self.finish(x, &att)
+    }
+
+    /// The first half of the block for a cache in RAM: queries, keys and
+    /// values of `x` at `pos..`, token major (`n × n_head·head_dim`, `n ×
+    /// n_head_kv·head_dim` twice), rotary embedding applied, for the host
+    /// to cache and attend with.
+    pub fn qkv(
+        &self,
+        x: &Tensor,
+        pos: usize,
+        rope: &DeviceRope,
+        angles: Option<(&Tensor, &Tensor)>,
+    ) -> Result<(Tensor, Tensor, Tensor), ModelError> {
+        let (q, k, v) = self.project(x, pos, rope, angles)?;
+        let n = x.dim(0)?;
+        let rows = |t: Tensor| -> Result<Tensor, ModelError> {
+            let heads = t.dim(0)?;
+            Ok(t.transpose(0, 1)?
+                .contiguous()?
+                .reshape((n, heads * self.head_dim))?)
+        };
+        Ok((rows(q)?, rows(k)?, rows(v)?))
+    }
+
+    /// Queries, keys and values of `x` (`heads × n × head_dim` each), with
+    /// the rotary embedding for positions `pos..`.
+    fn project(
+        &self,
+        x: &Tensor,
+        pos: usize,
+        rope: &DeviceRope,
+        angles: Option<(&Tensor, &Tensor)>,
+    ) -> Result<(Tensor, Tensor, Tensor), ModelError> {
         let n = x.dim(0)?;
         if pos + n > self.capacity() {
             return Err(ModelError::ContextFull {
@@ -293,19 +370,14 @@ impl DeviceBlock {
         let q = rope.apply(&q, pos, angles, local)?;
         let k = rope.apply(&k, pos, angles, local)?;
         let v = heads(self.w.wv.forward(&h)?, nkv)?;
-        let base = self.make_room(pos, n)?;
-        self.k_cache.slice_set(
-            &k.to_dtype(self.k_cache.dtype())?.contiguous()?,
-            1,
-            pos - base,
-        )?;
-        self.v_cache.slice_set(
-            &v.to_dtype(self.v_cache.dtype())?.contiguous()?,
-            1,
-            pos - base,
-        )?;
-        let att = self.attention(&q, pos, base)?;
-        let mut o = self.w.wo.forward(&att)?;
+        Ok((q, k, v))
+    }
+
+    /// The rest of the block after attention: `att` (`n × n_head·head_dim`)
+    /// through the output projection into the residual stream `x`, then the
+    /// feed-forward part.
+    pub fn finish(&self, x: &Tensor, att: &Tensor) -> Result<Tensor, ModelError> {
+        let mut o = self.w.wo.forward(att)?;
         if let Some(norm) = &self.w.post_attn_norm {
             o = candle_nn::ops::rms_norm(&o, norm, self.rms_eps)?;
         }
@@ -337,7 +409,8 @@ impl DeviceBlock {
         let base = w.base_for(old, pos, n)?;
         if base != old {
             let (from, count) = (base - old, pos - base);
-            for cache in [&self.k_cache, &self.v_cache] {
+            let (k_cache, v_cache) = self.device_cache()?;
+            for cache in [k_cache, v_cache] {
                 if count > 0 {
                     let kept = cache.narrow(1, from, count)?.contiguous()?;
                     cache.slice_set(&kept, 1, 0)?;
@@ -361,8 +434,9 @@ impl DeviceBlock {
         let q = q.reshape((nkv, rep, n, hd))?;
         // f16 storage is widened for the product (candle's matmuls take
         // one type; the scores and softmax stay in f32).
-        let keys_t = self.k_cache.narrow(1, 0, len)?.to_dtype(DType::F32)?.t()?;
-        let values = self.v_cache.narrow(1, 0, len)?.to_dtype(DType::F32)?;
+        let (k_cache, v_cache) = self.device_cache()?;
+        let keys_t = k_cache.narrow(1, 0, len)?.to_dtype(DType::F32)?.t()?;
+        let values = v_cache.narrow(1, 0, len)?.to_dtype(DType::F32)?;
         let scale = self.attn_scale;
         let per_query = nh * len * 4;
         let chunk = (self.scores_bytes / per_query.max(1)).clamp(1, n);
@@ -435,7 +509,8 @@ impl DeviceBlock {
             );
             Ok(out)
         };
-        Ok((rows(&self.k_cache)?, rows(&self.v_cache)?))
+        let (k_cache, v_cache) = self.device_cache()?;
+        Ok((rows(k_cache)?, rows(v_cache)?))
     }
 
     /// Takes `len` positions (token major, as [`DeviceBlock::export_kv`]
@@ -461,8 +536,9 @@ impl DeviceBlock {
             .contiguous()?;
             Ok(cache.slice_set(&t, 1, 0)?)
         };
-        put(&self.k_cache, k)?;
-        put(&self.v_cache, v)
+        let (k_cache, v_cache) = self.device_cache()?;
+        put(k_cache, k)?;
+        put(v_cache, v)
     }
 }
 
@@ -556,7 +632,7 @@ mod tests {
                 &dev,
                 64,
                 16,
-                crate::kernels::kv::KvTypes::F32,
+                Some(crate::kernels::kv::KvTypes::F32),
             )
             .unwrap();
             let x = Tensor::randn(0f32, 1.0, (20, 32), &dev).unwrap();
@@ -596,7 +672,7 @@ mod tests {
                 &dev,
                 64,
                 16,
-                crate::kernels::kv::KvTypes::F32,
+                Some(crate::kernels::kv::KvTypes::F32),
             )
             .unwrap();
             other.import_kv(&k, &v, 20).unwrap();

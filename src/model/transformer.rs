@@ -694,7 +694,20 @@ impl Transformer {
                     } else {
                         None
                     };
-                    on_device = Some(block.forward(&x, pos, rope, angles)?);
+                    on_device = Some(if block.kv_on_device() {
+                        block.forward(&x, pos, rope, angles)?
+                    } else {
+                        // The cache is in RAM: the host caches the keys
+                        // and values and attends; the device does the rest.
+                        let (qd, kvd) = (hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim);
+                        let (q, k, v) = block.qkv(&x, pos, rope, angles)?;
+                        download(&q, &mut s.q[..n * qd])?;
+                        download(&k, &mut s.k[..n * kvd])?;
+                        download(&v, &mut s.v[..n * kvd])?;
+                        Self::attend_host(hp, i, pos, n, kv, s)?;
+                        let att = Tensor::from_slice(&s.att[..n * qd], (n, qd), block.device())?;
+                        block.finish(&x, &att)?
+                    });
                 }
             }
             let now = std::time::Instant::now();
@@ -1046,6 +1059,32 @@ impl Transformer {
         });
     }
 
+    /// Writes the pass's keys and values (`s.k`, `s.v`) into the host
+    /// cache of `layer` and attends with the queries `s.q` into `s.att`.
+    fn attend_host(
+        hp: &HParams,
+        layer: usize,
+        pos: usize,
+        n: usize,
+        kv: &mut KvCache,
+        s: &mut Scratch,
+    ) -> Result<(), ModelError> {
+        let qd = hp.n_head * hp.head_dim;
+        kv.write(layer, pos, n, &s.k, &s.v)?;
+        // Block-type caches hold rotated keys and values (see
+        // `KvTypes::k_rotation`): queries turn with the keys, and the
+        // output turns back from the values' rotation.
+        let types = kv.types();
+        if let Some(b) = types.k_rotation(hp.head_dim) {
+            crate::kernels::kv::hadamard(&mut s.q[..n * qd], b);
+        }
+        Self::attention(hp, kv.layer(layer)?, &s.q, n, pos, &mut s.att[..n * qd]);
+        if let Some(b) = types.v_rotation(hp.head_dim) {
+            crate::kernels::kv::hadamard(&mut s.att[..n * qd], b);
+        }
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
@@ -1084,18 +1123,7 @@ impl Transformer {
         let local = hp.is_sliding(layer);
         self.rope(&mut s.q[..n * qd], n, hp.n_head, pos, custom, local);
         self.rope(&mut s.k[..n * kvd], n, hp.n_head_kv, pos, custom, local);
-        kv.write(layer, pos, n, &s.k, &s.v)?;
-        // Block-type caches hold rotated keys and values (see
-        // `KvTypes::k_rotation`): queries turn with the keys, and the
-        // output turns back from the values' rotation.
-        let types = kv.types();
-        if let Some(b) = types.k_rotation(hp.head_dim) {
-            crate::kernels::kv::hadamard(&mut s.q[..n * qd], b);
-        }
-        Self::attention(hp, kv.layer(layer)?, &s.q, n, pos, &mut s.att[..n * qd]);
-        if let Some(b) = types.v_rotation(hp.head_dim) {
-            crate::kernels::kv::hadamard(&mut s.att[..n * qd], b);
-        }
+        Self::attend_host(hp, layer, pos, n, kv, s)?;
         self.project(&w.wo, n, qd, |s| (&s.att, &mut s.h), s)?;
         if let Some(norm) = &w.post_attn_norm {
             ops::rms_norm_in_place(&mut s.h[..n * d], norm, hp.rms_eps);

@@ -116,6 +116,10 @@ pub struct Placement {
     pub weights: TierBytes,
     /// KV cache bytes per tier.
     pub kv: TierBytes,
+    /// The tier of each layer's KV cache: the GPU for a GPU layer keeping
+    /// it there, RAM for the others (a GPU layer whose cache is in RAM
+    /// runs its attention on the CPU).
+    pub kv_tiers: Vec<Tier>,
     /// Predicted peak bytes per tier: weights, KV cache, scratch, read
     /// buffers, runtime.
     pub peak: TierBytes,
@@ -226,11 +230,14 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
-/// A layout: the first `disk` layers on disk, the last `gpu` in VRAM.
+/// A layout: the first `disk` layers on disk, the last `gpu` in VRAM; of
+/// the GPU layers the first `kv_ram` keep their KV cache in RAM (their
+/// attention runs on the CPU, as llama.cpp's `--no-kv-offload`).
 #[derive(Debug, Clone, Copy)]
 struct Layout {
     gpu: usize,
     disk: usize,
+    kv_ram: usize,
     head_gpu: bool,
     vision_gpu: bool,
 }
@@ -241,6 +248,16 @@ impl Layout {
             Tier::Gpu
         } else if i < self.disk {
             Tier::Disk
+        } else {
+            Tier::Ram
+        }
+    }
+
+    /// The tier of layer `i`'s KV cache: the GPU for a GPU layer keeping
+    /// it there, RAM otherwise.
+    fn kv_tier(&self, i: usize, n: usize) -> Tier {
+        if i >= n - self.gpu + self.kv_ram.min(self.gpu) {
+            Tier::Gpu
         } else {
             Tier::Ram
         }
@@ -259,7 +276,10 @@ fn usage(fp: &Footprint, l: Layout) -> (TierBytes, TierBytes, TierBytes) {
         match l.tier(i, n) {
             Tier::Gpu => {
                 w.gpu += b;
-                kv.gpu += fp.kv_gpu_bytes(i);
+                match l.kv_tier(i, n) {
+                    Tier::Gpu => kv.gpu += fp.kv_gpu_bytes(i),
+                    _ => kv.ram += fp.kv_bytes(i),
+                }
             }
             t => {
                 if t == Tier::Disk && fp.experts.is_some() {
@@ -314,6 +334,14 @@ fn predict(fp: &Footprint, l: Layout, rates: &Rates, experts: &[ExpertSplit]) ->
     let n = fp.n_layer();
     let (mut gpu_b, mut cpu_b, mut disk_b, mut gpu_e, mut cpu_e) = (0f64, 0f64, 0f64, 0f64, 0f64);
     let mut disk_prompt_b = 0f64;
+    // A GPU layer whose KV cache is in RAM sends its queries, keys and
+    // values to the host and the attention back every pass, and its
+    // attention reads the cache from RAM: at a conversation's mean fill
+    // (half the context) in decode, and its multiply-adds on the CPU in a
+    // prompt. (Caches on the GPU are read at its bandwidth: left out.)
+    let mut host_kv_crossings = 0.0;
+    let mean_fill = fp.context as f64 / 2.0;
+    let attention_macs = 2.0 * mean_fill * (fp.hp.n_head * fp.hp.head_dim) as f64;
     for i in 0..n {
         let (b, e) = fp.active(i);
         let (b, e) = (b as f64, e as f64);
@@ -321,6 +349,11 @@ fn predict(fp: &Footprint, l: Layout, rates: &Rates, experts: &[ExpertSplit]) ->
             Tier::Gpu => {
                 gpu_b += b;
                 gpu_e += e;
+                if l.kv_tier(i, n) == Tier::Ram {
+                    cpu_b += fp.kv_bytes(i) as f64 / 2.0;
+                    cpu_e += attention_macs;
+                    host_kv_crossings += 4e-5;
+                }
             }
             t => {
                 cpu_b += b;
@@ -348,7 +381,7 @@ fn predict(fp: &Footprint, l: Layout, rates: &Rates, experts: &[ExpertSplit]) ->
         cpu_b += head;
     }
     // The hidden state crosses at each tier boundary: a few microseconds.
-    let crossings = if l.gpu > 0 && l.gpu < n { 2e-5 } else { 0.0 };
+    let crossings = if l.gpu > 0 && l.gpu < n { 2e-5 } else { 0.0 } + host_kv_crossings;
     let decode = (gpu_b / rates.gpu_bytes_per_sec + cpu_b / rates.ram_bytes_per_sec + crossings)
         .max(disk_b / rates.disk_bytes_per_sec);
     let chunk = fp.prompt_chunk.max(1) as f64;
@@ -425,6 +458,7 @@ fn placement(
         experts,
         mode,
         layers: (0..n).map(|i| l.tier(i, n)).collect(),
+        kv_tiers: (0..n).map(|i| l.kv_tier(i, n)).collect(),
         head: if l.head_gpu { Tier::Gpu } else { Tier::Ram },
         vision: (fp.vision_bytes > 0).then_some(if l.vision_gpu { Tier::Gpu } else { Tier::Ram }),
         weights,
@@ -436,19 +470,38 @@ fn placement(
 }
 
 /// The most GPU layers (with the head and vision tower when they fit too)
-/// that `vram` holds, at most `limit`.
-fn fill_gpu(fp: &Footprint, vram: u64, limit: usize) -> Layout {
+/// that `vram` holds, at most `limit`. With `host_kv`, GPU layers may keep
+/// their KV cache in RAM: the most layers that fit so, with as few caches
+/// in RAM as they allow.
+fn fill_gpu(fp: &Footprint, vram: u64, limit: usize, host_kv: bool) -> Layout {
     let base = Layout {
         gpu: 0,
         disk: 0,
+        kv_ram: 0,
         head_gpu: false,
         vision_gpu: false,
     };
     let fits = |l: Layout| usage(fp, l).2.gpu <= vram;
-    let Some(gpu) = (0..=limit).rev().find(|&g| fits(Layout { gpu: g, ..base })) else {
+    let most = |g: usize| Layout {
+        gpu: g,
+        kv_ram: if host_kv { g } else { 0 },
+        ..base
+    };
+    let Some(gpu) = (0..=limit).rev().find(|&g| fits(most(g))) else {
         return base;
     };
-    let mut l = Layout { gpu, ..base };
+    let kv_ram = (0..=most(gpu).kv_ram)
+        .find(|&h| {
+            fits(Layout {
+                kv_ram: h,
+                ..most(gpu)
+            })
+        })
+        .unwrap_or(0);
+    let mut l = Layout {
+        kv_ram,
+        ..most(gpu)
+    };
     // The head is read every token, like a layer; it joins the last layers
     // on the GPU when it fits.
     if fits(Layout {
@@ -493,9 +546,10 @@ fn search(
     vram: u64,
     ram: u64,
     gpu_counts: impl Iterator<Item = usize>,
+    host_kv: bool,
 ) -> Option<Layout> {
     for gpu in gpu_counts {
-        let l = fill_gpu(fp, vram, gpu);
+        let l = fill_gpu(fp, vram, gpu, host_kv);
         if l.gpu != gpu {
             continue;
         }
@@ -535,25 +589,51 @@ pub fn plan(
             suggestion,
         }
     };
+    // Of two layouts that fit, the one predicted to decode faster; the
+    // first (every GPU layer's cache on the GPU) on a tie.
+    let faster = |a: Layout, b: Option<Layout>| -> Layout {
+        let speed = |l: Layout| {
+            predict(
+                fp,
+                l,
+                rates,
+                &expert_split(fp, l, usage(fp, l).2.ram, ram, None),
+            )
+            .1
+        };
+        match b {
+            Some(b) if b.gpu > a.gpu && speed(b) > speed(a) => b,
+            _ => a,
+        }
+    };
     let layout = match mode {
         Mode::Auto | Mode::CpuOnly => {
             let vram = if mode == Mode::Auto { vram } else { 0 };
-            let most = fill_gpu(fp, vram, n).gpu;
             // Fastest first: the most GPU layers, the head on the GPU when it
             // fits there, the fewest disk layers. Fewer GPU layers only help
             // when RAM cannot hold what the GPU left (never, in practice),
-            // but trying them makes "auto fails" mean "nothing fits".
-            search(fp, vram, ram, (0..=most).rev()).ok_or_else(|| {
-                let all_disk = Layout {
-                    disk: n - most,
-                    ..fill_gpu(fp, vram, most)
-                };
-                ram_error(
-                    all_disk,
-                    mode,
-                    "even with every layer on disk, the KV cache, embeddings and read buffers do not fit: lower the context length (--ctx) or raise the RAM cap".into(),
-                )
-            })?
+            // but trying them makes "auto fails" mean "nothing fits". GPU
+            // layers keeping their caches in RAM (more of them fit) are
+            // taken when that is predicted faster.
+            let pick = |host_kv: bool| {
+                let most = fill_gpu(fp, vram, n, host_kv).gpu;
+                search(fp, vram, ram, (0..=most).rev(), host_kv)
+            };
+            match pick(false) {
+                Some(a) => faster(a, (vram > 0).then(|| pick(true)).flatten()),
+                None => pick(true).ok_or_else(|| {
+                    let most = fill_gpu(fp, vram, n, false).gpu;
+                    let all_disk = Layout {
+                        disk: n - most,
+                        ..fill_gpu(fp, vram, most, false)
+                    };
+                    ram_error(
+                        all_disk,
+                        mode,
+                        "even with every layer on disk, the KV cache, embeddings and read buffers do not fit: lower the context length (--ctx) or raise the RAM cap".into(),
+                    )
+                })?,
+            }
         }
         Mode::FullGpu | Mode::GpuLayers(_) => {
             let want = match mode {
@@ -563,13 +643,28 @@ pub fn plan(
             let full = Layout {
                 gpu: want,
                 disk: 0,
+                kv_ram: 0,
                 head_gpu: want == n,
                 vision_gpu: want == n && fp.vision_bytes > 0,
             };
             let needed = usage(fp, full).2.gpu;
-            if needed > vram {
-                let fits = fill_gpu(fp, vram, n).gpu;
-                let suggestion = if fits > 0 {
+            // The layers asked for, their caches in RAM when VRAM cannot
+            // hold them too.
+            let host_kv = needed > vram;
+            let lean = usage(
+                fp,
+                Layout {
+                    kv_ram: want,
+                    ..full
+                },
+            )
+            .2
+            .gpu;
+            if lean > vram {
+                let fits = fill_gpu(fp, vram, n, true).gpu;
+                let suggestion = if fits == n {
+                    format!("every layer fits with its KV cache in RAM, but not the output head too: choose --gpu-layers {n} or auto")
+                } else if fits > 0 {
                     format!("{fits} of {n} layers fit: choose cpu-offload, auto, or --gpu-layers {fits}")
                 } else {
                     "not even one layer fits: choose cpu-only or auto".to_string()
@@ -577,17 +672,31 @@ pub fn plan(
                 return Err(PlacementError::DoesNotFit {
                     mode,
                     tier: "VRAM",
-                    needed,
+                    // The least it needs: every cache in RAM.
+                    needed: lean,
                     free: vram,
                     suggestion,
                 });
             }
-            let mut l = fill_gpu(fp, vram, want);
+            let mut l = fill_gpu(fp, vram, want, host_kv);
             l.gpu = want;
+            if mode == Mode::FullGpu {
+                // The head and vision tower go to the GPU too: more caches
+                // in RAM when they need the room.
+                let with_all = |h: usize| Layout {
+                    kv_ram: h,
+                    head_gpu: true,
+                    vision_gpu: fp.vision_bytes > 0,
+                    ..l
+                };
+                if let Some(h) = (l.kv_ram..=want).find(|&h| usage(fp, with_all(h)).2.gpu <= vram) {
+                    l = with_all(h);
+                }
+            }
             if mode == Mode::FullGpu {
                 l
             } else {
-                search(fp, vram, ram, std::iter::once(want)).ok_or_else(|| {
+                search(fp, vram, ram, std::iter::once(want), host_kv).ok_or_else(|| {
                     ram_error(
                         Layout {
                             disk: n - want,
@@ -600,18 +709,27 @@ pub fn plan(
             }
         }
         Mode::CpuOffload => {
-            let l = fill_gpu(fp, vram, n);
-            if usage(fp, l).2.ram > ram {
-                let suggestion = match fill_ram(fp, ram, l) {
-                    Some(d) => format!("disk-offload or auto fit (with {} layers on disk)", d.disk),
-                    None => "lower the context length (--ctx)".to_string(),
-                };
-                return Err(ram_error(l, mode, suggestion));
+            let fits_ram = |l: Layout| usage(fp, l).2.ram <= ram;
+            let l = fill_gpu(fp, vram, n, false);
+            let lean = Some(fill_gpu(fp, vram, n, true)).filter(|&b| fits_ram(b));
+            if !fits_ram(l) {
+                if let Some(b) = lean {
+                    b
+                } else {
+                    let suggestion = match fill_ram(fp, ram, l) {
+                        Some(d) => {
+                            format!("disk-offload or auto fit (with {} layers on disk)", d.disk)
+                        }
+                        None => "lower the context length (--ctx)".to_string(),
+                    };
+                    return Err(ram_error(l, mode, suggestion));
+                }
+            } else {
+                faster(l, lean)
             }
-            l
         }
         Mode::DiskOffload => {
-            let mut l = fill_gpu(fp, vram, n);
+            let mut l = fill_gpu(fp, vram, n, false);
             l.disk = n - l.gpu;
             if usage(fp, l).2.ram > ram {
                 return Err(ram_error(
@@ -642,6 +760,7 @@ pub fn plan(
 pub fn describe(
     fp: &Footprint,
     layers: &[Tier],
+    kv_in_ram: usize,
     head: Tier,
     mode: Mode,
     rates: &Rates,
@@ -654,11 +773,25 @@ pub fn describe(
     let l = Layout {
         gpu: gpu.min(n),
         disk: disk.min(n - gpu.min(n)),
+        kv_ram: kv_in_ram.min(gpu),
         head_gpu: head == Tier::Gpu,
         vision_gpu: false,
     };
     let mut p = placement(fp, l, mode, rates, ram, expert_cap);
     p.layers = layers.to_vec();
+    // The first `kv_ram` GPU layers keep their caches in RAM.
+    let mut host = l.kv_ram;
+    p.kv_tiers = layers
+        .iter()
+        .map(|&t| match t {
+            Tier::Gpu if host > 0 => {
+                host -= 1;
+                Tier::Ram
+            }
+            Tier::Gpu => Tier::Gpu,
+            _ => Tier::Ram,
+        })
+        .collect();
     p
 }
 

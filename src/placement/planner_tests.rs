@@ -118,16 +118,19 @@ fn anything_fits(fp: &Footprint, b: &Budgets) -> bool {
     (0..=n).any(|gpu| {
         (0..=n - gpu).any(|disk| {
             [false, true].into_iter().any(|head_gpu| {
-                let (_, _, peak) = usage(
-                    fp,
-                    Layout {
-                        gpu,
-                        disk,
-                        head_gpu,
-                        vision_gpu: false,
-                    },
-                );
-                peak.gpu <= b.vram_bytes && peak.ram <= b.ram_bytes
+                (0..=gpu).any(|kv_ram| {
+                    let (_, _, peak) = usage(
+                        fp,
+                        Layout {
+                            gpu,
+                            disk,
+                            kv_ram,
+                            head_gpu,
+                            vision_gpu: false,
+                        },
+                    );
+                    peak.gpu <= b.vram_bytes && peak.ram <= b.ram_bytes
+                })
             })
         })
     })
@@ -206,6 +209,9 @@ fn every_mode_over_the_grid_respects_budgets() {
                                             Layout {
                                                 gpu: 32,
                                                 disk: 0,
+                                                // The least it needs: every
+                                                // cache in RAM.
+                                                kv_ram: 32,
                                                 head_gpu: true,
                                                 vision_gpu: false,
                                             },
@@ -294,4 +300,51 @@ fn sizes_parse() {
     assert_eq!("disk-offload".parse::<Mode>().unwrap(), Mode::DiskOffload);
     assert_eq!("12".parse::<Mode>().unwrap(), Mode::GpuLayers(12));
     assert!("fast".parse::<Mode>().is_err());
+}
+
+/// GPU layers keep their KV caches in RAM when VRAM holds the weights but
+/// not the caches too: full-gpu puts Mistral-7B's 32 layers on a 6 GB GPU
+/// at 32k tokens with the first layers' caches in RAM (as few as fit),
+/// charging RAM for them; with room, or a short context, every cache stays
+/// on the GPU; auto takes the caches-in-RAM layout only with more GPU
+/// layers and a faster predicted decode.
+#[test]
+fn gpu_layers_keep_their_caches_in_ram_when_vram_is_short() {
+    let fp = mistral(Quant::Q4KM, 32768);
+    let b = budgets(6 * GB, 32 * GB);
+    let p = plan(&fp, &b, Mode::FullGpu, &rates()).unwrap();
+    assert_eq!(p.count(Tier::Gpu), 32);
+    assert!(p.peak.gpu <= b.vram_bytes);
+    let in_ram = p.kv_tiers.iter().filter(|&&t| t == Tier::Ram).count();
+    assert!(in_ram > 0 && in_ram < 32, "{in_ram}");
+    // The first GPU layers, then the rest on the device.
+    assert!(p.kv_tiers[..in_ram].iter().all(|&t| t == Tier::Ram));
+    assert!(p.kv_tiers[in_ram..].iter().all(|&t| t == Tier::Gpu));
+    let ram_kv: u64 = (0..in_ram).map(|i| fp.kv_bytes(i)).sum();
+    assert_eq!(p.kv.ram, ram_kv);
+    assert_eq!(p.kv.gpu, (in_ram..32).map(|i| fp.kv_gpu_bytes(i)).sum::<u64>());
+    // One cache fewer in RAM would not fit.
+    let tighter = budgets(p.peak.gpu - 1, 32 * GB);
+    let q = plan(&fp, &tighter, Mode::FullGpu, &rates()).unwrap();
+    assert!(q.kv_tiers.iter().filter(|&&t| t == Tier::Ram).count() > in_ram);
+    for (fp, vram) in [(mistral(Quant::Q4KM, 4096), 6), (mistral(Quant::Q4KM, 32768), 24)] {
+        let p = plan(&fp, &budgets(vram * GB, 32 * GB), Mode::FullGpu, &rates()).unwrap();
+        assert!(p.kv_tiers.iter().all(|&t| t == Tier::Gpu));
+        assert_eq!(p.kv.ram, 0);
+    }
+    let auto = plan(&fp, &b, Mode::Auto, &rates()).unwrap();
+    let full_kv = plan(&fp, &b, Mode::GpuLayers(auto.count(Tier::Gpu)), &rates());
+    if auto.kv_tiers.contains(&Tier::Ram) {
+        // Its GPU layer count does not fit with every cache on the GPU.
+        let all_on_gpu = full_kv.unwrap();
+        assert!(all_on_gpu.kv_tiers.contains(&Tier::Ram));
+    }
+    // Nothing fits at all: the error gives the least it needs (every
+    // cache in RAM).
+    let e = plan(&fp, &budgets(2 * GB, 32 * GB), Mode::FullGpu, &rates()).unwrap_err();
+    let lean = fp.layer_bytes.iter().sum::<u64>() + fp.head_bytes;
+    assert!(e.to_string().starts_with("full-gpu needs"), "{e}");
+    let needed_mib = e.shortfall_mib() + 2048;
+    assert!(needed_mib >= lean >> 20, "{e}");
+    assert!(needed_mib < (lean + fp.kv_cache_bytes() / 2) >> 20, "{e}");
 }

@@ -216,15 +216,17 @@ enum Slot {
     /// experts are read from disk when routed to (through its cache).
     Experts(Box<LayerWeights>),
     Disk(DiskLayer),
-    /// A layer of the GPU tier, and the bytes charged for it (weights and
-    /// KV cache) on the device.
-    Gpu(GpuLayer, u64),
+    /// A layer of the GPU tier, the bytes charged for it (weights and KV
+    /// cache) on the device, and whether its KV cache is in RAM instead
+    /// (the host cache holds it; attention runs on the host).
+    Gpu(GpuLayer, u64, bool),
 }
 
 enum GpuLayer {
     /// The simulated tier: host weights, host kernels.
     Host(Box<LayerWeights>),
-    /// Weights and KV cache on the tier's candle device.
+    /// Weights (and KV cache, unless it is in RAM) on the tier's candle
+    /// device.
     Device(Box<DeviceBlock>),
 }
 
@@ -355,6 +357,8 @@ pub struct LayerStore {
     /// Experts each disk-tier layer's cache holds (from the plan).
     expert_capacity: Vec<usize>,
     gpu: Option<GpuCharges>,
+    /// Where GPU layers keep their KV caches (see [`LayerStore::set_kv_tiers`]).
+    kv_tiers: Vec<Tier>,
     /// The rotary tables on the GPU tier's device, when it has one.
     rope: Option<DeviceRope>,
 }
@@ -442,6 +446,7 @@ impl LayerStore {
             expert_io,
             expert_capacity: Vec::new(),
             gpu: None,
+            kv_tiers: Vec::new(),
             rope: None,
         };
         store.set_gpu(gpu)?;
@@ -518,12 +523,14 @@ impl LayerStore {
             Tier::Disk => 2,
         };
         let loaded = self.slots.len();
-        let moving: Vec<usize> = (0..loaded).filter(|&i| self.tier(i) != tiers[i]).collect();
+        let moving: Vec<usize> = (0..loaded)
+            .filter(|&i| self.needs_move(i, tiers[i]))
+            .collect();
         let total = moving.len() + (n - loaded);
         let mut done = 0;
-        let (down, up): (Vec<usize>, Vec<usize>) = moving
-            .into_iter()
-            .partition(|&i| rank(tiers[i]) > rank(self.tier(i)));
+        let (down, up): (Vec<usize>, Vec<usize>) = moving.into_iter().partition(|&i| {
+            rank(tiers[i]) > rank(self.tier(i)) || (tiers[i] == Tier::Gpu && self.kv_in_ram(i))
+        });
         for i in down.into_iter().chain(up) {
             self.set_tier(i, tiers[i], kv)?;
             done += 1;
@@ -575,7 +582,13 @@ impl LayerStore {
                 let Some(g) = self.gpu.clone() else {
                     return Err(ModelError::Format("no GPU tier to place layers on".into()));
                 };
-                let bytes = self.layer_bytes(i) + g.kv_layer_bytes.get(i).copied().unwrap_or(0);
+                let kv_in_ram = self.kv_in_ram(i);
+                let kv_bytes = if kv_in_ram {
+                    0
+                } else {
+                    g.kv_layer_bytes.get(i).copied().unwrap_or(0)
+                };
+                let bytes = self.layer_bytes(i) + kv_bytes;
                 g.tier.alloc(bytes, || format!("layer {i}"))?;
                 let mut src = FileTensors {
                     file: &self.model_file,
@@ -585,7 +598,13 @@ impl LayerStore {
                 };
                 let layer = match &g.tier.device {
                     Some(device) => DeviceBlock::load(
-                        &self.hp, i, &mut src, device, g.capacity, g.chunk, g.kv_types,
+                        &self.hp,
+                        i,
+                        &mut src,
+                        device,
+                        g.capacity,
+                        g.chunk,
+                        (!kv_in_ram).then_some(g.kv_types),
                     )
                     .map(|b| GpuLayer::Device(Box::new(b))),
                     None => {
@@ -593,7 +612,7 @@ impl LayerStore {
                     }
                 };
                 match layer {
-                    Ok(layer) => Slot::Gpu(layer, bytes),
+                    Ok(layer) => Slot::Gpu(layer, bytes, kv_in_ram),
                     Err(e) => {
                         g.tier.free(bytes);
                         return Err(e);
@@ -658,7 +677,10 @@ impl LayerStore {
         if i >= self.slots.len() {
             return Err(ModelError::Format(format!("no layer {i}")));
         }
-        if self.tier(i) != tier {
+        if let (Slot::Gpu(..), Tier::Gpu, true) = (&self.slots[i], tier, self.needs_move(i, tier)) {
+            return self.move_kv(i, kv);
+        }
+        if self.needs_move(i, tier) {
             // A read-ahead may be for a layer that moves; let it finish
             // unseen (it owns what it reads).
             self.read_ahead
@@ -670,7 +692,11 @@ impl LayerStore {
             // so neither tier holds both.
             let new = self.make_slot(i, tier)?;
             let len = kv.len();
-            if let Slot::Gpu(GpuLayer::Device(block), _) = &new {
+            let on_device = |s: &Slot| match s {
+                Slot::Gpu(GpuLayer::Device(block), ..) => block.kv_on_device(),
+                _ => false,
+            };
+            if let (Slot::Gpu(GpuLayer::Device(block), ..), true) = (&new, on_device(&new)) {
                 if let Some((k, v)) = kv.rows(i, len) {
                     if let Err(e) = block.import_kv(&k, &v, len) {
                         self.release(new);
@@ -678,13 +704,15 @@ impl LayerStore {
                     }
                 }
             }
-            if let Slot::Gpu(GpuLayer::Device(block), _) = &self.slots[i] {
+            if let (Slot::Gpu(GpuLayer::Device(block), ..), true) =
+                (&self.slots[i], on_device(&self.slots[i]))
+            {
                 if len > 0 {
                     let (k, v) = block.export_kv(len)?;
                     kv.import(i, len, &k, &v)?;
                 }
             }
-            if matches!(new, Slot::Gpu(GpuLayer::Device(_), _)) {
+            if on_device(&new) {
                 kv.release(i);
             }
             let old = std::mem::replace(&mut self.slots[i], new);
@@ -693,15 +721,92 @@ impl LayerStore {
         Ok(())
     }
 
+    /// Moves GPU layer `i`'s KV cache to where the plan wants it (between
+    /// the device and the host cache), its weights staying in place.
+    fn move_kv(&mut self, i: usize, kv: &mut KvCache) -> Result<(), ModelError> {
+        let Some(g) = self.gpu.clone() else {
+            return Err(ModelError::Format("no GPU tier to place layers on".into()));
+        };
+        let to_ram = self.kv_in_ram(i);
+        let kv_bytes = g.kv_layer_bytes.get(i).copied().unwrap_or(0);
+        let len = kv.len();
+        let Slot::Gpu(layer, bytes, in_ram) = &mut self.slots[i] else {
+            return Err(ModelError::Format(format!("layer {i} is not on the GPU")));
+        };
+        if to_ram {
+            if let GpuLayer::Device(block) = layer {
+                if len > 0 {
+                    let (k, v) = block.export_kv(len)?;
+                    kv.import(i, len, &k, &v)?;
+                }
+                block.drop_cache();
+            }
+            g.tier.free(kv_bytes);
+            *bytes -= kv_bytes;
+        } else {
+            g.tier.alloc(kv_bytes, || format!("layer {i}'s KV cache"))?;
+            if let GpuLayer::Device(block) = layer {
+                let made = block
+                    .make_cache(g.kv_types)
+                    .and_then(|()| match kv.rows(i, len) {
+                        Some((k, v)) => block.import_kv(&k, &v, len),
+                        None => Ok(()),
+                    });
+                if let Err(e) = made {
+                    block.drop_cache();
+                    g.tier.free(kv_bytes);
+                    return Err(e);
+                }
+                kv.release(i);
+            }
+            *bytes += kv_bytes;
+        }
+        *in_ram = to_ram;
+        Ok(())
+    }
+
     /// Gives back what a dropped slot charged the GPU tier.
     fn release(&self, slot: Slot) {
-        if let (Slot::Gpu(_, bytes), Some(g)) = (&slot, &self.gpu) {
+        if let (Slot::Gpu(_, bytes, _), Some(g)) = (&slot, &self.gpu) {
             g.tier.free(*bytes);
         }
     }
 
     pub fn n_layers(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Whether layer `i` must be rebuilt to be in `tier` with its KV cache
+    /// where the plan wants it.
+    fn needs_move(&self, i: usize, tier: Tier) -> bool {
+        match &self.slots[i] {
+            Slot::Gpu(_, _, in_ram) => tier != Tier::Gpu || *in_ram != self.kv_in_ram(i),
+            _ => self.tier(i) != tier,
+        }
+    }
+
+    /// Whether GPU layer `i` is to keep its KV cache in RAM (the plan's
+    /// `kv_tiers`).
+    fn kv_in_ram(&self, i: usize) -> bool {
+        self.kv_tiers.get(i) == Some(&Tier::Ram)
+    }
+
+    /// Where each GPU layer placed from now on keeps its KV cache (the
+    /// plan's `kv_tiers`; RAM or GPU). Empty: on the GPU.
+    pub fn set_kv_tiers(&mut self, kv_tiers: &[Tier]) {
+        self.kv_tiers = kv_tiers.to_vec();
+    }
+
+    /// The tier of each layer's KV cache as placed: RAM unless a GPU layer
+    /// keeps it on the device.
+    pub fn kv_tiers(&self) -> Vec<Tier> {
+        self.slots
+            .iter()
+            .map(|s| match s {
+                Slot::Gpu(_, _, false) => Tier::Gpu,
+                _ => Tier::Ram,
+            })
+            .collect()
     }
 
     pub fn tier(&self, i: usize) -> Tier {
@@ -949,10 +1054,10 @@ impl LayerStore {
     /// Layer `i` as the model runs it, for a layer in RAM or on the GPU.
     fn resident(&self, i: usize) -> Option<Block<'_>> {
         match &self.slots[i] {
-            Slot::Resident(w) | Slot::Experts(w) | Slot::Gpu(GpuLayer::Host(w), _) => {
+            Slot::Resident(w) | Slot::Experts(w) | Slot::Gpu(GpuLayer::Host(w), ..) => {
                 Some(Block::Host(w))
             }
-            Slot::Gpu(GpuLayer::Device(block), _) => Some(Block::Device {
+            Slot::Gpu(GpuLayer::Device(block), ..) => Some(Block::Device {
                 block,
                 rope: self.rope.as_ref()?,
             }),

@@ -394,6 +394,7 @@ mod tests {
             vision: None,
             weights: TierBytes::default(),
             kv: TierBytes::default(),
+            kv_tiers: vec![Tier::Ram; 2],
             peak: TierBytes::default(),
             predicted_prompt_tokens_per_sec: 1.0,
             predicted_decode_tokens_per_sec: 1.0,

@@ -768,3 +768,117 @@ fn device_blocks_run_qwen3_and_gemma3() {
         assert_eq!(got, r.generated, "{name}: greedy on the device path");
     }
 }
+
+/// A GPU layer keeps its KV cache in RAM when VRAM holds the layer but not
+/// its cache too (the planner's choice, as llama.cpp's `--no-kv-offload`):
+/// the host caches the keys and values and attends, the device runs the
+/// rest. The fixture's greedy tokens on the candle path and the simulated
+/// tier, with the cache moving between device and host mid-reply.
+#[test]
+fn gpu_layers_keep_their_kv_cache_in_ram_when_vram_is_short() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = fixture("qwen3_tiny_text");
+    let r = reference(&dir);
+    let common = ["--quant", "none", "--ctx", "32768"];
+    let plan = |vram: &str, mode: &str| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+            .args(["plan", "--model"])
+            .arg(&dir)
+            .args(common)
+            .args(["--cache-type-k", "f32", "--cache-type-v", "f32"])
+            .args(["--vram", vram, "--mode", mode, "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let kv_tiers = |j: &serde_json::Value, key: &str| -> Vec<String> {
+        j["layers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|l| l[key].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_else(|| {
+                j["kv_tiers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_str().unwrap().to_string())
+                    .collect()
+            })
+    };
+    // Everything on the GPU needs `peak`; with half the head's bytes less,
+    // full-gpu keeps one layer's cache in RAM (the planner's least), and
+    // two GPU layers without the head keep both caches on the device.
+    let ample = plan("4GiB", "full-gpu");
+    assert_eq!(kv_tiers(&ample, "kv_tier"), ["gpu", "gpu"]);
+    let peak = ample["tiers"]["gpu"]["peak_bytes"].as_u64().unwrap();
+    let vram = (peak - ample["head"]["bytes"].as_u64().unwrap() / 2).to_string();
+    let short = plan(&vram, "full-gpu");
+    assert_eq!(kv_tiers(&short, "kv_tier"), ["ram", "gpu"]);
+    assert_eq!(short["head"]["tier"], "gpu");
+    let one_layer_kv = ample["tiers"]["gpu"]["kv_cache_bytes"].as_u64().unwrap() / 2;
+    assert_eq!(
+        short["tiers"]["ram"]["kv_cache_bytes"].as_u64().unwrap(),
+        one_layer_kv
+    );
+    assert!(short["tiers"]["gpu"]["peak_bytes"].as_u64().unwrap() <= vram.parse().unwrap());
+    assert_eq!(kv_tiers(&plan(&vram, "2"), "kv_tier"), ["gpu", "gpu"]);
+    // Not even the weights with every cache in RAM: a clear error.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["plan", "--model"])
+        .arg(&dir)
+        .args(common)
+        .args(["--vram", "100MiB", "--mode", "full-gpu"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("full-gpu needs"));
+
+    for simulate in [true, false] {
+        let mut args = vec!["--dtype", "f32"];
+        args.extend(common);
+        args.extend(["--vram", &vram, "--mode", "full-gpu"]);
+        if simulate {
+            args.push("--simulate-with-candle");
+        }
+        let out = greedy8(&dir, &dir.join("messages.json"), &args, cache.path());
+        assert_eq!(
+            kv_tiers(&out, "kv_tiers"),
+            ["ram", "gpu"],
+            "candle: {simulate}"
+        );
+        assert_eq!(out["tiers"], serde_json::json!(["gpu", "gpu"]));
+        let got: Vec<u32> = tokens_of(&out).into_iter().map(|t| t as u32).collect();
+        assert_eq!(
+            got, r.generated,
+            "candle: {simulate}: a GPU layer's cache in RAM"
+        );
+        // Mid-reply the cache moves to the device and back (the layer
+        // stays), then the layers go to RAM and back.
+        args.extend([
+            "--replace-every",
+            "2",
+            "--replace-modes",
+            "2,full-gpu,cpu-only,full-gpu",
+        ]);
+        let out = greedy8(&dir, &dir.join("messages.json"), &args, cache.path());
+        let got: Vec<u32> = tokens_of(&out).into_iter().map(|t| t as u32).collect();
+        assert_eq!(
+            got, r.generated,
+            "candle: {simulate}: caches moved mid-reply"
+        );
+        let moves = out["replacements"].as_array().unwrap();
+        assert!(moves.len() >= 3, "{moves:?}");
+        assert_eq!(moves[0]["moved_layers"], 1, "{moves:?}");
+        assert_eq!(moves[0]["kv_tiers"], serde_json::json!(["gpu", "gpu"]));
+        assert_eq!(moves[1]["kv_tiers"], serde_json::json!(["ram", "gpu"]));
+        assert_eq!(moves[2]["tiers"], serde_json::json!(["ram", "ram"]));
+    }
+}

@@ -25,9 +25,11 @@ use crate::common::smollm2;
 fn placement(gpu: usize, ram: usize) -> Placement {
     let mut layers = vec![Tier::Ram; ram];
     layers.extend(vec![Tier::Gpu; gpu]);
+    let kv_tiers = layers.clone();
     Placement {
         mode: Mode::Auto,
         layers,
+        kv_tiers,
         head: Tier::Ram,
         vision: None,
         weights: TierBytes::default(),
