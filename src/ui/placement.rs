@@ -125,7 +125,7 @@ pub fn panel_ui(ui: &mut egui::Ui, app: &mut SpillwayApp) -> Vec<PlacementAction
             kv.join(" · ")
         ))
         .on_hover_text(
-            "Keys and values for the whole context, by where each layer keeps them. A GPU layer keeps q8_0/q4_0 as f16 (its attention reads f32 and f16).",
+            "Keys and values for the whole context, by where each layer keeps them. A GPU layer keeps q8_0/q4_0 as f16 (its attention reads f32 and f16); when VRAM is short, GPU layers keep their caches in RAM (marked at the foot of their cells) and run attention on the CPU.",
         );
     }
     if let Some(s) = &model.speculation {
@@ -237,6 +237,14 @@ pub fn layer_strip_ui(ui: &mut egui::Ui, p: &Placement, layer_bytes: &[u64], ms:
                 ui.painter().rect_filled(r.shrink(0.5), 1.0, tier_color(t));
             }
         }
+        // A GPU layer keeping its KV cache in RAM: a RAM-coloured band
+        // along its foot.
+        let kv_in_ram = t == Tier::Gpu && p.kv_tiers.get(i) == Some(&Tier::Ram);
+        if kv_in_ram {
+            let cell = r.shrink(0.5);
+            let (_, foot) = cell.split_top_bottom_at_y(cell.bottom() - cell.height() / 4.0);
+            ui.painter().rect_filled(foot, 1.0, tier_color(Tier::Ram));
+        }
         let id = ui.scope_id().with(("layer", i));
         let resp = ui.interact(r, id, Sense::hover());
         let what = match split {
@@ -244,6 +252,9 @@ pub fn layer_strip_ui(ui: &mut egui::Ui, p: &Placement, layer_bytes: &[u64], ms:
                 "layer {i}: dense part in RAM, {} experts cached in RAM, {} on disk",
                 x.ram, x.disk
             ),
+            None if kv_in_ram => {
+                format!("layer {i}: {t}, its KV cache in RAM (attention on the CPU)")
+            }
             None => format!("layer {i}: {t}"),
         };
         resp.on_hover_text(format!(
