@@ -51,6 +51,7 @@ fn info() -> ModelInfo {
             vision: Some(Tier::Ram),
             weights: TierBytes::default(),
             kv: TierBytes::default(),
+            kv_tiers: vec![Tier::Ram; n],
             peak: TierBytes::default(),
             predicted_prompt_tokens_per_sec: 60.0,
             predicted_decode_tokens_per_sec: 6.0,
