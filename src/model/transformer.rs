@@ -1342,8 +1342,8 @@ mod tests {
     use crate::kernels::kv::{CacheType as C, KvTypes};
 
     /// Tiled attention (any pass of 32 tokens or more) equals attention
-    /// query by query: grouped heads, a prompt after cached tokens, every
-    /// cache type, a sliding window.
+    /// query by query: grouped heads, a prompt after cached tokens over
+    /// many tiles, a strong first key, every cache type, a sliding window.
     #[test]
     fn tiled_attention_equals_attention_by_query() {
         let mut hp = HParams::test_llama();
@@ -1356,10 +1356,13 @@ mod tests {
             (KvTypes::new(C::Q4_0, C::F16), 0),
             (KvTypes::F32, 40),
         ] {
-            let (pos, n) = (70, 150);
-            let mut kv = KvCache::new(1, nkv, hd, 256);
+            // Many tiles, the first key far stronger than the rest (an
+            // attention sink: the running maximum jumps).
+            let (pos, n) = (1100, 160);
+            let mut kv = KvCache::new(1, nkv, hd, 1280);
             kv.set_types(types).unwrap();
-            let k: Vec<f32> = (0..(pos + n) * nkv * hd).map(val).collect();
+            let mut k: Vec<f32> = (0..(pos + n) * nkv * hd).map(val).collect();
+            k[..nkv * hd].iter_mut().for_each(|x| *x *= 8.0);
             let v: Vec<f32> = (0..(pos + n) * nkv * hd).map(|i| val(i + 17)).collect();
             kv.write(0, 0, pos + n, &k, &v).unwrap();
             let mut layer = kv.layer(0).unwrap();

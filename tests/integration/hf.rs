@@ -781,20 +781,11 @@ fn gpu_layers_keep_their_kv_cache_in_ram_when_vram_is_short() {
     let r = reference(&dir);
     let common = ["--quant", "none", "--ctx", "32768"];
     let plan = |vram: &str, mode: &str| -> serde_json::Value {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
-            .args(["plan", "--model"])
-            .arg(&dir)
-            .args(common)
-            .args(["--cache-type-k", "f32", "--cache-type-v", "f32"])
-            .args(["--vram", vram, "--mode", mode, "--json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        let mut args = vec!["plan", "--model", dir.to_str().unwrap()];
+        args.extend(common);
+        args.extend(["--cache-type-k", "f32", "--cache-type-v", "f32"]);
+        args.extend(["--vram", vram, "--mode", mode, "--json"]);
+        crate::common::spillway_json(&args)
     };
     let kv_tiers = |j: &serde_json::Value, key: &str| -> Vec<String> {
         j["layers"]
@@ -831,13 +822,10 @@ fn gpu_layers_keep_their_kv_cache_in_ram_when_vram_is_short() {
     assert!(short["tiers"]["gpu"]["peak_bytes"].as_u64().unwrap() <= vram.parse().unwrap());
     assert_eq!(kv_tiers(&plan(&vram, "2"), "kv_tier"), ["gpu", "gpu"]);
     // Not even the weights with every cache in RAM: a clear error.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .args(["plan", "--model"])
-        .arg(&dir)
-        .args(common)
-        .args(["--vram", "100MiB", "--mode", "full-gpu"])
-        .output()
-        .unwrap();
+    let mut args = vec!["plan", "--model", dir.to_str().unwrap()];
+    args.extend(common);
+    args.extend(["--vram", "100MiB", "--mode", "full-gpu"]);
+    let out = crate::common::spillway(&args);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("full-gpu needs"));
 
