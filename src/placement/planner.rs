@@ -757,6 +757,7 @@ pub fn plan(
 /// A placement given layer by layer (a manual override such as
 /// `--disk-layers`), with its totals and predictions computed as the
 /// planner's own.
+#[allow(clippy::too_many_arguments)]
 pub fn describe(
     fp: &Footprint,
     layers: &[Tier],
