@@ -19,6 +19,9 @@ Checks:
                re-plans; and a cap above what is free is planned within it
   replace      re-placement GPU -> RAM -> disk -> GPU during a reply: greedy
                tokens equal to an unbroken reply
+  speculative  prompt lookup on the GPU tier: greedy tokens equal, speed
+  kv_in_ram    GPU layers with their KV caches in RAM (VRAM short of half the
+               caches at 32k): fixture tokens equal, 7B decode both ways
 
 --dry-run (no GPU): the same steps on the CPU build, the GPU tier simulated on
 candle's CPU device (`--vram 2GiB --simulate-with-candle`), small synthetic
@@ -359,6 +362,51 @@ def speculative(c):
     c.record("speculative", ok, **figures)
 
 
+def kv_in_ram(c):
+    """GPU layers keeping their KV caches in RAM: with VRAM short of half
+    the caches at 32k tokens, full-gpu keeps the first layers' caches in
+    RAM — the fixture's greedy tokens equal to every cache on the GPU, and
+    the synthetic 7B's decode speed both ways."""
+    figures, ok = {}, True
+    sim = ["--simulate-with-candle"] if c.args.dry_run else []
+
+    def split(plan_args, model):
+        ample = json.loads(c.run([c.bin, "plan", "--model", model, "--vram", "100GiB",
+                                  "--mode", "full-gpu", "--json"] + plan_args).stdout)
+        gpu = ample["tiers"]["gpu"]
+        return gpu["peak_bytes"] - gpu["kv_cache_bytes"] // 2
+
+    d = FIXTURES / "qwen3_tiny_text"
+    fixed = ["--quant", "none", "--ctx", "32768"]
+    vram = split(fixed + ["--cache-type-k", "f32", "--cache-type-v", "f32"], d)
+    gen = [c.bin, "generate", "--model", d, "--chat", d / "messages.json", "--greedy",
+           "--ignore-eos", "--max-tokens", "16", "--dtype", "f32", "--threads", c.args.threads,
+           "--json", "--mode", "full-gpu"] + fixed + sim
+    on_gpu = c.json_of(gen + ["--vram", "100GiB"])
+    in_ram = c.json_of(gen + ["--vram", str(vram)])
+    same = on_gpu["generated_tokens"] == in_ram["generated_tokens"]
+    ok &= same and "ram" in in_ram["kv_tiers"]
+    figures["qwen3_tiny"] = {"equal": same, "kv_tiers": in_ram["kv_tiers"]}
+    model = c.models["q4_k_m"]
+    ctx = ["--ctx", "32768"]
+    vram = split(ctx, model)
+    big = [c.bin, "generate", "--model", model, "--prompt", "Tell me about rivers.",
+           "--greedy", "--ignore-eos", "--max-tokens", "32", "--threads", c.args.threads,
+           "--json", "--mode", "full-gpu"] + ctx + sim
+    on_gpu = c.json_of(big + ["--vram", "100GiB"])
+    in_ram = c.json_of(big + ["--vram", str(vram)])
+    ok &= "ram" in in_ram["kv_tiers"]
+    figures["mistral_7b_q4_k_m"] = {
+        "vram_bytes": vram,
+        "caches_in_ram": in_ram["kv_tiers"].count("ram"),
+        "layers": len(in_ram["kv_tiers"]),
+        "all_on_gpu_tokens_per_sec": on_gpu["decode_tokens_per_sec"],
+        "caches_in_ram_tokens_per_sec": in_ram["decode_tokens_per_sec"],
+        "equal": on_gpu["generated_tokens"] == in_ram["generated_tokens"],
+    }
+    c.record("kv_in_ram", ok, **figures)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", required=True)
@@ -377,6 +425,7 @@ def main():
         c.step("oom", c.oom)
         c.step("replace", c.replace)
         c.step("speculative", lambda: speculative(c))
+        c.step("kv_in_ram", lambda: kv_in_ram(c))
     checks = c.results["checks"]
     failed = [k for k, v in checks.items() if not v["ok"]]
     c.results["passed"] = not failed
