@@ -322,12 +322,18 @@ fn gpu_layers_keep_their_caches_in_ram_when_vram_is_short() {
     assert!(p.kv_tiers[in_ram..].iter().all(|&t| t == Tier::Gpu));
     let ram_kv: u64 = (0..in_ram).map(|i| fp.kv_bytes(i)).sum();
     assert_eq!(p.kv.ram, ram_kv);
-    assert_eq!(p.kv.gpu, (in_ram..32).map(|i| fp.kv_gpu_bytes(i)).sum::<u64>());
+    assert_eq!(
+        p.kv.gpu,
+        (in_ram..32).map(|i| fp.kv_gpu_bytes(i)).sum::<u64>()
+    );
     // One cache fewer in RAM would not fit.
     let tighter = budgets(p.peak.gpu - 1, 32 * GB);
     let q = plan(&fp, &tighter, Mode::FullGpu, &rates()).unwrap();
     assert!(q.kv_tiers.iter().filter(|&&t| t == Tier::Ram).count() > in_ram);
-    for (fp, vram) in [(mistral(Quant::Q4KM, 4096), 6), (mistral(Quant::Q4KM, 32768), 24)] {
+    for (fp, vram) in [
+        (mistral(Quant::Q4KM, 4096), 6),
+        (mistral(Quant::Q4KM, 32768), 24),
+    ] {
         let p = plan(&fp, &budgets(vram * GB, 32 * GB), Mode::FullGpu, &rates()).unwrap();
         assert!(p.kv_tiers.iter().all(|&t| t == Tier::Gpu));
         assert_eq!(p.kv.ram, 0);
