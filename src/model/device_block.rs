@@ -224,21 +224,9 @@ impl DeviceBlock {
             },
         )?;
         let window = Window::of(hp, layer, capacity, chunk);
-        let kv_shape = (
-            hp.n_head_kv,
-            window.map_or(capacity, |w| w.slots),
-            hp.head_dim,
-        );
-        let cache = match kv_types {
-            Some(t) => Some((
-                Tensor::zeros(kv_shape, device_type(t.k), device)?,
-                Tensor::zeros(kv_shape, device_type(t.v), device)?,
-            )),
-            None => None,
-        };
-        Ok(DeviceBlock {
+        let mut block = DeviceBlock {
             w,
-            cache,
+            cache: None,
             window,
             base: AtomicUsize::new(0),
             is_local: hp.is_sliding(layer),
@@ -253,7 +241,11 @@ impl DeviceBlock {
             gelu: hp.gelu(),
             device: device.clone(),
             scores_bytes: SCORES_BYTES,
-        })
+        };
+        if let Some(types) = kv_types {
+            block.make_cache(types)?;
+        }
+        Ok(block)
     }
 
     pub fn device(&self) -> &Device {
