@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod fuzz;
 pub mod kernels;
+pub mod library;
 pub mod model;
 pub mod placement;
 pub mod protocol;

@@ -360,6 +360,36 @@ impl Footprint {
         }
     }
 
+    /// The same model with every tensor's bytes scaled so the weights
+    /// total `bytes`: a file's exact size, known before its tensor table
+    /// (a catalogue entry, a listing). The KV cache and scratch are
+    /// unchanged.
+    pub fn scaled_to(self, bytes: u64) -> Self {
+        let total: u64 = self.tensors.iter().map(|t| t.bytes).sum();
+        if total == 0 {
+            return self;
+        }
+        let r = bytes as f64 / total as f64;
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|t| TensorBytes {
+                bytes: (t.bytes as f64 * r).round() as u64,
+                ..t.clone()
+            })
+            .collect();
+        let mut fp = Self::from_tensors(
+            self.name,
+            self.hp,
+            tensors,
+            self.context,
+            self.prompt_chunk,
+            self.vision_bytes,
+        );
+        fp.disk_copy = self.disk_copy;
+        fp.with_kv_types(self.kv_types)
+    }
+
     pub fn n_layer(&self) -> usize {
         self.layer_bytes.len()
     }

@@ -46,10 +46,21 @@ impl Machine {
     pub fn new() -> Self {
         let nvml = Nvml::init()
             .map_err(|e| format!("no NVIDIA GPU found (NVML: {e}); the GPU budget is zero"));
+        // The log gets the library's own words once; the window says it
+        // plainly (with these words in a tooltip).
+        static LOGGED: std::sync::Once = std::sync::Once::new();
+        if let Err(why) = &nvml {
+            LOGGED.call_once(|| eprintln!("spillway: {why}"));
+        }
         Machine {
             nvml,
             sys: sysinfo::System::new().ok(),
         }
+    }
+
+    /// The NVIDIA driver's version, where NVML is available.
+    pub fn driver_version(&self) -> Option<String> {
+        self.nvml.as_ref().ok()?.sys_driver_version().ok()
     }
 
     /// Why there is no GPU reading, when there is none.

@@ -32,8 +32,21 @@ const EVENT_BUDGET: Duration = Duration::from_millis(2);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
     Chat,
+    /// The model library (also the welcome screen while no model is
+    /// loaded).
+    Models,
     Settings,
 }
+
+/// The keyboard shortcuts the help overlay (F1) lists.
+pub const SHORTCUTS: &[(&str, &str)] = &[
+    ("Enter", "send the message"),
+    ("Shift+Enter", "a new line in the message"),
+    ("Esc", "stop the reply"),
+    ("Ctrl+V", "paste an image into the message"),
+    ("F1", "show or hide these shortcuts"),
+    ("F12", "show the frame time"),
+];
 
 /// A reply being streamed.
 #[derive(Debug, Clone)]
@@ -190,6 +203,53 @@ pub struct SpillwayApp {
     /// The OpenAI API the window serves (Settings → API server).
     pub api: Option<ApiServer>,
     pub api_error: Option<String>,
+    /// Recommended models, the Hub's search, the models on disk.
+    pub library: super::models::LibraryState,
+    /// The window title last asked for.
+    pub title: String,
+    /// The keyboard shortcuts overlay (F1) and the About box.
+    pub show_help: bool,
+    pub show_about: bool,
+    /// The theme and text size applied to the context.
+    applied_look: Option<(String, f32)>,
+    /// The About box's readings (GPU and driver), made once when opened.
+    pub about: Option<AboutInfo>,
+}
+
+/// What the About box shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AboutInfo {
+    pub version: String,
+    pub isa: String,
+    pub cpu_features: Vec<String>,
+    pub gpus: Vec<String>,
+    pub driver: Option<String>,
+    /// Why no GPU is listed.
+    pub gpu_note: Option<String>,
+}
+
+impl AboutInfo {
+    pub fn read() -> Self {
+        let machine = crate::telemetry::machine::Machine::new();
+        AboutInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            isa: crate::kernels::isa::active().name().to_string(),
+            cpu_features: crate::kernels::isa::cpu_features(),
+            gpus: machine
+                .gpus()
+                .iter()
+                .map(|g| {
+                    format!(
+                        "{} ({})",
+                        g.name,
+                        crate::placement::planner::human(g.total_bytes)
+                    )
+                })
+                .collect(),
+            driver: machine.driver_version(),
+            gpu_note: machine.gpu_note().map(str::to_string),
+        }
+    }
 }
 
 /// The API server the window runs over its own engine link.
@@ -209,6 +269,7 @@ impl SpillwayApp {
         config_dir: Option<PathBuf>,
     ) -> Self {
         let mut banners = Vec::new();
+        let library = super::models::LibraryState::new(data_dir.clone());
         let history = data_dir.and_then(|d| match History::open(d.join("conversations")) {
             Ok(h) => Some(h),
             Err(e) => {
@@ -298,7 +359,17 @@ impl SpillwayApp {
             listing: None,
             api: None,
             api_error: None,
+            library,
+            title: "Spillway".into(),
+            show_help: false,
+            show_about: false,
+            applied_look: None,
+            about: None,
         };
+        if let Some(p) = app.library.catalogue_problem.clone() {
+            app.banners
+                .push(Banner::error("Your model catalogue was not used", &p, ""));
+        }
         // Serving was on when the window last closed.
         app.serve_api();
         app
@@ -704,6 +775,17 @@ impl SpillwayApp {
                 }
                 self.cache_usage = crate::weights::convert::cache_usage(&self.cache_dir);
                 self.save_settings();
+                if info.remote.is_none() {
+                    let placement = crate::library::disk::placement_summary(&info.placement.layers);
+                    if let Err(e) = self
+                        .library
+                        .records
+                        .used(&info.path, &info.name, &placement)
+                    {
+                        eprintln!("spillway: the library's record of uses was not saved: {e}");
+                    }
+                    self.library.refresh_library();
+                }
                 self.model = Some(info);
             }
             // A cancelled load was cleared when Cancel was clicked; another
@@ -925,6 +1007,9 @@ impl SpillwayApp {
         if ctx.input(|i| i.key_pressed(egui::Key::F12)) {
             self.show_frame_times = !self.show_frame_times;
         }
+        if ctx.input(|i| i.key_pressed(egui::Key::F1)) {
+            self.show_help = !self.show_help;
+        }
         // Images dropped on the window or pasted attach to the message.
         let (dropped, pasted) = ctx.input(|i| {
             let dropped: Vec<PathBuf> = i
@@ -944,7 +1029,16 @@ impl SpillwayApp {
             (dropped, pasted)
         });
         for p in dropped {
-            self.attach_file(&p);
+            // A model dropped on the window is opened; anything else is an
+            // image to attach.
+            let model = p.is_dir()
+                || p.extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+            if model {
+                self.load_model(p);
+            } else {
+                self.attach_file(&p);
+            }
         }
         for img in pasted {
             self.attach_pasted(&img);
@@ -962,6 +1056,13 @@ impl SpillwayApp {
         self.drain_events();
         self.poll_attaching(false);
         self.poll_listing(false);
+        self.poll_library(false);
+        self.apply_look(ui.ctx());
+        self.update_title(ui.ctx());
+        if self.library.busy() {
+            ui.ctx()
+                .request_repaint_after(std::time::Duration::from_millis(100));
+        }
         if !self.attaching.is_empty() {
             ui.ctx()
                 .request_repaint_after(std::time::Duration::from_millis(30));
@@ -970,6 +1071,7 @@ impl SpillwayApp {
         let mut chat_actions = Vec::new();
         let mut settings_actions = Vec::new();
         let mut placement_actions = Vec::new();
+        let mut models_actions = Vec::new();
 
         egui::Panel::top("top").show(ui, |ui| {
             self.top_bar_ui(ui);
@@ -984,7 +1086,20 @@ impl SpillwayApp {
             .show(ui, |ui| {
                 placement_actions.extend(placement::panel_ui(ui, self));
             });
+        let welcome = self.shows_welcome();
+        let quant = self.settings.quant();
         egui::CentralPanel::default_margins().show(ui, |ui| match self.view {
+            View::Chat if welcome => {
+                models_actions.extend(super::models::models_ui(ui, &mut self.library, true, quant));
+            }
+            View::Models => {
+                models_actions.extend(super::models::models_ui(
+                    ui,
+                    &mut self.library,
+                    false,
+                    quant,
+                ));
+            }
             View::Chat => {
                 let mut cache = std::mem::take(&mut self.md_cache);
                 chat_actions.extend(chat::chat_ui(ui, self, &mut cache));
@@ -1010,6 +1125,11 @@ impl SpillwayApp {
         for a in placement_actions {
             self.apply_placement(a);
         }
+        for a in models_actions {
+            self.apply_models(a);
+        }
+        self.help_ui(ui.ctx());
+        self.about_ui(ui.ctx());
         let ms = start.elapsed().as_secs_f64() * 1e3;
         let cpu_ms = cpu_start
             .zip(thread_cpu_time())
@@ -1020,8 +1140,30 @@ impl SpillwayApp {
     fn top_bar_ui(&mut self, ui: &mut egui::Ui) {
         ui.horizontal(|ui| {
             ui.selectable_value(&mut self.view, View::Chat, "Chat");
+            ui.selectable_value(&mut self.view, View::Models, "Models");
             ui.selectable_value(&mut self.view, View::Settings, "Settings");
             ui.separator();
+            if let Some(f) = &self.library.fetching {
+                let p = f.progress.lock().ok().and_then(|g| g.clone());
+                let frac = p
+                    .as_ref()
+                    .map_or(0.0, |d| d.done_bytes as f32 / d.total_bytes.max(1) as f32);
+                ui.label(format!("Downloading {}", f.name));
+                ui.add(
+                    egui::ProgressBar::new(frac)
+                        .desired_width(160.0)
+                        .show_percentage(),
+                )
+                .on_hover_text(
+                    p.as_ref()
+                        .map(super::models::progress_text)
+                        .unwrap_or_default(),
+                );
+                if ui.button("Cancel").clicked() {
+                    self.library.cancel_fetch();
+                }
+                ui.separator();
+            }
             match (&self.model, &self.loading) {
                 (_, Some(p)) => {
                     ui.label(format!("Loading: {}", p.label()));
@@ -1040,9 +1182,21 @@ impl SpillwayApp {
                     }
                 }
                 (None, None) => {
-                    ui.label("No model loaded — open one in Settings");
+                    ui.label("No model loaded — pick one under Models");
                 }
             }
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                if ui.small_button("About").clicked() {
+                    self.show_about = true;
+                }
+                if ui
+                    .small_button("Help")
+                    .on_hover_text("Keyboard shortcuts (F1)")
+                    .clicked()
+                {
+                    self.show_help = !self.show_help;
+                }
+            });
             if self.show_frame_times {
                 ui.separator();
                 ui.monospace(format!(
@@ -1211,6 +1365,231 @@ impl SpillwayApp {
             error: self.api_error.clone(),
             in_flight: self.api.as_ref().map_or(0, |a| a.dispatch.in_flight()),
         }
+    }
+
+    /// Whether the chat pane shows the welcome screen: no model, none
+    /// loading, no server.
+    pub fn shows_welcome(&self) -> bool {
+        self.model.is_none()
+            && self.loading.is_none()
+            && !self.on_server()
+            && self.engine_stopped.is_none()
+    }
+
+    /// Collects the library's finished work; a finished download opens.
+    pub fn poll_library(&mut self, wait: bool) {
+        let Some((name, r)) = self.library.poll(wait) else {
+            return;
+        };
+        match r {
+            Ok(path) => {
+                self.view = View::Chat;
+                self.load_model(path);
+            }
+            Err(e) if e == "download cancelled" => self.banners.push(Banner::notice(
+                "Download cancelled",
+                &format!("{name}: what came is kept; downloading again resumes from there."),
+            )),
+            Err(e) => self.banners.push(Banner::error(
+                &format!("{name} was not downloaded"),
+                &e,
+                "Try again: the download resumes where it stopped.",
+            )),
+        }
+    }
+
+    /// Fetches the catalogue's starter model (once per settings file) and
+    /// opens it; a copy already on disk opens at once.
+    pub fn start_starter(&mut self) {
+        let Some(i) = self.library.catalogue.models.iter().position(|m| m.starter) else {
+            return;
+        };
+        self.settings.starter_fetched = true;
+        self.save_settings();
+        if let Some(p) = self.library.local_copy(i, 0) {
+            self.load_model(p);
+            return;
+        }
+        if let Err(e) = self.library.start_fetch(i, 0) {
+            self.banners.push(Banner::error(
+                "The starter model was not downloaded",
+                &e,
+                "",
+            ));
+        }
+    }
+
+    fn apply_models(&mut self, a: super::models::ModelsAction) {
+        use super::models::ModelsAction as A;
+        match a {
+            A::Open(p) => {
+                self.view = View::Chat;
+                self.load_model(p);
+            }
+            A::Fetch { model, file } => {
+                if let Err(e) = self.library.start_fetch(model, file) {
+                    self.banners.push(Banner::error("Not downloaded", &e, ""));
+                }
+            }
+            A::CancelFetch => self.library.cancel_fetch(),
+            A::Search => self.library.start_search(),
+            A::Expand(repo) => {
+                let q = self.settings.quant();
+                // A checkpoint stored as-is is planned as its 4-bit
+                // conversion would be only when the setting says so.
+                self.library.expand(repo, q);
+            }
+            A::Delete(i) => {
+                self.library.confirm_delete = None;
+                let Some(m) = self.library.local.get(i).cloned() else {
+                    return;
+                };
+                if self.model.as_ref().is_some_and(|l| l.path == m.path) {
+                    self.banners.push(Banner::error(
+                        "Not deleted",
+                        &format!("{} is loaded; load another model first.", m.name),
+                        "",
+                    ));
+                    return;
+                }
+                match crate::library::disk::delete(&m, &mut self.library.records) {
+                    Ok(freed) => self.banners.push(Banner::notice(
+                        "Deleted",
+                        &format!(
+                            "{} removed; {} freed.",
+                            m.name,
+                            crate::placement::planner::human(freed)
+                        ),
+                    )),
+                    Err(e) => self.banners.push(Banner::error("Not deleted", &e, "")),
+                }
+                self.library.refresh_library();
+                self.cache_usage = crate::weights::convert::cache_usage(&self.cache_dir);
+            }
+            A::Forget(i) => {
+                if let Some(m) = self.library.local.get(i).cloned() {
+                    let _ = self.library.records.forget(&m.path);
+                    self.library.refresh_library();
+                }
+            }
+            A::RefreshLibrary => self.library.refresh_library(),
+            A::RefreshVerdicts => self.read_machine(),
+        }
+    }
+
+    /// Reads the machine for the library's verdicts (on a thread).
+    pub fn read_machine(&mut self) {
+        let req = self.settings.placement_request();
+        self.library.context = self.settings.context_length;
+        self.library
+            .read_machine(req.budget, self.settings.offload_folder.clone());
+    }
+
+    /// The window title names the loaded model (the task switcher shows
+    /// it).
+    fn update_title(&mut self, ctx: &egui::Context) {
+        let title = match (&self.model, &self.loading) {
+            (Some(m), _) => format!("Spillway — {}", m.name),
+            (None, Some(_)) => "Spillway — loading…".to_string(),
+            (None, None) => "Spillway".to_string(),
+        };
+        if title != self.title {
+            ctx.send_viewport_cmd(egui::ViewportCommand::Title(title.clone()));
+            self.title = title;
+        }
+    }
+
+    /// The theme and text size of the settings.
+    fn apply_look(&mut self, ctx: &egui::Context) {
+        let want = (
+            self.settings.theme.clone(),
+            self.settings.text_scale.clamp(0.8, 1.6),
+        );
+        if self.applied_look.as_ref() == Some(&want) {
+            return;
+        }
+        ctx.set_theme(match want.0.as_str() {
+            "light" => egui::ThemePreference::Light,
+            "dark" => egui::ThemePreference::Dark,
+            _ => egui::ThemePreference::System,
+        });
+        let base = egui::Style::default().text_styles;
+        let scale = want.1;
+        ctx.all_styles_mut(|style| {
+            for (ts, font) in style.text_styles.iter_mut() {
+                if let Some(b) = base.get(ts) {
+                    font.size = b.size * scale;
+                }
+            }
+        });
+        self.applied_look = Some(want);
+    }
+
+    fn help_ui(&mut self, ctx: &egui::Context) {
+        let mut open = self.show_help;
+        egui::Window::new("Keyboard shortcuts")
+            .open(&mut open)
+            .collapsible(false)
+            .resizable(false)
+            .anchor(egui::Align2::CENTER_CENTER, [0.0, 0.0])
+            .show(ctx, |ui| {
+                egui::Grid::new("shortcuts").num_columns(2).show(ui, |ui| {
+                    for (k, what) in SHORTCUTS {
+                        ui.monospace(*k);
+                        ui.label(*what);
+                        ui.end_row();
+                    }
+                });
+            });
+        self.show_help = open;
+    }
+
+    fn about_ui(&mut self, ctx: &egui::Context) {
+        if !self.show_about {
+            self.about = None;
+            return;
+        }
+        let info = self.about.get_or_insert_with(AboutInfo::read).clone();
+        let mut open = true;
+        egui::Window::new("About Spillway")
+            .open(&mut open)
+            .collapsible(false)
+            .resizable(false)
+            .anchor(egui::Align2::CENTER_CENTER, [0.0, 0.0])
+            .show(ctx, |ui| {
+                ui.heading(format!("Spillway {}", info.version));
+                ui.label("Local chat with quantized models, every layer in VRAM, RAM or on disk.");
+                ui.separator();
+                egui::Grid::new("about").num_columns(2).show(ui, |ui| {
+                    ui.label("CPU kernels");
+                    ui.label(&info.isa);
+                    ui.end_row();
+                    ui.label("CPU features");
+                    ui.label(info.cpu_features.join(" "));
+                    ui.end_row();
+                    ui.label("GPU");
+                    if info.gpus.is_empty() {
+                        let l = ui.label("none found");
+                        if let Some(n) = &info.gpu_note {
+                            l.on_hover_text(n);
+                        }
+                    } else {
+                        ui.label(info.gpus.join(", "));
+                    }
+                    ui.end_row();
+                    ui.label("NVIDIA driver");
+                    ui.label(info.driver.clone().unwrap_or_else(|| "—".into()));
+                    ui.end_row();
+                    ui.label("GPU tier");
+                    ui.label(if cfg!(feature = "cuda") {
+                        "CUDA (built with the cuda feature)"
+                    } else {
+                        "not built (CPU build; the planner can simulate one)"
+                    });
+                    ui.end_row();
+                });
+            });
+        self.show_about = open;
     }
 
     fn apply_placement(&mut self, a: PlacementAction) {

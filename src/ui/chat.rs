@@ -323,7 +323,16 @@ fn composer_tools_ui(
     processor: &crate::vision::ProcessorConfig,
     actions: &mut Vec<ChatAction>,
 ) {
+    let vision = app.model.as_ref().is_some_and(|m| m.vision.is_some());
+    if !vision && !app.model_can_think() {
+        return;
+    }
     ui.horizontal(|ui| {
+        if !vision {
+            ui.checkbox(&mut app.think, "Think first")
+                .on_hover_text("The model reasons in <think> before answering (folded under \"Thinking\")");
+            return;
+        }
         if ui
             .button("Attach image…")
             .on_hover_text("Also: drop image files on the window, or paste an image")

@@ -3,13 +3,15 @@
 //! its events once per frame. One file per panel: `chat` (conversation
 //! list, messages, composer), `settings` (model, placement, sampling),
 //! `placement` (the layer strip, gauges, speed plot and what-if preview),
-//! `images` (attachments, thumbnails, answers drawn over the image);
+//! `images` (attachments, thumbnails, answers drawn over the image),
+//! `models` (the welcome screen and model library);
 //! `app` holds the state and applies events.
 
 pub mod app;
 pub mod chat;
 pub mod images;
 pub mod keys;
+pub mod models;
 pub mod placement;
 pub mod settings;
 
@@ -105,7 +107,13 @@ pub fn run(
                 app.switch_engine();
             } else if let Some(path) = model {
                 app.load_model(path);
+            } else if !app.settings.starter_fetched {
+                // A first run with no model configured: the starter model,
+                // downloaded once, then opened.
+                app.start_starter();
             }
+            // The welcome screen's verdicts.
+            app.read_machine();
             Ok(Box::new(app))
         }),
     )

@@ -75,10 +75,24 @@ pub fn panel_ui(ui: &mut egui::Ui, app: &mut SpillwayApp) -> Vec<PlacementAction
         remote_ui(ui, app, server);
         return actions;
     }
+    // The driver's own words go to a tooltip; the panel says it plainly.
+    let (gpu_notes, notes): (Vec<&String>, Vec<&String>) = model
+        .budget_notes
+        .iter()
+        .partition(|n| n.starts_with("no NVIDIA GPU found"));
     if model.gpu_name.is_none() {
-        ui.label("No NVIDIA GPU found: layers live in RAM and on disk.");
+        let l = ui.label("No NVIDIA GPU found: layers live in RAM and on disk.");
+        if !gpu_notes.is_empty() {
+            l.on_hover_text(
+                gpu_notes
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            );
+        }
     }
-    for note in &model.budget_notes {
+    for note in notes {
         ui.small(note);
     }
     let p = &model.placement;

@@ -137,6 +137,27 @@ pub struct Settings {
     pub cache_type_k: CacheType,
     #[serde(default)]
     pub cache_type_v: CacheType,
+    /// `system`, `light` or `dark`.
+    #[serde(default = "default_theme")]
+    pub theme: String,
+    /// Text size relative to egui's (0.8–1.6).
+    #[serde(default = "default_text_scale")]
+    pub text_scale: f32,
+    /// The starter model was fetched once (it is not fetched again when
+    /// the user removes it).
+    #[serde(default)]
+    pub starter_fetched: bool,
+}
+
+/// The themes the pane offers.
+pub const THEMES: [&str; 3] = ["system", "light", "dark"];
+
+fn default_theme() -> String {
+    "system".into()
+}
+
+fn default_text_scale() -> f32 {
+    1.0
 }
 
 /// Speculative decoding's choices, and how the pane names them.
@@ -227,6 +248,9 @@ impl Default for Settings {
                 draft_tokens: default_draft_tokens(),
                 cache_type_k: CacheType::default(),
                 cache_type_v: CacheType::default(),
+                theme: default_theme(),
+                text_scale: default_text_scale(),
+                starter_fetched: false,
             },
         }
     }
@@ -292,6 +316,9 @@ impl Settings {
             draft_tokens: default_draft_tokens(),
             cache_type_k: c.kv_types.k,
             cache_type_v: c.kv_types.v,
+            theme: default_theme(),
+            text_scale: default_text_scale(),
+            starter_fetched: false,
         }
     }
 
@@ -645,11 +672,44 @@ pub fn settings_ui(
 
         ui.separator();
         api_ui(ui, s, api, &mut actions);
+
+        ui.separator();
+        changed |= appearance_ui(ui, s);
     });
     if changed {
         actions.push(SettingsAction::Changed);
     }
     actions
+}
+
+/// Theme and text size.
+fn appearance_ui(ui: &mut egui::Ui, s: &mut Settings) -> bool {
+    let mut changed = false;
+    ui.heading("Appearance");
+    ui.horizontal(|ui| {
+        ui.label("Theme");
+        for t in THEMES {
+            let label = match t {
+                "system" => "follow the system",
+                other => other,
+            };
+            changed |= ui
+                .selectable_value(&mut s.theme, t.to_string(), label)
+                .changed();
+        }
+    });
+    ui.horizontal(|ui| {
+        let l = ui.label("Text size");
+        changed |= ui
+            .add(
+                egui::Slider::new(&mut s.text_scale, 0.8..=1.6)
+                    .step_by(0.05)
+                    .custom_formatter(|v, _| format!("{:.0} %", v * 100.0)),
+            )
+            .labelled_by(l.id)
+            .changed();
+    });
+    changed
 }
 
 /// The KV cache's key and value types (used from the next load).

@@ -146,6 +146,26 @@ impl HubOptions {
         }
     }
 
+    /// The Hub's address and the token a request carries (the same
+    /// resolution downloads use).
+    pub fn endpoint_and_token(&self) -> (String, Option<String>) {
+        let endpoint = self
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("HF_ENDPOINT").ok())
+            .filter(|e| !e.trim().is_empty())
+            .unwrap_or_else(|| "https://huggingface.co".into());
+        (
+            endpoint.trim_end_matches('/').to_string(),
+            self.token(&self.cache()),
+        )
+    }
+
+    /// The Hugging Face cache folder.
+    pub fn cache_path(&self) -> PathBuf {
+        self.cache().path().clone()
+    }
+
     fn token(&self, cache: &Cache) -> Option<String> {
         self.token
             .clone()

@@ -304,6 +304,14 @@ impl GgufFile {
         Self::parse(bytes, bytes.len() as u64, path.to_path_buf())
     }
 
+    /// Parses the header and tensor table from the first bytes of a file of
+    /// `file_size` bytes (a range read of a remote file): every tensor's
+    /// bytes are checked against the whole file's size. Too short a prefix
+    /// is an error like a truncated file.
+    pub fn from_prefix(prefix: &[u8], file_size: u64, path: &Path) -> Result<Self, GgufError> {
+        Self::parse(prefix, file_size, path.to_path_buf())
+    }
+
     /// A file of metadata only (no tensors), e.g. a tokenizer made in memory.
     pub fn from_metadata(entries: Vec<(String, Value)>) -> Self {
         GgufFile {
