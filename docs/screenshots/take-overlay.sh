@@ -32,7 +32,7 @@ sleep 1
     "[(302, 298), (332, 273), (347, 317), (317, 332), (362, 288)]" \
     >"$WORK/log" 2>&1 &
 APP=$!
-W=$(xdotool search --sync --name '^Spillway$' | head -1)
+W=$(xdotool search --sync --name '^Spillway' | head -1)
 sleep 6
 xwd -id "$W" -silent | convert xwd:- "$OUT/overlay.png"
 echo "wrote $OUT/overlay.png"

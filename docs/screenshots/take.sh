@@ -45,14 +45,17 @@ sleep 1
 (cd "$WORK" && exec "$BIN" --model "$MODEL") >"$WORK/log" 2>&1 &
 APP=$!
 
-window() { xdotool search --sync --name '^Spillway$' | head -1; }
+window() { xdotool search --sync --name '^Spillway' | head -1; }
 W=$(window)
 shot() { xwd -id "$W" -silent | convert xwd:- "$OUT/$1"; echo "wrote $OUT/$1"; }
 click() { xdotool mousemove --window "$W" "$1" "$2" click 1; sleep 0.5; }
 
-# Wait for the model: the top bar says "Model: …" once loaded (no way to
-# read it from outside, so give it a generous moment).
-sleep 12
+# Wait for the model: the window title names it once loaded.
+for _ in $(seq 120); do
+    xdotool search --name '^Spillway' getwindowname 2>/dev/null | grep -q '—' && break
+    sleep 0.5
+done
+sleep 1
 # The composer is at the bottom of the central panel.
 xdotool windowfocus --sync "$W" || true
 click 550 718

