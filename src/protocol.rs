@@ -277,6 +277,13 @@ pub enum Event {
         prompt_tokens: usize,
         opened_thinking: bool,
     },
+    /// How far the prompt of reply `req_id` has been computed (sent after
+    /// each chunk of a prompt longer than one chunk).
+    PromptProgress {
+        req_id: ReqId,
+        done: usize,
+        total: usize,
+    },
     /// Text of reply `req_id`, as it is decoded.
     Token {
         req_id: ReqId,

@@ -244,10 +244,21 @@ impl Engine {
                 self.cached_pos.extend_from_slice(&p[at..end]);
             }
             at = end;
+            if tokens.len() > PROMPT_CHUNK {
+                if let Some(report) = self.prompt_progress.as_mut() {
+                    report(at, tokens.len());
+                }
+            }
         }
         self.cached_images
             .extend(images.iter().map(|&(s, img)| (s, img.hash)));
         Ok(last)
+    }
+
+    /// Sets (or clears) what hears of a long prompt's progress: tokens
+    /// computed and tokens in all, after each chunk.
+    pub fn on_prompt_progress(&mut self, report: Option<Box<dyn FnMut(usize, usize) + Send>>) {
+        self.prompt_progress = report;
     }
 
     /// Generates a reply to `prompt` (the whole conversation as tokens). The

@@ -186,6 +186,8 @@ pub struct Engine {
     cached: Vec<u32>,
     placing: placing::Placing,
     sink: Option<crate::telemetry::Sink>,
+    /// Told (tokens done, tokens in all) after each chunk of a long prompt.
+    prompt_progress: Option<Box<dyn FnMut(usize, usize) + Send>>,
     speeds: report::Speeds,
     layer_ms_per_token: Vec<f64>,
     generation_config: Option<serde_json::Value>,
@@ -410,6 +412,7 @@ impl Engine {
             cached: Vec::new(),
             spec: None,
             sink: None,
+            prompt_progress: None,
             speeds: report::Speeds::default(),
             layer_ms_per_token: Vec::new(),
             placing: placing::Placing {

@@ -470,6 +470,17 @@ impl Worker {
         let mut first_token: Option<f64> = None;
         let events = self.ends.events.clone();
         let wake = self.wake.clone();
+        {
+            let (events, wake) = (events.clone(), wake.clone());
+            engine.on_prompt_progress(Some(Box::new(move |done, total| {
+                let _ = events.send(Event::PromptProgress {
+                    req_id: id,
+                    done,
+                    total,
+                });
+                wake();
+            })));
+        }
         let result = engine.generate_prompt(&prompt, &params, &cancel, &mut |text| {
             first_token.get_or_insert_with(|| started.elapsed().as_secs_f64());
             if !text.is_empty() {
@@ -483,6 +494,7 @@ impl Worker {
                 cancel.store(true, Ordering::Relaxed);
             }
         });
+        engine.on_prompt_progress(None);
         let placed = (engine.placement() != &before).then(|| engine.placement().clone());
         match result {
             Ok(g) => {

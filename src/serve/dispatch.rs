@@ -109,7 +109,9 @@ impl Dispatch {
                 }
                 Some(*req_id)
             }
-            Event::Token { req_id, .. } | Event::ReplyFailed { req_id, .. } => Some(*req_id),
+            Event::Token { req_id, .. }
+            | Event::PromptProgress { req_id, .. }
+            | Event::ReplyFailed { req_id, .. } => Some(*req_id),
             Event::Finished { req_id, .. } => {
                 if inner.running == Some(*req_id) {
                     inner.running = None;

@@ -56,6 +56,8 @@ pub struct Streaming {
     /// When the growing reply was last saved (it is saved at least every
     /// [`STREAM_SAVE_EVERY`], so a crash loses at most that much).
     pub saved_at: Instant,
+    /// Prompt tokens computed and in all, while a long prompt is read.
+    pub prompt: Option<(usize, usize)>,
 }
 
 /// How often a reply being streamed is saved as it grows.
@@ -591,6 +593,7 @@ impl SpillwayApp {
             req_id,
             conv_id: conv.id.clone(),
             saved_at: Instant::now(),
+            prompt: None,
         });
         self.save_current();
         let s = &self.settings;
@@ -805,6 +808,15 @@ impl SpillwayApp {
                 }
             }
             Event::Started { .. } => {}
+            Event::PromptProgress {
+                req_id,
+                done,
+                total,
+            } => {
+                if let Some(s) = self.streaming.as_mut().filter(|s| s.req_id == req_id) {
+                    s.prompt = Some((done, total));
+                }
+            }
             Event::Token { req_id, text } => {
                 let Some(s) = self.streaming.as_ref().filter(|s| s.req_id == req_id) else {
                     return;

@@ -198,9 +198,25 @@ pub fn chat_ui(
                         }
                         _ => {
                             if m.text.is_empty() && streaming && i + 1 == n {
+                                let read = app.streaming.as_ref().and_then(|s| s.prompt);
                                 ui.horizontal(|ui| {
                                     ui.spinner();
-                                    ui.label("Reading the prompt…");
+                                    match read {
+                                        Some((done, total)) => {
+                                            ui.label(format!(
+                                                "Reading the prompt: {done} of {total} tokens"
+                                            ));
+                                            ui.add(
+                                                egui::ProgressBar::new(
+                                                    done as f32 / total.max(1) as f32,
+                                                )
+                                                .desired_width(160.0),
+                                            );
+                                        }
+                                        None => {
+                                            ui.label("Reading the prompt…");
+                                        }
+                                    }
                                 });
                             } else {
                                 reply_text(ui, md, &m.text, i);

@@ -687,31 +687,33 @@ fn library_ui(ui: &mut egui::Ui, s: &mut LibraryState, actions: &mut Vec<ModelsA
             }
         });
     if let Some(m) = s.confirm_delete.and_then(|i| s.local.get(i).cloned()) {
-        let modal = egui::Modal::new(egui::Id::new("confirm-delete")).show(ui.ctx(), |ui| {
-            ui.heading("Delete this model?");
-            ui.label(format!(
-                "{} ({}) will be removed from disk:",
-                m.name,
-                human(m.bytes)
-            ));
-            ui.monospace(m.path.display().to_string());
-            ui.horizontal(|ui| {
-                if ui
-                    .button(
-                        egui::RichText::new("Delete from disk").color(ui.visuals().error_fg_color),
-                    )
-                    .clicked()
-                {
-                    if let Some(i) = s.confirm_delete {
-                        actions.push(ModelsAction::Delete(i));
+        let modal =
+            egui::Modal::new(egui::Id::unique("spillway-confirm-delete")).show(ui.ctx(), |ui| {
+                ui.heading("Delete this model?");
+                ui.label(format!(
+                    "{} ({}) will be removed from disk:",
+                    m.name,
+                    human(m.bytes)
+                ));
+                ui.monospace(m.path.display().to_string());
+                ui.horizontal(|ui| {
+                    if ui
+                        .button(
+                            egui::RichText::new("Delete from disk")
+                                .color(ui.visuals().error_fg_color),
+                        )
+                        .clicked()
+                    {
+                        if let Some(i) = s.confirm_delete {
+                            actions.push(ModelsAction::Delete(i));
+                        }
+                        s.confirm_delete = None;
                     }
-                    s.confirm_delete = None;
-                }
-                if ui.button("Keep").clicked() {
-                    s.confirm_delete = None;
-                }
+                    if ui.button("Keep").clicked() {
+                        s.confirm_delete = None;
+                    }
+                });
             });
-        });
         if modal.should_close() {
             s.confirm_delete = None;
         }

@@ -221,3 +221,32 @@ fn every_cache_type_stays_near_f32_attention() {
         diffs.join(", ")
     );
 }
+
+/// A prompt longer than one chunk reports its progress after each chunk
+/// (the window shows "Reading the prompt: N of M tokens"); a short one
+/// does not.
+#[test]
+fn a_long_prompt_reports_its_progress() {
+    let never = AtomicBool::new(false);
+    let mut e = load(DiskLayers::None);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    e.on_prompt_progress(Some(Box::new(move |done, total| {
+        s.lock().unwrap().push((done, total));
+    })));
+    let prompt: Vec<u32> = (0..900u32).map(|i| 100 + i % 500).collect();
+    e.generate(&prompt, &greedy(1), &never, &mut |_| {})
+        .unwrap();
+    let chunk = spillway::engine::PROMPT_CHUNK;
+    let want: Vec<(usize, usize)> = (1..)
+        .map(|k| (k * chunk).min(900))
+        .take(900usize.div_ceil(chunk))
+        .map(|d| (d, 900))
+        .collect();
+    assert_eq!(*seen.lock().unwrap(), want);
+    seen.lock().unwrap().clear();
+    e.reset();
+    e.generate(&prompt[..20], &greedy(1), &never, &mut |_| {})
+        .unwrap();
+    assert!(seen.lock().unwrap().is_empty());
+}

@@ -1443,3 +1443,30 @@ fn controls_follow_the_model() {
     f.harness.get_by_label("Attach image…");
     f.harness.get_by_label("Task:");
 }
+
+/// A long prompt shows how many of its tokens have been read until the
+/// first token arrives.
+#[test]
+fn a_long_prompt_shows_its_progress() {
+    let mut f = fixture();
+    f.type_and_send("a long question");
+    let (id, _) = reply_id(f.command());
+    f.event(Event::Started {
+        req_id: id,
+        prompt_tokens: 2000,
+        opened_thinking: false,
+    });
+    f.harness.get_by_label("Reading the prompt…");
+    f.event(Event::PromptProgress {
+        req_id: id,
+        done: 1024,
+        total: 2000,
+    });
+    f.harness
+        .get_by_label("Reading the prompt: 1024 of 2000 tokens");
+    stream(&mut f, id, &["Hello"], Finish::EndOfTurn);
+    assert!(f
+        .harness
+        .query_by_label_contains("Reading the prompt")
+        .is_none());
+}
