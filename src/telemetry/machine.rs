@@ -46,12 +46,6 @@ impl Machine {
     pub fn new() -> Self {
         let nvml = Nvml::init()
             .map_err(|e| format!("no NVIDIA GPU found (NVML: {e}); the GPU budget is zero"));
-        // The log gets the library's own words once; the window says it
-        // plainly (with these words in a tooltip).
-        static LOGGED: std::sync::Once = std::sync::Once::new();
-        if let Err(why) = &nvml {
-            LOGGED.call_once(|| eprintln!("spillway: {why}"));
-        }
         Machine {
             nvml,
             sys: sysinfo::System::new().ok(),

@@ -56,6 +56,11 @@ pub fn run(
     model: Option<PathBuf>,
     config_problem: Option<String>,
 ) -> Result<(), UiError> {
+    // The log gets NVML's own words; the window says it plainly (with
+    // these words in a tooltip).
+    if let Some(why) = crate::telemetry::machine::Machine::new().gpu_note() {
+        eprintln!("spillway: {why}");
+    }
     let dirs = directories::ProjectDirs::from("", "", "spillway");
     let data_dir = dirs.as_ref().map(|d| d.data_dir().to_path_buf());
     let config_dir = dirs.as_ref().map(|d| d.config_dir().to_path_buf());

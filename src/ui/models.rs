@@ -156,8 +156,18 @@ impl LibraryState {
         self.verdicts.clear();
         for (i, m) in self.catalogue.models.iter().enumerate() {
             for (j, f) in m.files.iter().enumerate() {
-                let v = catalogue::footprint(m, f, self.context, crate::engine::PROMPT_CHUNK)
-                    .map(|fp| catalogue::verdict(&fp, &budgets, &rates));
+                // A GGUF on disk is planned from its own tensor table
+                // (exact); others from the model's shape and file size.
+                let local = self
+                    .local_copies
+                    .get(&(i, j))
+                    .filter(|p| p.is_file())
+                    .and_then(|p| local_footprint(p, self.context).ok());
+                let fp = match local {
+                    Some(fp) => Ok(fp),
+                    None => catalogue::footprint(m, f, self.context, crate::engine::PROMPT_CHUNK),
+                };
+                let v = fp.map(|fp| catalogue::verdict(&fp, &budgets, &rates));
                 self.verdicts.insert((i, j), v);
             }
         }
@@ -307,6 +317,15 @@ impl LibraryState {
                 return Some(p);
             }
         }
+        // The same file opened from elsewhere (same name and size).
+        if let Some(l) = self.local.iter().find(|l| {
+            Some(l.bytes) == f.bytes
+                && l.path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy() == f.file)
+        }) {
+            return Some(l.path.clone());
+        }
         let hub = f.hub.as_ref()?;
         let cache = hf_hub::Cache::new(self.places.hf_cache.clone());
         let repo = cache.repo(hf_hub::Repo::model(hub.clone()));
@@ -317,6 +336,25 @@ impl LibraryState {
         }
         repo.get(&f.file)
     }
+}
+
+/// The exact footprint of a GGUF on disk, at `context` (as a load would
+/// size it when `None`).
+fn local_footprint(
+    path: &std::path::Path,
+    context: Option<usize>,
+) -> Result<crate::placement::Footprint, String> {
+    let g = crate::weights::gguf::GgufFile::open(path).map_err(|e| e.to_string())?;
+    let hp = crate::model::hparams::HParams::from_gguf(&g).map_err(|e| e.to_string())?;
+    let ctx = hp
+        .context_for(context.map(|c| c.min(hp.context_length)))
+        .map_err(|e| e.to_string())?;
+    Ok(crate::placement::Footprint::from_gguf(
+        &g,
+        &hp,
+        ctx,
+        crate::engine::PROMPT_CHUNK,
+    ))
 }
 
 fn fit_color(ui: &egui::Ui, fit: Fit) -> egui::Color32 {
@@ -435,15 +473,24 @@ pub fn models_ui(
                     }
                 });
             }
+            // A first visit starts from the recommendations; later the
+            // models on disk come first.
+            if !welcome {
+                ui.add_space(6.0);
+                ui.heading("Library");
+                library_ui(ui, s, &mut actions);
+            }
             ui.add_space(6.0);
             ui.heading("Recommended models");
             catalogue_ui(ui, s, &mut actions);
             ui.add_space(6.0);
             ui.heading("Search the Hugging Face Hub");
             search_ui(ui, s, quant, &mut actions);
-            ui.add_space(6.0);
-            ui.heading("Library");
-            library_ui(ui, s, &mut actions);
+            if welcome {
+                ui.add_space(6.0);
+                ui.heading("Library");
+                library_ui(ui, s, &mut actions);
+            }
         });
     actions
 }
@@ -652,40 +699,42 @@ fn library_ui(ui: &mut egui::Ui, s: &mut LibraryState, actions: &mut Vec<ModelsA
     if s.local.is_empty() {
         ui.weak("No models on disk yet.");
     }
-    egui::Grid::new("library")
-        .striped(true)
-        .num_columns(6)
-        .show(ui, |ui| {
-            for (i, m) in s.local.iter().enumerate() {
-                ui.label(&m.name)
-                    .on_hover_text(m.path.display().to_string());
-                ui.weak(m.place.label());
-                ui.label(human(m.bytes));
-                ui.weak(m.last_used.map_or_else(|| "never used".into(), ago));
-                ui.weak(m.placement.clone().unwrap_or_default());
-                ui.horizontal(|ui| {
-                    if ui.small_button("Open").clicked() {
-                        actions.push(ModelsAction::Open(m.path.clone()));
-                    }
-                    if ui
-                        .small_button("Delete…")
-                        .on_hover_text(format!("Removes {} from disk", m.path.display()))
-                        .clicked()
-                    {
-                        s.confirm_delete = Some(i);
-                    }
-                    if m.place == disk::Place::Opened
-                        && ui
-                            .small_button("Forget")
-                            .on_hover_text("Removes it from this list, not from disk")
-                            .clicked()
-                    {
-                        actions.push(ModelsAction::Forget(i));
-                    }
-                });
-                ui.end_row();
+    for (i, m) in s.local.iter().enumerate() {
+        ui.horizontal_wrapped(|ui| {
+            ui.label(egui::RichText::new(&m.name).strong())
+                .on_hover_text(m.path.display().to_string());
+            if ui.small_button("Open").clicked() {
+                actions.push(ModelsAction::Open(m.path.clone()));
+            }
+            if ui
+                .small_button("Delete…")
+                .on_hover_text(format!("Removes {} from disk", m.path.display()))
+                .clicked()
+            {
+                s.confirm_delete = Some(i);
+            }
+            if m.place == disk::Place::Opened
+                && ui
+                    .small_button("Forget")
+                    .on_hover_text("Removes it from this list, not from disk")
+                    .clicked()
+            {
+                actions.push(ModelsAction::Forget(i));
             }
         });
+        ui.horizontal_wrapped(|ui| {
+            ui.add_space(12.0);
+            ui.weak(m.place.label());
+            ui.weak("·");
+            ui.label(human(m.bytes));
+            ui.weak("·");
+            ui.weak(m.last_used.map_or_else(|| "never used".into(), ago));
+            if let Some(p) = &m.placement {
+                ui.weak("· last placed");
+                ui.weak(p);
+            }
+        });
+    }
     if let Some(m) = s.confirm_delete.and_then(|i| s.local.get(i).cloned()) {
         let modal =
             egui::Modal::new(egui::Id::unique("spillway-confirm-delete")).show(ui.ctx(), |ui| {
