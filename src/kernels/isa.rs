@@ -109,19 +109,6 @@ pub fn active() -> Isa {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scalar_is_always_available_and_active_is_supported() {
-        assert!(Isa::available().contains(&Isa::Scalar));
-        assert!(active().supported());
-        assert_eq!(Isa::parse("AVX512"), Some(Isa::Avx512Vnni));
-        assert_eq!(Isa::parse("neon"), None);
-    }
-}
-
 /// The CPU features the kernels look for that this CPU has (for the About
 /// box and bug reports).
 pub fn cpu_features() -> Vec<String> {
@@ -152,5 +139,18 @@ pub fn cpu_features() -> Vec<String> {
     #[cfg(not(target_arch = "x86_64"))]
     {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scalar_is_always_available_and_active_is_supported() {
+        assert!(Isa::available().contains(&Isa::Scalar));
+        assert!(active().supported());
+        assert_eq!(Isa::parse("AVX512"), Some(Isa::Avx512Vnni));
+        assert_eq!(Isa::parse("neon"), None);
     }
 }

@@ -134,7 +134,7 @@ pub fn search(opts: &HubOptions, query: &str, limit: usize) -> Result<Vec<HubMod
             });
         }
     }
-    out.sort_by(|a, b| b.downloads.cmp(&a.downloads));
+    out.sort_by_key(|m| std::cmp::Reverse(m.downloads));
     out.truncate(limit);
     Ok(out)
 }

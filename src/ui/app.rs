@@ -1493,6 +1493,7 @@ impl SpillwayApp {
     pub fn read_machine(&mut self) {
         let req = self.settings.placement_request();
         self.library.context = self.settings.context_length;
+        self.library.kv_types = self.settings.kv_types();
         self.library
             .read_machine(req.budget, self.settings.offload_folder.clone());
     }

@@ -62,6 +62,10 @@ pub struct LibraryState {
     pub verdicts: HashMap<(usize, usize), Result<Verdict, String>>,
     /// The context the verdicts assume (the setting, else the default).
     pub context: Option<usize>,
+    /// The KV cache types the verdicts assume (the settings').
+    pub kv_types: crate::kernels::kv::KvTypes,
+    /// The models used last that still exist (name, path), newest first.
+    pub recent: Vec<(String, PathBuf)>,
     pub query: String,
     search_job: Job<Result<Vec<HubModel>, String>>,
     pub results: Option<Result<Vec<HubModel>, String>>,
@@ -98,6 +102,8 @@ impl LibraryState {
             machine_job: None,
             verdicts: HashMap::new(),
             context: None,
+            kv_types: Default::default(),
+            recent: Vec::new(),
             query: String::new(),
             search_job: None,
             results: None,
@@ -118,6 +124,12 @@ impl LibraryState {
 
     pub fn refresh_library(&mut self) {
         self.local = disk::scan(&self.places, &self.records);
+        self.recent = self
+            .records
+            .recent(5)
+            .into_iter()
+            .map(|r| (r.name.clone(), r.path.clone()))
+            .collect();
         self.local_copies.clear();
         for (i, m) in self.catalogue.models.iter().enumerate() {
             for j in 0..m.files.len() {
@@ -167,7 +179,9 @@ impl LibraryState {
                     Some(fp) => Ok(fp),
                     None => catalogue::footprint(m, f, self.context, crate::engine::PROMPT_CHUNK),
                 };
-                let v = fp.map(|fp| catalogue::verdict(&fp, &budgets, &rates));
+                let v = fp.map(|fp| {
+                    catalogue::verdict(&fp.with_kv_types(self.kv_types), &budgets, &rates)
+                });
                 self.verdicts.insert((i, j), v);
             }
         }
@@ -188,6 +202,7 @@ impl LibraryState {
         let hub = self.hub.clone();
         let machine = self.machine.clone();
         let context = self.context;
+        let kv = self.kv_types;
         self.expanded = Some((repo.clone(), None));
         self.files_job = std::thread::Builder::new()
             .name("hub-files".into())
@@ -205,7 +220,7 @@ impl LibraryState {
                                 context,
                                 crate::engine::PROMPT_CHUNK,
                             )
-                            .map(|fp| catalogue::verdict(&fp, b, r)),
+                            .map(|fp| catalogue::verdict(&fp.with_kv_types(kv), b, r)),
                             None => Err("the machine is still being read".into()),
                         };
                         (f, v)
@@ -453,12 +468,7 @@ pub fn models_ui(
                 }
                 ui.weak("or drop a .gguf file on the window");
             });
-            let recent: Vec<(String, PathBuf)> = s
-                .records
-                .recent(5)
-                .into_iter()
-                .map(|r| (r.name.clone(), r.path.clone()))
-                .collect();
+            let recent = s.recent.clone();
             if !recent.is_empty() {
                 ui.horizontal_wrapped(|ui| {
                     ui.label("Recent:");
