@@ -87,20 +87,12 @@ impl Records {
             return Ok(());
         };
         let bytes = serde_json::to_vec_pretty(&self.entries).map_err(|e| e.to_string())?;
-        write_atomic(file, &bytes).map_err(|e| format!("{}: {e}", file.display()))
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        crate::chat::history::write_atomic(file, &bytes, &mut || Ok(()))
+            .map_err(|e| format!("{}: {e}", file.display()))
     }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

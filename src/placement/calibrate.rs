@@ -103,15 +103,10 @@ pub fn rates(offload_dir: &Path, gpu: Option<&GpuReading>, simulated: bool) -> R
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    crate::chat::history::write_atomic(path, bytes, &mut || Ok(()))
 }
 
 /// Runs the measurements (about a second).

@@ -429,6 +429,20 @@ pub fn progress_text(d: &DownloadProgress) -> String {
     )
 }
 
+/// "Open GGUF file…" and "Open model folder…": the path chosen, if any.
+pub fn open_buttons(ui: &mut egui::Ui) -> Option<PathBuf> {
+    let mut chosen = None;
+    if ui.button("Open GGUF file…").clicked() {
+        chosen = rfd::FileDialog::new()
+            .add_filter("GGUF model", &["gguf"])
+            .pick_file();
+    }
+    if ui.button("Open model folder…").clicked() {
+        chosen = rfd::FileDialog::new().pick_folder();
+    }
+    chosen
+}
+
 /// The screen. `welcome` adds the greeting shown while no model is loaded.
 pub fn models_ui(
     ui: &mut egui::Ui,
@@ -453,18 +467,8 @@ pub fn models_ui(
             }
             fetch_ui(ui, s, &mut actions);
             ui.horizontal(|ui| {
-                if ui.button("Open GGUF file…").clicked() {
-                    if let Some(p) = rfd::FileDialog::new()
-                        .add_filter("GGUF model", &["gguf"])
-                        .pick_file()
-                    {
-                        actions.push(ModelsAction::Open(p));
-                    }
-                }
-                if ui.button("Open model folder…").clicked() {
-                    if let Some(p) = rfd::FileDialog::new().pick_folder() {
-                        actions.push(ModelsAction::Open(p));
-                    }
+                if let Some(p) = open_buttons(ui) {
+                    actions.push(ModelsAction::Open(p));
                 }
                 ui.weak("or drop a .gguf file on the window");
             });

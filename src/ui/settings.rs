@@ -495,18 +495,8 @@ pub fn settings_ui(
         ui.separator();
         ui.heading("Model");
         ui.horizontal(|ui| {
-            if ui.button("Open GGUF file…").clicked() {
-                if let Some(p) = rfd::FileDialog::new()
-                    .add_filter("GGUF model", &["gguf"])
-                    .pick_file()
-                {
-                    actions.push(SettingsAction::Open(p));
-                }
-            }
-            if ui.button("Open model folder…").clicked() {
-                if let Some(p) = rfd::FileDialog::new().pick_folder() {
-                    actions.push(SettingsAction::Open(p));
-                }
+            if let Some(p) = super::models::open_buttons(ui) {
+                actions.push(SettingsAction::Open(p));
             }
         });
         ui.horizontal(|ui| {

@@ -63,3 +63,22 @@ pub fn ids(v: &serde_json::Value) -> Vec<u64> {
 pub fn path_str(p: &std::path::Path) -> &str {
     p.to_str().expect("test paths are UTF-8")
 }
+
+/// Writes one HTTP/1.1 answer and closes (the local stand-ins for the Hub
+/// and PyPI).
+pub fn respond(
+    s: &mut std::net::TcpStream,
+    status: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    s.flush()
+}

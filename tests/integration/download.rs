@@ -3,11 +3,12 @@
 //! etag headers), set as hf-hub's endpoint.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::common::respond;
 use sha2::{Digest, Sha256};
 use spillway::engine::{Engine, LoadOptions, LoadStage};
 use spillway::weights::download::{download, DownloadError, DownloadProgress, HubOptions, RepoRef};
@@ -80,22 +81,6 @@ impl Server {
             .repos
             .insert(repo.to_string(), served);
     }
-}
-
-fn respond(
-    s: &mut TcpStream,
-    status: &str,
-    headers: &[(String, String)],
-    body: &[u8],
-) -> std::io::Result<()> {
-    let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes())?;
-    s.write_all(body)?;
-    s.flush()
 }
 
 fn serve(mut stream: TcpStream, hub: &Mutex<Hub>) -> std::io::Result<()> {

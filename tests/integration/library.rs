@@ -16,7 +16,7 @@ use spillway::library::fetch::{self, FetchError, Index};
 use spillway::library::hub;
 use spillway::weights::download::HubOptions;
 
-use crate::common::smollm2;
+use crate::common::{respond, smollm2};
 
 fn hex(b: &[u8]) -> String {
     Sha256::digest(b)
@@ -122,22 +122,6 @@ impl Stand {
     }
 }
 
-fn respond(
-    s: &mut TcpStream,
-    status: &str,
-    headers: &[(String, String)],
-    body: &[u8],
-) -> std::io::Result<()> {
-    let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes())?;
-    s.write_all(body)?;
-    s.flush()
-}
-
 fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
     query
         .split('&')
@@ -166,23 +150,19 @@ fn answer(mut stream: TcpStream, site: &Mutex<Site>) -> std::io::Result<()> {
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let mut s = site.lock().unwrap();
     s.log.push((path.to_string(), range.clone()));
-    let json_headers = |b: &[u8]| {
-        vec![
+    let json = |stream: &mut TcpStream, body: String| {
+        let headers = [
             (
                 "Content-Type".to_string(),
                 "application/vnd.pypi.simple.v1+json".to_string(),
             ),
-            ("Content-Length".to_string(), b.len().to_string()),
-        ]
+            ("Content-Length".to_string(), body.len().to_string()),
+        ];
+        respond(stream, "200 OK", &headers, body.as_bytes())
     };
     if let Some(body) = s.json.get(path).cloned() {
         drop(s);
-        return respond(
-            &mut stream,
-            "200 OK",
-            &json_headers(body.as_bytes()),
-            body.as_bytes(),
-        );
+        return json(&mut stream, body);
     }
     if path == "/api/models" {
         let q = query_param(query, "search")
@@ -200,12 +180,7 @@ fn answer(mut stream: TcpStream, site: &Mutex<Site>) -> std::io::Result<()> {
             .collect();
         let body = serde_json::Value::Array(found).to_string();
         drop(s);
-        return respond(
-            &mut stream,
-            "200 OK",
-            &json_headers(body.as_bytes()),
-            body.as_bytes(),
-        );
+        return json(&mut stream, body);
     }
     if let Some(rest) = path.strip_prefix("/api/models/") {
         let id: String = rest.split('/').take(2).collect::<Vec<_>>().join("/");
@@ -222,12 +197,7 @@ fn answer(mut stream: TcpStream, site: &Mutex<Site>) -> std::io::Result<()> {
             .collect();
         let body = serde_json::json!({"id": id, "siblings": siblings}).to_string();
         drop(s);
-        return respond(
-            &mut stream,
-            "200 OK",
-            &json_headers(body.as_bytes()),
-            body.as_bytes(),
-        );
+        return json(&mut stream, body);
     }
     let Some(file) = s.files.get(path).cloned() else {
         drop(s);

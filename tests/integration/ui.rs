@@ -70,15 +70,7 @@ pub struct Fixture {
 /// temporary folder, and a model already loaded. Missing glyphs fail the
 /// test (the window's fonts include the code blocks' copy icon).
 fn fixture() -> Fixture {
-    let dirs = tempfile::tempdir().unwrap();
-    let (link, engine) = worker::channel();
-    let app = SpillwayApp::new(
-        link,
-        &Config::defaults().unwrap(),
-        Some(dirs.path().join("data")),
-        Some(dirs.path().join("config")),
-    );
-    let mut f = bare_fixture_in(dirs, app, engine);
+    let mut f = bare_fixture();
     f.engine.events.send(Event::Loaded(model_info())).unwrap();
     f.harness.run_steps(4);
     f
@@ -90,16 +82,12 @@ fn fixture() -> Fixture {
 pub fn bare_fixture() -> Fixture {
     let dirs = tempfile::tempdir().unwrap();
     let (link, engine) = worker::channel();
-    let app = SpillwayApp::new(
+    let mut app = SpillwayApp::new(
         link,
         &Config::defaults().unwrap(),
         Some(dirs.path().join("data")),
         Some(dirs.path().join("config")),
     );
-    bare_fixture_in(dirs, app, engine)
-}
-
-fn bare_fixture_in(dirs: tempfile::TempDir, mut app: SpillwayApp, engine: WorkerEnds) -> Fixture {
     app.library.places = spillway::library::disk::Places {
         hf_cache: dirs.path().join("hub"),
         models_dir: dirs.path().join("models"),
