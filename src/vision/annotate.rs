@@ -115,7 +115,7 @@ mod tests {
             points: vec![[20.0, 30.0]],
             boxes: vec![[50.0, 10.0, 90.0, 70.0]],
             trajectory: vec![[10.0, 70.0], [40.0, 60.0]],
-            normalized: false,
+            ..Default::default()
         };
         draw(&mut img, &shapes);
         let at = |x: usize, y: usize| &img.data[(y * 100 + x) * 3..(y * 100 + x) * 3 + 3];

@@ -1,8 +1,10 @@
-//! RoboBrain 2.0's task modes: the prompt each one sends (worded exactly as
-//! RoboBrain 2.0's own inference code words it), the thinking switch of the
-//! 7B/32B models, and tolerant parsing of what comes back — `<think>` /
-//! `<answer>` tags (also unclosed, repeated or nested) and points, boxes
-//! and trajectories in the forms the model writes them.
+//! RoboBrain's task modes: the prompt each one sends (worded exactly as
+//! RoboBrain 2.0's and 2.5's own inference code word it — the two differ),
+//! the thinking switch of the 2.0 7B/32B models, and tolerant parsing of
+//! what comes back — `<think>` / `<answer>` tags (also unclosed, repeated
+//! or nested) and points, boxes and trajectories in the forms the model
+//! writes them: 2.0 in pixels of its resized frame or normalized, 2.5 in
+//! thousandths of the image with a depth per trajectory point.
 
 use std::fmt;
 use std::str::FromStr;
@@ -87,6 +89,65 @@ impl FromStr for Task {
     }
 }
 
+/// Which RoboBrain generation a prompt is worded for and an answer read as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum Family {
+    /// RoboBrain 2.0 (Qwen2.5-VL): points and boxes in the model's resized
+    /// frame (or normalized), 2-D trajectories.
+    #[default]
+    RoboBrain2,
+    /// RoboBrain 2.5 (Qwen3-VL): coordinates in thousandths of the image
+    /// (0–1000), trajectories of end-effector waypoints with depth.
+    RoboBrain25,
+}
+
+impl Family {
+    /// The task modes the family's inference code defines (2.5's has no
+    /// separate affordance mode: it points at affordances).
+    pub fn tasks(self) -> &'static [Task] {
+        match self {
+            Family::RoboBrain2 => &Task::ALL,
+            Family::RoboBrain25 => &[
+                Task::General,
+                Task::Pointing,
+                Task::Trajectory,
+                Task::Grounding,
+            ],
+        }
+    }
+
+    /// The family of a vision model from its architecture (`qwen3vl` is
+    /// 2.5's; `qwen2vl`, Qwen2.5-VL, 2.0's).
+    pub fn of_arch(arch: &str) -> Family {
+        if arch.to_ascii_lowercase().starts_with("qwen3") {
+            Family::RoboBrain25
+        } else {
+            Family::RoboBrain2
+        }
+    }
+}
+
+impl Task {
+    /// The user text as the family's inference code sends it for this task
+    /// (2.5 words pointing, trajectories and the affordance it points at
+    /// its own way; see `prompt` for 2.0's).
+    pub fn prompt_for(self, family: Family, text: &str) -> String {
+        match (family, self) {
+            (Family::RoboBrain2, t) => t.prompt(text),
+            (Family::RoboBrain25, Task::General) => text.to_string(),
+            (Family::RoboBrain25, Task::Pointing | Task::Affordance) => format!(
+                "{text}. Please provide its 2D coordinates. Your answer should be formatted as a tuple, i.e. [(x, y)], where the tuple contains the x and y coordinates of a point satisfying the conditions above."
+            ),
+            (Family::RoboBrain25, Task::Trajectory) => format!(
+                "Please predict 3D end-effector-centric waypoints to complete the task successfully. The task is \"{text}\". Your answer should be formatted as a list of tuples, i.e., [(x1, y1, d1), (x2, y2, d2), ...], where each tuple contains the x and y coordinates and the depth of the point."
+            ),
+            (Family::RoboBrain25, Task::Grounding) => format!(
+                "Please provide the bounding box coordinate of the region this sentence describes: {text}."
+            ),
+        }
+    }
+}
+
 /// Whether a model answers with a `<think>` section when asked: RoboBrain
 /// 2.0's 7B and 32B do, the 3B does not. Decided from the model's own
 /// metadata (its names, `general.name`/`basename`/`finetune`, as the
@@ -167,9 +228,14 @@ pub struct Shapes {
     /// x1, y1, x2, y2.
     pub boxes: Vec<[f32; 4]>,
     pub trajectory: Vec<[f32; 2]>,
+    /// The depth of each trajectory point, in metres, where the model gave
+    /// one (RoboBrain 2.5's 3-D traces); empty otherwise.
+    pub depths: Vec<f32>,
     /// Every value lies in [0, 1] and some are fractions: the model wrote
     /// normalized coordinates rather than pixels.
     pub normalized: bool,
+    /// Coordinates in thousandths of the image (RoboBrain 2.5).
+    pub per_mille: bool,
 }
 
 impl Shapes {
@@ -181,7 +247,9 @@ impl Shapes {
     /// pixel coordinates are in the model's resized frame (`resized`);
     /// normalized ones scale by the original size.
     pub fn to_image(&self, resized: (usize, usize), original: (usize, usize)) -> Shapes {
-        let (sx, sy) = if self.normalized {
+        let (sx, sy) = if self.per_mille {
+            (original.0 as f32 / 1000.0, original.1 as f32 / 1000.0)
+        } else if self.normalized {
             (original.0 as f32, original.1 as f32)
         } else {
             (
@@ -207,7 +275,9 @@ impl Shapes {
                 })
                 .collect(),
             trajectory: self.trajectory.iter().map(|p| clamp(p[0], p[1])).collect(),
+            depths: self.depths.clone(),
             normalized: false,
+            per_mille: false,
         }
     }
 }
@@ -253,6 +323,37 @@ fn parse_numbers(s: &str) -> Option<Vec<f32>> {
             p.parse::<f32>().ok().filter(|v| v.is_finite())
         })
         .collect()
+}
+
+/// Shapes from an answer of `family`'s model: 2.0's as [`parse_shapes`]
+/// reads them; 2.5's in thousandths of the image, its trajectories as
+/// (x, y, depth) triples (pairs accepted, without depth) — RoboBrain 2.5's
+/// own code reads `x, y, d` with a decimal depth.
+pub fn parse_shapes_for(family: Family, task: Task, answer: &str) -> Shapes {
+    if family == Family::RoboBrain2 {
+        return parse_shapes(task, answer);
+    }
+    let mut out = if task == Task::Trajectory {
+        let groups = number_groups(answer);
+        let triples: Vec<&Vec<f32>> = groups.iter().filter(|g| g.len() == 3).collect();
+        let mut s = Shapes::default();
+        if triples.is_empty() {
+            s.trajectory = groups
+                .iter()
+                .filter(|g| g.len() == 2)
+                .map(|g| [g[0], g[1]])
+                .collect();
+        } else {
+            s.trajectory = triples.iter().map(|g| [g[0], g[1]]).collect();
+            s.depths = triples.iter().map(|g| g[2]).collect();
+        }
+        s
+    } else {
+        parse_shapes(task, answer)
+    };
+    out.normalized = false;
+    out.per_mille = true;
+    out
 }
 
 /// Points, boxes or a trajectory from an answer, whatever form the model
@@ -409,6 +510,74 @@ mod tests {
         // An answer tag without a think end.
         let s = split_thinking("<answer>[5, 6]</answer>", false);
         assert_eq!(s.answer, "[5, 6]");
+    }
+
+    /// 2.5's prompts, worded as RoboBrain 2.5's `inference.py` words them,
+    /// and its answers: thousandths of the image, (x, y, d) waypoints.
+    #[test]
+    fn robobrain_2_5_prompts_and_answers() {
+        let f = Family::RoboBrain25;
+        assert_eq!(
+            Task::Pointing.prompt_for(f, "the affordance area for holding the cup"),
+            "the affordance area for holding the cup. Please provide its 2D coordinates. Your answer should be formatted as a tuple, i.e. [(x, y)], where the tuple contains the x and y coordinates of a point satisfying the conditions above."
+        );
+        assert_eq!(
+            Task::Trajectory.prompt_for(f, "reach for the banana on the plate"),
+            "Please predict 3D end-effector-centric waypoints to complete the task successfully. The task is \"reach for the banana on the plate\". Your answer should be formatted as a list of tuples, i.e., [(x1, y1, d1), (x2, y2, d2), ...], where each tuple contains the x and y coordinates and the depth of the point."
+        );
+        assert_eq!(
+            Task::Grounding.prompt_for(f, "the person wearing a red hat"),
+            "Please provide the bounding box coordinate of the region this sentence describes: the person wearing a red hat."
+        );
+        assert_eq!(
+            Task::General.prompt_for(f, "What is shown?"),
+            "What is shown?"
+        );
+        // 2.0's wording is unchanged.
+        assert_eq!(
+            Task::Pointing.prompt_for(Family::RoboBrain2, "x"),
+            Task::Pointing.prompt("x")
+        );
+        assert_eq!(f.tasks().len(), 4);
+        assert!(!f.tasks().contains(&Task::Affordance));
+        assert_eq!(Family::of_arch("qwen3vl"), f);
+        assert_eq!(Family::of_arch("qwen2vl"), Family::RoboBrain2);
+
+        // A 3-D trace as the model writes it.
+        let s = parse_shapes_for(
+            f,
+            Task::Trajectory,
+            "[(512, 430, 0.652), (540, 388, 0.601), (566, 350, 0.58)]",
+        );
+        assert_eq!(
+            s.trajectory,
+            vec![[512.0, 430.0], [540.0, 388.0], [566.0, 350.0]]
+        );
+        assert_eq!(s.depths, vec![0.652, 0.601, 0.58]);
+        assert!(s.per_mille);
+        let m = s.to_image((1, 1), (2000, 1000));
+        assert_eq!(m.trajectory[0], [1024.0, 430.0]);
+        assert_eq!(m.depths, s.depths);
+        // Stray text, a pair among triples, no closing bracket.
+        let s = parse_shapes_for(
+            f,
+            Task::Trajectory,
+            "<answer>Waypoints: [(100, 200, 0.5), (7, 8), (300, 400, 0.45)",
+        );
+        assert_eq!(s.trajectory, vec![[100.0, 200.0], [300.0, 400.0]]);
+        assert_eq!(s.depths, vec![0.5, 0.45]);
+        // Pairs only: a trace without depth.
+        let s = parse_shapes_for(f, Task::Trajectory, "[(1, 2), (3, 4)]");
+        assert_eq!(s.trajectory.len(), 2);
+        assert!(s.depths.is_empty());
+        // Points and boxes in thousandths.
+        let s = parse_shapes_for(f, Task::Pointing, "[(250, 500)]");
+        assert_eq!(s.to_image((1, 1), (400, 200)).points, vec![[100.0, 100.0]]);
+        let s = parse_shapes_for(f, Task::Grounding, "[100, 200, 500, 600]");
+        assert_eq!(
+            s.to_image((1, 1), (1000, 500)).boxes,
+            vec![[100.0, 100.0, 500.0, 300.0]]
+        );
     }
 
     #[test]
