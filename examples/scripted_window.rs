@@ -67,6 +67,7 @@ fn info() -> ModelInfo {
         vision: Some(Box::new(VisionInfo {
             processor: spillway::vision::ProcessorConfig::default(),
             thinking: Some(false),
+            family: Default::default(),
         })),
     }
 }

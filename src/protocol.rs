@@ -70,6 +70,9 @@ pub struct VisionInfo {
     /// `Some(true)` for RoboBrain models that can think, `Some(false)` for
     /// RoboBrain 3B, `None` for others.
     pub thinking: Option<bool>,
+    /// Which RoboBrain's task modes and answer format apply (from the
+    /// architecture: Qwen3-VL is 2.5's).
+    pub family: crate::vision::tasks::Family,
 }
 
 #[derive(Debug, Clone, PartialEq)]

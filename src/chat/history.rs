@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::vision::tasks::Task;
+use crate::vision::tasks::{Family, Task};
 
 use crate::protocol::ReplyStats;
 
@@ -50,6 +50,13 @@ pub struct ChatMessage {
     /// The RoboBrain task a user message was sent in.
     #[serde(default, skip_serializing_if = "is_general")]
     pub task: Task,
+    /// The RoboBrain generation the task was worded for.
+    #[serde(default, skip_serializing_if = "is_robobrain2")]
+    pub family: Family,
+}
+
+fn is_robobrain2(f: &Family) -> bool {
+    *f == Family::RoboBrain2
 }
 
 fn is_general(t: &Task) -> bool {
@@ -71,7 +78,7 @@ impl ChatMessage {
     /// images as content parts before the text.
     pub fn template_message(&self) -> crate::chat::Message {
         let text = if self.role == "user" {
-            self.task.prompt(&self.text)
+            self.task.prompt_for(self.family, &self.text)
         } else {
             self.text.clone()
         };
@@ -98,6 +105,7 @@ impl ChatMessage {
             incomplete: false,
             images: Vec::new(),
             task: Task::General,
+            family: Family::RoboBrain2,
         }
     }
 

@@ -147,7 +147,9 @@ impl GenerateArgs {
         Ok(p)
     }
 
-    fn messages(&self) -> anyhow::Result<Vec<Message>> {
+    /// The conversation, its last user message worded for `--task` as
+    /// `family`'s RoboBrain words it.
+    fn messages(&self, family: tasks::Family) -> anyhow::Result<Vec<Message>> {
         let mut messages: Vec<Message> = match (&self.chat, &self.prompt) {
             (Some(path), _) => {
                 let bytes = std::fs::read(path)
@@ -175,7 +177,7 @@ impl GenerateArgs {
             .context("the conversation has no user message")?;
         let m = &mut messages[last_user];
         // The task words the last user message; --image adds images before it.
-        let text = self.task.prompt(&m.text());
+        let text = self.task.prompt_for(family, &m.text());
         let mut parts: Vec<serde_json::Value> = match &m.content {
             serde_json::Value::Array(a) => a
                 .iter()
@@ -210,12 +212,26 @@ pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
         return remote(&a, &url, &params);
     }
     // Validate inputs before the (slow) load.
-    let messages = if a.raw { Vec::new() } else { a.messages()? };
+    let messages = if a.raw {
+        Vec::new()
+    } else {
+        a.messages(tasks::Family::RoboBrain2)?
+    };
     let load_start = std::time::Instant::now();
     // The plan budgets the vision tower for images as large as asked.
     a.model.max_image_pixels = Some(a.max_pixels);
     let mut engine = a.model.load(config)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
+    // RoboBrain 2.5 (Qwen3-VL) words its tasks and answers its own way.
+    let family = match engine.vision() {
+        Some(_) => tasks::Family::of_arch(engine.gguf.architecture().unwrap_or_default()),
+        None => tasks::Family::RoboBrain2,
+    };
+    let messages = if a.raw || family == tasks::Family::RoboBrain2 {
+        messages
+    } else {
+        a.messages(family)?
+    };
     // A converted checkpoint's generation_config.json sets the defaults
     // the flags did not.
     let params = match engine.generation_config() {
@@ -276,7 +292,7 @@ pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
     super::report_notices(&mut engine);
     let rss = telemetry::rss();
     let split = tasks::split_thinking(&gen.text, suffix == "<think>");
-    let shapes = tasks::parse_shapes(a.task, &split.answer);
+    let shapes = tasks::parse_shapes_for(family, a.task, &split.answer);
     let first = prompt.images.first().map(|i| &i.prepared);
     let mapped = first.map(|p| shapes.to_image(p.resized, p.original));
     if let (Some(out), Some(path), Some(m)) = (&a.annotate, sources.first(), &mapped) {
@@ -357,6 +373,8 @@ pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
                 "points": m.points,
                 "boxes": m.boxes,
                 "trajectory": m.trajectory,
+                // Metres, one per trajectory point (RoboBrain 2.5).
+                "depths": m.depths,
             })),
         });
         println!("{out}");
@@ -477,7 +495,7 @@ fn remote(a: &GenerateArgs, url: &str, params: &GenerateParams) -> anyhow::Resul
     if a.ignore_eos {
         anyhow::bail!("--ignore-eos is not part of the OpenAI API; it needs a local model");
     }
-    let messages = a.messages()?;
+    let messages = a.messages(tasks::Family::RoboBrain2)?;
     let model = a.model.model.to_string_lossy().into_owned();
     let server = Remote::new(url, a.api_key.clone());
     let stop = cancel_flag();

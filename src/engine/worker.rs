@@ -589,6 +589,9 @@ pub fn model_info(engine: &mut Engine, path: &std::path::Path) -> ModelInfo {
             Box::new(crate::protocol::VisionInfo {
                 processor: v.processor.clone(),
                 thinking: engine.supports_thinking(),
+                family: crate::vision::tasks::Family::of_arch(
+                    engine.gguf.architecture().unwrap_or_default(),
+                ),
             })
         }),
     }

@@ -481,6 +481,14 @@ impl SpillwayApp {
             .unwrap_or(false)
     }
 
+    /// The loaded vision model's RoboBrain generation (2.0's for others).
+    pub fn family(&self) -> crate::vision::tasks::Family {
+        self.model
+            .as_ref()
+            .and_then(|m| m.vision.as_ref())
+            .map_or_else(Default::default, |v| v.family)
+    }
+
     pub fn current_conversation(&self) -> &Conversation {
         &self.conversations[self.current]
     }
@@ -534,10 +542,12 @@ impl SpillwayApp {
             return;
         }
         self.composer.clear();
+        let family = self.family();
         let conv = &mut self.conversations[self.current];
         conv.messages.push(ChatMessage {
             images: std::mem::take(&mut self.attachments),
             task: self.task,
+            family,
             ..ChatMessage::user(&text)
         });
         conv.title_from_first_message();
@@ -790,6 +800,11 @@ impl SpillwayApp {
                     self.library.refresh_library();
                 }
                 self.model = Some(info);
+                // A task the new model's family lacks (2.0's affordance on
+                // 2.5) falls back to general.
+                if !self.family().tasks().contains(&self.task) {
+                    self.task = Task::General;
+                }
             }
             // A cancelled load was cleared when Cancel was clicked; another
             // load may be under way since.

@@ -360,7 +360,7 @@ fn composer_tools_ui(
         egui::ComboBox::from_id_salt("task")
             .selected_text(app.task.to_string())
             .show_ui(ui, |ui| {
-                for t in Task::ALL {
+                for &t in app.family().tasks() {
                     ui.selectable_value(&mut app.task, t, t.to_string())
                         .on_hover_text(t.hint());
                 }

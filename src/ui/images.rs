@@ -138,7 +138,7 @@ pub fn answer_shapes(
     } else {
         &split.answer
     };
-    let shapes = tasks::parse_shapes(question.task, text);
+    let shapes = tasks::parse_shapes_for(question.family, question.task, text);
     if shapes.is_empty() || question.task == Task::General {
         return None;
     }

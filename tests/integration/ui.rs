@@ -634,6 +634,7 @@ fn vision_model_info() -> ModelInfo {
         vision: Some(Box::new(spillway::protocol::VisionInfo {
             processor: spillway::vision::ProcessorConfig::default(),
             thinking: Some(false),
+            family: Default::default(),
         })),
         ..model_info()
     }
@@ -1457,4 +1458,37 @@ fn a_long_prompt_shows_its_progress() {
         .harness
         .query_by_label_contains("Reading the prompt")
         .is_none());
+}
+
+/// A RoboBrain 2.5 model (Qwen3-VL) offers 2.5's task modes and words the
+/// message as RoboBrain 2.5's code does; 2.0's affordance mode falls back
+/// to general when the model changes.
+#[test]
+fn robobrain_2_5_words_its_own_tasks() {
+    let mut f = fixture();
+    f.event(Event::Loaded(vision_model_info()));
+    f.harness.state_mut().task = spillway::vision::tasks::Task::Affordance;
+    let mut info = vision_model_info();
+    info.name = "RoboBrain2.5-8B".into();
+    if let Some(v) = info.vision.as_mut() {
+        v.family = spillway::vision::tasks::Family::RoboBrain25;
+    }
+    f.event(Event::Loaded(info));
+    assert_eq!(f.app().task, spillway::vision::tasks::Task::General);
+    f.harness.get_by_label("Task:").click();
+    f.harness.run_steps(4);
+    assert!(f.harness.query_by_label("affordance").is_none());
+    f.harness.get_by_label("trajectory").click();
+    f.harness.run_steps(4);
+    let image =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2_5_vl_tiny/image.png");
+    f.harness.state_mut().attach_file(&image);
+    f.harness.state_mut().poll_attaching(true);
+    f.type_and_send("reach for the banana on the plate");
+    let (_, messages) = reply_id(f.command());
+    let last = serde_json::to_string(&messages.last().unwrap().content).unwrap();
+    assert!(
+        last.contains("Please predict 3D end-effector-centric waypoints to complete the task successfully. The task is \\\"reach for the banana on the plate\\\"."),
+        "{last}"
+    );
 }
