@@ -210,30 +210,41 @@ pub fn image_with_overlay(
             ),
         );
     }
-    if shapes.trajectory.len() > 1 {
-        let pts: Vec<egui::Pos2> = shapes.trajectory.iter().map(|&p| at(p)).collect();
-        painter.add(egui::Shape::line(
-            pts,
-            egui::Stroke::new(line, color(annotate::PATH)),
-        ));
+    // A 3-D trace (RoboBrain 2.5) is coloured by depth, with a legend.
+    let range = annotate::depth_range(shapes);
+    let depth_of = |i: usize| range.map(|_| shapes.depths[i]);
+    let tint = |d: Option<f32>| match (d, range) {
+        (Some(d), Some(r)) => color(annotate::depth_color(d, r)),
+        _ => color(annotate::PATH),
+    };
+    for (i, w) in shapes.trajectory.windows(2).enumerate() {
+        let mean = depth_of(i).zip(depth_of(i + 1)).map(|(a, b)| (a + b) / 2.0);
+        painter.line_segment([at(w[0]), at(w[1])], egui::Stroke::new(line, tint(mean)));
     }
     for (i, &p) in shapes.trajectory.iter().enumerate() {
         let end = i + 1 == shapes.trajectory.len();
         if end {
             painter.circle_filled(at(p), dot * 1.4, egui::Color32::WHITE);
-            painter.circle_filled(at(p), dot * 1.1, color(annotate::PATH));
+            painter.circle_filled(at(p), dot * 1.1, tint(depth_of(i)));
+        } else if range.is_some() {
+            painter.circle_filled(at(p), dot * 0.8, egui::Color32::WHITE);
+            painter.circle_filled(at(p), dot * 0.6, tint(depth_of(i)));
         }
         let what = if end {
             "Trajectory end"
         } else {
             "Trajectory point"
         };
+        let depth = depth_of(i).map_or_else(String::new, |d| format!(", depth {d:.3} m"));
         label_at(
             ui,
             id.with(("path", i)),
             egui::Rect::from_center_size(at(p), egui::vec2(dot, dot) * 2.0),
-            format!("{what} {} at {:.0}, {:.0}", i + 1, p[0], p[1]),
+            format!("{what} {} at {:.0}, {:.0}{depth}", i + 1, p[0], p[1]),
         );
+    }
+    if let Some((near, far)) = range {
+        depth_legend(ui, &painter, resp.rect, (near, far), id);
     }
     for (i, &p) in shapes.points.iter().enumerate() {
         painter.circle_filled(at(p), dot + 1.5, egui::Color32::WHITE);
@@ -246,6 +257,59 @@ pub fn image_with_overlay(
         );
     }
     resp
+}
+
+/// A colour bar in the image's lower left, near to far, in metres.
+fn depth_legend(
+    ui: &egui::Ui,
+    painter: &egui::Painter,
+    image: egui::Rect,
+    (near, far): (f32, f32),
+    id: egui::Id,
+) {
+    let bar = egui::Rect::from_min_size(
+        image.left_bottom() + egui::vec2(8.0, -26.0),
+        egui::vec2((image.width() * 0.35).clamp(60.0, 160.0), 8.0),
+    );
+    let back = bar
+        .expand2(egui::vec2(6.0, 14.0))
+        .translate(egui::vec2(0.0, 6.0));
+    painter.rect_filled(back, 3.0, egui::Color32::from_black_alpha(170));
+    let n = 24;
+    for k in 0..n {
+        let t0 = k as f32 / n as f32;
+        let t1 = (k + 1) as f32 / n as f32;
+        let x0 = bar.left() + bar.width() * t0;
+        let x1 = bar.left() + bar.width() * t1;
+        let d = near + (far - near) * (t0 + t1) / 2.0;
+        painter.rect_filled(
+            egui::Rect::from_x_y_ranges(x0..=x1, bar.y_range()),
+            0.0,
+            color(annotate::depth_color(d, (near, far))),
+        );
+    }
+    let font = egui::FontId::proportional(11.0);
+    let text = egui::Color32::WHITE;
+    painter.text(
+        bar.left_bottom() + egui::vec2(0.0, 2.0),
+        egui::Align2::LEFT_TOP,
+        format!("{near:.2} m"),
+        font.clone(),
+        text,
+    );
+    painter.text(
+        bar.right_bottom() + egui::vec2(0.0, 2.0),
+        egui::Align2::RIGHT_TOP,
+        format!("{far:.2} m"),
+        font,
+        text,
+    );
+    label_at(
+        ui,
+        id.with("depth-legend"),
+        back,
+        format!("Depth from {near:.2} m (red, near) to {far:.2} m (blue, far)"),
+    );
 }
 
 /// Asks where to save the annotated image and writes it.

@@ -1,7 +1,8 @@
 //! Answers drawn over the image: points as filled dots, boxes as
 //! outlines, a trajectory as a polyline with its end marked — the same
 //! shapes the window overlays, for `spillway generate --annotate` and the
-//! window's "save annotated image".
+//! window's "save annotated image". A trajectory with depths (RoboBrain
+//! 2.5's 3-D traces) is coloured by depth, near warm to far cool.
 
 use std::path::Path;
 
@@ -52,6 +53,43 @@ impl Canvas<'_> {
     }
 }
 
+/// The depth range of a trace, (near, far) in metres; `None` without
+/// depths (or with a count that does not match the points).
+pub fn depth_range(shapes: &Shapes) -> Option<(f32, f32)> {
+    if shapes.depths.is_empty() || shapes.depths.len() != shapes.trajectory.len() {
+        return None;
+    }
+    let near = shapes.depths.iter().copied().fold(f32::INFINITY, f32::min);
+    let far = shapes
+        .depths
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    near.is_finite().then_some((near, far))
+}
+
+/// The colour of depth `d` within (near, far): red (near) through orange,
+/// yellow and cyan to blue (far); the middle of a flat range is yellow.
+pub fn depth_color(d: f32, (near, far): (f32, f32)) -> [u8; 3] {
+    const STOPS: [[f32; 3]; 5] = [
+        [220.0, 40.0, 40.0],
+        [240.0, 140.0, 30.0],
+        [235.0, 215.0, 40.0],
+        [40.0, 200.0, 220.0],
+        [40.0, 90.0, 235.0],
+    ];
+    let t = if far > near {
+        ((d - near) / (far - near)).clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
+    let x = t * (STOPS.len() - 1) as f32;
+    let i = (x.floor() as usize).min(STOPS.len() - 2);
+    let f = x - i as f32;
+    let mix = |k: usize| (STOPS[i][k] + (STOPS[i + 1][k] - STOPS[i][k]) * f).round() as u8;
+    [mix(0), mix(1), mix(2)]
+}
+
 /// Sizes that read at the image's scale.
 pub fn stroke(width: usize, height: usize) -> (f32, f32) {
     let m = width.min(height) as f32;
@@ -68,12 +106,28 @@ pub fn draw(img: &mut Rgb, shapes: &Shapes) {
             c.line(corners[i], corners[(i + 1) % 4], line, BOX);
         }
     }
-    for w in shapes.trajectory.windows(2) {
-        c.line(w[0], w[1], line, PATH);
+    let range = depth_range(shapes);
+    // A segment takes the colour of its mean depth.
+    let seg = |i: usize| match range {
+        Some(r) => depth_color((shapes.depths[i] + shapes.depths[i + 1]) / 2.0, r),
+        None => PATH,
+    };
+    for (i, w) in shapes.trajectory.windows(2).enumerate() {
+        c.line(w[0], w[1], line, seg(i));
+    }
+    if let Some(r) = range {
+        for (p, &d) in shapes.trajectory.iter().zip(&shapes.depths) {
+            c.disc(p[0], p[1], dot * 0.8, [255, 255, 255]);
+            c.disc(p[0], p[1], dot * 0.6, depth_color(d, r));
+        }
     }
     if let Some(end) = shapes.trajectory.last() {
+        let fill = match range {
+            Some(r) => depth_color(shapes.depths[shapes.depths.len() - 1], r),
+            None => PATH,
+        };
         c.disc(end[0], end[1], dot * 1.4, [255, 255, 255]);
-        c.disc(end[0], end[1], dot * 1.1, PATH);
+        c.disc(end[0], end[1], dot * 1.1, fill);
     }
     for p in &shapes.points {
         c.disc(p[0], p[1], dot + 1.5, [255, 255, 255]);
@@ -103,6 +157,41 @@ pub fn save(img: &Rgb, shapes: &Shapes, out: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn depths_colour_the_trace_near_to_far() {
+        let shapes = Shapes {
+            trajectory: vec![[10.0, 40.0], [50.0, 40.0], [90.0, 40.0]],
+            depths: vec![0.4, 0.5, 0.6],
+            ..Default::default()
+        };
+        assert_eq!(depth_range(&shapes), Some((0.4, 0.6)));
+        let r = (0.4, 0.6);
+        assert_eq!(depth_color(0.4, r), [220, 40, 40]);
+        assert_eq!(depth_color(0.6, r), [40, 90, 235]);
+        assert_eq!(depth_color(0.5, r), [235, 215, 40]);
+        // Out of range is clamped; a flat range is the middle colour.
+        assert_eq!(depth_color(9.0, r), [40, 90, 235]);
+        assert_eq!(depth_color(1.0, (1.0, 1.0)), [235, 215, 40]);
+        let mut img = Rgb {
+            width: 100,
+            height: 80,
+            data: vec![0; 100 * 80 * 3],
+        };
+        draw(&mut img, &shapes);
+        let at = |x: usize, y: usize| &img.data[(y * 100 + x) * 3..(y * 100 + x) * 3 + 3];
+        // The near segment is warm, the far one cool.
+        let near = at(25, 40);
+        let far = at(75, 40);
+        assert!(near[0] > near[2], "{near:?}");
+        assert!(far[2] > far[0], "{far:?}");
+        // Mismatched counts: drawn plain.
+        let plain = Shapes {
+            depths: vec![0.4],
+            ..shapes.clone()
+        };
+        assert_eq!(depth_range(&plain), None);
+    }
 
     #[test]
     fn shapes_land_where_they_say() {

@@ -1485,10 +1485,24 @@ fn robobrain_2_5_words_its_own_tasks() {
     f.harness.state_mut().attach_file(&image);
     f.harness.state_mut().poll_attaching(true);
     f.type_and_send("reach for the banana on the plate");
-    let (_, messages) = reply_id(f.command());
+    let (id, messages) = reply_id(f.command());
     let last = serde_json::to_string(&messages.last().unwrap().content).unwrap();
     assert!(
         last.contains("Please predict 3D end-effector-centric waypoints to complete the task successfully. The task is \\\"reach for the banana on the plate\\\"."),
         "{last}"
     );
+    // The answer, in thousandths of the 224×168 image with depths: drawn
+    // by depth with a legend, each point's depth on hover.
+    stream(
+        &mut f,
+        id,
+        &["[(500, 500, 0.652), ", "(250, 250, 0.58)]"],
+        Finish::EndOfTurn,
+    );
+    f.harness
+        .get_by_label("Trajectory point 1 at 112, 84, depth 0.652 m");
+    f.harness
+        .get_by_label("Trajectory end 2 at 56, 42, depth 0.580 m");
+    f.harness
+        .get_by_label("Depth from 0.58 m (red, near) to 0.65 m (blue, far)");
 }
