@@ -64,8 +64,10 @@ pub struct GenerateArgs {
     /// An image for the user's message (repeatable; vision-language models).
     #[arg(long, value_name = "PATH")]
     image: Vec<PathBuf>,
-    /// RoboBrain 2.0 task: the prompt is worded as RoboBrain's own code
-    /// words it, and the answer's coordinates are parsed.
+    /// RoboBrain task (general, pointing, affordance, trajectory,
+    /// grounding): the prompt is worded as the loaded RoboBrain's own code
+    /// words it (2.0's or 2.5's), and the answer's coordinates are parsed
+    /// (2.5's trajectories with depth).
     #[arg(long, value_name = "TASK", default_value = "general", value_parser = parse_task)]
     task: Task,
     /// Let a model that can think (Qwen3, RoboBrain 2.0 7B and 32B) think
@@ -83,6 +85,10 @@ pub struct GenerateArgs {
     /// save it here (PNG).
     #[arg(long, value_name = "OUT.png")]
     annotate: Option<PathBuf>,
+    /// The camera's intrinsics `fx,fy,cx,cy` (pixels of the image): with
+    /// RoboBrain 2.5's depths, `--json` adds the trace as metric 3-D points.
+    #[arg(long, value_name = "FX,FY,CX,CY", value_parser = tasks::Intrinsics::parse)]
+    intrinsics: Option<tasks::Intrinsics>,
     /// Re-place the model every N generated tokens, in the middle of the
     /// reply (the KV cache and the tokens so far are kept), cycling through
     /// --replace-modes; JSON lists each move (for scripts/gpu-check.sh).
@@ -369,13 +375,9 @@ pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
             "thinking": split.thinking,
             "answer": split.answer,
             // In the original image's pixels.
-            "shapes": mapped.as_ref().map(|m| serde_json::json!({
-                "points": m.points,
-                "boxes": m.boxes,
-                "trajectory": m.trajectory,
-                // Metres, one per trajectory point (RoboBrain 2.5).
-                "depths": m.depths,
-            })),
+            // Depths in metres, one per trajectory point (RoboBrain 2.5);
+            // camera-frame points with --intrinsics.
+            "shapes": mapped.as_ref().map(|m| m.to_json(a.intrinsics.as_ref())),
         });
         println!("{out}");
     } else {

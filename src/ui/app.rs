@@ -437,7 +437,7 @@ impl SpillwayApp {
         let Some(shapes) = images::answer_shapes(q, &reply.text, &self.image_processor()) else {
             return;
         };
-        match images::save_annotated(&q.images[0], &shapes) {
+        match images::save_annotated(&q.images[0], &shapes, self.settings.intrinsics.as_ref()) {
             Ok(Some(out)) => self.banners.push(Banner {
                 title: "Annotated image saved".into(),
                 message: out.display().to_string(),

@@ -239,10 +239,27 @@ pub fn chat_ui(
                                             Some(&shapes),
                                             w,
                                             ui.make_persistent_id(("overlay", i)),
+                                            app.settings.intrinsics.as_ref(),
                                         );
-                                        if ui.small_button("Save annotated image…").clicked() {
-                                            actions.push(ChatAction::SaveAnnotated(i));
-                                        }
+                                        ui.horizontal(|ui| {
+                                            if ui
+                                                .small_button("Save annotated image…")
+                                                .on_hover_text(
+                                                    "A PNG, and the shapes as JSON beside it",
+                                                )
+                                                .clicked()
+                                            {
+                                                actions.push(ChatAction::SaveAnnotated(i));
+                                            }
+                                            if ui.small_button("Copy as JSON").clicked() {
+                                                let j = shapes
+                                                    .to_json(app.settings.intrinsics.as_ref());
+                                                ui.ctx().copy_text(
+                                                    serde_json::to_string_pretty(&j)
+                                                        .unwrap_or_default(),
+                                                );
+                                            }
+                                        });
                                     }
                                     Err(e) => {
                                         ui.small(format!("The image cannot be shown: {e}"));
@@ -319,6 +336,7 @@ fn thumbnail(
                     None,
                     w,
                     ui.make_persistent_id(("thumb", id)),
+                    None,
                 );
             }
             Err(e) => {

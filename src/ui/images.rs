@@ -166,6 +166,7 @@ pub fn image_with_overlay(
     shapes: Option<&Shapes>,
     width: f32,
     id: egui::Id,
+    camera: Option<&crate::vision::tasks::Intrinsics>,
 ) -> egui::Response {
     let scale = width / size.0.max(1) as f32;
     let display = egui::vec2(width, size.1 as f32 * scale);
@@ -235,7 +236,14 @@ pub fn image_with_overlay(
         } else {
             "Trajectory point"
         };
-        let depth = depth_of(i).map_or_else(String::new, |d| format!(", depth {d:.3} m"));
+        let depth = match (depth_of(i), camera) {
+            (Some(d), Some(k)) => {
+                let [x, y, z] = k.unproject(p[0], p[1], d);
+                format!(", depth {d:.3} m, camera ({x:.3}, {y:.3}, {z:.3}) m")
+            }
+            (Some(d), None) => format!(", depth {d:.3} m"),
+            _ => String::new(),
+        };
         label_at(
             ui,
             id.with(("path", i)),
@@ -313,7 +321,13 @@ fn depth_legend(
 }
 
 /// Asks where to save the annotated image and writes it.
-pub fn save_annotated(a: &Attachment, shapes: &Shapes) -> Result<Option<PathBuf>, String> {
+/// Also writes the shapes as JSON next to the PNG (`….json`: original
+/// pixels, depths and, with `camera`, metric points).
+pub fn save_annotated(
+    a: &Attachment,
+    shapes: &Shapes,
+    camera: Option<&crate::vision::tasks::Intrinsics>,
+) -> Result<Option<PathBuf>, String> {
     let stem = a
         .path
         .file_stem()
@@ -328,5 +342,9 @@ pub fn save_annotated(a: &Attachment, shapes: &Shapes) -> Result<Option<PathBuf>
     let img = preprocess::load(&a.path).map_err(|e| e.to_string())?;
     annotate::save(&img, shapes, &out)
         .map_err(|e| format!("cannot save {}: {e}", out.display()))?;
+    let json = out.with_extension("json");
+    let text = serde_json::to_vec_pretty(&shapes.to_json(camera)).map_err(|e| e.to_string())?;
+    crate::chat::history::write_atomic(&json, &text, &mut || Ok(()))
+        .map_err(|e| format!("cannot save {}: {e}", json.display()))?;
     Ok(Some(out))
 }

@@ -137,6 +137,10 @@ pub struct Settings {
     pub cache_type_k: CacheType,
     #[serde(default)]
     pub cache_type_v: CacheType,
+    /// The camera's intrinsics (pixels of the original image), for metric
+    /// 3-D points of RoboBrain 2.5's traces.
+    #[serde(default)]
+    pub intrinsics: Option<crate::vision::tasks::Intrinsics>,
     /// `system`, `light` or `dark`.
     #[serde(default = "default_theme")]
     pub theme: String,
@@ -248,6 +252,7 @@ impl Default for Settings {
                 draft_tokens: default_draft_tokens(),
                 cache_type_k: CacheType::default(),
                 cache_type_v: CacheType::default(),
+                intrinsics: None,
                 theme: default_theme(),
                 text_scale: default_text_scale(),
                 starter_fetched: false,
@@ -316,6 +321,7 @@ impl Settings {
             draft_tokens: default_draft_tokens(),
             cache_type_k: c.kv_types.k,
             cache_type_v: c.kv_types.v,
+            intrinsics: None,
             theme: default_theme(),
             text_scale: default_text_scale(),
             starter_fetched: false,
@@ -650,6 +656,7 @@ pub fn settings_ui(
             );
         });
         changed |= optional(ui, "Threads", &mut s.threads, 4, 1..=256, "");
+        changed |= intrinsics_ui(ui, s);
         changed |= kv_ui(ui, s);
         let l = ui.label("Default system prompt for new conversations:");
         changed |= ui
@@ -670,6 +677,48 @@ pub fn settings_ui(
         actions.push(SettingsAction::Changed);
     }
     actions
+}
+
+/// The camera's intrinsics for RoboBrain 2.5's depth answers.
+fn intrinsics_ui(ui: &mut egui::Ui, s: &mut Settings) -> bool {
+    let mut changed = false;
+    ui.horizontal(|ui| {
+        let mut on = s.intrinsics.is_some();
+        if ui
+            .checkbox(&mut on, "Camera intrinsics")
+            .on_hover_text(
+                "fx, fy, cx, cy in pixels of the original image: RoboBrain 2.5's depth \
+                 answers are then also shown and exported as metric 3-D points \
+                 (camera frame: x right, y down, z forward)",
+            )
+            .changed()
+        {
+            s.intrinsics = on.then_some(crate::vision::tasks::Intrinsics {
+                fx: 600.0,
+                fy: 600.0,
+                cx: 320.0,
+                cy: 240.0,
+            });
+            changed = true;
+        }
+        if let Some(k) = s.intrinsics.as_mut() {
+            for (label, v) in [
+                ("fx", &mut k.fx),
+                ("fy", &mut k.fy),
+                ("cx", &mut k.cx),
+                ("cy", &mut k.cy),
+            ] {
+                ui.label(label);
+                let range = if label.starts_with('f') {
+                    1.0..=1e5
+                } else {
+                    -1e5..=1e5
+                };
+                changed |= ui.add(egui::DragValue::new(v).range(range)).changed();
+            }
+        }
+    });
+    changed
 }
 
 /// Theme and text size.

@@ -282,6 +282,75 @@ impl Shapes {
     }
 }
 
+/// A pinhole camera's intrinsics, in pixels of the original image: focal
+/// lengths and principal point.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Intrinsics {
+    pub fx: f32,
+    pub fy: f32,
+    pub cx: f32,
+    pub cy: f32,
+}
+
+impl Intrinsics {
+    /// Parses `fx,fy,cx,cy` (positive focal lengths).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let v: Vec<f32> = s
+            .split(',')
+            .map(|p| {
+                p.trim()
+                    .parse::<f32>()
+                    .map_err(|_| format!("'{p}' is not a number"))
+            })
+            .collect::<Result<_, _>>()?;
+        match v.as_slice() {
+            &[fx, fy, cx, cy] if fx > 0.0 && fy > 0.0 && v.iter().all(|x| x.is_finite()) => {
+                Ok(Intrinsics { fx, fy, cx, cy })
+            }
+            _ => Err(format!(
+                "intrinsics are fx,fy,cx,cy in pixels with positive focal lengths, not '{s}'"
+            )),
+        }
+    }
+
+    /// The camera-frame point (metres: x right, y down, z forward) of pixel
+    /// (u, v) at depth `d` metres.
+    pub fn unproject(&self, u: f32, v: f32, d: f32) -> [f32; 3] {
+        [(u - self.cx) * d / self.fx, (v - self.cy) * d / self.fy, d]
+    }
+}
+
+impl Shapes {
+    /// The trajectory's points in metres in the camera frame (shapes in the
+    /// original image's pixels, with depths); empty without depths.
+    pub fn points_3d(&self, k: &Intrinsics) -> Vec<[f32; 3]> {
+        if self.depths.len() != self.trajectory.len() {
+            return Vec::new();
+        }
+        self.trajectory
+            .iter()
+            .zip(&self.depths)
+            .map(|(p, &d)| k.unproject(p[0], p[1], d))
+            .collect()
+    }
+
+    /// The shapes as JSON (original image pixels; depths and camera-frame
+    /// points where there are depths and intrinsics).
+    pub fn to_json(&self, k: Option<&Intrinsics>) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "points": self.points,
+            "boxes": self.boxes,
+            "trajectory": self.trajectory,
+            "depths": self.depths,
+        });
+        if let Some(k) = k.filter(|_| !self.depths.is_empty()) {
+            v["intrinsics"] = serde_json::json!(k);
+            v["points_3d"] = serde_json::json!(self.points_3d(k));
+        }
+        v
+    }
+}
+
 /// Groups of numbers inside the innermost brackets (`(…)`, `[…]`), in
 /// order: `[(1, 2), (3, 4)]` gives `[1, 2]`, `[3, 4]`; a bracket holding
 /// brackets contributes only its inner groups. Text that is not a number
@@ -578,6 +647,26 @@ mod tests {
             s.to_image((1, 1), (1000, 500)).boxes,
             vec![[100.0, 100.0, 500.0, 300.0]]
         );
+    }
+
+    #[test]
+    fn intrinsics_give_metric_points() {
+        let k = Intrinsics::parse("500, 400, 320, 240").unwrap();
+        assert_eq!(k.unproject(320.0, 240.0, 2.0), [0.0, 0.0, 2.0]);
+        assert_eq!(k.unproject(820.0, 40.0, 1.0), [1.0, -0.5, 1.0]);
+        assert!(Intrinsics::parse("0, 1, 2, 3").is_err());
+        assert!(Intrinsics::parse("1, 2, 3").is_err());
+        assert!(Intrinsics::parse("1, x, 3, 4").is_err());
+        let s = Shapes {
+            trajectory: vec![[320.0, 240.0], [820.0, 240.0]],
+            depths: vec![1.0, 0.5],
+            ..Default::default()
+        };
+        assert_eq!(s.points_3d(&k), vec![[0.0, 0.0, 1.0], [0.5, 0.0, 0.5]]);
+        let j = s.to_json(Some(&k));
+        assert_eq!(j["points_3d"][1][0], 0.5);
+        assert_eq!(j["depths"][0], 1.0);
+        assert!(s.to_json(None).get("points_3d").is_none());
     }
 
     #[test]

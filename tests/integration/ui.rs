@@ -1505,4 +1505,16 @@ fn robobrain_2_5_words_its_own_tasks() {
         .get_by_label("Trajectory end 2 at 56, 42, depth 0.580 m");
     f.harness
         .get_by_label("Depth from 0.58 m (red, near) to 0.65 m (blue, far)");
+    // With the camera's intrinsics, each point is also in metres.
+    f.harness.state_mut().settings.intrinsics = Some(spillway::vision::tasks::Intrinsics {
+        fx: 100.0,
+        fy: 100.0,
+        cx: 112.0,
+        cy: 84.0,
+    });
+    f.harness.run_steps(2);
+    f.harness.get_by_label(
+        "Trajectory end 2 at 56, 42, depth 0.580 m, camera (-0.325, -0.244, 0.580) m",
+    );
+    f.harness.get_by_label("Copy as JSON");
 }
