@@ -497,8 +497,10 @@ fn remote(a: &GenerateArgs, url: &str, params: &GenerateParams) -> anyhow::Resul
     if a.ignore_eos {
         anyhow::bail!("--ignore-eos is not part of the OpenAI API; it needs a local model");
     }
-    let messages = a.messages(tasks::Family::RoboBrain2)?;
     let model = a.model.model.to_string_lossy().into_owned();
+    // A server does not say its model's architecture; the name does.
+    let family = tasks::Family::of_model_name(&model);
+    let messages = a.messages(family)?;
     let server = Remote::new(url, a.api_key.clone());
     let stop = cancel_flag();
     let json = a.json;

@@ -116,6 +116,21 @@ impl Family {
         }
     }
 
+    /// The family a server's model name says (`BAAI/RoboBrain2.5-8B-NV`,
+    /// `robobrain-2.5`…): the API does not tell the architecture.
+    pub fn of_model_name(name: &str) -> Family {
+        let n: String = name
+            .to_ascii_lowercase()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+            .collect();
+        if n.contains("robobrain2.5") || n.contains("robobrain25") {
+            Family::RoboBrain25
+        } else {
+            Family::RoboBrain2
+        }
+    }
+
     /// The family of a vision model from its architecture (`qwen3vl` is
     /// 2.5's; `qwen2vl`, Qwen2.5-VL, 2.0's).
     pub fn of_arch(arch: &str) -> Family {
@@ -610,6 +625,12 @@ mod tests {
         assert_eq!(f.tasks().len(), 4);
         assert!(!f.tasks().contains(&Task::Affordance));
         assert_eq!(Family::of_arch("qwen3vl"), f);
+        assert_eq!(Family::of_model_name("BAAI/RoboBrain2.5-8B-NV"), f);
+        assert_eq!(Family::of_model_name("robobrain-2.5-8b"), f);
+        assert_eq!(
+            Family::of_model_name("BAAI/RoboBrain2.0-7B"),
+            Family::RoboBrain2
+        );
         assert_eq!(Family::of_arch("qwen2vl"), Family::RoboBrain2);
 
         // A 3-D trace as the model writes it.
