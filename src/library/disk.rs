@@ -309,18 +309,14 @@ pub fn scan(places: &Places, records: &Records) -> Vec<LocalModel> {
     }
     // Most recent first (uses within one second in the order recorded),
     // then by name.
-    let rank = |m: &LocalModel| {
-        records
+    // Each model's record is looked up once, not per comparison.
+    out.sort_by_cached_key(|m| {
+        let rank = records
             .entries
             .iter()
             .position(|r| same_file(&r.path, &m.path))
-            .unwrap_or(usize::MAX)
-    };
-    out.sort_by(|a, b| {
-        b.last_used
-            .cmp(&a.last_used)
-            .then_with(|| rank(a).cmp(&rank(b)))
-            .then_with(|| a.name.cmp(&b.name))
+            .unwrap_or(usize::MAX);
+        (std::cmp::Reverse(m.last_used), rank, m.name.clone())
     });
     out
 }

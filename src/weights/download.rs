@@ -146,17 +146,27 @@ impl HubOptions {
         }
     }
 
-    /// The Hub's address and the token a request carries (the same
-    /// resolution downloads use).
-    pub fn endpoint_and_token(&self) -> (String, Option<String>) {
-        let endpoint = self
-            .endpoint
+    /// The Hub's address when one is set (`endpoint`, else `HF_ENDPOINT`).
+    fn endpoint(&self) -> Option<String> {
+        self.endpoint
             .clone()
             .or_else(|| std::env::var("HF_ENDPOINT").ok())
             .filter(|e| !e.trim().is_empty())
-            .unwrap_or_else(|| "https://huggingface.co".into());
+            .map(|e| e.trim_end_matches('/').to_string())
+    }
+
+    /// Whether the Hub is not to be contacted (`offline`, else
+    /// `HF_HUB_OFFLINE`).
+    pub fn is_offline(&self) -> bool {
+        self.offline.unwrap_or_else(env_offline)
+    }
+
+    /// The Hub's address and the token a request carries (the same
+    /// resolution downloads use).
+    pub fn endpoint_and_token(&self) -> (String, Option<String>) {
         (
-            endpoint.trim_end_matches('/').to_string(),
+            self.endpoint()
+                .unwrap_or_else(|| "https://huggingface.co".into()),
             self.token(&self.cache()),
         )
     }
@@ -242,8 +252,7 @@ pub fn download(
     progress: &mut dyn FnMut(&DownloadProgress) -> bool,
 ) -> Result<PathBuf, DownloadError> {
     let cache = opts.cache();
-    let offline = opts.offline.unwrap_or_else(env_offline);
-    if offline {
+    if opts.is_offline() {
         return from_cache(repo, &cache);
     }
     let token = opts.token(&cache);
@@ -251,12 +260,8 @@ pub fn download(
         .with_progress(false)
         .with_token(token)
         .with_retries(opts.retries);
-    if let Some(e) = opts
-        .endpoint
-        .clone()
-        .or_else(|| std::env::var("HF_ENDPOINT").ok())
-    {
-        builder = builder.with_endpoint(e.trim_end_matches('/').to_string());
+    if let Some(e) = opts.endpoint() {
+        builder = builder.with_endpoint(e);
     }
     let api = builder.build().map_err(|e| failed(repo, "", e))?;
     let api_repo = api.repo(repo.repo());
@@ -430,17 +435,7 @@ fn verify(repo: &RepoRef, s: &Sibling, path: &Path) -> Result<(), DownloadError>
         }
     }
     if let Some(want) = &s.sha256 {
-        let mut f = std::fs::File::open(path).map_err(|e| failed(repo, &s.name, e))?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).map_err(|e| failed(repo, &s.name, e))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        let got: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let got = sha256_file(path).map_err(|e| failed(repo, &s.name, e))?;
         if !got.eq_ignore_ascii_case(want) {
             return Err(corrupt(format!(
                 "checksum mismatch (SHA-256 {got}, the Hub lists {want})"
@@ -448,6 +443,21 @@ fn verify(repo: &RepoRef, s: &Sibling, path: &Path) -> Result<(), DownloadError>
         }
     }
     Ok(())
+}
+
+/// SHA-256 of a file, lowercase hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn failed(repo: &RepoRef, file: &str, e: impl std::fmt::Display) -> DownloadError {
