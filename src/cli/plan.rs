@@ -1,7 +1,7 @@
 //! `spillway plan`: the placement of a model and its predicted speed, from a
 //! GGUF's tensor table or a Hugging Face config.json plus a quantization
-//! scheme, without reading any weights. `--vram` and `--ram` plan for a
-//! machine other than this one.
+//! scheme, without reading any weights. `--vram`, `--ram` and `--disk` plan
+//! for a machine other than this one.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,6 +36,10 @@ pub struct PlanArgs {
     /// Offload folder whose free disk is the disk budget.
     #[arg(long, value_name = "DIR")]
     offload_dir: Option<PathBuf>,
+    /// Free disk to plan with, e.g. 100GiB, as if the offload folder had it
+    /// (with `--vram` and `--ram`: plan for another machine).
+    #[arg(long, value_name = "SIZE", value_parser = crate::placement::planner::parse_bytes, conflicts_with = "offload_dir")]
+    disk: Option<u64>,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -199,7 +203,10 @@ pub fn run(a: PlanArgs, config: &Config) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| config.offload_folder.clone());
     let request = a.placement.request(config, offload_dir.clone(), true);
     let mut machine = Machine::new();
-    let budgets = Budgets::probe(&mut machine, &request.budget, &offload_dir, Held::default());
+    let mut budgets = Budgets::probe(&mut machine, &request.budget, &offload_dir, Held::default());
+    if let Some(disk) = a.disk {
+        budgets.disk_bytes = disk;
+    }
     let rates = calibrate::rates(&offload_dir, machine.gpus().first(), budgets.gpu_simulated);
     let placement = crate::engine::plan_for(&fp, &budgets, &request, &rates)?;
     let draft = plan_draft(&a, &fp, &budgets, &placement, &request, &rates)?;

@@ -655,6 +655,8 @@ fn moe_plan_splits_layers_into_dense_parts_and_experts() {
             ram,
             "--vram",
             "0",
+            "--disk",
+            "100GiB",
             "--json",
         ])
     };
