@@ -223,9 +223,19 @@ impl Engine {
             let end = (at + PROMPT_CHUNK).min(tokens.len());
             let (first, stop) = (from + at, from + end);
             let mut rows: Vec<(usize, &[f32])> = Vec::new();
+            let mut deepstack: Vec<(usize, usize, &[f32])> = Vec::new();
             for (s, n, e) in &embeds {
+                // The embeddings, then one block per DeepStack layer.
+                let levels = e.len() / (n * d).max(1);
                 for t in (*s).max(first)..(s + n).min(stop) {
-                    rows.push((t - first, &e[(t - s) * d..(t - s + 1) * d]));
+                    let row = |level: usize| {
+                        let at = level * n * d + (t - s) * d;
+                        &e[at..at + d]
+                    };
+                    rows.push((t - first, row(0)));
+                    for level in 1..levels {
+                        deepstack.push((level - 1, t - first, row(level)));
+                    }
                 }
             }
             let input = Input {
@@ -233,6 +243,7 @@ impl Engine {
                 pos: first,
                 positions: positions.map(|p| &p[at..end]),
                 embeds: &rows,
+                deepstack: &deepstack,
             };
             let logits = self.step_input(input, want)?;
             match (want, &mut last) {
@@ -648,6 +659,7 @@ impl Engine {
             pos,
             positions: rope,
             embeds: &[],
+            deepstack: &[],
         };
         logits.copy_from_slice(self.step_input(input, LogitsFor::Last)?);
         self.cached.push(token);

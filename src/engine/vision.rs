@@ -1,5 +1,5 @@
 //! The engine's vision half: the tower loaded from a converted Qwen2.5-VL
-//! GGUF, prompts with images (each `<|image_pad|>` expanded to its image's
+//! or Qwen3-VL GGUF, prompts with images (each `<|image_pad|>` expanded to its image's
 //! tokens, M-RoPE positions for the whole sequence), image embeddings
 //! computed once per image and kept for the next turn.
 
@@ -289,8 +289,10 @@ impl Engine {
         Ok(Prompt { tokens, images })
     }
 
-    /// The image's embeddings (`tokens × n_embd`), from the cache when it
-    /// was encoded before.
+    /// The image's embeddings (`tokens × n_embd`), then its DeepStack
+    /// features (Qwen3-VL; each `tokens × n_embd`, in the order of the text
+    /// layers they are added after), from the cache when it was encoded
+    /// before.
     pub fn image_embeddings(
         &mut self,
         image: &PromptImage,
@@ -305,12 +307,16 @@ impl Engine {
             return Ok(e.1);
         }
         let p = &image.prepared;
-        let t = v.tower.forward(&p.pixel_values, p.grid_thw, None)?;
-        let values = std::sync::Arc::new(
-            t.flatten_all()
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(ModelError::from)?,
-        );
+        let out = v.tower.encode(&p.pixel_values, p.grid_thw, None)?;
+        let mut values = Vec::new();
+        for t in std::iter::once(&out.embeds).chain(&out.deepstack) {
+            values.extend(
+                t.flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(ModelError::from)?,
+            );
+        }
+        let values = std::sync::Arc::new(values);
         if v.embeds.len() >= EMBED_CACHE {
             v.embeds.remove(0);
         }

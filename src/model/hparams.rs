@@ -24,13 +24,13 @@ pub enum Arch {
 }
 
 impl Arch {
-    pub const SUPPORTED: &'static str = "llama (Llama 1-3.x, Mistral, Mixtral, SmolLM), mistral, qwen2, qwen2vl (Qwen2.5-VL, RoboBrain 2.0), qwen3, qwen3moe, gemma3";
+    pub const SUPPORTED: &'static str = "llama (Llama 1-3.x, Mistral, Mixtral, SmolLM), mistral, qwen2, qwen2vl (Qwen2.5-VL, RoboBrain 2.0), qwen3, qwen3moe, qwen3vl (Qwen3-VL, RoboBrain 2.5), gemma3";
 
     fn from_gguf_name(name: &str) -> Option<Self> {
         match name {
             "llama" | "mistral" => Some(Arch::Llama),
             "qwen2" | "qwen2vl" => Some(Arch::Qwen2),
-            "qwen3" | "qwen3moe" => Some(Arch::Qwen3),
+            "qwen3" | "qwen3moe" | "qwen3vl" => Some(Arch::Qwen3),
             "gemma3" => Some(Arch::Gemma3),
             _ => None,
         }
@@ -43,6 +43,7 @@ impl Arch {
             Arch::Qwen2 if hp.is_multimodal() => "qwen2vl",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 if hp.moe.is_some() => "qwen3moe",
+            Arch::Qwen3 if hp.is_multimodal() => "qwen3vl",
             Arch::Qwen3 => "qwen3",
             Arch::Gemma3 => "gemma3",
         }
@@ -173,6 +174,11 @@ pub struct HParams {
     /// `head_dim/2` frequencies take their angle from the temporal, height
     /// and width position.
     pub mrope_sections: Option<[usize; 3]>,
+    /// Qwen3-VL's interleaved M-RoPE: frequency `j` takes the height
+    /// position when `j % 3 == 1` (within `3 × sections[1]`), the width
+    /// when `j % 3 == 2` (within `3 × sections[2]`), else the temporal one,
+    /// instead of Qwen2.5-VL's contiguous [t | h | w] runs.
+    pub mrope_interleaved: bool,
     /// RMSNorm of each query and key head before the rotation (Qwen3,
     /// Gemma 3).
     pub qk_norm: bool,
@@ -271,10 +277,10 @@ impl HParams {
                 a.iter().filter_map(Value::as_u64).map(|v| v as usize),
                 head_dim,
             )?),
-            None if arch_name == "qwen2vl" => {
-                return Err(ModelError::Format(
-                    "qwen2vl model without rope.dimension_sections".into(),
-                ))
+            None if arch_name == "qwen2vl" || arch_name == "qwen3vl" => {
+                return Err(ModelError::Format(format!(
+                    "{arch_name} model without rope.dimension_sections"
+                )))
             }
             None => None,
         };
@@ -395,6 +401,8 @@ impl HParams {
             rope_freq_scale,
             rope_freq_factors: None,
             moe,
+            // llama.cpp's qwen3vl uses interleaved M-RoPE.
+            mrope_interleaved: arch_name == "qwen3vl",
             arch_name,
         })
     }
@@ -402,7 +410,7 @@ impl HParams {
     /// Hyper-parameters from a Hugging Face `config.json` (flat, or with the
     /// language model under `text_config` as multimodal models write it).
     /// Architectures are named by `model_type`: `llama`, `mistral`, `qwen2`,
-    /// and the text half of `qwen2_5_vl`.
+    /// and the text halves of `qwen2_5_vl` and `qwen3_vl`.
     pub fn from_hf_config(config: &serde_json::Value) -> Result<Self, ModelError> {
         let top = config;
         let text = config.get("text_config").unwrap_or(config);
@@ -413,7 +421,7 @@ impl HParams {
         let arch = match model_type {
             "llama" | "mistral" | "mixtral" => Arch::Llama,
             "qwen2" | "qwen2_5_vl" => Arch::Qwen2,
-            "qwen3" | "qwen3_moe" => Arch::Qwen3,
+            "qwen3" | "qwen3_moe" | "qwen3_vl" => Arch::Qwen3,
             "gemma3" | "gemma3_text" => Arch::Gemma3,
             other => {
                 return Err(ModelError::Unsupported {
@@ -453,12 +461,18 @@ impl HParams {
                 "config.json: {n_head} heads, {n_head_kv} KV heads and head size {head_dim} do not fit together"
             )));
         }
-        let mrope_sections = if model_type == "qwen2_5_vl" {
-            let listed = ["rope_scaling", "rope_parameters"].iter().find_map(|k| {
-                get(k)
-                    .and_then(|r| r.get("mrope_section"))
-                    .and_then(serde_json::Value::as_array)
-            });
+        let rope_param = |key: &str| {
+            ["rope_scaling", "rope_parameters"]
+                .iter()
+                .find_map(|k| get(k).and_then(|r| r.get(key)))
+        };
+        let vl = matches!(model_type, "qwen2_5_vl" | "qwen3_vl");
+        let mrope_interleaved = model_type == "qwen3_vl"
+            && rope_param("mrope_interleaved")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(true);
+        let mrope_sections = if vl {
+            let listed = rope_param("mrope_section").and_then(serde_json::Value::as_array);
             Some(match listed {
                 Some(a) => mrope_sections(
                     a.iter()
@@ -466,7 +480,10 @@ impl HParams {
                         .map(|v| v as usize),
                     head_dim,
                 )?,
-                // Qwen2.5-VL's sections for its 128-wide heads.
+                // The released models' sections for their 128-wide heads.
+                None if model_type == "qwen3_vl" => {
+                    mrope_sections([24, 20, 20].into_iter(), head_dim)?
+                }
                 None => mrope_sections([16, 24, 24].into_iter(), head_dim)?,
             })
         } else {
@@ -655,6 +672,7 @@ impl HParams {
             // Gemma ties its head to the embeddings unless told otherwise.
             tied_embeddings: flag("tie_word_embeddings").unwrap_or(gemma),
             mrope_sections,
+            mrope_interleaved,
             qk_norm: matches!(arch, Arch::Qwen3 | Arch::Gemma3),
             attn_scale,
             sliding_window,
@@ -747,6 +765,7 @@ impl HParams {
             rms_eps: 1e-5,
             has_qkv_bias: true,
             mrope_sections: None,
+            mrope_interleaved: false,
             tied_embeddings: true,
             qk_norm: false,
             attn_scale: None,

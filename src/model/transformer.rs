@@ -349,6 +349,10 @@ pub struct Input<'a> {
     /// (index into `tokens`, `n_embd` values) rows written over the token
     /// embeddings.
     pub embeds: &'a [(usize, &'a [f32])],
+    /// (layer, index into `tokens`, `n_embd` values) rows added to the
+    /// hidden state after that layer (Qwen3-VL's DeepStack features of an
+    /// image's tokens).
+    pub deepstack: &'a [(usize, usize, &'a [f32])],
 }
 
 impl<'a> Input<'a> {
@@ -359,6 +363,7 @@ impl<'a> Input<'a> {
             pos,
             positions: None,
             embeds: &[],
+            deepstack: &[],
         }
     }
 }
@@ -710,6 +715,24 @@ impl Transformer {
                     });
                 }
             }
+            if input.deepstack.iter().any(|&(l, _, _)| l == i) {
+                // A few rows after the first layers of an image prompt: on
+                // the host, the hidden state crossing once more.
+                if let Some(x) = on_device.take() {
+                    download(&x, &mut s.x[..n * d])?;
+                }
+                for &(_, t, row) in input.deepstack.iter().filter(|&&(l, _, _)| l == i) {
+                    if t >= n || row.len() != d {
+                        return Err(ModelError::Format(format!(
+                            "a DeepStack row for token {t} of {n} has {} values, expected {d}",
+                            row.len()
+                        )));
+                    }
+                    for (x, v) in s.x[t * d..(t + 1) * d].iter_mut().zip(row) {
+                        *x += v;
+                    }
+                }
+            }
             let now = std::time::Instant::now();
             if let Some(t) = s.layer_secs.get_mut(i) {
                 *t = (now - mark).as_secs_f64();
@@ -809,6 +832,29 @@ impl Transformer {
         let sections = self.hp.mrope_sections.unwrap_or([half, 0, 0]);
         grow(&mut s.rope_cos, n * half);
         grow(&mut s.rope_sin, n * half);
+        if self.hp.mrope_interleaved {
+            // Qwen3-VL: t h w t h w … for the first 3 × sections[1|2]
+            // frequencies, the temporal position after.
+            for (t, pt) in p.iter().enumerate() {
+                if let Some(&at) = pt.iter().find(|&&a| a as usize >= self.max_positions) {
+                    return Err(ModelError::ContextFull {
+                        needed: at as usize + 1,
+                        context: self.max_positions,
+                    });
+                }
+                for j in 0..half {
+                    let axis = match j % 3 {
+                        1 if j < 3 * sections[1] => 1,
+                        2 if j < 3 * sections[2] => 2,
+                        _ => 0,
+                    };
+                    let src = pt[axis] as usize * half + j;
+                    s.rope_cos[t * half + j] = self.cos[src];
+                    s.rope_sin[t * half + j] = self.sin[src];
+                }
+            }
+            return Ok(());
+        }
         for (t, pt) in p.iter().enumerate() {
             let mut j = 0;
             for (sec, &len) in sections.iter().enumerate() {

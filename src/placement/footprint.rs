@@ -85,7 +85,9 @@ impl Quant {
     ) -> GgmlType {
         // Routers stay f32 as llama.cpp keeps them: a small error there
         // sends a token to another expert.
-        if is_vector || name.contains("ffn_gate_inp") {
+        // Qwen3-VL's learned position table is read row by row and mixed:
+        // kept whole as well.
+        if is_vector || name.contains("ffn_gate_inp") || name == "v.position_embd.weight" {
             return GgmlType::F32;
         }
         // The vision tower of a vision-language model keeps 8 bits under

@@ -1,8 +1,18 @@
-//! The Qwen2.5-VL vision tower on a candle device: patch embedding as one
-//! matmul over 1176-value patches, 2-D rotary embedding, RMSNorm blocks
-//! with a SiLU-gated MLP, window attention (full attention in the blocks
+//! The vision towers of Qwen2.5-VL and Qwen3-VL on a candle device.
+//!
+//! Qwen2.5-VL (RoboBrain 2.0): patch embedding as one matmul over
+//! 1176-value patches, 2-D rotary embedding, RMSNorm blocks with a
+//! SiLU-gated MLP, window attention (full attention in the blocks
 //! `fullatt_block_indexes` names), the 2×2 patch merger, and the window
 //! permutation undone at the end.
+//!
+//! Qwen3-VL (RoboBrain 2.5): patch 16 with a bias, a learned position table
+//! resized bilinearly (corners aligned) to each image's grid and added to
+//! the patch embeddings, the same 2-D rotary embedding, LayerNorm blocks
+//! with an ungated GELU-tanh MLP, full attention within each frame, and
+//! DeepStack: the outputs of some blocks go through mergers of their own
+//! (LayerNorm over the 2×2 patches concatenated) and are added to the
+//! language model's hidden states after its first layers.
 //!
 //! Images go through one at a time (attention never crosses images), and
 //! attention runs segment by segment (a window, or the whole image) with
@@ -18,10 +28,21 @@ use crate::model::ModelError;
 /// At most this many bytes of attention scores per query chunk.
 const SCORES_BYTES: usize = 64 << 20;
 
-/// `vision_config` of a Qwen2.5-VL checkpoint, with the defaults of the
-/// released models for keys that re-saved configs leave out.
+/// Which tower: the blocks, norms and mergers differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TowerKind {
+    /// Qwen2.5-VL: RMSNorm, gated SiLU MLP, window attention.
+    Qwen25,
+    /// Qwen3-VL: LayerNorm, GELU-tanh MLP, learned positions, DeepStack.
+    Qwen3,
+}
+
+/// `vision_config` of a Qwen2.5-VL or Qwen3-VL checkpoint, with the
+/// defaults of the released models for keys that re-saved configs leave
+/// out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VisionConfig {
+    pub kind: TowerKind,
     pub depth: usize,
     pub hidden: usize,
     pub intermediate: usize,
@@ -34,6 +55,12 @@ pub struct VisionConfig {
     /// Window side in pixels (112: 4×4 merged tokens).
     pub window_size: usize,
     pub fullatt_blocks: Vec<usize>,
+    /// Qwen3-VL: the blocks whose outputs feed the DeepStack mergers, in
+    /// the order of the text layers they are added after.
+    pub deepstack_blocks: Vec<usize>,
+    /// Qwen3-VL: rows of the learned position table (a square of side
+    /// `sqrt`).
+    pub position_embeddings: usize,
     pub rope_theta: f32,
     pub eps: f32,
 }
@@ -57,37 +84,62 @@ impl VisionConfig {
                     }),
             }
         };
-        let depth = size("depth", 32)?;
-        let fullatt_blocks = match v.get("fullatt_block_indexes") {
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .map(|x| {
-                    x.as_u64()
-                        .map(|x| x as usize)
-                        .filter(|&x| x < depth)
-                        .ok_or_else(|| {
-                            ModelError::Format(format!(
-                                "vision_config.fullatt_block_indexes holds {x}, not a block index"
-                            ))
-                        })
-                })
-                .collect::<Result<_, _>>()?,
-            _ => vec![7, 15, 23, 31]
-                .into_iter()
-                .filter(|&i| i < depth)
-                .collect(),
+        let kind = if config.get("model_type").and_then(serde_json::Value::as_str)
+            == Some("qwen3_vl")
+            || v.get("deepstack_visual_indexes").is_some()
+        {
+            TowerKind::Qwen3
+        } else {
+            TowerKind::Qwen25
+        };
+        let qwen3 = kind == TowerKind::Qwen3;
+        let depth = size("depth", if qwen3 { 27 } else { 32 })?;
+        let indexes = |k: &str, default: Vec<usize>| -> Result<Vec<usize>, ModelError> {
+            match v.get(k) {
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .map(|x| {
+                        x.as_u64()
+                            .map(|x| x as usize)
+                            .filter(|&x| x < depth)
+                            .ok_or_else(|| {
+                                ModelError::Format(format!(
+                                    "vision_config.{k} holds {x}, not a block index"
+                                ))
+                            })
+                    })
+                    .collect(),
+                _ => Ok(default.into_iter().filter(|&i| i < depth).collect()),
+            }
+        };
+        let (fullatt_blocks, deepstack_blocks) = if qwen3 {
+            (
+                Vec::new(),
+                indexes("deepstack_visual_indexes", vec![8, 16, 24])?,
+            )
+        } else {
+            (
+                indexes("fullatt_block_indexes", vec![7, 15, 23, 31])?,
+                Vec::new(),
+            )
         };
         let c = VisionConfig {
+            kind,
             depth,
-            hidden: size("hidden_size", 1280)?,
-            intermediate: size("intermediate_size", 3420)?,
+            hidden: size("hidden_size", if qwen3 { 1152 } else { 1280 })?,
+            intermediate: size("intermediate_size", if qwen3 { 4304 } else { 3420 })?,
             heads: size("num_heads", 16)?,
             out_hidden: size("out_hidden_size", text_hidden)?,
-            patch_size: size("patch_size", size("spatial_patch_size", 14)?)?,
+            patch_size: size(
+                "patch_size",
+                size("spatial_patch_size", if qwen3 { 16 } else { 14 })?,
+            )?,
             merge_size: size("spatial_merge_size", 2)?,
             temporal_patch_size: size("temporal_patch_size", 2)?,
             window_size: size("window_size", 112)?,
             fullatt_blocks,
+            deepstack_blocks,
+            position_embeddings: size("num_position_embeddings", 2304)?,
             rope_theta: 10_000.0,
             eps: 1e-6,
         };
@@ -97,14 +149,28 @@ impl VisionConfig {
                 c.hidden, c.heads
             )));
         }
-        if !c.window_size.is_multiple_of(c.patch_size * c.merge_size) {
+        if !qwen3 && !c.window_size.is_multiple_of(c.patch_size * c.merge_size) {
             return Err(ModelError::Format(format!(
                 "vision_config: window size {} is not a multiple of {}",
                 c.window_size,
                 c.patch_size * c.merge_size
             )));
         }
+        if qwen3 {
+            let side = c.position_side();
+            if side * side != c.position_embeddings || side < 2 {
+                return Err(ModelError::Format(format!(
+                    "vision_config: num_position_embeddings {} is not the square of a side of 2 or more",
+                    c.position_embeddings
+                )));
+            }
+        }
         Ok(c)
+    }
+
+    /// Side of the square learned position table (Qwen3-VL).
+    pub fn position_side(&self) -> usize {
+        (self.position_embeddings as f64).sqrt().round() as usize
     }
 
     pub fn head_dim(&self) -> usize {
@@ -120,37 +186,68 @@ impl VisionConfig {
     pub fn expected_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let (h, i) = (self.hidden, self.intermediate);
         let merged = h * self.merge_size * self.merge_size;
+        let qwen3 = self.kind == TowerKind::Qwen3;
         let mut v = vec![(
             "v.patch_embd.weight".to_string(),
             vec![h, self.patch_values()],
         )];
+        if qwen3 {
+            v.extend([
+                ("v.patch_embd.bias".to_string(), vec![h]),
+                (
+                    "v.position_embd.weight".to_string(),
+                    vec![self.position_embeddings, h],
+                ),
+            ]);
+        }
         for b in 0..self.depth {
             let p = |s: &str| format!("v.blk.{b}.{s}");
+            v.push((p("ln1.weight"), vec![h]));
+            if qwen3 {
+                v.push((p("ln1.bias"), vec![h]));
+            }
             v.extend([
-                (p("ln1.weight"), vec![h]),
                 (p("attn_qkv.weight"), vec![3 * h, h]),
                 (p("attn_qkv.bias"), vec![3 * h]),
                 (p("attn_out.weight"), vec![h, h]),
                 (p("attn_out.bias"), vec![h]),
                 (p("ln2.weight"), vec![h]),
-                (p("ffn_gate.weight"), vec![i, h]),
-                (p("ffn_gate.bias"), vec![i]),
+            ]);
+            if qwen3 {
+                v.push((p("ln2.bias"), vec![h]));
+            } else {
+                v.extend([
+                    (p("ffn_gate.weight"), vec![i, h]),
+                    (p("ffn_gate.bias"), vec![i]),
+                ]);
+            }
+            v.extend([
                 (p("ffn_up.weight"), vec![i, h]),
                 (p("ffn_up.bias"), vec![i]),
                 (p("ffn_down.weight"), vec![h, i]),
                 (p("ffn_down.bias"), vec![h]),
             ]);
         }
-        v.extend([
-            ("v.merger.norm.weight".to_string(), vec![h]),
-            ("v.merger.fc1.weight".to_string(), vec![merged, merged]),
-            ("v.merger.fc1.bias".to_string(), vec![merged]),
-            (
-                "v.merger.fc2.weight".to_string(),
-                vec![self.out_hidden, merged],
-            ),
-            ("v.merger.fc2.bias".to_string(), vec![self.out_hidden]),
-        ]);
+        let merger = |prefix: &str, norm: usize| {
+            let mut m = vec![(format!("{prefix}.norm.weight"), vec![norm])];
+            if qwen3 {
+                m.push((format!("{prefix}.norm.bias"), vec![norm]));
+            }
+            m.extend([
+                (format!("{prefix}.fc1.weight"), vec![merged, merged]),
+                (format!("{prefix}.fc1.bias"), vec![merged]),
+                (
+                    format!("{prefix}.fc2.weight"),
+                    vec![self.out_hidden, merged],
+                ),
+                (format!("{prefix}.fc2.bias"), vec![self.out_hidden]),
+            ]);
+            m
+        };
+        v.extend(merger("v.merger", h));
+        for k in 0..self.deepstack_blocks.len() {
+            v.extend(merger(&format!("v.deepstack.{k}"), merged));
+        }
         v
     }
 
@@ -165,25 +262,79 @@ impl VisionConfig {
     }
 }
 
+/// A norm of the tower: RMSNorm (Qwen2.5-VL) or LayerNorm with a bias
+/// (Qwen3-VL).
+enum Norm {
+    Rms(Tensor),
+    Layer(Tensor, Tensor),
+}
+
+impl Norm {
+    fn forward(&self, x: &Tensor, eps: f32) -> Result<Tensor, ModelError> {
+        Ok(match self {
+            Norm::Rms(w) => candle_nn::ops::rms_norm(x, w, eps)?,
+            Norm::Layer(w, b) => candle_nn::ops::layer_norm(x, w, b, eps)?,
+        })
+    }
+}
+
 struct VisionBlock {
-    norm1: Tensor,
+    norm1: Norm,
     qkv: Projection,
     proj: Projection,
-    norm2: Tensor,
-    gate: Projection,
+    norm2: Norm,
+    /// Qwen2.5-VL's SiLU gate; Qwen3-VL's MLP has none (GELU-tanh).
+    gate: Option<Projection>,
     up: Projection,
     down: Projection,
     full_attention: bool,
+}
+
+/// A patch merger: norm, 2×2 patches concatenated (Qwen3-VL's DeepStack
+/// mergers normalise after concatenating), Linear → GELU → Linear.
+struct Merger {
+    norm: Norm,
+    /// The norm runs over the concatenated patches.
+    norm_after_shuffle: bool,
+    fc1: Projection,
+    fc2: Projection,
+}
+
+impl Merger {
+    fn forward(&self, x: &Tensor, cfg: &VisionConfig) -> Result<Tensor, ModelError> {
+        let unit = cfg.merge_size * cfg.merge_size;
+        let n = x.dim(0)?;
+        let h = if self.norm_after_shuffle {
+            let h = x.reshape((n / unit, unit * cfg.hidden))?;
+            self.norm.forward(&h, cfg.eps)?
+        } else {
+            self.norm
+                .forward(x, cfg.eps)?
+                .reshape((n / unit, unit * cfg.hidden))?
+        };
+        let h = self.fc1.forward(&h)?.gelu_erf()?;
+        self.fc2.forward(&h)
+    }
+}
+
+/// What the tower gives for one image, each `tokens × out_hidden` in
+/// image-token order.
+pub struct VisionOutput {
+    pub embeds: Tensor,
+    /// Qwen3-VL's DeepStack features, one per text layer they are added
+    /// after (empty for Qwen2.5-VL).
+    pub deepstack: Vec<Tensor>,
 }
 
 /// The loaded tower.
 pub struct VisionTower {
     pub cfg: VisionConfig,
     patch_embed: Projection,
+    /// Qwen3-VL's learned position table, `side² × hidden`.
+    pos_embed: Option<Tensor>,
     blocks: Vec<VisionBlock>,
-    merger_norm: Tensor,
-    fc1: Projection,
-    fc2: Projection,
+    merger: Merger,
+    deepstack: Vec<Merger>,
     device: Device,
     /// `head_dim/4` inverse frequencies of the 2-D rotary embedding.
     inv_freq: Vec<f32>,
@@ -275,8 +426,10 @@ impl VisionTower {
         device: &Device,
         half_weights: bool,
     ) -> Result<Self, ModelError> {
-        let mut bytes = 0u64;
-        let mut proj = |get: &mut TensorFn<'_>, name: &str| -> Result<Projection, ModelError> {
+        let qwen3 = cfg.kind == TowerKind::Qwen3;
+        let bytes = std::cell::Cell::new(0u64);
+        let add = |n: usize| bytes.set(bytes.get() + n as u64);
+        let proj = |get: &mut TensorFn<'_>, name: &str| -> Result<Projection, ModelError> {
             let w = get(&format!("{name}.weight"))?;
             // 16-bit weights widened to f32 take twice their stored size.
             let widened = !half_weights
@@ -285,36 +438,78 @@ impl VisionTower {
                     candle_core::quantized::GgmlDType::F16
                         | candle_core::quantized::GgmlDType::BF16
                 );
-            bytes += w.storage_size_in_bytes() as u64 * if widened { 2 } else { 1 };
+            add(w.storage_size_in_bytes() * if widened { 2 } else { 1 });
             let b = match get(&format!("{name}.bias")) {
                 Ok(b) => {
-                    bytes += b.storage_size_in_bytes() as u64;
+                    add(b.storage_size_in_bytes());
                     Some(crate::model::transformer::to_f32_vec(&b)?)
                 }
-                // The patch embedding has no bias.
-                Err(_) if name == "v.patch_embd" => None,
+                // Qwen2.5-VL's patch embedding has no bias.
+                Err(_) if name == "v.patch_embd" && !qwen3 => None,
                 Err(e) => return Err(e),
             };
             Projection::new(w, b, device, half_weights)
         };
+        let vector = |get: &mut TensorFn<'_>, name: &str| -> Result<Tensor, ModelError> {
+            let t = get(name)?;
+            add(t.storage_size_in_bytes());
+            f32_tensor(t, device)
+        };
+        let norm = |get: &mut TensorFn<'_>, name: &str| -> Result<Norm, ModelError> {
+            let w = vector(get, &format!("{name}.weight"))?;
+            Ok(if qwen3 {
+                Norm::Layer(w, vector(get, &format!("{name}.bias"))?)
+            } else {
+                Norm::Rms(w)
+            })
+        };
         let patch_embed = proj(get, "v.patch_embd")?;
+        let pos_embed = if qwen3 {
+            let t = get("v.position_embd.weight")?;
+            add(t.storage_size_in_bytes());
+            let t = t.dequantize(&Device::Cpu)?;
+            if t.dims() != [cfg.position_embeddings, cfg.hidden] {
+                return Err(ModelError::Format(format!(
+                    "v.position_embd.weight has shape {:?}, expected [{}, {}]",
+                    t.dims(),
+                    cfg.position_embeddings,
+                    cfg.hidden
+                )));
+            }
+            Some(t.to_device(device)?)
+        } else {
+            None
+        };
         let mut blocks = Vec::with_capacity(cfg.depth);
         for b in 0..cfg.depth {
             let p = |s: &str| format!("v.blk.{b}.{s}");
             blocks.push(VisionBlock {
-                norm1: f32_tensor(get(&p("ln1.weight"))?, device)?,
+                norm1: norm(get, &p("ln1"))?,
                 qkv: proj(get, &p("attn_qkv"))?,
                 proj: proj(get, &p("attn_out"))?,
-                norm2: f32_tensor(get(&p("ln2.weight"))?, device)?,
-                gate: proj(get, &p("ffn_gate"))?,
+                norm2: norm(get, &p("ln2"))?,
+                gate: if qwen3 {
+                    None
+                } else {
+                    Some(proj(get, &p("ffn_gate"))?)
+                },
                 up: proj(get, &p("ffn_up"))?,
                 down: proj(get, &p("ffn_down"))?,
                 full_attention: cfg.fullatt_blocks.contains(&b),
             });
         }
-        let merger_norm = f32_tensor(get("v.merger.norm.weight")?, device)?;
-        let fc1 = proj(get, "v.merger.fc1")?;
-        let fc2 = proj(get, "v.merger.fc2")?;
+        let merger = |get: &mut TensorFn<'_>, prefix: &str, after: bool| {
+            Ok::<_, ModelError>(Merger {
+                norm: norm(get, &format!("{prefix}.norm"))?,
+                norm_after_shuffle: after,
+                fc1: proj(get, &format!("{prefix}.fc1"))?,
+                fc2: proj(get, &format!("{prefix}.fc2"))?,
+            })
+        };
+        let main = merger(get, "v.merger", false)?;
+        let deepstack = (0..cfg.deepstack_blocks.len())
+            .map(|k| merger(get, &format!("v.deepstack.{k}"), true))
+            .collect::<Result<Vec<_>, _>>()?;
         let quarter = cfg.head_dim() / 4;
         let inv_freq = (0..quarter)
             .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f32 / (2 * quarter) as f32))
@@ -322,13 +517,13 @@ impl VisionTower {
         Ok(VisionTower {
             cfg,
             patch_embed,
+            pos_embed,
             blocks,
-            merger_norm,
-            fc1,
-            fc2,
+            merger: main,
+            deepstack,
             device: device.clone(),
             inv_freq,
-            bytes,
+            bytes: bytes.get(),
         })
     }
 
@@ -363,8 +558,79 @@ impl VisionTower {
         &self,
         pixels: &[f32],
         grid_thw: [usize; 3],
-        mut block_outputs: Option<&mut Vec<Tensor>>,
+        block_outputs: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor, ModelError> {
+        Ok(self.encode(pixels, grid_thw, block_outputs)?.embeds)
+    }
+
+    /// The learned position embeddings of an image's patches (Qwen3-VL),
+    /// processor order: the `side × side` table resized bilinearly with
+    /// corners aligned to the `gh × gw` grid, four rows mixed per patch.
+    pub fn position_taps(&self, grid_thw: [usize; 3]) -> Vec<([usize; 4], [f32; 4])> {
+        let side = self.cfg.position_side();
+        let [_, gh, gw] = grid_thw;
+        // torch.linspace(0, side − 1, steps) in f32.
+        let at = |i: usize, steps: usize| -> f32 {
+            if steps < 2 {
+                return 0.0;
+            }
+            let step = (side - 1) as f32 / (steps - 1) as f32;
+            if i < steps / 2 {
+                i as f32 * step
+            } else {
+                (side - 1) as f32 - (steps - 1 - i) as f32 * step
+            }
+        };
+        rot_pos_ids(grid_thw, self.cfg.merge_size)
+            .into_iter()
+            .map(|[h, w]| {
+                let (fh, fw) = (at(h, gh), at(w, gw));
+                let (h0, w0) = (fh as usize, fw as usize);
+                let (h1, w1) = ((h0 + 1).min(side - 1), (w0 + 1).min(side - 1));
+                let (dh, dw) = (fh - h0 as f32, fw - w0 as f32);
+                (
+                    [
+                        h0 * side + w0,
+                        h0 * side + w1,
+                        h1 * side + w0,
+                        h1 * side + w1,
+                    ],
+                    [
+                        (1.0 - dh) * (1.0 - dw),
+                        (1.0 - dh) * dw,
+                        dh * (1.0 - dw),
+                        dh * dw,
+                    ],
+                )
+            })
+            .collect()
+    }
+
+    /// [`VisionTower::position_taps`] applied to the table: `patches ×
+    /// hidden`.
+    pub fn position_embeds(&self, grid_thw: [usize; 3]) -> Result<Option<Tensor>, ModelError> {
+        let Some(table) = &self.pos_embed else {
+            return Ok(None);
+        };
+        let taps = self.position_taps(grid_thw);
+        let n = taps.len();
+        let idx: Vec<u32> = taps.iter().flat_map(|(i, _)| i.map(|x| x as u32)).collect();
+        let wts: Vec<f32> = taps.iter().flat_map(|(_, w)| *w).collect();
+        let idx = Tensor::from_vec(idx, 4 * n, &self.device)?;
+        let wts = Tensor::from_vec(wts, (n, 4, 1), &self.device)?;
+        let rows = table
+            .index_select(&idx, 0)?
+            .reshape((n, 4, self.cfg.hidden))?;
+        Ok(Some(rows.broadcast_mul(&wts)?.sum(1)?))
+    }
+
+    /// [`VisionTower::forward`] with the DeepStack features too.
+    pub fn encode(
+        &self,
+        pixels: &[f32],
+        grid_thw: [usize; 3],
+        mut block_outputs: Option<&mut Vec<Tensor>>,
+    ) -> Result<VisionOutput, ModelError> {
         let cfg = &self.cfg;
         let m = cfg.merge_size;
         let [t, gh, gw] = grid_thw;
@@ -376,9 +642,20 @@ impl VisionTower {
         let n = t * gh * gw;
         let unit = m * m;
         let hd = cfg.head_dim();
-        let x = self.patch_embeds(pixels, n)?;
-        let ws = cfg.window_size / cfg.patch_size / m;
-        let win = window_index(grid_thw, m, ws);
+        let mut x = self.patch_embeds(pixels, n)?;
+        if let Some(pos) = self.position_embeds(grid_thw)? {
+            x = (x + pos)?;
+        }
+        let win = match cfg.kind {
+            TowerKind::Qwen25 => window_index(grid_thw, m, cfg.window_size / cfg.patch_size / m),
+            // Qwen3-VL: every block attends within one frame, in the
+            // processor's order.
+            TowerKind::Qwen3 => Windows {
+                index: (0..n / unit).collect(),
+                cu_seqlens: (0..=t).map(|f| f * gh * gw).collect(),
+            },
+        };
+        let identity = win.index.iter().enumerate().all(|(i, &g)| i == g);
         // Patch order inside the windows: each merged token's 2×2 patches
         // stay together.
         let perm: Vec<u32> = win
@@ -386,8 +663,10 @@ impl VisionTower {
             .iter()
             .flat_map(|&g| (0..unit).map(move |j| (g * unit + j) as u32))
             .collect();
-        let perm_t = Tensor::from_vec(perm.clone(), n, &self.device)?;
-        let mut x = x.index_select(&perm_t, 0)?;
+        if !identity {
+            let perm_t = Tensor::from_vec(perm.clone(), n, &self.device)?;
+            x = x.index_select(&perm_t, 0)?;
+        }
         // Rotary angles per patch: cat(h·inv_freq, w·inv_freq), duplicated.
         let ids = rot_pos_ids(grid_thw, m);
         let half = hd / 2;
@@ -403,14 +682,24 @@ impl VisionTower {
         let sin = Tensor::from_vec(sin, (n, half), &self.device)?;
         let full = [0, n];
         let mut inverse: Option<Tensor> = None;
-        for blk in &self.blocks {
+        let mut deepstack = Vec::with_capacity(self.deepstack.len());
+        for (b, blk) in self.blocks.iter().enumerate() {
             let cu: &[usize] = if blk.full_attention {
                 &full
             } else {
                 &win.cu_seqlens
             };
             x = self.block(blk, &x, cu, &cos, &sin)?;
+            if let Some(k) = cfg.deepstack_blocks.iter().position(|&d| d == b) {
+                if let Some(merger) = self.deepstack.get(k) {
+                    deepstack.push((k, merger.forward(&x, cfg)?));
+                }
+            }
             if let Some(out) = block_outputs.as_deref_mut() {
+                if identity {
+                    out.push(x.clone());
+                    continue;
+                }
                 let inv = match &inverse {
                     Some(i) => i.clone(),
                     None => {
@@ -426,17 +715,24 @@ impl VisionTower {
                 out.push(x.index_select(&inv, 0)?);
             }
         }
-        let h = candle_nn::ops::rms_norm(&x, &self.merger_norm, cfg.eps)?;
-        let h = h.reshape((n / unit, unit * cfg.hidden))?;
-        let h = self.fc1.forward(&h)?.gelu_erf()?;
-        let h = self.fc2.forward(&h)?;
-        // Back from window order to the image's merged-token order.
-        let mut back = vec![0u32; win.index.len()];
-        for (i, &g) in win.index.iter().enumerate() {
-            back[g] = i as u32;
+        let mut embeds = self.merger.forward(&x, cfg)?;
+        // DeepStack features in the order of the mergers (a block may feed
+        // more than one).
+        deepstack.sort_by_key(|(k, _)| *k);
+        let mut deepstack: Vec<Tensor> = deepstack.into_iter().map(|(_, f)| f).collect();
+        if !identity {
+            // Back from window order to the image's merged-token order.
+            let mut back = vec![0u32; win.index.len()];
+            for (i, &g) in win.index.iter().enumerate() {
+                back[g] = i as u32;
+            }
+            let back = Tensor::from_vec(back, n / unit, &self.device)?;
+            embeds = embeds.index_select(&back, 0)?;
+            for f in &mut deepstack {
+                *f = f.index_select(&back, 0)?;
+            }
         }
-        let back = Tensor::from_vec(back, n / unit, &self.device)?;
-        Ok(h.index_select(&back, 0)?)
+        Ok(VisionOutput { embeds, deepstack })
     }
 
     fn block(
@@ -449,7 +745,7 @@ impl VisionTower {
     ) -> Result<Tensor, ModelError> {
         let cfg = &self.cfg;
         let (n, nh, hd) = (x.dim(0)?, cfg.heads, cfg.head_dim());
-        let h = candle_nn::ops::rms_norm(x, &blk.norm1, cfg.eps)?;
+        let h = blk.norm1.forward(x, cfg.eps)?;
         let qkv = blk.qkv.forward(&h)?.reshape((n, 3, nh, hd))?;
         // heads × n × head_dim each.
         let part = |i: usize| -> Result<Tensor, ModelError> {
@@ -489,10 +785,14 @@ impl VisionTower {
             .contiguous()?
             .reshape((n, cfg.hidden))?;
         let x = (x + blk.proj.forward(&o)?)?;
-        let h = candle_nn::ops::rms_norm(&x, &blk.norm2, cfg.eps)?;
-        let g = candle_nn::ops::silu(&blk.gate.forward(&h)?)?;
+        let h = blk.norm2.forward(&x, cfg.eps)?;
         let u = blk.up.forward(&h)?;
-        let y = blk.down.forward(&(g * u)?)?;
+        let a = match &blk.gate {
+            Some(gate) => (candle_nn::ops::silu(&gate.forward(&h)?)? * u)?,
+            // GELU with the tanh approximation (`gelu_pytorch_tanh`).
+            None => u.gelu()?,
+        };
+        let y = blk.down.forward(&a)?;
         Ok((x + y)?)
     }
 }
@@ -531,6 +831,36 @@ mod tests {
         assert_eq!((c.out_hidden, c.window_size, c.patch_size), (64, 112, 14));
         assert_eq!(c.fullatt_blocks, vec![1, 3]);
         let bad = serde_json::json!({"vision_config": {"depth": 4, "fullatt_block_indexes": [9]}});
+        assert!(VisionConfig::from_config(&bad, 64).is_err());
+    }
+
+    #[test]
+    fn qwen3_vl_config_and_tensors() {
+        let cfg: serde_json::Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/qwen3_vl_tiny/config.json"
+        ))
+        .unwrap();
+        let c = VisionConfig::from_config(&cfg, 64).unwrap();
+        assert_eq!(c.kind, TowerKind::Qwen3);
+        assert_eq!(c.deepstack_blocks, vec![1, 2, 3]);
+        assert_eq!((c.patch_size, c.position_side()), (16, 16));
+        let names: Vec<String> = c.expected_shapes().into_iter().map(|(n, _)| n).collect();
+        for want in [
+            "v.patch_embd.bias",
+            "v.position_embd.weight",
+            "v.blk.4.ln2.bias",
+            "v.deepstack.2.norm.bias",
+            "v.merger.fc2.weight",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want}");
+        }
+        assert!(!names.iter().any(|n| n.contains("ffn_gate")));
+        // A position table that is not a square is refused.
+        let mut bad = cfg.clone();
+        bad["vision_config"]["num_position_embeddings"] = 250.into();
+        assert!(VisionConfig::from_config(&bad, 64).is_err());
+        let mut bad = cfg;
+        bad["vision_config"]["deepstack_visual_indexes"] = serde_json::json!([1, 9]);
         assert!(VisionConfig::from_config(&bad, 64).is_err());
     }
 }

@@ -468,13 +468,37 @@ fn indexed(rest: &str) -> Option<(usize, &str, &str)> {
     Some((i.parse().ok()?, module, kind))
 }
 
-/// The GGUF name of a Qwen2.5-VL vision tower tensor (the part after
-/// `visual.`).
+/// The GGUF name of a Qwen2.5-VL or Qwen3-VL vision tower tensor (the
+/// part after `visual.`).
 fn vision_gguf_name(v: &str) -> Option<String> {
     match v {
         "patch_embed.proj.weight" => return Some("v.patch_embd.weight".into()),
+        "patch_embed.proj.bias" => return Some("v.patch_embd.bias".into()),
+        "pos_embed.weight" => return Some("v.position_embd.weight".into()),
         "merger.ln_q.weight" => return Some("v.merger.norm.weight".into()),
         _ => {}
+    }
+    // Qwen3-VL's mergers: `merger.{norm,linear_fc1,linear_fc2}` and
+    // `deepstack_merger_list.K.…`.
+    let merger = |prefix: String, rest: &str| -> Option<String> {
+        let (module, kind) = rest.rsplit_once('.')?;
+        let part = match module {
+            "norm" => "norm",
+            "linear_fc1" => "fc1",
+            "linear_fc2" => "fc2",
+            _ => return None,
+        };
+        Some(format!("{prefix}.{part}.{kind}"))
+    };
+    if let Some(rest) = v.strip_prefix("deepstack_merger_list.") {
+        let (k, rest) = rest.split_once('.')?;
+        let k: usize = k.parse().ok()?;
+        return merger(format!("v.deepstack.{k}"), rest);
+    }
+    if let Some(rest) = v.strip_prefix("merger.") {
+        if let Some(name) = merger("v.merger".into(), rest) {
+            return Some(name);
+        }
     }
     if let Some(rest) = v.strip_prefix("merger.mlp.") {
         let (i, kind) = rest.split_once('.')?;
@@ -494,6 +518,9 @@ fn vision_gguf_name(v: &str) -> Option<String> {
         "mlp.gate_proj" => "ffn_gate",
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
+        // Qwen3-VL's ungated MLP.
+        "mlp.linear_fc1" => "ffn_up",
+        "mlp.linear_fc2" => "ffn_down",
         _ => return None,
     };
     Some(format!("v.blk.{i}.{name}.{kind}"))
@@ -555,6 +582,23 @@ mod tests {
                 Some("v.patch_embd.weight"),
             ),
             ("visual.rotary_pos_emb.inv_freq", None),
+            (
+                "model.visual.deepstack_merger_list.2.linear_fc1.bias",
+                Some("v.deepstack.2.fc1.bias"),
+            ),
+            ("model.visual.merger.norm.bias", Some("v.merger.norm.bias")),
+            (
+                "model.visual.pos_embed.weight",
+                Some("v.position_embd.weight"),
+            ),
+            (
+                "model.visual.blocks.4.mlp.linear_fc2.weight",
+                Some("v.blk.4.ffn_down.weight"),
+            ),
+            (
+                "model.visual.patch_embed.proj.bias",
+                Some("v.patch_embd.bias"),
+            ),
             ("model.layers.0.self_attn.rotary_emb.inv_freq", None),
         ] {
             assert_eq!(gguf_name(hf, Arch::Qwen2).as_deref(), gguf, "{hf}");

@@ -1,6 +1,7 @@
-//! Qwen2.5-VL (RoboBrain 2.0's architecture) against Hugging Face
-//! transformers: the tiny fixture in tests/fixtures/qwen2_5_vl_tiny (see its
-//! README.md) — preprocessing, prompt ids, M-RoPE positions, the vision
+//! Qwen2.5-VL (RoboBrain 2.0's architecture) and Qwen3-VL (RoboBrain 2.5's)
+//! against Hugging Face transformers: the tiny fixtures in
+//! tests/fixtures/qwen2_5_vl_tiny and qwen3_vl_tiny (see their README.md) —
+//! preprocessing, prompt ids, M-RoPE positions, the vision
 //! tower, logits and greedy tokens — plus the image-aware prompt cache and
 //! the CLI's task modes.
 
@@ -46,7 +47,23 @@ fn fixture_image(engine: &Engine, dir: &Path) -> PromptImage {
 
 #[test]
 fn qwen2_5_vl_matches_transformers() {
-    let dir = fixture("qwen2_5_vl_tiny");
+    vl_matches_transformers("qwen2_5_vl_tiny", 48);
+}
+
+/// Qwen3-VL (RoboBrain 2.5's architecture): the learned position table
+/// resized to the grid, LayerNorm blocks, DeepStack features added after
+/// the first text layers, interleaved M-RoPE.
+#[test]
+fn qwen3_vl_matches_transformers() {
+    vl_matches_transformers("qwen3_vl_tiny", 66);
+}
+
+/// One vision-language fixture against its reference: preprocessing, prompt
+/// ids, M-RoPE positions, the tower (and Qwen3-VL's positions and DeepStack
+/// features), logits, greedy tokens on the host, on the simulated GPU tier
+/// and with every text layer on disk.
+fn vl_matches_transformers(name: &str, image_tokens: usize) {
+    let dir = fixture(name);
     let cache = tempfile::tempdir().unwrap();
     let r = reference(&dir);
     let mut engine = load(&dir, Quant::AsStored, cache.path());
@@ -86,20 +103,42 @@ fn qwen2_5_vl_matches_transformers() {
     let patch = f32s(&v.tower.patch_embeds(&p.pixel_values, p.patches()).unwrap());
     let d = max_abs_diff(&patch, &f32s(&r["vision.patch_embeds"]));
     eprintln!("patch_embeds max abs diff {d:.2e}");
+    assert!(d < 2e-4, "patch_embeds differ by {d}");
+    if let Some(want) = r.get("vision.pos_embeds") {
+        // The bilinear taps of the learned table, then their sum.
+        let taps = v.tower.position_taps(p.grid_thw);
+        let idx: Vec<i64> = taps.iter().flat_map(|(i, _)| i.map(|x| x as i64)).collect();
+        assert_eq!(idx, ints(&r["vision.pos_interp_indices"]), "position rows");
+        let w: Vec<f32> = taps.iter().flat_map(|(_, w)| *w).collect();
+        let dw = max_abs_diff(&w, &f32s(&r["vision.pos_interp_weights"]));
+        assert!(dw < 1e-5, "position weights differ by {dw}");
+        let pe = v.tower.position_embeds(p.grid_thw).unwrap().unwrap();
+        let d = max_abs_diff(&f32s(&pe), &f32s(want));
+        eprintln!("pos_embeds max abs diff {d:.2e}");
+        assert!(d < 1e-5, "pos_embeds differ by {d}");
+    }
     let mut blocks = Vec::new();
-    let embeds = f32s(
-        &v.tower
-            .forward(&p.pixel_values, p.grid_thw, Some(&mut blocks))
-            .unwrap(),
-    );
+    let out = v
+        .tower
+        .encode(&p.pixel_values, p.grid_thw, Some(&mut blocks))
+        .unwrap();
     for (i, b) in blocks.iter().enumerate() {
         let d = max_abs_diff(&f32s(b), &f32s(&r[&format!("vision.block_output.{i}")]));
         eprintln!("vision block {i} max abs diff {d:.2e}");
         assert!(d < 2e-4, "vision block {i} differs by {d}");
     }
-    let e = max_abs_diff(&embeds, &f32s(&r["image_embeds"]));
+    let e = max_abs_diff(&f32s(&out.embeds), &f32s(&r["image_embeds"]));
     eprintln!("image_embeds max abs diff {e:.2e}");
     assert!(e < 2e-4, "image_embeds differ by {e}");
+    let want_levels = (0..)
+        .take_while(|i| r.contains_key(&format!("deepstack_features.{i}")))
+        .count();
+    assert_eq!(out.deepstack.len(), want_levels, "DeepStack features");
+    for (i, f) in out.deepstack.iter().enumerate() {
+        let d = max_abs_diff(&f32s(f), &f32s(&r[&format!("deepstack_features.{i}")]));
+        eprintln!("deepstack feature {i} max abs diff {d:.2e}");
+        assert!(d < 2e-4, "deepstack feature {i} differs by {d}");
+    }
 
     // Logits at every position.
     let logits = engine.logits_all_prompt(&prompt).unwrap();
@@ -109,14 +148,15 @@ fn qwen2_5_vl_matches_transformers() {
 
     // The 8 greedy tokens, through the CLI with the image as a chat part.
     let chat = dir.join("messages.json");
+    let want = ints(&r["generated_ids"]);
     let json = greedy8(
         &dir,
         &chat,
         &["--dtype", "f32", "--quant", "none"],
         cache.path(),
     );
-    assert_eq!(tokens_of(&json), ints(&r["generated_ids"]), "greedy tokens");
-    assert_eq!(json["images"][0]["tokens"], 48);
+    assert_eq!(tokens_of(&json), want, "greedy tokens");
+    assert_eq!(json["images"][0]["tokens"], image_tokens);
 
     // The GPU tier's code path (candle blocks, M-RoPE angles on the
     // device, the tower placed with it), simulated on the CPU device.
@@ -132,9 +172,26 @@ fn qwen2_5_vl_matches_transformers() {
         "--simulate-with-candle",
     ];
     let json = greedy8(&dir, &chat, &gpu, cache.path());
-    assert_eq!(json["tiers"], serde_json::json!(["gpu", "gpu"]));
-    let want = ints(&r["generated_ids"]);
+    assert!(
+        json["tiers"].as_array().unwrap().iter().all(|t| t == "gpu"),
+        "{}",
+        json["tiers"]
+    );
     assert_eq!(tokens_of(&json), want, "greedy tokens on the GPU path");
+
+    // Every text layer on disk: the image prompt reads them from there.
+    let disk = ["--quant", "none", "--ctx", "512", "--disk-layers", "all"];
+    let json = greedy8(&dir, &chat, &disk, cache.path());
+    assert!(
+        json["tiers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t == "disk"),
+        "{}",
+        json["tiers"]
+    );
+    assert_eq!(tokens_of(&json), want, "greedy tokens from disk");
 }
 
 fn greedy(n: usize) -> GenerateParams {
