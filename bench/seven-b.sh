@@ -5,7 +5,7 @@
 # usage: bench/seven-b.sh LLAMA_DIR [WORK_DIR] [STEPS...]
 #   LLAMA_DIR: a llama.cpp build (build/bin/llama-bench, models/ggml-vocab-*.gguf)
 #   WORK_DIR:  where the synthetic models go (~13 GB; default /tmp/spillway-7b)
-#   STEPS:     any of synth ram disk diskall robobrain (default: all)
+#   STEPS:     any of synth ram disk diskall robobrain robobrain25 (default: all)
 # Every result is one JSON line in WORK_DIR/results.jsonl. Run it on a quiet
 # machine: nothing else may run meanwhile.
 set -euo pipefail
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 LLAMA=${1:?the llama.cpp folder}
 WORK=${2:-/tmp/spillway-7b}
 shift $(( $# >= 2 ? 2 : 1 ))
-steps=${*:-synth ram disk diskall robobrain}
+steps=${*:-synth ram disk diskall robobrain robobrain25}
 BIN=target/release/spillway
 CFG=tests/fixtures/configs
 mkdir -p "$WORK"
@@ -73,6 +73,30 @@ open('$WORK/scene-1120x896.png', 'wb').write(png)
   r=$($BIN generate --model "$WORK/robobrain2.0-7b-q4_k_m.gguf" --image "$WORK/scene-1120x896.png" \
       --prompt "What is on the table?" --greedy --max-tokens 16 --ignore-eos --threads 2 --ctx 4096 --json)
   log robobrain rb7-q4_k_m "$r"
+  ;;
+robobrain25)
+  # 6. RoboBrain2.5-8B shape (Qwen3-VL), one 300-token image, with 3 GiB of
+  #    RAM (most text layers on disk) and with every text layer on disk.
+  [ -f "$WORK/robobrain2.5-8b-q4_k_m.gguf" ] || {
+    r=$($BIN synthesize --config $CFG/robobrain2.5-8b/config.json --quant q4_k_m \
+        --tokenizer "$LLAMA/models/ggml-vocab-qwen2.gguf" -o "$WORK/robobrain2.5-8b-q4_k_m.gguf" --json)
+    log synth robobrain2.5-q4_k_m "$r"
+  }
+  python3 -c "
+import zlib, struct
+w, h = 640, 480
+rows = b''.join(b'\x00' + bytes(v for x in range(w) for v in ((x * 7 + y * 3) % 256, (x ^ y) % 256, (y * 5) % 256)) for y in range(h))
+png = b'\x89PNG\r\n\x1a\n'
+def chunk(t, d): return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d))
+png += chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0)) + chunk(b'IDAT', zlib.compress(rows)) + chunk(b'IEND', b'')
+open('$WORK/scene-640x480.png', 'wb').write(png)
+"
+  for place in "--ram 3GiB" "--disk-layers all"; do
+    r=$($BIN generate --model "$WORK/robobrain2.5-8b-q4_k_m.gguf" --image "$WORK/scene-640x480.png" \
+        --task trajectory --prompt "reach for the red cup" --greedy --max-tokens 8 --ignore-eos \
+        --threads 2 --ctx 2048 $place --json)
+    log robobrain25 "rb25-q4_k_m $place" "$r"
+  done
   ;;
 *) echo "unknown step $step" >&2; exit 2 ;;
 esac
