@@ -53,6 +53,10 @@ pub struct ChatMessage {
     /// The RoboBrain generation the task was worded for.
     #[serde(default, skip_serializing_if = "is_robobrain2")]
     pub family: Family,
+    /// A progress estimate's reply: each frame's progress (the first
+    /// frame's is 0; `None` where the answer held no score).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub progress: Vec<Option<f32>>,
 }
 
 fn is_robobrain2(f: &Family) -> bool {
@@ -82,7 +86,9 @@ impl ChatMessage {
         } else {
             self.text.clone()
         };
-        if self.images.is_empty() {
+        // A progress estimate's frames were asked about one by one; later
+        // turns see its task and its answers, not every frame again.
+        if self.images.is_empty() || self.task == Task::Progress {
             return crate::chat::Message::new(&self.role, &text);
         }
         let mut parts: Vec<serde_json::Value> = self
@@ -106,6 +112,7 @@ impl ChatMessage {
             images: Vec::new(),
             task: Task::General,
             family: Family::RoboBrain2,
+            progress: Vec::new(),
         }
     }
 

@@ -20,10 +20,10 @@ use super::{cancel_flag, ModelArgs};
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
     #[command(flatten)]
-    model: ModelArgs,
+    pub(super) model: ModelArgs,
     /// The user's message.
     #[arg(long, value_name = "TEXT", conflicts_with = "chat")]
-    prompt: Option<String>,
+    pub(super) prompt: Option<String>,
     /// A conversation: a JSON array of {"role", "content"} messages.
     #[arg(long, value_name = "FILE.json")]
     chat: Option<PathBuf>,
@@ -60,16 +60,30 @@ pub struct GenerateArgs {
     ignore_eos: bool,
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// An image for the user's message (repeatable; vision-language models).
     #[arg(long, value_name = "PATH")]
-    image: Vec<PathBuf>,
+    pub(super) image: Vec<PathBuf>,
     /// RoboBrain task (general, pointing, affordance, trajectory,
-    /// grounding): the prompt is worded as the loaded RoboBrain's own code
-    /// words it (2.0's or 2.5's), and the answer's coordinates are parsed
-    /// (2.5's trajectories with depth).
+    /// grounding, progress): the prompt is worded as the loaded RoboBrain's
+    /// own code words it (2.0's or 2.5's), and the answer's coordinates are
+    /// parsed (2.5's trajectories with depth). `progress` (RoboBrain 2.5)
+    /// estimates how far the task in --prompt has come in each of a
+    /// sequence of frames (--image repeated, or --frames).
     #[arg(long, value_name = "TASK", default_value = "general", value_parser = parse_task)]
-    task: Task,
+    pub(super) task: Task,
+    /// `--task progress`: a folder of frames (PNG, JPEG, WebP; in name
+    /// order), instead of --image repeated.
+    #[arg(long, value_name = "DIR", conflicts_with = "image")]
+    pub(super) frames: Option<PathBuf>,
+    /// `--task progress`: at most this many frames are judged, evenly spread
+    /// (the first and the last always among them).
+    #[arg(long, value_name = "N", default_value_t = 12)]
+    pub(super) max_frames: usize,
+    /// `--task progress`: the image of the task done (default: the last
+    /// frame).
+    #[arg(long, value_name = "PATH")]
+    pub(super) goal: Option<PathBuf>,
     /// Let a model that can think (Qwen3, RoboBrain 2.0 7B and 32B) think
     /// first.
     #[arg(long, conflicts_with = "no_think")]
@@ -80,11 +94,11 @@ pub struct GenerateArgs {
     /// Upper bound on an image's pixels after resizing: 784 pixels a token
     /// (default 1003520, 1280 tokens, as the window and the plan assume).
     #[arg(long, value_name = "N", default_value_t = crate::placement::footprint::DEFAULT_MAX_IMAGE_PIXELS)]
-    max_pixels: usize,
+    pub(super) max_pixels: usize,
     /// Draw the answer's points, boxes or trajectory on the first image and
     /// save it here (PNG).
     #[arg(long, value_name = "OUT.png")]
-    annotate: Option<PathBuf>,
+    pub(super) annotate: Option<PathBuf>,
     /// The camera's intrinsics `fx,fy,cx,cy` (pixels of the image): with
     /// RoboBrain 2.5's depths, `--json` adds the trace as metric 3-D points.
     #[arg(long, value_name = "FX,FY,CX,CY", value_parser = tasks::Intrinsics::parse)]
@@ -120,6 +134,28 @@ fn parse_task(s: &str) -> Result<Task, String> {
 }
 
 impl GenerateArgs {
+    /// A converted checkpoint's generation_config.json sets the defaults
+    /// the flags did not.
+    pub(super) fn with_model_defaults(
+        &self,
+        engine: &crate::engine::Engine,
+        config: &Config,
+        params: GenerateParams,
+    ) -> anyhow::Result<GenerateParams> {
+        Ok(match engine.generation_config() {
+            Some(gen) => {
+                let mut c = config.clone();
+                c.generation = c.generation.with_model(gen);
+                GenerateParams {
+                    max_tokens: self.max_tokens.unwrap_or(c.generation.max_new_tokens),
+                    sampling: self.sampling(&c)?,
+                    ..params
+                }
+            }
+            None => params,
+        })
+    }
+
     fn sampling(&self, config: &Config) -> anyhow::Result<SamplingParams> {
         let g = &config.generation;
         let repetition_penalty = self.repeat_penalty.unwrap_or(g.repetition_penalty);
@@ -217,6 +253,9 @@ pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
     if let Some(url) = a.server.clone() {
         return remote(&a, &url, &params);
     }
+    if a.task == Task::Progress {
+        return super::progress::run(a, config, params);
+    }
     // Validate inputs before the (slow) load.
     let messages = if a.raw {
         Vec::new()
@@ -238,20 +277,7 @@ pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
     } else {
         a.messages(family)?
     };
-    // A converted checkpoint's generation_config.json sets the defaults
-    // the flags did not.
-    let params = match engine.generation_config() {
-        Some(gen) => {
-            let mut c = config.clone();
-            c.generation = c.generation.with_model(gen);
-            GenerateParams {
-                max_tokens: a.max_tokens.unwrap_or(c.generation.max_new_tokens),
-                sampling: a.sampling(&c)?,
-                ..params
-            }
-        }
-        None => params,
-    };
+    let params = a.with_model_defaults(&engine, config, params)?;
     let base = a
         .chat
         .as_ref()
@@ -263,13 +289,9 @@ pub fn run(mut a: GenerateArgs, config: &Config) -> anyhow::Result<ExitCode> {
         let rgb = source.load()?;
         images.push(engine.prepare_image(&rgb, Some(a.max_pixels))?);
     }
-    if a.task.needs_one_image() && images.len() != 1 {
-        anyhow::bail!(
-            "--task {} needs exactly one image, {} given",
-            a.task,
-            images.len()
-        );
-    }
+    a.task
+        .check_images(images.len())
+        .map_err(anyhow::Error::msg)?;
     let thinking = engine.supports_thinking();
     if a.think && thinking != Some(true) {
         eprintln!("note: this model does not think (Qwen3 and RoboBrain 2.0 7B and 32B do); --think ignored");
@@ -491,8 +513,10 @@ fn replace_during_reply(
 /// streamed to stdout, or one JSON object with the fields that apply.
 fn remote(a: &GenerateArgs, url: &str, params: &GenerateParams) -> anyhow::Result<ExitCode> {
     use crate::remote::{ChatRequest, Remote};
-    if a.raw || a.annotate.is_some() || a.replace_every.is_some() {
-        anyhow::bail!("--raw, --annotate and --replace-every need a local model, not --server");
+    if a.raw || a.annotate.is_some() || a.replace_every.is_some() || a.task == Task::Progress {
+        anyhow::bail!(
+            "--raw, --annotate, --replace-every and --task progress need a local model, not --server"
+        );
     }
     if a.ignore_eos {
         anyhow::bail!("--ignore-eos is not part of the OpenAI API; it needs a local model");

@@ -8,6 +8,7 @@ mod generate;
 mod inspect;
 mod perplexity;
 mod plan;
+mod progress;
 mod quantize;
 mod serve;
 mod soak;

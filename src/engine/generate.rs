@@ -119,7 +119,11 @@ impl StopFilter<'_> {
     /// Appends `piece`; returns the text safe to show now and whether a stop
     /// string was found (the text is then cut before it).
     fn push(&mut self, piece: &str) -> (String, bool) {
-        let search_from = self.emitted.saturating_sub(self.max_stop_len());
+        let mut search_from = self.emitted.saturating_sub(self.max_stop_len());
+        // Back to a character's start: the text before may be multi-byte.
+        while !self.text.is_char_boundary(search_from) {
+            search_from -= 1;
+        }
         self.text.push_str(piece);
         let hit = self
             .stops
@@ -708,6 +712,25 @@ mod tests {
         assert!(!stopped);
         assert_eq!(text, "the ENDS x");
         assert_eq!(shown.concat(), "the ENDS x");
+    }
+
+    /// A long multi-byte text before a short stop string: the search
+    /// starts a stop's length back, which can fall inside a character.
+    #[test]
+    fn a_search_start_inside_a_character_moves_back() {
+        let (shown, text, stopped) = run(
+            &["</score>"],
+            &["<score>", "+35", "％", "\u{fffd}", "x", "</score>"],
+        );
+        assert!(stopped);
+        assert_eq!(text, "<score>+35％\u{fffd}x");
+        assert_eq!(shown.concat(), text);
+        // "xéx" is 4 bytes: a 2-byte stop's search starts at byte 2, the
+        // middle of the é.
+        let (shown, text, stopped) = run(&["ab"], &["xéx", "a", "b"]);
+        assert!(stopped);
+        assert_eq!(text, "xéx");
+        assert_eq!(shown.concat(), "xéx");
     }
 
     #[test]

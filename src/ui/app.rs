@@ -58,7 +58,25 @@ pub struct Streaming {
     pub saved_at: Instant,
     /// Prompt tokens computed and in all, while a long prompt is read.
     pub prompt: Option<(usize, usize)>,
+    /// A progress estimate under way: one question per frame.
+    pub progress: Option<ProgressRun>,
 }
+
+/// A progress estimate over a sequence of frames (RoboBrain 2.5): the
+/// questions Robo-Dopamine's forward mode asks, sent one after another as
+/// replies of their own; each answer's score joins the reply's
+/// `progress` and the next question goes out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgressRun {
+    /// The task the frames show.
+    pub task: String,
+    pub steps: Vec<crate::vision::tasks::ProgressStep>,
+    /// The step being answered.
+    pub at: usize,
+}
+
+/// At most this many frames of a folder are judged in a progress estimate.
+pub const PROGRESS_FRAMES: usize = 12;
 
 /// How often a reply being streamed is saved as it grows.
 pub const STREAM_SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -395,6 +413,34 @@ impl SpillwayApp {
         }
     }
 
+    /// Attaches a folder's frames in name order (at most
+    /// [`PROGRESS_FRAMES`], evenly spread, the first and last among them).
+    pub fn attach_frames(&mut self, dir: &std::path::Path) {
+        match crate::vision::list_frames(dir) {
+            Ok(all) => {
+                let picked = crate::vision::tasks::sample_frames(all.len(), PROGRESS_FRAMES);
+                if picked.len() < all.len() {
+                    self.banners.push(Banner::notice(
+                        "Frames picked",
+                        &format!(
+                            "{} of the folder's {} frames, evenly spread, the first and the last among them.",
+                            picked.len(),
+                            all.len()
+                        ),
+                    ));
+                }
+                for i in picked {
+                    self.attach_file(&all[i]);
+                }
+            }
+            Err(e) => self.banners.push(Banner::error(
+                "The frames were not attached",
+                &e,
+                "Pick a folder of PNG, JPEG, WebP or BMP frames.",
+            )),
+        }
+    }
+
     fn attached(&mut self, r: Result<Attachment, String>) {
         match r {
             Ok(a) => self.attachments.push(a),
@@ -569,11 +615,16 @@ impl SpillwayApp {
                 "Load a vision-language model (Qwen2.5-VL, RoboBrain 2.0), or remove the images.",
             ));
         }
-        if self.task.needs_one_image() && self.attachments.len() != 1 {
+        if let Err(e) = self.task.check_images(self.attachments.len()) {
+            let advice = if self.task == Task::Progress {
+                "Attach the frames in order (or a folder of frames), or switch the task to general."
+            } else {
+                "Attach exactly one image, or switch the task to general."
+            };
             return Some(Banner::error(
-                &format!("The {} task needs one image", self.task),
-                &format!("{} images are attached.", self.attachments.len()),
-                "Attach exactly one image, or switch the task to general.",
+                &format!("The {} task cannot go with these images", self.task),
+                &format!("{}{}.", e[..1].to_uppercase(), &e[1..]),
+                advice,
             ));
         }
         None
@@ -590,6 +641,22 @@ impl SpillwayApp {
             self.save_current();
             return;
         }
+        let progress = self.conversations[self.current]
+            .messages
+            .last()
+            .filter(|m| m.role == "user" && m.task == Task::Progress)
+            .map(|m| {
+                let frames: Vec<PathBuf> = m.images.iter().map(|a| a.path.clone()).collect();
+                ProgressRun {
+                    task: m.text.clone(),
+                    steps: crate::vision::tasks::progress_steps(&frames, None),
+                    at: 0,
+                }
+            });
+        if let Some(run) = progress {
+            self.start_progress(run);
+            return;
+        }
         let req_id = self.link.next_id();
         let conv = &mut self.conversations[self.current];
         conv.messages.push(ChatMessage {
@@ -604,6 +671,7 @@ impl SpillwayApp {
             conv_id: conv.id.clone(),
             saved_at: Instant::now(),
             prompt: None,
+            progress: None,
         });
         self.save_current();
         let s = &self.settings;
@@ -618,6 +686,105 @@ impl SpillwayApp {
             ignore_eos: false,
         };
         self.send(Command::Generate(req));
+    }
+
+    /// Starts a progress estimate: the reply holds one line per frame and
+    /// the progress of each, the first frame's 0.
+    fn start_progress(&mut self, run: ProgressRun) {
+        if run.steps.is_empty() {
+            self.banners.push(Banner::error(
+                "No progress to estimate",
+                "The progress task needs two or more frames.",
+                "Attach the frames in order, or a folder of frames.",
+            ));
+            return;
+        }
+        let conv = &mut self.conversations[self.current];
+        conv.messages.push(ChatMessage {
+            incomplete: true,
+            progress: vec![Some(0.0)],
+            ..ChatMessage::assistant("")
+        });
+        let conv_id = conv.id.clone();
+        self.send_progress_step(conv_id, run);
+    }
+
+    /// Sends the question of `run.at`: the frame it judges named at the
+    /// start of a new line of the reply, greedy (a measurement, not a
+    /// conversation), each image at Robo-Dopamine's pixel bound.
+    fn send_progress_step(&mut self, conv_id: String, run: ProgressRun) {
+        let Some(step) = run.steps.get(run.at) else {
+            return;
+        };
+        if let Some(i) = self.conv_index(&conv_id) {
+            if let Some(m) = self.conversations[i].messages.last_mut() {
+                if !m.text.is_empty() {
+                    m.text.push('\n');
+                }
+                m.text.push_str(&format!("Frame {}: ", step.frame + 1));
+            }
+        }
+        let req_id = self.link.next_id();
+        let req = ReplyRequest {
+            req_id,
+            messages: vec![crate::vision::tasks::progress_message(&run.task, step)],
+            max_tokens: self.settings.max_new_tokens.min(64),
+            sampling: crate::model::sampler::SamplingParams::greedy(),
+            think: false,
+            max_pixels: Some(
+                self.settings
+                    .max_image_pixels
+                    .min(crate::vision::tasks::PROGRESS_MAX_PIXELS),
+            ),
+            stop: vec!["</score>".into()],
+            ignore_eos: false,
+        };
+        self.streaming = Some(Streaming {
+            req_id,
+            conv_id,
+            saved_at: Instant::now(),
+            prompt: None,
+            progress: Some(run),
+        });
+        self.save_current();
+        self.send(Command::Generate(req));
+    }
+
+    /// A progress question was answered: its score joins the reply (the
+    /// line shows it as a percentage) and the next question goes out.
+    /// Returns whether the estimate goes on.
+    fn progress_answered(&mut self, s: &Streaming, finish: Finish) -> bool {
+        let Some(run) = &s.progress else {
+            return false;
+        };
+        let Some(i) = self.conv_index(&s.conv_id) else {
+            return false;
+        };
+        if let Some(m) = self.conversations[i].messages.last_mut() {
+            let line_start = m.text.rfind('\n').map_or(0, |k| k + 1);
+            let line = m.text[line_start..].to_string();
+            let (label, answer) = line.split_once(": ").unwrap_or(("", line.as_str()));
+            let score = crate::vision::tasks::parse_score(answer);
+            if finish != Finish::Cancelled && finish != Finish::Failed {
+                m.progress.push(score);
+                let shown = match score {
+                    Some(v) => format!("{label}: {:.0}%", v * 100.0),
+                    None => format!("{label}: no score in \u{201c}{}\u{201d}", answer.trim()),
+                };
+                m.text.truncate(line_start);
+                m.text.push_str(&shown);
+            }
+        }
+        let next = run.at + 1;
+        if matches!(finish, Finish::Cancelled | Finish::Failed) || next >= run.steps.len() {
+            return false;
+        }
+        let run = ProgressRun {
+            at: next,
+            ..run.clone()
+        };
+        self.send_progress_step(s.conv_id.clone(), run);
+        true
     }
 
     /// Stops the reply being streamed.
@@ -859,6 +1026,9 @@ impl SpillwayApp {
                 let Some(s) = self.streaming.take_if(|s| s.req_id == req_id) else {
                     return;
                 };
+                if self.progress_answered(&s, finish) {
+                    return;
+                }
                 if let Some(spec) = self.model.as_mut().and_then(|m| m.speculation.as_mut()) {
                     spec.proposed += stats.draft_proposed as u64;
                     spec.accepted += stats.draft_accepted as u64;
@@ -1056,8 +1226,13 @@ impl SpillwayApp {
             (dropped, pasted)
         });
         for p in dropped {
-            // A model dropped on the window is opened; anything else is an
-            // image to attach.
+            // A model dropped on the window is opened; a folder in the
+            // progress task is its frames; anything else is an image to
+            // attach.
+            if p.is_dir() && self.task == Task::Progress && self.model.is_some() {
+                self.attach_frames(&p);
+                continue;
+            }
             let model = p.is_dir()
                 || p.extension()
                     .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
@@ -1283,6 +1458,11 @@ impl SpillwayApp {
                     .pick_files();
                 for f in files.unwrap_or_default() {
                     self.attach_file(&f);
+                }
+            }
+            ChatAction::AttachFolder => {
+                if let Some(dir) = rfd::FileDialog::new().pick_folder() {
+                    self.attach_frames(&dir);
                 }
             }
             ChatAction::RemoveAttachment(k) => {

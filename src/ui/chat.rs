@@ -31,6 +31,8 @@ pub enum ChatAction {
     SystemPrompt(String),
     /// Open the file dialog to attach images.
     AttachDialog,
+    /// Pick a folder of frames (the progress task).
+    AttachFolder,
     RemoveAttachment(usize),
     /// Save the image of the question before reply `index` with the
     /// reply's shapes drawn on it.
@@ -191,7 +193,9 @@ pub fn chat_ui(
                                     }
                                 });
                             }
-                            if m.task != Task::General {
+                            if m.task == Task::Progress {
+                                ui.small(format!("progress over {} frames", m.images.len()));
+                            } else if m.task != Task::General {
                                 ui.small(format!("{} task", m.task));
                             }
                             ui.label(&m.text);
@@ -224,6 +228,17 @@ pub fn chat_ui(
                             // An answer with coordinates, drawn on the question's image.
                             let question =
                                 conv.messages[..i].iter().rev().find(|q| q.role == "user");
+                            // A progress estimate, plotted under its frames.
+                            if let (false, Some(q)) = (m.progress.is_empty(), question) {
+                                images::progress_plot(
+                                    ui,
+                                    &mut app.textures,
+                                    &q.images,
+                                    &m.progress,
+                                    ui.make_persistent_id(("progress", i)),
+                                );
+                            }
+                            let question = question.filter(|q| q.task != Task::Progress);
                             let shapes = question.and_then(|q| {
                                 images::answer_shapes(q, &m.text, &processor).map(|s| (q, s))
                             });
@@ -389,6 +404,14 @@ fn composer_tools_ui(
         if app.model_can_think() {
             ui.checkbox(&mut app.think, "Think first")
                 .on_hover_text("Qwen3 and RoboBrain 7B/32B reason in <think> before answering (folded under \"Thinking\")");
+        }
+        if app.task == Task::Progress
+            && ui
+                .button("Attach frames folder…")
+                .on_hover_text("A folder of frames in name order; at most 12 are judged, evenly spread")
+                .clicked()
+        {
+            actions.push(ChatAction::AttachFolder);
         }
         if app.task != Task::General {
             ui.weak(app.task.hint());

@@ -157,6 +157,115 @@ fn label_at(ui: &egui::Ui, id: egui::Id, rect: egui::Rect, label: String) {
     r.on_hover_text(label);
 }
 
+/// A progress estimate under its frames: each frame in a cell of its own,
+/// and under the row a plot of each frame's progress — 0 %, 50 % and
+/// 100 % lines labelled on the left, a dot under each frame (green where
+/// progress rose or held, red where it fell) with its percentage, joined by
+/// a line. Each dot is an accessible node ("Frame 2: 35%").
+pub fn progress_plot(
+    ui: &mut egui::Ui,
+    textures: &mut Textures,
+    frames: &[Attachment],
+    progress: &[Option<f32>],
+    id: egui::Id,
+) {
+    let n = frames.len().max(progress.len());
+    if n == 0 {
+        return;
+    }
+    let margin = 40.0;
+    let cell = ((ui.available_width() - margin) / n as f32).clamp(24.0, 120.0);
+    let thumb_h = (cell * 0.75).min(90.0);
+    let plot_h = 120.0;
+    let size = egui::vec2(margin + cell * n as f32, thumb_h + 8.0 + plot_h);
+    let (rect, _) = ui.allocate_exact_size(size, egui::Sense::hover());
+    let painter = ui.painter_at(rect);
+    let visuals = ui.visuals().clone();
+    let x_of = |k: usize| rect.left() + margin + cell * (k as f32 + 0.5);
+    for (k, a) in frames.iter().enumerate() {
+        let avail = egui::vec2(cell - 6.0, thumb_h);
+        let aspect = a.width as f32 / a.height.max(1) as f32;
+        let sz = if avail.x / avail.y > aspect {
+            egui::vec2(avail.y * aspect, avail.y)
+        } else {
+            egui::vec2(avail.x, avail.x / aspect)
+        };
+        let r = egui::Rect::from_center_size(egui::pos2(x_of(k), rect.top() + thumb_h / 2.0), sz);
+        match textures.get(ui.ctx(), &a.path) {
+            Ok(tex) => {
+                let uv = egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
+                painter.image(tex.id(), r, uv, egui::Color32::WHITE);
+            }
+            Err(_) => {
+                painter.rect_stroke(
+                    r,
+                    2.0,
+                    egui::Stroke::new(1.0, visuals.weak_text_color()),
+                    egui::StrokeKind::Inside,
+                );
+            }
+        }
+    }
+    let top = rect.top() + thumb_h + 8.0 + 10.0;
+    let bottom = rect.bottom() - 10.0;
+    let y_of = |p: f32| bottom - p.clamp(0.0, 1.0) * (bottom - top);
+    let font = egui::FontId::proportional(11.0);
+    for q in [0.0, 0.5, 1.0] {
+        let y = y_of(q);
+        painter.line_segment(
+            [
+                egui::pos2(rect.left() + margin, y),
+                egui::pos2(rect.right(), y),
+            ],
+            egui::Stroke::new(1.0, visuals.widgets.noninteractive.bg_stroke.color),
+        );
+        painter.text(
+            egui::pos2(rect.left() + margin - 4.0, y),
+            egui::Align2::RIGHT_CENTER,
+            format!("{:.0}%", q * 100.0),
+            font.clone(),
+            visuals.weak_text_color(),
+        );
+    }
+    let mut dots: Vec<(usize, egui::Pos2, f32, egui::Color32)> = Vec::new();
+    let mut prev: Option<f32> = None;
+    for (k, p) in progress.iter().enumerate() {
+        let Some(p) = *p else {
+            continue;
+        };
+        let c = if prev.is_some_and(|q| p < q) {
+            color(annotate::FELL)
+        } else {
+            color(annotate::ROSE)
+        };
+        prev = Some(p);
+        dots.push((k, egui::pos2(x_of(k), y_of(p)), p, c));
+    }
+    for w in dots.windows(2) {
+        painter.line_segment(
+            [w[0].1, w[1].1],
+            egui::Stroke::new(2.0, visuals.weak_text_color()),
+        );
+    }
+    for &(k, at, p, c) in &dots {
+        painter.circle_filled(at, 5.0, c);
+        painter.text(
+            at + egui::vec2(0.0, -8.0),
+            egui::Align2::CENTER_BOTTOM,
+            format!("{:.0}%", p * 100.0),
+            font.clone(),
+            visuals.text_color(),
+        );
+        let hit = egui::Rect::from_center_size(at, egui::vec2(12.0, 12.0));
+        label_at(
+            ui,
+            id.with(k),
+            hit,
+            format!("Frame {}: {:.0}%", k + 1, p * 100.0),
+        );
+    }
+}
+
 /// Draws `tex` at `width` points wide with `shapes` (original pixels of an
 /// image `size` = (width, height)) over it.
 pub fn image_with_overlay(

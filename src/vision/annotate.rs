@@ -140,7 +140,12 @@ pub fn draw(img: &mut Rgb, shapes: &Shapes) {
 pub fn save(img: &Rgb, shapes: &Shapes, out: &Path) -> std::io::Result<()> {
     let mut copy = img.clone();
     draw(&mut copy, shapes);
-    let buf = image::RgbImage::from_raw(copy.width as u32, copy.height as u32, copy.data)
+    write_png(copy, out)
+}
+
+/// Writes `img` as PNG to `out` through a temporary file renamed into place.
+pub fn write_png(img: Rgb, out: &Path) -> std::io::Result<()> {
+    let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data)
         .ok_or_else(|| std::io::Error::other("image buffer has the wrong size"))?;
     let tmp = out.with_extension(format!("png.tmp{}", std::process::id()));
     let written = buf
@@ -152,6 +157,96 @@ pub fn save(img: &Rgb, shapes: &Shapes, out: &Path) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+/// Height of each frame in a progress strip, in pixels.
+pub const STRIP_FRAME: usize = 120;
+/// Height of the plot under the frames.
+pub const STRIP_PLOT: usize = 160;
+/// Progress that rose (or held) since the frame before, and that fell.
+pub const ROSE: [u8; 3] = [30, 160, 60];
+pub const FELL: [u8; 3] = [210, 40, 40];
+
+/// A progress estimate as one picture: the frames side by side, each
+/// scaled to [`STRIP_FRAME`] pixels high, and under them a plot of each
+/// frame's progress (0 % at the bottom line, 100 % at the top, a grid line
+/// every 25 %), a dot per frame under its centre — green where progress
+/// rose or held, red where it fell — joined by a grey line. A frame
+/// without a readable answer has no dot.
+pub fn progress_strip(frames: &[Rgb], progress: &[Option<f32>]) -> Rgb {
+    let scaled: Vec<image::RgbImage> = frames
+        .iter()
+        .map(|f| {
+            let w = ((f.width * STRIP_FRAME) / f.height.max(1)).clamp(1, 4 * STRIP_FRAME);
+            image::RgbImage::from_raw(f.width as u32, f.height as u32, f.data.clone()).map_or_else(
+                || image::RgbImage::new(w as u32, STRIP_FRAME as u32),
+                |img| {
+                    image::imageops::resize(
+                        &img,
+                        w as u32,
+                        STRIP_FRAME as u32,
+                        image::imageops::FilterType::Triangle,
+                    )
+                },
+            )
+        })
+        .collect();
+    let gap = 4;
+    let width = scaled
+        .iter()
+        .map(|i| i.width() as usize + gap)
+        .sum::<usize>()
+        + gap;
+    let height = STRIP_FRAME + STRIP_PLOT + 3 * gap;
+    let mut out = Rgb {
+        width,
+        height,
+        data: vec![255; width * height * 3],
+    };
+    let mut centres = Vec::with_capacity(scaled.len());
+    let mut x0 = gap;
+    for img in &scaled {
+        for (x, y, p) in img.enumerate_pixels() {
+            let i = ((gap + y as usize) * width + x0 + x as usize) * 3;
+            out.data[i..i + 3].copy_from_slice(&p.0);
+        }
+        centres.push((x0 + img.width() as usize / 2) as f32);
+        x0 += img.width() as usize + gap;
+    }
+    let top = (STRIP_FRAME + 2 * gap) as f32 + 8.0;
+    let bottom = (height - gap) as f32 - 8.0;
+    let y_of = |p: f32| bottom - p.clamp(0.0, 1.0) * (bottom - top);
+    let mut c = Canvas { img: &mut out };
+    for q in 0..=4 {
+        let y = y_of(q as f32 / 4.0);
+        let shade = if q == 0 || q == 4 { 150 } else { 215 };
+        c.line([gap as f32, y], [(width - gap) as f32, y], 1.0, [shade; 3]);
+    }
+    let dots: Vec<(f32, f32, [u8; 3])> = {
+        let mut prev: Option<f32> = None;
+        centres
+            .iter()
+            .zip(progress)
+            .filter_map(|(&x, p)| {
+                let p = (*p)?;
+                let colour = if prev.is_some_and(|q| p < q) {
+                    FELL
+                } else {
+                    ROSE
+                };
+                prev = Some(p);
+                Some((x, y_of(p), colour))
+            })
+            .collect()
+    };
+    for w in dots.windows(2) {
+        c.line([w[0].0, w[0].1], [w[1].0, w[1].1], 2.0, [140; 3]);
+    }
+    for &(x, y, colour) in &dots {
+        c.disc(x, y, 5.0, [30; 3]);
+        c.disc(x, y, 4.0, colour);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -214,5 +309,37 @@ mod tests {
         assert_eq!(at(70, 40), [0, 0, 0], "a box is an outline");
         assert_eq!(at(40, 60), PATH, "the end of the trajectory is marked");
         assert_eq!(at(25, 65), PATH);
+    }
+
+    #[test]
+    fn a_progress_strip_plots_each_frame_under_it() {
+        let frame = |v: u8| Rgb {
+            width: 60,
+            height: 40,
+            data: vec![v; 60 * 40 * 3],
+        };
+        let frames = [frame(0), frame(90), frame(200)];
+        let strip = progress_strip(&frames, &[Some(0.0), Some(0.8), Some(0.4)]);
+        // Three frames 180 pixels wide side by side, gaps of 4.
+        assert_eq!(strip.width, 3 * 180 + 4 * 4);
+        assert_eq!(strip.height, STRIP_FRAME + STRIP_PLOT + 12);
+        let at = |x: usize, y: usize| {
+            let i = (y * strip.width + x) * 3;
+            [strip.data[i], strip.data[i + 1], strip.data[i + 2]]
+        };
+        assert_eq!(at(4 + 90, 60), [0; 3], "the first frame, scaled");
+        assert_eq!(at(4 + 184 + 90, 60), [90; 3], "the second frame, scaled");
+        let top = (STRIP_FRAME + 8) as f32 + 8.0;
+        let bottom = (strip.height - 4) as f32 - 8.0;
+        let y = |p: f32| (bottom - p * (bottom - top)).round() as usize;
+        // The first frame's dot at 0 %, the second's rose to 80 %, the
+        // third fell to 40 %.
+        assert_eq!(at(4 + 90, y(0.0)), ROSE);
+        assert_eq!(at(4 + 184 + 90, y(0.8)), ROSE);
+        assert_eq!(at(4 + 2 * 184 + 90, y(0.4)), FELL);
+        // A frame without a score has no dot.
+        let gaps = progress_strip(&frames, &[Some(0.0), None, Some(0.5)]);
+        let i = (y(0.8) * gaps.width + 4 + 184 + 90) * 3;
+        assert_ne!(&gaps.data[i..i + 3], &ROSE);
     }
 }

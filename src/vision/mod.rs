@@ -96,6 +96,32 @@ pub fn mrope_positions(
     Ok((out, delta))
 }
 
+/// The image files of a folder of frames (PNG, JPEG, WebP, BMP), in name
+/// order — a recorded episode's frames as robot tools write them
+/// (`frame_000010.png`…).
+pub fn list_frames(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>, String> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read the folder {}: {e}", dir.display()))?;
+    let mut frames: Vec<std::path::PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    ["png", "jpg", "jpeg", "webp", "bmp"].contains(&e.to_ascii_lowercase().as_str())
+                })
+        })
+        .collect();
+    frames.sort();
+    if frames.is_empty() {
+        return Err(format!(
+            "{} holds no images (PNG, JPEG, WebP, BMP)",
+            dir.display()
+        ));
+    }
+    Ok(frames)
+}
+
 /// Expands each `<|image_pad|>` of a rendered prompt's tokens into as many
 /// copies as its image takes (`counts`, in order).
 pub fn expand_image_pads(

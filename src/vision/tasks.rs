@@ -18,15 +18,19 @@ pub enum Task {
     Affordance,
     Trajectory,
     Grounding,
+    /// RoboBrain 2.5: how far a task has come across several frames
+    /// (Robo-Dopamine's progress estimation).
+    Progress,
 }
 
 impl Task {
-    pub const ALL: [Task; 5] = [
+    pub const ALL: [Task; 6] = [
         Task::General,
         Task::Pointing,
         Task::Affordance,
         Task::Trajectory,
         Task::Grounding,
+        Task::Progress,
     ];
 
     /// The user text as RoboBrain 2.0 sends it for this task.
@@ -45,6 +49,8 @@ impl Task {
             Task::Grounding => format!(
                 "Please provide the bounding box coordinate of the region this sentence describes: {text}."
             ),
+            // Progress is asked frame by frame (`progress_message`).
+            Task::Progress => text.to_string(),
         }
     }
 
@@ -56,12 +62,25 @@ impl Task {
             Task::Affordance => "The action, e.g. \"hold the cup\"",
             Task::Trajectory => "The goal, e.g. \"reach for the banana on the plate\"",
             Task::Grounding => "The region, e.g. \"the person wearing a red hat\"",
+            Task::Progress => "The task the frames show, e.g. \"organize the table\"",
         }
     }
 
-    /// Tasks other than general need exactly one image.
-    pub fn needs_one_image(self) -> bool {
-        self != Task::General
+    /// Whether `n` images suit the task: pointing, affordance, trajectory
+    /// and grounding read one, progress a sequence of two or more frames,
+    /// general any number. The error says what to attach.
+    pub fn check_images(self, n: usize) -> Result<(), String> {
+        match self {
+            Task::General => Ok(()),
+            Task::Progress if n >= 2 => Ok(()),
+            Task::Progress => Err(format!(
+                "the progress task needs a sequence of two or more frames, {n} given"
+            )),
+            _ if n == 1 => Ok(()),
+            _ => Err(format!(
+                "the {self} task needs exactly one image, {n} given"
+            )),
+        }
     }
 }
 
@@ -73,6 +92,7 @@ impl fmt::Display for Task {
             Task::Affordance => "affordance",
             Task::Trajectory => "trajectory",
             Task::Grounding => "grounding",
+            Task::Progress => "progress",
         })
     }
 }
@@ -84,7 +104,7 @@ impl FromStr for Task {
             .into_iter()
             .find(|t| t.to_string().eq_ignore_ascii_case(s.trim()))
             .ok_or_else(|| {
-                format!("unknown task '{s}' (general, pointing, affordance, trajectory, grounding)")
+                format!("unknown task '{s}' (general, pointing, affordance, trajectory, grounding, progress)")
             })
     }
 }
@@ -103,15 +123,23 @@ pub enum Family {
 
 impl Family {
     /// The task modes the family's inference code defines (2.5's has no
-    /// separate affordance mode: it points at affordances).
+    /// separate affordance mode: it points at affordances; its progress
+    /// estimation over frames is Robo-Dopamine's).
     pub fn tasks(self) -> &'static [Task] {
         match self {
-            Family::RoboBrain2 => &Task::ALL,
+            Family::RoboBrain2 => &[
+                Task::General,
+                Task::Pointing,
+                Task::Affordance,
+                Task::Trajectory,
+                Task::Grounding,
+            ],
             Family::RoboBrain25 => &[
                 Task::General,
                 Task::Pointing,
                 Task::Trajectory,
                 Task::Grounding,
+                Task::Progress,
             ],
         }
     }
@@ -159,8 +187,130 @@ impl Task {
             (Family::RoboBrain25, Task::Grounding) => format!(
                 "Please provide the bounding box coordinate of the region this sentence describes: {text}."
             ),
+            (Family::RoboBrain25, Task::Progress) => text.to_string(),
         }
     }
+}
+
+/// Robo-Dopamine's progress prompt (its `examples/inference.py`, the
+/// reward model trained on RoboBrain 2.5), word for word: `{task}` is the
+/// task, each `<image>` one of eight images — a reference start and end,
+/// then the front, left-wrist and right-wrist views before and after.
+const PROGRESS_PROMPT: &str = include_str!("progress_prompt.txt");
+
+/// Pixel bound of each of the eight images of a progress step, as
+/// Robo-Dopamine's inference sets its processor (76 800 pixels: 300
+/// patches of 16, 75 tokens an image).
+pub const PROGRESS_MAX_PIXELS: usize = 76_800;
+
+/// One progress question: the frame it judges and its eight images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgressStep {
+    /// Index into the frames of the frame judged.
+    pub frame: usize,
+    pub images: [std::path::PathBuf; 8],
+}
+
+/// The questions a sequence of frames asks, in Robo-Dopamine's "forward"
+/// mode (its default): each frame after the first is compared with the
+/// first, anchored by the first frame as the reference start and the goal
+/// image (or else the last frame) as the reference end. With one camera,
+/// the frame stands for all three views, as its single-view usage repeats
+/// the front camera.
+pub fn progress_steps(
+    frames: &[std::path::PathBuf],
+    goal: Option<&std::path::Path>,
+) -> Vec<ProgressStep> {
+    let (Some(first), Some(last)) = (frames.first(), frames.last()) else {
+        return Vec::new();
+    };
+    let end = goal.map_or_else(|| last.clone(), std::path::Path::to_path_buf);
+    frames
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(frame, after)| ProgressStep {
+            frame,
+            images: [
+                first.clone(),
+                end.clone(),
+                first.clone(),
+                first.clone(),
+                first.clone(),
+                after.clone(),
+                after.clone(),
+                after.clone(),
+            ],
+        })
+        .collect()
+}
+
+/// The user message of one progress step: the prompt's text and its eight
+/// images interleaved as content parts.
+pub fn progress_message(task: &str, step: &ProgressStep) -> crate::chat::Message {
+    let text = PROGRESS_PROMPT.replace("{task}", task);
+    let mut parts = Vec::with_capacity(17);
+    for (i, piece) in text.split("<image>").enumerate() {
+        if i > 0 {
+            if let Some(img) = step.images.get(i - 1) {
+                parts.push(serde_json::json!({"type": "image", "path": img}));
+            }
+        }
+        parts.push(serde_json::json!({"type": "text", "text": piece}));
+    }
+    crate::chat::Message {
+        role: "user".into(),
+        content: serde_json::Value::Array(parts),
+    }
+}
+
+/// The score of a progress answer, as a fraction in [-1, 1]:
+/// `<score>+NN%</score>` (the last one), read tolerantly — an unclosed
+/// tag, no sign, no percent sign, a decimal; without a tag, the last signed
+/// percentage in the text. `None` when the answer holds no score.
+pub fn parse_score(answer: &str) -> Option<f32> {
+    let number = |s: &str| -> Option<f32> {
+        let s = s.trim().trim_end_matches('%').trim();
+        let s = s.strip_prefix('+').unwrap_or(s);
+        s.parse::<f32>().ok().filter(|v| v.is_finite())
+    };
+    let value = if let Some(i) = answer.rfind("<score>") {
+        let rest = &answer[i + "<score>".len()..];
+        let inner = rest.split("</score>").next().unwrap_or(rest);
+        number(inner.lines().next().unwrap_or(""))?
+    } else {
+        // The last `[+-]NN[.N]%` in the text.
+        let b = answer.as_bytes();
+        let mut found = None;
+        for (i, _) in answer.match_indices('%') {
+            let mut j = i;
+            while j > 0 && (b[j - 1].is_ascii_digit() || b[j - 1] == b'.') {
+                j -= 1;
+            }
+            if j > 0 && (b[j - 1] == b'+' || b[j - 1] == b'-') {
+                j -= 1;
+            }
+            if let Some(v) = number(&answer[j..i]) {
+                found = Some(v);
+            }
+        }
+        found?
+    };
+    Some((value / 100.0).clamp(-1.0, 1.0))
+}
+
+/// At most `max` frame indices of `n`, evenly spread, the first and the
+/// last always among them.
+pub fn sample_frames(n: usize, max: usize) -> Vec<usize> {
+    let max = max.max(2);
+    if n <= max {
+        return (0..n).collect();
+    }
+    let mut out: Vec<usize> = (0..max)
+        .map(|i| (i * (n - 1) + (max - 1) / 2) / (max - 1))
+        .collect();
+    out.dedup();
+    out
 }
 
 /// Whether a model answers with a `<think>` section when asked: RoboBrain
@@ -473,6 +623,8 @@ pub fn parse_shapes(task: Task, answer: &str) -> Shapes {
             out.boxes = quads;
             out.points = pairs;
         }
+        // A score, not coordinates.
+        Task::Progress => {}
     }
     let all: Vec<f32> = out
         .points
@@ -622,7 +774,7 @@ mod tests {
             Task::Pointing.prompt_for(Family::RoboBrain2, "x"),
             Task::Pointing.prompt("x")
         );
-        assert_eq!(f.tasks().len(), 4);
+        assert_eq!(f.tasks().len(), 5);
         assert!(!f.tasks().contains(&Task::Affordance));
         assert_eq!(Family::of_arch("qwen3vl"), f);
         assert_eq!(Family::of_model_name("BAAI/RoboBrain2.5-8B-NV"), f);
@@ -702,5 +854,82 @@ mod tests {
         let s = parse_shapes(Task::Grounding, "[300, 50, 10, 400]");
         let m = s.to_image((224, 168), (224, 168));
         assert_eq!(m.boxes, vec![[10.0, 50.0, 224.0, 168.0]]);
+    }
+
+    #[test]
+    fn progress_steps_follow_robo_dopamine_forward_mode() {
+        let frames: Vec<std::path::PathBuf> = ["f0.png", "f1.png", "f2.png"]
+            .iter()
+            .map(Into::into)
+            .collect();
+        let steps = progress_steps(&frames, None);
+        assert_eq!(steps.len(), 2);
+        assert_eq!(steps[1].frame, 2);
+        let names = |s: &ProgressStep| -> Vec<String> {
+            s.images.iter().map(|p| p.display().to_string()).collect()
+        };
+        // Reference start and end (the last frame without a goal), then
+        // the first frame and the judged one for all three views.
+        assert_eq!(
+            names(&steps[0]),
+            ["f0.png", "f2.png", "f0.png", "f0.png", "f0.png", "f1.png", "f1.png", "f1.png"]
+        );
+        let goal = std::path::Path::new("goal.png");
+        assert_eq!(progress_steps(&frames, Some(goal))[0].images[1], goal);
+        assert!(progress_steps(&frames[..1], None).is_empty());
+
+        let m = progress_message("organize the table", &steps[0]);
+        let parts = m.content.as_array().unwrap();
+        assert_eq!(parts.len(), 17);
+        let kinds: String = parts
+            .iter()
+            .map(|p| if p["type"] == "image" { 'i' } else { 't' })
+            .collect();
+        assert_eq!(kinds, format!("t{}", "it".repeat(8)));
+        let text: String = parts.iter().filter_map(|p| p["text"].as_str()).collect();
+        assert!(text.starts_with("\nYou are a rigorous, impartial vision evaluator"));
+        assert!(text.contains("<Task>\n`organize the table`\n"));
+        assert!(text.contains("1) Task Alignment: Evidence directly tied to `organize the table`."));
+        assert!(!text.contains("{task}") && !text.contains("<image>"));
+        assert!(
+            text.ends_with("<score>+NN%</score>  or  <score>-NN%</score>  or  <score>0%</score>\n")
+        );
+        assert_eq!(parts[1]["path"], "f0.png");
+        assert_eq!(parts[15]["path"], "f1.png");
+        assert!(Task::Progress.check_images(1).is_err());
+        assert!(Task::Progress.check_images(3).is_ok());
+        assert!(Task::Pointing.check_images(2).is_err());
+        assert!(Family::RoboBrain25.tasks().contains(&Task::Progress));
+        assert!(!Family::RoboBrain2.tasks().contains(&Task::Progress));
+    }
+
+    #[test]
+    fn progress_scores_are_read_tolerantly() {
+        for (answer, want) in [
+            ("<score>+35%</score>", Some(0.35)),
+            ("<score>-20%</score>", Some(-0.2)),
+            ("<score>0%</score>", Some(0.0)),
+            ("<score>+250%</score>", Some(1.0)),
+            ("first <score>10%</score> then <score>+40%", Some(0.4)),
+            ("<score> 12.5 </score>", Some(0.125)),
+            ("The AFTER set is better: +60%", Some(0.6)),
+            ("no idea", None),
+            ("<score>lots</score>", None),
+        ] {
+            let got = parse_score(answer);
+            match (got, want) {
+                (Some(g), Some(w)) => assert!((g - w).abs() < 1e-6, "{answer}: {g}"),
+                (g, w) => assert_eq!(g, w, "{answer}"),
+            }
+        }
+    }
+
+    #[test]
+    fn frames_are_sampled_evenly_with_both_ends() {
+        assert_eq!(sample_frames(5, 12), vec![0, 1, 2, 3, 4]);
+        assert_eq!(sample_frames(100, 4), vec![0, 33, 66, 99]);
+        let s = sample_frames(1000, 12);
+        assert_eq!((s.len(), s[0], s[11]), (12, 0, 999));
+        assert_eq!(sample_frames(10, 0), vec![0, 9]);
     }
 }

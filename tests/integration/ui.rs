@@ -1518,3 +1518,131 @@ fn robobrain_2_5_words_its_own_tasks() {
     );
     f.harness.get_by_label("Copy as JSON");
 }
+
+/// RoboBrain 2.5's progress task: a folder of frames is attached, one
+/// question per frame after the first goes out (Robo-Dopamine's forward
+/// mode: eight images, the first frame as the start and before, the last as
+/// the end, the judged frame after), each score joins the reply and the
+/// progress is plotted under the frames; a stop ends the estimate.
+#[test]
+fn robobrain_2_5_estimates_progress_over_frames() {
+    let mut f = fixture();
+    let mut info = vision_model_info();
+    info.name = "RoboBrain2.5-8B".into();
+    if let Some(v) = info.vision.as_mut() {
+        v.family = spillway::vision::tasks::Family::RoboBrain25;
+    }
+    f.event(Event::Loaded(info));
+    f.harness.get_by_label("Task:").click();
+    f.harness.run_steps(4);
+    f.harness.get_by_label("progress").click();
+    f.harness.run_steps(4);
+    f.harness.get_by_label("Attach frames folder…");
+    // Three frames in a folder (in name order), and a file that is not one.
+    let frames = tempfile::tempdir().unwrap();
+    let image =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2_5_vl_tiny/image.png");
+    for (k, name) in ["frame_000.png", "frame_010.png", "frame_020.png"]
+        .iter()
+        .enumerate()
+    {
+        let frame = spillway::vision::preprocess::Rgb {
+            width: 64,
+            height: 48,
+            data: vec![40 + 80 * k as u8; 64 * 48 * 3],
+        };
+        spillway::vision::annotate::write_png(frame, &frames.path().join(name)).unwrap();
+    }
+    std::fs::write(frames.path().join("notes.txt"), "not a frame").unwrap();
+    // One frame is not a sequence.
+    f.harness.state_mut().attach_file(&image);
+    f.harness.state_mut().poll_attaching(true);
+    f.type_and_send("organize the table");
+    f.harness
+        .get_by_label_contains("The progress task cannot go with these images");
+    f.harness.state_mut().attachments.clear();
+    f.harness.state_mut().attach_frames(frames.path());
+    f.harness.state_mut().poll_attaching(true);
+    assert_eq!(f.app().attachments.len(), 3);
+    let attached: Vec<String> = f
+        .app()
+        .attachments
+        .iter()
+        .map(|a| a.path.display().to_string())
+        .collect();
+    f.harness.state_mut().banners.clear();
+    // The text typed before stays in the composer.
+    assert_eq!(f.app().composer, "organize the table");
+    f.harness.state_mut().composer.clear();
+    f.harness.run_steps(2);
+    f.type_and_send("organize the table");
+
+    let images_of = |messages: &[spillway::chat::Message]| -> Vec<String> {
+        messages[0]
+            .content
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["path"].as_str().map(str::to_string))
+            .collect()
+    };
+    let mut scores = ["<score>+40%", "<score>-10%"].into_iter();
+    for judged in [1, 2] {
+        let req = match f.command() {
+            Command::Generate(r) => r,
+            other => panic!("expected Generate, got {other:?}"),
+        };
+        assert_eq!(req.messages.len(), 1, "one question, not the conversation");
+        let text = serde_json::to_string(&req.messages[0].content).unwrap();
+        assert!(text.contains("<Task>\\n`organize the table`"), "{text}");
+        let imgs = images_of(&req.messages);
+        let (first, last, now) = (&attached[0], &attached[2], &attached[judged]);
+        assert_eq!(
+            imgs,
+            [first, last, first, first, first, now, now, now].map(String::clone),
+            "frame {judged}"
+        );
+        assert_eq!(req.stop, ["</score>"]);
+        assert!(req.max_pixels.unwrap() <= spillway::vision::tasks::PROGRESS_MAX_PIXELS);
+        assert_eq!(
+            req.sampling,
+            spillway::model::sampler::SamplingParams::greedy()
+        );
+        stream(
+            &mut f,
+            req.req_id,
+            &[scores.next().unwrap()],
+            Finish::EndOfTurn,
+        );
+    }
+    let reply = f.app().conversations[f.app().current]
+        .messages
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(reply.progress, vec![Some(0.0), Some(0.4), Some(-0.1)]);
+    assert_eq!(reply.text, "Frame 2: 40%\nFrame 3: -10%");
+    assert!(!reply.incomplete);
+    assert!(f.app().streaming.is_none());
+    // Each in the reply's text and as a dot of the plot under the frames.
+    for label in ["Frame 2: 40%", "Frame 3: -10%"] {
+        assert_eq!(f.harness.query_all_by_label(label).count(), 2, "{label}");
+    }
+    f.harness.get_by_label("progress over 3 frames");
+
+    // Regenerated and stopped after the first question: the estimate ends
+    // there, marked stopped.
+    f.harness.get_by_label("Regenerate").click();
+    f.harness.run_steps(4);
+    let (id, _) = reply_id(f.command());
+    stream(&mut f, id, &["<score>+2"], Finish::Cancelled);
+    let reply = f.app().conversations[f.app().current]
+        .messages
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(reply.progress, vec![Some(0.0)]);
+    assert!(reply.incomplete);
+    assert!(f.app().streaming.is_none());
+    assert!(f.engine.commands.try_recv().is_err(), "no further question");
+}

@@ -323,6 +323,88 @@ fn cli_tasks_and_annotation() {
     assert!(err.contains("does not read images"), "{err}");
 }
 
+/// `generate --task progress` on the Qwen3-VL fixture: a folder of frames
+/// (one of them mirrored) judged one question each as Robo-Dopamine asks,
+/// the questions after the first reading their shared start from the KV
+/// cache, the plot written; one frame, or a text model, is a clear error.
+#[test]
+fn progress_over_frames_from_the_command_line() {
+    let dir = fixture("qwen3_vl_tiny");
+    let cache = tempfile::tempdir().unwrap();
+    let frames = tempfile::tempdir().unwrap();
+    let image = dir.join("image.png");
+    let mut flipped = preprocess::load(&image).unwrap();
+    let w = flipped.width;
+    for row in flipped.data.chunks_mut(w * 3) {
+        let px: Vec<[u8; 3]> = row.chunks(3).rev().map(|p| [p[0], p[1], p[2]]).collect();
+        row.copy_from_slice(&px.concat());
+    }
+    std::fs::copy(&image, frames.path().join("frame_00.png")).unwrap();
+    spillway::vision::annotate::write_png(flipped, &frames.path().join("frame_05.png")).unwrap();
+    std::fs::copy(&image, frames.path().join("frame_10.png")).unwrap();
+    let plot = frames.path().join("plot.png");
+    let json = generate_json(
+        &dir,
+        &[
+            "--quant",
+            "none",
+            "--task",
+            "progress",
+            "--frames",
+            frames.path().to_str().unwrap(),
+            "--prompt",
+            "organize the table",
+            "--max-tokens",
+            "4",
+            "--annotate",
+            plot.to_str().unwrap(),
+        ],
+        cache.path(),
+    );
+    assert_eq!(json["task"], "progress");
+    let rows = json["frames"].as_array().unwrap();
+    // plot.png is written after the frames were listed.
+    assert_eq!(rows.len(), 3, "{json}");
+    assert_eq!(rows[0]["progress"], 0.0);
+    assert!(rows[1]["path"].as_str().unwrap().ends_with("frame_05.png"));
+    let n = |i: usize, k: &str| rows[i][k].as_u64().unwrap();
+    // Eight images of 66 tokens and the prompt's text each time.
+    assert!(n(1, "prompt_tokens") > 8 * 66);
+    assert_eq!(n(1, "prompt_tokens"), n(2, "prompt_tokens"));
+    // The second question shares everything before the judged frame (the
+    // first frame, four times, and the last) with the first.
+    assert!(n(2, "reused_tokens") > 5 * 66, "{json}");
+    assert!(rows[2]["answer"].is_string());
+    let strip = preprocess::load(&plot).unwrap();
+    let frame_w = 352 * spillway::vision::annotate::STRIP_FRAME / 192;
+    assert_eq!(strip.width, 3 * frame_w + 4 * 4);
+
+    let err = |args: &[&str], model: &Path| -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+            .args(["generate", "--model"])
+            .arg(model)
+            .args(args)
+            .env("SPILLWAY_CACHE_DIR", cache.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let img = image.to_str().unwrap();
+    let one = err(
+        &["--task", "progress", "--image", img, "--prompt", "x"],
+        &dir,
+    );
+    assert!(one.contains("two or more frames"), "{one}");
+    let text = err(
+        &[
+            "--task", "progress", "--image", img, "--image", img, "--prompt", "x",
+        ],
+        &fixture("qwen2_tiny_text"),
+    );
+    assert!(text.contains("needs a vision-language model"), "{text}");
+}
+
 /// The fixture re-saved as newer transformers and some training tools
 /// write it — `model.visual.*` / `model.language_model.*` names, an untied
 /// `lm_head`, a nested `text_config` with `rope_parameters`, vision keys
