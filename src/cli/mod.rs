@@ -185,6 +185,10 @@ pub struct ModelArgs {
     /// by commands that take images (`generate --max-pixels`).
     #[arg(skip)]
     pub max_image_pixels: Option<usize>,
+    /// A llama.cpp vision projector (`mmproj*.gguf`) for a vision-language
+    /// GGUF (default: one beside the model file).
+    #[arg(long, value_name = "MMPROJ.gguf")]
+    mmproj: Option<PathBuf>,
     #[command(flatten)]
     pub spec: SpecArgs,
     #[command(flatten)]
@@ -302,6 +306,7 @@ impl ModelArgs {
                 .max_image_pixels
                 .unwrap_or(crate::placement::footprint::DEFAULT_MAX_IMAGE_PIXELS),
             kv_types: self.kv_types(config),
+            mmproj: self.mmproj.clone(),
         }
     }
 

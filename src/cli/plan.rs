@@ -186,7 +186,26 @@ fn footprint(a: &PlanArgs, config: &Config) -> anyhow::Result<(Footprint, String
     let path = crate::engine::resolve_model_path(&path)?;
     let gguf = GgufFile::open(&path)?;
     let hp = HParams::from_gguf(&gguf)?;
-    let fp = Footprint::from_gguf(&gguf, &hp, hp.context_for(requested)?, PROMPT_CHUNK);
+    let mut fp = Footprint::from_gguf(&gguf, &hp, hp.context_for(requested)?, PROMPT_CHUNK);
+    // A llama.cpp vision model's tower is in its projector file beside it
+    // (its weights as they load: 16-bit widened to f32).
+    if hp.is_multimodal() && gguf.tensor("v.patch_embd.weight").is_none() {
+        if let Some(mmproj) = crate::engine::vision::find_mmproj(&path) {
+            let g = GgufFile::open(&mmproj)?;
+            fp.vision_bytes = g
+                .tensors
+                .iter()
+                .map(|t| {
+                    let wide = matches!(
+                        t.ggml_type,
+                        crate::weights::GgmlType::F16 | crate::weights::GgmlType::BF16
+                    );
+                    t.size_bytes * if wide { 2 } else { 1 }
+                })
+                .sum();
+            return Ok((fp, format!("GGUF, as stored, with {}", mmproj.display())));
+        }
+    }
     Ok((fp, "GGUF, as stored".into()))
 }
 

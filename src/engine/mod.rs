@@ -131,6 +131,9 @@ pub struct LoadOptions {
     pub max_image_pixels: usize,
     /// How the KV cache stores keys and values (default f16 both).
     pub kv_types: KvTypes,
+    /// A llama.cpp vision projector (`mmproj*.gguf`) for the model; by
+    /// default one beside a vision-language model's file is used.
+    pub mmproj: Option<PathBuf>,
 }
 
 impl LoadOptions {
@@ -149,6 +152,7 @@ impl LoadOptions {
             hub: Default::default(),
             max_image_pixels: crate::placement::footprint::DEFAULT_MAX_IMAGE_PIXELS,
             kv_types: KvTypes::default(),
+            mmproj: None,
         }
     }
 }
@@ -193,6 +197,9 @@ pub struct Engine {
     generation_config: Option<serde_json::Value>,
     /// The vision tower and image processor of a vision-language model.
     vision: Option<vision::VisionModel>,
+    /// The llama.cpp projector file the tower was read from, when it is
+    /// not in the model's own file.
+    mmproj: Option<PathBuf>,
     /// Rotary (t, h, w) positions of the cached tokens (vision-language
     /// models; empty otherwise).
     cached_pos: Vec<[u32; 3]>,
@@ -205,8 +212,10 @@ pub struct Engine {
 /// Finds the model file: a GGUF path, or a folder holding exactly one GGUF.
 pub fn resolve_model_path(path: &Path) -> Result<PathBuf, EngineError> {
     if path.is_dir() {
+        // A llama.cpp vision model's projector is not the model.
         let mut ggufs = crate::weights::files_with_extension(path, "gguf")
             .map_err(|e| EngineError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+        ggufs.retain(|p| !vision::is_mmproj_name(p));
         return match ggufs.len() {
             1 => Ok(ggufs.remove(0)),
             0 => Err(EngineError::Invalid(format!(
@@ -361,7 +370,23 @@ impl Engine {
         };
         let model = Transformer::new(hp.clone(), token_embd, output_norm, output, context)?;
         // On the CPU until the plan is applied (which may move it).
-        let mut vision = vision::load(&gguf, &file, hp.n_embd, &candle_core::Device::Cpu)?;
+        // A llama.cpp model's tower is a file of its own (`mmproj`): the
+        // one named, or the one beside the model.
+        let mmproj = match &opts.mmproj {
+            Some(p) => Some(p.clone()),
+            None if hp.is_multimodal() && gguf.tensor("v.patch_embd.weight").is_none() => {
+                vision::find_mmproj(&path)
+            }
+            None => None,
+        };
+        let mut vision = vision::load(
+            &gguf,
+            &file,
+            mmproj.as_deref(),
+            &tokenizer,
+            hp.n_embd,
+            &candle_core::Device::Cpu,
+        )?;
         // The bound the plan budgets images for holds for every image of
         // this load, whatever the model's processor file says.
         if let Some(v) = &mut vision {
@@ -407,6 +432,7 @@ impl Engine {
             generation_config,
             template,
             vision,
+            mmproj,
             cached_pos: Vec::new(),
             cached_images: Vec::new(),
             cached: Vec::new(),

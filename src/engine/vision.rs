@@ -76,17 +76,24 @@ fn json_meta(g: &GgufFile, key: &str) -> Option<serde_json::Value> {
     serde_json::from_str(g.get(key).and_then(Value::as_str)?).ok()
 }
 
-/// The vision half of a GGUF converted from a Qwen2.5-VL folder, when it
-/// has one, on `device`. Under a quantized scheme 16-bit matrices stay f16
-/// in memory; as stored they are widened to f32 (exact results).
+/// The vision half of a GGUF converted from a Qwen2.5-VL or Qwen3-VL
+/// folder, when it has one, or else of the llama.cpp `mmproj` file given
+/// (a Qwen3-VL tower), on `device`. Under a quantized scheme 16-bit
+/// matrices stay f16 in memory; as stored they are widened to f32 (exact
+/// results).
 pub fn load(
     g: &GgufFile,
     file: &std::fs::File,
+    mmproj: Option<&Path>,
+    tokenizer: &crate::weights::tokenizer::TextTokenizer,
     n_embd: usize,
     device: &candle_core::Device,
 ) -> Result<Option<VisionModel>, ModelError> {
     if g.tensor("v.patch_embd.weight").is_none() {
-        return Ok(None);
+        return match mmproj {
+            Some(p) => load_mmproj(p, tokenizer, n_embd, device).map(Some),
+            None => Ok(None),
+        };
     }
     // Converted at 4/8/16 bits: the tower's 16-bit matrices stay 16-bit.
     let half_weights = g
@@ -100,12 +107,7 @@ pub fn load(
     let processor = json_meta(g, HF_PREPROCESSOR_CONFIG)
         .map(|p| ProcessorConfig::from_json(&p))
         .unwrap_or_default();
-    if processor.patch_values() != cfg.patch_values() || processor.merge_size != cfg.merge_size {
-        return Err(ModelError::Format(format!(
-            "preprocessor_config.json (patch {}, merge {}) does not fit the vision tower (patch {}, merge {})",
-            processor.patch_size, processor.merge_size, cfg.patch_size, cfg.merge_size
-        )));
-    }
+    check_processor(&processor, &cfg)?;
     let mut get = |name: &str| -> Result<candle_core::quantized::QTensor, ModelError> {
         let info = g
             .tensor(name)
@@ -119,6 +121,219 @@ pub fn load(
         tokens: VisionTokens::from_config(&config),
         embeds: Vec::new(),
     }))
+}
+
+fn check_processor(processor: &ProcessorConfig, cfg: &VisionConfig) -> Result<(), ModelError> {
+    if processor.patch_values() != cfg.patch_values() || processor.merge_size != cfg.merge_size {
+        return Err(ModelError::Format(format!(
+            "preprocessor_config.json (patch {}, merge {}) does not fit the vision tower (patch {}, merge {})",
+            processor.patch_size, processor.merge_size, cfg.patch_size, cfg.merge_size
+        )));
+    }
+    Ok(())
+}
+
+/// The llama.cpp `mmproj` file beside a model file, when there is one:
+/// `mmproj*.gguf` in its folder (the first by name when there are several).
+pub fn find_mmproj(model: &Path) -> Option<PathBuf> {
+    let dir = match model.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut found: Vec<PathBuf> = crate::weights::files_with_extension(dir, "gguf")
+        .ok()?
+        .into_iter()
+        .filter(|p| is_mmproj_name(p))
+        .collect();
+    found.sort();
+    found.into_iter().next()
+}
+
+/// Whether a file's name marks it as a llama.cpp vision projector.
+pub fn is_mmproj_name(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.to_ascii_lowercase().starts_with("mmproj"))
+}
+
+/// A llama.cpp `mmproj` GGUF of a Qwen3-VL (`clip`, projector type
+/// `qwen3vl_merger`, as its `convert_hf_to_gguf.py --mmproj` writes it):
+/// the tower's shape from the `clip.vision.*` keys, tensors renamed to
+/// Spillway's (`v.post_ln` → the merger's norm, `mm.0`/`mm.2` → its
+/// layers, `v.deepstack.{block}` → the k-th DeepStack merger) and the two
+/// temporal halves of the patch embedding (`v.patch_embd.weight`,
+/// `.weight.1`) joined into one matrix; the image tokens' ids from the
+/// model's own vocabulary.
+fn load_mmproj(
+    path: &Path,
+    tokenizer: &crate::weights::tokenizer::TextTokenizer,
+    n_embd: usize,
+    device: &candle_core::Device,
+) -> Result<VisionModel, ModelError> {
+    let bad = |what: String| ModelError::Format(format!("{}: {what}", path.display()));
+    let g = GgufFile::open(path).map_err(|e| bad(e.to_string()))?;
+    if g.architecture() != Some("clip") {
+        return Err(bad(format!(
+            "not a vision projector (architecture {:?}, expected clip)",
+            g.architecture().unwrap_or("none")
+        )));
+    }
+    let projector = g
+        .get("clip.projector_type")
+        .or_else(|| g.get("clip.vision.projector_type"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if projector != "qwen3vl_merger" {
+        return Err(bad(format!(
+            "projector type {projector:?} is not supported (Qwen3-VL's qwen3vl_merger is; Qwen2.5-VL models load from their Hugging Face folder)"
+        )));
+    }
+    let key = |k: &str| -> Result<u64, ModelError> {
+        g.get(&format!("clip.vision.{k}"))
+            .and_then(Value::as_u64)
+            .ok_or_else(|| bad(format!("clip.vision.{k} is missing")))
+    };
+    let depth = key("block_count")?;
+    let deepstack: Vec<usize> = g
+        .get("clip.vision.is_deepstack_layers")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .enumerate()
+                .filter(|(_, v)| v.as_bool() == Some(true))
+                .map(|(i, _)| i)
+                .collect()
+        })
+        .unwrap_or_default();
+    let positions = g
+        .tensor("v.position_embd.weight")
+        .and_then(|t| t.shape.first().copied())
+        .ok_or_else(|| bad("tensor v.position_embd.weight is missing".into()))?;
+    let out_hidden = key("projection_dim").unwrap_or(n_embd as u64);
+    let config = serde_json::json!({
+        "model_type": "qwen3_vl",
+        "vision_config": {
+            "depth": depth,
+            "hidden_size": key("embedding_length")?,
+            "intermediate_size": key("feed_forward_length")?,
+            "num_heads": key("attention.head_count")?,
+            "patch_size": key("patch_size")?,
+            "spatial_merge_size": key("spatial_merge_size").unwrap_or(2),
+            "temporal_patch_size": 2,
+            "num_position_embeddings": positions,
+            "out_hidden_size": out_hidden,
+            "deepstack_visual_indexes": deepstack,
+        }
+    });
+    let cfg = VisionConfig::from_config(&config, n_embd)?;
+    if cfg.out_hidden != n_embd {
+        return Err(bad(format!(
+            "the projector gives {}-wide embeddings, the model takes {n_embd}",
+            cfg.out_hidden
+        )));
+    }
+    let triple = |k: &str| -> Option<serde_json::Value> {
+        let a = g.get(&format!("clip.vision.{k}"))?.as_array()?;
+        Some(serde_json::Value::Array(
+            a.iter()
+                .filter_map(|v| v.as_f64().map(serde_json::Value::from))
+                .collect(),
+        ))
+    };
+    let mut pp = serde_json::json!({
+        "patch_size": cfg.patch_size,
+        "merge_size": cfg.merge_size,
+        "temporal_patch_size": cfg.temporal_patch_size,
+        // Qwen3-VL's processor: 256 to 16384 patches of 16.
+        "min_pixels": 65_536,
+        "max_pixels": 16_777_216,
+    });
+    for (k, name) in [("image_mean", "image_mean"), ("image_std", "image_std")] {
+        if let Some(v) = triple(k) {
+            pp[name] = v;
+        }
+    }
+    for (k, name) in [
+        ("image_min_pixels", "min_pixels"),
+        ("image_max_pixels", "max_pixels"),
+    ] {
+        if let Ok(v) = key(k) {
+            pp[name] = v.into();
+        }
+    }
+    let processor = ProcessorConfig::from_json(&pp);
+    check_processor(&processor, &cfg)?;
+    let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let read = |name: &str| -> Result<candle_core::quantized::QTensor, ModelError> {
+        let info = g
+            .tensor(name)
+            .ok_or_else(|| bad(format!("tensor {name} is missing")))?;
+        Ok(read_qtensor(&file, info)?)
+    };
+    let blocks = cfg.deepstack_blocks.clone();
+    let patch_values = cfg.patch_values();
+    let mut get = |name: &str| -> Result<candle_core::quantized::QTensor, ModelError> {
+        if name == "v.patch_embd.weight" {
+            // Two Conv2D kernels (out, 3, p, p), one per frame → the
+            // (out, 3·2·p·p) matrix, channel-major then frame.
+            let (a, b) = (read(name)?, read("v.patch_embd.weight.1")?);
+            let cpu = candle_core::Device::Cpu;
+            let (a, b) = (a.dequantize(&cpu)?, b.dequantize(&cpu)?);
+            let out = a.dim(0)?;
+            if a.elem_count() * 2 != out * patch_values || a.dims() != b.dims() {
+                return Err(bad(format!(
+                    "patch embedding kernels of shapes {:?} and {:?} do not make {out}×{patch_values}",
+                    a.dims(),
+                    b.dims()
+                )));
+            }
+            let (a, b) = (a.reshape((out, 3, 1, ()))?, b.reshape((out, 3, 1, ()))?);
+            let joined = candle_core::Tensor::cat(&[a, b], 2)?.reshape((out, patch_values))?;
+            return Ok(candle_core::quantized::QTensor::quantize(
+                &joined,
+                candle_core::quantized::GgmlDType::F32,
+            )?);
+        }
+        let renamed = if let Some(rest) = name.strip_prefix("v.merger.") {
+            let (part, kind) = rest.split_once('.').unwrap_or((rest, ""));
+            match part {
+                "norm" => format!("v.post_ln.{kind}"),
+                "fc1" => format!("mm.0.{kind}"),
+                "fc2" => format!("mm.2.{kind}"),
+                _ => name.to_string(),
+            }
+        } else if let Some(rest) = name.strip_prefix("v.deepstack.") {
+            let (k, tail) = rest.split_once('.').unwrap_or((rest, ""));
+            let block = k
+                .parse::<usize>()
+                .ok()
+                .and_then(|k| blocks.get(k).copied())
+                .ok_or_else(|| bad(format!("no DeepStack block for {name}")))?;
+            format!("v.deepstack.{block}.{tail}")
+        } else {
+            name.to_string()
+        };
+        read(&renamed)
+    };
+    let tower = VisionTower::load(cfg, &mut get, device, false)?;
+    let id = |t: &str| -> Result<u32, ModelError> {
+        match tokenizer.encode(t, false).as_deref() {
+            Ok([id]) => Ok(*id),
+            _ => Err(ModelError::Format(format!(
+                "the model's vocabulary has no {t} token for the projector's images"
+            ))),
+        }
+    };
+    Ok(VisionModel {
+        tower,
+        processor,
+        tokens: VisionTokens {
+            image_pad: id("<|image_pad|>")?,
+            vision_start: id("<|vision_start|>")?,
+            vision_end: id("<|vision_end|>")?,
+        },
+        embeds: Vec::new(),
+    })
 }
 
 /// What an image content part names (`{"type": "image", "path": …}`, or
@@ -226,7 +441,14 @@ impl Engine {
         let n_embd = self.model.hp.n_embd;
         // The old tower goes first: both need not fit at once.
         let embeds = self.vision.take().map(|v| v.embeds).unwrap_or_default();
-        let mut moved = load(&self.gguf, &file, n_embd, &target)?;
+        let mut moved = load(
+            &self.gguf,
+            &file,
+            self.mmproj.as_deref(),
+            &self.tokenizer,
+            n_embd,
+            &target,
+        )?;
         if let Some(m) = &mut moved {
             m.embeds = embeds;
         }

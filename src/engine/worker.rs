@@ -300,6 +300,8 @@ impl Worker {
             context_length: req.context_length,
             max_image_pixels: req.max_image_pixels,
             kv_types: req.kv_types,
+            // One beside the model file is found.
+            mmproj: None,
         };
         let events = self.ends.events.clone();
         let wake = self.wake.clone();

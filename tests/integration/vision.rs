@@ -194,6 +194,63 @@ fn vl_matches_transformers(name: &str, image_tokens: usize) {
     assert_eq!(tokens_of(&json), want, "greedy tokens from disk");
 }
 
+/// The fixture as llama.cpp ships a Qwen3-VL — a text GGUF (`qwen3vl`)
+/// and an `mmproj` GGUF beside it, in the names and layouts of llama.cpp's
+/// converter (`llama_cpp/make_pair.py`) — reads the image as the converted
+/// checkpoint does: the projector found beside the model (the folder
+/// resolving to the model, not the projector), logits within 1e-3 and the
+/// same greedy tokens; a file that is not a projector is a clear error.
+#[test]
+fn a_llama_cpp_gguf_and_mmproj_pair_matches_transformers() {
+    let dir = fixture("qwen3_vl_tiny");
+    let pair = dir.join("llama_cpp");
+    let r = reference(&dir);
+    let cache = tempfile::tempdir().unwrap();
+    // The folder holds the model and its projector: it is the model.
+    let mut engine = load(&pair, Quant::AsStored, cache.path());
+    assert_eq!(engine.gguf.architecture(), Some("qwen3vl"));
+    let v = engine
+        .vision()
+        .expect("the projector beside the model was read");
+    assert_eq!(v.tower.cfg.deepstack_blocks, vec![1, 2, 3]);
+    assert_eq!(v.tokens.image_pad, 612);
+    let img = fixture_image(&engine, &dir);
+    let prompt = engine
+        .chat_prompt(&messages(&dir), vec![img.clone()], "")
+        .unwrap();
+    let want_ids: Vec<u32> = ints(&r["input_ids"]).iter().map(|&x| x as u32).collect();
+    assert_eq!(prompt.tokens, want_ids, "input_ids");
+    let p = &img.prepared;
+    let out = engine
+        .vision()
+        .unwrap()
+        .tower
+        .encode(&p.pixel_values, p.grid_thw, None)
+        .unwrap();
+    let e = max_abs_diff(&f32s(&out.embeds), &f32s(&r["image_embeds"]));
+    assert!(e < 2e-4, "image_embeds differ by {e}");
+    let logits = engine.logits_all_prompt(&prompt).unwrap();
+    let l = max_abs_diff(&logits, &f32s(&r["logits"]));
+    eprintln!("llama.cpp pair: image_embeds {e:.2e}, logits {l:.2e}");
+    assert!(l < 1e-3, "logits differ by {l}");
+    let json = greedy8(&pair, &dir.join("messages.json"), &[], cache.path());
+    assert_eq!(tokens_of(&json), ints(&r["generated_ids"]), "greedy tokens");
+
+    // `plan` counts the projector's tower with the model.
+    let plan = crate::common::spillway_json(&["plan", "--model", pair.to_str().unwrap(), "--json"]);
+    let projector = std::fs::metadata(pair.join("mmproj-Qwen3-VL-tiny-F32.gguf"))
+        .unwrap()
+        .len();
+    let vision = plan["vision"]["bytes"].as_u64().unwrap();
+    assert!(vision > projector * 9 / 10 && vision <= projector, "{plan}");
+
+    // Named explicitly: a text GGUF is not a projector.
+    let mut opts = spillway::engine::LoadOptions::new(pair.join("Qwen3-VL-tiny-F32.gguf"));
+    opts.mmproj = Some(pair.join("Qwen3-VL-tiny-F32.gguf"));
+    let err = Engine::load(&opts, &mut |_| {}).err().unwrap().to_string();
+    assert!(err.contains("not a vision projector"), "{err}");
+}
+
 fn greedy(n: usize) -> GenerateParams {
     GenerateParams {
         max_tokens: n,
