@@ -1,11 +1,13 @@
 //! The real window over a scripted engine, for the docs' overlay
-//! screenshot (docs/screenshots/take-overlay.sh): a RoboBrain-like model is
-//! "loaded", the scene image is attached in pointing mode, the question is
-//! sent, and the engine answers with the scripted text given on the
-//! command line. Nothing is computed: the picture shows how the window
-//! draws an answer, not what a model answered.
+//! screenshots (docs/screenshots/take-overlay.sh): a RoboBrain-like model
+//! is "loaded", the images are attached in the task given, the question is
+//! sent, and the engine answers each request with the next of the scripted
+//! answers given on the command line (`|` between them). Nothing is
+//! computed: the picture shows how the window draws an answer, not what a
+//! model answered.
 //!
-//!   cargo run --example scripted_window -- IMAGE "QUESTION" "ANSWER"
+//!   cargo run --example scripted_window -- [--family 2.5] [--task TASK] \
+//!       IMAGE [IMAGE...] "QUESTION" "ANSWER[|ANSWER...]"
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use spillway::placement::planner::TierBytes;
 use spillway::placement::{Mode, Placement, Tier};
 use spillway::protocol::{Command, Event, Finish, ModelInfo, ReplyStats, VisionInfo};
 use spillway::ui::SpillwayApp;
-use spillway::vision::tasks::Task;
+use spillway::vision::tasks::{Family, Task};
 
 struct Scripted {
     app: SpillwayApp,
@@ -36,10 +38,14 @@ impl eframe::App for Scripted {
     }
 }
 
-fn info() -> ModelInfo {
+fn info(family: Family) -> ModelInfo {
     let n = 36;
     ModelInfo {
-        name: "RoboBrain2.0-3B (scripted)".into(),
+        name: match family {
+            Family::RoboBrain2 => "RoboBrain2.0-3B (scripted)",
+            Family::RoboBrain25 => "RoboBrain2.5-8B (scripted)",
+        }
+        .into(),
         path: PathBuf::from("scripted"),
         n_layers: n,
         context_length: 4096,
@@ -65,17 +71,48 @@ fn info() -> ModelInfo {
         remote: None,
         thinking: None,
         vision: Some(Box::new(VisionInfo {
-            processor: spillway::vision::ProcessorConfig::default(),
+            processor: match family {
+                Family::RoboBrain2 => spillway::vision::ProcessorConfig::default(),
+                // Qwen3-VL's processor: patch 16.
+                Family::RoboBrain25 => spillway::vision::ProcessorConfig::from_json(
+                    &serde_json::json!({"patch_size": 16, "min_pixels": 65536, "max_pixels": 16777216}),
+                ),
+            },
             thinking: Some(false),
-            family: Default::default(),
+            family,
         })),
     }
 }
 
 fn main() -> eframe::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [image, question, answer] =
-        <[String; 3]>::try_from(args).expect("usage: scripted_window IMAGE QUESTION ANSWER");
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut family = Family::RoboBrain2;
+    let mut task = Task::Pointing;
+    while args.first().is_some_and(|a| a.starts_with("--")) {
+        let flag = args.remove(0);
+        let value = if args.is_empty() {
+            String::new()
+        } else {
+            args.remove(0)
+        };
+        match flag.as_str() {
+            "--family" if value == "2.5" => family = Family::RoboBrain25,
+            "--task" => task = value.parse().expect("a task name"),
+            other => panic!("unknown option {other}"),
+        }
+    }
+    assert!(
+        args.len() >= 3,
+        "usage: scripted_window [--family 2.5] [--task TASK] IMAGE [IMAGE...] QUESTION ANSWER[|ANSWER...]"
+    );
+    let answers: Vec<String> = args
+        .pop()
+        .unwrap_or_default()
+        .split('|')
+        .map(str::to_string)
+        .collect();
+    let question = args.pop().unwrap_or_default();
+    let images = args;
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("Spillway")
@@ -89,14 +126,18 @@ fn main() -> eframe::Result<()> {
             let (link, engine) = worker::channel();
             let data = std::env::temp_dir().join("spillway-scripted");
             let mut app = SpillwayApp::new(link, &Config::defaults().unwrap(), Some(data), None);
-            app.attach_file(std::path::Path::new(&image));
-            app.task = Task::Pointing;
+            for image in &images {
+                app.attach_file(std::path::Path::new(image));
+            }
+            app.task = task;
             let ctx = cc.egui_ctx.clone();
             std::thread::spawn(move || {
-                let _ = engine.events.send(Event::Loaded(info()));
+                let _ = engine.events.send(Event::Loaded(info(family)));
                 ctx.request_repaint();
+                let mut next = answers.iter().cycle();
                 while let Ok(cmd) = engine.commands.recv() {
                     let Command::Generate(r) = cmd else { continue };
+                    let answer = next.next().cloned().unwrap_or_default();
                     for piece in answer.split_inclusive(' ') {
                         std::thread::sleep(Duration::from_millis(60));
                         let _ = engine.events.send(Event::Token {

@@ -718,8 +718,9 @@ impl SpillwayApp {
         };
         if let Some(i) = self.conv_index(&conv_id) {
             if let Some(m) = self.conversations[i].messages.last_mut() {
+                // A paragraph a frame (markdown joins single lines).
                 if !m.text.is_empty() {
-                    m.text.push('\n');
+                    m.text.push_str("\n\n");
                 }
                 m.text.push_str(&format!("Frame {}: ", step.frame + 1));
             }

@@ -187,9 +187,19 @@ pub fn chat_ui(
                         }
                         _ if is_user => {
                             if !m.images.is_empty() {
+                                // A row that fits the message: many frames
+                                // get smaller thumbnails.
+                                let fit = ui.available_width() / m.images.len() as f32 - 8.0;
                                 ui.horizontal_wrapped(|ui| {
                                     for (k, a) in m.images.iter().enumerate() {
-                                        thumbnail(ui, &mut app.textures, a, &processor, (i, k));
+                                        thumbnail(
+                                            ui,
+                                            &mut app.textures,
+                                            a,
+                                            &processor,
+                                            (i, k),
+                                            fit,
+                                        );
                                     }
                                 });
                             }
@@ -332,18 +342,23 @@ pub fn chat_ui(
     actions
 }
 
-/// A thumbnail with the image's size and token cost.
+/// A thumbnail with the image's size and token cost, at most `max_w`
+/// points wide (and at least 32).
 fn thumbnail(
     ui: &mut egui::Ui,
     textures: &mut images::Textures,
     a: &crate::chat::history::Attachment,
     processor: &crate::vision::ProcessorConfig,
     id: (usize, usize),
+    max_w: f32,
 ) {
     ui.vertical(|ui| {
         match textures.get(ui.ctx(), &a.path) {
             Ok(tex) => {
-                let w = 96.0 * (a.width as f32 / a.height.max(1) as f32).clamp(0.5, 2.0);
+                let w = (96.0 * (a.width as f32 / a.height.max(1) as f32).clamp(0.5, 2.0))
+                    .min(max_w)
+                    .max(32.0);
+                ui.set_max_width(w);
                 images::image_with_overlay(
                     ui,
                     &tex,
@@ -414,7 +429,8 @@ fn composer_tools_ui(
             actions.push(ChatAction::AttachFolder);
         }
         if app.task != Task::General {
-            ui.weak(app.task.hint());
+            // Cut to the row: the composer's Send button stays in view.
+            ui.add(egui::Label::new(egui::RichText::new(app.task.hint()).weak()).truncate());
         }
     });
     if app.attachments.is_empty() {
@@ -424,7 +440,7 @@ fn composer_tools_ui(
     ui.horizontal(|ui| {
         for (k, a) in app.attachments.iter().enumerate() {
             ui.vertical(|ui| {
-                thumbnail(ui, &mut app.textures, a, processor, (usize::MAX, k));
+                thumbnail(ui, &mut app.textures, a, processor, (usize::MAX, k), f32::INFINITY);
                 if ui.small_button("Remove").clicked() {
                     remove = Some(k);
                 }

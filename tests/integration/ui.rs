@@ -1621,7 +1621,7 @@ fn robobrain_2_5_estimates_progress_over_frames() {
         .unwrap()
         .clone();
     assert_eq!(reply.progress, vec![Some(0.0), Some(0.4), Some(-0.1)]);
-    assert_eq!(reply.text, "Frame 2: 40%\nFrame 3: -10%");
+    assert_eq!(reply.text, "Frame 2: 40%\n\nFrame 3: -10%");
     assert!(!reply.incomplete);
     assert!(f.app().streaming.is_none());
     // Each in the reply's text and as a dot of the plot under the frames.
