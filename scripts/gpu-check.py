@@ -136,7 +136,7 @@ class Check:
     # --- checks ---------------------------------------------------------
     def fixtures(self):
         figures, ok = {}, True
-        for name in ["mistral_tiny", "qwen2_tiny_text", "qwen2_5_vl_tiny"]:
+        for name in ["mistral_tiny", "qwen2_tiny_text", "qwen2_5_vl_tiny", "qwen3_vl_tiny"]:
             d = FIXTURES / name
             base = [self.bin, "generate", "--model", d, "--chat", d / "messages.json", "--greedy",
                     "--ignore-eos", "--max-tokens", "8", "--dtype", "f32", "--quant", "none",
