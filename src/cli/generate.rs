@@ -84,6 +84,10 @@ pub struct GenerateArgs {
     /// frame).
     #[arg(long, value_name = "PATH")]
     pub(super) goal: Option<PathBuf>,
+    /// `--task progress`: incremental (each frame against the one before,
+    /// the steps accumulated) or forward (each frame against the first).
+    #[arg(long, value_name = "MODE", default_value = "incremental")]
+    pub(super) progress_mode: tasks::ProgressMode,
     /// Let a model that can think (Qwen3, RoboBrain 2.0 7B and 32B) think
     /// first.
     #[arg(long, conflicts_with = "no_think")]

@@ -1,9 +1,10 @@
 //! `spillway generate --task progress`: RoboBrain 2.5's progress estimation
 //! over a sequence of frames, asked as Robo-Dopamine's inference asks it —
 //! one question per frame after the first, eight images each (see
-//! `vision::tasks::progress_steps`). The questions share their start (the
-//! template, the reference images, the first frame), so the KV cache keeps
-//! it and each later question computes only the frame it judges.
+//! `vision::tasks::progress_steps`), incremental or forward. The questions
+//! share their start (the template and the reference images; in forward
+//! mode the "before" frame too), so the KV cache keeps it and each later
+//! question computes only what differs.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -90,7 +91,8 @@ pub fn run(
     let suffix = engine.thinking_prompt(false);
     let start = std::time::Instant::now();
     let mut judged: Vec<Judged> = Vec::new();
-    let steps = tasks::progress_steps(&frames, goal.as_deref());
+    let mode = a.progress_mode;
+    let steps = tasks::progress_steps(&frames, goal.as_deref(), mode);
     let mut err = std::io::stderr().lock();
     for step in &steps {
         let message = tasks::progress_message(&task, step);
@@ -127,10 +129,15 @@ pub fn run(
             anyhow::bail!("stopped");
         }
     }
-    // Forward mode: each frame's score is its progress from the first.
-    let progress: Vec<Option<f32>> = std::iter::once(Some(0.0))
-        .chain(judged.iter().map(|j| j.score))
-        .collect();
+    // Each frame's progress from the first frame's 0.
+    let mut progress: Vec<Option<f32>> = vec![Some(0.0)];
+    let mut at = 0.0;
+    for j in &judged {
+        at = mode.next(at, j.score);
+        // Forward: a frame without a score has no progress of its own.
+        progress
+            .push((j.score.is_some() || mode == tasks::ProgressMode::Incremental).then_some(at));
+    }
     if let Some(out) = &a.annotate {
         let imgs: Vec<preprocess::Rgb> = frames.iter().map(|p| rgb[p].clone()).collect();
         crate::vision::annotate::write_png(
@@ -164,7 +171,7 @@ pub fn run(
         let out = serde_json::json!({
             "task": "progress",
             "instruction": task,
-            "mode": "forward",
+            "mode": mode.to_string(),
             "goal": goal.as_ref().map(|g| g.display().to_string()),
             "frames": rows,
             "load_seconds": load_seconds,

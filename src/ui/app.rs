@@ -70,6 +70,7 @@ pub struct Streaming {
 pub struct ProgressRun {
     /// The task the frames show.
     pub task: String,
+    pub mode: crate::vision::tasks::ProgressMode,
     pub steps: Vec<crate::vision::tasks::ProgressStep>,
     /// The step being answered.
     pub at: usize,
@@ -205,6 +206,8 @@ pub struct SpillwayApp {
     pub attachments: Vec<Attachment>,
     /// The RoboBrain task the next message is sent in.
     pub task: Task,
+    /// How the progress task asks about its frames.
+    pub progress_mode: crate::vision::tasks::ProgressMode,
     /// Let a model that can think (Qwen3, RoboBrain 7B/32B) think first.
     pub think: bool,
     pub textures: images::Textures,
@@ -369,6 +372,7 @@ impl SpillwayApp {
             started: Instant::now(),
             attachments: Vec::new(),
             task: Task::General,
+            progress_mode: Default::default(),
             think: false,
             textures: images::Textures::default(),
             attachments_dir,
@@ -649,7 +653,8 @@ impl SpillwayApp {
                 let frames: Vec<PathBuf> = m.images.iter().map(|a| a.path.clone()).collect();
                 ProgressRun {
                     task: m.text.clone(),
-                    steps: crate::vision::tasks::progress_steps(&frames, None),
+                    mode: self.progress_mode,
+                    steps: crate::vision::tasks::progress_steps(&frames, None, self.progress_mode),
                     at: 0,
                 }
             });
@@ -767,8 +772,15 @@ impl SpillwayApp {
             let (label, answer) = line.split_once(": ").unwrap_or(("", line.as_str()));
             let score = crate::vision::tasks::parse_score(answer);
             if finish != Finish::Cancelled && finish != Finish::Failed {
-                m.progress.push(score);
+                let before = m.progress.iter().rev().find_map(|p| *p).unwrap_or(0.0);
+                let now = run.mode.next(before, score);
+                let incremental = run.mode == crate::vision::tasks::ProgressMode::Incremental;
+                m.progress
+                    .push((score.is_some() || incremental).then_some(now));
                 let shown = match score {
+                    Some(v) if incremental => {
+                        format!("{label}: {:+.0}%, progress {:.0}%", v * 100.0, now * 100.0)
+                    }
                     Some(v) => format!("{label}: {:.0}%", v * 100.0),
                     None => format!("{label}: no score in \u{201c}{}\u{201d}", answer.trim()),
                 };

@@ -420,13 +420,26 @@ fn composer_tools_ui(
             ui.checkbox(&mut app.think, "Think first")
                 .on_hover_text("Qwen3 and RoboBrain 7B/32B reason in <think> before answering (folded under \"Thinking\")");
         }
-        if app.task == Task::Progress
-            && ui
+        if app.task == Task::Progress {
+            if ui
                 .button("Attach frames folder…")
                 .on_hover_text("A folder of frames in name order; at most 12 are judged, evenly spread")
                 .clicked()
-        {
-            actions.push(ChatAction::AttachFolder);
+            {
+                actions.push(ChatAction::AttachFolder);
+            }
+            let l = ui.label("Compare:");
+            egui::ComboBox::from_id_salt("progress_mode")
+                .selected_text(app.progress_mode.to_string())
+                .show_ui(ui, |ui| {
+                    use crate::vision::tasks::ProgressMode;
+                    ui.selectable_value(&mut app.progress_mode, ProgressMode::Incremental, "incremental")
+                        .on_hover_text("Each frame against the one before; the steps add up");
+                    ui.selectable_value(&mut app.progress_mode, ProgressMode::Forward, "forward")
+                        .on_hover_text("Each frame against the first");
+                })
+                .response
+                .labelled_by(l.id);
         }
         if app.task != Task::General {
             // Cut to the row: the composer's Send button stays in view.
@@ -440,7 +453,14 @@ fn composer_tools_ui(
     ui.horizontal(|ui| {
         for (k, a) in app.attachments.iter().enumerate() {
             ui.vertical(|ui| {
-                thumbnail(ui, &mut app.textures, a, processor, (usize::MAX, k), f32::INFINITY);
+                thumbnail(
+                    ui,
+                    &mut app.textures,
+                    a,
+                    processor,
+                    (usize::MAX, k),
+                    f32::INFINITY,
+                );
                 if ui.small_button("Remove").clicked() {
                     remove = Some(k);
                 }

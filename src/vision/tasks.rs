@@ -211,15 +211,69 @@ pub struct ProgressStep {
     pub images: [std::path::PathBuf; 8],
 }
 
-/// The questions a sequence of frames asks, in Robo-Dopamine's "forward"
-/// mode (its default): each frame after the first is compared with the
-/// first, anchored by the first frame as the reference start and the goal
-/// image (or else the last frame) as the reference end. With one camera,
-/// the frame stands for all three views, as its single-view usage repeats
-/// the front camera.
+/// How a sequence of frames is asked about (Robo-Dopamine's `eval_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProgressMode {
+    /// Each frame against the one before; the scores are steps that
+    /// accumulate (RoboBrain 2.5's README runs it so).
+    #[default]
+    Incremental,
+    /// Each frame against the first; the score is the progress itself
+    /// (Robo-Dopamine's own example's default).
+    Forward,
+}
+
+impl fmt::Display for ProgressMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProgressMode::Incremental => "incremental",
+            ProgressMode::Forward => "forward",
+        })
+    }
+}
+
+impl FromStr for ProgressMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "incremental" => Ok(ProgressMode::Incremental),
+            "forward" => Ok(ProgressMode::Forward),
+            _ => Err(format!(
+                "unknown progress mode '{s}' (incremental, forward)"
+            )),
+        }
+    }
+}
+
+impl ProgressMode {
+    /// The progress after a frame scored `score`, from `before` (the
+    /// frame before's progress; Robo-Dopamine's arithmetic): forward, the
+    /// score itself; incremental, a gain takes that share of what remained
+    /// to do, a loss that share of what was done. A frame without a score
+    /// leaves progress where it was (Robo-Dopamine counts it as 0).
+    pub fn next(self, before: f32, score: Option<f32>) -> f32 {
+        match (self, score) {
+            (ProgressMode::Forward, Some(s)) => s,
+            (ProgressMode::Forward, None) => before,
+            (ProgressMode::Incremental, Some(s)) if s >= 0.0 => before + (1.0 - before) * s,
+            (ProgressMode::Incremental, Some(s)) => before + before * s,
+            (ProgressMode::Incremental, None) => before,
+        }
+    }
+}
+
+/// The questions a sequence of frames asks, as Robo-Dopamine's inference
+/// asks them: each frame after the first is "after", against the frame
+/// before it (incremental) or the first frame (forward) as "before",
+/// anchored by the first frame as the reference start and the goal image
+/// (or else the last frame) as the reference end. With one camera, the
+/// frame stands for all three views, as its single-view usage repeats the
+/// front camera.
 pub fn progress_steps(
     frames: &[std::path::PathBuf],
     goal: Option<&std::path::Path>,
+    mode: ProgressMode,
 ) -> Vec<ProgressStep> {
     let (Some(first), Some(last)) = (frames.first(), frames.last()) else {
         return Vec::new();
@@ -229,18 +283,24 @@ pub fn progress_steps(
         .iter()
         .enumerate()
         .skip(1)
-        .map(|(frame, after)| ProgressStep {
-            frame,
-            images: [
-                first.clone(),
-                end.clone(),
-                first.clone(),
-                first.clone(),
-                first.clone(),
-                after.clone(),
-                after.clone(),
-                after.clone(),
-            ],
+        .map(|(frame, after)| {
+            let before = match mode {
+                ProgressMode::Forward => first,
+                ProgressMode::Incremental => &frames[frame - 1],
+            };
+            ProgressStep {
+                frame,
+                images: [
+                    first.clone(),
+                    end.clone(),
+                    before.clone(),
+                    before.clone(),
+                    before.clone(),
+                    after.clone(),
+                    after.clone(),
+                    after.clone(),
+                ],
+            }
         })
         .collect()
 }
@@ -862,7 +922,7 @@ mod tests {
             .iter()
             .map(Into::into)
             .collect();
-        let steps = progress_steps(&frames, None);
+        let steps = progress_steps(&frames, None, ProgressMode::Forward);
         assert_eq!(steps.len(), 2);
         assert_eq!(steps[1].frame, 2);
         let names = |s: &ProgressStep| -> Vec<String> {
@@ -874,9 +934,27 @@ mod tests {
             names(&steps[0]),
             ["f0.png", "f2.png", "f0.png", "f0.png", "f0.png", "f1.png", "f1.png", "f1.png"]
         );
+        // Incremental: the frame before is "before".
+        let inc = progress_steps(&frames, None, ProgressMode::Incremental);
+        assert_eq!(
+            names(&inc[1]),
+            ["f0.png", "f2.png", "f1.png", "f1.png", "f1.png", "f2.png", "f2.png", "f2.png"]
+        );
         let goal = std::path::Path::new("goal.png");
-        assert_eq!(progress_steps(&frames, Some(goal))[0].images[1], goal);
-        assert!(progress_steps(&frames[..1], None).is_empty());
+        assert_eq!(
+            progress_steps(&frames, Some(goal), ProgressMode::Forward)[0].images[1],
+            goal
+        );
+        assert!(progress_steps(&frames[..1], None, ProgressMode::Incremental).is_empty());
+        // Robo-Dopamine's arithmetic.
+        let inc = ProgressMode::Incremental;
+        assert!((inc.next(0.0, Some(0.4)) - 0.4).abs() < 1e-6);
+        assert!((inc.next(0.4, Some(0.5)) - 0.7).abs() < 1e-6);
+        assert!((inc.next(0.4, Some(-0.1)) - 0.36).abs() < 1e-6);
+        assert_eq!(inc.next(0.4, None), 0.4);
+        assert_eq!(ProgressMode::Forward.next(0.4, Some(0.2)), 0.2);
+        assert_eq!("Forward".parse::<ProgressMode>(), Ok(ProgressMode::Forward));
+        assert!("backward".parse::<ProgressMode>().is_err());
 
         let m = progress_message("organize the table", &steps[0]);
         let parts = m.content.as_array().unwrap();

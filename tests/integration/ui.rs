@@ -1587,6 +1587,7 @@ fn robobrain_2_5_estimates_progress_over_frames() {
             .collect()
     };
     let mut scores = ["<score>+40%", "<score>-10%"].into_iter();
+    // Incremental (the default): each frame against the one before.
     for judged in [1, 2] {
         let req = match f.command() {
             Command::Generate(r) => r,
@@ -1597,9 +1598,10 @@ fn robobrain_2_5_estimates_progress_over_frames() {
         assert!(text.contains("<Task>\\n`organize the table`"), "{text}");
         let imgs = images_of(&req.messages);
         let (first, last, now) = (&attached[0], &attached[2], &attached[judged]);
+        let before = &attached[judged - 1];
         assert_eq!(
             imgs,
-            [first, last, first, first, first, now, now, now].map(String::clone),
+            [first, last, before, before, before, now, now, now].map(String::clone),
             "frame {judged}"
         );
         assert_eq!(req.stop, ["</score>"]);
@@ -1620,21 +1622,38 @@ fn robobrain_2_5_estimates_progress_over_frames() {
         .last()
         .unwrap()
         .clone();
-    assert_eq!(reply.progress, vec![Some(0.0), Some(0.4), Some(-0.1)]);
-    assert_eq!(reply.text, "Frame 2: 40%\n\nFrame 3: -10%");
+    // +40 % of what remained, then −10 % of what was done.
+    let p: Vec<f32> = reply.progress.iter().map(|p| p.unwrap()).collect();
+    assert!(p.len() == 3 && p[0] == 0.0, "{p:?}");
+    assert!(
+        (p[1] - 0.4).abs() < 1e-6 && (p[2] - 0.36).abs() < 1e-6,
+        "{p:?}"
+    );
+    assert_eq!(
+        reply.text,
+        "Frame 2: +40%, progress 40%\n\nFrame 3: -10%, progress 36%"
+    );
     assert!(!reply.incomplete);
     assert!(f.app().streaming.is_none());
-    // Each in the reply's text and as a dot of the plot under the frames.
-    for label in ["Frame 2: 40%", "Frame 3: -10%"] {
-        assert_eq!(f.harness.query_all_by_label(label).count(), 2, "{label}");
-    }
+    // Each as a dot of the plot under the frames.
+    f.harness.get_by_label("Frame 2: 40%");
+    f.harness.get_by_label("Frame 3: 36%");
+    f.harness
+        .get_by_label_contains("Frame 3: -10%, progress 36%");
     f.harness.get_by_label("progress over 3 frames");
 
-    // Regenerated and stopped after the first question: the estimate ends
-    // there, marked stopped.
+    // Regenerated in forward mode (each frame against the first) and
+    // stopped after the first question: the estimate ends there, marked
+    // stopped.
+    f.harness.get_by_label("Compare:").click();
+    f.harness.run_steps(4);
+    f.harness.get_by_label("forward").click();
+    f.harness.run_steps(4);
     f.harness.get_by_label("Regenerate").click();
     f.harness.run_steps(4);
-    let (id, _) = reply_id(f.command());
+    let (id, messages) = reply_id(f.command());
+    let imgs = images_of(&messages);
+    assert_eq!(imgs[2], attached[0], "forward: the first frame is before");
     stream(&mut f, id, &["<score>+2"], Finish::Cancelled);
     let reply = f.app().conversations[f.app().current]
         .messages

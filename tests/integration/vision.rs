@@ -411,6 +411,8 @@ fn progress_over_frames_from_the_command_line() {
             frames.path().to_str().unwrap(),
             "--prompt",
             "organize the table",
+            "--progress-mode",
+            "forward",
             "--max-tokens",
             "4",
             "--annotate",
@@ -419,6 +421,7 @@ fn progress_over_frames_from_the_command_line() {
         cache.path(),
     );
     assert_eq!(json["task"], "progress");
+    assert_eq!(json["mode"], "forward");
     let rows = json["frames"].as_array().unwrap();
     // plot.png is written after the frames were listed.
     assert_eq!(rows.len(), 3, "{json}");
