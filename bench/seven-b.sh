@@ -18,6 +18,17 @@ BIN=target/release/spillway
 CFG=tests/fixtures/configs
 mkdir -p "$WORK"
 out="$WORK/results.jsonl"
+# A deterministic W×H test picture (patterned RGB PNG) at OUT.
+scene_png() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import struct, sys, zlib
+w, h, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+rows = b''.join(b'\x00' + bytes(v for x in range(w) for v in ((x * 7 + y * 3) % 256, (x ^ y) % 256, (y * 5) % 256)) for y in range(h))
+def chunk(t, d): return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d))
+open(out, 'wb').write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0))
+                      + chunk(b'IDAT', zlib.compress(rows)) + chunk(b'IEND', b''))
+PY
+}
 log() { echo "{\"step\": \"$1\", \"model\": \"$2\", \"result\": $3}" >> "$out"; echo "$1 $2: $3" | cut -c1-400; }
 
 for step in $steps; do
@@ -61,15 +72,7 @@ diskall)
   ;;
 robobrain)
   # 5. RoboBrain2.0-7B shape, one 1280-token image, vision tower in RAM.
-  python3 -c "
-import zlib, struct
-w, h = 1120, 896
-rows = b''.join(b'\x00' + bytes(v for x in range(w) for v in ((x * 7 + y * 3) % 256, (x ^ y) % 256, (y * 5) % 256)) for y in range(h))
-png = b'\x89PNG\r\n\x1a\n'
-def chunk(t, d): return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d))
-png += chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0)) + chunk(b'IDAT', zlib.compress(rows)) + chunk(b'IEND', b'')
-open('$WORK/scene-1120x896.png', 'wb').write(png)
-"
+  scene_png 1120 896 "$WORK/scene-1120x896.png"
   r=$($BIN generate --model "$WORK/robobrain2.0-7b-q4_k_m.gguf" --image "$WORK/scene-1120x896.png" \
       --prompt "What is on the table?" --greedy --max-tokens 16 --ignore-eos --threads 2 --ctx 4096 --json)
   log robobrain rb7-q4_k_m "$r"
@@ -82,15 +85,7 @@ robobrain25)
         --tokenizer "$LLAMA/models/ggml-vocab-qwen2.gguf" -o "$WORK/robobrain2.5-8b-q4_k_m.gguf" --json)
     log synth robobrain2.5-q4_k_m "$r"
   }
-  python3 -c "
-import zlib, struct
-w, h = 640, 480
-rows = b''.join(b'\x00' + bytes(v for x in range(w) for v in ((x * 7 + y * 3) % 256, (x ^ y) % 256, (y * 5) % 256)) for y in range(h))
-png = b'\x89PNG\r\n\x1a\n'
-def chunk(t, d): return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d))
-png += chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0)) + chunk(b'IDAT', zlib.compress(rows)) + chunk(b'IEND', b'')
-open('$WORK/scene-640x480.png', 'wb').write(png)
-"
+  scene_png 640 480 "$WORK/scene-640x480.png"
   for place in "--ram 3GiB" "--disk-layers all"; do
     r=$($BIN generate --model "$WORK/robobrain2.5-8b-q4_k_m.gguf" --image "$WORK/scene-640x480.png" \
         --task trajectory --prompt "reach for the red cup" --greedy --max-tokens 8 --ignore-eos \

@@ -1468,12 +1468,7 @@ fn robobrain_2_5_words_its_own_tasks() {
     let mut f = fixture();
     f.event(Event::Loaded(vision_model_info()));
     f.harness.state_mut().task = spillway::vision::tasks::Task::Affordance;
-    let mut info = vision_model_info();
-    info.name = "RoboBrain2.5-8B".into();
-    if let Some(v) = info.vision.as_mut() {
-        v.family = spillway::vision::tasks::Family::RoboBrain25;
-    }
-    f.event(Event::Loaded(info));
+    f.event(Event::Loaded(robobrain_2_5_info()));
     assert_eq!(f.app().task, spillway::vision::tasks::Task::General);
     f.harness.get_by_label("Task:").click();
     f.harness.run_steps(4);
@@ -1519,20 +1514,27 @@ fn robobrain_2_5_words_its_own_tasks() {
     f.harness.get_by_label("Copy as JSON");
 }
 
-/// RoboBrain 2.5's progress task: a folder of frames is attached, one
-/// question per frame after the first goes out (Robo-Dopamine's forward
-/// mode: eight images, the first frame as the start and before, the last as
-/// the end, the judged frame after), each score joins the reply and the
-/// progress is plotted under the frames; a stop ends the estimate.
-#[test]
-fn robobrain_2_5_estimates_progress_over_frames() {
-    let mut f = fixture();
+/// A RoboBrain 2.5 (Qwen3-VL) model as the engine describes it.
+fn robobrain_2_5_info() -> ModelInfo {
     let mut info = vision_model_info();
     info.name = "RoboBrain2.5-8B".into();
     if let Some(v) = info.vision.as_mut() {
         v.family = spillway::vision::tasks::Family::RoboBrain25;
     }
-    f.event(Event::Loaded(info));
+    info
+}
+
+/// RoboBrain 2.5's progress task: a folder of frames is attached, one
+/// question per frame after the first goes out (Robo-Dopamine's: eight
+/// images, the first frame as the reference start, the last as the end,
+/// the frame before — or in forward mode the first — as "before", the
+/// judged frame "after"), each score and the accumulated progress join the
+/// reply and the progress is plotted under the frames; a stop ends the
+/// estimate.
+#[test]
+fn robobrain_2_5_estimates_progress_over_frames() {
+    let mut f = fixture();
+    f.event(Event::Loaded(robobrain_2_5_info()));
     f.harness.get_by_label("Task:").click();
     f.harness.run_steps(4);
     f.harness.get_by_label("progress").click();
