@@ -320,9 +320,19 @@ pub fn image_with_overlay(
             ),
         );
     }
-    // A 3-D trace (RoboBrain 2.5) is coloured by depth, with a legend.
+    // A 3-D trace and 3-D points (RoboBrain 2.5) are coloured by depth,
+    // with a legend.
     let range = annotate::depth_range(shapes);
-    let depth_of = |i: usize| range.map(|_| shapes.depths[i]);
+    let trace = annotate::trace_depths(shapes);
+    let depth_of = |i: usize| trace.and_then(|d| d.get(i).copied());
+    let depth_label = |p: [f32; 2], d: Option<f32>| match (d, camera) {
+        (Some(d), Some(k)) => {
+            let [x, y, z] = k.unproject(p[0], p[1], d);
+            format!(", depth {d:.3} m, camera ({x:.3}, {y:.3}, {z:.3}) m")
+        }
+        (Some(d), None) => format!(", depth {d:.3} m"),
+        _ => String::new(),
+    };
     let tint = |d: Option<f32>| match (d, range) {
         (Some(d), Some(r)) => color(annotate::depth_color(d, r)),
         _ => color(annotate::PATH),
@@ -336,7 +346,7 @@ pub fn image_with_overlay(
         if end {
             painter.circle_filled(at(p), dot * 1.4, egui::Color32::WHITE);
             painter.circle_filled(at(p), dot * 1.1, tint(depth_of(i)));
-        } else if range.is_some() {
+        } else if trace.is_some() {
             painter.circle_filled(at(p), dot * 0.8, egui::Color32::WHITE);
             painter.circle_filled(at(p), dot * 0.6, tint(depth_of(i)));
         }
@@ -345,14 +355,7 @@ pub fn image_with_overlay(
         } else {
             "Trajectory point"
         };
-        let depth = match (depth_of(i), camera) {
-            (Some(d), Some(k)) => {
-                let [x, y, z] = k.unproject(p[0], p[1], d);
-                format!(", depth {d:.3} m, camera ({x:.3}, {y:.3}, {z:.3}) m")
-            }
-            (Some(d), None) => format!(", depth {d:.3} m"),
-            _ => String::new(),
-        };
+        let depth = depth_label(p, depth_of(i));
         label_at(
             ui,
             id.with(("path", i)),
@@ -363,14 +366,26 @@ pub fn image_with_overlay(
     if let Some((near, far)) = range {
         depth_legend(ui, &painter, resp.rect, (near, far), id);
     }
+    let point_depths = annotate::point_depths(shapes);
     for (i, &p) in shapes.points.iter().enumerate() {
+        let d = point_depths.and_then(|d| d.get(i).copied());
+        let fill = match (d, range) {
+            (Some(d), Some(r)) => color(annotate::depth_color(d, r)),
+            _ => color(annotate::POINT),
+        };
         painter.circle_filled(at(p), dot + 1.5, egui::Color32::WHITE);
-        painter.circle_filled(at(p), dot, color(annotate::POINT));
+        painter.circle_filled(at(p), dot, fill);
         label_at(
             ui,
             id.with(("point", i)),
             egui::Rect::from_center_size(at(p), egui::vec2(dot, dot) * 2.0),
-            format!("Point {} at {:.0}, {:.0}", i + 1, p[0], p[1]),
+            format!(
+                "Point {} at {:.0}, {:.0}{}",
+                i + 1,
+                p[0],
+                p[1],
+                depth_label(p, d)
+            ),
         );
     }
     resp

@@ -53,18 +53,31 @@ impl Canvas<'_> {
     }
 }
 
-/// The depth range of a trace, (near, far) in metres; `None` without
-/// depths (or with a count that does not match the points).
+/// The trajectory's depths when there is one for each of its points.
+pub fn trace_depths(shapes: &Shapes) -> Option<&[f32]> {
+    (!shapes.depths.is_empty() && shapes.depths.len() == shapes.trajectory.len())
+        .then_some(shapes.depths.as_slice())
+}
+
+/// The points' depths when there is one for each point.
+pub fn point_depths(shapes: &Shapes) -> Option<&[f32]> {
+    (!shapes.point_depths.is_empty() && shapes.point_depths.len() == shapes.points.len())
+        .then_some(shapes.point_depths.as_slice())
+}
+
+/// The depth range of a trace and of points with depths, (near, far) in
+/// metres; `None` without depths (or with counts that do not match the
+/// points).
 pub fn depth_range(shapes: &Shapes) -> Option<(f32, f32)> {
-    if shapes.depths.is_empty() || shapes.depths.len() != shapes.trajectory.len() {
-        return None;
-    }
-    let near = shapes.depths.iter().copied().fold(f32::INFINITY, f32::min);
-    let far = shapes
-        .depths
-        .iter()
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max);
+    let all = || {
+        trace_depths(shapes)
+            .into_iter()
+            .chain(point_depths(shapes))
+            .flatten()
+            .copied()
+    };
+    let near = all().fold(f32::INFINITY, f32::min);
+    let far = all().fold(f32::NEG_INFINITY, f32::max);
     near.is_finite().then_some((near, far))
 }
 
@@ -107,31 +120,34 @@ pub fn draw(img: &mut Rgb, shapes: &Shapes) {
         }
     }
     let range = depth_range(shapes);
+    let trace = trace_depths(shapes).zip(range);
     // A segment takes the colour of its mean depth.
-    let seg = |i: usize| match range {
-        Some(r) => depth_color((shapes.depths[i] + shapes.depths[i + 1]) / 2.0, r),
+    let seg = |i: usize| match trace {
+        Some((d, r)) => depth_color((d[i] + d[i + 1]) / 2.0, r),
         None => PATH,
     };
     for (i, w) in shapes.trajectory.windows(2).enumerate() {
         c.line(w[0], w[1], line, seg(i));
     }
-    if let Some(r) = range {
-        for (p, &d) in shapes.trajectory.iter().zip(&shapes.depths) {
+    if let Some((depths, r)) = trace {
+        for (p, &d) in shapes.trajectory.iter().zip(depths) {
             c.disc(p[0], p[1], dot * 0.8, [255, 255, 255]);
             c.disc(p[0], p[1], dot * 0.6, depth_color(d, r));
         }
     }
     if let Some(end) = shapes.trajectory.last() {
-        let fill = match range {
-            Some(r) => depth_color(shapes.depths[shapes.depths.len() - 1], r),
+        let fill = match trace {
+            Some((d, r)) => depth_color(d[d.len() - 1], r),
             None => PATH,
         };
         c.disc(end[0], end[1], dot * 1.4, [255, 255, 255]);
         c.disc(end[0], end[1], dot * 1.1, fill);
     }
-    for p in &shapes.points {
+    let points = point_depths(shapes).zip(range);
+    for (i, p) in shapes.points.iter().enumerate() {
+        let fill = points.map_or(POINT, |(d, r)| depth_color(d[i], r));
         c.disc(p[0], p[1], dot + 1.5, [255, 255, 255]);
-        c.disc(p[0], p[1], dot, POINT);
+        c.disc(p[0], p[1], dot, fill);
     }
 }
 
@@ -286,6 +302,22 @@ mod tests {
             ..shapes.clone()
         };
         assert_eq!(depth_range(&plain), None);
+        // Points with depths share the range and are coloured too.
+        let points = Shapes {
+            points: vec![[20.0, 20.0], [80.0, 20.0]],
+            point_depths: vec![0.3, 0.6],
+            ..shapes.clone()
+        };
+        assert_eq!(depth_range(&points), Some((0.3, 0.6)));
+        let mut img = Rgb {
+            width: 100,
+            height: 80,
+            data: vec![0; 100 * 80 * 3],
+        };
+        draw(&mut img, &points);
+        let at = |x: usize, y: usize| &img.data[(y * 100 + x) * 3..(y * 100 + x) * 3 + 3];
+        assert_eq!(at(20, 20), &depth_color(0.3, (0.3, 0.6)));
+        assert_eq!(at(80, 20), &depth_color(0.6, (0.3, 0.6)));
     }
 
     #[test]

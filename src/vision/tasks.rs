@@ -456,6 +456,10 @@ pub struct Shapes {
     /// The depth of each trajectory point, in metres, where the model gave
     /// one (RoboBrain 2.5's 3-D traces); empty otherwise.
     pub depths: Vec<f32>,
+    /// The depth of each point, in metres, where the model gave one
+    /// (RoboBrain 2.5's 3-D spatial referring: `(x, y, d)`); empty
+    /// otherwise.
+    pub point_depths: Vec<f32>,
     /// Every value lies in [0, 1] and some are fractions: the model wrote
     /// normalized coordinates rather than pixels.
     pub normalized: bool,
@@ -501,6 +505,7 @@ impl Shapes {
                 .collect(),
             trajectory: self.trajectory.iter().map(|p| clamp(p[0], p[1])).collect(),
             depths: self.depths.clone(),
+            point_depths: self.point_depths.clone(),
             normalized: false,
             per_mille: false,
         }
@@ -559,18 +564,34 @@ impl Shapes {
             .collect()
     }
 
+    /// The points in metres in the camera frame (shapes in the original
+    /// image's pixels, with point depths); empty without them.
+    pub fn point_positions_3d(&self, k: &Intrinsics) -> Vec<[f32; 3]> {
+        if self.point_depths.len() != self.points.len() {
+            return Vec::new();
+        }
+        self.points
+            .iter()
+            .zip(&self.point_depths)
+            .map(|(p, &d)| k.unproject(p[0], p[1], d))
+            .collect()
+    }
+
     /// The shapes as JSON (original image pixels; depths and camera-frame
-    /// points where there are depths and intrinsics).
+    /// points where there are depths and intrinsics: `points_3d` for the
+    /// trajectory, `point_positions_3d` for the points).
     pub fn to_json(&self, k: Option<&Intrinsics>) -> serde_json::Value {
         let mut v = serde_json::json!({
             "points": self.points,
             "boxes": self.boxes,
             "trajectory": self.trajectory,
             "depths": self.depths,
+            "point_depths": self.point_depths,
         });
-        if let Some(k) = k.filter(|_| !self.depths.is_empty()) {
+        if let Some(k) = k.filter(|_| !self.depths.is_empty() || !self.point_depths.is_empty()) {
             v["intrinsics"] = serde_json::json!(k);
             v["points_3d"] = serde_json::json!(self.points_3d(k));
+            v["point_positions_3d"] = serde_json::json!(self.point_positions_3d(k));
         }
         v
     }
@@ -622,7 +643,9 @@ fn parse_numbers(s: &str) -> Option<Vec<f32>> {
 /// Shapes from an answer of `family`'s model: 2.0's as [`parse_shapes`]
 /// reads them; 2.5's in thousandths of the image, its trajectories as
 /// (x, y, depth) triples (pairs accepted, without depth) — RoboBrain 2.5's
-/// own code reads `x, y, d` with a decimal depth.
+/// own code reads `x, y, d` with a decimal depth — and, for pointing and
+/// general answers, (x, y, depth) triples as points with their depths (3-D
+/// spatial referring).
 pub fn parse_shapes_for(family: Family, task: Task, answer: &str) -> Shapes {
     if family == Family::RoboBrain2 {
         return parse_shapes(task, answer);
@@ -643,7 +666,18 @@ pub fn parse_shapes_for(family: Family, task: Task, answer: &str) -> Shapes {
         }
         s
     } else {
-        parse_shapes(task, answer)
+        let mut s = parse_shapes(task, answer);
+        if matches!(task, Task::Pointing | Task::General) {
+            let triples: Vec<Vec<f32>> = number_groups(answer)
+                .into_iter()
+                .filter(|g| g.len() == 3)
+                .collect();
+            if !triples.is_empty() {
+                s.points = triples.iter().map(|g| [g[0], g[1]]).collect();
+                s.point_depths = triples.iter().map(|g| g[2]).collect();
+            }
+        }
+        s
     };
     out.normalized = false;
     out.per_mille = true;
@@ -1009,5 +1043,35 @@ mod tests {
         let s = sample_frames(1000, 12);
         assert_eq!((s.len(), s[0], s[11]), (12, 0, 999));
         assert_eq!(sample_frames(10, 0), vec![0, 9]);
+    }
+
+    #[test]
+    fn robobrain_2_5_points_with_depth() {
+        let f = Family::RoboBrain25;
+        let s = parse_shapes_for(f, Task::Pointing, "[(500, 250, 0.82), (100, 900, 1.5)]");
+        assert_eq!(s.points, vec![[500.0, 250.0], [100.0, 900.0]]);
+        assert_eq!(s.point_depths, vec![0.82, 1.5]);
+        let m = s.to_image((0, 0), (200, 100));
+        assert_eq!(m.points, vec![[100.0, 25.0], [20.0, 90.0]]);
+        assert_eq!(m.point_depths, s.point_depths);
+        let k = Intrinsics {
+            fx: 100.0,
+            fy: 100.0,
+            cx: 100.0,
+            cy: 50.0,
+        };
+        let j = m.to_json(Some(&k));
+        assert_eq!(j["point_depths"][1], 1.5);
+        let p = m.point_positions_3d(&k);
+        assert!(
+            (p[1][0] - (20.0 - 100.0) * 1.5 / 100.0).abs() < 1e-6,
+            "{p:?}"
+        );
+        assert_eq!(j["point_positions_3d"].as_array().unwrap().len(), 2);
+        // 2-D answers keep no depths; 2.0 reads pairs only.
+        let flat = parse_shapes_for(f, Task::Pointing, "[(500, 250)]");
+        assert!(flat.point_depths.is_empty() && flat.points.len() == 1);
+        let general = parse_shapes_for(f, Task::General, "The cup is at (400, 300, 0.9).");
+        assert_eq!(general.point_depths, vec![0.9]);
     }
 }

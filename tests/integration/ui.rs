@@ -1512,6 +1512,15 @@ fn robobrain_2_5_words_its_own_tasks() {
         "Trajectory end 2 at 56, 42, depth 0.580 m, camera (-0.325, -0.244, 0.580) m",
     );
     f.harness.get_by_label("Copy as JSON");
+    // 3-D spatial referring: a point with its depth, in metres too.
+    f.harness.state_mut().task = spillway::vision::tasks::Task::Pointing;
+    f.harness.state_mut().attach_file(&image);
+    f.harness.state_mut().poll_attaching(true);
+    f.type_and_send("the cup, with its depth");
+    let (id, _) = reply_id(f.command());
+    stream(&mut f, id, &["[(500, 500, 0.8)]"], Finish::EndOfTurn);
+    f.harness
+        .get_by_label("Point 1 at 112, 84, depth 0.800 m, camera (0.000, 0.000, 0.800) m");
 }
 
 /// A RoboBrain 2.5 (Qwen3-VL) model as the engine describes it.
