@@ -51,9 +51,66 @@ pub struct BenchArgs {
     /// and sizes, and report Spillway / llama.cpp ratios.
     #[arg(long, value_name = "LLAMA_BENCH")]
     compare_llama: Option<PathBuf>,
+    /// Measure the vision tower alone instead: encode this image
+    /// `--repetitions` times (after one untimed run) and report seconds per
+    /// image and patches per second.
+    #[arg(long, value_name = "PNG")]
+    image: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// The vision tower alone on one image: seconds per encode (median and
+/// best of `--repetitions` after one untimed run), images and patches per
+/// second, and which matmul the tower's CPU path used.
+fn bench_tower(engine: &Engine, image: &Path, a: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let v = engine
+        .vision()
+        .ok_or_else(|| anyhow::anyhow!("--image needs a vision-language model"))?;
+    let rgb = crate::vision::preprocess::load(image)?;
+    let img = engine.prepare_image(&rgb, None)?;
+    let p = &img.prepared;
+    let mut secs = Vec::with_capacity(a.repetitions);
+    for round in 0..=a.repetitions {
+        let t = Instant::now();
+        let out = v.tower.encode(&p.pixel_values, p.grid_thw, None)?;
+        // The values are read back, as the engine reads them.
+        let _ = out.embeds.flatten_all()?.to_vec1::<f32>()?;
+        if round > 0 {
+            secs.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let med = median(&secs);
+    let best = secs.iter().copied().fold(f64::INFINITY, f64::min);
+    let patches = p.patches();
+    let matmul = match std::env::var("SPILLWAY_TOWER_MATMUL") {
+        Ok(m) if m.eq_ignore_ascii_case("candle") => "candle",
+        _ => "spillway",
+    };
+    let out = json!({
+        "image": image.display().to_string(),
+        "grid_thw": p.grid_thw,
+        "patches": patches,
+        "tokens": p.tokens(v.processor.merge_size),
+        "seconds_median": med,
+        "seconds_best": best,
+        "images_per_sec": 1.0 / med,
+        "patches_per_sec": patches as f64 / med,
+        "tower_matmul": matmul,
+        "tower_device": format!("{:?}", v.tower.device()),
+        "threads": crate::kernels::pool::threads(),
+        "isa": crate::kernels::isa::active().name(),
+    });
+    if a.json {
+        println!("{out}");
+    } else {
+        println!(
+            "tower ({matmul}): {patches} patches in {med:.2} s (best {best:.2}) · {:.0} patches/s",
+            patches as f64 / med
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -314,6 +371,9 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
         );
     }
     let engine = a.model.load(config)?;
+    if let Some(image) = &a.image {
+        return bench_tower(&engine, image, &a);
+    }
     let path = engine.gguf.path.clone();
     let vocab = engine.hparams().n_vocab;
     let ctx = engine.context_length();

@@ -386,6 +386,7 @@ impl Engine {
             &tokenizer,
             hp.n_embd,
             &candle_core::Device::Cpu,
+            true,
         )?;
         // The bound the plan budgets images for holds for every image of
         // this load, whatever the model's processor file says.

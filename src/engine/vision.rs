@@ -81,6 +81,7 @@ fn json_meta(g: &GgufFile, key: &str) -> Option<serde_json::Value> {
 /// (a Qwen3-VL tower), on `device`. Under a quantized scheme 16-bit
 /// matrices stay f16 in memory; as stored they are widened to f32 (exact
 /// results).
+#[allow(clippy::too_many_arguments)]
 pub fn load(
     g: &GgufFile,
     file: &std::fs::File,
@@ -88,10 +89,11 @@ pub fn load(
     tokenizer: &crate::weights::tokenizer::TextTokenizer,
     n_embd: usize,
     device: &candle_core::Device,
+    host_kernels: bool,
 ) -> Result<Option<VisionModel>, ModelError> {
     if g.tensor("v.patch_embd.weight").is_none() {
         return match mmproj {
-            Some(p) => load_mmproj(p, tokenizer, n_embd, device).map(Some),
+            Some(p) => load_mmproj(p, tokenizer, n_embd, device, host_kernels).map(Some),
             None => Ok(None),
         };
     }
@@ -114,7 +116,7 @@ pub fn load(
             .ok_or_else(|| ModelError::Format(format!("tensor {name} is missing")))?;
         Ok(read_qtensor(file, info)?)
     };
-    let tower = VisionTower::load(cfg, &mut get, device, half_weights)?;
+    let tower = VisionTower::load(cfg, &mut get, device, half_weights, host_kernels)?;
     Ok(Some(VisionModel {
         tower,
         processor,
@@ -169,6 +171,7 @@ fn load_mmproj(
     tokenizer: &crate::weights::tokenizer::TextTokenizer,
     n_embd: usize,
     device: &candle_core::Device,
+    host_kernels: bool,
 ) -> Result<VisionModel, ModelError> {
     let bad = |what: String| ModelError::Format(format!("{}: {what}", path.display()));
     let g = GgufFile::open(path).map_err(|e| bad(e.to_string()))?;
@@ -315,7 +318,7 @@ fn load_mmproj(
         };
         read(&renamed)
     };
-    let tower = VisionTower::load(cfg, &mut get, device, false)?;
+    let tower = VisionTower::load(cfg, &mut get, device, false, host_kernels)?;
     let id = |t: &str| -> Result<u32, ModelError> {
         match tokenizer.encode(t, false).as_deref() {
             Ok([id]) => Ok(*id),
@@ -432,7 +435,12 @@ impl Engine {
                 .unwrap_or(candle_core::Device::Cpu),
             _ => candle_core::Device::Cpu,
         };
-        if v.tower.device().same_device(&target) {
+        // On the GPU tier (simulated ones too) candle's ops, else
+        // Spillway's kernels.
+        let host = !matches!(tier, Some(crate::placement::Tier::Gpu));
+        if v.tower.device().same_device(&target)
+            && v.tower.on_host_kernels() == VisionTower::host_for(&target, host)
+        {
             return Ok(());
         }
         let file = std::fs::File::open(&self.gguf.path).map_err(|e| {
@@ -448,6 +456,7 @@ impl Engine {
             &self.tokenizer,
             n_embd,
             &target,
+            host,
         )?;
         if let Some(m) = &mut moved {
             m.embeds = embeds;

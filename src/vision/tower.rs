@@ -14,6 +14,11 @@
 //! (LayerNorm over the 2×2 patches concatenated) and are added to the
 //! language model's hidden states after its first layers.
 //!
+//! On the CPU the projections run on Spillway's own matmul kernels (the
+//! weights as stored: the int8 GEMM for quantized weights, the float one
+//! for f32/f16/bf16); on the GPU tier, candle's. Norms, rotary and attention
+//! are candle ops on the tower's device.
+//!
 //! Images go through one at a time (attention never crosses images), and
 //! attention runs segment by segment (a window, or the whole image) with
 //! queries in chunks, so no N×N score matrix over all patches is ever built:
@@ -23,6 +28,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 
 use crate::model::device_block::Projection;
+use crate::model::linear::Linear;
 use crate::model::ModelError;
 
 /// At most this many bytes of attention scores per query chunk.
@@ -262,6 +268,51 @@ impl VisionConfig {
     }
 }
 
+/// A projection of the tower: on the CPU through Spillway's own kernels
+/// (the weight as stored — the int8 GEMM for quantized weights, the float
+/// one for f32/f16/bf16), on a GPU through candle. `SPILLWAY_TOWER_MATMUL=
+/// candle` keeps candle's CPU matmul (for comparing the two).
+enum TowerProj {
+    Host(Linear),
+    Device(Projection),
+}
+
+impl TowerProj {
+    fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        match self {
+            TowerProj::Device(p) => p.forward(x),
+            TowerProj::Host(l) => {
+                let (m, k) = x.dims2()?;
+                if k != l.in_features() {
+                    return Err(ModelError::Format(format!(
+                        "{k} inputs for a projection of {}",
+                        l.in_features()
+                    )));
+                }
+                let xs = x
+                    .to_dtype(candle_core::DType::F32)?
+                    .contiguous()?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let mut acts = crate::kernels::formats::QActs::default();
+                if l.wants_qacts() {
+                    l.quantize_input(&xs, m, &mut acts)?;
+                }
+                let n = l.out_features();
+                let mut out = vec![0f32; m * n];
+                l.forward(&xs, m, &acts, &mut out)?;
+                Ok(Tensor::from_vec(out, (m, n), x.device())?)
+            }
+        }
+    }
+}
+
+/// Whether the tower's CPU matmuls stay on candle (`SPILLWAY_TOWER_MATMUL=
+/// candle`) rather than Spillway's kernels.
+fn candle_on_cpu() -> bool {
+    std::env::var("SPILLWAY_TOWER_MATMUL").is_ok_and(|v| v.eq_ignore_ascii_case("candle"))
+}
+
 /// A norm of the tower: RMSNorm (Qwen2.5-VL) or LayerNorm with a bias
 /// (Qwen3-VL).
 enum Norm {
@@ -280,13 +331,13 @@ impl Norm {
 
 struct VisionBlock {
     norm1: Norm,
-    qkv: Projection,
-    proj: Projection,
+    qkv: TowerProj,
+    proj: TowerProj,
     norm2: Norm,
     /// Qwen2.5-VL's SiLU gate; Qwen3-VL's MLP has none (GELU-tanh).
-    gate: Option<Projection>,
-    up: Projection,
-    down: Projection,
+    gate: Option<TowerProj>,
+    up: TowerProj,
+    down: TowerProj,
     full_attention: bool,
 }
 
@@ -296,8 +347,8 @@ struct Merger {
     norm: Norm,
     /// The norm runs over the concatenated patches.
     norm_after_shuffle: bool,
-    fc1: Projection,
-    fc2: Projection,
+    fc1: TowerProj,
+    fc2: TowerProj,
 }
 
 impl Merger {
@@ -329,13 +380,15 @@ pub struct VisionOutput {
 /// The loaded tower.
 pub struct VisionTower {
     pub cfg: VisionConfig,
-    patch_embed: Projection,
+    patch_embed: TowerProj,
     /// Qwen3-VL's learned position table, `side² × hidden`.
     pos_embed: Option<Tensor>,
     blocks: Vec<VisionBlock>,
     merger: Merger,
     deepstack: Vec<Merger>,
     device: Device,
+    /// The projections run on Spillway's kernels (else candle's).
+    host: bool,
     /// `head_dim/4` inverse frequencies of the 2-D rotary embedding.
     inv_freq: Vec<f32>,
     /// Bytes of the weights on the device.
@@ -420,25 +473,22 @@ fn f32_tensor(t: QTensor, device: &Device) -> Result<Tensor, ModelError> {
 impl VisionTower {
     /// `half_weights`: 16-bit matrices stay 16-bit in memory (computed in
     /// f16); otherwise they are widened to f32 (exact, twice the memory).
+    /// `host_kernels`: on the CPU, run the projections on Spillway's own
+    /// kernels (a tower on the GPU tier — simulated on the CPU too — keeps
+    /// candle's ops, the GPU's code path).
     pub fn load(
         cfg: VisionConfig,
         get: &mut TensorFn<'_>,
         device: &Device,
         half_weights: bool,
+        host_kernels: bool,
     ) -> Result<Self, ModelError> {
         let qwen3 = cfg.kind == TowerKind::Qwen3;
         let bytes = std::cell::Cell::new(0u64);
         let add = |n: usize| bytes.set(bytes.get() + n as u64);
-        let proj = |get: &mut TensorFn<'_>, name: &str| -> Result<Projection, ModelError> {
+        let host = Self::host_for(device, host_kernels);
+        let proj = |get: &mut TensorFn<'_>, name: &str| -> Result<TowerProj, ModelError> {
             let w = get(&format!("{name}.weight"))?;
-            // 16-bit weights widened to f32 take twice their stored size.
-            let widened = !half_weights
-                && matches!(
-                    w.dtype(),
-                    candle_core::quantized::GgmlDType::F16
-                        | candle_core::quantized::GgmlDType::BF16
-                );
-            add(w.storage_size_in_bytes() * if widened { 2 } else { 1 });
             let b = match get(&format!("{name}.bias")) {
                 Ok(b) => {
                     add(b.storage_size_in_bytes());
@@ -448,7 +498,28 @@ impl VisionTower {
                 Err(_) if name == "v.patch_embd" && !qwen3 => None,
                 Err(e) => return Err(e),
             };
-            Projection::new(w, b, device, half_weights)
+            // Spillway's kernels read the weight as stored (whole blocks a
+            // row; other rows go through candle).
+            let rows_whole = crate::model::linear::flat_dims(w.shape().dims())
+                .is_ok_and(|(_, k)| k.is_multiple_of(w.dtype().block_size()));
+            if host && rows_whole {
+                add(w.storage_size_in_bytes());
+                return Ok(TowerProj::Host(Linear::new(std::sync::Arc::new(w), b)?));
+            }
+            // 16-bit weights widened to f32 take twice their stored size.
+            let widened = !half_weights
+                && matches!(
+                    w.dtype(),
+                    candle_core::quantized::GgmlDType::F16
+                        | candle_core::quantized::GgmlDType::BF16
+                );
+            add(w.storage_size_in_bytes() * if widened { 2 } else { 1 });
+            Ok(TowerProj::Device(Projection::new(
+                w,
+                b,
+                device,
+                half_weights,
+            )?))
         };
         let vector = |get: &mut TensorFn<'_>, name: &str| -> Result<Tensor, ModelError> {
             let t = get(name)?;
@@ -522,6 +593,7 @@ impl VisionTower {
             merger: main,
             deepstack,
             device: device.clone(),
+            host,
             inv_freq,
             bytes: bytes.get(),
         })
@@ -529,6 +601,17 @@ impl VisionTower {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Whether the projections run on Spillway's kernels.
+    pub fn on_host_kernels(&self) -> bool {
+        self.host
+    }
+
+    /// Whether a tower loaded on `device` asking for `host_kernels` runs
+    /// its projections on Spillway's kernels.
+    pub fn host_for(device: &Device, host_kernels: bool) -> bool {
+        host_kernels && device.is_cpu() && !candle_on_cpu()
     }
 
     /// Bytes of the weights.
