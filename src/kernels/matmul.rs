@@ -442,7 +442,7 @@ mod tests {
                 let q = QTensor::quantize(&w, fmt.ggml()).unwrap();
                 let wq = q.dequantize(&dev).unwrap().to_vec2::<f32>().unwrap();
                 let bytes = q.data().unwrap();
-                for m in [1usize, 2, 3, 70] {
+                for m in [1usize, 2, 3, 70, 133] {
                     let x = rand_vec(m * k, 7 + m as u64);
                     // K-quants take one activation scale per block.
                     let span = Kernel::Int8(fmt).act_span();
@@ -474,7 +474,13 @@ mod tests {
                             );
                         }
                     }
-                    for isa in Isa::available() {
+                    // Both prompt layouts (interleaved octets and panels).
+                    for (isa, panels) in Isa::available()
+                        .into_iter()
+                        .flat_map(|i| [(i, false), (i, true)])
+                    {
+                        #[cfg(target_arch = "x86_64")]
+                        super::super::x86::set_panels_only(panels);
                         let mut a2 = QActs::default();
                         a2.quantize_with(isa, &x, m, k, span).unwrap();
                         assert_eq!(a2.q, acts.q, "{isa:?} quantized values");
@@ -484,10 +490,12 @@ mod tests {
                         for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                             assert!(
                                 (g - e).abs() <= 1e-4 * e.abs().max(1.0),
-                                "{isa:?} {fmt:?} n={n} k={k} m={m} at {i}: {g} vs {e}"
+                                "{isa:?} {fmt:?} panels {panels} n={n} k={k} m={m} at {i}: {g} vs {e}"
                             );
                         }
                     }
+                    #[cfg(target_arch = "x86_64")]
+                    super::super::x86::set_panels_only(false);
                 }
             }
         }
@@ -577,6 +585,58 @@ mod tests {
                         (g - e).abs() <= 1e-3 * e.abs().max(1.0),
                         "{t:?} m={m}: {g} vs {e}"
                     );
+                }
+            }
+        }
+    }
+
+    /// Every stored value at its largest (all bits set) and every
+    /// activation at ±127: the prompt GEMM's 16-bit partial sums must not
+    /// saturate, so every ISA equals the scalar reference, for prompts and
+    /// decode alike.
+    #[test]
+    fn extreme_values_do_not_overflow() {
+        // Where each format keeps its f16 scales (set to 1/64; all bits
+        // set elsewhere).
+        let scales = |f: Format| -> &'static [usize] {
+            match f {
+                Format::Q4_0 | Format::Q5_0 | Format::Q8_0 => &[0],
+                Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
+                Format::Q6K => &[208],
+            }
+        };
+        let scale = half::f16::from_f32(1.0 / 64.0).to_le_bytes();
+        for fmt in Format::ALL {
+            let (n, k) = (19usize, 2 * fmt.block_values());
+            let mut block = vec![0xffu8; fmt.block_bytes()];
+            for &at in scales(fmt) {
+                block[at..at + 2].copy_from_slice(&scale);
+            }
+            let bytes: Vec<u8> = block
+                .iter()
+                .copied()
+                .cycle()
+                .take(n * k / fmt.block_values() * fmt.block_bytes())
+                .collect();
+            for sign in [1.0f32, -1.0] {
+                for m in [1usize, 40] {
+                    let x = vec![sign; m * k];
+                    let span = Kernel::Int8(fmt).act_span();
+                    let mut acts = QActs::default();
+                    acts.quantize_with(Isa::Scalar, &x, m, k, span).unwrap();
+                    assert!(acts.q.iter().all(|&q| q == 127 * sign as i8));
+                    let mut want = vec![0f32; m * n];
+                    int8_matmul_with(Isa::Scalar, fmt, &bytes, n, &acts, &mut want).unwrap();
+                    for isa in Isa::available() {
+                        let mut got = vec![0f32; m * n];
+                        int8_matmul_with(isa, fmt, &bytes, n, &acts, &mut got).unwrap();
+                        for (g, e) in got.iter().zip(&want) {
+                            assert!(
+                                (g - e).abs() <= 1e-5 * e.abs().max(1.0),
+                                "{isa:?} {fmt:?} m={m} sign {sign}: {g} vs {e}"
+                            );
+                        }
+                    }
                 }
             }
         }

@@ -19,6 +19,8 @@ mod panel;
 
 pub use float::{axpy, dot_f32, exp_sum, half_rows, silu_mul};
 pub use kv::attend_f32 as attend;
+#[cfg(test)]
+pub use panel::set_panels_only;
 pub use panel::{gemm_avx2, gemm_vnni};
 
 // ---------------------------------------------------------------------------

@@ -1,10 +1,16 @@
-//! The prompt GEMM. A block of weight rows is unpacked once into a panel —
-//! one 32-byte vector of values per group, with the group's scale and bias
-//! as f32 — and then multiplied with every activation column of the task
-//! by a register-tiled microkernel that does no unpacking at all: per group
-//! and (row, column) pair it is one byte product, one widening, one
-//! conversion and two float operations, whatever the stored format. The
-//! bias terms are a separate small f32 dot product per pair.
+//! The prompt GEMM. Weight rows are unpacked once per task and reused for
+//! every activation column of it, in one of two layouts:
+//!
+//! - Interleaved octets (Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, and Q6_K with
+//!   its own sub-scale step): eight rows repacked so that one
+//!   broadcast activation word multiplies all eight at once, the byte
+//!   products summed in 16 bits as far as the values' width allows, and the
+//!   float work done once per group for eight rows (see `oct_tile`).
+//! - Panels (Q8_0): one 32-byte vector of values per group, with the
+//!   group's scale and bias as f32, multiplied by a register-tiled
+//!   microkernel: per group and (row, column) pair one byte product, one
+//!   widening, one conversion and two float operations. The bias terms are
+//!   a separate small f32 dot product per pair.
 //!
 //! Same safety contract as the parent module.
 
@@ -211,23 +217,68 @@ unsafe fn gemm<F: Fmt, D: Dot>(t: &TileArgs, call: u64, rows: Range<usize>, cols
     }
 }
 
+/// `SPILLWAY_PROMPT_GEMM=panels`: every format on the unpacked panels
+/// (the layout before interleaved octets), for side-by-side benchmarks.
+fn panels_only() -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    match PANELS.load(Relaxed) {
+        0 => {
+            let on = std::env::var("SPILLWAY_PROMPT_GEMM").is_ok_and(|v| v == "panels");
+            PANELS.store(if on { 2 } else { 1 }, Relaxed);
+            on
+        }
+        v => v == 2,
+    }
+}
+
+/// 0: not read yet, 1: octets, 2: panels only.
+static PANELS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Chooses the layout for the rest of the process (tests of both).
+#[cfg(test)]
+pub fn set_panels_only(on: bool) {
+    PANELS.store(if on { 2 } else { 1 }, std::sync::atomic::Ordering::Relaxed);
+}
+
 #[inline(always)]
-unsafe fn dispatch<D: Dot>(
+unsafe fn dispatch<D: Dot + OctDot>(
     fmt: Format,
     t: &TileArgs,
     call: u64,
     rows: Range<usize>,
     cols: Range<usize>,
 ) {
+    // The byte-product vectors summed in 16 bits for 4- and 5-bit values
+    // (all eight with VNNI, which sums in 32 bits).
+    const S4: usize = oct_sums(15);
+    const S5: usize = oct_sums(31);
+    if panels_only() {
+        return match fmt {
+            Format::Q4_0 => gemm::<Q4_0, D>(t, call, rows, cols),
+            Format::Q4_1 => gemm::<Q4_1, D>(t, call, rows, cols),
+            Format::Q5_0 => gemm::<Q5_0, D>(t, call, rows, cols),
+            Format::Q5_1 => gemm::<Q5_1, D>(t, call, rows, cols),
+            Format::Q8_0 => gemm::<Q8_0, D>(t, call, rows, cols),
+            Format::Q4K => gemm::<Q4K, D>(t, call, rows, cols),
+            Format::Q5K => gemm::<Q5K, D>(t, call, rows, cols),
+            Format::Q6K => gemm::<Q6K, D>(t, call, rows, cols),
+        };
+    }
     match fmt {
-        Format::Q4_0 => gemm::<Q4_0, D>(t, call, rows, cols),
-        Format::Q4_1 => gemm::<Q4_1, D>(t, call, rows, cols),
-        Format::Q5_0 => gemm::<Q5_0, D>(t, call, rows, cols),
-        Format::Q5_1 => gemm::<Q5_1, D>(t, call, rows, cols),
+        Format::Q4_0 if D::WIDE => oct_gemm::<Q4_0, D, 8>(t, call, rows, cols),
+        Format::Q4_0 => oct_gemm::<Q4_0, D, S4>(t, call, rows, cols),
+        Format::Q4_1 if D::WIDE => oct_gemm::<Q4_1, D, 8>(t, call, rows, cols),
+        Format::Q4_1 => oct_gemm::<Q4_1, D, S4>(t, call, rows, cols),
+        Format::Q5_0 if D::WIDE => oct_gemm::<Q5_0, D, 8>(t, call, rows, cols),
+        Format::Q5_0 => oct_gemm::<Q5_0, D, S5>(t, call, rows, cols),
+        Format::Q5_1 if D::WIDE => oct_gemm::<Q5_1, D, 8>(t, call, rows, cols),
+        Format::Q5_1 => oct_gemm::<Q5_1, D, S5>(t, call, rows, cols),
+        Format::Q4K if D::WIDE => oct_gemm::<Q4K, D, 8>(t, call, rows, cols),
+        Format::Q4K => oct_gemm::<Q4K, D, S4>(t, call, rows, cols),
+        Format::Q5K if D::WIDE => oct_gemm::<Q5K, D, 8>(t, call, rows, cols),
+        Format::Q5K => oct_gemm::<Q5K, D, S5>(t, call, rows, cols),
         Format::Q8_0 => gemm::<Q8_0, D>(t, call, rows, cols),
-        Format::Q4K => gemm::<Q4K, D>(t, call, rows, cols),
-        Format::Q5K => gemm::<Q5K, D>(t, call, rows, cols),
-        Format::Q6K => gemm::<Q6K, D>(t, call, rows, cols),
+        Format::Q6K => oct6_gemm(t, call, rows, cols),
     }
 }
 
@@ -251,4 +302,367 @@ pub unsafe fn gemm_vnni(
     cols: Range<usize>,
 ) {
     dispatch::<Vnni>(fmt, t, call, rows, cols)
+}
+
+// ---------------------------------------------------------------------------
+// Interleaved octets: the prompt GEMM for the unsigned formats (Q4_0, Q4_1,
+// Q5_0, Q5_1, Q4_K, Q5_K).
+//
+// Eight weight rows are repacked together: per group, eight vectors, vector
+// `j` holding values `4j..4j+4` of each of the eight rows in its eight
+// 32-bit lanes. One activation column's four bytes, broadcast to every lane,
+// then multiply all eight rows at once, and every lane of the result belongs
+// to one row — no horizontal sums, and the float work (conversion, scales,
+// the group's bias) is done once per group for eight rows instead of once
+// per row. On AVX2 the byte products of several vectors are summed in 16
+// bits before one widening: as many as the values' width allows without
+// overflow (`Oct::SUMS`); VNNI accumulates in 32 bits directly.
+
+/// Rows per repacked octet, and activation columns per microkernel tile.
+const OR: usize = 8;
+const OC: usize = 4;
+
+/// How a build accumulates an octet's byte products.
+trait OctDot {
+    /// Accumulates in 32 bits (no limit on the vectors summed).
+    const WIDE: bool;
+    /// `acc + Σ w·a` over `S` vectors (`S` ≤ what the values' width allows
+    /// in 16 bits), as 8 i32 lanes.
+    unsafe fn sums<const S: usize>(acc: __m256i, w: &[__m256i], a: &[__m256i]) -> __m256i;
+}
+
+impl OctDot for Avx2 {
+    const WIDE: bool = false;
+    #[inline(always)]
+    unsafe fn sums<const S: usize>(acc: __m256i, w: &[__m256i], a: &[__m256i]) -> __m256i {
+        let mut s = _mm256_maddubs_epi16(w[0], a[0]);
+        for j in 1..S {
+            s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w[j], a[j]));
+        }
+        _mm256_add_epi32(acc, _mm256_madd_epi16(s, _mm256_set1_epi16(1)))
+    }
+}
+
+impl OctDot for Vnni {
+    const WIDE: bool = true;
+    #[inline(always)]
+    unsafe fn sums<const S: usize>(acc: __m256i, w: &[__m256i], a: &[__m256i]) -> __m256i {
+        let mut acc = acc;
+        for j in 0..S {
+            acc = _mm256_dpbusd_epi32(acc, w[j], a[j]);
+        }
+        acc
+    }
+}
+
+/// Byte-product vectors that may be summed in 16 bits before widening:
+/// a product pair is at most `2 · max · 128`, and the sum must stay within
+/// i16 (4-bit values: 8 vectors, 5-bit: 4, 6-bit: 2).
+const fn oct_sums(max: i32) -> usize {
+    let pair = 2 * max * 128;
+    let mut s: usize = 8;
+    while s as i32 * pair > i16::MAX as i32 {
+        s /= 2;
+    }
+    s
+}
+
+/// Repacked octets of weight rows, reused by a thread across tasks.
+#[derive(Default)]
+struct Octets {
+    key: Option<(u64, usize)>,
+    gpr: usize,
+    /// Per octet, group and piece `j`: the eight rows' values `4j..4j+4`.
+    v: Vec<__m256i>,
+    /// Per octet and group: the eight rows' scales, then their biases.
+    d: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+thread_local! {
+    static OCTETS: RefCell<Octets> = RefCell::new(Octets::default());
+}
+
+impl Octets {
+    /// Repacks weight rows `rows` (the last octet padded with zero rows).
+    #[inline(always)]
+    unsafe fn repack<F: Fmt>(&mut self, t: &TileArgs, rows: Range<usize>) {
+        let gpr = t.k / GROUP;
+        let octs = rows.len().div_ceil(OR);
+        self.gpr = gpr;
+        self.v.clear();
+        self.v.resize(octs * gpr * 8, _mm256_setzero_si256());
+        self.d.clear();
+        self.d.resize(octs * gpr * OR, 0.0);
+        self.bias.clear();
+        self.bias.resize(octs * gpr * OR, 0.0);
+        let blocks = t.k / (F::GROUPS * GROUP);
+        let lanes = self.v.as_mut_ptr().cast::<u32>();
+        let mut vals = [0u32; 8];
+        for (i, r) in rows.enumerate() {
+            let (o, lane) = (i / OR, i % OR);
+            for b in 0..blocks {
+                let blk = t.w.add(r * t.row_bytes + b * F::BYTES);
+                for g in 0..F::GROUPS {
+                    let gg = b * F::GROUPS + g;
+                    let grp = F::group(blk, g);
+                    _mm256_storeu_si256(vals.as_mut_ptr().cast(), grp.v);
+                    let at = o * gpr + gg;
+                    for (j, &x) in vals.iter().enumerate() {
+                        *lanes.add((at * 8 + j) * 8 + lane) = x;
+                    }
+                    *self.d.get_unchecked_mut(at * OR + lane) = grp.d;
+                    *self.bias.get_unchecked_mut(at * OR + lane) = grp.bias;
+                }
+            }
+        }
+    }
+}
+
+/// Octet `o` (weight rows `r0..r0 + rn`, `rn` ≤ 8) × columns `c0..c0 + C`.
+#[inline(always)]
+unsafe fn oct_tile<D: OctDot, const S: usize, const C: usize>(
+    p: &Octets,
+    t: &TileArgs,
+    o: usize,
+    r0: usize,
+    rn: usize,
+    c0: usize,
+) {
+    let gpr = p.gpr;
+    let mut acc = [_mm256_setzero_ps(); C];
+    let mut arow = [t.aq; C];
+    for c in 0..C {
+        arow[c] = t.aq.add((c0 + c) * t.k);
+    }
+    for g in 0..gpr {
+        let at = o * gpr + g;
+        let w = p.v.as_ptr().add(at * 8);
+        let mut isum = [_mm256_setzero_si256(); C];
+        for h in 0..8 / S {
+            let ws: [__m256i; S] = std::array::from_fn(|j| *w.add(h * S + j));
+            for c in 0..C {
+                let src = arow[c].add(g * GROUP + 4 * h * S);
+                let a: [__m256i; S] = std::array::from_fn(|j| {
+                    _mm256_set1_epi32(std::ptr::read_unaligned(src.add(4 * j).cast::<i32>()))
+                });
+                isum[c] = D::sums::<S>(isum[c], &ws, &a);
+            }
+        }
+        let d = _mm256_loadu_ps(p.d.as_ptr().add(at * OR));
+        let bias = _mm256_loadu_ps(p.bias.as_ptr().add(at * OR));
+        for c in 0..C {
+            let col = c0 + c;
+            let da = _mm256_set1_ps(*t.ad.add(col * gpr + g));
+            let sa = _mm256_set1_ps(*t.asum.add(col * gpr + g));
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_mul_ps(d, da), acc[c]);
+            acc[c] = _mm256_fmadd_ps(bias, sa, acc[c]);
+        }
+    }
+    store_octet(t, &acc, r0, rn, c0);
+}
+
+/// Writes an octet's results for columns `c0..`: rows `r0..r0 + rn`.
+#[inline(always)]
+unsafe fn store_octet<const C: usize>(
+    t: &TileArgs,
+    acc: &[__m256; C],
+    r0: usize,
+    rn: usize,
+    c0: usize,
+) {
+    for c in 0..C {
+        let dst = t.out.add((c0 + c) * t.n + r0);
+        if rn == OR {
+            _mm256_storeu_ps(dst, acc[c]);
+        } else {
+            let mut tmp = [0f32; OR];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), acc[c]);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, rn);
+        }
+    }
+}
+
+/// The octet GEMM over weight rows `rows` × columns `cols`.
+#[inline(always)]
+unsafe fn oct_gemm<F: Fmt, D: OctDot, const S: usize>(
+    t: &TileArgs,
+    call: u64,
+    rows: Range<usize>,
+    cols: Range<usize>,
+) {
+    let p = &mut *OCTETS.with(|cell| cell.as_ptr());
+    if p.key != Some((call, rows.start)) {
+        p.repack::<F>(t, rows.clone());
+        p.key = Some((call, rows.start));
+    }
+    let full_c = cols.start + cols.len() / OC * OC;
+    for o in 0..rows.len().div_ceil(OR) {
+        let r0 = rows.start + o * OR;
+        let rn = (rows.end - r0).min(OR);
+        let mut c = cols.start;
+        while c < full_c {
+            oct_tile::<D, S, OC>(p, t, o, r0, rn, c);
+            c += OC;
+        }
+        for c in full_c..cols.end {
+            oct_tile::<D, S, 1>(p, t, o, r0, rn, c);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Q6_K in octets: the signed 6-bit values times activations shifted to
+// unsigned (a + 128, the task's columns shifted once), the two sub-scales of
+// a group applied in 16 bits (`vpmaddwd` with each row's sub-scale), and the
+// shift undone by a per-row term, −128 · d · Σ sc·v, times the activation
+// scale. Two byte products are summed in 16 bits (2 · 255 · 32 each).
+
+/// Repacked Q6_K octets, reused by a thread across tasks.
+#[derive(Default)]
+struct Octets6 {
+    key: Option<(u64, usize)>,
+    gpr: usize,
+    /// Per octet, group and piece `j`: the eight rows' values `4j..4j+4`.
+    v: Vec<__m256i>,
+    /// Per octet, group and half: each row's sub-scale in both i16 lanes.
+    isc: Vec<__m256i>,
+    /// Per octet and group: the eight rows' `d`, and the shift's term.
+    d: Vec<f32>,
+    bias: Vec<f32>,
+    /// The task's activation columns, shifted to unsigned.
+    acts: Vec<__m256i>,
+}
+
+thread_local! {
+    static OCTETS6: RefCell<Octets6> = RefCell::new(Octets6::default());
+}
+
+impl Octets6 {
+    #[inline(always)]
+    unsafe fn repack(&mut self, t: &TileArgs, rows: Range<usize>) {
+        let gpr = t.k / GROUP;
+        let octs = rows.len().div_ceil(OR);
+        self.gpr = gpr;
+        self.v.clear();
+        self.v.resize(octs * gpr * 8, _mm256_setzero_si256());
+        self.isc.clear();
+        self.isc.resize(octs * gpr * 2, _mm256_setzero_si256());
+        self.d.clear();
+        self.d.resize(octs * gpr * OR, 0.0);
+        self.bias.clear();
+        self.bias.resize(octs * gpr * OR, 0.0);
+        let blocks = t.k / (Q6K::GROUPS * GROUP);
+        let lanes = self.v.as_mut_ptr().cast::<u32>();
+        let sc_lanes = self.isc.as_mut_ptr().cast::<u32>();
+        let mut vals = [0i8; 32];
+        for (i, r) in rows.enumerate() {
+            let (o, lane) = (i / OR, i % OR);
+            for b in 0..blocks {
+                let blk = t.w.add(r * t.row_bytes + b * Q6K::BYTES);
+                for g in 0..Q6K::GROUPS {
+                    let gg = b * Q6K::GROUPS + g;
+                    let grp = Q6K::group(blk, g);
+                    _mm256_storeu_si256(vals.as_mut_ptr().cast(), grp.v);
+                    let at = o * gpr + gg;
+                    let words = vals.as_ptr().cast::<u32>();
+                    for j in 0..8 {
+                        *lanes.add((at * 8 + j) * 8 + lane) =
+                            std::ptr::read_unaligned(words.add(j));
+                    }
+                    let mut shift = 0i32;
+                    for h in 0..2 {
+                        let sc = _mm256_extract_epi16::<0>(if h == 0 {
+                            grp.isc
+                        } else {
+                            _mm256_permute2x128_si256::<1>(grp.isc, grp.isc)
+                        }) as u16;
+                        *sc_lanes.add((at * 2 + h) * 8 + lane) = sc as u32 | (sc as u32) << 16;
+                        let sum: i32 = vals[16 * h..16 * h + 16].iter().map(|&x| x as i32).sum();
+                        shift += sc as i16 as i32 * sum;
+                    }
+                    *self.d.get_unchecked_mut(at * OR + lane) = grp.d;
+                    *self.bias.get_unchecked_mut(at * OR + lane) = -128.0 * grp.d * shift as f32;
+                }
+            }
+        }
+    }
+}
+
+/// Octet `o` × `C` columns of the shifted activations starting at `a0`
+/// (column `c0` of the output).
+#[inline(always)]
+unsafe fn oct6_tile<const C: usize>(
+    p: &Octets6,
+    t: &TileArgs,
+    a0: *const i8,
+    o: usize,
+    r0: usize,
+    rn: usize,
+    c0: usize,
+) {
+    let gpr = p.gpr;
+    let mut acc = [_mm256_setzero_ps(); C];
+    for g in 0..gpr {
+        let at = o * gpr + g;
+        let w = p.v.as_ptr().add(at * 8);
+        let mut isum = [_mm256_setzero_si256(); C];
+        for h in 0..4 {
+            let (w0, w1) = (*w.add(2 * h), *w.add(2 * h + 1));
+            let isc = *p.isc.get_unchecked(at * 2 + h / 2);
+            for c in 0..C {
+                let src = a0.add(c * t.k + g * GROUP + 8 * h);
+                let x0 = _mm256_set1_epi32(std::ptr::read_unaligned(src.cast::<i32>()));
+                let x1 = _mm256_set1_epi32(std::ptr::read_unaligned(src.add(4).cast::<i32>()));
+                let s =
+                    _mm256_add_epi16(_mm256_maddubs_epi16(x0, w0), _mm256_maddubs_epi16(x1, w1));
+                isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(s, isc));
+            }
+        }
+        let d = _mm256_loadu_ps(p.d.as_ptr().add(at * OR));
+        let bias = _mm256_loadu_ps(p.bias.as_ptr().add(at * OR));
+        for c in 0..C {
+            let da = _mm256_set1_ps(*t.ad.add((c0 + c) * gpr + g));
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_mul_ps(d, da), acc[c]);
+            acc[c] = _mm256_fmadd_ps(bias, da, acc[c]);
+        }
+    }
+    store_octet(t, &acc, r0, rn, c0);
+}
+
+#[inline(always)]
+unsafe fn oct6_gemm(t: &TileArgs, call: u64, rows: Range<usize>, cols: Range<usize>) {
+    let p = &mut *OCTETS6.with(|cell| cell.as_ptr());
+    if p.key != Some((call, rows.start)) {
+        p.repack(t, rows.clone());
+        p.key = Some((call, rows.start));
+    }
+    // The columns shifted to unsigned, once per task.
+    let per_col = t.k / 32;
+    p.acts.clear();
+    p.acts.reserve(cols.len() * per_col);
+    let flip = _mm256_set1_epi8(-128);
+    for c in cols.clone() {
+        let src = t.aq.add(c * t.k);
+        for i in 0..per_col {
+            p.acts.push(_mm256_xor_si256(
+                _mm256_loadu_si256(src.add(32 * i).cast()),
+                flip,
+            ));
+        }
+    }
+    let a = p.acts.as_ptr().cast::<i8>();
+    let full_c = cols.start + cols.len() / OC * OC;
+    for o in 0..rows.len().div_ceil(OR) {
+        let r0 = rows.start + o * OR;
+        let rn = (rows.end - r0).min(OR);
+        let mut c = cols.start;
+        while c < full_c {
+            oct6_tile::<OC>(p, t, a.add((c - cols.start) * t.k), o, r0, rn, c);
+            c += OC;
+        }
+        for c in full_c..cols.end {
+            oct6_tile::<1>(p, t, a.add((c - cols.start) * t.k), o, r0, rn, c);
+        }
+    }
 }
