@@ -5,7 +5,8 @@
 # usage: bench/seven-b.sh LLAMA_DIR [WORK_DIR] [STEPS...]
 #   LLAMA_DIR: a llama.cpp build (build/bin/llama-bench, models/ggml-vocab-*.gguf)
 #   WORK_DIR:  where the synthetic models go (~13 GB; default /tmp/spillway-7b)
-#   STEPS:     any of synth ram disk diskall robobrain robobrain25 (default: all)
+#   STEPS:     any of synth ram disk diskall robobrain robobrain25 robobrain3b
+#              (default: all)
 # Every result is one JSON line in WORK_DIR/results.jsonl. Run it on a quiet
 # machine: nothing else may run meanwhile.
 set -euo pipefail
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 LLAMA=${1:?the llama.cpp folder}
 WORK=${2:-/tmp/spillway-7b}
 shift $(( $# >= 2 ? 2 : 1 ))
-steps=${*:-synth ram disk diskall robobrain robobrain25}
+steps=${*:-synth ram disk diskall robobrain robobrain25 robobrain3b}
 BIN=target/release/spillway
 CFG=tests/fixtures/configs
 mkdir -p "$WORK"
@@ -92,6 +93,24 @@ robobrain25)
         --threads 2 --ctx 2048 $place --json)
     log robobrain25 "rb25-q4_k_m $place" "$r"
   done
+  ;;
+robobrain3b)
+  # 7. RoboBrain2.0-3B shape (Qwen2.5-VL-3B), one 1280-token image: time to
+  #    first token all in RAM and with half the text layers (18 of 36) on
+  #    disk, then the vision tower alone, Spillway's kernels against candle.
+  [ -f "$WORK/robobrain2.0-3b-q4_k_m.gguf" ] || {
+    r=$($BIN synthesize --config $CFG/robobrain2.0-3b/config.json --quant q4_k_m \
+        --tokenizer "$LLAMA/models/ggml-vocab-qwen2.gguf" -o "$WORK/robobrain2.0-3b-q4_k_m.gguf" --json)
+    log synth robobrain2.0-3b-q4_k_m "$r"
+  }
+  scene_png 1120 896 "$WORK/scene-1120x896.png"
+  for place in "--disk-layers 0" "--disk-layers 18"; do
+    r=$($BIN generate --model "$WORK/robobrain2.0-3b-q4_k_m.gguf" --image "$WORK/scene-1120x896.png" \
+        --task pointing --prompt "the red cup" --greedy --max-tokens 8 --ignore-eos \
+        --threads 2 --ctx 2048 $place --json)
+    log robobrain3b "rb3-q4_k_m $place" "$r"
+  done
+  bench/vision-tower.sh "$WORK/robobrain2.0-3b-q4_k_m.gguf" "$WORK/scene-1120x896.png" 3 1 | tail -1
   ;;
 *) echo "unknown step $step" >&2; exit 2 ;;
 esac
