@@ -374,9 +374,14 @@ struct Octets {
     gpr: usize,
     /// Per octet, group and piece `j`: the eight rows' values `4j..4j+4`.
     v: Vec<__m256i>,
-    /// Per octet and group: the eight rows' scales, then their biases.
+    /// Per octet and group: the eight rows' scales, and their biases (for
+    /// Q6_K the term undoing the activations' shift).
     d: Vec<f32>,
     bias: Vec<f32>,
+    /// Q6_K: per octet, group and half, each row's sub-scale in both i16
+    /// lanes; and the task's activation columns shifted to unsigned.
+    isc: Vec<__m256i>,
+    acts: Vec<__m256i>,
 }
 
 thread_local! {
@@ -396,8 +401,13 @@ impl Octets {
         self.d.resize(octs * gpr * OR, 0.0);
         self.bias.clear();
         self.bias.resize(octs * gpr * OR, 0.0);
+        self.isc.clear();
+        if F::ISC {
+            self.isc.resize(octs * gpr * 2, _mm256_setzero_si256());
+        }
         let blocks = t.k / (F::GROUPS * GROUP);
         let lanes = self.v.as_mut_ptr().cast::<u32>();
+        let sc_lanes = self.isc.as_mut_ptr().cast::<u32>();
         let mut vals = [0u32; 8];
         for (i, r) in rows.enumerate() {
             let (o, lane) = (i / OR, i % OR);
@@ -412,7 +422,27 @@ impl Octets {
                         *lanes.add((at * 8 + j) * 8 + lane) = x;
                     }
                     *self.d.get_unchecked_mut(at * OR + lane) = grp.d;
-                    *self.bias.get_unchecked_mut(at * OR + lane) = grp.bias;
+                    let bias = if F::ISC {
+                        // Each half's sub-scale, and −128 · d · Σ sc·v.
+                        let bytes = std::slice::from_raw_parts(vals.as_ptr().cast::<i8>(), 32);
+                        let mut shift = 0i32;
+                        for h in 0..2 {
+                            let half = if h == 0 {
+                                grp.isc
+                            } else {
+                                _mm256_permute2x128_si256::<1>(grp.isc, grp.isc)
+                            };
+                            let sc = _mm256_extract_epi16::<0>(half) as u16;
+                            *sc_lanes.add((at * 2 + h) * 8 + lane) = sc as u32 | (sc as u32) << 16;
+                            let sum: i32 =
+                                bytes[16 * h..16 * h + 16].iter().map(|&x| x as i32).sum();
+                            shift += sc as i16 as i32 * sum;
+                        }
+                        -128.0 * grp.d * shift as f32
+                    } else {
+                        grp.bias
+                    };
+                    *self.bias.get_unchecked_mut(at * OR + lane) = bias;
                 }
             }
         }
@@ -518,82 +548,11 @@ unsafe fn oct_gemm<F: Fmt, D: OctDot, const S: usize>(
 // shift undone by a per-row term, −128 · d · Σ sc·v, times the activation
 // scale. Two byte products are summed in 16 bits (2 · 255 · 32 each).
 
-/// Repacked Q6_K octets, reused by a thread across tasks.
-#[derive(Default)]
-struct Octets6 {
-    key: Option<(u64, usize)>,
-    gpr: usize,
-    /// Per octet, group and piece `j`: the eight rows' values `4j..4j+4`.
-    v: Vec<__m256i>,
-    /// Per octet, group and half: each row's sub-scale in both i16 lanes.
-    isc: Vec<__m256i>,
-    /// Per octet and group: the eight rows' `d`, and the shift's term.
-    d: Vec<f32>,
-    bias: Vec<f32>,
-    /// The task's activation columns, shifted to unsigned.
-    acts: Vec<__m256i>,
-}
-
-thread_local! {
-    static OCTETS6: RefCell<Octets6> = RefCell::new(Octets6::default());
-}
-
-impl Octets6 {
-    #[inline(always)]
-    unsafe fn repack(&mut self, t: &TileArgs, rows: Range<usize>) {
-        let gpr = t.k / GROUP;
-        let octs = rows.len().div_ceil(OR);
-        self.gpr = gpr;
-        self.v.clear();
-        self.v.resize(octs * gpr * 8, _mm256_setzero_si256());
-        self.isc.clear();
-        self.isc.resize(octs * gpr * 2, _mm256_setzero_si256());
-        self.d.clear();
-        self.d.resize(octs * gpr * OR, 0.0);
-        self.bias.clear();
-        self.bias.resize(octs * gpr * OR, 0.0);
-        let blocks = t.k / (Q6K::GROUPS * GROUP);
-        let lanes = self.v.as_mut_ptr().cast::<u32>();
-        let sc_lanes = self.isc.as_mut_ptr().cast::<u32>();
-        let mut vals = [0i8; 32];
-        for (i, r) in rows.enumerate() {
-            let (o, lane) = (i / OR, i % OR);
-            for b in 0..blocks {
-                let blk = t.w.add(r * t.row_bytes + b * Q6K::BYTES);
-                for g in 0..Q6K::GROUPS {
-                    let gg = b * Q6K::GROUPS + g;
-                    let grp = Q6K::group(blk, g);
-                    _mm256_storeu_si256(vals.as_mut_ptr().cast(), grp.v);
-                    let at = o * gpr + gg;
-                    let words = vals.as_ptr().cast::<u32>();
-                    for j in 0..8 {
-                        *lanes.add((at * 8 + j) * 8 + lane) =
-                            std::ptr::read_unaligned(words.add(j));
-                    }
-                    let mut shift = 0i32;
-                    for h in 0..2 {
-                        let sc = _mm256_extract_epi16::<0>(if h == 0 {
-                            grp.isc
-                        } else {
-                            _mm256_permute2x128_si256::<1>(grp.isc, grp.isc)
-                        }) as u16;
-                        *sc_lanes.add((at * 2 + h) * 8 + lane) = sc as u32 | (sc as u32) << 16;
-                        let sum: i32 = vals[16 * h..16 * h + 16].iter().map(|&x| x as i32).sum();
-                        shift += sc as i16 as i32 * sum;
-                    }
-                    *self.d.get_unchecked_mut(at * OR + lane) = grp.d;
-                    *self.bias.get_unchecked_mut(at * OR + lane) = -128.0 * grp.d * shift as f32;
-                }
-            }
-        }
-    }
-}
-
 /// Octet `o` × `C` columns of the shifted activations starting at `a0`
 /// (column `c0` of the output).
 #[inline(always)]
 unsafe fn oct6_tile<const C: usize>(
-    p: &Octets6,
+    p: &Octets,
     t: &TileArgs,
     a0: *const i8,
     o: usize,
@@ -632,9 +591,9 @@ unsafe fn oct6_tile<const C: usize>(
 
 #[inline(always)]
 unsafe fn oct6_gemm(t: &TileArgs, call: u64, rows: Range<usize>, cols: Range<usize>) {
-    let p = &mut *OCTETS6.with(|cell| cell.as_ptr());
+    let p = &mut *OCTETS.with(|cell| cell.as_ptr());
     if p.key != Some((call, rows.start)) {
-        p.repack(t, rows.clone());
+        p.repack::<Q6K>(t, rows.clone());
         p.key = Some((call, rows.start));
     }
     // The columns shifted to unsigned, once per task.
