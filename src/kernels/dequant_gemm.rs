@@ -1,4 +1,4 @@
-//! The fallback for weight types without integer kernels (Q2_K, Q3_K) and
+//! The fallback for weight types without integer kernels (Q2_K) and
 //! for F16/BF16/F32 prompts: dequantize the weight a tile of rows at a time
 //! (tiles in parallel, straight from the stored blocks, no copy), then one
 //! f32 GEMM per tile against every prompt row.

@@ -4,7 +4,7 @@
 //! Every format is read as 32-value groups. Group value `i` is
 //! `d · isc[i / 16] · v[i] + bias`, with `v` a small integer (unsigned for
 //! the affine formats, signed for the symmetric ones) and `isc` integer
-//! sub-scales (only Q6_K has two per group; others use 1). Activations are
+//! sub-scales (Q3_K and Q6_K have two per group; others use 1). Activations are
 //! quantized to `aq` in −127..=127 with one scale per span — 32 values for
 //! the 32-value formats, 256 for the K-quants, as llama.cpp's Q8_0 and Q8_K
 //! activations are (the scale is stored per group either way) — with the
@@ -25,18 +25,20 @@ pub enum Format {
     Q5_0,
     Q5_1,
     Q8_0,
+    Q3K,
     Q4K,
     Q5K,
     Q6K,
 }
 
 impl Format {
-    pub const ALL: [Format; 8] = [
+    pub const ALL: [Format; 9] = [
         Format::Q4_0,
         Format::Q4_1,
         Format::Q5_0,
         Format::Q5_1,
         Format::Q8_0,
+        Format::Q3K,
         Format::Q4K,
         Format::Q5K,
         Format::Q6K,
@@ -49,6 +51,7 @@ impl Format {
             GgmlDType::Q5_0 => Format::Q5_0,
             GgmlDType::Q5_1 => Format::Q5_1,
             GgmlDType::Q8_0 => Format::Q8_0,
+            GgmlDType::Q3K => Format::Q3K,
             GgmlDType::Q4K => Format::Q4K,
             GgmlDType::Q5K => Format::Q5K,
             GgmlDType::Q6K => Format::Q6K,
@@ -63,6 +66,7 @@ impl Format {
             Format::Q5_0 => GgmlDType::Q5_0,
             Format::Q5_1 => GgmlDType::Q5_1,
             Format::Q8_0 => GgmlDType::Q8_0,
+            Format::Q3K => GgmlDType::Q3K,
             Format::Q4K => GgmlDType::Q4K,
             Format::Q5K => GgmlDType::Q5K,
             Format::Q6K => GgmlDType::Q6K,
@@ -77,6 +81,7 @@ impl Format {
             Format::Q5_0 => 22,
             Format::Q5_1 => 24,
             Format::Q8_0 => 34,
+            Format::Q3K => 110,
             Format::Q4K => 144,
             Format::Q5K => 176,
             Format::Q6K => 210,
@@ -86,7 +91,7 @@ impl Format {
     /// 32-value groups per stored block.
     pub const fn groups(self) -> usize {
         match self {
-            Format::Q4K | Format::Q5K | Format::Q6K => 8,
+            Format::Q3K | Format::Q4K | Format::Q5K | Format::Q6K => 8,
             _ => 1,
         }
     }
@@ -114,6 +119,20 @@ pub fn k_scale_min(scales: &[u8], j: usize) -> (u8, u8) {
             (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4),
         )
     }
+}
+
+/// Sub-scale `i` (0..16) of a Q3_K block from its 12 packed bytes: the low
+/// four bits from byte `i` (or the high half of byte `i − 8`), the top two
+/// from byte `8 + i % 4` at bit `2·(i / 4)`; stored biased by 32.
+#[inline(always)]
+pub fn q3k_scale(scales: &[u8], i: usize) -> i16 {
+    let lo = if i < 8 {
+        scales[i] & 0xF
+    } else {
+        scales[i - 8] >> 4
+    };
+    let hi = (scales[8 + i % 4] >> (2 * (i / 4))) & 3;
+    (lo | (hi << 4)) as i16 - 32
 }
 
 /// One group in the common form (see the module docs).
@@ -190,6 +209,24 @@ pub fn group(fmt: Format, b: &[u8], g: usize) -> Group {
                 isc: [1, 1],
                 d: f16_at(b, 0) * sc as f32,
                 bias: -f16_at(b, 2) * m as f32,
+            }
+        }
+        Format::Q3K => {
+            // 32 bytes of high bits (bit g for group g), 64 of low pairs
+            // (group g: bytes 32·(g / 4).., bits 2·(g % 4)), 12 of scales, d.
+            let (h, j) = (g / 4, g % 4);
+            let qs = &b[32 + 32 * h..64 + 32 * h];
+            for (i, x) in v.iter_mut().enumerate() {
+                let lo = (qs[i] >> (2 * j)) & 3;
+                let hi = (b[i] >> g) & 1;
+                *x = (lo | (hi << 2)) as i8 - 4;
+            }
+            let sc = &b[96..108];
+            Group {
+                v,
+                isc: [q3k_scale(sc, 2 * g), q3k_scale(sc, 2 * g + 1)],
+                d: f16_at(b, 108),
+                bias: 0.0,
             }
         }
         Format::Q6K => {

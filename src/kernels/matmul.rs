@@ -7,7 +7,7 @@
 //!   tiled integer kernels, for decode and prompts alike.
 //! - F16/BF16/F32 weights: f32 dot products for decode-sized batches; the
 //!   dequantize-then-GEMM path for prompts.
-//! - Other types (Q2_K, Q3_K): the dequantize-then-GEMM path for both.
+//! - Other types (Q2_K): the dequantize-then-GEMM path for both.
 
 use candle_core::quantized::GgmlDType;
 
@@ -53,7 +53,7 @@ impl Kernel {
     /// Any span gives a correct product; this one rounds as llama.cpp does.
     pub fn act_span(self) -> usize {
         match self {
-            Kernel::Int8(f @ (Format::Q4K | Format::Q5K | Format::Q6K)) => f.block_values(),
+            Kernel::Int8(f @ (Format::Q3K | Format::Q4K | Format::Q5K | Format::Q6K)) => f.block_values(),
             _ => GROUP,
         }
     }
@@ -515,7 +515,7 @@ mod tests {
             GgmlDType::F32,
             GgmlDType::F16,
             GgmlDType::BF16,
-            GgmlDType::Q3K,
+            GgmlDType::Q2K,
         ]);
         for t in types {
             let q = QTensor::quantize(&w, t).unwrap();
@@ -563,7 +563,6 @@ mod tests {
             GgmlDType::F16,
             GgmlDType::BF16,
             GgmlDType::Q2K,
-            GgmlDType::Q3K,
         ] {
             let q = QTensor::quantize(&w, t).unwrap();
             let wd = q.dequantize(&dev).unwrap();
@@ -602,13 +601,17 @@ mod tests {
             match f {
                 Format::Q4_0 | Format::Q5_0 | Format::Q8_0 => &[0],
                 Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => &[0, 2],
+                Format::Q3K => &[108],
                 Format::Q6K => &[208],
             }
         };
         let scale = half::f16::from_f32(1.0 / 64.0).to_le_bytes();
         for fmt in Format::ALL {
             let (n, k) = (19usize, 2 * fmt.block_values());
-            let mut block = vec![0xffu8; fmt.block_bytes()];
+            // The largest magnitude: all bits set, or −128 for Q8_0's
+            // signed bytes (|−128| needs the ninth bit).
+            let fill = if matches!(fmt, Format::Q8_0) { 0x80 } else { 0xff };
+            let mut block = vec![fill; fmt.block_bytes()];
             for &at in scales(fmt) {
                 block[at..at + 2].copy_from_slice(&scale);
             }

@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::formats::{k_scale_min, Format, QActs, GROUP};
+use super::formats::{k_scale_min, q3k_scale, Format, QActs, GROUP};
 
 mod float;
 pub mod kv;
@@ -161,6 +161,7 @@ struct Q4_1;
 struct Q5_0;
 struct Q5_1;
 struct Q8_0;
+struct Q3K;
 struct Q4K;
 struct Q5K;
 struct Q6K;
@@ -307,6 +308,48 @@ impl Fmt for Q5K {
     #[inline(always)]
     unsafe fn block_scales(b: *const u8) -> (__m256, __m256) {
         k_block_scales(b)
+    }
+}
+
+impl Fmt for Q3K {
+    const GROUPS: usize = 8;
+    const BYTES: usize = Format::Q3K.block_bytes();
+    const ISC: bool = true;
+    const FORM: Form = Form::ShiftActs;
+    #[inline(always)]
+    unsafe fn group(b: *const u8, g: usize) -> G {
+        // Low pairs of group g: bits 2·(g % 4) of bytes 32 + 32·(g / 4)..;
+        // its high bits: bit g of the first 32 bytes (set means no −4).
+        let (h, j) = (g / 4, g % 4);
+        let qs = _mm256_loadu_si256(b.add(32 + 32 * h).cast());
+        let lo = _mm256_and_si256(
+            _mm256_srl_epi16(qs, _mm_cvtsi32_si128(2 * j as i32)),
+            _mm256_set1_epi8(3),
+        );
+        let hm = _mm256_loadu_si256(b.cast());
+        let hi = _mm256_and_si256(
+            _mm256_srl_epi16(hm, _mm_cvtsi32_si128(g as i32)),
+            _mm256_set1_epi8(1),
+        );
+        let v = _mm256_sub_epi8(
+            _mm256_or_si256(lo, _mm256_slli_epi16(hi, 2)),
+            _mm256_set1_epi8(4),
+        );
+        let sc = std::slice::from_raw_parts(b.add(96), 12);
+        let isc = _mm256_set_m128i(
+            _mm_set1_epi16(q3k_scale(sc, 2 * g + 1)),
+            _mm_set1_epi16(q3k_scale(sc, 2 * g)),
+        );
+        G {
+            v,
+            isc,
+            d: f16(b.add(108)),
+            bias: 0.0,
+        }
+    }
+    #[inline(always)]
+    unsafe fn block_scales(b: *const u8) -> (__m256, __m256) {
+        (_mm256_set1_ps(f16(b.add(108))), _mm256_setzero_ps())
     }
 }
 
@@ -593,6 +636,7 @@ unsafe fn dispatch<D: Dot>(
         Format::Q5_0 => go!(Q5_0),
         Format::Q5_1 => go!(Q5_1),
         Format::Q8_0 => go!(Q8_0),
+        Format::Q3K => go!(Q3K),
         Format::Q4K => go!(Q4K),
         Format::Q5K => go!(Q5K),
         Format::Q6K => go!(Q6K),

@@ -1,13 +1,15 @@
 //! The prompt GEMM. Weight rows are unpacked once per task and reused for
 //! every activation column of it, in one of two layouts:
 //!
-//! - Interleaved octets (Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, and Q6_K with
-//!   its own sub-scale step): eight rows repacked so that one
-//!   broadcast activation word multiplies all eight at once, the byte
-//!   products summed in 16 bits as far as the values' width allows, and the
-//!   float work done once per group for eight rows (see `oct_tile`).
-//! - Panels (Q8_0): one 32-byte vector of values per group, with the
-//!   group's scale and bias as f32, multiplied by a register-tiled
+//! - Interleaved octets (every format: Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K,
+//!   Q8_0 with the sign trick a vector at a time, and Q3_K and Q6_K with
+//!   their own sub-scale step): eight rows repacked so that one broadcast activation
+//!   word multiplies all eight at once, the byte products summed in 16 bits
+//!   as far as the values' width allows, and the float work done once per
+//!   group for eight rows (see `oct_tile`).
+//! - Panels (`SPILLWAY_PROMPT_GEMM=panels`, the layout before octets, kept
+//!   for side-by-side runs): one 32-byte vector of values per group, with
+//!   the group's scale and bias as f32, multiplied by a register-tiled
 //!   microkernel: per group and (row, column) pair one byte product, one
 //!   widening, one conversion and two float operations. The bias terms are
 //!   a separate small f32 dot product per pair.
@@ -23,7 +25,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 use super::{hsum, Avx2, Dot, Fmt, Form, TileArgs, Vnni, GROUP};
-use super::{Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q5_1, Q6K, Q8_0};
+use super::{Q3K, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q5_1, Q6K, Q8_0};
 use crate::kernels::formats::Format;
 
 /// Rows per microkernel tile, and activation columns.
@@ -259,6 +261,7 @@ unsafe fn dispatch<D: Dot + OctDot>(
             Format::Q5_0 => gemm::<Q5_0, D>(t, call, rows, cols),
             Format::Q5_1 => gemm::<Q5_1, D>(t, call, rows, cols),
             Format::Q8_0 => gemm::<Q8_0, D>(t, call, rows, cols),
+            Format::Q3K => gemm::<Q3K, D>(t, call, rows, cols),
             Format::Q4K => gemm::<Q4K, D>(t, call, rows, cols),
             Format::Q5K => gemm::<Q5K, D>(t, call, rows, cols),
             Format::Q6K => gemm::<Q6K, D>(t, call, rows, cols),
@@ -277,8 +280,9 @@ unsafe fn dispatch<D: Dot + OctDot>(
         Format::Q4K => oct_gemm::<Q4K, D, S4>(t, call, rows, cols),
         Format::Q5K if D::WIDE => oct_gemm::<Q5K, D, 8>(t, call, rows, cols),
         Format::Q5K => oct_gemm::<Q5K, D, S5>(t, call, rows, cols),
-        Format::Q8_0 => gemm::<Q8_0, D>(t, call, rows, cols),
-        Format::Q6K => oct6_gemm(t, call, rows, cols),
+        Format::Q8_0 => oct_gemm::<Q8_0, D, 1>(t, call, rows, cols),
+        Format::Q3K => oct6_gemm::<Q3K>(t, call, rows, cols),
+        Format::Q6K => oct6_gemm::<Q6K>(t, call, rows, cols),
     }
 }
 
@@ -329,6 +333,10 @@ trait OctDot {
     /// `acc + Σ w·a` over `S` vectors (`S` ≤ what the values' width allows
     /// in 16 bits), as 8 i32 lanes.
     unsafe fn sums<const S: usize>(acc: __m256i, w: &[__m256i], a: &[__m256i]) -> __m256i;
+    /// `acc + Σ |w|·a'` for one vector of signed values, `abs` = |w| and
+    /// `a'` the activations carrying w's signs (a full-range product pair
+    /// fills 16 bits, so nothing more is summed there).
+    unsafe fn signed(acc: __m256i, abs: __m256i, a: __m256i) -> __m256i;
 }
 
 impl OctDot for Avx2 {
@@ -339,6 +347,11 @@ impl OctDot for Avx2 {
         for j in 1..S {
             s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w[j], a[j]));
         }
+        _mm256_add_epi32(acc, _mm256_madd_epi16(s, _mm256_set1_epi16(1)))
+    }
+    #[inline(always)]
+    unsafe fn signed(acc: __m256i, abs: __m256i, a: __m256i) -> __m256i {
+        let s = _mm256_maddubs_epi16(abs, a);
         _mm256_add_epi32(acc, _mm256_madd_epi16(s, _mm256_set1_epi16(1)))
     }
 }
@@ -352,6 +365,10 @@ impl OctDot for Vnni {
             acc = _mm256_dpbusd_epi32(acc, w[j], a[j]);
         }
         acc
+    }
+    #[inline(always)]
+    unsafe fn signed(acc: __m256i, abs: __m256i, a: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, abs, a)
     }
 }
 
@@ -451,7 +468,7 @@ impl Octets {
 
 /// Octet `o` (weight rows `r0..r0 + rn`, `rn` ≤ 8) × columns `c0..c0 + C`.
 #[inline(always)]
-unsafe fn oct_tile<D: OctDot, const S: usize, const C: usize>(
+unsafe fn oct_tile<F: Fmt, D: OctDot, const S: usize, const C: usize>(
     p: &Octets,
     t: &TileArgs,
     o: usize,
@@ -469,14 +486,28 @@ unsafe fn oct_tile<D: OctDot, const S: usize, const C: usize>(
         let at = o * gpr + g;
         let w = p.v.as_ptr().add(at * 8);
         let mut isum = [_mm256_setzero_si256(); C];
-        for h in 0..8 / S {
-            let ws: [__m256i; S] = std::array::from_fn(|j| *w.add(h * S + j));
-            for c in 0..C {
-                let src = arow[c].add(g * GROUP + 4 * h * S);
-                let a: [__m256i; S] = std::array::from_fn(|j| {
-                    _mm256_set1_epi32(std::ptr::read_unaligned(src.add(4 * j).cast::<i32>()))
-                });
-                isum[c] = D::sums::<S>(isum[c], &ws, &a);
+        if F::FORM == Form::Sign {
+            // Signed 8-bit values (Q8_0): |w| times the activations given
+            // w's signs, a vector at a time.
+            for j in 0..8 {
+                let wj = *w.add(j);
+                let abs = _mm256_sign_epi8(wj, wj);
+                for c in 0..C {
+                    let src = arow[c].add(g * GROUP + 4 * j);
+                    let a = _mm256_set1_epi32(std::ptr::read_unaligned(src.cast::<i32>()));
+                    isum[c] = D::signed(isum[c], abs, _mm256_sign_epi8(a, wj));
+                }
+            }
+        } else {
+            for h in 0..8 / S {
+                let ws: [__m256i; S] = std::array::from_fn(|j| *w.add(h * S + j));
+                for c in 0..C {
+                    let src = arow[c].add(g * GROUP + 4 * h * S);
+                    let a: [__m256i; S] = std::array::from_fn(|j| {
+                        _mm256_set1_epi32(std::ptr::read_unaligned(src.add(4 * j).cast::<i32>()))
+                    });
+                    isum[c] = D::sums::<S>(isum[c], &ws, &a);
+                }
             }
         }
         let d = _mm256_loadu_ps(p.d.as_ptr().add(at * OR));
@@ -484,9 +515,11 @@ unsafe fn oct_tile<D: OctDot, const S: usize, const C: usize>(
         for c in 0..C {
             let col = c0 + c;
             let da = _mm256_set1_ps(*t.ad.add(col * gpr + g));
-            let sa = _mm256_set1_ps(*t.asum.add(col * gpr + g));
             acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), _mm256_mul_ps(d, da), acc[c]);
-            acc[c] = _mm256_fmadd_ps(bias, sa, acc[c]);
+            if F::BIAS {
+                let sa = _mm256_set1_ps(*t.asum.add(col * gpr + g));
+                acc[c] = _mm256_fmadd_ps(bias, sa, acc[c]);
+            }
         }
     }
     store_octet(t, &acc, r0, rn, c0);
@@ -532,21 +565,22 @@ unsafe fn oct_gemm<F: Fmt, D: OctDot, const S: usize>(
         let rn = (rows.end - r0).min(OR);
         let mut c = cols.start;
         while c < full_c {
-            oct_tile::<D, S, OC>(p, t, o, r0, rn, c);
+            oct_tile::<F, D, S, OC>(p, t, o, r0, rn, c);
             c += OC;
         }
         for c in full_c..cols.end {
-            oct_tile::<D, S, 1>(p, t, o, r0, rn, c);
+            oct_tile::<F, D, S, 1>(p, t, o, r0, rn, c);
         }
     }
 }
 
 // ---------------------------------------------------------------------------
-// Q6_K in octets: the signed 6-bit values times activations shifted to
-// unsigned (a + 128, the task's columns shifted once), the two sub-scales of
-// a group applied in 16 bits (`vpmaddwd` with each row's sub-scale), and the
-// shift undone by a per-row term, −128 · d · Σ sc·v, times the activation
-// scale. Two byte products are summed in 16 bits (2 · 255 · 32 each).
+// Q6_K and Q3_K in octets: the signed values (6 or 3 bits) times
+// activations shifted to unsigned (a + 128, the task's columns shifted
+// once), the two sub-scales of a group applied in 16 bits (`vpmaddwd` with
+// each row's sub-scale), and the shift undone by a per-row term,
+// −128 · d · Σ sc·v, times the activation scale. Two byte products are
+// summed in 16 bits (at most 2 · 255 · 32 each).
 
 /// Octet `o` × `C` columns of the shifted activations starting at `a0`
 /// (column `c0` of the output).
@@ -590,10 +624,10 @@ unsafe fn oct6_tile<const C: usize>(
 }
 
 #[inline(always)]
-unsafe fn oct6_gemm(t: &TileArgs, call: u64, rows: Range<usize>, cols: Range<usize>) {
+unsafe fn oct6_gemm<F: Fmt>(t: &TileArgs, call: u64, rows: Range<usize>, cols: Range<usize>) {
     let p = &mut *OCTETS.with(|cell| cell.as_ptr());
     if p.key != Some((call, rows.start)) {
-        p.repack::<Q6K>(t, rows.clone());
+        p.repack::<F>(t, rows.clone());
         p.key = Some((call, rows.start));
     }
     // The columns shifted to unsigned, once per task.
