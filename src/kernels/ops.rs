@@ -238,6 +238,14 @@ pub fn gelu_tanh_mul(g: &mut [f32], u: &mut [f32]) {
     silu_mul(g, u);
 }
 
+/// `x[i] = gelu(x[i])` with GELU's tanh approximation (`gelu_pytorch_tanh`),
+/// as [`gelu_tanh_mul`] computes it; `scratch` is resized and overwritten.
+pub fn gelu_tanh(x: &mut [f32], scratch: &mut Vec<f32>) {
+    scratch.clear();
+    scratch.resize(x.len(), 1.0);
+    gelu_tanh_mul(x, scratch);
+}
+
 /// `y += x`
 pub fn add(y: &mut [f32], x: &[f32]) {
     for (o, v) in y.iter_mut().zip(x) {

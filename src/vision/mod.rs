@@ -3,6 +3,7 @@
 //! text model, and RoboBrain's task prompts and answer parsing.
 
 pub mod annotate;
+pub mod attention;
 pub mod preprocess;
 pub mod tasks;
 pub mod tower;

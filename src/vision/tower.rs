@@ -278,6 +278,36 @@ enum TowerProj {
 }
 
 impl TowerProj {
+    /// `m` rows of `xs` through the projection, on the host.
+    fn forward_vec(&self, xs: &[f32], m: usize) -> Result<Vec<f32>, ModelError> {
+        match self {
+            TowerProj::Host(l) => {
+                let k = l.in_features();
+                if xs.len() != m * k {
+                    return Err(ModelError::Format(format!(
+                        "{} inputs for {m} rows of a projection of {k}",
+                        xs.len()
+                    )));
+                }
+                let mut acts = crate::kernels::formats::QActs::default();
+                if l.wants_qacts() {
+                    l.quantize_input(xs, m, &mut acts)?;
+                }
+                let mut out = vec![0f32; m * l.out_features()];
+                l.forward(xs, m, &acts, &mut out)?;
+                Ok(out)
+            }
+            TowerProj::Device(p) => {
+                let k = if m == 0 { 0 } else { xs.len() / m };
+                let x = Tensor::from_slice(xs, (m, k), &Device::Cpu)?;
+                Ok(p.forward(&x)?
+                    .to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?)
+            }
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         match self {
             TowerProj::Device(p) => p.forward(x),
@@ -294,14 +324,8 @@ impl TowerProj {
                     .contiguous()?
                     .flatten_all()?
                     .to_vec1::<f32>()?;
-                let mut acts = crate::kernels::formats::QActs::default();
-                if l.wants_qacts() {
-                    l.quantize_input(&xs, m, &mut acts)?;
-                }
-                let n = l.out_features();
-                let mut out = vec![0f32; m * n];
-                l.forward(&xs, m, &acts, &mut out)?;
-                Ok(Tensor::from_vec(out, (m, n), x.device())?)
+                let out = self.forward_vec(&xs, m)?;
+                Ok(Tensor::from_vec(out, (m, l.out_features()), x.device())?)
             }
         }
     }
@@ -326,6 +350,33 @@ impl Norm {
             Norm::Rms(w) => candle_nn::ops::rms_norm(x, w, eps)?,
             Norm::Layer(w, b) => candle_nn::ops::layer_norm(x, w, b, eps)?,
         })
+    }
+
+    /// The norm of every row of `x` into `out`, on the host (f32, as
+    /// candle's CPU ops compute it).
+    fn forward_vec(&self, x: &[f32], eps: f32, out: &mut Vec<f32>) -> Result<(), ModelError> {
+        out.clear();
+        out.resize(x.len(), 0.0);
+        match self {
+            Norm::Rms(w) => {
+                let w = w.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+                crate::kernels::ops::rms_norm(x, &w, eps, out);
+            }
+            Norm::Layer(w, b) => {
+                let w = w.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+                let b = b.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+                let d = w.len();
+                for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+                    let mean = xr.iter().sum::<f32>() / d as f32;
+                    let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                    let inv = 1.0 / (var + eps).sqrt();
+                    for (((o, v), g), c) in or.iter_mut().zip(xr).zip(&w).zip(&b) {
+                        *o = (v - mean) * inv * g + c;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -759,10 +810,10 @@ impl VisionTower {
             angles.extend(self.inv_freq.iter().map(|f| h as f32 * f));
             angles.extend(self.inv_freq.iter().map(|f| w as f32 * f));
         }
-        let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
-        let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
-        let cos = Tensor::from_vec(cos, (n, half), &self.device)?;
-        let sin = Tensor::from_vec(sin, (n, half), &self.device)?;
+        let cos_h: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+        let sin_h: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+        let cos = Tensor::from_slice(&cos_h, (n, half), &self.device)?;
+        let sin = Tensor::from_slice(&sin_h, (n, half), &self.device)?;
         let full = [0, n];
         let mut inverse: Option<Tensor> = None;
         let mut deepstack = Vec::with_capacity(self.deepstack.len());
@@ -772,7 +823,11 @@ impl VisionTower {
             } else {
                 &win.cu_seqlens
             };
-            x = self.block(blk, &x, cu, &cos, &sin)?;
+            x = if self.host {
+                self.block_host(blk, &x, cu, &cos_h, &sin_h)?
+            } else {
+                self.block(blk, &x, cu, &cos, &sin)?
+            };
             if let Some(k) = cfg.deepstack_blocks.iter().position(|&d| d == b) {
                 if let Some(merger) = self.deepstack.get(k) {
                     deepstack.push((k, merger.forward(&x, cfg)?));
@@ -816,6 +871,69 @@ impl VisionTower {
             }
         }
         Ok(VisionOutput { embeds, deepstack })
+    }
+
+    /// [`VisionTower::block`] on Spillway's kernels (the tower on the
+    /// CPU): the projections, the segment attention of
+    /// [`super::attention`], norms, rotary embedding and activations on
+    /// host vectors, no tensor per step.
+    fn block_host(
+        &self,
+        blk: &VisionBlock,
+        x: &Tensor,
+        cu: &[usize],
+        cos: &[f32],
+        sin: &[f32],
+    ) -> Result<Tensor, ModelError> {
+        let cfg = &self.cfg;
+        let (n, nh, hd, width) = (x.dim(0)?, cfg.heads, cfg.head_dim(), cfg.hidden);
+        let half = hd / 2;
+        if cos.len() != n * half || sin.len() != n * half || nh * hd != width {
+            return Err(ModelError::Format(format!(
+                "rotary tables of {} for {n} patches of {nh}×{hd}",
+                cos.len()
+            )));
+        }
+        let mut xs = x
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut h = Vec::new();
+        blk.norm1.forward_vec(&xs, cfg.eps, &mut h)?;
+        let mut qkv = blk.qkv.forward_vec(&h, n)?;
+        // Rotary embedding of q and k (halves rotated, as candle's `rope`).
+        for (i, row) in qkv.chunks_exact_mut(3 * width).enumerate() {
+            let (c, s) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
+            for head in row[..2 * width].chunks_exact_mut(hd) {
+                let (a, b) = head.split_at_mut(half);
+                for j in 0..half {
+                    let (x1, x2) = (a[j], b[j]);
+                    a[j] = x1 * c[j] - x2 * s[j];
+                    b[j] = x2 * c[j] + x1 * s[j];
+                }
+            }
+        }
+        let mut o = vec![0f32; n * width];
+        super::attention::segment_attention(&qkv, n, nh, hd, cu, &mut o)
+            .map_err(ModelError::Format)?;
+        drop(qkv);
+        crate::kernels::ops::add(&mut xs, &blk.proj.forward_vec(&o, n)?);
+        drop(o);
+        blk.norm2.forward_vec(&xs, cfg.eps, &mut h)?;
+        let mut u = blk.up.forward_vec(&h, n)?;
+        let a = match &blk.gate {
+            Some(gate) => {
+                let mut g = gate.forward_vec(&h, n)?;
+                crate::kernels::ops::silu_mul(&mut g, &u);
+                g
+            }
+            None => {
+                crate::kernels::ops::gelu_tanh(&mut u, &mut h);
+                u
+            }
+        };
+        crate::kernels::ops::add(&mut xs, &blk.down.forward_vec(&a, n)?);
+        Ok(Tensor::from_vec(xs, (n, width), x.device())?)
     }
 
     fn block(

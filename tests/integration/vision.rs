@@ -99,6 +99,8 @@ fn vl_matches_transformers(name: &str, image_tokens: usize) {
 
     // The vision tower: patch embeddings, every block, the merged output.
     let v = engine.vision().unwrap();
+    // Every block below runs on Spillway's kernels (`block_host`).
+    assert!(v.tower.on_host_kernels());
     let p = &img.prepared;
     let patch = f32s(&v.tower.patch_embeds(&p.pixel_values, p.patches()).unwrap());
     let d = max_abs_diff(&patch, &f32s(&r["vision.patch_embeds"]));
