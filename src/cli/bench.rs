@@ -51,6 +51,11 @@ pub struct BenchArgs {
     /// and sizes, and report Spillway / llama.cpp ratios.
     #[arg(long, value_name = "LLAMA_BENCH")]
     compare_llama: Option<PathBuf>,
+    /// Extra arguments for that llama-bench, split at spaces (e.g.
+    /// ik_llama.cpp's `-rtr 1` to repack its weights at load). An
+    /// ik_llama.cpp build is recognised by its options (`-fa 1`, no `-d`).
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true, requires = "compare_llama")]
+    compare_args: Option<String>,
     /// Measure the vision tower alone instead: encode this image
     /// `--repetitions` times (after one untimed run) and report seconds per
     /// image and patches per second.
@@ -307,9 +312,40 @@ fn timed_on(
     })
 }
 
+/// The llama-bench a run compares against.
+struct Peer<'a> {
+    exe: &'a Path,
+    /// ik_llama.cpp's llama-bench: `-fa 0|1`, no `-d`.
+    ik: bool,
+    extra: Vec<String>,
+}
+
+impl<'a> Peer<'a> {
+    fn new(exe: &'a Path, extra: Option<&str>) -> anyhow::Result<Peer<'a>> {
+        let help = std::process::Command::new(exe)
+            .arg("--help")
+            .stderr(std::process::Stdio::null())
+            .output()
+            .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", exe.display()))?;
+        let ik = String::from_utf8_lossy(&help.stdout).contains("--run-time-repack");
+        let extra = extra
+            .map(|s| s.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default();
+        Ok(Peer { exe, ik, extra })
+    }
+
+    fn name(&self) -> &'static str {
+        if self.ik {
+            "ik_llama.cpp"
+        } else {
+            "llama.cpp"
+        }
+    }
+}
+
 /// One llama-bench run: (pp, tg) tokens/s, `None` for a skipped test.
 fn llama_bench(
-    exe: &Path,
+    peer: &Peer<'_>,
     model: &Path,
     threads: usize,
     pp: usize,
@@ -317,20 +353,24 @@ fn llama_bench(
     depth: usize,
     kv: crate::kernels::kv::KvTypes,
 ) -> anyhow::Result<(Option<f64>, Option<f64>)> {
-    let out = std::process::Command::new(exe)
+    let exe = peer.exe;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args([
+        "-m",
+        &model.display().to_string(),
+        "-t",
+        &threads.to_string(),
+    ])
+    .args(["-p", &pp.to_string(), "-n", &tg.to_string()]);
+    if peer.ik {
+        if depth > 0 {
+            anyhow::bail!("ik_llama.cpp's llama-bench has no -d (a context depth)");
+        }
+    } else {
+        cmd.args(["-d", &depth.to_string()]);
+    }
+    let out = cmd
         .args([
-            "-m",
-            &model.display().to_string(),
-            "-t",
-            &threads.to_string(),
-        ])
-        .args([
-            "-p",
-            &pp.to_string(),
-            "-n",
-            &tg.to_string(),
-            "-d",
-            &depth.to_string(),
             // The same cache types; llama.cpp needs flash attention for a
             // quantized V cache, and uses it for all of them here.
             "-ctk",
@@ -338,12 +378,13 @@ fn llama_bench(
             "-ctv",
             kv.v.name(),
             "-fa",
-            "on",
+            if peer.ik { "1" } else { "on" },
             "-r",
             "1",
             "-o",
             "json",
         ])
+        .args(&peer.extra)
         .stderr(std::process::Stdio::null())
         .output()
         .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", exe.display()))?;
@@ -415,6 +456,11 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
             b.engine.feed(&synthetic_tokens(1, vocab), &b.never)?;
         }
     }
+    let peer = a
+        .compare_llama
+        .as_deref()
+        .map(|exe| Peer::new(exe, a.compare_args.as_deref()))
+        .transpose()?;
     for round in 1..=a.repetitions {
         if a.prompt_tokens > 0 {
             pp_runs.push(b.prompt()?);
@@ -428,9 +474,9 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
                 tg_runs.push(b.decode(a.cold)?);
             }
         }
-        if let Some(exe) = &a.compare_llama {
+        if let Some(peer) = &peer {
             let (p, t) = llama_bench(
-                exe,
+                peer,
                 &path,
                 threads,
                 a.prompt_tokens,
@@ -443,9 +489,10 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
             if !a.json {
                 let s = |v: &[Timed]| v.last().map_or(0.0, |r| r.tokens_per_sec);
                 eprintln!(
-                    "round {round}: spillway pp {:.1} tg {:.1} | llama.cpp pp {:.1} tg {:.1}",
+                    "round {round}: spillway pp {:.1} tg {:.1} | {} pp {:.1} tg {:.1}",
                     s(&pp_runs),
                     s(&tg_runs),
+                    peer.name(),
                     p.unwrap_or(0.0),
                     t.unwrap_or(0.0)
                 );
@@ -549,8 +596,9 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
                 "runs": bounds.iter().map(Bound::json).collect::<Vec<_>>(),
             });
         }
-        if a.compare_llama.is_some() {
+        if let Some(peer) = &peer {
             out["llama_cpp"] = json!({
+                "engine": peer.name(), "extra_args": peer.extra,
                 "pp_tokens_per_sec": median(&l_pp), "tg_tokens_per_sec": median(&l_tg),
                 "pp_runs": l_pp, "tg_runs": l_tg,
                 "pp_ratio": pp_ratio, "tg_ratio": tg_ratio,
@@ -564,9 +612,10 @@ pub fn run(a: BenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
         path.display(),
         if a.cold { " (cold cache)" } else { "" }
     );
+    let peer_name = peer.as_ref().map_or("llama.cpp", |p| p.name());
     let line = |name: String, s: &[f64], l: &[f64], r: Option<f64>| {
         let peer = r.map_or(String::new(), |r| {
-            format!("   llama.cpp {:8.2} t/s   ratio {r:.3}x", median(l))
+            format!("   {peer_name} {:8.2} t/s   ratio {r:.3}x", median(l))
         });
         println!("{name:<8} {:8.2} t/s{peer}", median(s));
     };
