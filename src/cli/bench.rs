@@ -54,7 +54,12 @@ pub struct BenchArgs {
     /// Extra arguments for that llama-bench, split at spaces (e.g.
     /// ik_llama.cpp's `-rtr 1` to repack its weights at load). An
     /// ik_llama.cpp build is recognised by its options (`-fa 1`, no `-d`).
-    #[arg(long, value_name = "ARGS", allow_hyphen_values = true, requires = "compare_llama")]
+    #[arg(
+        long,
+        value_name = "ARGS",
+        allow_hyphen_values = true,
+        requires = "compare_llama"
+    )]
     compare_args: Option<String>,
     /// Measure the vision tower alone instead: encode this image
     /// `--repetitions` times (after one untimed run) and report seconds per

@@ -53,7 +53,9 @@ impl Kernel {
     /// Any span gives a correct product; this one rounds as llama.cpp does.
     pub fn act_span(self) -> usize {
         match self {
-            Kernel::Int8(f @ (Format::Q3K | Format::Q4K | Format::Q5K | Format::Q6K)) => f.block_values(),
+            Kernel::Int8(f @ (Format::Q3K | Format::Q4K | Format::Q5K | Format::Q6K)) => {
+                f.block_values()
+            }
             _ => GROUP,
         }
     }
@@ -406,12 +408,13 @@ pub fn matmul(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 
-    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    /// Seeded values in −2..2 (an LCG, the same on every machine).
+    pub(crate) fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
@@ -610,7 +613,11 @@ mod tests {
             let (n, k) = (19usize, 2 * fmt.block_values());
             // The largest magnitude: all bits set, or −128 for Q8_0's
             // signed bytes (|−128| needs the ninth bit).
-            let fill = if matches!(fmt, Format::Q8_0) { 0x80 } else { 0xff };
+            let fill = if matches!(fmt, Format::Q8_0) {
+                0x80
+            } else {
+                0xff
+            };
             let mut block = vec![fill; fmt.block_bytes()];
             for &at in scales(fmt) {
                 block[at..at + 2].copy_from_slice(&scale);

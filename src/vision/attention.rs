@@ -56,7 +56,9 @@ pub fn segment_attention(
         ));
     }
     if cu.first() != Some(&0) || cu.last() != Some(&n) || cu.windows(2).any(|w| w[0] > w[1]) {
-        return Err(format!("attention segments {cu:?} do not cover {n} patches"));
+        return Err(format!(
+            "attention segments {cu:?} do not cover {n} patches"
+        ));
     }
     // The key tiles: (first key, keys) per tile, each segment's from its own
     // first tile on; `first_tile[s]` is segment s's first.
@@ -94,9 +96,8 @@ pub fn segment_attention(
                 }
                 // SAFETY: patch k0 + j of head h belongs to tile t, this
                 // task's alone.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(vs_out.at((h * n + k0 + j) * hd), hd)
-                };
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(vs_out.at((h * n + k0 + j) * hd), hd) };
                 dst.copy_from_slice(value);
             }
         }
@@ -181,7 +182,10 @@ mod tests {
                     let scores: Vec<f64> = (seg[0]..seg[1])
                         .map(|j| {
                             let k = &qkv[j * 3 * width + width + h * hd..][..hd];
-                            q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
+                            q.iter()
+                                .zip(k)
+                                .map(|(a, b)| *a as f64 * *b as f64)
+                                .sum::<f64>()
                                 / (hd as f64).sqrt()
                         })
                         .collect();
@@ -201,16 +205,6 @@ mod tests {
         out
     }
 
-    fn data(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 6.0
-            })
-            .collect()
-    }
-
     /// Segments shorter and longer than a key tile, ending inside one, a
     /// single query past a whole block, empty segments, head sizes of the
     /// towers (80, 72) and one the vector kernels do not take (12).
@@ -224,7 +218,7 @@ mod tests {
         ];
         for (c, &(heads, hd, cu)) in cases.iter().enumerate() {
             let n = *cu.last().unwrap();
-            let qkv = data(n * 3 * heads * hd, c as u64);
+            let qkv = crate::kernels::matmul::tests::rand_vec(n * 3 * heads * hd, c as u64);
             let mut out = vec![f32::NAN; n * heads * hd];
             segment_attention(&qkv, n, heads, hd, cu, &mut out).unwrap();
             let want = reference(&qkv, n, heads, hd, cu);

@@ -298,7 +298,7 @@ impl TowerProj {
                 Ok(out)
             }
             TowerProj::Device(p) => {
-                let k = if m == 0 { 0 } else { xs.len() / m };
+                let k = xs.len().checked_div(m).unwrap_or(0);
                 let x = Tensor::from_slice(xs, (m, k), &Device::Cpu)?;
                 Ok(p.forward(&x)?
                     .to_dtype(candle_core::DType::F32)?
@@ -903,7 +903,10 @@ impl VisionTower {
         let mut qkv = blk.qkv.forward_vec(&h, n)?;
         // Rotary embedding of q and k (halves rotated, as candle's `rope`).
         for (i, row) in qkv.chunks_exact_mut(3 * width).enumerate() {
-            let (c, s) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
+            let (c, s) = (
+                &cos[i * half..(i + 1) * half],
+                &sin[i * half..(i + 1) * half],
+            );
             for head in row[..2 * width].chunks_exact_mut(hd) {
                 let (a, b) = head.split_at_mut(half);
                 for j in 0..half {
