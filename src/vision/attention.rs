@@ -13,27 +13,12 @@
 //! thread — never a segment² score matrix, however large the image.
 
 use crate::kernels::kv::{tile_accumulate, tile_scores, TILE_KEYS};
+use crate::kernels::matmul::Out;
 use crate::kernels::ops;
 use crate::kernels::pool::{self, Tasks};
 
 /// Query rows per task: a multiple of the score kernel's six-row block.
 const QUERY_ROWS: usize = 48;
-
-/// A buffer written by tasks at disjoint places.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: every task writes only its own elements (see each use); the pool
-// joins before the buffer is read or dropped.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// Through a method, so closures capture the wrapper, not the pointer.
-    fn at(self, i: usize) -> *mut f32 {
-        // SAFETY: callers index inside the buffer.
-        unsafe { self.0.add(i) }
-    }
-}
 
 /// Attention of `n` patches whose rows of `qkv` hold `[q | k | v]`, each
 /// `heads × hd` (rotary embedding already applied), within the segments
@@ -79,7 +64,7 @@ pub fn segment_attention(
     // patch order.
     let mut kt = vec![0f32; heads * tiles.len() * tile_len];
     let mut vs = vec![0f32; heads * n * hd];
-    let (kt_out, vs_out) = (Shared(kt.as_mut_ptr()), Shared(vs.as_mut_ptr()));
+    let (kt_out, vs_out) = (Out(kt.as_mut_ptr()), Out(vs.as_mut_ptr()));
     let pack = Tasks::new(heads * tiles.len());
     pool::run(&|_| {
         while let Some(task) = pack.next() {
@@ -92,12 +77,13 @@ pub fn segment_attention(
                 let value = &qkv[row + 2 * width + h * hd..row + 2 * width + (h + 1) * hd];
                 for (d, &x) in key.iter().enumerate() {
                     // SAFETY: tile t of head h is this task's alone.
-                    unsafe { *kt_out.at(base + d * TILE_KEYS + j) = x };
+                    unsafe { *kt_out.ptr().add(base + d * TILE_KEYS + j) = x };
                 }
                 // SAFETY: patch k0 + j of head h belongs to tile t, this
                 // task's alone.
-                let dst =
-                    unsafe { std::slice::from_raw_parts_mut(vs_out.at((h * n + k0 + j) * hd), hd) };
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(vs_out.ptr().add((h * n + k0 + j) * hd), hd)
+                };
                 dst.copy_from_slice(value);
             }
         }
@@ -113,7 +99,7 @@ pub fn segment_attention(
         }
     }
     let scale = 1.0 / (hd as f32).sqrt();
-    let dst = Shared(out.as_mut_ptr());
+    let dst = Out(out.as_mut_ptr());
     let work = Tasks::new(heads * blocks.len());
     let (kt, vs) = (&kt, &vs);
     pool::run(&|_| {
@@ -156,7 +142,7 @@ pub fn segment_attention(
                 // SAFETY: head h of query q0 + r is this task's alone, inside
                 // the n × heads·hd output.
                 let o = unsafe {
-                    std::slice::from_raw_parts_mut(dst.at((q0 + r) * width + h * hd), hd)
+                    std::slice::from_raw_parts_mut(dst.ptr().add((q0 + r) * width + h * hd), hd)
                 };
                 for (d, x) in o.iter_mut().zip(&acc[r * hd..(r + 1) * hd]) {
                     *d = x * inv;

@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::formats::{k_scale_min, Format, QActs, GROUP};
+use super::formats::{k_scale_min, q3k_scale, Format, QActs, GROUP};
 
 mod float;
 pub mod kv;
@@ -311,19 +311,6 @@ impl Fmt for Q5K {
     }
 }
 
-/// Sub-scales `2g` and `2g + 1` of a Q3_K block (its 12 packed bytes at
-/// `sc`), as [`crate::kernels::formats::q3k_scale`] gives them, from whole words: both lie in
-/// scale word `g / 2`, whose low nibbles are word `(g / 2) & 1` shifted by
-/// `4·(g / 4)` and whose top bits are word 2 shifted by `2·(g / 2)`.
-#[inline(always)]
-unsafe fn q3k_scales(sc: *const u8, g: usize) -> (i16, i16) {
-    let word = |i: usize| u32::from_le(std::ptr::read_unaligned(sc.add(4 * i).cast::<u32>()));
-    let lo = (word((g / 2) & 1) >> (4 * (g / 4))) & 0x0f0f_0f0f;
-    let hi = ((word(2) >> (2 * (g / 2))) & 0x0303_0303) << 4;
-    let pair = (lo | hi) >> (16 * (g & 1));
-    ((pair & 0xff) as i16 - 32, ((pair >> 8) & 0xff) as i16 - 32)
-}
-
 impl Fmt for Q3K {
     const GROUPS: usize = 8;
     const BYTES: usize = Format::Q3K.block_bytes();
@@ -348,8 +335,11 @@ impl Fmt for Q3K {
             _mm256_or_si256(lo, _mm256_slli_epi16(hi, 2)),
             _mm256_set1_epi8(4),
         );
-        let (s0, s1) = q3k_scales(b.add(96), g);
-        let isc = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
+        let sc = std::slice::from_raw_parts(b.add(96), 12);
+        let isc = _mm256_set_m128i(
+            _mm_set1_epi16(q3k_scale(sc, 2 * g + 1)),
+            _mm_set1_epi16(q3k_scale(sc, 2 * g)),
+        );
         G {
             v,
             isc,

@@ -395,7 +395,7 @@ struct Octets {
     /// Q6_K the term undoing the activations' shift).
     d: Vec<f32>,
     bias: Vec<f32>,
-    /// Q6_K: per octet, group and half, each row's sub-scale in both i16
+    /// Q3_K/Q6_K: per octet, group and half, each row's sub-scale in both i16
     /// lanes; and the task's activation columns shifted to unsigned.
     isc: Vec<__m256i>,
     acts: Vec<__m256i>,
@@ -406,6 +406,21 @@ thread_local! {
 }
 
 impl Octets {
+    /// The thread's octets holding weight rows `rows` of matmul `call`,
+    /// repacked unless this thread already did for an earlier task.
+    #[inline(always)]
+    unsafe fn for_task<'a, F: Fmt>(t: &TileArgs, call: u64, rows: Range<usize>) -> &'a mut Octets {
+        // A raw pointer rather than a borrow inside `with`: the work must
+        // stay in the caller, which has its target features. The pool
+        // never runs two tasks on one thread at once.
+        let p = &mut *OCTETS.with(|cell| cell.as_ptr());
+        if p.key != Some((call, rows.start)) {
+            p.repack::<F>(t, rows.clone());
+            p.key = Some((call, rows.start));
+        }
+        p
+    }
+
     /// Repacks weight rows `rows` (the last octet padded with zero rows).
     #[inline(always)]
     unsafe fn repack<F: Fmt>(&mut self, t: &TileArgs, rows: Range<usize>) {
@@ -554,11 +569,7 @@ unsafe fn oct_gemm<F: Fmt, D: OctDot, const S: usize>(
     rows: Range<usize>,
     cols: Range<usize>,
 ) {
-    let p = &mut *OCTETS.with(|cell| cell.as_ptr());
-    if p.key != Some((call, rows.start)) {
-        p.repack::<F>(t, rows.clone());
-        p.key = Some((call, rows.start));
-    }
+    let p = Octets::for_task::<F>(t, call, rows.clone());
     let full_c = cols.start + cols.len() / OC * OC;
     for o in 0..rows.len().div_ceil(OR) {
         let r0 = rows.start + o * OR;
@@ -625,11 +636,7 @@ unsafe fn oct6_tile<const C: usize>(
 
 #[inline(always)]
 unsafe fn oct6_gemm<F: Fmt>(t: &TileArgs, call: u64, rows: Range<usize>, cols: Range<usize>) {
-    let p = &mut *OCTETS.with(|cell| cell.as_ptr());
-    if p.key != Some((call, rows.start)) {
-        p.repack::<F>(t, rows.clone());
-        p.key = Some((call, rows.start));
-    }
+    let p = Octets::for_task::<F>(t, call, rows.clone());
     // The columns shifted to unsigned, once per task.
     let per_col = t.k / 32;
     p.acts.clear();
